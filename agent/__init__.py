@@ -1,0 +1,1 @@
+"""The agent: protocol, executor, tools, sandbox and permission policy."""

@@ -1,0 +1,1 @@
+"""The trusted host: Qt GUI, controllers and the headless CLI."""

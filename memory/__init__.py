@@ -1,0 +1,1 @@
+"""Hierarchical markdown memory with a fixed capacity."""

@@ -1,0 +1,1 @@
+"""Local language models: catalog, llama.cpp runtime, sink cache, fakes."""

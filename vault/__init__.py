@@ -1,0 +1,1 @@
+"""The encrypted vault, capability grants, the secret broker and the audit log."""
