@@ -20,20 +20,18 @@ wheel_dir="$cache_root/llama-cpp-python-$version-$key"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "Building llama-cpp-python $version from source (a few minutes)" >&2
     echo "  CMAKE_ARGS=$cmake_args" >&2
-    tmp_dir=$(mktemp -d "$cache_root.tmp.XXXXXX" 2>/dev/null || { mkdir -p "$cache_root"; mktemp -d "$cache_root/tmp.XXXXXX"; })
+    mkdir -p "$cache_root"
+    tmp_dir=$(mktemp -d "$cache_root/tmp.XXXXXX")
     CMAKE_ARGS="$cmake_args" FORCE_CMAKE=1 "$python" -m pip wheel \
         --no-cache-dir --no-binary llama-cpp-python --no-deps \
         --wheel-dir "$tmp_dir" "llama-cpp-python==$version"
-    mkdir -p "$cache_root"
     rm -rf "$wheel_dir"
     mv "$tmp_dir" "$wheel_dir"
     printf '%s\n' "$cmake_args" > "$wheel_dir/CMAKE_ARGS"
 fi
 
-# --no-index + --find-links: only the wheel we built with these exact flags can
-# satisfy the requirement; its pure-Python dependencies come from PyPI after.
+# --no-index + --find-links: only the wheel built with these exact flags can
+# satisfy the requirement. Its pure-Python dependencies (numpy, jinja2, ...)
+# come from PyPI when the project itself is installed.
 "$python" -m pip install --no-cache-dir --force-reinstall --no-deps \
     --no-index --find-links "$wheel_dir" "llama-cpp-python==$version"
-"$python" -m pip install "llama-cpp-python==$version" \
-    --find-links "$wheel_dir" --no-index 2>/dev/null \
-    || "$python" -m pip install typing-extensions 'numpy>=1.20' 'diskcache>=5.6.1' 'jinja2>=2.11.3'
