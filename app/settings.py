@@ -1,0 +1,102 @@
+"""The app's own settings file (JSON in the config dir).
+
+Window geometry lives in QSettings; everything a user chooses about the model,
+memory capacities and workspaces lives here, validated by pydantic so a broken
+or hand-edited file gives a clear error instead of a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.paths import AppPaths
+
+
+class SettingsError(Exception):
+    """The settings file could not be read or written."""
+
+
+class ModelSettings(BaseModel):
+    """Which model runs the agent and how."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    backend: Literal["llama.cpp", "openai"] = "llama.cpp"
+    path: str | None = Field(default=None, description="GGUF file; None = embedded default.")
+    n_ctx: int = Field(default=4096, ge=256, le=1_048_576)
+    n_gpu_layers: int | None = Field(default=None, description="None = automatic.")
+    n_sink: int = Field(default=4, ge=0, le=256)
+    rope_scaling: Literal["none", "linear", "yarn"] = "none"
+    rope_factor: float = Field(default=1.0, ge=1.0, le=64.0)
+    base_url: str | None = None
+    remote_model: str | None = None
+    remote_key_secret: str | None = Field(default=None, description="Vault secret name.")
+    allow_local_remote: bool = False
+
+
+class MemoryCapacities(BaseModel):
+    """Token capacity of each memory level."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    user: int = Field(default=1500, ge=100)
+    project: int = Field(default=1500, ge=100)
+    session: int = Field(default=1000, ge=100)
+
+
+class AppSettings(BaseModel):
+    """Everything the user chose, persisted between launches."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    memory: MemoryCapacities = Field(default_factory=MemoryCapacities)
+    workspace: str | None = None
+    recent_workspaces: list[str] = Field(default_factory=list)
+    auto_lock_minutes: int = Field(default=10, ge=1, le=24 * 60)
+
+
+def load_settings(paths: AppPaths) -> AppSettings:
+    """Read the settings file, or return defaults when there is none.
+
+    Raises:
+        SettingsError: The file exists but is not valid JSON or not valid settings.
+    """
+    file = paths.settings_file
+    try:
+        raw = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return AppSettings()
+    except OSError as e:
+        raise SettingsError(f"cannot read settings {file}: {e.strerror}") from e
+    try:
+        return AppSettings.model_validate(json.loads(raw))
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise SettingsError(f"settings file {file} is invalid: {e}") from e
+
+
+def save_settings(paths: AppPaths, settings: AppSettings) -> None:
+    """Write the settings atomically (temp file, fsync, rename).
+
+    Raises:
+        SettingsError: The file could not be written; the old one is kept.
+    """
+    file = paths.settings_file
+    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = settings.model_dump_json(indent=2).encode()
+    fd, tmp = tempfile.mkstemp(prefix=".settings-", dir=file.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise SettingsError(f"cannot write settings {file}: {e.strerror}") from e
