@@ -64,6 +64,18 @@ class VaultNotFoundError(VaultError):
     """Opening a vault file that does not exist."""
 
 
+class VaultSaveError(VaultError):
+    """Writing the vault file failed (disk full, permissions); the old file is intact."""
+
+
+class VaultConflictError(VaultError):
+    """The vault file changed on disk since it was unlocked (another process saved it)."""
+
+
+class PassphraseRequiredError(VaultError):
+    """The operation needs the vault's passphrase and none was given."""
+
+
 class SecretNotFoundError(VaultError):
     """No secret with the requested name is stored in the vault."""
 
@@ -74,6 +86,10 @@ class SecretExistsError(VaultError):
 
 class InvalidSecretNameError(VaultError, ValueError):
     """A secret name is empty, too long or contains characters outside the allowed set."""
+
+
+class InvalidSecretValueError(VaultError, ValueError):
+    """A secret value (or a new passphrase) is empty, too large or not bytes."""
 
 
 class GrantRefused(VaultError):
