@@ -1,0 +1,232 @@
+"""Full-text search over every level's memory files, archived included (SQLite FTS5).
+
+The ``memory_docs`` table mirrors the files (one row per file, keyed by
+path) and an FTS5 table kept in step by triggers indexes title and body.
+Rows carry a *scope* (the user dir, the workspace, or the workspace plus the
+session id) so a database shared by several workspaces only answers for the
+current one. The service updates rows for every file it writes; files edited
+by hand are picked up by :meth:`SearchIndex.refresh`, which compares each
+file's mtime and size with the row's, and which a search runs whenever a
+directory's mtime changed (atomic saves, new and deleted files).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+from pydantic import BaseModel, ConfigDict
+
+from memory.errors import MemoryStoreError
+from memory.store import (
+    LEVELS,
+    Level,
+    MemoryLayout,
+    check_level,
+    decode,
+    list_topic_names,
+    topic_from_text,
+    without_index_block,
+)
+
+_DOCS = "memory_docs"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class Hit(BaseModel):
+    """One search result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: Level
+    path: str
+    name: str
+    title: str
+    snippet: str
+    archived: bool
+
+
+class SearchIndex:
+    """The FTS5 index of one layout's memory files."""
+
+    def __init__(self, db: sqlite_utils.Database, layout: MemoryLayout, *, max_bytes: int) -> None:
+        self._db = db
+        self._layout = layout
+        self._max_bytes = max_bytes
+        self._dir_signature: tuple[tuple[str, int], ...] | None = None
+        try:
+            table = db.table(_DOCS)
+            if not table.exists():
+                table.create(
+                    {
+                        "path": str,
+                        "scope": str,
+                        "level": str,
+                        "name": str,
+                        "kind": str,
+                        "title": str,
+                        "body": str,
+                        "status": str,
+                        "mtime_ns": int,
+                        "size": int,
+                    },
+                    pk="path",
+                )
+                table.create_index(["scope"])
+                table.enable_fts(["title", "body"], create_triggers=True, tokenize="porter")
+        except sqlite3.Error as e:
+            raise MemoryStoreError(f"cannot create the memory search index: {e}") from e
+
+    def _scopes(self) -> dict[str, Level]:
+        return {self._layout.scope(level): level for level in LEVELS}
+
+    def _files(self) -> dict[Path, tuple[Level, str, str]]:
+        """Every file to index: path -> (level, topic name or '', kind)."""
+        files: dict[Path, tuple[Level, str, str]] = {}
+        for level in LEVELS:
+            lay = self._layout.level(level)
+            for path in lay.load_files:
+                files[path] = (level, "", "index")
+            for name in list_topic_names(lay):
+                files[lay.topics_dir / f"{name}.md"] = (level, name, "topic")
+        return files
+
+    def _signature(self) -> tuple[tuple[str, int], ...]:
+        entries = []
+        for level in LEVELS:
+            lay = self._layout.level(level)
+            for path in (lay.topics_dir, *lay.load_files, lay.index_file.parent):
+                try:
+                    entries.append((str(path), path.stat().st_mtime_ns))
+                except OSError:
+                    entries.append((str(path), -1))
+        return tuple(entries)
+
+    def refresh(self, *, force: bool = False) -> int:
+        """Bring the index in line with the files; return how many rows changed.
+
+        Without ``force`` it does nothing when no directory or index file
+        changed since the last refresh.
+
+        Raises:
+            MemoryStoreError: The database refused an update.
+        """
+        signature = self._signature()
+        if not force and signature == self._dir_signature:
+            return 0
+        scopes = self._scopes()
+        marks = ", ".join("?" * len(scopes))
+        known = {
+            Path(p): (m, s)
+            for p, m, s in self._db.conn.execute(
+                f"SELECT path, mtime_ns, size FROM {_DOCS} WHERE scope IN ({marks})",
+                tuple(scopes),
+            )
+        }
+        changed = 0
+        files = self._files()
+        for path, (level, name, kind) in files.items():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if known.get(path) == (st.st_mtime_ns, st.st_size):
+                continue
+            self.update_file(path, level=level, name=name, kind=kind)
+            changed += 1
+        gone = [str(p) for p in known if p not in files or not p.exists()]
+        if gone:
+            self._delete(gone)
+            changed += len(gone)
+        self._dir_signature = signature
+        return changed
+
+    def update_file(self, path: Path, *, level: Level, name: str, kind: str) -> None:
+        """Index (or drop, if it no longer exists) one file.
+
+        Raises:
+            MemoryStoreError: The database refused the update.
+        """
+        try:
+            st = path.stat()
+            data = path.read_bytes()[: self._max_bytes]
+        except FileNotFoundError:
+            self._delete([str(path)])
+            return
+        except OSError as e:
+            raise MemoryStoreError(f"cannot index memory file {path}: {e.strerror}") from e
+        text = decode(data)
+        if kind == "topic":
+            topic = topic_from_text(level, name, path, text)
+            title, body, status = topic.meta.title, topic.body, topic.meta.status
+        else:
+            # topic lines are indexed with their topics; keep the person's own text
+            title, body, status = path.name, without_index_block(text), "active"
+        try:
+            with self._db.conn:
+                self._db.table(_DOCS).upsert(
+                    {
+                        "path": str(path),
+                        "scope": self._layout.scope(level),
+                        "level": level,
+                        "name": name,
+                        "kind": kind,
+                        "title": title,
+                        "body": body,
+                        "status": status,
+                        "mtime_ns": st.st_mtime_ns,
+                        "size": st.st_size,
+                    },
+                    pk="path",
+                )
+        except sqlite3.Error as e:
+            raise MemoryStoreError(f"cannot index memory file {path}: {e}") from e
+
+    def _delete(self, paths: list[str]) -> None:
+        try:
+            with self._db.conn:
+                self._db.conn.executemany(
+                    f"DELETE FROM {_DOCS} WHERE path = ?", [(p,) for p in paths]
+                )
+        except sqlite3.Error as e:
+            raise MemoryStoreError(f"cannot update the memory search index: {e}") from e
+
+    def search(self, query: str, *, limit: int = 5) -> list[Hit]:
+        """Search every level, archived topics included (ranked after active ones).
+
+        The query is taken as plain words (any of them may match); FTS syntax
+        in it has no effect.
+
+        Raises:
+            MemoryStoreError: The database failed.
+        """
+        words = _WORD.findall(query)
+        if not words or limit <= 0:
+            return []
+        match = " OR ".join('"' + w.replace('"', "") + '"' for w in words[:32])
+        scopes = self._scopes()
+        marks = ", ".join("?" * len(scopes))
+        try:
+            rows = self._db.conn.execute(
+                f"SELECT d.level, d.path, d.name, d.title, d.status,"
+                f" snippet({_DOCS}_fts, 1, '[', ']', '…', 16)"
+                f" FROM {_DOCS}_fts JOIN {_DOCS} d ON d.rowid = {_DOCS}_fts.rowid"
+                f" WHERE {_DOCS}_fts MATCH ? AND d.scope IN ({marks})"
+                f" ORDER BY d.status = 'archived', bm25({_DOCS}_fts) LIMIT ?",
+                (match, *scopes, limit),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise MemoryStoreError(f"memory search failed: {e}") from e
+        return [
+            Hit(
+                level=check_level(str(level)),
+                path=str(path),
+                name=str(name),
+                title=str(title),
+                snippet=str(snippet),
+                archived=status == "archived",
+            )
+            for level, path, name, title, status, snippet in rows
+        ]

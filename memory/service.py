@@ -1,0 +1,485 @@
+"""The memory service the host uses: load, remember, recall, forget, distill, undo.
+
+One :class:`MemoryService` serves one user, workspace and session. Every
+write goes through it: the text is scanned for vault secrets and canaries
+(refused, naming the secret, never its value), stamped with provenance,
+written atomically and recorded in the history table with a diff so it can be
+undone. Writes from untrusted sources wait in the review queue. Calls are
+serialised by a lock, so controllers may call from worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memory.db import open_database
+from memory.distill import DistillReport, LevelDistill, LevelDistiller, topic_tokens
+from memory.editor import TopicEditor, now_utc
+from memory.errors import InvalidMemoryError, MemoryStoreError, SecretInMemoryError
+from memory.frontmatter import Provenance
+from memory.history import Change, FileEdit, History
+from memory.index import Hit, SearchIndex
+from memory.loader import LevelUsage, MemoryContext
+from memory.loader import load_context as _load_context
+from memory.review import ReviewItem, ReviewQueue
+from memory.settings import MemorySettings
+from memory.store import (
+    LEVELS,
+    Level,
+    MemoryLayout,
+    Topic,
+    check_level,
+    check_topic_name,
+    clean_stale_temps,
+    topic_slug,
+)
+from models.interface import ChatModel
+
+__all__ = [
+    "CapacityUsage",
+    "Change",
+    "DistillReport",
+    "Hit",
+    "LevelUsage",
+    "MemoryContext",
+    "MemoryFile",
+    "MemoryService",
+    "MemorySettings",
+    "Provenance",
+    "ReviewItem",
+    "Topic",
+]
+
+
+class CapacityUsage(BaseModel):
+    """How full a level is (active topics against its capacity), for the GUI's bars."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: Level
+    tokens: int
+    capacity: int
+    topics: int = Field(description="Active topics.")
+    archived: int = Field(description="Archived topics (on disk, not loaded).")
+
+    @property
+    def over(self) -> bool:
+        """Whether the level holds more than its capacity."""
+        return self.tokens > self.capacity
+
+
+class MemoryFile(BaseModel):
+    """One memory file, for the GUI's tree."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: Level
+    kind: Literal["shared", "index", "topic"]
+    path: str
+    name: str
+    title: str
+    status: Literal["active", "archived"] = "active"
+    exists: bool = True
+
+
+class MemoryService:
+    """Memory of one user, one workspace and one session.
+
+    Args:
+        user_dir: The user-level memory directory (``AppPaths.memory_dir``).
+        workspace: The workspace the session works in.
+        db_path: The shared SQLite file (``keyless.db``).
+        session_id: The current session (becomes a file name).
+        count_tokens: The model's tokenizer, for budgets and capacities.
+        scan_secrets: Returns the names of vault secrets or canaries found in a text.
+        settings: Capacities and budgets.
+
+    Raises:
+        InvalidMemoryError: The session id is not usable as a file name.
+        MemoryStoreError: The database cannot be opened.
+    """
+
+    def __init__(
+        self,
+        *,
+        user_dir: Path,
+        workspace: Path,
+        db_path: Path,
+        session_id: str,
+        count_tokens: Callable[[str], int],
+        scan_secrets: Callable[[str], list[str]],
+        settings: MemorySettings | None = None,
+    ) -> None:
+        self.layout = MemoryLayout(user_dir=user_dir, workspace=workspace, session_id=session_id)
+        self.settings = settings or MemorySettings()
+        self.session_id = self.layout.session_id
+        self._count_tokens = count_tokens
+        self._scan_secrets = scan_secrets
+        self._lock = threading.RLock()
+        self._db = open_database(db_path)
+        self._history = History(self._db)
+        self._review = ReviewQueue(self._db, {lv: self.layout.scope(lv) for lv in LEVELS})
+        self._index = SearchIndex(self._db, self.layout, max_bytes=self.settings.max_file_bytes)
+        for level in LEVELS:
+            lay = self.layout.level(level)
+            clean_stale_temps(lay.topics_dir)
+            clean_stale_temps(lay.index_file.parent)
+        self._index.refresh(force=True)
+
+    def close(self) -> None:
+        """Close the database connection. Safe to call twice."""
+        with self._lock:
+            self._db.conn.close()
+
+    # -- reading -----------------------------------------------------------------
+
+    def load_context(self) -> MemoryContext:
+        """The memory text for the next prompt, user → project → session, each under budget."""
+        with self._lock:
+            return _load_context(
+                self.layout,
+                budgets=self.settings.index_budgets.of,
+                count_tokens=self._count_tokens,
+                max_depth=self.settings.max_import_depth,
+                max_bytes=self.settings.max_file_bytes,
+            )
+
+    def recall(self, query: str, *, limit: int = 5) -> list[Hit]:
+        """Search every level, archived topics included; each hit names its file and level.
+
+        Raises:
+            MemoryStoreError: The search index failed.
+        """
+        with self._lock:
+            self._index.refresh()
+            return self._index.search(query, limit=limit)
+
+    def read_topic(self, level: str, name: str) -> Topic:
+        """Read a topic and count the use (for the recency-and-use score).
+
+        Raises:
+            InvalidMemoryError: Bad level or name.
+            TopicNotFoundError: No such topic.
+        """
+        with self._lock:
+            lv = check_level(level)
+            topic = self._editor().read(lv, check_topic_name(name))
+            self._count_use(topic.path)
+            return topic
+
+    def rescan(self) -> int:
+        """Re-read every file into the search index (after edits by hand)."""
+        with self._lock:
+            return self._index.refresh(force=True)
+
+    def list_files(self) -> list[MemoryFile]:
+        """Every memory file of every level, for the GUI's tree (missing index files too)."""
+        with self._lock:
+            files: list[MemoryFile] = []
+            editor = self._editor()
+            for level in LEVELS:
+                lay = self.layout.level(level)
+                for path in lay.shared_files:
+                    files.append(MemoryFile(level=level, kind="shared", path=str(path),
+                                            name=path.name, title=path.name, exists=path.is_file()))
+                files.append(MemoryFile(level=level, kind="index", path=str(lay.index_file),
+                                        name=lay.index_file.name, title=lay.index_file.name,
+                                        exists=lay.index_file.is_file()))
+                for topic in editor.topics(level):
+                    files.append(MemoryFile(level=level, kind="topic", path=str(topic.path),
+                                            name=topic.name, title=topic.meta.title,
+                                            status=topic.meta.status))
+            return files
+
+    def capacity_usage(self) -> list[CapacityUsage]:
+        """How full each level is against its capacity."""
+        with self._lock:
+            editor = self._editor()
+            usages = []
+            for level in LEVELS:
+                topics = editor.topics(level)
+                active = [t for t in topics if t.active]
+                usages.append(
+                    CapacityUsage(
+                        level=level,
+                        tokens=sum(topic_tokens(t, self._count_tokens) for t in active),
+                        capacity=self.settings.capacities.of(level),
+                        topics=len(active),
+                        archived=len(topics) - len(active),
+                    )
+                )
+            return usages
+
+    # -- writing -----------------------------------------------------------------
+
+    def remember(self, topic: str, content: str, *, level: str, source: Provenance) -> Change:
+        """Add or update a topic and its index line.
+
+        The provenance is stamped with this session when it names none. A
+        write whose source is ``untrusted`` is queued for review instead
+        (the returned change has ``review_id`` set and no ``id``).
+
+        Raises:
+            InvalidMemoryError: Bad level, topic or content.
+            SecretInMemoryError: The text contains a vault secret or canary.
+            MemoryStoreError: The write failed; the files are as before.
+        """
+        lv = check_level(level)
+        name = topic_slug(topic)
+        body = content.strip()
+        if not body:
+            raise InvalidMemoryError(f"nothing to remember for topic {topic!r}: content is empty")
+        if len(body) > self.settings.max_content_chars:
+            raise InvalidMemoryError(
+                f"memory for topic {topic!r} is {len(body)} characters; the most is "
+                f"{self.settings.max_content_chars}"
+            )
+        self._refuse_secrets(f"{topic}\n{body}")
+        if source.session is None:
+            source = source.model_copy(update={"session": self.session_id})
+        with self._lock:
+            if source.trust == "untrusted" and source.approved_at is None:
+                item_id = self._review.add(
+                    level=lv, topic=topic, content=body, source=source, session_id=self.session_id
+                )
+                return Change(
+                    id=None, at=datetime.now(UTC), op="remember", level=lv, name=name,
+                    summary=f"queued for review: {topic}", session_id=self.session_id,
+                    source=source, review_id=item_id,
+                )
+            title = topic.strip() if topic.strip() != name else None
+            return self._change(
+                "remember", lv, name, f"remember {lv} topic {name}", source,
+                lambda ed: ed.put(lv, name, body=body, source=source, title=title),
+            )
+
+    def forget(self, level: str, name: str, *, reason: str) -> Change:
+        """Archive a topic: it leaves the prompt but stays on disk, searchable.
+
+        Raises:
+            InvalidMemoryError: Bad level or name.
+            TopicNotFoundError: No such topic.
+            SecretInMemoryError: The reason contains a vault secret.
+        """
+        lv = check_level(level)
+        check_topic_name(name)
+        self._refuse_secrets(reason)
+        with self._lock:
+            return self._change(
+                "forget", lv, name, f"archive {lv} topic {name}: {reason}", None,
+                lambda ed: ed.set_status(lv, name, archived=True, reason=reason),
+            )
+
+    def restore(self, level: str, name: str) -> Change:
+        """Make an archived topic active again.
+
+        Raises:
+            InvalidMemoryError: Bad level or name.
+            TopicNotFoundError: No such topic.
+        """
+        lv = check_level(level)
+        check_topic_name(name)
+        with self._lock:
+            return self._change(
+                "restore", lv, name, f"restore {lv} topic {name}", None,
+                lambda ed: ed.set_status(lv, name, archived=False),
+            )
+
+    def undo(self, change_id: int) -> Change:
+        """Put back the exact bytes a change replaced; recorded as a change itself.
+
+        Raises:
+            InvalidMemoryError: No such change, or already undone.
+            UndoConflictError: A file was edited since; nothing was changed.
+        """
+        with self._lock:
+            original = self._history.get(change_id)
+            edits = self._history.undo_edits(change_id)
+            self._reindex_paths(edits)
+            return self._history.record(
+                op="undo", level=original.level, name=original.name,
+                summary=f"undo change {change_id} ({original.summary})",
+                session_id=self.session_id, source=None, edits=edits, undo_of=change_id,
+            )
+
+    def history(self, limit: int = 50) -> list[Change]:
+        """The latest changes, newest first, each with its diff."""
+        with self._lock:
+            return self._history.recent(limit)
+
+    # -- review queue ------------------------------------------------------------
+
+    def review_queue(self) -> list[ReviewItem]:
+        """Memory from untrusted sources waiting for the user's decision."""
+        with self._lock:
+            return self._review.pending()
+
+    def approve(self, item_id: int) -> Change:
+        """Write a reviewed memory (scanned again: the vault may have changed).
+
+        Raises:
+            ReviewItemNotFoundError: Nothing pending with that id.
+            SecretInMemoryError: It contains a vault secret now.
+        """
+        with self._lock:
+            item = self._review.get_pending(item_id)
+            source = item.source.model_copy(update={"approved_at": now_utc()})
+            change = self.remember(item.topic, item.content, level=item.level, source=source)
+            self._review.decide(item_id, "approved", change.id)
+            return change
+
+    def reject(self, item_id: int) -> None:
+        """Refuse a queued memory; it is never written (the row is kept as a record).
+
+        Raises:
+            ReviewItemNotFoundError: Nothing pending with that id.
+        """
+        with self._lock:
+            self._review.get_pending(item_id)
+            self._review.decide(item_id, "rejected")
+
+    # -- distillation -------------------------------------------------------------
+
+    def over_capacity(self) -> list[Level]:
+        """Levels whose active topics exceed their capacity."""
+        return [u.level for u in self.capacity_usage() if u.over]
+
+    def distill(self, model: ChatModel | None, *, level: str | None = None) -> DistillReport:
+        """Consolidate memory with the model; the result always fits the capacity.
+
+        With ``level=None``: the session's notes become project topics, then
+        every level over capacity is distilled. With a level: that level only
+        (``session`` promotes into ``project``). ``model=None`` skips the model
+        and only enforces capacities. Each level's edits are one change in
+        the history (undo it to revert the whole level).
+
+        Raises:
+            InvalidMemoryError: Bad level.
+            MemoryStoreError: Files could not be written (those of the failed
+                level are put back).
+        """
+        started = time.perf_counter()
+        with self._lock:
+            if level is not None:
+                todo = [check_level(level)]
+            else:
+                todo = ["session", *[lv for lv in ("project", "user") if self._is_over(lv)]]
+            report = DistillReport()
+            for lv in todo:
+                into: Level = "project" if lv == "session" else lv
+                result = self._distill_level(model, lv, into)
+                report.levels.append(result)
+                if lv == "session" and level is None and self._is_over("project"):
+                    # promotion filled the project level: it gets its own pass
+                    if "project" not in todo:
+                        report.levels.append(self._distill_level(model, "project", "project"))
+            report.seconds = time.perf_counter() - started
+            return report
+
+    def _is_over(self, level: Level) -> bool:
+        editor = self._editor()
+        active = editor.topics(level, active_only=True)
+        used = sum(topic_tokens(t, self._count_tokens) for t in active)
+        return used > self.settings.capacities.of(level)
+
+    def _distill_level(self, model: ChatModel | None, level: Level, into: Level) -> LevelDistill:
+        editor = self._editor()
+        distiller = LevelDistiller(
+            editor=editor,
+            level=level,
+            into=into,
+            capacity=self.settings.capacities.of(into),
+            count_tokens=self._count_tokens,
+            scan_secrets=self._scan_secrets,
+            session_id=self.session_id,
+            max_content_chars=self.settings.max_content_chars,
+            entry_chars=self.settings.distill_entry_chars,
+            max_tokens=self.settings.distill_max_tokens,
+        )
+        try:
+            result = distiller.run(model)
+            edits = editor.finish()
+        except Exception:
+            editor.rollback()
+            raise
+        if edits:
+            change = self._history.record(
+                op="distill", level=level, name="",
+                summary=f"distill {level} into {into}: {len(result.applied)} applied, "
+                f"{len(result.rejected)} rejected, {len(result.archived_for_capacity)} archived "
+                "for capacity",
+                session_id=self.session_id,
+                source=Provenance(session=self.session_id, tool="distill", trust="model"),
+                edits=edits,
+            )
+            result.change_id = change.id
+        return result
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _editor(self) -> TopicEditor:
+        return TopicEditor(
+            self.layout, self._index, max_bytes=self.settings.max_file_bytes, usage=self._usage_of
+        )
+
+    def _refuse_secrets(self, text: str) -> None:
+        found = self._scan_secrets(text)
+        if found:
+            raise SecretInMemoryError(found)
+
+    def _change(
+        self,
+        op: str,
+        level: Level,
+        name: str,
+        summary: str,
+        source: Provenance | None,
+        action: Callable[[TopicEditor], object],
+    ) -> Change:
+        editor = self._editor()
+        with self._rollback_on_error(editor):
+            action(editor)
+            edits = editor.finish()
+        return self._history.record(
+            op=op, level=level, name=name, summary=summary,
+            session_id=self.session_id, source=source, edits=edits,
+        )
+
+    @contextmanager
+    def _rollback_on_error(self, editor: TopicEditor) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            editor.rollback()
+            raise
+
+    def _reindex_paths(self, edits: list[FileEdit]) -> None:
+        self._index.refresh(force=True)
+
+    def _usage_of(self, path: Path) -> tuple[int, datetime | None]:
+        row = self._db.conn.execute(
+            "SELECT uses, last_used FROM memory_usage WHERE path = ?", (str(path),)
+        ).fetchone()
+        if row is None:
+            return 0, None
+        return int(row[0]), datetime.fromisoformat(row[1]) if row[1] else None
+
+    def _count_use(self, path: Path) -> None:
+        try:
+            with self._db.conn:
+                self._db.conn.execute(
+                    "INSERT INTO memory_usage (path, uses, last_used) VALUES (?, 1, ?)"
+                    " ON CONFLICT(path) DO UPDATE SET uses = uses + 1,"
+                    " last_used = excluded.last_used",
+                    (str(path), now_utc().isoformat()),
+                )
+        except Exception as e:  # sqlite3.Error; counting a use must not break a read
+            raise MemoryStoreError(f"cannot record the use of {path}: {e}") from e
