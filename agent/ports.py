@@ -1,0 +1,119 @@
+"""What the host-side tools need from the vault broker and the memory service.
+
+The tools are importable in the agent process (which only needs their
+argument schemas), so they must not import ``vault.broker`` or ``memory`` at
+module import. They talk to those services through these structural
+protocols instead; the real ``vault.broker.Broker`` and
+``memory.service.MemoryService`` satisfy them without inheriting from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class OutboundCall:
+    """One HTTP request the agent asked for, before the broker injects anything.
+
+    Field for field the same as ``vault.broker.HttpCall``; the http tool builds
+    the broker's own type when the vault package is installed and falls back
+    to this one (tests with a fake broker) when it is not.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: str | None = None
+
+
+class BrokeredResponseLike(Protocol):
+    """What comes back from the broker: already redacted and size-limited."""
+
+    @property
+    def status(self) -> int:
+        """The HTTP status code."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Response headers (redacted)."""
+        ...
+
+    @property
+    def body(self) -> str:
+        """Response body as text (redacted, possibly truncated)."""
+        ...
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the body was cut at the broker's size limit."""
+        ...
+
+    @property
+    def redacted(self) -> Sequence[str]:
+        """Names of the secrets whose values were removed from the response."""
+        ...
+
+
+class CapabilityLike(Protocol):
+    """The agent-visible description of a capability (``vault.handle.CapabilityInfo``)."""
+
+    @property
+    def handle(self) -> str:
+        """The opaque ``cap_…`` handle."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """What the capability allows, in words."""
+        ...
+
+
+@runtime_checkable
+class BrokerPort(Protocol):
+    """The part of ``vault.broker.Broker`` the ``http_request`` tool uses."""
+
+    def call(
+        self, handle: str | None, call: Any, *, session_id: str, now: datetime
+    ) -> BrokeredResponseLike:
+        """Perform ``call`` (an ``HttpCall``), redeeming ``handle`` if given.
+
+        ``call`` is typed ``Any`` on purpose: the broker's own request type lives
+        in ``vault.broker``, which this module must not import.
+
+        Raises:
+            vault.errors.GrantRefused: The handle is unknown, expired, used up,
+                or does not cover this method, host or path.
+        """
+        ...
+
+    def capabilities(self, session_id: str) -> Sequence[CapabilityLike]:
+        """The capabilities granted to ``session_id``."""
+        ...
+
+
+@runtime_checkable
+class MemoryPort(Protocol):
+    """The part of ``memory.service.MemoryService`` the memory tools use."""
+
+    def remember(self, topic: str, content: str, *, level: Any, source: Any) -> Any:
+        """Write ``content`` under ``topic`` at ``level``, stamped with ``source``.
+
+        ``level`` and ``source`` are the memory package's own types
+        (``"project"``-like level names and a ``Provenance``); the tools pass
+        what :attr:`agent.tools.base.ToolContext.memory_source` builds, so this
+        module never imports ``memory``. The result is shown to the model as text.
+        """
+        ...
+
+    def recall(self, query: str, *, limit: int) -> Sequence[Any]:
+        """Search memory for ``query``; at most ``limit`` hits."""
+        ...
+
+    def forget(self, level: Any, name: str, *, reason: str) -> Any:
+        """Archive the topic ``name`` at ``level`` (never deletes it silently)."""
+        ...

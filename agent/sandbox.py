@@ -1,0 +1,532 @@
+"""Bubblewrap sandboxes: one per shell command, and one around the agent process.
+
+Each ``shell`` command runs in its own sandbox: the workspace bound
+read-write with the protected paths (``.git/hooks``, ``.git/config``,
+``.keyless``) bound read-only over it, the system read-only, no network, a
+private ``/tmp`` and ``$HOME`` (size-limited tmpfs), a fresh PID namespace,
+all capabilities dropped, and CPU-time, address-space, file-size,
+open-file and process-count limits set *inside* the sandbox with
+``prlimit`` (set outside, ``RLIMIT_NPROC`` would count every process of the
+user; inside the new user namespace it counts only the sandbox's). A
+wall-clock timer kills the whole process group; output is capped.
+
+Root is exempt from ``RLIMIT_NPROC``, so when the host runs as root a watchdog
+counts the sandbox's processes and kills it past the limit.
+
+:meth:`Sandbox.agent_command` builds the bwrap command line for the agent
+worker: read-only system and Python, no workspace, no data dir, no D-Bus
+socket, no network, a scrubbed environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import SandboxError
+from agent.tools.paths import PROTECTED
+
+#: ``$HOME`` inside every sandbox: an empty directory on the private tmpfs ``/tmp``.
+SANDBOX_HOME = "/tmp/home"
+#: ``PATH`` inside every sandbox (system directories only).
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: The few files of ``/etc`` programs need; never the whole directory.
+ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/localtime",
+    "/etc/alternatives",
+    "/etc/mime.types",
+)
+_TOP_LEVEL_SYSTEM = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_TMPFS_BYTES = 64 * 1024 * 1024
+
+LimitHit = Literal["wall-clock", "cpu", "processes", "output"]
+
+
+class Limits(BaseModel):
+    """Resource limits of one shell command."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cpu_seconds: int = Field(default=30, gt=0, description="CPU time (RLIMIT_CPU).")
+    memory_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Address space per process (RLIMIT_AS)."
+    )
+    max_processes: int = Field(
+        default=128, gt=0, description="Processes in the sandbox (RLIMIT_NPROC)."
+    )
+    file_size_bytes: int = Field(
+        default=256 * 1024**2, gt=0, description="Largest file a command may write (RLIMIT_FSIZE)."
+    )
+    open_files: int = Field(default=256, gt=0, description="Open descriptors (RLIMIT_NOFILE).")
+    wall_seconds: float = Field(default=60.0, gt=0, description="Wall-clock time before the kill.")
+    output_bytes: int = Field(default=32 * 1024, gt=0, description="Output kept for the model.")
+    drain_bytes: int = Field(
+        default=64 * 1024**2,
+        gt=0,
+        description="Output read (and dropped) past output_bytes before the command is killed.",
+    )
+
+
+class ShellResult(BaseModel):
+    """What one shell command did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None = Field(description="Exit status; 128+N when killed by signal N.")
+    output: str = Field(description="Interleaved stdout and stderr, at most output_bytes.")
+    output_bytes: int = Field(description="Bytes the command wrote in total.")
+    truncated: bool = Field(description="Whether output was cut.")
+    limit_hit: LimitHit | None = Field(description="The limit that stopped the command, if any.")
+    duration_s: float
+    sandboxed: bool
+
+    def describe(self) -> str:
+        """The result as the model sees it: a status line, then the output."""
+        if self.limit_hit is not None:
+            status = f"killed: {self.limit_hit} limit reached"
+        else:
+            status = f"exit status {self.exit_code}"
+        text = self.output
+        if self.truncated:
+            dropped = self.output_bytes - len(self.output.encode("utf-8", errors="replace"))
+            text += f"\n[truncated output: {max(dropped, 0)} more bytes not shown]"
+        return f"{status}\n{text}" if text else status
+
+
+def scrubbed_env(
+    *, home: str = SANDBOX_HOME, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """An environment built from an allowlist, never the parent's other variables.
+
+    Only locale and terminal variables are copied from the parent; ``PATH``,
+    ``HOME`` and the Python variables are fixed values.
+
+    Args:
+        home: ``$HOME`` in the child.
+        extra: Variables the caller adds deliberately (never secrets).
+
+    Returns:
+        The environment.
+    """
+    env = {
+        "PATH": SANDBOX_PATH,
+        "HOME": home,
+        "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONIOENCODING": "utf-8",
+    }
+    for name, value in os.environ.items():
+        if name in ("LANG", "LANGUAGE", "TERM", "TZ") or name.startswith("LC_"):
+            env[name] = value
+    env.setdefault("LANG", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in _TOP_LEVEL_SYSTEM:
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for item in ETC_FILES:
+        args += ["--ro-bind-try", item, item]
+    return args
+
+
+def _isolation_flags() -> list[str]:
+    return [
+        "--unshare-user-try",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(_TMPFS_BYTES),
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        SANDBOX_HOME,
+    ]
+
+
+def _env_flags(env: Mapping[str, str]) -> list[str]:
+    args = ["--clearenv"]
+    for name, value in sorted(env.items()):
+        args += ["--setenv", name, value]
+    return args
+
+
+def _hide_flags(hide: Sequence[Path], visible: Sequence[Path]) -> list[str]:
+    """Cover each hidden path that lies inside a bound one with an empty mount."""
+    args: list[str] = []
+    for hidden in hide:
+        real = Path(os.path.realpath(hidden))
+        if not real.exists() or not any(real == v or v in real.parents for v in visible):
+            continue
+        if real.is_dir():
+            args += ["--tmpfs", str(real), "--remount-ro", str(real)]
+        else:
+            args += ["--ro-bind", "/dev/null", str(real)]
+    return args
+
+
+def _prlimit_prefix(limits: Limits, *, processes: bool) -> list[str]:
+    prlimit = shutil.which("prlimit", path="/usr/bin:/bin") or "prlimit"
+    args = [
+        prlimit,
+        f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
+        f"--as={limits.memory_bytes}",
+        f"--fsize={limits.file_size_bytes}",
+        f"--nofile={limits.open_files}",
+        "--core=0",
+    ]
+    if processes:
+        args.append(f"--nproc={limits.max_processes}")
+    return [*args, "--"]
+
+
+def check_workspace(workspace: Path) -> Path:
+    """Refuse a workspace that would expose the user's whole home or system.
+
+    Returns:
+        The canonical workspace path.
+
+    Raises:
+        SandboxError: The workspace is ``/``, the home directory or one of its
+            ancestors, or not a directory.
+    """
+    real = Path(os.path.realpath(workspace))
+    if not real.is_dir():
+        raise SandboxError(f"workspace {workspace} is not a directory")
+    home = Path(os.path.realpath(Path.home()))
+    if real == Path("/") or real == home or real in home.parents:
+        raise SandboxError(
+            f"workspace {real} contains the home directory; choose a project directory"
+        )
+    return real
+
+
+class Sandbox:
+    """Launches commands inside bubblewrap.
+
+    Args:
+        bwrap: Path of the ``bwrap`` binary, or ``None`` when unavailable.
+    """
+
+    _detected: Sandbox | None = None
+
+    def __init__(self, bwrap: str | None) -> None:
+        self.bwrap = bwrap
+
+    @classmethod
+    def detect(cls) -> Sandbox:
+        """Find a working ``bwrap`` (and ``prlimit``); the result is cached.
+
+        A binary that exists but cannot create namespaces (user namespaces
+        disabled, inside some containers) counts as unavailable.
+        """
+        if cls._detected is None:
+            cls._detected = cls(cls._probe())
+        return cls._detected
+
+    @staticmethod
+    def _probe() -> str | None:
+        if not sys.platform.startswith("linux"):
+            return None
+        bwrap = shutil.which("bwrap")
+        if bwrap is None or shutil.which("prlimit", path="/usr/bin:/bin") is None:
+            return None
+        argv = [bwrap, *_system_binds(), *_isolation_flags(), "--", "true"]
+        try:
+            done = subprocess.run(
+                argv, env=scrubbed_env(), capture_output=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return bwrap if done.returncode == 0 else None
+
+    @property
+    def available(self) -> bool:
+        """Whether commands can be sandboxed."""
+        return self.bwrap is not None
+
+    # -- shell --------------------------------------------------------------------------------
+
+    def shell_argv(
+        self, command: str, workspace: Path, limits: Limits, *, hide: Sequence[Path] = ()
+    ) -> list[str]:
+        """The bwrap command line that runs ``command`` with ``/bin/sh -c``.
+
+        Missing protected directories are created first (``.keyless``, and
+        ``.git/hooks`` in a git checkout) so they can be bound read-only;
+        otherwise a command could create them.
+
+        Raises:
+            SandboxError: No bwrap, or an unsuitable workspace.
+        """
+        if self.bwrap is None:
+            raise SandboxError("bubblewrap is not available")
+        ws = check_workspace(workspace)
+        args = [self.bwrap, *_system_binds(), *_isolation_flags()]
+        args += ["--bind", str(ws), str(ws)]
+        for rel in PROTECTED:
+            target = ws / rel
+            if rel.name == "hooks" and (ws / ".git").is_dir() and not os.path.lexists(target):
+                target.mkdir()
+            if rel.name == ".keyless" and not os.path.lexists(target):
+                target.mkdir()
+            if os.path.islink(target):
+                # A symlink here could point anywhere; cover it with an empty file.
+                args += ["--ro-bind", "/dev/null", str(target)]
+            elif target.exists():
+                args += ["--ro-bind", str(target), str(target)]
+        args += _hide_flags(hide, [ws])
+        args += _env_flags(scrubbed_env())
+        args += ["--chdir", str(ws), "--"]
+        args += _prlimit_prefix(limits, processes=True)
+        args += ["/bin/sh", "-c", command]
+        return args
+
+    def run_shell(
+        self, command: str, workspace: Path, limits: Limits, *, hide: Sequence[Path] = ()
+    ) -> ShellResult:
+        """Run ``command`` in a fresh sandbox and wait for it under ``limits``.
+
+        Raises:
+            SandboxError: bwrap is missing or could not start.
+        """
+        argv = self.shell_argv(command, workspace, limits, hide=hide)
+        return _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
+
+    # -- agent process --------------------------------------------------------------------------
+
+    def agent_command(
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: Path | None = None,
+        extra_ro_binds: Sequence[Path] = (),
+        hide: Sequence[Path] = (),
+    ) -> list[str]:
+        """The bwrap command line that starts the agent worker ``argv``.
+
+        Visible: the system read-only, the Python installation
+        (``sys.base_prefix``), the virtual environment (``sys.prefix``), the
+        directory holding the Keyless packages, and ``extra_ro_binds`` (a
+        model file, a scripted-model file), all read-only. Not visible: the
+        workspace (the agent reaches files only through host-run tools; the
+        ``workspace`` argument is accepted and deliberately not bound), the
+        data dir and vault, ``$HOME``, ``/run`` (D-Bus, ``XDG_RUNTIME_DIR``).
+
+        Args:
+            argv: The worker's command line (``[sys.executable, "-m", "agent.worker", ...]``).
+            workspace: Ignored on purpose; see above.
+            extra_ro_binds: More files or directories the worker needs, read-only.
+            hide: Paths covered even when inside a bound directory (data dir).
+
+        Returns:
+            The full command line.
+
+        Raises:
+            SandboxError: No bwrap, or an extra bind that is ``/`` or the home directory.
+        """
+        del workspace
+        if self.bwrap is None:
+            raise SandboxError("bubblewrap is not available")
+        home = Path(os.path.realpath(Path.home()))
+        package_root = Path(__file__).resolve().parent.parent
+        visible: list[Path] = []
+        for path in (Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix), package_root):
+            real = Path(os.path.realpath(path))
+            if real not in visible:
+                visible.append(real)
+        for extra in extra_ro_binds:
+            real = Path(os.path.realpath(extra))
+            if real == Path("/") or real == home or real in home.parents:
+                raise SandboxError(f"refusing to expose {real} to the agent process")
+            if not real.exists():
+                raise SandboxError(f"{extra} does not exist")
+            visible.append(real)
+        args = [self.bwrap, *_system_binds(), *_isolation_flags()]
+        args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
+        for device in ("/dev/dri", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/kfd"):
+            args += ["--dev-bind-try", device, device]
+        for path in visible:
+            args += ["--ro-bind", str(path), str(path)]
+        args += _hide_flags(hide, visible)
+        args += _env_flags(scrubbed_env())
+        args += ["--chdir", "/", "--", *argv]
+        return args
+
+
+def run_unsandboxed(command: str, workspace: Path, limits: Limits) -> ShellResult:
+    """Run ``command`` without OS isolation, after the user's explicit approval.
+
+    Still a scrubbed environment, resource limits (but no process count:
+    outside a user namespace it would count all the user's processes), the
+    wall-clock timeout and the output cap.
+    """
+    argv = [*_prlimit_prefix(limits, processes=False), "/bin/sh", "-c", command]
+    if shutil.which("prlimit", path="/usr/bin:/bin") is None:
+        argv = ["/bin/sh", "-c", command]
+    return _supervise(
+        argv, limits, env=scrubbed_env(), cwd=check_workspace(workspace), sandboxed=False
+    )
+
+
+def _process_tree_size(root: int) -> int:
+    """Count ``root`` and its descendants by scanning ``/proc`` (no CONFIG_PROC_CHILDREN needed)."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces.
+        fields = data[data.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            parents[int(entry)] = int(fields[1])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    count, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        count += 1
+        stack.extend(children.get(pid, ()))
+    return count
+
+
+def _supervise(
+    argv: list[str], limits: Limits, *, env: dict[str, str], cwd: Path | None, sandboxed: bool
+) -> ShellResult:
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:
+        raise SandboxError(f"cannot start {argv[0]}: {e.strerror}") from e
+    assert proc.stdout is not None
+    hit: list[LimitHit] = []
+    done = threading.Event()
+
+    def kill(reason: LimitHit) -> None:
+        if not hit:
+            hit.append(reason)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    kept = bytearray()
+    total = 0
+
+    def read() -> None:
+        nonlocal total
+        stream = proc.stdout
+        assert stream is not None
+        fd = stream.fileno()
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            total += len(chunk)
+            room = limits.output_bytes - len(kept)
+            if room > 0:
+                kept.extend(chunk[:room])
+            if total > limits.output_bytes + limits.drain_bytes:
+                kill("output")
+                return
+
+    def watch_processes() -> None:
+        # Root ignores RLIMIT_NPROC; count the tree instead.
+        interval = 0.005
+        while not done.wait(interval):
+            if _process_tree_size(proc.pid) > limits.max_processes + 2:
+                kill("processes")
+                return
+            interval = min(interval * 2, 0.05)
+
+    reader = threading.Thread(target=read, name="sandbox-output", daemon=True)
+    reader.start()
+    watcher = None
+    if sandboxed and os.geteuid() == 0:
+        watcher = threading.Thread(target=watch_processes, name="sandbox-nproc", daemon=True)
+        watcher.start()
+    timer = threading.Timer(limits.wall_seconds, kill, args=("wall-clock",))
+    timer.daemon = True
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+        done.set()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # Background children of an unsandboxed command may hold the pipe open.
+    reader.join(timeout=1.0)
+    if reader.is_alive():
+        kill("wall-clock")
+        reader.join(timeout=1.0)
+    proc.stdout.close()
+    if watcher is not None:
+        watcher.join(timeout=1.0)
+    exit_code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    limit_hit: LimitHit | None = hit[0] if hit else None
+    cpu = usage.ru_utime + usage.ru_stime
+    if limit_hit is None and exit_code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
+        if cpu >= limits.cpu_seconds * 0.95:
+            limit_hit = "cpu"
+    return ShellResult(
+        exit_code=exit_code,
+        output=bytes(kept).decode("utf-8", errors="replace"),
+        output_bytes=total,
+        truncated=total > len(kept),
+        limit_hit=limit_hit,
+        duration_s=time.monotonic() - start,
+        sandboxed=sandboxed,
+    )
