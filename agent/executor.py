@@ -1,0 +1,221 @@
+"""The errand loop that runs in the agent process.
+
+Each step the executor asks the model for one JSON object under the schema
+:func:`agent.tools.registry.tool_call_schema` builds from the allowed tools,
+so a small model's reply always parses: either a tool call, handed to the host
+through a :class:`ToolCaller`, or a final answer. Tool results come back as
+untrusted data (see :mod:`agent.prompt`). The loop stops at a final answer, the
+``finish`` tool, the step limit, the token limit, or a cancel.
+
+The executor knows nothing about pipes: the worker gives it a
+:class:`ToolCaller` that talks to the host, tests give it one that answers in
+process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from agent.errors import ErrandCancelledError, UnknownToolError
+from agent.prompt import (
+    ToolDescription,
+    correction_message,
+    initial_messages,
+    wrap_tool_result,
+)
+from agent.protocol import (
+    AgentMessage,
+    ErrandStats,
+    FinalAnswer,
+    Progress,
+    StopReason,
+    Task,
+    TokenChunk,
+    ToolRequest,
+    ToolResult,
+)
+from agent.tools.finish import Args as FinishArgs
+from agent.tools.registry import ALL_TOOLS, tool_call_schema
+from models.errors import GenerationError
+from models.interface import CancelToken, ChatModel, Finished, Message, Token
+
+log = logging.getLogger(__name__)
+
+FINISH_TOOL = "finish"
+
+
+class ToolCaller(Protocol):
+    """Carries a tool call to the host and returns its result."""
+
+    def call(self, request: ToolRequest, cancel: CancelToken) -> ToolResult:
+        """Run ``request`` on the host side.
+
+        Raises:
+            agent.errors.ErrandCancelledError: ``cancel`` fired while waiting.
+        """
+        ...
+
+
+def describe_tools(names: Sequence[str]) -> list[ToolDescription]:
+    """Return the prompt descriptions of the named tools, from their pydantic models.
+
+    Raises:
+        agent.errors.UnknownToolError: A name is not a registered tool.
+    """
+    out = []
+    for name in names:
+        spec = ALL_TOOLS.get(name)
+        if spec is None:
+            raise UnknownToolError(f"no tool named {name!r}")
+        out.append(
+            ToolDescription(
+                name=spec.name,
+                description=spec.description,
+                parameters=spec.args_model.model_json_schema(),
+            )
+        )
+    return out
+
+
+class Executor:
+    """Runs errands with one model.
+
+    Args:
+        model: The model that chooses each step.
+        tools: Carries tool calls to the host.
+        emit: Receives :class:`TokenChunk` and :class:`Progress` messages for the host.
+    """
+
+    def __init__(
+        self,
+        model: ChatModel,
+        tools: ToolCaller,
+        emit: Callable[[AgentMessage], None],
+    ) -> None:
+        self._model = model
+        self._tools = tools
+        self._emit = emit
+
+    def run(self, task: Task, cancel: CancelToken) -> FinalAnswer:
+        """Run one errand to its end.
+
+        Returns:
+            The final answer; its ``stats.stop_reason`` says whether the model
+            answered, or a limit or a cancel stopped it.
+
+        Raises:
+            models.errors.ModelError: The model failed.
+            agent.errors.UnknownToolError: The task allows a tool that does not exist.
+        """
+        limits = task.limits
+        names = list(dict.fromkeys([*task.tools, FINISH_TOOL]))
+        schema = tool_call_schema(names)
+        messages: list[Message] = initial_messages(task, describe_tools(names))
+        generated = 0
+        tool_calls = 0
+
+        def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
+            stats = ErrandStats(
+                steps=steps, tool_calls=tool_calls, generated_tokens=generated, stop_reason=reason
+            )
+            return FinalAnswer(text=text, stats=stats)
+
+        for step in range(1, limits.max_steps + 1):
+            if cancel.cancelled:
+                return done("", "cancelled", step - 1)
+            budget = min(limits.max_tokens_per_step, limits.max_total_tokens - generated)
+            if budget <= 0:
+                return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
+            self._emit(Progress(step=step, max_steps=limits.max_steps))
+            finished = self._generate(messages, budget, schema, cancel, step)
+            generated += finished.stats.n_generated
+            if cancel.cancelled or finished.stats.stop_reason == "cancelled":
+                return done("", "cancelled", step)
+            reply = finished.text.strip()
+            messages.append(Message(role="assistant", content=reply))
+            try:
+                action = _parse_action(reply)
+            except ValueError as e:
+                log.info("step %d: unusable reply: %s", step, e)
+                problem = str(e)
+                if finished.stats.stop_reason == "max_tokens":
+                    problem = f"it was cut off at {budget} tokens; keep replies short"
+                messages.append(correction_message(problem))
+                continue
+            if "final" in action:
+                return done(str(action["final"]), "final", step)
+            tool, arguments = action["tool"], action["arguments"]
+            if tool == FINISH_TOOL:
+                try:
+                    return done(_finish_text(arguments), "finish", step)
+                except ValueError as e:
+                    messages.append(correction_message(f"finish needs an answer ({e})"))
+                    continue
+            tool_calls += 1
+            request = ToolRequest(call_id=f"c{step}", tool=tool, arguments=arguments)
+            try:
+                result = self._tools.call(request, cancel)
+            except ErrandCancelledError:
+                return done("", "cancelled", step)
+            messages.append(
+                wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
+            )
+        return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
+
+    def _generate(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int,
+        schema: dict[str, Any],
+        cancel: CancelToken,
+        step: int,
+    ) -> Finished:
+        for event in self._model.stream_chat(
+            messages, max_tokens=max_tokens, json_schema=schema, temperature=0.0, cancel=cancel
+        ):
+            if isinstance(event, Token):
+                if event.text:
+                    self._emit(TokenChunk(text=event.text, step=step))
+            elif isinstance(event, Finished):
+                return event
+        raise GenerationError("the model's stream ended without a final event")
+
+
+def _parse_action(reply: str) -> dict[str, Any]:
+    """Return ``{"final": str}`` or ``{"tool": str, "arguments": dict}``.
+
+    Raises:
+        ValueError: The reply is not one of those (named in the message).
+    """
+    try:
+        obj = json.loads(reply)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"it is not valid JSON ({e.msg} at character {e.pos})") from e
+    if not isinstance(obj, dict):
+        raise ValueError("it is not a JSON object")
+    if "final" in obj:
+        if not isinstance(obj["final"], str):
+            raise ValueError('"final" must be a string')
+        return {"final": obj["final"]}
+    tool, arguments = obj.get("tool"), obj.get("arguments", {})
+    if not isinstance(tool, str) or not tool:
+        raise ValueError('it has neither "final" nor a "tool" name')
+    if not isinstance(arguments, dict):
+        raise ValueError('"arguments" must be a JSON object')
+    return {"tool": tool, "arguments": arguments}
+
+
+def _finish_text(arguments: dict[str, Any]) -> str:
+    """The user-facing text of a ``finish`` call, validated by the tool's own model.
+
+    Raises:
+        ValueError: The arguments do not validate (the grammar makes this rare).
+    """
+    return FinishArgs.model_validate(arguments).answer
+
+
+def _limit_text(what: str, limit: int) -> str:
+    return f"Stopped: the errand reached its {what} limit ({limit}) without a final answer."
