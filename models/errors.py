@@ -37,3 +37,11 @@ class ModelProcessError(ModelError):
 
 class GenerationError(ModelError):
     """Generation failed after the model was loaded."""
+
+
+class DownloadCancelledError(DownloadError):
+    """A download was cancelled; its partial file is kept so it can resume."""
+
+
+class DownloadChecksumError(DownloadError, ChecksumError):
+    """A downloaded file's sha256 does not match; the download was deleted."""

@@ -1,0 +1,485 @@
+"""The llama.cpp runtime: a GGUF model behind the :class:`ChatModel` interface.
+
+:class:`Runtime` loads a model with ``llama_cpp.Llama`` (GPU offload chosen
+automatically, ``n_ctx``, threads, f16 KV cache, RoPE scaling) and drives the
+decode loop itself rather than through ``create_chat_completion``: prompts
+are rendered with the model's own chat template, fed through a
+:class:`~models.sinkcache.SinkCache` (so a conversation, and a single
+generation, continue past ``n_ctx``), and sampled one token at a time with a
+sampler chain that lives for the whole generation (greedy or temperature,
+optionally a JSON-schema grammar). A :class:`CancelToken` is checked before
+every token.
+
+A runtime serves one generation at a time; a second concurrent call raises
+:class:`~models.errors.GenerationError`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.catalog import GGUFHeader, read_header
+from models.errors import GenerationError, ModelError, ModelLoadError
+from models.interface import (
+    CancelToken,
+    ContextState,
+    Finished,
+    GenerationStats,
+    Message,
+    ModelInfo,
+    StopReason,
+    StreamEvent,
+    Token,
+)
+from models.sinkcache import SinkCache
+
+# GGML tensor types for the KV cache (ggml.h: GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1).
+_GGML_TYPE_F32 = 0
+_GGML_TYPE_F16 = 1
+
+# ChatML, the template of the embedded default, for GGUF files that carry none.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class RopeScaling(BaseModel):
+    """How positions are stretched beyond the trained context.
+
+    ``none`` keeps the model's own RoPE settings; ``linear`` is Positional
+    Interpolation (positions divided by ``factor``: ``rope_freq_scale =
+    1/factor``); ``yarn`` is YaRN with the trained context as its original
+    context.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["none", "linear", "yarn"] = "none"
+    factor: float = Field(default=1.0, ge=1.0, le=64.0)
+
+
+class RuntimeConfig(BaseModel):
+    """How to load a model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_path: Path
+    n_ctx: int = Field(default=4096, ge=1)
+    n_threads: int | None = Field(default=None, ge=1)
+    n_gpu_layers: int | None = Field(
+        default=None, description="None: all layers when the build can offload, else 0."
+    )
+    n_sink: int = Field(default=4, ge=0)
+    evict_chunk: int | None = Field(default=None, ge=1)
+    rope_scaling: RopeScaling = RopeScaling()
+    kv_f16: bool = True
+    seed: int = 0
+    n_batch: int = Field(default=512, ge=1)
+    name: str | None = None
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build has a GPU backend."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def llama_kwargs(config: RuntimeConfig, header: GGUFHeader) -> dict[str, Any]:
+    """Translate a config into ``llama_cpp.Llama`` keyword arguments.
+
+    Raises:
+        ModelLoadError: RoPE scaling needs a trained context the file lacks.
+    """
+    import llama_cpp
+
+    n_gpu_layers = config.n_gpu_layers
+    if n_gpu_layers is None:
+        n_gpu_layers = -1 if gpu_offload_supported() else 0
+    kv_type = _GGML_TYPE_F16 if config.kv_f16 else _GGML_TYPE_F32
+    kwargs: dict[str, Any] = {
+        "model_path": str(config.model_path),
+        "n_ctx": config.n_ctx,
+        "n_batch": min(config.n_batch, config.n_ctx),
+        "n_ubatch": min(config.n_batch, config.n_ctx),
+        "n_threads": config.n_threads or _default_threads(),
+        "n_threads_batch": config.n_threads or _default_threads(),
+        "n_gpu_layers": n_gpu_layers,
+        "type_k": kv_type,
+        "type_v": kv_type,
+        "seed": config.seed,
+        "verbose": False,
+    }
+    rope = config.rope_scaling
+    if rope.kind == "linear":
+        kwargs["rope_scaling_type"] = llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR
+        kwargs["rope_freq_scale"] = 1.0 / rope.factor
+    elif rope.kind == "yarn":
+        if header.n_ctx_train is None:
+            raise ModelLoadError(
+                f"YaRN needs the trained context length; {config.model_path} does not declare one"
+            )
+        kwargs["rope_scaling_type"] = llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
+        kwargs["rope_freq_scale"] = 1.0 / rope.factor
+        kwargs["yarn_orig_ctx"] = header.n_ctx_train
+        kwargs["yarn_ext_factor"] = 1.0
+        kwargs["yarn_attn_factor"] = 1.0
+        kwargs["yarn_beta_fast"] = 32.0
+        kwargs["yarn_beta_slow"] = 1.0
+    return kwargs
+
+
+def _default_threads() -> int:
+    # Physical cores are what decode scales with; count the ones we may use.
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+class Runtime:
+    """A GGUF model loaded with llama.cpp, satisfying :class:`ChatModel`.
+
+    Args:
+        config: What to load and how.
+        can_shift: Override the KV shift probe (tests force the fallback).
+
+    Raises:
+        ModelFileError: The file is missing, not GGUF or truncated.
+        ContextTooSmallError: ``n_ctx`` cannot hold the sinks and a window.
+        ModelLoadError: llama.cpp refused the file or the settings.
+    """
+
+    def __init__(self, config: RuntimeConfig, *, can_shift: bool | None = None) -> None:
+        self.config = config
+        self.header = read_header(config.model_path)
+        kwargs = llama_kwargs(config, self.header)
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llm = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ModelLoadError(f"llama.cpp could not load {config.model_path}: {e}") from e
+        self._llm: Any = llm
+        self._closed = False
+        self._lock = threading.Lock()
+        try:
+            self._cache = SinkCache(
+                llm, n_sink=config.n_sink, evict_chunk=config.evict_chunk, can_shift=can_shift
+            )
+            template = self.header.chat_template or llm.metadata.get("tokenizer.chat_template")
+            eos_id = llm.token_eos()
+            bos_id = llm.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=template or CHATML_TEMPLATE,
+                eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
+                bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
+                stop_token_ids=[eos_id],
+            )
+        except BaseException:
+            llm.close()
+            raise
+        self._vocab = llm._model.vocab
+        self._eog_ids: list[int] | None = None
+        self._info = ModelInfo(
+            name=config.name or self.header.name or config.model_path.stem,
+            backend="llama.cpp",
+            path=str(config.model_path),
+            n_ctx=self._cache.n_ctx,
+            n_ctx_train=self.header.n_ctx_train,
+            gpu_offload_supported=gpu_offload_supported(),
+            n_gpu_layers=int(kwargs["n_gpu_layers"]),
+            rope_scaling=(
+                "none"
+                if config.rope_scaling.kind == "none"
+                else f"{config.rope_scaling.kind} x{config.rope_scaling.factor:g}"
+            ),
+        )
+
+    # -- ChatModel -------------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        """Describe the loaded model."""
+        return self._info
+
+    @property
+    def cache(self) -> SinkCache:
+        """The sink cache (benchmarks and tests inspect it)."""
+        self._require_open()
+        return self._cache
+
+    @property
+    def llama(self) -> Any:
+        """The underlying ``llama_cpp.Llama`` (benchmarks compare against it)."""
+        self._require_open()
+        return self._llm
+
+    def render(self, messages: Sequence[Message]) -> list[int]:
+        """Render messages with the chat template and tokenize the prompt.
+
+        Raises:
+            GenerationError: The template rejected the messages.
+        """
+        llm = self._require_open()
+        try:
+            chat: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+            result = self._formatter(messages=chat)
+        except Exception as e:  # noqa: BLE001 - Jinja raises anything; reported below
+            raise GenerationError(f"the model's chat template failed: {e}") from e
+        tokens: list[int] = llm.tokenize(
+            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+        return tokens
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        json_schema: Mapping[str, Any] | None = None,
+        temperature: float = 0.0,
+        ignore_eos: bool = False,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Generate the assistant's next message (see :class:`ChatModel`)."""
+        if not messages:
+            raise GenerationError("cannot generate from an empty conversation")
+        prompt = self.render(messages)
+        return self.stream_tokens(
+            prompt,
+            max_tokens=max_tokens,
+            json_schema=json_schema,
+            temperature=temperature,
+            ignore_eos=ignore_eos,
+            cancel=cancel,
+        )
+
+    def stream_tokens(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int,
+        json_schema: Mapping[str, Any] | None = None,
+        temperature: float = 0.0,
+        ignore_eos: bool = False,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Continue the cached conversation with ``prompt`` tokens and generate.
+
+        Like :meth:`stream_chat` but with an already tokenized prompt.
+        """
+        if max_tokens < 0:
+            raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
+        if not prompt:
+            raise GenerationError("cannot generate from an empty prompt")
+        sampler = self._make_sampler(json_schema, temperature, ignore_eos and json_schema is None)
+        return self._generate(list(prompt), max_tokens, sampler, cancel)
+
+    def count_tokens(self, text: str) -> int:
+        """Return how many tokens ``text`` takes (no BOS, specials as text)."""
+        llm = self._require_open()
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def context_state(self) -> ContextState:
+        """Return what the KV cache holds now."""
+        self._require_open()
+        return self._cache.state()
+
+    def reset(self) -> None:
+        """Forget the conversation (clear the KV cache)."""
+        self._require_open()
+        with self._busy():
+            self._cache.clear()
+
+    def close(self) -> None:
+        """Free the model and its context. Safe to call twice.
+
+        During a generation (another thread, or a stream not yet exhausted)
+        the generation stops before its next token and frees the model then.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._free()
+            finally:
+                self._lock.release()
+
+    def _free(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _require_open(self) -> Any:
+        if self._closed or self._llm is None:
+            raise ModelError("the model was closed")
+        return self._llm
+
+    def _busy(self) -> _Busy:
+        return _Busy(self._lock)
+
+    def _make_sampler(
+        self, json_schema: Mapping[str, Any] | None, temperature: float, ban_eog: bool
+    ) -> Any:
+        import llama_cpp._internals
+
+        # The wrapper is untyped; Any keeps mypy --strict quiet about it.
+        internals: Any = llama_cpp._internals
+        llm = self._require_open()
+        sampler = internals.LlamaSampler()
+        if ban_eog:
+            sampler.add_logit_bias(llm.n_vocab(), dict.fromkeys(self._eog(), float("-inf")))
+        if json_schema is not None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            try:
+                grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
+            except (ValueError, TypeError, KeyError, RecursionError) as e:
+                raise GenerationError(f"cannot build a grammar from the JSON schema: {e}") from e
+            sampler.add_grammar(llm._model, grammar)
+        if temperature <= 0.0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(40)
+            sampler.add_top_p(0.95, 1)
+            sampler.add_min_p(0.05, 1)
+            sampler.add_temp(temperature)
+            sampler.add_dist(self.config.seed)
+        return sampler
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one token (control tokens render as nothing)."""
+        import llama_cpp
+
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def _eog(self) -> list[int]:
+        if self._eog_ids is None:
+            import llama_cpp
+
+            n = self._require_open().n_vocab()
+            self._eog_ids = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+        return self._eog_ids
+
+    def _generate(
+        self, prompt: list[int], max_tokens: int, sampler: Any, cancel: CancelToken | None
+    ) -> Iterator[StreamEvent]:
+        import llama_cpp
+
+        t0 = time.perf_counter()
+        with self._busy():
+            try:
+                llm = self._require_open()
+                cache = self._cache
+                run = _RunStats(t0, cache.n_evaluated, cache.total_evicted, cache.total_shifts)
+
+                def cancelled() -> bool:
+                    return self._closed or (cancel is not None and cancel.cancelled)
+
+                reused = cache.reuse_prefix(prompt)
+                fed = cache.feed(prompt[reused:], should_stop=cancelled)
+                run.n_prompt = cache.n_evaluated - run.evaluated0
+                run.t_prefill = time.perf_counter()
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                pieces: list[str] = []
+                stop: StopReason = "max_tokens" if fed else "cancelled"
+                while fed and run.n_gen < max_tokens:
+                    if cancelled():
+                        stop = "cancelled"
+                        break
+                    token = int(sampler.sample(llm._ctx, -1))
+                    if run.t_first is None:
+                        run.t_first = time.perf_counter()
+                    if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                        stop = "eos"
+                        break
+                    run.n_gen += 1
+                    text = decoder.decode(self._piece(token))
+                    if text:
+                        pieces.append(text)
+                        yield Token(text=text)
+                    if run.n_gen < max_tokens:
+                        # The last token is not evaluated: nothing samples after it, and
+                        # the next turn's prompt brings it back through prefix reuse.
+                        cache.feed([token])
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    pieces.append(tail)
+                    yield Token(text=tail)
+                yield Finished(text="".join(pieces), stats=run.stats(cache, stop))
+            finally:
+                sampler.close()
+                if self._closed:
+                    self._free()
+
+
+class _RunStats:
+    """Counters of one generation."""
+
+    def __init__(self, t0: float, evaluated0: int, evicted0: int, shifts0: int) -> None:
+        self.t0 = t0
+        self.t_prefill = t0
+        self.t_first: float | None = None
+        self.evaluated0 = evaluated0
+        self.evicted0 = evicted0
+        self.shifts0 = shifts0
+        self.n_prompt = 0
+        self.n_gen = 0
+
+    def stats(self, cache: SinkCache, stop: StopReason) -> GenerationStats:
+        decode_s = time.perf_counter() - self.t_prefill
+        return GenerationStats(
+            n_prompt_tokens=self.n_prompt,
+            n_generated=self.n_gen,
+            time_to_first_token_s=(
+                self.t_first - self.t0 if self.t_first is not None and self.n_gen else None
+            ),
+            tokens_per_second=self.n_gen / decode_s if self.n_gen and decode_s > 0 else 0.0,
+            n_evicted=cache.total_evicted - self.evicted0,
+            n_shifts=cache.total_shifts - self.shifts0,
+            stop_reason=stop,
+        )
+
+
+class _Busy:
+    """Hold a runtime's lock for one generation; refuse a concurrent one."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise GenerationError("the model is already generating; one generation at a time")
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

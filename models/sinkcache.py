@@ -1,0 +1,287 @@
+"""The sink-style rolling KV cache (StreamingLLM on llama.cpp's memory API).
+
+The cache holds sequence 0 of one ``llama_cpp.Llama`` context. It keeps the
+first ``n_sink`` tokens of the conversation (the attention sinks) and a
+window of the most recent tokens. When the next evaluation would not fit in
+``n_ctx``, a chunk of the oldest window tokens (just after the sinks) is
+removed with ``llama_memory_seq_rm`` and the rest of the window is moved down
+with ``llama_memory_seq_add`` so positions stay contiguous; llama.cpp re-rotates
+the shifted keys (RoPE) on the next decode. ``Llama.input_ids`` and
+``Llama.n_tokens`` are kept in step, so the high-level object still describes
+the cache truthfully.
+
+Where the memory cannot shift positions (``llama_memory_can_shift`` is false:
+sliding-window attention without a full cache, recurrent or hybrid models,
+M-RoPE) overflow falls back to clearing the cache and re-evaluating the sinks
+plus the recent window: slower, but never a crash.
+
+Invariant: :attr:`SinkCache.history` is every token fed since the last reset
+(the logical conversation); the cache holds ``history[:n_sink]`` followed by
+``history[n_sink + n_evicted:]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import llama_cpp
+
+from models.errors import ContextTooSmallError, GenerationError
+from models.interface import ContextState
+
+#: The smallest rolling window (``n_ctx - n_sink``) the cache accepts.
+MIN_WINDOW = 32
+
+
+class SinkCache:
+    """Keep sinks plus a rolling window of one Llama context's sequence 0.
+
+    Args:
+        llm: A loaded ``llama_cpp.Llama``; the cache drives its context.
+        n_sink: Tokens at the start that are never evicted.
+        evict_chunk: Tokens evicted at once when the cache is full; default
+            an eighth of the window. Larger chunks mean fewer shifts, smaller
+            ones keep more context.
+        can_shift: Override the ``llama_memory_can_shift`` probe (tests force
+            the fallback path with False).
+
+    Raises:
+        ContextTooSmallError: ``n_ctx`` cannot hold the sinks plus a window of
+            at least :data:`MIN_WINDOW` tokens, or the chunk does not fit.
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        n_sink: int = 4,
+        evict_chunk: int | None = None,
+        can_shift: bool | None = None,
+    ) -> None:
+        self._llm = llm
+        # Llama.input_ids was sized with the n_ctx we asked for; llama.cpp may
+        # pad its own n_ctx, so the smaller of the two bounds what fits.
+        self.n_ctx = min(int(llm.n_ctx()), len(llm.input_ids))
+        if n_sink < 0:
+            raise ContextTooSmallError(f"n_sink must be >= 0, got {n_sink}")
+        window = self.n_ctx - n_sink
+        if window < MIN_WINDOW:
+            raise ContextTooSmallError(
+                f"n_ctx {self.n_ctx} leaves a window of {window} tokens after {n_sink} sinks; "
+                f"at least {MIN_WINDOW} are needed"
+            )
+        chunk = evict_chunk if evict_chunk is not None else max(1, window // 8)
+        if not 1 <= chunk <= window // 2:
+            raise ContextTooSmallError(
+                f"evict_chunk {chunk} must be between 1 and half the window ({window // 2})"
+            )
+        self.n_sink = n_sink
+        self.evict_chunk = chunk
+        self._mem = llm._ctx.memory
+        if self._mem is None:
+            raise GenerationError("this llama.cpp context has no KV memory to manage")
+        probed = bool(llama_cpp.llama_memory_can_shift(self._mem))
+        self.shift_supported = probed if can_shift is None else (can_shift and probed)
+        self.history: list[int] = []
+        self.n_evicted = 0
+        self.n_shifts = 0
+        self.n_reprefills = 0
+        self.n_evaluated = 0
+        # Lifetime totals (never reset), for per-generation deltas.
+        self.total_evicted = 0
+        self.total_shifts = 0
+
+    # -- what the cache holds -------------------------------------------------
+
+    @property
+    def n_cached(self) -> int:
+        """Tokens currently in the KV cache (``Llama.n_tokens``)."""
+        return int(self._llm.n_tokens)
+
+    @property
+    def room(self) -> int:
+        """Tokens that can be evaluated before the next eviction."""
+        return self.n_ctx - self.n_cached
+
+    def state(self) -> ContextState:
+        """Describe the cache for the context gauge."""
+        sinks = min(self.n_sink, self.n_cached)
+        return ContextState(
+            n_ctx=self.n_ctx,
+            n_sink=sinks,
+            n_window=self.n_cached - sinks,
+            n_evicted=self.n_evicted,
+            n_shifts=self.n_shifts,
+            shift_supported=self.shift_supported,
+        )
+
+    def seq_pos_max(self) -> int:
+        """The largest position llama.cpp holds for sequence 0 (-1 when empty)."""
+        return int(llama_cpp.llama_memory_seq_pos_max(self._mem, 0))
+
+    def seq_pos_min(self) -> int:
+        """The smallest position llama.cpp holds for sequence 0 (-1 when empty)."""
+        return int(llama_cpp.llama_memory_seq_pos_min(self._mem, 0))
+
+    # -- resetting and reusing -------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget everything: empty the KV cache and the history."""
+        llama_cpp.llama_memory_clear(self._mem, True)
+        self._llm.n_tokens = 0
+        self.history = []
+        self.n_evicted = 0
+        self.n_shifts = 0
+        self.n_reprefills = 0
+
+    def reuse_prefix(self, tokens: Sequence[int]) -> int:
+        """Keep the part of the cache that ``tokens`` starts with.
+
+        Truncates the history (and the cache) to the longest common prefix of
+        the history and ``tokens``, always leaving at least one token of
+        ``tokens`` to evaluate so its logits are fresh. When the tokens part
+        ways inside the evicted middle, nothing can be reused and the cache is
+        cleared.
+
+        Returns:
+            How many leading tokens of ``tokens`` are already in place.
+        """
+        n = 0
+        limit = min(len(self.history), len(tokens) - 1)
+        while n < limit and self.history[n] == tokens[n]:
+            n += 1
+        if n == len(self.history):
+            return n
+        if self.n_evicted and n < self.n_sink + self.n_evicted:
+            self.clear()
+            return 0
+        pos = self._position(n)
+        if not llama_cpp.llama_memory_seq_rm(self._mem, 0, pos, -1):
+            # Recurrent memories cannot drop a suffix: start over.
+            self.clear()
+            return 0
+        self._llm.n_tokens = pos
+        del self.history[n:]
+        return n
+
+    # -- feeding ----------------------------------------------------------------
+
+    def feed(
+        self,
+        tokens: Sequence[int],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Evaluate ``tokens`` after the history, evicting whatever must go.
+
+        Tokens that would be evicted before the end of this call anyway (a
+        batch longer than the window) are recorded as evicted without being
+        evaluated.
+
+        Args:
+            tokens: Tokens to append.
+            should_stop: Checked between batches; when it returns True the
+                call stops early (the cache stays consistent).
+
+        Returns:
+            False when stopped early, else True.
+
+        Raises:
+            GenerationError: llama.cpp failed to decode.
+        """
+        rest = list(tokens)
+        n_batch = int(self._llm.n_batch)
+        # Sinks first: they are the start of the conversation, never skipped.
+        need_sinks = self.n_sink - len(self.history)
+        if need_sinks > 0 and rest:
+            self._eval(rest[:need_sinks])
+            rest = rest[need_sinks:]
+        keep = self.n_ctx - self.n_sink - self.evict_chunk
+        if len(rest) > keep:
+            skip = len(rest) - keep
+            self._drop_window()
+            self.history.extend(rest[:skip])
+            self.n_evicted += skip
+            self.total_evicted += skip
+            rest = rest[skip:]
+        while rest:
+            if should_stop is not None and should_stop():
+                return False
+            if self.room == 0:
+                self.make_room()
+            piece = rest[: min(self.room, n_batch)]
+            self._eval(piece)
+            rest = rest[len(piece) :]
+        return True
+
+    def make_room(self) -> None:
+        """Evict one chunk after the sinks (shift, or re-prefill as fallback)."""
+        k = min(self.evict_chunk, self.n_cached - self.n_sink)
+        if k <= 0:
+            raise GenerationError("the KV cache is full of sink tokens; nothing can be evicted")
+        if self.shift_supported:
+            self._shift(k)
+        else:
+            self._reprefill_without(k)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _position(self, index: int) -> int:
+        """Cache position of ``history[index]`` (which must be cached)."""
+        return index if index < self.n_sink else index - self.n_evicted
+
+    def _eval(self, piece: list[int]) -> None:
+        try:
+            self._llm.eval(piece)
+        except RuntimeError as e:  # llama_decode returned non-zero
+            raise GenerationError(f"llama.cpp failed to evaluate {len(piece)} tokens: {e}") from e
+        self.history.extend(piece)
+        self.n_evaluated += len(piece)
+
+    def _count(self, k: int, *, reprefill: bool) -> None:
+        self.n_evicted += k
+        self.total_evicted += k
+        self.n_shifts += 1
+        self.total_shifts += 1
+        if reprefill:
+            self.n_reprefills += 1
+
+    def _shift(self, k: int) -> None:
+        s = self.n_sink
+        n = self.n_cached
+        if not llama_cpp.llama_memory_seq_rm(self._mem, 0, s, s + k):
+            raise GenerationError("llama.cpp refused to evict tokens from the KV cache")
+        llama_cpp.llama_memory_seq_add(self._mem, 0, s + k, -1, -k)
+        ids = self._llm.input_ids
+        ids[s : n - k] = ids[s + k : n].copy()
+        self._llm.n_tokens = n - k
+        self._count(k, reprefill=False)
+
+    def _drop_window(self) -> None:
+        """Evict every cached token after the sinks (no shift needed)."""
+        n = self.n_cached
+        if n <= self.n_sink:
+            return
+        if not llama_cpp.llama_memory_seq_rm(self._mem, 0, self.n_sink, -1):
+            # Cannot drop a suffix (recurrent memory): rebuild from the sinks.
+            sinks = self.history[: self.n_sink]
+            llama_cpp.llama_memory_clear(self._mem, True)
+            self._llm.n_tokens = 0
+            self._llm.eval(sinks)
+            self.n_reprefills += 1
+        self._llm.n_tokens = self.n_sink
+        self.n_evicted += n - self.n_sink
+        self.total_evicted += n - self.n_sink
+
+    def _reprefill_without(self, k: int) -> None:
+        start = self.n_sink + self.n_evicted + k
+        keep = self.history[: self.n_sink] + self.history[start:]
+        llama_cpp.llama_memory_clear(self._mem, True)
+        self._llm.n_tokens = 0
+        try:
+            self._llm.eval(keep)
+        except RuntimeError as e:
+            raise GenerationError(f"llama.cpp failed to re-prefill the window: {e}") from e
+        self.n_evaluated += len(keep)
+        self._count(k, reprefill=True)
