@@ -280,6 +280,11 @@ class Sandbox:
         """Whether commands can be sandboxed."""
         return self.bwrap is not None
 
+    @staticmethod
+    def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The allowlisted environment for a child process (see :func:`scrubbed_env`)."""
+        return scrubbed_env(extra=extra)
+
     # -- shell --------------------------------------------------------------------------------
 
     def shell_argv(
@@ -517,10 +522,13 @@ def _supervise(
         watcher.join(timeout=1.0)
     exit_code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     limit_hit: LimitHit | None = hit[0] if hit else None
+    # RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one.
     cpu = usage.ru_utime + usage.ru_stime
-    if limit_hit is None and exit_code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
-        if cpu >= limits.cpu_seconds * 0.95:
-            limit_hit = "cpu"
+    if limit_hit is None and (
+        exit_code == 128 + signal.SIGXCPU
+        or (exit_code == 128 + signal.SIGKILL and cpu >= limits.cpu_seconds)
+    ):
+        limit_hit = "cpu"
     return ShellResult(
         exit_code=exit_code,
         output=bytes(kept).decode("utf-8", errors="replace"),

@@ -1,0 +1,587 @@
+"""The permission policy: which tool calls run, which ask the user, which are refused.
+
+A :class:`Rule` names a tool and a pattern over the call's main argument:
+
+- file tools (``read_file(src/**)``): gitignore-style globs over the path
+  relative to the workspace (``*`` within a name, ``**`` across directories; a
+  pattern without ``/`` matches a name at any depth; a match on a directory
+  covers everything below it). Paths are resolved (symlinks followed inside
+  the workspace) before matching, so a symlink cannot dodge a deny rule.
+- ``shell(git status)``: the command is split on ``&&``, ``||``, ``;``, ``|``,
+  ``&``; *each* part must match. Allow patterns match a part exactly, or as a
+  prefix when they end in ``*`` (``npm run test:*``, ``git *``); deny and ask
+  patterns always match as prefixes on word boundaries (``rm`` catches
+  ``rm -rf x``), also after ``env``/``sudo``-like wrappers, variable
+  assignments and inside ``$(...)``. A command with substitutions, redirections
+  or several lines is never allowed by a rule short of ``shell(*)``.
+- ``http_request(domain:api.github.com)``, ``domain:*.github.com``.
+- memory tools: a glob over the topic (or query).
+
+Evaluation: deny rules first, then ask, then allow; within each, the first
+match wins; deny holds in every mode. No match: the defaults (reads inside the
+workspace allowed; writes, shell, memory writes and network ask). Taint (the
+context holds untrusted content) makes every network call and every use of a
+capability ask, whatever the rules say. A shell command that cannot be
+sandboxed always asks, with its own "run unsandboxed" label.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import PolicyError, ToolError
+from agent.tools.base import Effect
+from agent.tools.paths import Workspace
+from agent.tools.registry import ALL_TOOLS
+
+Action = Literal["allow", "ask", "deny"]
+Scope = Literal["user", "workspace", "session"]
+
+#: What happens when no rule matches, by the tool's effect.
+DEFAULT_ACTIONS: dict[Effect, Action] = {
+    "read": "allow",
+    "memory_read": "allow",
+    "final": "allow",
+    "write": "ask",
+    "execute": "ask",
+    "network": "ask",
+    "memory_write": "ask",
+}
+
+_FILE_TOOLS = frozenset({"list_dir", "read_file", "search_files", "write_file", "edit_file"})
+_SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "|&", ";;", "(", ")", "{", "}"})
+_WRAPPERS = frozenset(
+    {"env", "command", "exec", "nice", "nohup", "time", "sudo", "doas", "xargs", "builtin"}
+)
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_HOST_PATTERN = re.compile(r"^(\*\.)?([a-z0-9-]+\.)*[a-z0-9-]+$")
+
+
+class Rule(BaseModel):
+    """One permission rule, e.g. ``shell(npm run test:*)`` → allow, for this workspace.
+
+    Attributes:
+        tool: A tool name, or ``*`` for every tool (then ``pattern`` must be ``*``).
+        pattern: What the call's main argument must match (see the module doc).
+        action: ``allow``, ``ask`` or ``deny``.
+        scope: ``session`` (kept in memory), ``workspace`` or ``user`` (persisted).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tool: str = Field(description="Tool name, or '*' for every tool.")
+    pattern: str = Field(default="*", description="Pattern over the call's main argument.")
+    action: Action
+    scope: Scope = "session"
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_text(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("pattern is empty (use '*' for everything)")
+        if any(c in value for c in "\x00\n\r"):
+            raise ValueError("pattern contains a NUL byte or a line break")
+        if len(value) > 500:
+            raise ValueError("pattern is longer than 500 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_tool(self) -> Rule:
+        if self.tool == "*":
+            if self.pattern != "*":
+                raise ValueError("a rule for every tool ('*') must have the pattern '*'")
+            return self
+        if self.tool not in ALL_TOOLS:
+            raise ValueError(f"unknown tool {self.tool!r}; known: {', '.join(ALL_TOOLS)}")
+        if self.pattern == "*":
+            return self
+        if self.tool == "http_request":
+            if not self.pattern.startswith("domain:"):
+                raise ValueError("http_request patterns look like 'domain:api.example.com'")
+            host = self.pattern.removeprefix("domain:").lower()
+            if not _HOST_PATTERN.match(host):
+                raise ValueError(f"{host!r} is not a host name (wildcard only as '*.' prefix)")
+        elif self.tool == "shell":
+            try:
+                tokens = shlex.split(self.pattern)
+            except ValueError as e:
+                raise ValueError(f"shell pattern does not parse: {e}") from e
+            if not tokens:
+                raise ValueError("shell pattern has no words")
+        elif self.tool == "finish":
+            raise ValueError("finish takes no pattern; use finish(*)")
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.tool}({self.pattern})"
+
+    @classmethod
+    def parse(cls, text: str, *, action: Action, scope: Scope = "session") -> Rule:
+        """Build a rule from its written form, ``tool(pattern)`` or just ``tool``.
+
+        Raises:
+            PolicyError: The text is not of that form or the rule is invalid;
+                the message names the rule.
+        """
+        text = text.strip()
+        match = re.fullmatch(r"([A-Za-z_*][A-Za-z0-9_]*)(?:\((.*)\))?", text, flags=re.S)
+        if match is None:
+            raise PolicyError(f"rule {text!r} is not of the form tool(pattern)")
+        tool, pattern = match.group(1), match.group(2)
+        try:
+            return cls(tool=tool, pattern=pattern if pattern is not None else "*",
+                       action=action, scope=scope)
+        except ValidationError as e:
+            raise PolicyError(f"rule {text!r} is invalid: {_first_error(e)}") from e
+
+
+def _first_error(error: ValidationError) -> str:
+    item = error.errors(include_url=False, include_input=False)[0]
+    return str(item["msg"]).removeprefix("Value error, ")
+
+
+class ToolCallRequest(BaseModel):
+    """A tool call as the policy sees it.
+
+    Attributes:
+        tool: The tool name.
+        arguments: The call's arguments (as the model sent them).
+        workspace: The workspace, so file paths can be resolved before matching.
+        sandbox_available: Whether shell commands would run sandboxed.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    workspace: Path | None = None
+    sandbox_available: bool = True
+
+
+class Decision(BaseModel):
+    """The policy's answer for one call.
+
+    Attributes:
+        action: ``allow``, ``ask`` or ``deny``.
+        rule: The rule that decided, or ``None`` for a default or taint.
+        reason: Why, in words (shown in the prompt and the audit log).
+        unsandboxed: The call is a shell command that would run without a
+            sandbox: the prompt must be the separate "run unsandboxed" one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    rule: Rule | None = None
+    reason: str
+    unsandboxed: bool = False
+
+
+# -- matching ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    anchored = "/" in pattern.rstrip("/")
+    body = pattern.strip("/").removeprefix("./")
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if body.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if body.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = body.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                inner = body[i + 1 : end].replace("\\", "\\\\")
+                if inner.startswith("!"):
+                    inner = "^" + inner[1:]
+                out.append(f"[{inner}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    prefix = "" if anchored else "(?:.*/)?"
+    return re.compile(f"^{prefix}{''.join(out)}(?:/.*)?$")
+
+
+def path_matches(pattern: str, path: str) -> bool:
+    """Whether the workspace-relative ``path`` matches the gitignore-style ``pattern``."""
+    if pattern in ("*", "**"):
+        return True
+    return _glob_regex(pattern).match(path) is not None
+
+
+@dataclass(frozen=True)
+class _Shell:
+    """A command split for matching."""
+
+    strict: tuple[tuple[str, ...], ...] | None  # None: cannot be auto-allowed
+    loose: tuple[tuple[str, ...], ...]  # for deny/ask: wrappers and assignments stripped
+
+
+def _split_segments(text: str) -> list[list[str]]:
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    segments: list[list[str]] = [[]]
+    for token in lexer:
+        if token in _SEPARATORS:
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    return [s for s in segments if s]
+
+
+def _split_shell(command: str) -> _Shell:
+    opaque = any(m in command for m in ("$(", "`", "<(", ">(", "\n", "\r", "${"))
+    try:
+        strict_segments = _split_segments(command)
+    except ValueError:
+        strict_segments = []
+        opaque = True
+    if any(any(set(t) <= set("<>&") for t in seg) for seg in strict_segments):
+        opaque = True  # redirections
+    # For deny and ask: treat substitutions as separators so their commands are seen.
+    flattened = command
+    for marker in ("$(", "`", "<(", ">(", ")", "\n", "\r"):
+        flattened = flattened.replace(marker, " ; ")
+    try:
+        loose_segments = _split_segments(flattened)
+    except ValueError:
+        loose_segments = [flattened.split()]
+    loose: list[tuple[str, ...]] = []
+    for seg in loose_segments + strict_segments:
+        while seg and (_ASSIGNMENT.match(seg[0]) or seg[0] in _WRAPPERS):
+            seg = seg[1:]
+        if seg:
+            loose.append(tuple(seg))
+    strict = None if opaque else tuple(tuple(s) for s in strict_segments)
+    return _Shell(strict=strict, loose=tuple(loose))
+
+
+def _shell_allow_matches(pattern: str, segment: Sequence[str]) -> bool:
+    tokens = shlex.split(pattern)
+    if tokens[-1] == "*":
+        head = tokens[:-1]
+        return len(segment) >= len(head) and all(
+            fnmatch.fnmatchcase(s, p) for s, p in zip(segment, head, strict=False)
+        )
+    if tokens[-1].endswith("*"):
+        return len(segment) >= len(tokens) and all(
+            fnmatch.fnmatchcase(s, p) for s, p in zip(segment, tokens, strict=False)
+        )
+    return len(segment) == len(tokens) and all(
+        fnmatch.fnmatchcase(s, p) for s, p in zip(segment, tokens, strict=True)
+    )
+
+
+def _shell_prefix_matches(pattern: str, segment: Sequence[str]) -> bool:
+    tokens = shlex.split(pattern)
+    if tokens[-1] == "*":
+        tokens = tokens[:-1]
+    return len(segment) >= len(tokens) and all(
+        fnmatch.fnmatchcase(s, p) for s, p in zip(segment, tokens, strict=False)
+    )
+
+
+def _url_host(url: str) -> str | None:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.rstrip(".").lower() if host else None
+
+
+def _host_matches(pattern: str, host: str | None) -> bool:
+    if pattern == "*":
+        return True
+    if host is None:
+        return False
+    want = pattern.removeprefix("domain:").lower()
+    if want.startswith("*."):
+        return host.endswith(want[1:])
+    return host == want
+
+
+class PolicyEngine:
+    """Decides tool calls from an ordered list of rules.
+
+    Args:
+        rules: The rules in order (session, then workspace, then user, say);
+            order only matters within one action.
+    """
+
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self.rules: list[Rule] = list(rules)
+
+    def add_rule(self, rule: Rule) -> None:
+        """Add a rule (e.g. "allow for this session") after the existing ones."""
+        self.rules.append(rule)
+
+    def decide(self, request: ToolCallRequest, *, tainted: bool) -> Decision:
+        """Decide one call: deny > ask > allow, first match wins, then defaults.
+
+        Args:
+            request: The call.
+            tainted: Untrusted content is in the agent's context.
+
+        Returns:
+            The decision.
+
+        Raises:
+            PolicyError: The tool is unknown.
+        """
+        spec = ALL_TOOLS.get(request.tool)
+        if spec is None:
+            raise PolicyError(f"no policy for unknown tool {request.tool!r}")
+        matched: dict[Action, Rule] = {}
+        for action in ("deny", "ask", "allow"):
+            for rule in self.rules:
+                if rule.action == action and self._matches(rule, request):
+                    matched[action] = rule
+                    break
+            if "deny" in matched:
+                break
+        if "deny" in matched:
+            rule = matched["deny"]
+            return Decision(action="deny", rule=rule, reason=f"denied by rule {rule}")
+        if request.tool == "shell" and not request.sandbox_available:
+            return Decision(
+                action="ask",
+                rule=matched.get("ask") or matched.get("allow"),
+                reason="bubblewrap is unavailable: the command would run WITHOUT a sandbox",
+                unsandboxed=True,
+            )
+        uses_capability = bool(request.arguments.get("capability"))
+        if tainted and (spec.effect == "network" or uses_capability):
+            what = "uses a capability" if uses_capability else "goes to the network"
+            return Decision(
+                action="ask",
+                rule=None,
+                reason=f"untrusted content is in the context and this call {what}",
+            )
+        if "ask" in matched:
+            rule = matched["ask"]
+            return Decision(action="ask", rule=rule, reason=f"rule {rule} asks")
+        if "allow" in matched:
+            rule = matched["allow"]
+            return Decision(action="allow", rule=rule, reason=f"allowed by rule {rule}")
+        default = DEFAULT_ACTIONS[spec.effect]
+        return Decision(action=default, rule=None, reason=f"default for {spec.effect} calls")
+
+    def _matches(self, rule: Rule, request: ToolCallRequest) -> bool:
+        if rule.tool not in ("*", request.tool):
+            return False
+        if rule.pattern == "*":
+            return True
+        tool = request.tool
+        if tool == "shell":
+            split = _split_shell(str(request.arguments.get("command", "")))
+            if rule.action == "allow":
+                if split.strict is None or not split.strict:
+                    return False
+                return all(_shell_allow_matches(rule.pattern, seg) for seg in split.strict)
+            return any(_shell_prefix_matches(rule.pattern, seg) for seg in split.loose)
+        if tool == "http_request":
+            return _host_matches(rule.pattern, _url_host(str(request.arguments.get("url", ""))))
+        if tool in _FILE_TOOLS:
+            return path_matches(rule.pattern, self._path_subject(request))
+        spec = ALL_TOOLS[tool]
+        subject = str(request.arguments.get(spec.main_argument or "", ""))
+        return fnmatch.fnmatchcase(subject, rule.pattern)
+
+    @staticmethod
+    def _path_subject(request: ToolCallRequest) -> str:
+        raw = str(request.arguments.get("path", "."))
+        if request.workspace is not None:
+            try:
+                where = Workspace(request.workspace).resolve(raw, must_exist=False)
+            except ToolError:
+                pass  # the tool itself refuses such paths; match what was written
+            else:
+                return where.relative.as_posix()
+        text = PurePosixPath(raw.strip() or ".").as_posix()
+        return text.removeprefix("./")
+
+
+def suggest_rule(request: ToolCallRequest, *, action: Action = "allow") -> Rule:
+    """The rule an "always" answer would save for ``request`` (the user may edit it).
+
+    Exact, never broader than the call: the command, the resolved path, the host.
+    """
+    args = request.arguments
+    if request.tool == "shell":
+        pattern = str(args.get("command", "*")).strip() or "*"
+    elif request.tool == "http_request":
+        host = _url_host(str(args.get("url", "")))
+        pattern = f"domain:{host}" if host else "*"
+    elif request.tool in _FILE_TOOLS:
+        pattern = PolicyEngine._path_subject(request)
+    elif request.tool == "finish":
+        pattern = "*"
+    else:
+        spec = ALL_TOOLS[request.tool]
+        pattern = str(args.get(spec.main_argument or "", "*")) or "*"
+    return Rule(tool=request.tool, pattern=pattern, action=action, scope="workspace")
+
+
+# -- persistence ------------------------------------------------------------------------------
+
+
+class StoredRule(BaseModel):
+    """A persisted rule with its row id and (for workspace rules) its workspace."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    rule: Rule
+    workspace: str | None
+    created_at: datetime
+
+
+class RuleStore:
+    """User and workspace rules in the ``policy_rules`` table of ``keyless.db``.
+
+    Args:
+        db_path: The SQLite database file (created if missing).
+        workspace: The workspace ``add`` files workspace-scoped rules under
+            when the caller names none.
+    """
+
+    TABLE = "policy_rules"
+
+    def __init__(self, db_path: Path, *, workspace: Path | None = None) -> None:
+        import sqlite_utils
+
+        self.workspace = workspace
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite_utils.Database(db_path)
+            self._db[self.TABLE].create(  # type: ignore[union-attr]  # sqlite_utils: Table|View
+                {
+                    "id": int,
+                    "scope": str,
+                    "workspace": str,
+                    "tool": str,
+                    "pattern": str,
+                    "action": str,
+                    "created_at": str,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+        except Exception as e:
+            raise PolicyError(f"cannot open the rule store {db_path}: {e}") from e
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def add(self, rule: Rule, *, workspace: Path | None = None, now: datetime | None = None) -> int:
+        """Persist ``rule``; workspace rules need ``workspace``.
+
+        Args:
+            rule: The rule.
+            workspace: For workspace rules; defaults to the store's workspace.
+            now: When it was saved (default: now).
+
+        Returns:
+            The new rule's id.
+
+        Raises:
+            PolicyError: A session rule (never persisted) or a scope/workspace mismatch.
+        """
+        if rule.scope == "session":
+            raise PolicyError(f"rule {rule} has scope 'session'; session rules are not saved")
+        if rule.scope == "workspace" and workspace is None:
+            workspace = self.workspace
+        if rule.scope == "workspace" and workspace is None:
+            raise PolicyError(f"rule {rule} has scope 'workspace' but no workspace was given")
+        if rule.scope == "user" and workspace is not None:
+            raise PolicyError(f"rule {rule} has scope 'user'; it applies to every workspace")
+        ws = str(Path(workspace).resolve()) if workspace is not None else ""
+        when = (now or datetime.now(UTC)).isoformat()
+        row = {
+            "scope": rule.scope,
+            "workspace": ws,
+            "tool": rule.tool,
+            "pattern": rule.pattern,
+            "action": rule.action,
+            "created_at": when,
+        }
+        table = self._db.table(self.TABLE)
+        table.insert(row)
+        last = table.last_pk
+        return int(last) if last is not None else 0
+
+    def remove(self, rule_id: int) -> None:
+        """Delete the rule with ``rule_id``.
+
+        Raises:
+            PolicyError: No such rule.
+        """
+        table = self._db.table(self.TABLE)
+        if table.count_where("id = ?", [rule_id]) == 0:
+            raise PolicyError(f"no saved rule with id {rule_id}")
+        table.delete(rule_id)
+
+    def stored(self, workspace: Path | None = None) -> list[StoredRule]:
+        """Saved rules: this workspace's (default: the store's) first, then the user's.
+
+        Raises:
+            PolicyError: A saved row does not validate; the message names it.
+        """
+        workspace = workspace if workspace is not None else self.workspace
+        ws = str(Path(workspace).resolve()) if workspace is not None else None
+        rows: list[Mapping[str, Any]] = []
+        table = self._db.table(self.TABLE)
+        if ws is not None:
+            rows += list(
+                table.rows_where("scope = 'workspace' AND workspace = ?", [ws], order_by="id")
+            )
+        rows += list(table.rows_where("scope = 'user'", order_by="id"))
+        out: list[StoredRule] = []
+        for row in rows:
+            text = f"#{row['id']} {row['tool']}({row['pattern']}) -> {row['action']}"
+            try:
+                rule = Rule(
+                    tool=row["tool"], pattern=row["pattern"], action=row["action"],
+                    scope=row["scope"],
+                )
+            except ValidationError as e:
+                raise PolicyError(f"saved rule {text} is invalid: {_first_error(e)}") from e
+            out.append(
+                StoredRule(
+                    id=row["id"], rule=rule, workspace=row["workspace"] or None,
+                    created_at=datetime.fromisoformat(row["created_at"]),
+                )
+            )
+        return out
+
+    def rules(self, workspace: Path | None = None) -> list[Rule]:
+        """The saved rules that apply in ``workspace``, in evaluation order."""
+        return [s.rule for s in self.stored(workspace)]
