@@ -1,0 +1,245 @@
+"""Adapts :class:`agent.host.AgentHost` to the errand controller.
+
+The controller knows runners (``run_errand`` / ``cancel`` / ``close``), an
+events sink and a permission asker; the agent host knows ``AgentEvent`` s, a
+``PermissionPrompt`` and ``Rule`` s. This module translates between the two,
+so neither the views nor the controller depend on the agent's types.
+
+Everything here runs in the errand worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from app.controllers.errand_controller import (
+    ErrandEvents,
+    ErrandRunner,
+    PermissionAsker,
+    PermissionQuestion,
+    RunnerContext,
+    RunnerFactory,
+    WhyAsked,
+    parse_rule_text,
+)
+from app.services import AppServices, ServiceUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def rule_to_text(rule: Any) -> str:
+    """Write an ``agent.policy.Rule`` as ``tool(pattern)``."""
+    pattern = getattr(rule, "pattern", None)
+    return f"{rule.tool}({pattern})" if pattern else f"{rule.tool}()"
+
+
+def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
+    """Turn an ``agent.host.PermissionRequest`` into what the dialog shows."""
+    why: WhyAsked
+    reason = str(getattr(request, "reason", "") or "")
+    if getattr(request, "unsandboxed", False):
+        why = "unsandboxed"
+    elif getattr(request, "tainted", False):
+        why = "tainted"
+    elif getattr(request, "effect", "") in ("capability", "secret") or "capabilit" in reason:
+        why = "capability"
+    elif reason and "no rule" not in reason.lower() and "default" not in reason.lower():
+        why = "rule"
+    else:
+        why = "no_rule"
+    effect = getattr(request, "effect", "")
+    parts = [f"Effect: {effect}." if effect else "", f"Policy: {reason}." if reason else ""]
+    detail = " ".join(p for p in parts if p)
+    suggested = getattr(request, "suggested_rule", None)
+    return PermissionQuestion(
+        call_id=call_id,
+        tool=str(request.tool),
+        arguments=dict(request.arguments),
+        why=why,
+        detail=detail,
+        suggested_rule=rule_to_text(suggested) if suggested is not None else "",
+    )
+
+
+class HostPrompt:
+    """``agent.host.PermissionPrompt`` answered by the GUI through the controller."""
+
+    def __init__(self, asker: PermissionAsker) -> None:
+        self._asker = asker
+        self._count = 0
+        self.current_call_id = ""
+
+    def ask(self, request: Any) -> Any:
+        """Ask the user (blocks this worker thread) and return a ``PermissionAnswer``."""
+        from agent.policy import Rule
+
+        from agent.host import PermissionAnswer
+
+        self._count += 1
+        call_id = self.current_call_id or f"ask-{self._count}"
+        reply = self._asker.ask(question_from_request(call_id, request))
+        rule = None
+        if reply.choice in ("session", "always") and reply.rule_text:
+            tool, pattern = parse_rule_text(reply.rule_text)
+            scope = "session" if reply.choice == "session" else reply.scope
+            rule = Rule(tool=tool, pattern=pattern or None, action="allow", scope=scope)
+        return PermissionAnswer(choice=reply.choice, rule=rule, reason=reply.reason)
+
+
+class HostListener:
+    """Turns ``agent.host.AgentEvent`` s into :class:`ErrandEvents` calls."""
+
+    def __init__(self, events: ErrandEvents, prompt: HostPrompt) -> None:
+        self._events = events
+        self._prompt = prompt
+
+    def __call__(self, event: Any) -> None:
+        """Dispatch one event."""
+        kind = event.kind
+        data: Mapping[str, Any] = event.data or {}
+        call_id = event.call_id or ""
+        if kind == "token":
+            self._events.token(event.text)
+        elif kind == "tool_call":
+            # The prompt (if any) that follows belongs to this call.
+            self._prompt.current_call_id = call_id
+            self._events.tool_call(call_id, event.tool or "?", _arguments(data.get("arguments")))
+        elif kind == "decision":
+            action = str(data.get("action", event.text))
+            self._events.decision(call_id, action, str(data.get("reason", "")))
+        elif kind == "tool_result":
+            self._events.tool_result(
+                call_id,
+                bool(data.get("ok", False)),
+                event.text,
+                [str(n) for n in data.get("redacted", [])],
+                bool(data.get("truncated", False)),
+            )
+        elif kind == "final":
+            self._events.final(event.text, dict(data))
+            context = data.get("context")
+            if isinstance(context, Mapping):
+                self._events.context(context)
+        elif kind == "progress":
+            context = data.get("context")
+            if isinstance(context, Mapping):
+                self._events.context(context)
+        elif kind == "error":
+            self._events.error(event.text)
+        elif kind == "agent_crashed":
+            tail = str(data.get("stderr", "")).strip()
+            self._events.agent_crashed(event.text + (f"\n{tail}" if tail else ""))
+        elif kind == "os_isolation":
+            self._events.isolation(bool(data.get("isolated", False)), str(data.get("reason", "")))
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            return {"arguments": raw}
+        return value if isinstance(value, dict) else {"arguments": value}
+    return {}
+
+
+class AgentHostRunner:
+    """An :class:`ErrandRunner` backed by an ``agent.host.AgentHost``."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def run_errand(self, task: str) -> Any:
+        """Run one errand; the host reports through the listener."""
+        return self.host.run_errand(task)
+
+    def cancel(self) -> None:
+        """Cancel the running errand."""
+        self.host.cancel()
+
+    def close(self) -> None:
+        """Stop the agent process (and its model)."""
+        self.host.close()
+
+
+def _load_rules(services: AppServices) -> tuple[list[Any], Any]:
+    try:
+        store = services.rules
+    except ServiceUnavailableError:
+        return [], None
+    for name in ("rules", "all", "load", "list"):
+        getter = getattr(store, name, None)
+        if callable(getter):
+            return list(getter()), store
+    return [], store
+
+
+def agent_host_factory(
+    services: AppServices,
+    model_spec: Callable[[], Any],
+    *,
+    scripted_model: Path | None = None,
+    broker: Callable[[], Any] | None = None,
+    host_options: Mapping[str, Any] | None = None,
+) -> RunnerFactory:
+    """Build a runner factory that starts a real agent host for each session.
+
+    Args:
+        services: The host's services (audit log, rules, memory).
+        model_spec: Returns the ``models.factory.ModelSpec`` to run (read at
+            session start, so model settings apply to the next session).
+        scripted_model: Run the scripted fake model from this JSON file instead.
+        broker: Returns the broker to use (the vault screen's, once unlocked);
+            defaults to the services' own.
+        host_options: Extra keyword arguments for ``AgentHost`` (tests).
+    """
+
+    def factory(ctx: RunnerContext) -> ErrandRunner:
+        from agent.policy import PolicyEngine
+
+        from agent.host import AgentHost
+
+        rules, store = _load_rules(services)
+        try:
+            the_broker = broker() if broker is not None else services.broker
+        except ServiceUnavailableError as e:
+            log.warning("errand runs without capabilities: %s", e)
+            the_broker = None
+        try:
+            audit = services.audit
+        except ServiceUnavailableError:
+            audit = None
+        memory = None
+        if scripted_model is None:
+            try:
+                memory = services.memory_service(
+                    workspace=ctx.workspace,
+                    session_id=ctx.session_id,
+                    count_tokens=lambda text: max(1, len(text) // 4),
+                )
+            except ServiceUnavailableError as e:
+                log.warning("errand runs without memory: %s", e)
+        prompt = HostPrompt(ctx.asker)
+        host = AgentHost(
+            model_spec(),
+            workspace=ctx.workspace,
+            broker=the_broker,
+            memory=memory,
+            policy=PolicyEngine(rules),
+            prompt=prompt,
+            audit=audit,
+            session_id=ctx.session_id,
+            listener=HostListener(ctx.events, prompt),
+            rule_store=store,
+            scripted_model=scripted_model,
+            **dict(host_options or {}),
+        )
+        return AgentHostRunner(host)
+
+    return factory

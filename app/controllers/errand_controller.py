@@ -1,0 +1,616 @@
+"""Runs errands off the GUI thread and reports them through signals.
+
+The :class:`ErrandController` lives in the GUI thread; the errand itself runs
+in a worker object moved to a :class:`QThread`. Everything the agent host
+reports (tokens, tool calls, decisions, results, the final answer, errors)
+crosses back to the GUI thread as queued signals.
+
+Permission prompts go the other way: the host calls
+:meth:`_ThreadPrompt.ask` in the worker thread; it emits
+:attr:`ErrandController.permissionRequested` and blocks the worker until the
+GUI answers with :meth:`ErrandController.answer_permission` (or the errand is
+cancelled, which denies). The GUI thread never waits for the worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from app.qt import QObject, QtCore, QThread, Signal, Slot
+
+log = logging.getLogger(__name__)
+
+WhyAsked = Literal["no_rule", "tainted", "capability", "unsandboxed", "rule"]
+Choice = Literal["once", "session", "always", "deny"]
+RuleScope = Literal["workspace", "user"]
+
+WHY_TEXT: dict[str, str] = {
+    "no_rule": "No rule decides this call, so you are asked.",
+    "rule": "A rule says to ask before this kind of call.",
+    "tainted": (
+        "Untrusted content (a web page, a file or a tool's output) is in the agent's "
+        "context, so network calls and capability use always ask."
+    ),
+    "capability": "The call uses one of your capabilities (a secret the broker injects).",
+    "unsandboxed": (
+        "No sandbox is available: this command would run with your full user permissions."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PermissionQuestion:
+    """What the permission dialog shows for one tool call."""
+
+    call_id: str
+    tool: str
+    arguments: Mapping[str, Any]
+    why: WhyAsked = "no_rule"
+    detail: str = ""
+    suggested_rule: str = ""
+
+    @property
+    def why_text(self) -> str:
+        """A sentence explaining why the user is asked."""
+        base = WHY_TEXT.get(self.why, WHY_TEXT["no_rule"])
+        return f"{base} {self.detail}".strip() if self.detail else base
+
+    @property
+    def arguments_text(self) -> str:
+        """The arguments in full, as indented JSON."""
+        return json.dumps(dict(self.arguments), indent=2, ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class PermissionReply:
+    """The user's answer to a :class:`PermissionQuestion`."""
+
+    choice: Choice
+    rule_text: str | None = None
+    scope: RuleScope = "workspace"
+    reason: str = ""
+
+
+_RULE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+
+
+def parse_rule_text(text: str) -> tuple[str, str]:
+    """Split a rule written as ``tool(pattern)`` (or just ``tool``) into its parts.
+
+    Raises:
+        ValueError: The text is not of that form; the message names the problem.
+    """
+    match = _RULE_RE.match(text)
+    if match is None:
+        raise ValueError(
+            f"rule {text!r} is not of the form tool(pattern), e.g. shell(git status)"
+        )
+    return match.group(1), (match.group(2) or "").strip()
+
+
+class ErrandEvents(Protocol):
+    """The sink a runner reports an errand's progress to (called from the worker thread)."""
+
+    def token(self, text: str) -> None:
+        """A piece of the model's streaming output."""
+
+    def tool_call(self, call_id: str, tool: str, arguments: Mapping[str, Any]) -> None:
+        """The agent asked for a tool call."""
+
+    def decision(self, call_id: str, action: str, reason: str) -> None:
+        """The policy or the user decided a call (allow / deny)."""
+
+    def tool_result(
+        self, call_id: str, ok: bool, content: str, redacted: list[str], truncated: bool
+    ) -> None:
+        """A tool call's (already redacted) result, as the agent receives it."""
+
+    def final(self, text: str, stats: Mapping[str, Any]) -> None:
+        """The errand's answer."""
+
+    def error(self, message: str) -> None:
+        """The errand failed; the message is for the user."""
+
+    def agent_crashed(self, message: str) -> None:
+        """The agent process died; the host is still up."""
+
+    def isolation(self, enabled: bool, detail: str) -> None:
+        """Whether the agent runs under OS isolation."""
+
+    def context(self, state: Mapping[str, Any]) -> None:
+        """What the model's KV cache holds (sink, window, evicted)."""
+
+
+class PermissionAsker(Protocol):
+    """Asks the user about one tool call; blocks the calling (worker) thread."""
+
+    def ask(self, question: PermissionQuestion) -> PermissionReply:
+        """Return the user's answer."""
+
+
+class ErrandRunner(Protocol):
+    """Runs errands for one session (the agent host, or a test double)."""
+
+    def run_errand(self, task: str) -> Any:
+        """Run one errand to its end, reporting through the events sink."""
+
+    def cancel(self) -> None:
+        """Stop the running errand (thread-safe)."""
+
+    def close(self) -> None:
+        """Release the agent process and the model."""
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    """What a runner factory gets to build a runner for one session."""
+
+    session_id: str
+    workspace: Path
+    events: ErrandEvents
+    asker: PermissionAsker
+
+
+RunnerFactory = Callable[[RunnerContext], ErrandRunner]
+
+
+@dataclass
+class SessionInfo:
+    """One chat session in the session list."""
+
+    session_id: str
+    title: str = "New session"
+    created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    transcript: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+
+def new_session_id(now: dt.datetime | None = None) -> str:
+    """Return a fresh, sortable session id (``YYYYMMDD-HHMMSS-xxxx``)."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+class _PendingAnswer:
+    def __init__(self, question: PermissionQuestion) -> None:
+        self.question = question
+        self.event = threading.Event()
+        self.reply: PermissionReply | None = None
+
+
+class _ErrandWorker(QObject):
+    """Lives in the worker thread; every signal crosses to the GUI thread queued."""
+
+    tokenOut = Signal(str)
+    toolCallOut = Signal(str, str, object)
+    decisionOut = Signal(str, str, str)
+    toolResultOut = Signal(str, bool, str, object, bool)
+    finalOut = Signal(str, object)
+    errorOut = Signal(str)
+    crashedOut = Signal(str)
+    isolationOut = Signal(bool, str)
+    contextOut = Signal(object)
+    permissionNeeded = Signal(object)
+    done = Signal(str)
+    closed = Signal()
+
+    def __init__(self, factory: RunnerFactory) -> None:
+        super().__init__()
+        self._factory = factory
+        self._runner: ErrandRunner | None = None
+        self._runner_session: str | None = None
+        self._lock = threading.Lock()
+        self._pending: _PendingAnswer | None = None
+        self._cancelled = threading.Event()
+
+    # ErrandEvents, called by the runner in this thread.
+    def token(self, text: str) -> None:
+        self.tokenOut.emit(text)
+
+    def tool_call(self, call_id: str, tool: str, arguments: Mapping[str, Any]) -> None:
+        self.toolCallOut.emit(call_id, tool, dict(arguments))
+
+    def decision(self, call_id: str, action: str, reason: str) -> None:
+        self.decisionOut.emit(call_id, action, reason)
+
+    def tool_result(
+        self, call_id: str, ok: bool, content: str, redacted: list[str], truncated: bool
+    ) -> None:
+        self.toolResultOut.emit(call_id, ok, content, list(redacted), truncated)
+
+    def final(self, text: str, stats: Mapping[str, Any]) -> None:
+        self.finalOut.emit(text, dict(stats))
+
+    def error(self, message: str) -> None:
+        self.errorOut.emit(message)
+
+    def agent_crashed(self, message: str) -> None:
+        self.crashedOut.emit(message)
+
+    def isolation(self, enabled: bool, detail: str) -> None:
+        self.isolationOut.emit(enabled, detail)
+
+    def context(self, state: Mapping[str, Any]) -> None:
+        self.contextOut.emit(dict(state))
+
+    # PermissionAsker, called by the runner in this thread.
+    def ask(self, question: PermissionQuestion) -> PermissionReply:
+        pending = _PendingAnswer(question)
+        with self._lock:
+            if self._cancelled.is_set():
+                return PermissionReply("deny", reason="the errand was cancelled")
+            self._pending = pending
+        self.permissionNeeded.emit(question)
+        pending.event.wait()
+        with self._lock:
+            self._pending = None
+        assert pending.reply is not None
+        return pending.reply
+
+    def answer(self, call_id: str, reply: PermissionReply) -> bool:
+        """Deliver the GUI's answer (any thread). False when nothing waits for it."""
+        with self._lock:
+            pending = self._pending
+            if pending is None or pending.question.call_id != call_id:
+                return False
+            pending.reply = reply
+            pending.event.set()
+            return True
+
+    def cancel(self) -> None:
+        """Stop the errand and release a waiting permission prompt (any thread)."""
+        with self._lock:
+            self._cancelled.set()
+            pending = self._pending
+            if pending is not None and pending.reply is None:
+                pending.reply = PermissionReply("deny", reason="the errand was cancelled")
+                pending.event.set()
+            runner = self._runner
+        if runner is not None:
+            try:
+                runner.cancel()
+            except Exception as e:  # reported to the user; the errand still ends
+                self.errorOut.emit(f"cancelling failed: {e}")
+
+    @Slot(str, str, str)
+    def run(self, session_id: str, workspace: str, task: str) -> None:
+        self._cancelled.clear()
+        try:
+            if self._runner is None or self._runner_session != session_id:
+                self._close_runner()
+                context = RunnerContext(session_id, Path(workspace), self, self)
+                runner = self._factory(context)
+                with self._lock:
+                    self._runner = runner
+                    self._runner_session = session_id
+            if self._cancelled.is_set():
+                self.errorOut.emit("the errand was cancelled before it started")
+                return
+            assert self._runner is not None
+            self._runner.run_errand(task)
+        except Exception as e:
+            # Any failure of the errand reaches the user as a message, never only a log line.
+            log.exception("errand failed")
+            self.errorOut.emit(_describe(e))
+        finally:
+            self.done.emit(session_id)
+
+    def _close_runner(self) -> None:
+        with self._lock:
+            runner, self._runner, self._runner_session = self._runner, None, None
+        if runner is not None:
+            try:
+                runner.close()
+            except Exception as e:  # reported; closing goes on
+                log.exception("closing the agent failed")
+                self.errorOut.emit(f"closing the agent failed: {_describe(e)}")
+
+    @Slot()
+    def end_session(self) -> None:
+        self._close_runner()
+
+    @Slot()
+    def shutdown(self) -> None:
+        self._close_runner()
+        self.closed.emit()
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if type(e).__name__ in text else f"{text} ({type(e).__name__})"
+
+
+class ErrandController(QObject):
+    """Starts, streams, cancels errands and relays permission questions.
+
+    Args:
+        runner_factory: Builds the runner for a session (the real agent host, or a
+            test double); called in the worker thread.
+        workspace: The workspace errands run in (changeable with :meth:`set_workspace`).
+        parent: The Qt parent.
+    """
+
+    busyChanged = Signal(bool)
+    errandStarted = Signal(str, str)
+    tokenReceived = Signal(str)
+    toolCallStarted = Signal(str, str, object)
+    decisionMade = Signal(str, str, str)
+    toolResultReceived = Signal(str, bool, str, object, bool)
+    answerReady = Signal(str, object)
+    errandFailed = Signal(str)
+    agentCrashed = Signal(str)
+    isolationReported = Signal(bool, str)
+    statsUpdated = Signal(object)
+    contextUpdated = Signal(object)
+    permissionRequested = Signal(object)
+    errandFinished = Signal(str)
+    sessionsChanged = Signal()
+    currentSessionChanged = Signal(str)
+
+    _runRequested = Signal(str, str, str)
+    _endSessionRequested = Signal()
+    _shutdownRequested = Signal()
+
+    def __init__(
+        self,
+        runner_factory: RunnerFactory,
+        *,
+        workspace: Path | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._workspace = workspace
+        self._busy = False
+        self._closed = False
+        self._thread = QThread()
+        self._thread.setObjectName("errand-worker")
+        self._worker = _ErrandWorker(runner_factory)
+        self._worker.moveToThread(self._thread)
+        w = self._worker
+        self._runRequested.connect(w.run)
+        self._endSessionRequested.connect(w.end_session)
+        self._shutdownRequested.connect(w.shutdown)
+        w.tokenOut.connect(self._on_token)
+        w.toolCallOut.connect(self._on_tool_call)
+        w.decisionOut.connect(self._on_decision)
+        w.toolResultOut.connect(self._on_tool_result)
+        w.finalOut.connect(self._on_final)
+        w.errorOut.connect(self._on_error)
+        w.crashedOut.connect(self._on_crashed)
+        w.isolationOut.connect(self.isolationReported)
+        w.contextOut.connect(self.contextUpdated)
+        w.permissionNeeded.connect(self._on_permission_needed)
+        w.done.connect(self._on_done)
+        self._thread.start()
+        self._sessions: dict[str, SessionInfo] = {}
+        self._current = ""
+        self._t_start = 0.0
+        self._t_first: float | None = None
+        self._n_tokens = 0
+        self._last_stats_emit = 0.0
+        self.new_session()
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether an errand is running."""
+        return self._busy
+
+    @property
+    def workspace(self) -> Path | None:
+        """The workspace the next errand runs in."""
+        return self._workspace
+
+    def set_workspace(self, workspace: Path) -> None:
+        """Run later errands in ``workspace`` (starts a new session).
+
+        Raises:
+            RuntimeError: An errand is running.
+        """
+        if self._busy:
+            raise RuntimeError("cannot change the workspace while an errand runs")
+        if workspace != self._workspace:
+            self._workspace = workspace
+            self.new_session()
+
+    @property
+    def current_session(self) -> str:
+        """The id of the session errands are added to."""
+        return self._current
+
+    def sessions(self) -> list[SessionInfo]:
+        """The sessions of this run, newest first."""
+        return sorted(self._sessions.values(), key=lambda s: s.created, reverse=True)
+
+    def session(self, session_id: str) -> SessionInfo:
+        """Return one session.
+
+        Raises:
+            KeyError: No such session.
+        """
+        return self._sessions[session_id]
+
+    def new_session(self) -> str:
+        """Start a new, empty session and make it current; returns its id."""
+        if self._busy:
+            raise RuntimeError("cannot start a new session while an errand runs")
+        session_id = new_session_id()
+        self._sessions[session_id] = SessionInfo(session_id)
+        self._endSessionRequested.emit()
+        self._current = session_id
+        self.sessionsChanged.emit()
+        self.currentSessionChanged.emit(session_id)
+        return session_id
+
+    def select_session(self, session_id: str) -> None:
+        """Make an earlier session current.
+
+        Raises:
+            KeyError: No such session.
+            RuntimeError: An errand is running.
+        """
+        if session_id not in self._sessions:
+            raise KeyError(f"no session {session_id!r}")
+        if self._busy:
+            raise RuntimeError("cannot switch sessions while an errand runs")
+        if session_id != self._current:
+            self._endSessionRequested.emit()
+            self._current = session_id
+            self.currentSessionChanged.emit(session_id)
+
+    # -- actions ---------------------------------------------------------------------
+
+    def start(self, task: str) -> None:
+        """Run ``task`` as an errand in the current session.
+
+        Problems (empty task, no workspace, already running) are reported through
+        :attr:`errandFailed`, never raised into the GUI.
+        """
+        task = task.strip()
+        if self._closed:
+            self.errandFailed.emit("the app is shutting down")
+            return
+        if not task:
+            self.errandFailed.emit("type a task first")
+            return
+        if self._busy:
+            self.errandFailed.emit("an errand is already running; stop it first")
+            return
+        if self._workspace is None:
+            self.errandFailed.emit("choose a workspace folder for the errand first")
+            return
+        session = self._sessions[self._current]
+        if session.title == "New session":
+            session.title = task if len(task) <= 60 else task[:57] + "..."
+            self.sessionsChanged.emit()
+        self._record("task", task)
+        self._t_start = time.monotonic()
+        self._t_first = None
+        self._n_tokens = 0
+        self._last_stats_emit = 0.0
+        self._set_busy(True)
+        self.errandStarted.emit(self._current, task)
+        self._runRequested.emit(self._current, str(self._workspace), task)
+
+    def cancel(self) -> None:
+        """Stop the running errand (within a token); a pending prompt is denied."""
+        if self._busy:
+            self._worker.cancel()
+
+    def answer_permission(self, call_id: str, reply: PermissionReply) -> None:
+        """Answer the question the worker is waiting on."""
+        if not self._worker.answer(call_id, reply):
+            log.warning("no permission question %s is waiting", call_id)
+
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel, close the agent (and its model) and stop the worker thread.
+
+        Returns:
+            True when the worker stopped within ``timeout_ms``.
+        """
+        if self._closed:
+            return True
+        self._closed = True
+        self._worker.cancel()
+        self._shutdownRequested.emit()
+        self._thread.quit()
+        stopped = bool(self._thread.wait(timeout_ms))
+        if not stopped:
+            log.error("the errand worker did not stop within %d ms", timeout_ms)
+        return stopped
+
+    # -- relays (GUI thread) ---------------------------------------------------------
+
+    def _record(self, kind: str, *args: Any) -> None:
+        self._sessions[self._current].transcript.append((kind, args))
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busyChanged.emit(busy)
+
+    def live_stats(self) -> dict[str, Any]:
+        """Tokens/s and time to first token of the running (or last) errand, host-measured.
+
+        Time to first token counts from the moment the errand was started, so
+        it includes starting the agent and loading the model the first time.
+        """
+        now = time.monotonic()
+        stats: dict[str, Any] = {"n_generated": self._n_tokens}
+        if self._t_first is not None:
+            stats["time_to_first_token_s"] = self._t_first - self._t_start
+            span = now - self._t_first
+            if self._n_tokens > 1 and span > 0:
+                stats["tokens_per_second"] = (self._n_tokens - 1) / span
+        return stats
+
+    @Slot(str)
+    def _on_token(self, text: str) -> None:
+        now = time.monotonic()
+        if self._t_first is None:
+            self._t_first = now
+        self._n_tokens += 1
+        self.tokenReceived.emit(text)
+        if now - self._last_stats_emit >= 0.25:
+            self._last_stats_emit = now
+            self.statsUpdated.emit(self.live_stats())
+
+    @Slot(str, str, object)
+    def _on_tool_call(self, call_id: str, tool: str, arguments: object) -> None:
+        self._record("tool_call", call_id, tool, arguments)
+        self.toolCallStarted.emit(call_id, tool, arguments)
+
+    @Slot(str, str, str)
+    def _on_decision(self, call_id: str, action: str, reason: str) -> None:
+        self._record("decision", call_id, action, reason)
+        self.decisionMade.emit(call_id, action, reason)
+
+    @Slot(str, bool, str, object, bool)
+    def _on_tool_result(
+        self, call_id: str, ok: bool, content: str, redacted: object, truncated: bool
+    ) -> None:
+        self._record("tool_result", call_id, ok, content, redacted, truncated)
+        self.toolResultReceived.emit(call_id, ok, content, redacted, truncated)
+
+    @Slot(str, object)
+    def _on_final(self, text: str, stats: object) -> None:
+        self._record("final", text, stats)
+        self.answerReady.emit(text, stats)
+        merged = self.live_stats() | (dict(stats) if isinstance(stats, Mapping) else {})
+        self.statsUpdated.emit(merged)
+
+    @Slot(str)
+    def _on_error(self, message: str) -> None:
+        self._record("error", message)
+        self.errandFailed.emit(message)
+
+    @Slot(str)
+    def _on_crashed(self, message: str) -> None:
+        self._record("error", f"the agent process crashed: {message}")
+        self.agentCrashed.emit(message)
+
+    @Slot(object)
+    def _on_permission_needed(self, question: object) -> None:
+        assert isinstance(question, PermissionQuestion)
+        signal = QtCore.QMetaMethod.fromSignal(self.permissionRequested)
+        if not self.isSignalConnected(signal):  # nobody to ask: never leave the worker hanging
+            self._worker.answer(
+                question.call_id, PermissionReply("deny", reason="no one was there to ask")
+            )
+            return
+        self.permissionRequested.emit(question)
+
+    @Slot(str)
+    def _on_done(self, session_id: str) -> None:
+        self._set_busy(False)
+        self.errandFinished.emit(session_id)

@@ -1,0 +1,314 @@
+"""Chooses, downloads and describes the model, and relays its live figures.
+
+The model itself runs in the agent process; this controller owns the *choice*
+(embedded default, a local GGUF file, a Hugging Face download) and the runtime
+options (``n_ctx``, GPU layers, sinks, RoPE scaling), persisted in the app's
+settings file, plus the live numbers the errand controller reports (tokens/s,
+time to first token, the KV cache's sink / window / evicted counts).
+
+File checks, hashing, downloads and the GPU probe run on a background pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.background import JobRunner, Progress
+from app.qt import QObject, Signal, Slot
+from app.services import AppServices
+from app.settings import ModelSettings, SettingsError
+from app.widgets.context_gauge import GaugeState
+from models.interface import CancelToken
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """One progress report of a download."""
+
+    done: int
+    total: int | None
+    bytes_per_second: float
+
+    @property
+    def percent(self) -> int | None:
+        """Whole percent done, or None when the size is unknown."""
+        if not self.total:
+            return None
+        return min(100, int(self.done * 100 / self.total))
+
+
+def _probe_gpu(_: Progress) -> tuple[bool, str]:
+    try:
+        import llama_cpp
+    except ImportError as e:
+        return False, f"llama.cpp is not installed: {e}"
+    try:
+        supported = bool(llama_cpp.llama_supports_gpu_offload())
+    except (AttributeError, OSError) as e:
+        return False, f"cannot query llama.cpp for GPU support: {e}"
+    if supported:
+        return True, "this llama.cpp build can offload layers to the GPU"
+    return False, "this llama.cpp build is CPU-only: every layer runs on the CPU"
+
+
+class ModelController(QObject):
+    """The model screen's controller.
+
+    Args:
+        services: The host's services (settings and paths).
+        gpu_probe: Finds out whether llama.cpp can offload to a GPU (tests pass a fake).
+        parent: The Qt parent.
+    """
+
+    settingsChanged = Signal(object)
+    modelDescribed = Signal(str, str)
+    gpuProbed = Signal(bool, str)
+    downloadStarted = Signal(str)
+    downloadProgressed = Signal(object)
+    downloadFinished = Signal(str)
+    downloadCancelled = Signal(str)
+    downloadFailed = Signal(str)
+    statsUpdated = Signal(object)
+    contextUpdated = Signal(object)
+    errorOccurred = Signal(str)
+
+    def __init__(
+        self,
+        services: AppServices,
+        *,
+        gpu_probe: Callable[[Progress], tuple[bool, str]] = _probe_gpu,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.services = services
+        self._jobs = JobRunner(max_threads=2, parent=self)
+        self._gpu_probe = gpu_probe
+        self._download_cancel: CancelToken | None = None
+        self._download_started = 0.0
+        self._download_base = 0
+        self.gpu_supported: bool | None = None
+        self.last_stats: dict[str, Any] = {}
+        self.context = GaugeState(n_ctx=services.settings.model.n_ctx)
+
+    @property
+    def settings(self) -> ModelSettings:
+        """The model settings in force."""
+        return self.services.settings.model
+
+    @property
+    def downloading(self) -> bool:
+        """Whether a download is running."""
+        return self._download_cancel is not None
+
+    # -- describing ------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Describe the chosen model and probe the GPU, in the background."""
+        self._jobs.submit(
+            "gpu-probe",
+            self._gpu_probe,
+            on_success=self._on_gpu,
+            on_error=lambda e: self._on_gpu((False, f"GPU probe failed: {e}")),
+        )
+        path = self.settings.path
+        self._jobs.submit(
+            "describe",
+            lambda _: _describe_model(path),
+            on_success=lambda pair: self.modelDescribed.emit(*pair),
+            on_error=lambda e: self.modelDescribed.emit("(model unavailable)", str(e)),
+        )
+
+    def _on_gpu(self, result: object) -> None:
+        supported, detail = result if isinstance(result, tuple) else (False, str(result))
+        self.gpu_supported = bool(supported)
+        self.gpuProbed.emit(bool(supported), str(detail))
+
+    # -- choosing --------------------------------------------------------------------
+
+    def use_embedded(self) -> None:
+        """Use the embedded default model."""
+        self._apply({"path": None, "backend": "llama.cpp"})
+
+    def use_local_file(self, path: str) -> None:
+        """Check that ``path`` is a GGUF model (in the background), then use it."""
+        if not path.strip():
+            self.errorOccurred.emit("choose a .gguf file first")
+            return
+
+        def check(_: Progress) -> str:
+            from models import catalog
+
+            return str(catalog.local_file(Path(path)).path)
+
+        self._jobs.submit(
+            "local-file",
+            check,
+            on_success=lambda p: self._apply({"path": str(p), "backend": "llama.cpp"}),
+            on_error=lambda e: self.errorOccurred.emit(f"Cannot use {path}: {e}"),
+        )
+
+    def apply_runtime(
+        self,
+        *,
+        n_ctx: int,
+        n_gpu_layers: int | None,
+        n_sink: int,
+        rope_scaling: str,
+        rope_factor: float,
+    ) -> None:
+        """Validate and save the runtime options (they apply to the next errand)."""
+        self._apply(
+            {
+                "n_ctx": n_ctx,
+                "n_gpu_layers": n_gpu_layers,
+                "n_sink": n_sink,
+                "rope_scaling": rope_scaling,
+                "rope_factor": rope_factor,
+            }
+        )
+
+    def _apply(self, changes: Mapping[str, Any]) -> None:
+        merged = self.settings.model_dump() | dict(changes)
+        try:
+            new = ModelSettings.model_validate(merged)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            )
+            self.errorOccurred.emit(f"Invalid model settings: {problems}")
+            return
+        old = self.services.settings.model
+        self.services.settings.model = new
+        try:
+            self.services.save_settings()
+        except SettingsError as e:
+            self.services.settings.model = old
+            self.errorOccurred.emit(str(e))
+            return
+        self.context = GaugeState(n_ctx=new.n_ctx)
+        self.settingsChanged.emit(new)
+        self.contextUpdated.emit(self.context)
+        if old.path != new.path:
+            self.refresh()
+
+    # -- downloading -----------------------------------------------------------------
+
+    def start_download(self, repo_id: str, filename: str, sha256: str = "") -> None:
+        """Download a GGUF file from Hugging Face into the models dir (resumable)."""
+        repo_id, filename, sha256 = repo_id.strip(), filename.strip(), sha256.strip().lower()
+        if self.downloading:
+            self.errorOccurred.emit("a download is already running")
+            return
+        if "/" not in repo_id or not filename.endswith(".gguf"):
+            self.downloadFailed.emit(
+                "give the repository as owner/name and a file name ending in .gguf"
+            )
+            return
+        cancel = CancelToken()
+        self._download_cancel = cancel
+        self._download_started = time.monotonic()
+        self._download_base = -1
+        dest = self.services.paths.models_dir
+
+        def fetch(report: Progress) -> str:
+            from models import catalog
+
+            model = catalog.download(
+                repo_id,
+                filename,
+                dest_dir=dest,
+                progress=lambda done, total: report((done, total)),
+                sha256=sha256 or None,
+                cancel=cancel,
+            )
+            return str(model.path)
+
+        self.downloadStarted.emit(f"{repo_id}/{filename}")
+        self._jobs.submit(
+            "download",
+            fetch,
+            on_success=self._download_done,
+            on_error=self._download_error,
+            on_progress=self._download_progress,
+        )
+
+    def cancel_download(self) -> None:
+        """Stop the download; the partial file stays so the next start resumes."""
+        if self._download_cancel is not None:
+            self._download_cancel.cancel()
+
+    def _download_progress(self, value: object) -> None:
+        done, total = value if isinstance(value, tuple) else (0, None)
+        if self._download_base < 0:  # the first report says where a resume started
+            self._download_base = int(done)
+        elapsed = max(1e-6, time.monotonic() - self._download_started)
+        speed = max(0, int(done) - self._download_base) / elapsed
+        self.downloadProgressed.emit(DownloadProgress(int(done), total, speed))
+
+    def _download_done(self, path: object) -> None:
+        self._download_cancel = None
+        self.downloadFinished.emit(str(path))
+        self._apply({"path": str(path), "backend": "llama.cpp"})
+
+    def _download_error(self, error: BaseException) -> None:
+        self._download_cancel = None
+        from models.errors import DownloadCancelledError
+
+        if isinstance(error, DownloadCancelledError):
+            self.downloadCancelled.emit("Download cancelled; start it again to resume.")
+        else:
+            self.downloadFailed.emit(f"Download failed: {error}")
+
+    # -- live figures (from the errand controller) -----------------------------------
+
+    @Slot(object)
+    def update_stats(self, stats: object) -> None:
+        """Take a generation's stats (tokens/s, time to first token, evictions)."""
+        if not isinstance(stats, Mapping):
+            return
+        self.last_stats = dict(stats)
+        self.statsUpdated.emit(self.last_stats)
+        evicted = stats.get("n_evicted")
+        if isinstance(evicted, int) and evicted > self.context.n_evicted:
+            self._set_context({"n_evicted": evicted, "n_shifts": stats.get("n_shifts", 0)})
+
+    @Slot(object)
+    def update_context(self, state: object) -> None:
+        """Take what the KV cache holds (``ContextState`` fields)."""
+        if isinstance(state, Mapping):
+            self._set_context(state)
+        elif hasattr(state, "model_dump"):
+            self._set_context(state.model_dump())
+
+    def _set_context(self, fields: Mapping[str, Any]) -> None:
+        known = {k: fields[k] for k in GaugeState.__dataclass_fields__ if k in fields}
+        current = self.context.__dict__ | known
+        self.context = GaugeState(**current)
+        self.contextUpdated.emit(self.context)
+
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel a download and wait for background work."""
+        self.cancel_download()
+        return self._jobs.wait(timeout_ms)
+
+
+def _describe_model(path: str | None) -> tuple[str, str]:
+    from models import catalog
+
+    if path is None:
+        model = catalog.embedded_default()
+        return model.name, f"embedded default · {model.path.name} · {model.size / 1e6:.0f} MB"
+    header = catalog.read_header(Path(path))
+    parts = [header.architecture, f"{header.file_size / 1e6:.0f} MB"]
+    if header.n_ctx_train:
+        parts.append(f"trained context {header.n_ctx_train:,}")
+    return header.name or Path(path).stem, f"{path} · " + " · ".join(parts)

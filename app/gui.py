@@ -1,0 +1,202 @@
+"""The desktop app's entry point: ``keyless`` with no arguments.
+
+Builds the services, the controllers and the main window, shows unexpected
+errors in a message box (never only on stderr), and on exit stops the agent
+and closes its model explicitly before Qt tears down.
+
+Set ``KEYLESS_SCRIPTED_MODEL=FILE`` to run errands with the scripted fake
+model (a JSON list of replies) instead of the real one: screenshots and the
+end-to-end GUI test use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from app.controllers.agent_runner import agent_host_factory
+from app.controllers.errand_controller import ErrandController, RunnerFactory
+from app.controllers.model_controller import ModelController
+from app.main_window import MainWindow, PageBuilder
+from app.qt import QtGui, QtWidgets
+from app.resources import resource_path
+from app.services import AppServices
+
+log = logging.getLogger(__name__)
+
+SCRIPTED_MODEL_ENV = "KEYLESS_SCRIPTED_MODEL"
+
+
+def app_icon() -> QtGui.QIcon:
+    """The Keyless icon (an SVG bundled in ``app/resources``)."""
+    return QtGui.QIcon(str(resource_path("keyless.svg")))
+
+
+def model_spec_for(services: AppServices) -> Any:
+    """The ``models.factory.ModelSpec`` the settings describe."""
+    from models.factory import ModelSpec
+
+    m = services.settings.model
+    return ModelSpec(
+        backend=m.backend,
+        path=Path(m.path) if m.path else None,
+        n_ctx=m.n_ctx,
+        n_gpu_layers=m.n_gpu_layers,
+        n_sink=m.n_sink,
+        rope_scaling=m.rope_scaling,
+        rope_factor=m.rope_factor,
+        base_url=m.base_url,
+        model_name=m.remote_model,
+        allow_local=m.allow_local_remote,
+        verified_cache=services.paths.data_dir / "verified-models.json",
+    )
+
+
+def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[str, PageBuilder]]:
+    """Builders of the vault, memory, audit and settings screens.
+
+    Each is imported only when built, so a screen that is missing or broken
+    shows why in its own tab instead of keeping the app from starting.
+    """
+    paths = services.paths
+
+    def vault() -> QtWidgets.QWidget:
+        from app.controllers.vault_controller import VaultController
+        from app.views.vault_view import VaultView
+
+        controller = VaultController(
+            paths.vault_file,
+            paths.database,
+            session_id=errands.current_session,
+            auto_lock_minutes=services.settings.auto_lock_minutes,
+        )
+        errands.currentSessionChanged.connect(controller.set_session_id)
+        return VaultView(controller)
+
+    def memory() -> QtWidgets.QWidget:
+        from app.controllers.memory_controller import MemoryController
+        from app.views.memory_view import MemoryView
+
+        def service() -> Any:
+            workspace = errands.workspace
+            if workspace is None:
+                raise RuntimeError("choose a workspace on the Chat screen to see its memory")
+            return services.memory_service(
+                workspace=workspace,
+                session_id=errands.current_session,
+                count_tokens=lambda text: max(1, len(text) // 4),
+            )
+
+        controller = MemoryController(service)
+        view = MemoryView(controller)
+        errands.currentSessionChanged.connect(lambda _: controller.reset_service())
+        return view
+
+    def audit() -> QtWidgets.QWidget:
+        from app.controllers.audit_controller import AuditController
+        from app.views.audit_view import AuditView
+
+        controller = AuditController(services.audit)
+        view = AuditView(controller)
+        errands.errandFinished.connect(lambda _: controller.refresh())
+        return view
+
+    def settings() -> QtWidgets.QWidget:
+        from app.controllers.settings_controller import SettingsController
+        from app.views.settings_view import SettingsView
+
+        controller = SettingsController(
+            paths, services.settings, rule_store_factory=lambda: services.rules
+        )
+        return SettingsView(controller)
+
+    return [("Vault", vault), ("Memory", memory), ("Audit", audit), ("Settings", settings)]
+
+
+def build_main_window(
+    services: AppServices,
+    runner_factory: RunnerFactory | None = None,
+    *,
+    with_extra_pages: bool = True,
+) -> MainWindow:
+    """Wire services, controllers and the main window together.
+
+    Args:
+        services: The host's services.
+        runner_factory: Runs errands; defaults to the real agent host (with the
+            scripted model when ``$KEYLESS_SCRIPTED_MODEL`` names a file).
+        with_extra_pages: Build the vault, memory, audit and settings screens.
+    """
+    if runner_factory is None:
+        scripted = os.environ.get(SCRIPTED_MODEL_ENV)
+        runner_factory = agent_host_factory(
+            services,
+            lambda: model_spec_for(services),
+            scripted_model=Path(scripted) if scripted else None,
+        )
+    errands = ErrandController(runner_factory, workspace=services.workspace)
+    model = ModelController(services)
+    pages = extra_pages(services, errands) if with_extra_pages else []
+    window = MainWindow(services, errands, model, pages)
+    errands.setParent(window)
+    model.setParent(window)
+    model.refresh()
+    return window
+
+
+def _install_error_hook() -> None:
+    """Show exceptions that escape a slot in a message box, not only on stderr."""
+    previous = sys.excepthook
+
+    def hook(
+        kind: type[BaseException], value: BaseException, tb: TracebackType | None
+    ) -> None:
+        previous(kind, value, tb)
+        app = QtWidgets.QApplication.instance()
+        if app is None:
+            return
+        box = QtWidgets.QMessageBox(
+            QtWidgets.QMessageBox.Icon.Critical,
+            "Keyless: unexpected error",
+            f"Something went wrong: {value}\n\nKeyless keeps running; the details below "
+            "help a bug report.",
+        )
+        box.setDetailedText("".join(traceback.format_exception(kind, value, tb)))
+        box.exec()
+
+    sys.excepthook = hook
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Open the Keyless window and run until it is closed; return the exit status."""
+    logging.basicConfig(level=os.environ.get("KEYLESS_LOG", "WARNING"))
+    existing = QtWidgets.QApplication.instance()
+    app = existing if isinstance(existing, QtWidgets.QApplication) else None
+    if app is None:
+        app = QtWidgets.QApplication(list(argv) if argv is not None else sys.argv[:1])
+    app.setApplicationName("Keyless")
+    app.setOrganizationName("Keyless")
+    app.setDesktopFileName("keyless")
+    app.setWindowIcon(app_icon())
+    app.setStyle("Fusion")
+    _install_error_hook()
+    services = AppServices()
+    window = build_main_window(services)
+    window.show()
+    try:
+        status = app.exec()
+    finally:
+        # Stop the agent (and so its model) before Qt tears the widgets down.
+        window.shutdown()
+        services.close()
+    return int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""The trusted host's services, built once and shared by the controllers.
+
+:class:`AppServices` is what the GUI's controllers receive. Each service
+(vault, grants, broker, audit log, permission rules, memory) is built lazily on
+first use, so a package that is missing or broken makes only the screens that
+need it unavailable, with the reason recorded in :attr:`AppServices.problems`
+for the GUI to show, instead of the whole app failing to start.
+
+Widgets never reach these objects: controllers do, off the GUI thread where the
+work touches the disk, the keyring or the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from app.paths import AppPaths, default_paths
+from app.settings import AppSettings, SettingsError, load_settings, save_settings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceUnavailableError(Exception):
+    """A service could not be built; the message says which one and why."""
+
+
+def optional_module(name: str) -> ModuleType | None:
+    """Import ``name`` if that module exists, else return None.
+
+    Only the module itself being absent counts as "not there"; an
+    ImportError raised *inside* an existing module propagates, because that is
+    a bug to report, not a feature to hide.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+            return None
+        raise
+
+
+class AppServices:
+    """Lazily built host services shared by every controller.
+
+    Args:
+        paths: Where Keyless keeps its files (defaults to :func:`default_paths`).
+        settings: The settings to use; when None they are read from disk, and a
+            broken settings file falls back to defaults with the problem
+            recorded in :attr:`problems` (the file itself is left untouched).
+    """
+
+    def __init__(self, paths: AppPaths | None = None, settings: AppSettings | None = None) -> None:
+        self.paths = (paths or default_paths()).ensure()
+        self.problems: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._built: dict[str, Any] = {}
+        self._vault: Any = None
+        if settings is None:
+            try:
+                settings = load_settings(self.paths)
+            except SettingsError as e:
+                self.problems["settings"] = f"{e}; using defaults until you save new settings"
+                settings = AppSettings()
+        self.settings = settings
+
+    # -- settings -------------------------------------------------------------------
+
+    def save_settings(self) -> None:
+        """Persist :attr:`settings`.
+
+        Raises:
+            SettingsError: The file could not be written; the old one is kept.
+        """
+        save_settings(self.paths, self.settings)
+        self.problems.pop("settings", None)
+
+    @property
+    def workspace(self) -> Path | None:
+        """The workspace errands run in, or None when none is chosen."""
+        ws = self.settings.workspace
+        return Path(ws) if ws else None
+
+    def set_workspace(self, workspace: Path) -> None:
+        """Choose the workspace and remember it among the recent ones.
+
+        Raises:
+            NotADirectoryError: ``workspace`` is not an existing directory.
+            SettingsError: The choice could not be saved.
+        """
+        resolved = workspace.expanduser().resolve()
+        if not resolved.is_dir():
+            raise NotADirectoryError(f"workspace {resolved} is not an existing directory")
+        text = str(resolved)
+        recent = [text] + [w for w in self.settings.recent_workspaces if w != text]
+        self.settings.workspace = text
+        self.settings.recent_workspaces = recent[:10]
+        self.save_settings()
+
+    # -- lazily built services ------------------------------------------------------
+
+    def _service(self, name: str, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if name in self._built:
+                return self._built[name]
+            try:
+                value = build()
+            except ServiceUnavailableError as e:
+                self.problems[name] = str(e)
+                raise
+            except Exception as e:
+                # Reported to the user through `problems` and re-raised as ours.
+                message = f"{name} could not start: {type(e).__name__}: {e}"
+                log.exception("service %s failed", name)
+                self.problems[name] = message
+                raise ServiceUnavailableError(message) from e
+            self.problems.pop(name, None)
+            self._built[name] = value
+            return value
+
+    def _require(self, module: str, what: str) -> ModuleType:
+        found = optional_module(module)
+        if found is None:
+            raise ServiceUnavailableError(f"{what} is not available in this build ({module})")
+        return found
+
+    @property
+    def audit(self) -> Any:
+        """The hash-chained audit log (``vault.audit.AuditLog``).
+
+        Raises:
+            ServiceUnavailableError: The vault package is missing or broken.
+        """
+
+        def build() -> Any:
+            mod = self._require("vault.audit", "the audit log")
+            return mod.AuditLog(self.paths.database)
+
+        return self._service("audit", build)
+
+    @property
+    def grants(self) -> Any:
+        """The capability grant store (``vault.grants.GrantStore``).
+
+        Raises:
+            ServiceUnavailableError: The vault package is missing or broken.
+        """
+
+        def build() -> Any:
+            mod = self._require("vault.grants", "capability grants")
+            return mod.GrantStore(self.paths.database)
+
+        return self._service("grants", build)
+
+    @property
+    def vault_exists(self) -> bool:
+        """Whether a vault file has been created."""
+        return self.paths.vault_file.exists()
+
+    @property
+    def vault(self) -> Any:
+        """The vault (``vault.store.Vault``), opened but possibly locked; None if none exists.
+
+        Raises:
+            ServiceUnavailableError: The vault package is missing, or the file is unreadable.
+        """
+        with self._lock:
+            if self._vault is not None:
+                return self._vault
+            if not self.vault_exists:
+                return None
+
+            def build() -> Any:
+                mod = self._require("vault.store", "the vault")
+                return mod.Vault.open(self.paths.vault_file)
+
+            self._vault = self._service("vault", build)
+            return self._vault
+
+    def set_vault(self, vault: Any) -> None:
+        """Use a vault the first-run setup just created (and drop the old broker)."""
+        with self._lock:
+            self._vault = vault
+            self._built["vault"] = vault
+            self._built.pop("broker", None)
+            self.problems.pop("vault", None)
+
+    @property
+    def broker(self) -> Any:
+        """The broker that redeems capability handles (``vault.broker.Broker``), or None.
+
+        None when no vault exists yet: errands then run without capabilities.
+
+        Raises:
+            ServiceUnavailableError: The vault package is missing or broken.
+        """
+        vault = self.vault
+        if vault is None:
+            return None
+
+        def build() -> Any:
+            mod = self._require("vault.broker", "the capability broker")
+            return mod.Broker(vault, self.grants, self.audit)
+
+        return self._service("broker", build)
+
+    @property
+    def rules(self) -> Any:
+        """The persisted permission rules (``agent.policy.RuleStore``).
+
+        Raises:
+            ServiceUnavailableError: The policy engine is missing or broken.
+        """
+
+        def build() -> Any:
+            mod = self._require("agent.policy", "the permission policy")
+            return mod.RuleStore(self.paths.database)
+
+        return self._service("rules", build)
+
+    def memory_service(
+        self,
+        *,
+        workspace: Path,
+        session_id: str,
+        count_tokens: Callable[[str], int],
+    ) -> Any:
+        """Build a ``memory.service.MemoryService`` for one workspace and session.
+
+        Raises:
+            ServiceUnavailableError: The memory package is missing or broken.
+        """
+        try:
+            mod = self._require("memory.service", "memory")
+            settings_mod = optional_module("memory.settings") or mod
+            settings_cls = getattr(settings_mod, "MemorySettings", None) or mod.MemorySettings
+            caps = self.settings.memory
+            memory_settings = _build_memory_settings(settings_cls, caps.model_dump())
+            broker = self.broker
+            scan: Callable[[str], list[str]] = broker.scan if broker is not None else _scan_nothing
+            service = mod.MemoryService(
+                user_dir=self.paths.memory_dir,
+                workspace=workspace,
+                db_path=self.paths.database,
+                session_id=session_id,
+                count_tokens=count_tokens,
+                scan_secrets=scan,
+                settings=memory_settings,
+            )
+        except ServiceUnavailableError as e:
+            self.problems["memory"] = str(e)
+            raise
+        except Exception as e:
+            message = f"memory could not start: {type(e).__name__}: {e}"
+            log.exception("memory service failed")
+            self.problems["memory"] = message
+            raise ServiceUnavailableError(message) from e
+        self.problems.pop("memory", None)
+        return service
+
+    def sandbox_status(self) -> tuple[bool, str]:
+        """Return whether OS isolation (bubblewrap) is available, and a sentence saying so."""
+        mod = optional_module("agent.sandbox")
+        if mod is None:
+            return False, "the sandbox module is not available in this build"
+        try:
+            sandbox = mod.Sandbox.detect()
+        except Exception as e:  # reported to the user as the status text
+            return False, f"sandbox detection failed: {e}"
+        if bool(getattr(sandbox, "available", False)):
+            return True, "bubblewrap found: the agent and each shell command run isolated"
+        return False, (
+            "bubblewrap not found: the agent runs as a separate process with a scrubbed "
+            "environment but without OS isolation, and shell commands need an explicit "
+            "'run unsandboxed' approval"
+        )
+
+    def close(self) -> None:
+        """Lock the vault and close whatever was opened. Safe to call twice."""
+        with self._lock:
+            vault = self._vault
+            if vault is not None and hasattr(vault, "lock"):
+                try:
+                    vault.lock()
+                except Exception:  # closing must go on; the failure is logged
+                    log.exception("locking the vault on exit failed")
+            for name, service in list(self._built.items()):
+                closer = getattr(service, "close", None)
+                if callable(closer) and name != "vault":
+                    try:
+                        closer()
+                    except Exception:  # closing must go on; the failure is logged
+                        log.exception("closing %s failed", name)
+            self._built.clear()
+            self._vault = None
+
+
+def _scan_nothing(text: str) -> list[str]:
+    return []
+
+
+def _build_memory_settings(settings_cls: Any, capacities: dict[str, int]) -> Any:
+    """Map our capacity settings onto whatever fields MemorySettings has."""
+    fields = getattr(settings_cls, "model_fields", {})
+    values: dict[str, int] = {}
+    for level, tokens in capacities.items():
+        for key in (f"{level}_capacity", f"{level}_budget", level):
+            if key in fields:
+                values[key] = tokens
+                break
+    return settings_cls(**values)

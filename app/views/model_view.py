@@ -1,0 +1,428 @@
+"""The model panel.
+
+Which model runs (embedded default, a local GGUF file, or one downloaded from
+Hugging Face with progress, speed, cancel and resume), how it runs (GPU
+offload and layers, ``n_ctx``, attention sinks, RoPE scaling), and how it is
+doing (tokens/s, time to first token, and the context gauge of the sink-style
+rolling KV cache). Everything goes through a
+:class:`~app.controllers.model_controller.ModelController`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from app.controllers.model_controller import DownloadProgress, ModelController
+from app.qt import Qt, QtCore, QtWidgets, Slot
+from app.settings import ModelSettings
+from app.widgets.banner import Banner
+from app.widgets.context_gauge import ContextGauge, GaugeState
+
+ROPE_KINDS = (
+    ("none", "None (the model's own positions)"),
+    ("linear", "Linear (Positional Interpolation)"),
+    ("yarn", "YaRN"),
+)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class ModelView(QtWidgets.QWidget):
+    """The model screen.
+
+    Args:
+        controller: Owns the model choice, downloads and live figures.
+        parent: The Qt parent.
+    """
+
+    def __init__(
+        self, controller: ModelController, parent: QtWidgets.QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.setObjectName("modelView")
+        self.banner = Banner()
+
+        # -- which model ---------------------------------------------------------------
+        source_box = QtWidgets.QGroupBox("Model in use")
+        self.model_name = QtWidgets.QLabel("…")
+        self.model_name.setObjectName("modelName")
+        font = self.model_name.font()
+        font.setBold(True)
+        self.model_name.setFont(font)
+        self.model_detail = QtWidgets.QLabel("")
+        self.model_detail.setObjectName("modelDetail")
+        self.model_detail.setWordWrap(True)
+        self.model_detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.embedded_radio = QtWidgets.QRadioButton(
+            "&Embedded default (SmolLM2-135M, no download)"
+        )
+        self.embedded_radio.setObjectName("useEmbedded")
+        self.local_radio = QtWidgets.QRadioButton("&Local GGUF file:")
+        self.local_radio.setObjectName("useLocal")
+        self.local_path = QtWidgets.QLineEdit()
+        self.local_path.setObjectName("localPath")
+        self.local_path.setAccessibleName("Local model file path")
+        self.local_path.setPlaceholderText("/path/to/model.gguf")
+        self.pick_button = QtWidgets.QPushButton("Choose &file…")
+        self.pick_button.setObjectName("pickModelFile")
+        self.use_button = QtWidgets.QPushButton("&Use this model")
+        self.use_button.setObjectName("useModel")
+        source_group = QtWidgets.QButtonGroup(self)
+        source_group.addButton(self.embedded_radio)
+        source_group.addButton(self.local_radio)
+        local_row = QtWidgets.QHBoxLayout()
+        local_row.addWidget(self.local_radio)
+        local_row.addWidget(self.local_path, 1)
+        local_row.addWidget(self.pick_button)
+
+        source_layout = QtWidgets.QVBoxLayout(source_box)
+        source_layout.addWidget(self.model_name)
+        source_layout.addWidget(self.model_detail)
+        source_layout.addWidget(self.embedded_radio)
+        source_layout.addLayout(local_row)
+        use_row = QtWidgets.QHBoxLayout()
+        use_row.addStretch(1)
+        use_row.addWidget(self.use_button)
+        source_layout.addLayout(use_row)
+
+        # -- Hugging Face download ------------------------------------------------------
+        hf_box = QtWidgets.QGroupBox("Download from Hugging Face")
+        self.repo_edit = QtWidgets.QLineEdit()
+        self.repo_edit.setObjectName("hfRepo")
+        self.repo_edit.setPlaceholderText("owner/name, e.g. bartowski/SmolLM2-360M-Instruct-GGUF")
+        self.repo_edit.setAccessibleName("Hugging Face repository")
+        self.file_edit = QtWidgets.QLineEdit()
+        self.file_edit.setObjectName("hfFile")
+        self.file_edit.setPlaceholderText("file name ending in .gguf")
+        self.file_edit.setAccessibleName("File in the repository")
+        self.sha_edit = QtWidgets.QLineEdit()
+        self.sha_edit.setObjectName("hfSha256")
+        self.sha_edit.setPlaceholderText("optional; the hub's own digest is checked otherwise")
+        self.sha_edit.setAccessibleName("Expected sha256")
+        self.download_button = QtWidgets.QPushButton("&Download")
+        self.download_button.setObjectName("download")
+        self.cancel_download_button = QtWidgets.QPushButton("&Cancel download")
+        self.cancel_download_button.setObjectName("cancelDownload")
+        self.cancel_download_button.setEnabled(False)
+        self.progress = QtWidgets.QProgressBar()
+        self.progress.setObjectName("downloadProgress")
+        self.progress.setAccessibleName("Download progress")
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%")
+        self.speed_label = QtWidgets.QLabel("")
+        self.speed_label.setObjectName("downloadSpeed")
+        hf_form = QtWidgets.QFormLayout()
+        hf_form.addRow("&Repository:", self.repo_edit)
+        hf_form.addRow("F&ile:", self.file_edit)
+        hf_form.addRow("s&ha256:", self.sha_edit)
+        hf_buttons = QtWidgets.QHBoxLayout()
+        hf_buttons.addWidget(self.progress, 1)
+        hf_buttons.addWidget(self.download_button)
+        hf_buttons.addWidget(self.cancel_download_button)
+        hf_layout = QtWidgets.QVBoxLayout(hf_box)
+        hf_layout.addLayout(hf_form)
+        hf_layout.addLayout(hf_buttons)
+        hf_layout.addWidget(self.speed_label)
+
+        # -- runtime options -----------------------------------------------------------
+        runtime_box = QtWidgets.QGroupBox("Runtime (applies to the next errand)")
+        self.gpu_label = QtWidgets.QLabel("GPU offload: checking…")
+        self.gpu_label.setObjectName("gpuState")
+        self.gpu_label.setWordWrap(True)
+        self.gpu_auto = QtWidgets.QCheckBox("&Automatic GPU layers")
+        self.gpu_auto.setObjectName("gpuAuto")
+        self.gpu_layers = QtWidgets.QSpinBox()
+        self.gpu_layers.setObjectName("gpuLayers")
+        self.gpu_layers.setRange(0, 999)
+        self.gpu_layers.setAccessibleName("GPU layers")
+        self.gpu_layers.setToolTip("Layers to offload to the GPU; 0 keeps everything on the CPU.")
+        self.n_ctx = QtWidgets.QSpinBox()
+        self.n_ctx.setObjectName("nCtx")
+        self.n_ctx.setRange(256, 1_048_576)
+        self.n_ctx.setSingleStep(256)
+        self.n_ctx.setAccessibleName("Context size in tokens")
+        self.n_sink = QtWidgets.QSpinBox()
+        self.n_sink.setObjectName("nSink")
+        self.n_sink.setRange(0, 256)
+        self.n_sink.setAccessibleName("Attention sink tokens")
+        self.n_sink.setToolTip(
+            "Tokens at the start of the cache that are never evicted (StreamingLLM's "
+            "attention sinks); 4 is the usual choice."
+        )
+        self.rope_combo = QtWidgets.QComboBox()
+        self.rope_combo.setObjectName("ropeScaling")
+        self.rope_combo.setAccessibleName("RoPE scaling")
+        for value, label in ROPE_KINDS:
+            self.rope_combo.addItem(label, value)
+        self.rope_factor = QtWidgets.QDoubleSpinBox()
+        self.rope_factor.setObjectName("ropeFactor")
+        self.rope_factor.setRange(1.0, 64.0)
+        self.rope_factor.setSingleStep(0.5)
+        self.rope_factor.setDecimals(2)
+        self.rope_factor.setAccessibleName("RoPE scaling factor")
+        self.apply_button = QtWidgets.QPushButton("A&pply")
+        self.apply_button.setObjectName("applyRuntime")
+        gpu_row = QtWidgets.QHBoxLayout()
+        gpu_row.addWidget(self.gpu_layers)
+        gpu_row.addWidget(self.gpu_auto)
+        gpu_row.addStretch(1)
+        rope_row = QtWidgets.QHBoxLayout()
+        rope_row.addWidget(self.rope_combo, 1)
+        factor_label = QtWidgets.QLabel("&factor")
+        factor_label.setBuddy(self.rope_factor)
+        rope_row.addWidget(factor_label)
+        rope_row.addWidget(self.rope_factor)
+        runtime_form = QtWidgets.QFormLayout(runtime_box)
+        runtime_form.addRow(self.gpu_label)
+        gpu_layers_label = QtWidgets.QLabel("&GPU layers:")
+        gpu_layers_label.setBuddy(self.gpu_layers)
+        runtime_form.addRow(gpu_layers_label, gpu_row)
+        n_ctx_label = QtWidgets.QLabel("Conte&xt (n_ctx):")
+        n_ctx_label.setBuddy(self.n_ctx)
+        runtime_form.addRow(n_ctx_label, self.n_ctx)
+        sink_label = QtWidgets.QLabel("Attention si&nks:")
+        sink_label.setBuddy(self.n_sink)
+        runtime_form.addRow(sink_label, self.n_sink)
+        rope_label = QtWidgets.QLabel("&RoPE scaling:")
+        rope_label.setBuddy(self.rope_combo)
+        runtime_form.addRow(rope_label, rope_row)
+        apply_row = QtWidgets.QHBoxLayout()
+        apply_row.addStretch(1)
+        apply_row.addWidget(self.apply_button)
+        runtime_form.addRow(apply_row)
+
+        # -- live figures --------------------------------------------------------------
+        live_box = QtWidgets.QGroupBox("Live")
+        self.tps_label = QtWidgets.QLabel("— tok/s")
+        self.tps_label.setObjectName("tokensPerSecond")
+        self.ttft_label = QtWidgets.QLabel("time to first token: —")
+        self.ttft_label.setObjectName("timeToFirstToken")
+        self.gauge = ContextGauge()
+        self.gauge_text = QtWidgets.QLabel()
+        self.gauge_text.setObjectName("gaugeText")
+        self.gauge_text.setWordWrap(True)
+        numbers = QtWidgets.QHBoxLayout()
+        numbers.addWidget(self.tps_label)
+        numbers.addSpacing(24)
+        numbers.addWidget(self.ttft_label)
+        numbers.addStretch(1)
+        live_layout = QtWidgets.QVBoxLayout(live_box)
+        live_layout.addLayout(numbers)
+        gauge_label = QtWidgets.QLabel("Context (KV cache):")
+        live_layout.addWidget(gauge_label)
+        live_layout.addWidget(self.gauge)
+        live_layout.addWidget(self.gauge_text)
+
+        columns = QtWidgets.QHBoxLayout()
+        left = QtWidgets.QVBoxLayout()
+        left.addWidget(source_box)
+        left.addWidget(hf_box)
+        left.addStretch(1)
+        right = QtWidgets.QVBoxLayout()
+        right.addWidget(runtime_box)
+        right.addWidget(live_box)
+        right.addStretch(1)
+        columns.addLayout(left, 1)
+        columns.addLayout(right, 1)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addWidget(self.banner)
+        layout.addLayout(columns, 1)
+
+        order: list[QtWidgets.QWidget] = [
+            self.embedded_radio,
+            self.local_radio,
+            self.local_path,
+            self.pick_button,
+            self.use_button,
+            self.repo_edit,
+            self.file_edit,
+            self.sha_edit,
+            self.download_button,
+            self.cancel_download_button,
+            self.gpu_layers,
+            self.gpu_auto,
+            self.n_ctx,
+            self.n_sink,
+            self.rope_combo,
+            self.rope_factor,
+            self.apply_button,
+            self.gauge,
+        ]
+        for first, second in zip(order, order[1:], strict=False):
+            QtWidgets.QWidget.setTabOrder(first, second)
+
+        self.pick_button.clicked.connect(self._pick_file)
+        self.use_button.clicked.connect(self.use_selected)
+        self.local_path.textEdited.connect(lambda _: self.local_radio.setChecked(True))
+        self.download_button.clicked.connect(self._download)
+        self.cancel_download_button.clicked.connect(controller.cancel_download)
+        self.apply_button.clicked.connect(self.apply_runtime)
+        self.gpu_auto.toggled.connect(lambda auto: self.gpu_layers.setEnabled(not auto))
+        self.rope_combo.currentIndexChanged.connect(self._rope_changed)
+
+        c = controller
+        c.settingsChanged.connect(self._show_settings)
+        c.modelDescribed.connect(self._on_described)
+        c.gpuProbed.connect(self._on_gpu)
+        c.downloadStarted.connect(self._on_download_started)
+        c.downloadProgressed.connect(self._on_download_progress)
+        c.downloadFinished.connect(self._on_download_finished)
+        c.downloadCancelled.connect(self._on_download_stopped_info)
+        c.downloadFailed.connect(self._on_download_failed)
+        c.statsUpdated.connect(self._on_stats)
+        c.contextUpdated.connect(self._on_context)
+        c.errorOccurred.connect(lambda m: self.banner.show_message(m, "error"))
+
+        self._show_settings(controller.settings)
+        self._on_context(controller.context)
+
+    # -- settings ----------------------------------------------------------------------
+
+    @Slot(object)
+    def _show_settings(self, settings: object) -> None:
+        assert isinstance(settings, ModelSettings)
+        if settings.path is None:
+            self.embedded_radio.setChecked(True)
+        else:
+            self.local_radio.setChecked(True)
+            self.local_path.setText(settings.path)
+        self.gpu_auto.setChecked(settings.n_gpu_layers is None)
+        self.gpu_layers.setValue(settings.n_gpu_layers or 0)
+        self.gpu_layers.setEnabled(settings.n_gpu_layers is not None)
+        self.n_ctx.setValue(settings.n_ctx)
+        self.n_sink.setValue(settings.n_sink)
+        index = self.rope_combo.findData(settings.rope_scaling)
+        self.rope_combo.setCurrentIndex(max(0, index))
+        self.rope_factor.setValue(settings.rope_factor)
+        self._rope_changed()
+
+    @Slot()
+    def _rope_changed(self) -> None:
+        self.rope_factor.setEnabled(self.rope_combo.currentData() != "none")
+
+    @Slot()
+    def use_selected(self) -> None:
+        """Use the embedded model or the local file, whichever is selected."""
+        self.banner.clear()
+        if self.embedded_radio.isChecked():
+            self.controller.use_embedded()
+        else:
+            self.controller.use_local_file(self.local_path.text())
+
+    @Slot()
+    def _pick_file(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(
+            self, "Choose a GGUF model", self.local_path.text(), "GGUF models (*.gguf)"
+        )
+        if path:
+            self.local_path.setText(path)
+            self.local_radio.setChecked(True)
+
+    @Slot()
+    def apply_runtime(self) -> None:
+        """Save the runtime options shown."""
+        self.banner.clear()
+        self.controller.apply_runtime(
+            n_ctx=self.n_ctx.value(),
+            n_gpu_layers=None if self.gpu_auto.isChecked() else self.gpu_layers.value(),
+            n_sink=self.n_sink.value(),
+            rope_scaling=str(self.rope_combo.currentData()),
+            rope_factor=self.rope_factor.value(),
+        )
+
+    @Slot(str, str)
+    def _on_described(self, name: str, detail: str) -> None:
+        self.model_name.setText(name)
+        self.model_detail.setText(detail)
+
+    @Slot(bool, str)
+    def _on_gpu(self, supported: bool, detail: str) -> None:
+        prefix = "GPU offload: available" if supported else "GPU offload: off"
+        self.gpu_label.setText(f"{prefix} — {detail}")
+
+    # -- downloads ---------------------------------------------------------------------
+
+    @Slot()
+    def _download(self) -> None:
+        self.banner.clear()
+        self.controller.start_download(
+            self.repo_edit.text(), self.file_edit.text(), self.sha_edit.text()
+        )
+
+    def _set_downloading(self, downloading: bool) -> None:
+        self.download_button.setEnabled(not downloading)
+        self.cancel_download_button.setEnabled(downloading)
+        for w in (self.repo_edit, self.file_edit, self.sha_edit):
+            w.setReadOnly(downloading)
+
+    @Slot(str)
+    def _on_download_started(self, what: str) -> None:
+        self._set_downloading(True)
+        self.progress.setRange(0, 0)  # busy until the first report gives a size
+        self.speed_label.setText(f"Connecting for {what}…")
+
+    @Slot(object)
+    def _on_download_progress(self, report: object) -> None:
+        assert isinstance(report, DownloadProgress)
+        if report.percent is None:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 100)
+            self.progress.setValue(report.percent)
+        total = f" of {_human_bytes(report.total)}" if report.total else ""
+        self.speed_label.setText(
+            f"{_human_bytes(report.done)}{total} · {_human_bytes(report.bytes_per_second)}/s"
+        )
+
+    @Slot(str)
+    def _on_download_finished(self, path: str) -> None:
+        self._set_downloading(False)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(100)
+        self.speed_label.setText(f"Downloaded and verified: {path}")
+        self.banner.show_message(f"Model downloaded and selected: {path}", "info")
+
+    @Slot(str)
+    def _on_download_stopped_info(self, message: str) -> None:
+        self._set_downloading(False)
+        self.progress.setRange(0, 100)
+        self.speed_label.setText(message)
+
+    @Slot(str)
+    def _on_download_failed(self, message: str) -> None:
+        self._set_downloading(False)
+        self.progress.setRange(0, 100)
+        self.speed_label.setText("")
+        self.banner.show_message(message, "error")
+
+    # -- live --------------------------------------------------------------------------
+
+    @Slot(object)
+    def _on_stats(self, stats: object) -> None:
+        if not isinstance(stats, Mapping):
+            return
+        tps = stats.get("tokens_per_second")
+        if isinstance(tps, int | float):
+            self.tps_label.setText(f"{tps:.1f} tok/s")
+        ttft = stats.get("time_to_first_token_s")
+        if isinstance(ttft, int | float):
+            self.ttft_label.setText(f"time to first token: {ttft * 1000:.0f} ms")
+
+    @Slot(object)
+    def _on_context(self, state: object) -> None:
+        assert isinstance(state, GaugeState)
+        self.gauge.set_state(state)
+        self.gauge_text.setText(state.summary())
+
+    def sizeHint(self) -> QtCore.QSize:
+        """A comfortable default size."""
+        return QtCore.QSize(1000, 650)

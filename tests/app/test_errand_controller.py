@@ -1,0 +1,273 @@
+"""The errand controller: worker thread, signals, permission round trip, cancel."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.controllers.errand_controller import (
+    ErrandController,
+    PermissionQuestion,
+    PermissionReply,
+    RunnerContext,
+    parse_rule_text,
+)
+
+pytestmark = pytest.mark.gui
+
+
+class SyntheticRunner:
+    """Plays an errand the way the agent host reports one, from the worker thread."""
+
+    def __init__(self, ctx: RunnerContext, *, stream_forever: bool = False) -> None:
+        self.ctx = ctx
+        self.stream_forever = stream_forever
+        self.cancelled = threading.Event()
+        self.closed = False
+        self.replies: list[PermissionReply] = []
+        self.thread_names: list[str] = []
+
+    def run_errand(self, task: str) -> None:
+        self.thread_names.append(
+            "gui" if threading.current_thread() is threading.main_thread() else "worker"
+        )
+        ev = self.ctx.events
+        self.cancelled.clear()
+        if self.stream_forever:
+            n = 0
+            while not self.cancelled.is_set():
+                ev.token(f" t{n}")
+                n += 1
+                self.cancelled.wait(0.001)
+            ev.final("stopped", {"stop_reason": "cancelled", "n_generated": n})
+            return
+        for word in ("Let", " me", " look"):
+            ev.token(word)
+        args = {"command": "ls -la"}
+        ev.tool_call("c1", "shell", args)
+        reply = self.ctx.asker.ask(
+            PermissionQuestion("c1", "shell", args, "no_rule", suggested_rule="shell(ls -la)")
+        )
+        self.replies.append(reply)
+        if reply.choice == "deny":
+            ev.decision("c1", "deny", reply.reason or "the user denied this call")
+            ev.tool_result("c1", False, f"denied by the user: {reply.reason}", [], False)
+            ev.final("I was not allowed.", {"stop_reason": "eos"})
+            return
+        ev.decision("c1", "allow", f"allowed by the user ({reply.choice})")
+        ev.tool_result("c1", True, "token=[REDACTED:API_KEY]\nREADME.md", ["API_KEY"], False)
+        ev.final("There is a README.", {"stop_reason": "eos", "tokens_per_second": 123.0})
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def runners() -> list[SyntheticRunner]:
+    return []
+
+
+def make_factory(
+    runners: list[SyntheticRunner], **kwargs: Any
+) -> Callable[[RunnerContext], SyntheticRunner]:
+    def factory(ctx: RunnerContext) -> SyntheticRunner:
+        runner = SyntheticRunner(ctx, **kwargs)
+        runners.append(runner)
+        return runner
+
+    return factory
+
+
+@pytest.fixture
+def controller(
+    qtbot: Any, workspace: Path, runners: list[SyntheticRunner]
+) -> Iterator[ErrandController]:
+    c = ErrandController(make_factory(runners), workspace=workspace)
+    yield c
+    assert c.shutdown(5000)
+
+
+def test_full_errand_streams_asks_and_answers(
+    qtbot: Any, controller: ErrandController, runners: list[SyntheticRunner]
+) -> None:
+    tokens: list[str] = []
+    results: list[tuple[Any, ...]] = []
+    controller.tokenReceived.connect(tokens.append)
+    controller.toolResultReceived.connect(lambda *a: results.append(a))
+    questions: list[PermissionQuestion] = []
+
+    def answer(q: object) -> None:
+        assert isinstance(q, PermissionQuestion)
+        questions.append(q)
+        controller.answer_permission(q.call_id, PermissionReply("once"))
+
+    controller.permissionRequested.connect(answer)
+    with qtbot.wait_signal(controller.answerReady, timeout=5000) as blocker:
+        controller.start("list the files")
+    assert blocker.args[0] == "There is a README."
+    qtbot.wait_until(lambda: not controller.busy, timeout=5000)
+    assert "".join(tokens) == "Let me look"
+    assert [q.tool for q in questions] == ["shell"]
+    assert questions[0].arguments == {"command": "ls -la"}
+    assert results == [("c1", True, "token=[REDACTED:API_KEY]\nREADME.md", ["API_KEY"], False)]
+    # The errand ran in the worker thread, not the GUI thread.
+    assert runners[0].thread_names == ["worker"]
+    kinds = [kind for kind, _ in controller.session(controller.current_session).transcript]
+    assert kinds == ["task", "tool_call", "decision", "tool_result", "final"]
+    assert controller.session(controller.current_session).title == "list the files"
+
+
+def test_deny_reason_reaches_the_runner(
+    qtbot: Any, controller: ErrandController, runners: list[SyntheticRunner]
+) -> None:
+    decisions: list[tuple[str, str, str]] = []
+    controller.decisionMade.connect(lambda *a: decisions.append(a))
+    controller.permissionRequested.connect(
+        lambda q: controller.answer_permission(
+            q.call_id, PermissionReply("deny", reason="not in this repo")
+        )
+    )
+    with qtbot.wait_signal(controller.errandFinished, timeout=5000):
+        controller.start("list the files")
+    assert runners[0].replies == [PermissionReply("deny", reason="not in this repo")]
+    assert decisions == [("c1", "deny", "not in this repo")]
+
+
+def test_nobody_to_ask_means_deny(
+    qtbot: Any, controller: ErrandController, runners: list[SyntheticRunner]
+) -> None:
+    with qtbot.wait_signal(controller.errandFinished, timeout=5000):
+        controller.start("list the files")
+    assert runners[0].replies[0].choice == "deny"
+    assert "no one" in runners[0].replies[0].reason
+
+
+def test_cancel_during_streaming_stops_the_errand(
+    qtbot: Any, workspace: Path, runners: list[SyntheticRunner]
+) -> None:
+    c = ErrandController(make_factory(runners, stream_forever=True), workspace=workspace)
+    try:
+        with qtbot.wait_signal(c.tokenReceived, timeout=5000):
+            c.start("tell a long story")
+        assert c.busy
+        with qtbot.wait_signal(c.errandFinished, timeout=5000):
+            c.cancel()
+        assert runners[0].cancelled.is_set()
+        assert not c.busy
+        final = [args for kind, args in c.session(c.current_session).transcript if kind == "final"]
+        assert final and final[0][1]["stop_reason"] == "cancelled"
+    finally:
+        assert c.shutdown(5000)
+
+
+def test_cancel_while_a_prompt_waits_denies_it(
+    qtbot: Any, controller: ErrandController, runners: list[SyntheticRunner]
+) -> None:
+    asked: list[PermissionQuestion] = []
+    controller.permissionRequested.connect(asked.append)
+    with qtbot.wait_signal(controller.permissionRequested, timeout=5000):
+        controller.start("list the files")
+    with qtbot.wait_signal(controller.errandFinished, timeout=5000):
+        controller.cancel()
+    assert runners[0].replies[0].choice == "deny"
+    assert "cancelled" in runners[0].replies[0].reason
+
+
+def test_a_runner_that_cannot_start_is_reported(qtbot: Any, workspace: Path) -> None:
+    def broken(ctx: RunnerContext) -> SyntheticRunner:
+        raise FileNotFoundError("model file /nope.gguf is missing")
+
+    c = ErrandController(broken, workspace=workspace)
+    try:
+        with qtbot.wait_signal(c.errandFailed, timeout=5000) as blocker:
+            c.start("anything")
+        assert "model file /nope.gguf is missing" in blocker.args[0]
+        qtbot.wait_until(lambda: not c.busy, timeout=5000)
+    finally:
+        assert c.shutdown(5000)
+
+
+def test_bad_starts_are_refused_with_a_message(qtbot: Any, runners: list[SyntheticRunner]) -> None:
+    c = ErrandController(make_factory(runners), workspace=None)
+    try:
+        with qtbot.wait_signal(c.errandFailed, timeout=1000) as blocker:
+            c.start("do it")
+        assert "workspace" in blocker.args[0]
+        with qtbot.wait_signal(c.errandFailed, timeout=1000) as blocker:
+            c.start("   ")
+        assert "task" in blocker.args[0]
+        assert not c.busy and runners == []
+    finally:
+        assert c.shutdown(5000)
+
+
+def test_sessions_are_listed_and_a_new_session_closes_the_agent(
+    qtbot: Any, controller: ErrandController, runners: list[SyntheticRunner]
+) -> None:
+    controller.permissionRequested.connect(
+        lambda q: controller.answer_permission(q.call_id, PermissionReply("once"))
+    )
+    first = controller.current_session
+    with qtbot.wait_signal(controller.errandFinished, timeout=5000):
+        controller.start("list the files")
+    second = controller.new_session()
+    assert second != first
+    assert [s.session_id for s in controller.sessions()][:2] == [second, first]
+    qtbot.wait_until(lambda: runners[0].closed, timeout=5000)
+    controller.select_session(first)
+    assert controller.current_session == first
+
+
+def test_shutdown_closes_the_runner(
+    qtbot: Any, workspace: Path, runners: list[SyntheticRunner]
+) -> None:
+    c = ErrandController(make_factory(runners), workspace=workspace)
+    c.permissionRequested.connect(
+        lambda q: c.answer_permission(q.call_id, PermissionReply("once"))
+    )
+    with qtbot.wait_signal(c.errandFinished, timeout=5000):
+        c.start("list the files")
+    assert c.shutdown(5000)
+    assert runners[0].closed
+
+
+def test_live_stats_measure_tokens(
+    qtbot: Any, controller: ErrandController, runners: list[SyntheticRunner]
+) -> None:
+    controller.permissionRequested.connect(
+        lambda q: controller.answer_permission(q.call_id, PermissionReply("once"))
+    )
+    stats: list[dict[str, Any]] = []
+    controller.statsUpdated.connect(stats.append)
+    with qtbot.wait_signal(controller.errandFinished, timeout=5000):
+        controller.start("list the files")
+    last = stats[-1]
+    assert last["n_generated"] == 3
+    assert last["time_to_first_token_s"] >= 0
+    assert last["stop_reason"] == "eos"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("shell(git status)", ("shell", "git status")),
+        ("read_file(src/**)", ("read_file", "src/**")),
+        ("list_dir", ("list_dir", "")),
+        ("http_request(domain:api.github.com)", ("http_request", "domain:api.github.com")),
+    ],
+)
+def test_parse_rule_text(text: str, expected: tuple[str, str]) -> None:
+    assert parse_rule_text(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "shell(git", "two words(x)", "(x)"])
+def test_parse_rule_text_refuses_garbage(text: str) -> None:
+    with pytest.raises(ValueError, match="tool\\(pattern\\)"):
+        parse_rule_text(text)
