@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from memory.service import MemoryService
 from memory.settings import LevelTokens, MemorySettings
-
-SECRETS = {"GITHUB_TOKEN": "ghp_s3cretvalue123", "CANARY_1": "kl-canary-77f1"}
-
-
-def count_words(text: str) -> int:
-    """A deterministic stand-in tokenizer: one token per word or punctuation run."""
-    return len(re.findall(r"\w+|[^\w\s]+", text))
-
-
-def scan_secrets(text: str) -> list[str]:
-    """Names of the fake vault's secrets whose values appear in ``text``."""
-    return [name for name, value in SECRETS.items() if value in text]
-
-
-ServiceFactory = Callable[..., MemoryService]
+from tests.memory.helpers import ServiceFactory, count_words, scan_secrets
 
 
 @pytest.fixture
