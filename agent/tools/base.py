@@ -78,7 +78,10 @@ class ToolContext:
         output_bytes: Size limit of a tool's content.
         read_bytes: Size limit of one ``read_file``.
         hidden_paths: Paths a shell sandbox must never show (data dir, vault).
-        memory_source: Builds the provenance stamped on memory the agent writes.
+        tainted: Untrusted content is in the agent's context (memory the agent
+            writes then is stamped untrusted and waits for review).
+        memory_source: Builds the provenance stamped on memory the agent
+            writes; ``None`` builds ``memory.frontmatter.Provenance``.
         now: The clock (a parameter so tests can fix time).
     """
 
@@ -92,7 +95,8 @@ class ToolContext:
     output_bytes: int = DEFAULT_OUTPUT_BYTES
     read_bytes: int = 64 * 1024
     hidden_paths: tuple[Path, ...] = ()
-    memory_source: Callable[[], Any] = lambda: "agent"
+    tainted: bool = False
+    memory_source: Callable[[], Any] | None = None
     now: Callable[[], datetime] = _utc_now
 
 

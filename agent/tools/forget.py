@@ -8,6 +8,7 @@ from pydantic import Field
 
 from agent.errors import ToolError
 from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.tools.remember import describe_change
 
 
 class Args(ArgsModel):
@@ -34,7 +35,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
         if type(e).__module__.startswith("memory"):
             raise ToolError(f"memory refused: {e}") from e
         raise
-    return ToolOutput(content=f"archived {args.topic!r}: {change}", untrusted=False)
+    return ToolOutput(content=f"archived: {describe_change(change)}", untrusted=False)
 
 
 TOOL = ToolSpec(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -27,6 +28,26 @@ class Args(ArgsModel):
         return value.strip()
 
 
+def provenance(ctx: ToolContext, tool: str) -> Any:
+    """The provenance stamped on what the agent writes: the model's, or untrusted if tainted."""
+    if ctx.memory_source is not None:
+        return ctx.memory_source()
+    trust = "untrusted" if ctx.tainted else "model"
+    # Imported at call time: the agent process imports this module for the schema only.
+    provenance_type = importlib.import_module("memory.frontmatter").Provenance
+    return provenance_type(session=ctx.session_id, tool=tool, trust=trust)
+
+
+def describe_change(change: Any) -> str:
+    """A memory change in one line (structural: any object with op, level, name, summary)."""
+    op = getattr(change, "op", None)
+    if op is None:
+        return str(change)
+    return f"{op} {getattr(change, 'level', '?')}/{getattr(change, 'name', '?')}: " + str(
+        getattr(change, "summary", "")
+    )
+
+
 def run(args: Args, ctx: ToolContext) -> ToolOutput:
     """Hand the note to the memory service; it refuses secrets and canaries.
 
@@ -37,7 +58,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
         raise ToolError("memory is not available in this session")
     try:
         change = ctx.memory.remember(
-            args.topic, args.content, level=args.level, source=ctx.memory_source()
+            args.topic, args.content, level=args.level, source=provenance(ctx, "remember")
         )
     except Exception as e:
         # The memory package's own errors (secret found, store failed) become a
@@ -45,7 +66,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
         if type(e).__module__.startswith("memory"):
             raise ToolError(f"memory refused the note: {e}") from e
         raise
-    return ToolOutput(content=f"remembered under {args.topic!r}: {change}", untrusted=False)
+    return ToolOutput(content=f"remembered: {describe_change(change)}", untrusted=False)
 
 
 TOOL = ToolSpec(
