@@ -160,11 +160,12 @@ def _repair_meta(
             return TopicMeta.model_validate(fixed)
         except ValidationError as e:
             keys = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
-            for key in sorted(keys & fixed.keys() - {"title", "created", "updated"}):
+            removable = sorted(keys & (fixed.keys() - {"title", "created", "updated"}))
+            if not removable:
+                break
+            for key in removable:
                 repairs.append(f"{key} is invalid; reset")
                 fixed.pop(key)
-            if not keys & fixed.keys() - {"title", "created", "updated"}:
-                break
     repairs.append("front matter could not be repaired field by field; rebuilt")
     return TopicMeta(title=fallback_title, created=now, updated=now)
 

@@ -171,9 +171,10 @@ class MemoryService:
         """
         with self._lock:
             lv = check_level(level)
-            topic = self._editor().read(lv, check_topic_name(name))
+            editor = self._editor()
+            topic = editor.read(lv, check_topic_name(name))
             self._count_use(topic.path)
-            return topic
+            return editor.read(lv, name)
 
     def rescan(self) -> int:
         """Re-read every file into the search index (after edits by hand)."""
