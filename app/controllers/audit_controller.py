@@ -1,0 +1,113 @@
+"""The audit screen's controller: read the log and check its hash chain off the GUI thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from app.controllers.jobs import SerialWorker
+from app.qt import QObject, Signal
+
+if TYPE_CHECKING:
+    from vault.audit import AuditEntry, AuditLog
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One audit entry as the table shows it."""
+
+    entry_id: int
+    time: datetime | None
+    kind: str
+    tool: str
+    decision: str
+    reason: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """The outcome of :meth:`vault.audit.AuditLog.verify`, for display."""
+
+    ok: bool
+    n_entries: int
+    first_bad_id: int | None
+    problem: str | None = None
+
+    def describe(self) -> str:
+        """A sentence for the user."""
+        if self.ok:
+            return f"Hash chain intact: all {self.n_entries} entries verified."
+        why = f" ({self.problem})" if self.problem else ""
+        return (
+            f"Hash chain BROKEN at entry {self.first_bad_id}{why}: the log was edited or "
+            f"rows were deleted after they were written. {self.n_entries} entries in the log."
+        )
+
+
+def _row(entry: AuditEntry) -> AuditRow:
+    return AuditRow(
+        entry_id=entry.id,
+        time=entry.ts,
+        kind=entry.kind,
+        tool=entry.tool or "",
+        decision=entry.decision or "",
+        reason=entry.reason or "",
+        session_id=entry.session_id or "",
+    )
+
+
+class AuditController(QObject):
+    """Loads audit entries and the chain check for :class:`app.views.audit_view.AuditView`.
+
+    Signals:
+        entries_loaded: A list of :class:`AuditRow`, newest first.
+        chain_checked: A :class:`ChainResult`.
+        error: A sentence for the user.
+        busy_changed: Whether work is in flight.
+    """
+
+    entries_loaded = Signal(list)
+    chain_checked = Signal(object)
+    error = Signal(str)
+    busy_changed = Signal(bool)
+
+    def __init__(self, audit_log: AuditLog, *, limit: int = 5000, parent: QObject | None = None):
+        super().__init__(parent)
+        self._log = audit_log
+        self._limit = limit
+        self._worker = SerialWorker(self)
+        self._worker.busy_changed.connect(self.busy_changed)
+
+    @property
+    def busy(self) -> bool:
+        """Whether work is in flight."""
+        return self._worker.busy
+
+    def wait(self, msecs: int = -1) -> bool:
+        """Block until queued work ran (shutdown and tests)."""
+        return self._worker.wait(msecs)
+
+    def refresh(self) -> None:
+        """Reload the entries, then verify the chain."""
+
+        def load() -> list[AuditRow]:
+            rows = [_row(e) for e in self._log.entries(limit=self._limit)]
+            rows.sort(key=lambda r: r.entry_id, reverse=True)
+            return rows
+
+        def check() -> ChainResult:
+            result = self._log.verify()
+            return ChainResult(
+                ok=result.ok,
+                n_entries=result.n_entries,
+                first_bad_id=result.first_bad_id,
+                problem=result.problem,
+            )
+
+        self._worker.submit(load, self.entries_loaded.emit, self._report)
+        self._worker.submit(check, self.chain_checked.emit, self._report)
+
+    def _report(self, error: Exception) -> None:
+        self.error.emit(f"Cannot read the audit log: {error}")

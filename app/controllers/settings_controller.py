@@ -1,0 +1,246 @@
+"""The settings screen's controller: permission rules, capacities, sandbox status, paths.
+
+Rules are kept by :class:`agent.policy.RuleStore` (in ``keyless.db``), the
+capacities in the app's settings file; both are read and written on the
+controller's worker thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from app.controllers.jobs import SerialWorker
+from app.paths import AppPaths
+from app.qt import QObject, Signal
+from app.settings import AppSettings, MemoryCapacities, save_settings
+
+if TYPE_CHECKING:
+    from agent.policy import Rule, RuleStore
+
+TOOL_NAMES = (
+    "list_dir",
+    "read_file",
+    "search_files",
+    "write_file",
+    "edit_file",
+    "shell",
+    "http_request",
+    "remember",
+    "recall",
+    "forget",
+)
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    """Whether tool commands and the agent run inside bubblewrap, and what that means."""
+
+    available: bool
+    bwrap_path: str | None
+    explanation: str
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    """One permission rule as the editor shows it."""
+
+    tool: str
+    pattern: str
+    action: str
+    scope: str
+    workspace: str | None
+
+    def label(self) -> str:
+        """The rule as the user writes it, e.g. ``shell(git status)``."""
+        return f"{self.tool}({self.pattern})" if self.pattern else self.tool
+
+
+def tool_names() -> tuple[str, ...]:
+    """The tools rules can name (from the registry when it can be imported)."""
+    try:
+        from agent.tools.registry import ALL_TOOLS
+    except ImportError:
+        return TOOL_NAMES
+    return tuple(name for name in ALL_TOOLS if name != "finish")
+
+
+def detect_sandbox() -> SandboxStatus:
+    """Ask :class:`agent.sandbox.Sandbox` whether bubblewrap works here."""
+    try:
+        from agent.sandbox import Sandbox
+
+        sandbox = Sandbox.detect()
+        available = bool(sandbox.available)
+        path = getattr(sandbox, "bwrap", None) or shutil.which("bwrap")
+    except ImportError:
+        path = shutil.which("bwrap")
+        available = path is not None
+    if available:
+        text = (
+            "bubblewrap found: the agent process runs without network, home directory or "
+            "vault, and each shell command runs in its own sandbox (workspace writable, "
+            "system read-only, no network)."
+        )
+    else:
+        text = (
+            "bubblewrap NOT found: OS isolation is off. The agent still runs as a separate "
+            "process with a scrubbed environment, but the shell tool is refused unless you "
+            "approve each command to run unsandboxed. Install bubblewrap (package 'bubblewrap')."
+        )
+    return SandboxStatus(
+        available=available, bwrap_path=str(path) if path else None, explanation=text
+    )
+
+
+class SettingsController(QObject):
+    """Reads and changes what the settings screen shows.
+
+    Signals:
+        settings_changed: The saved :class:`app.settings.AppSettings`.
+        rules_loaded: A list of :class:`RuleRow` (user rules and the workspace's).
+        sandbox_detected: A :class:`SandboxStatus`.
+        error: A sentence for the user.
+        busy_changed: Whether work is in flight.
+    """
+
+    settings_changed = Signal(object)
+    rules_loaded = Signal(list)
+    sandbox_detected = Signal(object)
+    error = Signal(str)
+    busy_changed = Signal(bool)
+
+    def __init__(
+        self,
+        paths: AppPaths,
+        settings: AppSettings,
+        *,
+        rule_store_factory: Callable[[], RuleStore] | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.paths = paths
+        self._settings = settings
+        self._rule_store_factory = rule_store_factory or self._default_rule_store
+        self._store: RuleStore | None = None  # created and used on the worker thread only
+        self._worker = SerialWorker(self)
+        self._worker.busy_changed.connect(self.busy_changed)
+
+    @property
+    def settings(self) -> AppSettings:
+        """The settings as last saved."""
+        return self._settings
+
+    @property
+    def workspace(self) -> str | None:
+        """The workspace whose rules are shown next to the user's."""
+        return self._settings.workspace
+
+    @property
+    def busy(self) -> bool:
+        """Whether work is in flight."""
+        return self._worker.busy
+
+    def wait(self, msecs: int = -1) -> bool:
+        """Block until queued work ran (shutdown and tests)."""
+        return self._worker.wait(msecs)
+
+    def _default_rule_store(self) -> RuleStore:
+        from agent.policy import RuleStore
+
+        return RuleStore(self.paths.database)
+
+    def _rules(self) -> RuleStore:
+        if self._store is None:
+            self._store = self._rule_store_factory()
+        return self._store
+
+    # -- actions ------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Load the rules and detect the sandbox."""
+        self._worker.submit(self._load_rules, self.rules_loaded.emit, self._report)
+        self._worker.submit(detect_sandbox, self.sandbox_detected.emit, self._report)
+
+    def save_preferences(
+        self, *, user: int, project: int, session: int, auto_lock_minutes: int
+    ) -> None:
+        """Persist the token capacity of each memory level and the vault's auto-lock delay."""
+        try:
+            capacities = MemoryCapacities(user=user, project=project, session=session)
+            updated = AppSettings.model_validate(
+                {
+                    **self._settings.model_dump(),
+                    "memory": capacities.model_dump(),
+                    "auto_lock_minutes": auto_lock_minutes,
+                }
+            )
+        except ValueError as e:
+            self.error.emit(f"Invalid setting: {e}")
+            return
+        self._save(updated)
+
+    def add_rule(self, tool: str, pattern: str, action: str, scope: str) -> None:
+        """Save a rule for the user (``scope="user"``) or the current workspace."""
+        if scope == "workspace" and not self.workspace:
+            self.error.emit("Choose a workspace first: no workspace rules without one.")
+            return
+
+        def work() -> list[RuleRow]:
+            from agent.policy import Rule
+
+            rule = Rule(tool=tool, pattern=pattern.strip(), action=action, scope=scope)
+            self._rules().add(rule, workspace=self._workspace_for(scope))
+            return self._load_rules()
+
+        self._worker.submit(work, self.rules_loaded.emit, self._report)
+
+    def remove_rule(self, row: RuleRow) -> None:
+        """Delete a saved rule."""
+
+        def work() -> list[RuleRow]:
+            from agent.policy import Rule
+
+            rule = Rule(tool=row.tool, pattern=row.pattern, action=row.action, scope=row.scope)
+            self._rules().remove(rule, workspace=row.workspace)
+            return self._load_rules()
+
+        self._worker.submit(work, self.rules_loaded.emit, self._report)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _workspace_for(self, scope: str) -> str | None:
+        return self.workspace if scope == "workspace" else None
+
+    def _load_rules(self) -> list[RuleRow]:
+        store = self._rules()
+        rows = [_rule_row(r, None) for r in store.rules(workspace=None)]
+        if self.workspace:
+            rows += [_rule_row(r, self.workspace) for r in store.rules(workspace=self.workspace)]
+        return rows
+
+    def _save(self, settings: AppSettings) -> None:
+        def work() -> AppSettings:
+            save_settings(self.paths, settings)
+            return settings
+
+        def done(saved: AppSettings) -> None:
+            self._settings = saved
+            self.settings_changed.emit(saved)
+
+        self._worker.submit(work, done, self._report)
+
+    def _report(self, error: Exception) -> None:
+        self.error.emit(str(error) or type(error).__name__)
+
+
+def _rule_row(rule: Rule | Any, workspace: str | None) -> RuleRow:
+    return RuleRow(
+        tool=str(rule.tool),
+        pattern=str(rule.pattern or ""),
+        action=str(rule.action),
+        scope=str(rule.scope),
+        workspace=workspace,
+    )

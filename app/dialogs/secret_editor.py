@@ -1,0 +1,102 @@
+"""Add a secret or replace its value; the value field is always masked."""
+
+from __future__ import annotations
+
+import re
+
+from app.qt import QtWidgets
+
+# The vault enforces its own rule; this mirrors it for an early, clear message.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class SecretEditorDialog(QtWidgets.QDialog):
+    """Asks for a name (new secrets only) and a value (masked).
+
+    Args:
+        name: The secret being edited, or None to add a new one.
+        existing: Names already taken (a new secret may not reuse one).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        existing: tuple[str, ...] = (),
+        parent: QtWidgets.QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._editing = name is not None
+        self._existing = existing
+        self._value: bytearray | None = None
+        title = f"Replace the value of {name}" if name else "Add a secret"
+        self.setWindowTitle(title)
+        self.setAccessibleName(title)
+
+        self.name = QtWidgets.QLineEdit(name or "")
+        self.name.setReadOnly(self._editing)
+        self.name.setAccessibleName("Secret name")
+        self.name.setPlaceholderText("e.g. GITHUB_TOKEN")
+        self.value = QtWidgets.QLineEdit()
+        self.value.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
+        self.value.setAccessibleName("Secret value")
+        self.value.setPlaceholderText("paste the key; it stays masked")
+
+        form = QtWidgets.QFormLayout()
+        name_label = QtWidgets.QLabel("&Name:")
+        name_label.setBuddy(self.name)
+        value_label = QtWidgets.QLabel("&Value:")
+        value_label.setBuddy(self.value)
+        form.addRow(name_label, self.name)
+        form.addRow(value_label, self.value)
+
+        self.problem = QtWidgets.QLabel()
+        self.problem.setObjectName("problem")
+        self.problem.setAccessibleName("Problem")
+        self.problem.setStyleSheet("color: #b00020;")
+
+        self.buttons = QtWidgets.QDialogButtonBox(
+            QtWidgets.QDialogButtonBox.StandardButton.Save
+            | QtWidgets.QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.problem)
+        layout.addWidget(self.buttons)
+        (self.value if self._editing else self.name).setFocus()
+
+    def validate(self) -> str | None:
+        """Return what is wrong with the form, or None."""
+        name = self.name.text().strip()
+        if not self._editing:
+            if not NAME_RE.match(name):
+                return (
+                    "Name: 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit."
+                )
+            if name in self._existing:
+                return f"A secret named {name} already exists; edit it instead."
+        if not self.value.text():
+            return "The value is empty."
+        return None
+
+    def accept(self) -> None:
+        """Take the value into a buffer, clear the field and close."""
+        problem = self.validate()
+        if problem:
+            self.problem.setText(problem)
+            return
+        self._value = bytearray(self.value.text().encode())
+        self.value.clear()
+        super().accept()
+
+    def secret_name(self) -> str:
+        """The name typed or edited."""
+        return self.name.text().strip()
+
+    def take_value(self) -> bytearray | None:
+        """Hand over the value buffer (the caller zeroes it); None after the first call."""
+        value, self._value = self._value, None
+        return value
