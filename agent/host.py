@@ -1,0 +1,940 @@
+"""The trusted side of an errand: start the agent process, decide and run its tool calls.
+
+:class:`AgentHost` starts ``python -m agent.worker`` (inside bubblewrap when the
+sandbox can, otherwise as a plain subprocess with a scrubbed environment, and
+says which to its listener), sends it the task with the memory context and the
+session's capability handles, and answers each tool request:
+
+1. validate the arguments (a bad call goes back to the model as an error);
+2. ask the policy (deny > ask > allow; once untrusted content has been
+   returned, network and capability use always ask);
+3. ask the :class:`PermissionPrompt` when the policy says so;
+4. run the tool with a :class:`agent.tools.base.ToolContext`;
+5. redact through the broker, truncate, audit, and send the result back.
+
+The agent process is untrusted: whatever it writes is validated, and when it
+crashes, hangs or writes garbage the host reports ``agent_crashed``, kills it
+and stays usable: the next errand starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import subprocess
+import sys
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.errors import AgentCrashedError, ProtocolError, ToolError
+from agent.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
+from agent.ports import BrokerPort, MemoryPort
+from agent.protocol import (
+    MAX_LINE,
+    AgentErrorMsg,
+    AgentMessage,
+    AnyMessage,
+    Cancel,
+    ErrandLimits,
+    ErrandStats,
+    FinalAnswer,
+    Hello,
+    ModelCancel,
+    ModelRequest,
+    Progress,
+    Ready,
+    Shutdown,
+    Task,
+    TokenChunk,
+    ToolRequest,
+    ToolResult,
+    decode,
+    encode,
+)
+from agent.relay import serve_model_request
+from agent.sandbox import Sandbox, scrubbed_env
+from agent.tools.base import ToolContext, ToolOutput, truncate_text
+from agent.tools.registry import ALL_TOOLS, run_tool
+from models.errors import ModelError
+from models.factory import ModelSpec
+from models.interface import CancelToken, ChatModel, Message
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal[
+    "token",
+    "progress",
+    "tool_call",
+    "decision",
+    "tool_result",
+    "final",
+    "error",
+    "agent_crashed",
+    "os_isolation",
+]
+
+DEFAULT_TOOLS: tuple[str, ...] = (
+    "list_dir",
+    "read_file",
+    "search_files",
+    "write_file",
+    "edit_file",
+    "shell",
+    "http_request",
+    "remember",
+    "recall",
+    "forget",
+)
+"""Tools offered to the model when the caller does not choose (those registered)."""
+
+HOST_RESULT_BYTES = 16 * 1024
+"""The most content one tool result carries back to the agent."""
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """Something the GUI or the terminal shows while an errand runs.
+
+    Attributes:
+        kind: What happened.
+        text: Streamed text (token), the final answer, or a message (error, crash).
+        tool: The tool concerned (tool_call, decision, tool_result).
+        call_id: The call concerned.
+        data: Details: arguments, decision action and reason, ok/truncated/
+            redacted flags, the isolation state.
+    """
+
+    kind: EventKind
+    text: str = ""
+    tool: str | None = None
+    call_id: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+AgentListener = Callable[[AgentEvent], None]
+"""Receives every :class:`AgentEvent`, on the thread that runs the errand."""
+
+
+class PermissionRequest(BaseModel):
+    """What the permission prompt shows the user.
+
+    Attributes:
+        tool: The tool the agent wants to run.
+        arguments: Its validated arguments.
+        effect: What the tool does (read, write, execute, network, ...).
+        reason: Why the user is asked (the rule, the default, or the taint).
+        tainted: Untrusted content is in the agent's context.
+        suggested_rule: The rule "always" would save; the user may edit it.
+        unsandboxed: The call would run without the OS sandbox; only "once"
+            or "deny" are offered for it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tool: str
+    arguments: dict[str, Any]
+    effect: str
+    reason: str
+    tainted: bool
+    suggested_rule: Rule
+    unsandboxed: bool = False
+
+
+class PermissionAnswer(BaseModel):
+    """The user's answer to a :class:`PermissionRequest`.
+
+    Attributes:
+        choice: Allow once, for this session, always (saving ``rule``), or deny.
+        rule: The rule to add for "session"/"always" (the suggestion, maybe
+            edited); None uses the suggestion.
+        reason: For "deny": told to the agent so it can try something else.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    choice: Literal["once", "session", "always", "deny"]
+    rule: Rule | None = None
+    reason: str = ""
+
+
+class PermissionPrompt(Protocol):
+    """Asks the user about one tool call (GUI dialog, terminal, scripted in tests)."""
+
+    def ask(self, request: PermissionRequest) -> PermissionAnswer:
+        """Return the user's answer; may block until the user decides."""
+        ...
+
+
+class RuleSaver(Protocol):
+    """Persists "always" rules (agent.policy.RuleStore satisfies it)."""
+
+    def add(self, rule: Rule) -> Any:
+        """Save ``rule``."""
+        ...
+
+
+class AuditSink(Protocol):
+    """The audit log as the host uses it (vault.audit.AuditLog satisfies it)."""
+
+    def record(
+        self,
+        kind: str,
+        *,
+        session_id: str | None = None,
+        tool: str | None = None,
+        decision: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        secret_values: Sequence[bytes | bytearray | str] = (),
+    ) -> Any:
+        """Append one entry."""
+        ...
+
+
+class HostBroker(BrokerPort, Protocol):
+    """What the host needs of vault.broker.Broker: the tools' port plus redaction."""
+
+    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
+        """Remove every secret value from ``text``; return it and the names removed."""
+        ...
+
+
+class HostMemory(MemoryPort, Protocol):
+    """What the host needs of memory.service.MemoryService: the tools' port plus loading."""
+
+    def load_context(self) -> Any:
+        """The memory to show the agent (an object with ``.text``)."""
+        ...
+
+
+class ToolCallRecord(BaseModel):
+    """One tool call of an errand, for the summary."""
+
+    model_config = ConfigDict(frozen=True)
+
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    decision: str
+    ok: bool
+    summary: str
+
+
+Outcome = Literal["final", "finish", "cancelled", "max_steps", "max_tokens", "error", "crashed"]
+
+
+class ErrandResult(BaseModel):
+    """How an errand ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: Outcome
+    text: str
+    tool_calls: list[ToolCallRecord]
+    stats: ErrandStats | None = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- the process
+
+
+class WorkerProcess:
+    """One agent process and its pipes, with bounded, validated reads.
+
+    A reader thread reads stdout lines (at most :data:`MAX_LINE` bytes) into a
+    queue, so :meth:`receive` can wait with a timeout; another drains stderr
+    into the host's log and keeps its tail for crash reports.
+
+    Args:
+        argv: The command (already wrapped in bubblewrap if isolated).
+        env: The complete environment (scrubbed; never the host's).
+        transcript: Called with ("sent"|"received", line) for every line.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: Path | None = None,
+        transcript: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self._transcript = transcript
+        self._lines: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        self.stderr_tail: deque[str] = deque(maxlen=40)
+        try:
+            self._proc = subprocess.Popen(  # noqa: S603 - argv is built by the host, no shell
+                list(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=dict(env),
+                cwd=cwd,
+                close_fds=True,
+            )
+        except OSError as e:
+            raise AgentCrashedError(f"cannot start the agent process: {e}") from e
+        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
+        self._stdin: IO[bytes] = self._proc.stdin
+        threading.Thread(
+            target=self._read_stdout, args=(self._proc.stdout,), daemon=True, name="agent-stdout"
+        ).start()
+        threading.Thread(
+            target=self._read_stderr, args=(self._proc.stderr,), daemon=True, name="agent-stderr"
+        ).start()
+
+    @property
+    def pid(self) -> int:
+        """The process id (of bwrap when isolated)."""
+        return self._proc.pid
+
+    def send(self, msg: AnyMessage) -> None:
+        """Write one message to the agent.
+
+        Raises:
+            AgentCrashedError: The pipe is closed (the agent died).
+        """
+        line = encode(msg)
+        if self._transcript is not None:
+            self._transcript("sent", line)
+        try:
+            self._stdin.write(line)
+            self._stdin.flush()
+        except (BrokenPipeError, ValueError, OSError) as e:
+            raise AgentCrashedError(f"the agent process stopped reading: {e}") from e
+
+    def receive(self, timeout: float) -> AgentMessage:
+        """Wait at most ``timeout`` seconds for the agent's next message.
+
+        Raises:
+            AgentCrashedError: End of output, or nothing within the timeout.
+            ProtocolError: The agent wrote a malformed, oversized or wrong message.
+        """
+        try:
+            item = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AgentCrashedError(f"the agent process sent nothing for {timeout:g} s") from None
+        if item is None:
+            self._lines.put(None)  # stay at end of output for later readers
+            code = self._proc.wait(timeout=5)
+            raise AgentCrashedError(f"the agent process exited with status {code}")
+        if isinstance(item, BaseException):
+            raise ProtocolError(str(item)) from item
+        if self._transcript is not None:
+            self._transcript("received", item)
+        msg = decode(item, sender="agent")
+        return msg  # type: ignore[return-value]  # decode(sender="agent") only returns agent messages
+
+    def stop(self, *, grace: float = 2.0) -> int | None:
+        """Close stdin, then terminate and kill if the process lingers; return its status."""
+        try:
+            self._stdin.close()
+        except OSError:
+            log.debug("agent stdin already closed")
+        try:
+            return self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self._proc.terminate()
+        try:
+            return self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            return self._proc.wait()
+
+    def kill(self) -> None:
+        """Kill the process at once (after garbage or a hang)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        try:
+            self._stdin.close()
+        except OSError:
+            log.debug("agent stdin already closed")
+
+    def _read_stdout(self, stream: IO[bytes]) -> None:
+        try:
+            while True:
+                line = stream.readline(MAX_LINE + 1)
+                if not line:
+                    break
+                if len(line) > MAX_LINE:
+                    raise ProtocolError(
+                        f"the agent wrote a line over the {MAX_LINE}-byte limit"
+                    )
+                self._lines.put(line)
+        except (OSError, ValueError, ProtocolError) as e:
+            self._lines.put(e)
+        finally:
+            self._lines.put(None)
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            text = raw.decode("utf-8", "replace").rstrip()
+            self.stderr_tail.append(text)
+            log.debug("agent: %s", text)
+
+
+# --------------------------------------------------------------------------- the host
+
+
+class AgentHost:
+    """Runs errands in an agent process and decides every tool call it makes.
+
+    Args:
+        model_spec: The model (None with ``scripted_model``). A local
+            backend is opened by the agent process; an "openai" backend is
+            opened here (the API key never leaves the host) and relayed.
+        workspace: The directory the errand works in.
+        broker: The vault broker (capabilities, http_request, redaction), or None.
+        memory: The memory service, or None.
+        policy: The permission rules.
+        prompt: Asks the user when the policy says "ask".
+        audit: The audit log every decision and result goes to, or None.
+        session_id: This session's id (grants and session rules are per session).
+        listener: Receives :class:`AgentEvent` s.
+        rule_store: Where "always" rules are saved, or None.
+        sandbox: The sandbox launcher; detected when None.
+        relay_model: The model to serve relayed requests with; when None and
+            the spec's backend is remote, opened with models.factory.open_model.
+        tools: The tools offered to the model.
+        limits: Step and token limits of each errand.
+        scripted_model: A JSON file of scripted replies (``--scripted-model``).
+        isolate: Run the agent in bubblewrap when available.
+        start_timeout: Seconds to wait for Ready (model load).
+        idle_timeout: Seconds of silence from the agent before it counts as hung.
+        transcript: Called with every line sent to / received from the agent.
+        worker_argv: Replace the worker command (tests of crash handling).
+        hidden_paths: Paths the agent's sandbox must cover even when inside a
+            visible directory (the data dir with the vault).
+    """
+
+    def __init__(
+        self,
+        model_spec: ModelSpec | None,
+        *,
+        workspace: Path,
+        broker: HostBroker | None,
+        memory: HostMemory | None,
+        policy: PolicyEngine,
+        prompt: PermissionPrompt,
+        audit: AuditSink | None,
+        session_id: str,
+        listener: AgentListener | None = None,
+        rule_store: RuleSaver | None = None,
+        sandbox: Sandbox | None = None,
+        relay_model: ChatModel | None = None,
+        tools: Sequence[str] | None = None,
+        limits: ErrandLimits | None = None,
+        scripted_model: Path | None = None,
+        isolate: bool = True,
+        start_timeout: float = 120.0,
+        idle_timeout: float = 300.0,
+        transcript: Callable[[str, bytes], None] | None = None,
+        worker_argv: Sequence[str] | None = None,
+        hidden_paths: Sequence[Path] = (),
+    ) -> None:
+        self._spec = model_spec
+        self._hidden = [Path(p) for p in hidden_paths]
+        self.workspace = Path(workspace).resolve()
+        self._broker = broker
+        self._memory = memory
+        self._policy = policy
+        self._prompt = prompt
+        self._audit = audit
+        self.session_id = session_id
+        self._listener = listener
+        self._rule_store = rule_store
+        self._sandbox = sandbox if sandbox is not None else Sandbox.detect()
+        self._relay_model = relay_model
+        self._tools = tuple(t for t in (tools or DEFAULT_TOOLS) if t in ALL_TOOLS)
+        self._limits = limits or ErrandLimits()
+        self._scripted = scripted_model
+        self._isolate = isolate
+        self._start_timeout = start_timeout
+        self._idle_timeout = idle_timeout
+        self._transcript = transcript
+        self._worker_argv = list(worker_argv) if worker_argv else None
+        self._proc: WorkerProcess | None = None
+        self._lock = threading.Lock()
+        self._cancel = CancelToken()
+        self._history: list[Message] = []
+        self.tainted = False
+        self.os_isolation = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The running agent process's pid, or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> Ready:
+        """Start the agent process and wait until its model is loaded.
+
+        Raises:
+            AgentCrashedError: It did not start, or did not answer Ready in time.
+        """
+        self._stop_worker()
+        try:
+            hello, binds = self._hello()
+        except ModelError as e:
+            self._emit(AgentEvent("error", text=f"cannot prepare the model: {e}"))
+            raise AgentCrashedError(f"cannot prepare the model: {e}") from e
+        argv = self._worker_argv or self._default_argv()
+        isolated = self._isolate and self._sandbox.available and self._worker_argv is None
+        if isolated:
+            argv = self._sandbox.agent_command(
+                argv, workspace=self.workspace, extra_ro_binds=binds, hide=self._hidden
+            )
+        self.os_isolation = isolated
+        self._emit(
+            AgentEvent(
+                "os_isolation",
+                text="on" if isolated else "off",
+                data={"isolated": isolated, "reason": self._isolation_reason(isolated)},
+            )
+        )
+        proc = WorkerProcess(argv, scrubbed_env(), transcript=self._transcript)
+        self._proc = proc
+        try:
+            proc.send(hello)
+            msg = proc.receive(self._start_timeout)
+        except (AgentCrashedError, ProtocolError) as e:
+            self._crashed(e)
+            raise AgentCrashedError(f"the agent process did not start: {e}") from e
+        if isinstance(msg, AgentErrorMsg):
+            self._crashed(AgentCrashedError(msg.message))
+            raise AgentCrashedError(f"the agent process did not start: {msg.message}")
+        if not isinstance(msg, Ready):
+            err = ProtocolError(f"expected ready, got {msg.type}")
+            self._crashed(err)
+            raise AgentCrashedError(str(err))
+        self._record("agent_started", details={"isolated": isolated, "pid": msg.pid})
+        return msg
+
+    def close(self) -> None:
+        """Stop the agent process (politely, then by force) and the relayed model."""
+        self._stop_worker()
+        if self._relay_model is not None:
+            self._relay_model.close()
+
+    def cancel(self) -> None:
+        """Cancel the running errand (from any thread)."""
+        self._cancel.cancel()
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.send(Cancel())
+            except AgentCrashedError:
+                log.info("cancel: the agent process is already gone")
+
+    def clear_taint(self) -> None:
+        """The user cleared the untrusted content: network use follows the rules again."""
+        self.tainted = False
+        self._record("taint_cleared")
+
+    # ----------------------------------------------------------------- errands
+
+    def run_errand(self, task: str) -> ErrandResult:
+        """Run one errand to its end.
+
+        A crash, hang or garbage from the agent process ends the errand with
+        outcome "crashed" (and an ``agent_crashed`` event); the host stays
+        usable and the next errand starts a fresh agent process.
+        """
+        with self._lock:
+            self._cancel = CancelToken()
+            calls: list[ToolCallRecord] = []
+            try:
+                if self._proc is None:
+                    self.start()
+                proc = self._proc
+                assert proc is not None
+                proc.send(self._task(task))
+                self._record("errand_started", details={"task": self._redact(task)[0]})
+                return self._loop(proc, task, calls)
+            except (AgentCrashedError, ProtocolError) as e:
+                if self._proc is not None:  # start() already reported its own failure
+                    self._crashed(e)
+                return ErrandResult(outcome="crashed", text="", tool_calls=calls, error=str(e))
+
+    def _loop(self, proc: WorkerProcess, task: str, calls: list[ToolCallRecord]) -> ErrandResult:
+        while True:
+            msg = proc.receive(self._idle_timeout)
+            if isinstance(msg, TokenChunk):
+                self._emit(AgentEvent("token", text=msg.text, data={"step": msg.step}))
+            elif isinstance(msg, Progress):
+                self._emit(
+                    AgentEvent("progress", data={"step": msg.step, "max_steps": msg.max_steps})
+                )
+            elif isinstance(msg, ToolRequest):
+                result, record = self._handle_tool(msg)
+                calls.append(record)
+                proc.send(result)
+            elif isinstance(msg, ModelRequest):
+                self._serve_model(proc, msg)
+            elif isinstance(msg, ModelCancel):
+                log.debug("agent gave up relayed generation %s", msg.request_id)
+            elif isinstance(msg, FinalAnswer):
+                text = msg.text
+                self._history += [
+                    Message(role="user", content=task),
+                    Message(role="assistant", content=text),
+                ]
+                self._emit(AgentEvent("final", text=text, data=msg.stats.model_dump()))
+                self._record(
+                    "errand_finished",
+                    reason=msg.stats.stop_reason,
+                    details={"text": self._redact(text)[0], **msg.stats.model_dump()},
+                )
+                return ErrandResult(
+                    outcome=msg.stats.stop_reason, text=text, tool_calls=calls, stats=msg.stats
+                )
+            elif isinstance(msg, AgentErrorMsg):
+                self._emit(AgentEvent("error", text=msg.message, data={"kind": msg.kind}))
+                self._record("errand_failed", reason=msg.message)
+                return ErrandResult(outcome="error", text="", tool_calls=calls, error=msg.message)
+            elif isinstance(msg, Ready):
+                raise ProtocolError("the agent sent ready in the middle of an errand")
+
+    # ----------------------------------------------------------------- tools
+
+    def _handle_tool(self, req: ToolRequest) -> tuple[ToolResult, ToolCallRecord]:
+        args_text = self._redact(json.dumps(req.arguments, sort_keys=True))[0]
+        self._emit(
+            AgentEvent(
+                "tool_call", tool=req.tool, call_id=req.call_id, data={"arguments": args_text}
+            )
+        )
+        spec = ALL_TOOLS.get(req.tool)
+        if spec is None or req.tool not in self._tools:
+            return self._refuse(req, "invalid", f"no tool named {req.tool!r} is available")
+        try:
+            args = spec.args_model.model_validate(req.arguments)
+        except ValidationError as e:
+            return self._refuse(req, "invalid", _validation_message(req.tool, e))
+        arguments = args.model_dump(mode="json", exclude_defaults=True)
+        call = ToolCallRequest(
+            tool=req.tool,
+            arguments=req.arguments,
+            workspace=self.workspace,
+            sandbox_available=self._sandbox.available,
+        )
+        decision = self._policy.decide(call, tainted=self.tainted)
+        if decision.action == "deny":
+            self._decided(req, "deny", decision.reason, by="policy")
+            return self._refuse(req, "denied", f"denied: {decision.reason}", audited=True)
+        if decision.action == "ask":
+            answer = self._ask(call, spec.effect, decision, arguments)
+            if answer.choice == "deny":
+                reason = answer.reason or "the user denied this call"
+                self._decided(req, "deny", reason, by="user", choice="deny")
+                return self._refuse(req, "denied", f"denied by the user: {reason}", audited=True)
+            reason = f"allowed by the user ({answer.choice})"
+            self._decided(req, "allow", reason, by="user", choice=answer.choice)
+        else:
+            self._decided(req, "allow", decision.reason, by="policy")
+        if self._cancel.cancelled:
+            return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
+        output, ok = self._run(req, unsandboxed_approved=decision.unsandboxed)
+        return self._deliver(req, output, ok)
+
+    def _ask(
+        self,
+        call: ToolCallRequest,
+        effect: str,
+        decision: Decision,
+        arguments: dict[str, Any],
+    ) -> PermissionAnswer:
+        suggested = suggest_rule(call)
+        request = PermissionRequest(
+            tool=call.tool,
+            arguments=arguments,
+            effect=effect,
+            reason=decision.reason,
+            tainted=self.tainted,
+            suggested_rule=suggested,
+            unsandboxed=decision.unsandboxed,
+        )
+        answer = self._prompt.ask(request)
+        if decision.unsandboxed and answer.choice in ("session", "always"):
+            # An unsandboxed run is approved one call at a time, never by a rule.
+            answer = PermissionAnswer(choice="once", reason=answer.reason)
+        if answer.choice in ("session", "always"):
+            rule = (answer.rule or suggested).model_copy(update={"action": "allow"})
+            if answer.choice == "session":
+                rule = rule.model_copy(update={"scope": "session"})
+            elif rule.scope == "session":
+                rule = rule.model_copy(update={"scope": "workspace"})
+            self._policy.add_rule(rule)
+            if answer.choice == "always" and self._rule_store is not None:
+                self._rule_store.add(rule)
+            self._record(
+                "rule_added",
+                tool=call.tool,
+                decision="allow",
+                reason=answer.choice,
+                details={"rule": str(rule), "scope": rule.scope},
+            )
+        return answer
+
+    def _run(self, req: ToolRequest, unsandboxed_approved: bool) -> tuple[ToolOutput, bool]:
+        ctx = ToolContext(
+            workspace=self.workspace,
+            session_id=self.session_id,
+            sandbox=self._sandbox,
+            broker=self._broker,
+            memory=self._memory,
+            unsandboxed_approved=unsandboxed_approved,
+            hidden_paths=tuple(self._hidden),
+        )
+        try:
+            return run_tool(req.tool, req.arguments, ctx), True
+        except ToolError as e:
+            # The message names the problem for the model (path refused, bad pattern, ...).
+            return ToolOutput(content=f"error: {e}", untrusted=False), False
+
+    def _deliver(
+        self, req: ToolRequest, output: ToolOutput, ok: bool
+    ) -> tuple[ToolResult, ToolCallRecord]:
+        content, names = self._redact(output.content)
+        redacted = sorted(set(output.redacted) | set(names))
+        content, cut = truncate_text(content, HOST_RESULT_BYTES, what="tool result")
+        result = ToolResult(
+            call_id=req.call_id,
+            ok=ok,
+            content=content,
+            truncated=output.truncated or cut,
+            redacted=redacted,
+            untrusted=output.untrusted,
+        )
+        if result.untrusted:
+            self.tainted = True
+        self._record(
+            "tool_result",
+            tool=req.tool,
+            decision="allow",
+            details={
+                "call_id": req.call_id,
+                "ok": ok,
+                "bytes": len(content.encode()),
+                "truncated": result.truncated,
+                "redacted": redacted,
+                "untrusted": result.untrusted,
+            },
+        )
+        self._emit_result(req, result)
+        return result, ToolCallRecord(
+            call_id=req.call_id,
+            tool=req.tool,
+            arguments=req.arguments,
+            decision="allow",
+            ok=ok,
+            summary=_summary(content),
+        )
+
+    def _refuse(
+        self, req: ToolRequest, decision: str, message: str, *, audited: bool = False
+    ) -> tuple[ToolResult, ToolCallRecord]:
+        if not audited:
+            self._decided(req, decision, message, by="host")
+        result = ToolResult(call_id=req.call_id, ok=False, content=message, untrusted=False)
+        self._emit_result(req, result)
+        return result, ToolCallRecord(
+            call_id=req.call_id,
+            tool=req.tool,
+            arguments=req.arguments,
+            decision=decision,
+            ok=False,
+            summary=_summary(message),
+        )
+
+    def _decided(
+        self, req: ToolRequest, action: str, reason: str, *, by: str, **extra: str
+    ) -> None:
+        self._emit(
+            AgentEvent(
+                "decision",
+                tool=req.tool,
+                call_id=req.call_id,
+                text=action,
+                data={"action": action, "reason": reason, "by": by, **extra},
+            )
+        )
+        self._record(
+            "tool_decision",
+            tool=req.tool,
+            decision=action,
+            reason=reason,
+            details={
+                "call_id": req.call_id,
+                "by": by,
+                "arguments": self._redact(json.dumps(req.arguments, sort_keys=True))[0],
+                "tainted": self.tainted,
+                **extra,
+            },
+        )
+
+    def _emit_result(self, req: ToolRequest, result: ToolResult) -> None:
+        self._emit(
+            AgentEvent(
+                "tool_result",
+                tool=req.tool,
+                call_id=req.call_id,
+                text=result.content,
+                data={
+                    "ok": result.ok,
+                    "truncated": result.truncated,
+                    "redacted": list(result.redacted),
+                    "untrusted": result.untrusted,
+                },
+            )
+        )
+
+    # ----------------------------------------------------------------- model relay
+
+    def _serve_model(self, proc: WorkerProcess, req: ModelRequest) -> None:
+        model = self._relay()
+        if model is None:
+            from agent.protocol import ModelFailed
+
+            proc.send(ModelFailed(request_id=req.request_id, message="the host relays no model"))
+            return
+        serve_model_request(model, req, proc.send, self._cancel)
+
+    def _relay(self) -> ChatModel | None:
+        if self._relay_model is None and self._spec is not None and _is_remote(self._spec):
+            from models.factory import open_model
+
+            self._relay_model = open_model(self._spec)
+        return self._relay_model
+
+    # ----------------------------------------------------------------- helpers
+
+    def _default_argv(self) -> list[str]:
+        # -I: ignore PYTHON* variables and never put the working directory on sys.path.
+        argv = [sys.executable, "-I", "-m", "agent.worker"]
+        if self._scripted is not None:
+            argv += ["--scripted-model", str(self._scripted)]
+        return argv
+
+    def _hello(self) -> tuple[Hello, list[Path]]:
+        """The Hello for the worker, and the files it must be able to read."""
+        if self._scripted is not None:
+            return Hello(), [self._scripted]
+        if self._relay_model is not None or _is_remote(self._spec):
+            model = self._relay()
+            assert model is not None
+            return Hello(relayed_model=model.info), []
+        if self._spec is None:
+            raise ModelError("no model was chosen")
+        spec = self._spec
+        if spec.backend == "llama.cpp" and spec.path is None:
+            # Verify the embedded model here, where the digest cache is writable,
+            # and send the agent a plain path: it cannot see the data dir.
+            from models.catalog import embedded_default, verify
+
+            checked = verify(embedded_default(), cache_file=spec.verified_cache)
+            spec = spec.model_copy(update={"path": checked.path, "verified_cache": None})
+        binds = [p for p in (spec.path, spec.scripted_file) if p is not None]
+        return Hello(model_spec=spec.model_dump(mode="json")), [Path(p) for p in binds]
+
+    def _task(self, task: str) -> Task:
+        memory_text = ""
+        if self._memory is not None:
+            memory_text = str(self._memory.load_context().text)
+        caps = list(self._broker.capabilities(self.session_id)) if self._broker else []
+        return Task(
+            task=task,
+            memory_context=memory_text,
+            capabilities=caps,
+            history=list(self._history),
+            tools=list(self._tools),
+            limits=self._limits,
+        )
+
+    def _isolation_reason(self, isolated: bool) -> str:
+        if isolated:
+            return "the agent runs in bubblewrap: no network, no home directory, no vault"
+        if not self._isolate:
+            return "OS isolation was turned off"
+        if self._worker_argv is not None:
+            return "a custom agent command runs without the sandbox"
+        return "bubblewrap is not available: the agent runs as a plain process"
+
+    def _redact(self, text: str) -> tuple[str, list[str]]:
+        if self._broker is None:
+            return text, []
+        return self._broker.redact(text, session_id=self.session_id)
+
+    def _emit(self, event: AgentEvent) -> None:
+        if self._listener is not None:
+            self._listener(event)
+
+    def _record(self, kind: str, **kwargs: Any) -> None:
+        if self._audit is not None:
+            self._audit.record(kind, session_id=self.session_id, **kwargs)
+
+    def _crashed(self, error: BaseException) -> None:
+        proc, self._proc = self._proc, None
+        tail = ""
+        if proc is not None:
+            proc.kill()
+            tail = "\n".join(list(proc.stderr_tail)[-10:])
+        log.warning("agent process failed: %s", error)
+        self._emit(AgentEvent("agent_crashed", text=str(error), data={"stderr": tail}))
+        self._record("agent_crashed", reason=str(error))
+
+    def _stop_worker(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.send(Shutdown())
+        except AgentCrashedError:
+            log.debug("agent already gone at shutdown")
+        proc.stop()
+
+
+def _is_remote(spec: ModelSpec | None) -> bool:
+    return spec is not None and spec.backend == "openai"
+
+
+def _validation_message(tool: str, e: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}"
+        for err in e.errors()[:5]
+    )
+    return f"invalid arguments for {tool}: {problems}"
+
+
+def _summary(text: str, limit: int = 120) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def new_session_id() -> str:
+    """Return a fresh session id."""
+    return uuid.uuid4().hex
+
+
+__all__ = [
+    "AgentEvent",
+    "AgentHost",
+    "AgentListener",
+    "ErrandResult",
+    "PermissionAnswer",
+    "PermissionPrompt",
+    "PermissionRequest",
+    "ToolCallRecord",
+    "WorkerProcess",
+    "new_session_id",
+]
