@@ -112,7 +112,7 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
         from app.views.settings_view import SettingsView
 
         controller = SettingsController(
-            paths, services.settings, rule_store_factory=lambda: services.rules
+            paths, services.settings, rule_store_factory=services.rule_store
         )
         return SettingsView(controller)
 

@@ -209,19 +209,25 @@ class AppServices:
 
         return self._service("broker", build)
 
-    @property
-    def rules(self) -> Any:
-        """The persisted permission rules (``agent.policy.RuleStore``).
+    def rule_store(self, workspace: Path | None = None) -> Any:
+        """Open the persisted permission rules (a new ``agent.policy.RuleStore``).
+
+        A new store each call, because its SQLite connection belongs to the
+        thread that opens it: call this in the thread that will use it, and
+        close it there.
 
         Raises:
             ServiceUnavailableError: The policy engine is missing or broken.
         """
-
-        def build() -> Any:
-            mod = self._require("agent.policy", "the permission policy")
-            return mod.RuleStore(self.paths.database)
-
-        return self._service("rules", build)
+        mod = self._require("agent.policy", "the permission policy")
+        try:
+            store = mod.RuleStore(self.paths.database, workspace=workspace)
+        except Exception as e:
+            message = f"the permission rules could not be opened: {e}"
+            self.problems["rules"] = message
+            raise ServiceUnavailableError(message) from e
+        self.problems.pop("rules", None)
+        return store
 
     def memory_service(
         self,

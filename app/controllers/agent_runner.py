@@ -24,7 +24,6 @@ from app.controllers.errand_controller import (
     RunnerContext,
     RunnerFactory,
     WhyAsked,
-    parse_rule_text,
 )
 from app.services import AppServices, ServiceUnavailableError
 
@@ -33,8 +32,8 @@ log = logging.getLogger(__name__)
 
 def rule_to_text(rule: Any) -> str:
     """Write an ``agent.policy.Rule`` as ``tool(pattern)``."""
-    pattern = getattr(rule, "pattern", None)
-    return f"{rule.tool}({pattern})" if pattern else f"{rule.tool}()"
+    pattern = getattr(rule, "pattern", None) or "*"
+    return f"{rule.tool}({pattern})"
 
 
 def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
@@ -62,7 +61,20 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
         why=why,
         detail=detail,
         suggested_rule=rule_to_text(suggested) if suggested is not None else "",
+        rule_check=check_rule_text,
     )
+
+
+def check_rule_text(text: str) -> str | None:
+    """Say why ``text`` is not a valid allow rule, or return None when it is."""
+    from agent.errors import PolicyError
+    from agent.policy import Rule
+
+    try:
+        Rule.parse(text, action="allow", scope="workspace")
+    except PolicyError as e:
+        return str(e)
+    return None
 
 
 class HostPrompt:
@@ -75,18 +87,22 @@ class HostPrompt:
 
     def ask(self, request: Any) -> Any:
         """Ask the user (blocks this worker thread) and return a ``PermissionAnswer``."""
-        from agent.policy import Rule
-
+        from agent.errors import PolicyError
         from agent.host import PermissionAnswer
+        from agent.policy import Rule
 
         self._count += 1
         call_id = self.current_call_id or f"ask-{self._count}"
         reply = self._asker.ask(question_from_request(call_id, request))
         rule = None
         if reply.choice in ("session", "always") and reply.rule_text:
-            tool, pattern = parse_rule_text(reply.rule_text)
             scope = "session" if reply.choice == "session" else reply.scope
-            rule = Rule(tool=tool, pattern=pattern or None, action="allow", scope=scope)
+            # The dialog validated the text; a rule that still fails here is the
+            # user's edit being refused: deny, and say why, rather than allow more.
+            try:
+                rule = Rule.parse(reply.rule_text, action="allow", scope=scope)
+            except PolicyError as e:
+                return PermissionAnswer(choice="deny", reason=f"the edited rule was refused: {e}")
         return PermissionAnswer(choice=reply.choice, rule=rule, reason=reply.reason)
 
 
@@ -149,11 +165,25 @@ def _arguments(raw: Any) -> dict[str, Any]:
     return {}
 
 
+class WorkspaceRuleSaver:
+    """Saves "always" rules, filing workspace rules under the errand's workspace."""
+
+    def __init__(self, store: Any, workspace: Path) -> None:
+        self._store = store
+        self._workspace = workspace
+
+    def add(self, rule: Any) -> Any:
+        """Persist ``rule`` (a user rule applies to every workspace)."""
+        workspace = self._workspace if rule.scope == "workspace" else None
+        return self._store.add(rule, workspace=workspace)
+
+
 class AgentHostRunner:
     """An :class:`ErrandRunner` backed by an ``agent.host.AgentHost``."""
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: Any, *, owned: tuple[Any, ...] = ()) -> None:
         self.host = host
+        self._owned = owned
 
     def run_errand(self, task: str) -> Any:
         """Run one errand; the host reports through the listener."""
@@ -164,20 +194,12 @@ class AgentHostRunner:
         self.host.cancel()
 
     def close(self) -> None:
-        """Stop the agent process (and its model)."""
-        self.host.close()
-
-
-def _load_rules(services: AppServices) -> tuple[list[Any], Any]:
-    try:
-        store = services.rules
-    except ServiceUnavailableError:
-        return [], None
-    for name in ("rules", "all", "load", "list"):
-        getter = getattr(store, name, None)
-        if callable(getter):
-            return list(getter()), store
-    return [], store
+        """Stop the agent process (and its model), then close what this runner opened."""
+        try:
+            self.host.close()
+        finally:
+            for thing in self._owned:
+                thing.close()
 
 
 def agent_host_factory(
@@ -201,11 +223,16 @@ def agent_host_factory(
     """
 
     def factory(ctx: RunnerContext) -> ErrandRunner:
+        from agent.host import AgentHost
         from agent.policy import PolicyEngine
 
-        from agent.host import AgentHost
-
-        rules, store = _load_rules(services)
+        try:
+            store = services.rule_store(ctx.workspace)
+            rules = list(store.rules(ctx.workspace))
+        except ServiceUnavailableError as e:
+            # Without saved rules the policy's defaults still hold (writes, shell, network ask).
+            log.warning("errand runs with the default rules only: %s", e)
+            store, rules = None, []
         try:
             the_broker = broker() if broker is not None else services.broker
         except ServiceUnavailableError as e:
@@ -236,10 +263,10 @@ def agent_host_factory(
             audit=audit,
             session_id=ctx.session_id,
             listener=HostListener(ctx.events, prompt),
-            rule_store=store,
+            rule_store=WorkspaceRuleSaver(store, ctx.workspace) if store is not None else None,
             scripted_model=scripted_model,
             **dict(host_options or {}),
         )
-        return AgentHostRunner(host)
+        return AgentHostRunner(host, owned=(store,) if store is not None else ())
 
     return factory

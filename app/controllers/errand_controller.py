@@ -58,6 +58,8 @@ class PermissionQuestion:
     why: WhyAsked = "no_rule"
     detail: str = ""
     suggested_rule: str = ""
+    rule_check: Callable[[str], str | None] | None = field(default=None, compare=False)
+    """Returns why an edited rule is invalid (None when valid); set by the runner."""
 
     @property
     def why_text(self) -> str:

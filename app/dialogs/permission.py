@@ -159,10 +159,13 @@ class PermissionDialog(QtWidgets.QDialog):
             self.rule_error.show()
             self.always_button.setEnabled(False)
             return False
+        problem = None
         if tool != self.question.tool:
-            self.rule_error.setText(
-                f"the rule names {tool!r} but this call is {self.question.tool!r}"
-            )
+            problem = f"the rule names {tool!r} but this call is {self.question.tool!r}"
+        elif self.question.rule_check is not None:
+            problem = self.question.rule_check(self.rule_edit.text())
+        if problem:
+            self.rule_error.setText(problem)
             self.rule_error.show()
             self.always_button.setEnabled(False)
             return False

@@ -271,3 +271,83 @@ def test_parse_rule_text(text: str, expected: tuple[str, str]) -> None:
 def test_parse_rule_text_refuses_garbage(text: str) -> None:
     with pytest.raises(ValueError, match="tool\\(pattern\\)"):
         parse_rule_text(text)
+
+
+# -- end to end through the real agent host and the scripted agent process ---------------
+
+
+def _script(tmp_path: Path, *replies: dict[str, Any]) -> Path:
+    import json
+
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps([json.dumps(r) for r in replies]))
+    return path
+
+
+def _host_controller(
+    tmp_path: Path, workspace: Path, *replies: dict[str, Any]
+) -> tuple[ErrandController, list[tuple[str, bytes]]]:
+    from app.controllers.agent_runner import agent_host_factory
+    from app.services import AppServices
+
+    transcript: list[tuple[str, bytes]] = []
+    services = AppServices()
+    factory = agent_host_factory(
+        services,
+        lambda: None,
+        scripted_model=_script(tmp_path, *replies),
+        host_options={"transcript": lambda d, line: transcript.append((d, line))},
+    )
+    return ErrandController(factory, workspace=workspace), transcript
+
+
+WRITE = {"tool": "write_file", "arguments": {"path": "notes.txt", "content": "hello"}}
+
+
+def test_agent_host_errand_denied_tells_the_agent_why(
+    qtbot: Any, tmp_path: Path, workspace: Path
+) -> None:
+    c, transcript = _host_controller(tmp_path, workspace, WRITE, {"final": "could not write"})
+    try:
+        questions: list[PermissionQuestion] = []
+
+        def deny(q: object) -> None:
+            assert isinstance(q, PermissionQuestion)
+            questions.append(q)
+            c.answer_permission(q.call_id, PermissionReply("deny", reason="keep the tree clean"))
+
+        c.permissionRequested.connect(deny)
+        decisions: list[tuple[str, str, str]] = []
+        c.decisionMade.connect(lambda *a: decisions.append(a))
+        with qtbot.wait_signal(c.answerReady, timeout=60_000) as blocker:
+            c.start("write hello into notes.txt")
+        assert blocker.args[0] == "could not write"
+        assert [(q.tool, dict(q.arguments)["path"]) for q in questions] == [
+            ("write_file", "notes.txt")
+        ]
+        assert questions[0].suggested_rule == "write_file(notes.txt)"
+        assert decisions[0][1:] == ("deny", "keep the tree clean")
+        assert not (workspace / "notes.txt").exists()
+        sent = b"".join(line for direction, line in transcript if direction == "sent")
+        assert b"keep the tree clean" in sent  # the agent process got the reason
+    finally:
+        assert c.shutdown(10_000)
+
+
+def test_agent_host_errand_allowed_runs_the_tool(
+    qtbot: Any, tmp_path: Path, workspace: Path
+) -> None:
+    c, _ = _host_controller(tmp_path, workspace, WRITE, {"final": "wrote it"})
+    try:
+        c.permissionRequested.connect(
+            lambda q: c.answer_permission(q.call_id, PermissionReply("once"))
+        )
+        results: list[tuple[Any, ...]] = []
+        c.toolResultReceived.connect(lambda *a: results.append(a))
+        with qtbot.wait_signal(c.answerReady, timeout=60_000) as blocker:
+            c.start("write hello into notes.txt")
+        assert blocker.args[0] == "wrote it"
+        assert (workspace / "notes.txt").read_text() == "hello"
+        assert results and results[0][1] is True
+    finally:
+        assert c.shutdown(10_000)
