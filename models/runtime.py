@@ -346,6 +346,7 @@ class Runtime:
     def _make_sampler(
         self, json_schema: Mapping[str, Any] | None, temperature: float, ban_eog: bool
     ) -> Any:
+        import llama_cpp
         import llama_cpp._internals
 
         # The wrapper is untyped; Any keeps mypy --strict quiet about it.
@@ -355,13 +356,8 @@ class Runtime:
         if ban_eog:
             sampler.add_logit_bias(llm.n_vocab(), dict.fromkeys(self._eog(), float("-inf")))
         if json_schema is not None:
-            from llama_cpp.llama_grammar import LlamaGrammar
-
-            try:
-                grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
-            except (ValueError, TypeError, KeyError, RecursionError) as e:
-                raise GenerationError(f"cannot build a grammar from the JSON schema: {e}") from e
-            sampler.add_grammar(llm._model, grammar)
+            sampler_add = self._grammar_sampler(json_schema)
+            llama_cpp.llama_sampler_chain_add(sampler.sampler, sampler_add)
         if temperature <= 0.0:
             sampler.add_greedy()
         else:
@@ -371,6 +367,26 @@ class Runtime:
             sampler.add_temp(temperature)
             sampler.add_dist(self.config.seed)
         return sampler
+
+    def _grammar_sampler(self, json_schema: Mapping[str, Any]) -> Any:
+        """Build a llama.cpp grammar sampler that only accepts JSON matching the schema."""
+        import jsonschema
+        import llama_cpp
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            jsonschema.validators.validator_for(dict(json_schema)).check_schema(dict(json_schema))
+        except jsonschema.exceptions.SchemaError as e:
+            raise GenerationError(f"invalid JSON schema: {e.message}") from e
+        try:
+            gbnf = json_schema_to_gbnf(json.dumps(json_schema))
+        except (AssertionError, ValueError, TypeError, KeyError, RecursionError) as e:
+            # The converter reports unsupported schemas with assert.
+            raise GenerationError(f"cannot build a grammar from the JSON schema: {e}") from e
+        grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not grammar:
+            raise GenerationError("llama.cpp rejected the grammar built from the JSON schema")
+        return grammar
 
     def _piece(self, token: int) -> bytes:
         """The bytes of one token (control tokens render as nothing)."""

@@ -1,0 +1,236 @@
+"""The llama.cpp runtime: the shared contract on the real embedded model, plus
+loading, settings, bad files, prefix reuse, concurrency and closing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from models.catalog import embedded_default, read_header
+from models.errors import ContextTooSmallError, GenerationError, ModelError, ModelFileError
+from models.interface import CancelToken, ChatModel, Finished, Message, Token
+from models.runtime import (
+    RopeScaling,
+    Runtime,
+    RuntimeConfig,
+    llama_kwargs,
+)
+from tests.models.contract import HELLO, ChatModelContract
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    return embedded_default().path
+
+
+@pytest.fixture(scope="module")
+def runtime(model_path: Path) -> Iterator[Runtime]:
+    rt = Runtime(RuntimeConfig(model_path=model_path, n_ctx=512))
+    yield rt
+    rt.close()
+
+
+class TestRuntimeContract(ChatModelContract):
+    @pytest.fixture
+    def model(self, runtime: Runtime) -> Iterator[ChatModel]:
+        runtime.reset()
+        yield runtime
+
+    def fresh_model(self) -> ChatModel:
+        return Runtime(RuntimeConfig(model_path=embedded_default().path, n_ctx=128))
+
+
+# -- settings -------------------------------------------------------------------------
+
+
+def test_gpu_layers_follow_the_build_unless_overridden(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = read_header(model_path)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    assert llama_kwargs(RuntimeConfig(model_path=model_path), header)["n_gpu_layers"] == -1
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    assert llama_kwargs(RuntimeConfig(model_path=model_path), header)["n_gpu_layers"] == 0
+    cfg = RuntimeConfig(model_path=model_path, n_gpu_layers=7)
+    assert llama_kwargs(cfg, header)["n_gpu_layers"] == 7
+
+
+def test_rope_scaling_maps_to_llama_cpp_parameters(model_path: Path) -> None:
+    header = read_header(model_path)
+    none = llama_kwargs(RuntimeConfig(model_path=model_path), header)
+    assert "rope_scaling_type" not in none and "rope_freq_scale" not in none
+    linear = llama_kwargs(
+        RuntimeConfig(model_path=model_path, rope_scaling=RopeScaling(kind="linear", factor=2)),
+        header,
+    )
+    assert linear["rope_scaling_type"] == llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR
+    assert linear["rope_freq_scale"] == pytest.approx(0.5)
+    yarn = llama_kwargs(
+        RuntimeConfig(model_path=model_path, rope_scaling=RopeScaling(kind="yarn", factor=4)),
+        header,
+    )
+    assert yarn["rope_scaling_type"] == llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
+    assert yarn["rope_freq_scale"] == pytest.approx(0.25)
+    assert yarn["yarn_orig_ctx"] == 8192
+
+
+def test_kv_cache_is_f16_by_default(model_path: Path) -> None:
+    header = read_header(model_path)
+    kwargs = llama_kwargs(RuntimeConfig(model_path=model_path), header)
+    assert kwargs["type_k"] == kwargs["type_v"] == 1  # GGML_TYPE_F16
+
+
+def test_info_reports_the_loaded_settings(runtime: Runtime) -> None:
+    info = runtime.info
+    assert info.backend == "llama.cpp"
+    assert info.n_ctx == 512
+    assert info.n_ctx_train == 8192
+    assert info.n_gpu_layers == (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
+
+
+def test_linear_rope_scaling_loads_and_generates(model_path: Path) -> None:
+    cfg = RuntimeConfig(
+        model_path=model_path, n_ctx=128, rope_scaling=RopeScaling(kind="linear", factor=2.0)
+    )
+    with Runtime(cfg) as rt:
+        assert rt.info.rope_scaling == "linear x2"
+        events = list(rt.stream_chat(HELLO, max_tokens=5))
+    final = events[-1]
+    assert isinstance(final, Finished) and final.stats.n_generated > 0
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_missing_file_is_a_model_file_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="cannot open"):
+        Runtime(RuntimeConfig(model_path=tmp_path / "nope.gguf"))
+
+
+def test_non_gguf_file_is_refused_before_llama_cpp(tmp_path: Path) -> None:
+    bogus = tmp_path / "weights.gguf"
+    bogus.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    with pytest.raises(ModelFileError, match="not a GGUF"):
+        Runtime(RuntimeConfig(model_path=bogus))
+
+
+def test_truncated_model_is_refused_before_llama_cpp(model_path: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with model_path.open("rb") as src, cut.open("wb") as dst:
+        dst.write(src.read(5_000_000))
+    with pytest.raises(ModelFileError, match="truncated"):
+        Runtime(RuntimeConfig(model_path=cut))
+
+
+def test_too_small_context_is_refused(model_path: Path) -> None:
+    with pytest.raises(ContextTooSmallError, match="window"):
+        Runtime(RuntimeConfig(model_path=model_path, n_ctx=16))
+
+
+# -- generation ----------------------------------------------------------------------------------
+
+
+def test_stats_report_speed_and_first_token_latency(runtime: Runtime) -> None:
+    runtime.reset()
+    final = list(runtime.stream_chat(HELLO, max_tokens=20, ignore_eos=True))[-1]
+    assert isinstance(final, Finished)
+    assert final.stats.n_generated == 20
+    assert final.stats.tokens_per_second > 0
+    assert final.stats.time_to_first_token_s is not None and final.stats.time_to_first_token_s > 0
+    assert final.stats.n_prompt_tokens == len(runtime.render(HELLO))
+
+
+def test_next_turn_evaluates_only_new_tokens(runtime: Runtime) -> None:
+    runtime.reset()
+    first = list(runtime.stream_chat(HELLO, max_tokens=30))[-1]
+    assert isinstance(first, Finished)
+    turn2 = [
+        *HELLO,
+        Message(role="assistant", content=first.text),
+        Message(role="user", content="Now one sentence about mountains."),
+    ]
+    full = len(runtime.render(turn2))
+    second = list(runtime.stream_chat(turn2, max_tokens=10))[-1]
+    assert isinstance(second, Finished)
+    new_part = full - len(runtime.render(HELLO)) - first.stats.n_generated
+    # Only the new user message (plus at most a few re-tokenised reply tokens) is evaluated.
+    assert second.stats.n_prompt_tokens < full
+    assert second.stats.n_prompt_tokens <= new_part + 8
+
+
+def test_same_prompt_twice_reuses_all_but_the_last_token(runtime: Runtime) -> None:
+    runtime.reset()
+    list(runtime.stream_chat(HELLO, max_tokens=1))
+    again = list(runtime.stream_chat(HELLO, max_tokens=1))[-1]
+    assert isinstance(again, Finished)
+    assert again.stats.n_prompt_tokens == 1
+
+
+def test_a_second_concurrent_generation_is_refused(runtime: Runtime) -> None:
+    runtime.reset()
+    first = runtime.stream_chat(HELLO, max_tokens=50, ignore_eos=True)
+    assert isinstance(next(first), Token)
+    second = runtime.stream_chat(HELLO, max_tokens=5)
+    with pytest.raises(GenerationError, match="already generating"):
+        next(second)
+    first.close()  # releases the runtime
+    assert isinstance(list(runtime.stream_chat(HELLO, max_tokens=2))[-1], Finished)
+
+
+def test_bad_json_schema_is_a_generation_error(runtime: Runtime) -> None:
+    with pytest.raises(GenerationError, match="invalid JSON schema"):
+        runtime.stream_chat(HELLO, max_tokens=5, json_schema={"type": "no-such-type"})
+    with pytest.raises(GenerationError, match="grammar"):
+        runtime.stream_chat(HELLO, max_tokens=5, json_schema={"$ref": "https://x.test/s.json"})
+
+
+def test_nested_tool_call_schema_yields_valid_json(runtime: Runtime) -> None:
+    from models.fake import check_json
+
+    schema = {
+        "$defs": {
+            "ReadFile": {
+                "type": "object",
+                "properties": {
+                    "tool": {"const": "read_file"},
+                    "arguments": {
+                        "type": "object",
+                        "properties": {"path": {"type": "string", "maxLength": 40}},
+                        "required": ["path"],
+                    },
+                },
+                "required": ["tool", "arguments"],
+            },
+            "Final": {
+                "type": "object",
+                "properties": {"final": {"type": "string", "maxLength": 60}},
+                "required": ["final"],
+            },
+        },
+        "anyOf": [{"$ref": "#/$defs/ReadFile"}, {"$ref": "#/$defs/Final"}],
+    }
+    runtime.reset()
+    messages = [Message(role="user", content="Read the file notes.txt. Answer with a tool call.")]
+    final = list(runtime.stream_chat(messages, max_tokens=150, json_schema=schema))[-1]
+    assert isinstance(final, Finished)
+    assert final.stats.stop_reason == "eos"
+    check_json(final.text, schema)
+
+
+def test_close_during_a_generation_stops_it_and_frees_the_model(model_path: Path) -> None:
+    rt = Runtime(RuntimeConfig(model_path=model_path, n_ctx=128))
+    stream = rt.stream_chat(HELLO, max_tokens=100, ignore_eos=True, cancel=CancelToken())
+    assert isinstance(next(stream), Token)
+    rt.close()
+    rest = list(stream)
+    final = rest[-1]
+    assert isinstance(final, Finished)
+    assert final.stats.stop_reason == "cancelled"
+    assert final.stats.n_generated <= 2
+    with pytest.raises(ModelError, match="closed"):
+        rt.count_tokens("x")
