@@ -27,6 +27,8 @@ Effect = Literal["read", "write", "execute", "network", "memory_read", "memory_w
 
 #: How large a tool result may be before it is cut (bytes of UTF-8).
 DEFAULT_OUTPUT_BYTES = 32 * 1024
+#: Bytes kept free for the "[truncated …]" marker.
+MARKER_RESERVE = 100
 
 
 def _utc_now() -> datetime:
@@ -133,7 +135,7 @@ def truncate_text(text: str, limit: int, *, what: str = "output") -> tuple[str, 
 
     Args:
         text: The text to cut.
-        limit: Largest size in bytes of UTF-8 kept before the marker.
+        limit: Largest size in bytes of UTF-8 of the result, marker included.
         what: What is being cut, named in the marker.
 
     Returns:
@@ -142,6 +144,8 @@ def truncate_text(text: str, limit: int, *, what: str = "output") -> tuple[str, 
     data = text.encode("utf-8")
     if len(data) <= limit:
         return text, False
-    kept = data[:limit].decode("utf-8", errors="ignore")
+    # Room for the marker, so the result as a whole stays within the limit.
+    budget = limit - MARKER_RESERVE if limit > 2 * MARKER_RESERVE else limit // 2
+    kept = data[:budget].decode("utf-8", errors="ignore")
     dropped = len(data) - len(kept.encode("utf-8"))
     return f"{kept}\n[truncated {what}: {dropped} more bytes not shown]", True
