@@ -1,0 +1,193 @@
+"""The chat / errand screen, driven through a real controller and a scripted runner."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.controllers.errand_controller import (
+    ErrandController,
+    PermissionQuestion,
+    PermissionReply,
+    RunnerContext,
+)
+from app.qt import Qt
+from app.views.chat_view import ChatView, render_result_html
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("propagateSizeHints")]
+
+
+class Runner:
+    """One tool call that needs permission, or an endless stream until cancelled."""
+
+    def __init__(self, ctx: RunnerContext, endless: bool) -> None:
+        self.ctx = ctx
+        self.endless = endless
+        self.cancelled = threading.Event()
+
+    def run_errand(self, task: str) -> None:
+        ev = self.ctx.events
+        if self.endless:
+            while not self.cancelled.is_set():
+                ev.token(" word")
+                self.cancelled.wait(0.001)
+            ev.final("", {"stop_reason": "cancelled"})
+            return
+        ev.token('{"tool": "read_file"')
+        ev.tool_call("c1", "read_file", {"path": ".env"})
+        reply = self.ctx.asker.ask(PermissionQuestion("c1", "read_file", {"path": ".env"}))
+        if reply.choice == "deny":
+            ev.decision("c1", "deny", reply.reason)
+            ev.tool_result("c1", False, f"denied by the user: {reply.reason}", [], False)
+        else:
+            ev.decision("c1", "allow", "allowed by the user (once)")
+            ev.tool_result("c1", True, "KEY=[REDACTED:OPENAI_KEY]", ["OPENAI_KEY"], False)
+        ev.final("Done: the key is stored as OPENAI_KEY.", {"stop_reason": "eos"})
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def endless() -> list[bool]:
+    return [False]
+
+
+@pytest.fixture
+def view(qtbot: Any, workspace: Path, endless: list[bool]) -> Iterator[ChatView]:
+    controller = ErrandController(lambda ctx: Runner(ctx, endless[0]), workspace=workspace)
+    v = ChatView(controller, [str(workspace)])
+    qtbot.add_widget(v)
+    v.show()
+    qtbot.wait_exposed(v)
+    yield v
+    assert controller.shutdown(5000)
+
+
+def answer_with(view: ChatView, reply: PermissionReply) -> None:
+    view.controller.permissionRequested.connect(
+        lambda q: view.controller.answer_permission(q.call_id, reply)
+    )
+
+
+def test_errand_shows_stream_tool_call_decision_and_redacted_result(
+    qtbot: Any, view: ChatView
+) -> None:
+    answer_with(view, PermissionReply("once"))
+    view.task_edit.setPlainText("where is my key?")
+    with qtbot.wait_signal(view.controller.errandFinished, timeout=5000):
+        qtbot.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+    qtbot.wait_until(lambda: view.run_button.isEnabled(), timeout=5000)
+    assert view.live_output.toPlainText().startswith('{"tool": "read_file"')
+    assert view.tool_rows() == [
+        ("read_file", '{"path": ".env"}', "allow: allowed by the user (once)",
+         "KEY=[REDACTED:OPENAI_KEY]")
+    ]
+    text = view.transcript.toPlainText()
+    assert "You: where is my key?" in text
+    assert "[REDACTED:OPENAI_KEY]" in text
+    assert "redacted: OPENAI_KEY" in text
+    assert "Keyless: Done: the key is stored as OPENAI_KEY." in text
+    assert view.task_edit.toPlainText() == ""
+    assert not view.stop_button.isEnabled()
+
+
+def test_denied_call_shows_the_reason(qtbot: Any, view: ChatView) -> None:
+    answer_with(view, PermissionReply("deny", reason="secrets stay put"))
+    view.task_edit.setPlainText("read .env")
+    with qtbot.wait_signal(view.controller.errandFinished, timeout=5000):
+        view.run_task()
+    row = view.tool_rows()[0]
+    assert row[2] == "deny: secrets stay put"
+    assert row[3].startswith("failed: denied by the user: secrets stay put")
+
+
+def test_ctrl_enter_runs_the_task(qtbot: Any, view: ChatView) -> None:
+    answer_with(view, PermissionReply("once"))
+    view.task_edit.setFocus()
+    qtbot.keyClicks(view.task_edit, "go")
+    with qtbot.wait_signal(view.controller.errandFinished, timeout=5000):
+        qtbot.keyClick(view.task_edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert "You: go" in view.transcript.toPlainText()
+
+
+def test_stop_cancels_while_streaming(qtbot: Any, view: ChatView, endless: list[bool]) -> None:
+    endless[0] = True
+    view.task_edit.setPlainText("tell a very long story")
+    with qtbot.wait_signal(view.controller.tokenReceived, timeout=5000):
+        view.run_task()
+    assert view.stop_button.isEnabled() and not view.run_button.isEnabled()
+    qtbot.wait_until(lambda: "word" in view.live_output.toPlainText(), timeout=5000)
+    with qtbot.wait_signal(view.controller.errandFinished, timeout=5000):
+        qtbot.mouseClick(view.stop_button, Qt.MouseButton.LeftButton)
+    assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
+    assert view.status_label.text() == "Ready"
+
+
+def test_empty_task_and_errors_show_in_the_banner(qtbot: Any, view: ChatView) -> None:
+    view.run_task()
+    assert view.banner.text() == "Type a task first."
+    view.controller.errandFailed.emit("the model file is missing")
+    assert view.banner.text() == "the model file is missing"
+    assert view.banner.severity == "error"
+    assert "Problem: the model file is missing" in view.transcript.toPlainText()
+
+
+def test_sessions_new_and_switch_back(qtbot: Any, view: ChatView) -> None:
+    answer_with(view, PermissionReply("once"))
+    view.task_edit.setPlainText("first errand")
+    with qtbot.wait_signal(view.controller.errandFinished, timeout=5000):
+        view.run_task()
+    first = view.controller.current_session
+    qtbot.mouseClick(view.new_session_button, Qt.MouseButton.LeftButton)
+    assert view.session_list.count() == 2
+    assert view.transcript.toPlainText().strip() == ""
+    assert view.tool_rows() == []
+    item = next(
+        view.session_list.item(i)
+        for i in range(view.session_list.count())
+        if view.session_list.item(i).data(Qt.ItemDataRole.UserRole) == first
+    )
+    assert item.text().startswith("first errand")
+    view._session_activated(item)
+    assert view.controller.current_session == first
+    assert "You: first errand" in view.transcript.toPlainText()
+    assert len(view.tool_rows()) == 1
+
+
+def test_workspace_chooser(qtbot: Any, view: ChatView, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    with qtbot.wait_signal(view.workspaceChosen) as blocker:
+        view.choose_workspace(str(other))
+    assert blocker.args == [str(other)]
+    assert view.controller.workspace == other
+    assert view.workspace_combo.currentText() == str(other)
+    view.choose_workspace(str(tmp_path / "missing"))
+    assert "not an existing folder" in view.banner.text()
+    assert view.controller.workspace == other
+
+
+def test_isolation_off_is_said_plainly(view: ChatView) -> None:
+    view.controller.isolationReported.emit(False, "bubblewrap is not available")
+    assert view.banner.text() == "OS isolation is off: bubblewrap is not available"
+
+
+def test_inputs_have_labels_and_names(view: ChatView) -> None:
+    for w in (view.task_edit, view.workspace_combo, view.session_list, view.transcript,
+              view.live_output, view.tool_table):
+        assert w.accessibleName(), w.objectName()
+
+
+def test_render_result_highlights_redactions_and_escapes() -> None:
+    out = render_result_html("<b>x</b> [REDACTED:GH_TOKEN] & y")
+    assert "&lt;b&gt;x&lt;/b&gt;" in out
+    assert ">[REDACTED:GH_TOKEN]</span>" in out
+    assert "&amp; y" in out
