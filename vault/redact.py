@@ -65,9 +65,18 @@ def secret_forms(value: SecretValue) -> set[str]:
 
     Returns:
         The set of non-empty forms; derived forms shorter than
-        :data:`MIN_DERIVED_LENGTH` are left out.
+        :data:`MIN_DERIVED_LENGTH` are left out. Percent-escapes are matched
+        all upper case or all lower case (what encoders produce), not mixed.
+
+    Raises:
+        TypeError: ``value`` is not bytes or text.
     """
-    raw_bytes = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        raw_bytes = value.encode("utf-8")
+    elif isinstance(value, bytes | bytearray):
+        raw_bytes = bytes(value)
+    else:
+        raise TypeError(f"a secret is bytes, bytearray or str, not {type(value).__name__}")
     if not raw_bytes:
         return set()
     derived: set[str] = set()

@@ -1,0 +1,215 @@
+"""Redaction: every encoding, every alignment, every chunking; fails closed."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import quote, quote_plus
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from vault.errors import RedactionError
+from vault.redact import MIN_DERIVED_LENGTH, Redactor, secret_forms
+
+KEY = b"sk-proj-Tm9+bGVh/a2VyX2tleV9mb3JfdGVzdHM="
+
+
+def encodings(value: bytes, prefix: bytes = b"", suffix: bytes = b"") -> list[str]:
+    """The forms a server might echo: raw, base64 (std/url-safe, +/- padding), %-enc, hex."""
+    whole = prefix + value + suffix
+    out = [
+        base64.b64encode(whole).decode(),
+        base64.b64encode(whole).decode().rstrip("="),
+        base64.urlsafe_b64encode(whole).decode(),
+        base64.urlsafe_b64encode(whole).decode().rstrip("="),
+        value.hex(),
+        value.hex().upper(),
+    ]
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        return out
+    return out + [text, quote(text, safe=""), quote(text), quote_plus(text)]
+
+
+def chunks(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(text[last:p])
+        last = p
+    pieces.append(text[last:])
+    return pieces
+
+
+def stream_redact(redactor: Redactor, pieces: list[str]) -> str:
+    stream = redactor.stream()
+    return "".join(stream.feed(p) for p in pieces) + stream.finish()
+
+
+def test_raw_form_is_replaced_with_the_name() -> None:
+    r = Redactor({"OPENAI": KEY})
+    text, names = r.redact(f"token={KEY.decode()}; again {KEY.decode()}")
+    assert text == "token=[REDACTED:OPENAI]; again [REDACTED:OPENAI]"
+    assert names == ["OPENAI"]
+
+
+@pytest.mark.parametrize("prefix", [b"", b"u", b"us", b"user:", b"Basic xx:"])
+def test_every_encoding_at_every_alignment(prefix: bytes) -> None:
+    r = Redactor({"K": KEY})
+    for form in encodings(KEY, prefix=prefix, suffix=b"!"):
+        out, names = r.redact(f"<{form}>")
+        assert names == ["K"], form
+        for piece in secret_forms(KEY):
+            assert piece not in out
+
+
+def test_lowercase_percent_escapes_and_padding_variants() -> None:
+    r = Redactor({"K": KEY})
+    encoded = quote(KEY.decode(), safe="")
+    lowered = encoded.replace("%2B", "%2b").replace("%2F", "%2f").replace("%3D", "%3d")
+    assert lowered != encoded
+    assert r.redact(lowered)[0] == "[REDACTED:K]"
+    assert r.redact(base64.b64encode(KEY).decode())[0] == "[REDACTED:K]"
+
+
+def test_overlapping_occurrences_leave_no_fragment() -> None:
+    # "abcab" overlaps itself in "abcabcab": both occurrences go, as one run.
+    r = Redactor({"S": "abcab"})
+    assert r.redact("xabcabcaby") == ("x[REDACTED:S]y", ["S"])
+
+
+def test_longest_form_names_the_marker_and_several_secrets() -> None:
+    r = Redactor({"A": "secretvalue-1", "B": "secretvalue-1-longer"})
+    out, names = r.redact("1 secretvalue-1-longer 2 secretvalue-1 3")
+    assert out == "1 [REDACTED:B] 2 [REDACTED:A] 3"
+    assert names == ["A", "B"]
+
+
+def test_short_derived_forms_are_skipped_but_raw_is_kept() -> None:
+    forms = secret_forms(b"ab")
+    assert "ab" in forms
+    assert all(len(f) >= MIN_DERIVED_LENGTH for f in forms - {"ab"})
+    assert secret_forms(b"") == set()
+
+
+def test_binary_secret_has_encoded_forms_only() -> None:
+    value = bytes(range(250, 256)) + b"\x00\x01\x02\x03"
+    r = Redactor({"BIN": value})
+    for form in encodings(value):
+        assert r.redact(form)[0] == "[REDACTED:BIN]", form
+
+
+def test_scan_reports_names_without_changing_text() -> None:
+    r = Redactor([("A", KEY), ("canary", "CANARY-91b2")])
+    assert r.scan(f"x {KEY.hex()} CANARY-91b2") == ["A", "canary"]
+    assert r.scan("clean") == []
+
+
+def test_stream_holds_back_less_than_the_longest_pattern() -> None:
+    r = Redactor({"K": KEY})
+    stream = r.stream()
+    released = stream.feed("x" * 1000)
+    assert stream.held_back == r.max_pattern_length - 1
+    assert released == "x" * (1000 - stream.held_back)
+    assert stream.finish() == "x" * (r.max_pattern_length - 1)
+
+
+def test_empty_table_passes_text_through() -> None:
+    r = Redactor({})
+    assert r.redact("anything") == ("anything", [])
+    s = r.stream()
+    assert s.feed("ab") == "ab" and s.finish() == ""
+
+
+def test_internal_failure_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = Redactor({"K": KEY})
+    stream = r.stream()
+    stream.feed("before " + KEY.decode()[:10])
+
+    def boom(self: Redactor, text: str) -> list[object]:
+        raise ValueError(f"pattern {KEY.decode()} broke")
+
+    monkeypatch.setattr(Redactor, "_intervals", boom)
+    with pytest.raises(RedactionError) as info:
+        stream.feed(KEY.decode()[10:] + "x" * 200)
+    assert KEY.decode() not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    monkeypatch.undo()
+    with pytest.raises(RedactionError):
+        stream.finish()  # a broken stream stays broken
+    with pytest.raises(RedactionError):
+        r.stream().feed(b"bytes")  # type: ignore[arg-type]
+
+
+def test_bad_table_fails_closed() -> None:
+    with pytest.raises(RedactionError):
+        Redactor({"": KEY})
+    with pytest.raises(RedactionError):
+        Redactor({"K": 12345})  # type: ignore[dict-item]
+
+
+def test_finished_stream_refuses_more() -> None:
+    s = Redactor({"K": KEY}).stream()
+    s.finish()
+    with pytest.raises(RedactionError):
+        s.feed("more")
+
+
+secrets_st = st.binary(min_size=8, max_size=48)
+text_secrets_st = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=8, max_size=40
+)
+filler_st = st.text(alphabet="abc xyz=+/-_%0123456789ABCDEF\n", max_size=60)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    value=secrets_st,
+    prefix=st.binary(max_size=5),
+    parts=st.lists(filler_st, min_size=1, max_size=4),
+    pick=st.integers(min_value=0, max_value=9),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+)
+def test_property_no_form_survives_any_chunking(
+    value: bytes, prefix: bytes, parts: list[str], pick: int, cuts: list[int]
+) -> None:
+    forms = encodings(value, prefix=prefix)
+    form = forms[pick % len(forms)]
+    text = form.join(parts) if len(parts) > 1 else parts[0] + form
+    r = Redactor({"S": value})
+    whole, names = r.redact(text)
+    assert names == ["S"]
+    # The part of the form that depends on the secret alone must be gone.
+    for piece in secret_forms(value):
+        assert piece not in whole
+    assert stream_redact(r, chunks(text, cuts)) == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=text_secrets_st,
+    filler=st.lists(filler_st, min_size=2, max_size=5),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+)
+def test_property_stream_equals_one_shot(value: str, filler: list[str], cuts: list[int]) -> None:
+    text = value.join(filler)
+    r = Redactor({"T": value, "U": value[::-1] + "tail"})
+    assert stream_redact(r, chunks(text, cuts)) == r.redact(text)[0]
+    assert value not in r.redact(text)[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=300), value=secrets_st)
+def test_property_text_without_secret_is_unchanged(text: str, value: bytes) -> None:
+    r = Redactor({"S": value})
+    assume(not r.scan(text))
+    assert r.redact(text) == (text, [])
+    assert stream_redact(r, list(text)) == text
+
+
+def test_hex_helper_matches_binascii() -> None:
+    # Guard the test oracle itself: our hex forms are what servers produce.
+    assert KEY.hex() == binascii.hexlify(KEY).decode()
