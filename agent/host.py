@@ -507,16 +507,14 @@ class AgentHost:
         try:
             proc.send(hello)
             msg = proc.receive(self._start_timeout)
+            if isinstance(msg, AgentErrorMsg):
+                raise AgentCrashedError(msg.message)
+            if not isinstance(msg, Ready):
+                raise ProtocolError(f"expected ready, got {msg.type}")
         except (AgentCrashedError, ProtocolError) as e:
-            self._crashed(e)
-            raise AgentCrashedError(f"the agent process did not start: {e}") from e
-        if isinstance(msg, AgentErrorMsg):
-            self._crashed(AgentCrashedError(msg.message))
-            raise AgentCrashedError(f"the agent process did not start: {msg.message}")
-        if not isinstance(msg, Ready):
-            err = ProtocolError(f"expected ready, got {msg.type}")
-            self._crashed(err)
-            raise AgentCrashedError(str(err))
+            error = AgentCrashedError(f"the agent process did not start: {e}")
+            self._crashed(error)
+            raise error from e
         self._record("agent_started", details={"isolated": isolated, "pid": msg.pid})
         return msg
 
@@ -830,6 +828,8 @@ class AgentHost:
         """The Hello for the worker, and the files it must be able to read."""
         if self._scripted is not None:
             return Hello(), [self._scripted]
+        if self._spec is None and self._worker_argv is not None:
+            return Hello(), []  # a custom worker brings its own model
         if self._relay_model is not None or _is_remote(self._spec):
             model = self._relay()
             assert model is not None

@@ -1,0 +1,370 @@
+"""AgentHost with the real worker process, policy, tools and audit log."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.host import AgentHost, PermissionAnswer, PermissionRequest
+from agent.policy import Rule, RuleStore
+from agent.protocol import MAX_LINE, ErrandLimits
+from models.fake import ScriptedModel
+from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
+
+
+@pytest.fixture
+def rigs() -> Iterator[list[Rig]]:
+    made: list[Rig] = []
+    yield made
+    for rig in made:
+        rig.host.close()
+
+
+@pytest.fixture
+def ws(workspace: Path) -> Path:
+    (workspace / "notes.txt").write_text("buy milk\n")
+    return workspace
+
+
+def rig_for(rigs: list[Rig], *args: object, **kwargs: object) -> Rig:
+    rig = make_rig(*args, **kwargs)  # type: ignore[arg-type]
+    rigs.append(rig)
+    return rig
+
+
+def test_a_read_is_allowed_by_default_and_everything_is_reported(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(rigs, tmp_path, ws, [call("read_file", path="notes.txt"), final("Buy milk.")])
+    result = rig.host.run_errand("what is in notes.txt?")
+    assert (result.outcome, result.text) == ("final", "Buy milk.")
+    [record] = result.tool_calls
+    assert (record.tool, record.decision, record.ok) == ("read_file", "allow", True)
+    assert rig.kinds() == ["os_isolation", "tool_call", "decision", "tool_result", "final"]
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert "buy milk" in sent["content"] and sent["untrusted"] is True
+    assert rig.prompt.asked == []
+    assert rig.host.tainted  # a file's content is untrusted data
+    kinds = rig.audit_kinds()
+    expected = {"agent_started", "errand_started", "tool_decision", "tool_result"}
+    assert expected | {"errand_finished"} <= set(kinds)
+    assert rig.audit.verify().ok
+
+
+def test_a_write_the_user_denies_never_happens_and_the_reason_reaches_the_agent(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("write_file", path="out.txt", content="hi"), final("Could not write.")],
+        answers=[PermissionAnswer(choice="deny", reason="not today")],
+    )
+    result = rig.host.run_errand("write out.txt")
+    assert result.outcome == "final"
+    assert not (ws / "out.txt").exists()
+    [asked] = rig.prompt.asked
+    assert (asked.tool, asked.effect, asked.arguments) == (
+        "write_file",
+        "write",
+        {"path": "out.txt", "content": "hi"},
+    )
+    assert str(asked.suggested_rule) == "write_file(out.txt)"
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert sent["ok"] is False and sent["content"] == "denied by the user: not today"
+    decision = next(e for e in rig.events if e.kind == "decision")
+    assert decision.data["action"] == "deny" and decision.data["by"] == "user"
+    entry = rig.audit.entries(kind="tool_decision")[0]
+    assert (entry.decision, entry.reason) == ("deny", "not today")
+
+
+def test_once_allows_one_call_and_session_allows_the_rest(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    w = call("write_file", path="out.txt", content="x")
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [w, w, w, w, final("ok")],
+        answers=[
+            PermissionAnswer(choice="once"),
+            PermissionAnswer(choice="session"),
+        ],
+    )
+    result = rig.host.run_errand("write it four times")
+    assert result.outcome == "final"
+    assert [r.ok for r in result.tool_calls] == [True, True, True, True]
+    assert len(rig.prompt.asked) == 2
+    assert [str(r) for r in rig.policy.rules] == ["write_file(out.txt)"]
+    assert rig.policy.rules[0].scope == "session"
+    assert (ws / "out.txt").read_text() == "x"
+
+
+def test_always_saves_the_edited_rule(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    store = RuleStore(tmp_path / "keyless.db", workspace=ws)
+    edited = Rule(tool="write_file", pattern="*.txt", action="allow", scope="workspace")
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [
+            call("write_file", path="a.txt", content="1"),
+            call("write_file", path="b.txt", content="2"),
+            final("ok"),
+        ],
+        answers=[PermissionAnswer(choice="always", rule=edited)],
+        rule_store=store,
+    )
+    rig.host.run_errand("write two files")
+    assert len(rig.prompt.asked) == 1
+    assert store.rules() == [edited]
+    assert (ws / "b.txt").read_text() == "2"
+
+
+def test_a_deny_rule_holds_even_if_the_user_would_allow(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("read_file", path="notes.txt"), final("refused")],
+        rules=[Rule(tool="read_file", pattern="notes.txt", action="deny")],
+        answers=[PermissionAnswer(choice="once")],
+    )
+    result = rig.host.run_errand("read")
+    assert result.tool_calls[0].decision == "denied"
+    assert rig.prompt.asked == []
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert sent["content"] == "denied: denied by rule read_file(notes.txt)"
+
+
+def test_invalid_arguments_go_back_to_the_model(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    # The JSON schema admits any string; the tool's own validator refuses ftp://.
+    rig = rig_for(
+        rigs, tmp_path, ws, [call("http_request", url="ftp://example.com/"), final("gave up")]
+    )
+    result = rig.host.run_errand("fetch")
+    assert result.outcome == "final"
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert sent["ok"] is False
+    assert sent["content"].startswith("invalid arguments for http_request: url:")
+    assert rig.prompt.asked == []
+
+
+def test_a_tool_error_is_a_result_not_a_crash(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    rig = rig_for(rigs, tmp_path, ws, [call("read_file", path="../../etc/passwd"), final("no")])
+    result = rig.host.run_errand("escape")
+    assert result.outcome == "final" and result.tool_calls[0].ok is False
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert sent["ok"] is False and sent["content"].startswith("error: ")
+
+
+def test_tools_not_offered_are_refused(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    request = {
+        "v": 1,
+        "type": "tool_request",
+        "call_id": "c1",
+        "tool": "shell",
+        "arguments": {"command": "id"},
+    }
+    stats = {"steps": 1, "tool_calls": 1, "generated_tokens": 1, "stop_reason": "final"}
+    plan = [
+        {"op": "ready"},
+        {"op": "read"},
+        {"op": "send", "msg": request},
+        {"op": "read"},
+        {"op": "send", "msg": {"v": 1, "type": "final", "text": "x", "stats": stats}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan))
+    result = rig.host.run_errand("x")
+    assert result.tool_calls[0].decision == "invalid"
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert sent["content"] == "no tool named 'shell' is available"
+
+
+def test_taint_makes_network_calls_ask_despite_an_allow_rule(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [
+            call("read_file", path="notes.txt"),
+            call("http_request", url="https://example.com/"),
+            final("ok"),
+        ],
+        rules=[Rule(tool="http_request", pattern="domain:example.com", action="allow")],
+        answers=[PermissionAnswer(choice="deny", reason="tainted")],
+    )
+    rig.host.run_errand("read then fetch")
+    [asked] = rig.prompt.asked
+    assert asked.tainted and "untrusted content" in asked.reason
+
+
+def test_cancel_during_a_prompt_ends_the_errand_without_running_the_tool(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("write_file", path="out.txt", content="x"), final("never")],
+        answers=[PermissionAnswer(choice="once")],
+    )
+    rig.prompt.before_answer = lambda _req: rig.host.cancel()
+    result = rig.host.run_errand("write")
+    assert result.outcome == "cancelled"
+    assert not (ws / "out.txt").exists()
+
+
+def test_the_agent_dying_mid_errand_is_reported_and_a_new_one_starts(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("write_file", path="out.txt", content="x"), final("a"), final("second errand")],
+        answers=[PermissionAnswer(choice="once")],
+        isolate=False,
+    )
+
+    def kill_agent(_req: PermissionRequest) -> None:
+        pid = rig.host.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+    rig.prompt.before_answer = kill_agent
+    rig.host.start()
+    first_pid = rig.host.worker_pid
+    result = rig.host.run_errand("write")
+    assert result.outcome == "crashed"
+    crash = next(e for e in rig.events if e.kind == "agent_crashed")
+    assert "agent process" in crash.text
+    assert "agent_crashed" in rig.audit_kinds()
+    assert rig.host.worker_pid is None
+    # The host is still usable: a fresh agent (same script file, so it replays
+    # from the start) runs the next errand.
+    rig.prompt.before_answer = None
+    rig.prompt.answers.append(PermissionAnswer(choice="deny"))
+    again = rig.host.run_errand("write")
+    assert again.outcome == "final" and rig.host.worker_pid not in (None, first_pid)
+
+
+STARTED = [{"op": "ready"}, {"op": "read"}]
+HANG = {"op": "hang"}
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ([*STARTED, {"op": "raw", "data": "hello world\n"}, HANG], "line is not JSON"),
+        (
+            [*STARTED, {"op": "send", "msg": {"v": 7, "type": "token", "text": "x"}}, HANG],
+            "protocol version 7",
+        ),
+        (
+            [*STARTED, {"op": "send", "msg": {"v": 1, "type": "task", "task": "x", "tools": []}}],
+            "agent may not send a 'task'",
+        ),
+        ([*STARTED, {"op": "big", "size": MAX_LINE + 5}, HANG], "over the"),
+        ([*STARTED, {"op": "exit", "code": 3}], "exited with status 3"),
+        ([*STARTED, HANG], "sent nothing for 0.5 s"),
+        ([{"op": "exit", "code": 0}], "did not start"),
+    ],
+    ids=["garbage", "version", "direction", "oversized", "exit", "hang", "no-ready"],
+)
+def test_a_misbehaving_agent_is_killed_and_reported(
+    tmp_path: Path, ws: Path, rigs: list[Rig], plan: list[dict[str, object]], message: str
+) -> None:
+    argv = fake_agent_argv(tmp_path, plan)
+    rig = rig_for(rigs, tmp_path, ws, worker_argv=argv, idle_timeout=0.5, start_timeout=10)
+    result = rig.host.run_errand("anything")
+    assert result.outcome == "crashed"
+    assert result.error is not None
+    crash = [e for e in rig.events if e.kind == "agent_crashed"]
+    assert len(crash) == 1 and message in crash[0].text
+    assert rig.host.worker_pid is None
+
+
+def test_a_start_failure_is_reported_once(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    rig = rig_for(rigs, tmp_path, ws, scripted_model=tmp_path / "missing.json", isolate=False)
+    result = rig.host.run_errand("x")
+    assert result.outcome == "crashed" and "cannot read scripted responses" in (result.error or "")
+    assert [e.kind for e in rig.events].count("agent_crashed") == 1
+
+
+def test_isolation_off_is_reported(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    rig = rig_for(rigs, tmp_path, ws, [final("ok")], isolate=False)
+    rig.host.run_errand("x")
+    event = next(e for e in rig.events if e.kind == "os_isolation")
+    assert event.text == "off" and event.data["isolated"] is False
+    assert not rig.host.os_isolation
+
+
+def test_history_carries_over_to_the_next_errand(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    rig = rig_for(rigs, tmp_path, ws, [final("first answer"), final("second answer")])
+    rig.host.run_errand("first task")
+    rig.host.run_errand("second task")
+    tasks = rig.transcript.sent_of("task")
+    assert tasks[0]["history"] == []
+    assert [m["content"] for m in tasks[1]["history"]] == ["first task", "first answer"]
+
+
+def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    limits = ErrandLimits(max_steps=2)
+    replies = [call("list_dir"), call("list_dir"), final("x")]
+    rig = rig_for(
+        rigs, tmp_path, ws, replies, limits=limits, tools=("list_dir", "nonexistent_tool")
+    )
+    result = rig.host.run_errand("loop")
+    assert result.outcome == "max_steps"
+    [task] = rig.transcript.sent_of("task")
+    assert task["tools"] == ["list_dir"] and task["limits"]["max_steps"] == 2
+
+
+def test_a_relayed_model_is_served_by_the_host(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    host_model = ScriptedModel([call("list_dir"), final("relayed answer")])
+    rig = rig_for(rigs, tmp_path, ws, relay_model=host_model, scripted_model=None)
+    result = rig.host.run_errand("list")
+    assert (result.outcome, result.text) == ("final", "relayed answer")
+    assert len(host_model.calls) == 2
+    [hello] = rig.transcript.sent_of("hello")
+    assert hello["relayed_model"]["name"] == "scripted" and hello["model_spec"] is None
+    assert len(rig.transcript.sent_of("model_done")) == 2
+
+
+def test_memory_context_reaches_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    class Memory:
+        text = "The user likes tea."
+
+        def load_context(self) -> Memory:
+            return self
+
+    rig = rig_for(rigs, tmp_path, ws, [final("ok")], memory=Memory())
+    rig.host.run_errand("x")
+    [task] = rig.transcript.sent_of("task")
+    assert task["memory_context"] == "The user likes tea."
+
+
+def test_close_stops_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
+    rig = rig_for(rigs, tmp_path, ws, [final("ok")])
+    rig.host.start()
+    assert rig.host.worker_pid is not None
+    rig.host.close()
+    assert rig.host.worker_pid is None
+    assert rig.transcript.sent_of("shutdown")
+
+
+def test_agent_host_is_constructed_with_keywords_only() -> None:
+    with pytest.raises(TypeError):
+        AgentHost(None, Path("."))  # type: ignore[misc]
