@@ -11,7 +11,14 @@ from pydantic import Field, field_validator
 
 from agent.errors import ToolDeniedError, ToolError
 from agent.sandbox import run_unsandboxed
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.tools.base import (
+    MARKER_RESERVE,
+    ArgsModel,
+    ToolContext,
+    ToolOutput,
+    ToolSpec,
+    truncate_text,
+)
 
 
 class Args(ArgsModel):
@@ -50,6 +57,11 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
         limits = limits.model_copy(
             update={"wall_seconds": min(float(args.timeout_s), limits.wall_seconds)}
         )
+    # Keep the captured output within the tool's own output limit, leaving room
+    # for the status line and the marker, so it is cut once, with one marker.
+    room = max(ctx.output_bytes - MARKER_RESERVE - 100, 256)
+    if limits.output_bytes > room:
+        limits = limits.model_copy(update={"output_bytes": room})
     sandbox = ctx.sandbox
     if sandbox is None:
         raise ToolError("no shell is configured for this errand")
