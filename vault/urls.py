@@ -438,7 +438,7 @@ def check_addresses(host: str, addresses: Sequence[IPAddress], *, allow_local: b
             address.is_link_local
             or address.is_multicast
             or address.is_unspecified
-            or address.is_reserved
+            or (address.is_reserved and not address.is_loopback)  # ::1 is in ::/8
         )
         local = address.is_loopback or address.is_private or not address.is_global
         if never or (local and not allow_local):
