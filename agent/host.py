@@ -34,7 +34,7 @@ from typing import IO, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.errors import AgentCrashedError, ProtocolError, ToolError
+from agent.errors import AgentCrashedError, ProtocolError, SandboxError, ToolError
 from agent.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
 from agent.ports import BrokerPort, MemoryPort
 from agent.protocol import (
@@ -63,9 +63,11 @@ from agent.relay import serve_model_request
 from agent.sandbox import Sandbox, scrubbed_env
 from agent.tools.base import ToolContext, ToolOutput, truncate_text
 from agent.tools.registry import ALL_TOOLS, run_tool
+from memory.errors import MemoryErrorBase
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
+from vault.errors import VaultError
 
 log = logging.getLogger(__name__)
 
@@ -488,12 +490,8 @@ class AgentHost:
         except ModelError as e:
             self._emit(AgentEvent("error", text=f"cannot prepare the model: {e}"))
             raise AgentCrashedError(f"cannot prepare the model: {e}") from e
-        argv = self._worker_argv or self._default_argv()
         isolated = self._isolate and self._sandbox.available and self._worker_argv is None
-        if isolated:
-            argv = self._sandbox.agent_command(
-                argv, workspace=self.workspace, extra_ro_binds=binds, hide=self._hidden
-            )
+        argv = self._worker_argv or self.agent_command(self._default_argv(), binds)
         self.os_isolation = isolated
         self._emit(
             AgentEvent(
@@ -517,6 +515,20 @@ class AgentHost:
             raise error from e
         self._record("agent_started", details={"isolated": isolated, "pid": msg.pid})
         return msg
+
+    def agent_command(self, argv: Sequence[str], binds: Sequence[Path] = ()) -> list[str]:
+        """Wrap ``argv`` the way the agent process is started.
+
+        In bubblewrap when isolation is on and available (system, Python and
+        Keyless read-only; ``binds`` read-only too; the hidden paths covered;
+        no network, no home, no workspace), otherwise unchanged. The process
+        always gets :func:`agent.sandbox.scrubbed_env`, never the host's.
+        """
+        if not (self._isolate and self._sandbox.available):
+            return list(argv)
+        return self._sandbox.agent_command(
+            argv, workspace=self.workspace, extra_ro_binds=binds, hide=self._hidden
+        )
 
     def close(self) -> None:
         """Stop the agent process (politely, then by force) and the relayed model."""
@@ -696,8 +708,10 @@ class AgentHost:
         )
         try:
             return run_tool(req.tool, req.arguments, ctx), True
-        except ToolError as e:
-            # The message names the problem for the model (path refused, bad pattern, ...).
+        except (ToolError, SandboxError, VaultError, MemoryErrorBase) as e:
+            # The message names the problem for the model (path refused, connection
+            # failed, secret in memory, ...); none of these messages carries a secret.
+            log.info("%s failed: %s", req.tool, e)
             return ToolOutput(content=f"error: {e}", untrusted=False), False
 
     def _deliver(
