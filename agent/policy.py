@@ -366,6 +366,10 @@ class PolicyEngine:
                     break
             if "deny" in matched:
                 break
+        if "deny" not in matched and "allow" not in matched and request.tool == "shell":
+            chained = self._chain_allowed(request)
+            if chained is not None:
+                matched["allow"] = chained
         if "deny" in matched:
             rule = matched["deny"]
             return Decision(action="deny", rule=rule, reason=f"denied by rule {rule}")
@@ -392,6 +396,28 @@ class PolicyEngine:
             return Decision(action="allow", rule=rule, reason=f"allowed by rule {rule}")
         default = DEFAULT_ACTIONS[spec.effect]
         return Decision(action=default, rule=None, reason=f"default for {spec.effect} calls")
+
+    def _chain_allowed(self, request: ToolCallRequest) -> Rule | None:
+        """A chained command whose parts are each allowed by *some* allow rule."""
+        split = _split_shell(str(request.arguments.get("command", "")))
+        if not split.strict or len(split.strict) < 2:
+            return None
+        first: Rule | None = None
+        for segment in split.strict:
+            rule = next(
+                (
+                    r
+                    for r in self.rules
+                    if r.action == "allow"
+                    and r.tool in ("*", "shell")
+                    and (r.pattern == "*" or _shell_allow_matches(r.pattern, segment))
+                ),
+                None,
+            )
+            if rule is None:
+                return None
+            first = first or rule
+        return first
 
     def _matches(self, rule: Rule, request: ToolCallRequest) -> bool:
         if rule.tool not in ("*", request.tool):
