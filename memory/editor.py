@@ -202,8 +202,9 @@ class TopicEditor:
         for level in sorted(self._touched_levels):
             self._reindex(level)
         edits = [FileEdit(path, before, read_bytes(path)) for path, before in self._before.items()]
-        for path, (level, name, kind) in self._kinds.items():
-            self._index.update_file(path, level=level, name=name, kind=kind)
+        self._index.update_files(
+            [(path, level, name, kind) for path, (level, name, kind) in self._kinds.items()]
+        )
         return [e for e in edits if e.before != e.after]
 
     def rollback(self) -> None:

@@ -125,21 +125,21 @@ class SearchIndex:
                 tuple(scopes),
             )
         }
-        changed = 0
         files = self._files()
+        stale: list[tuple[Path, Level, str, str]] = []
         for path, (level, name, kind) in files.items():
             try:
                 st = path.stat()
             except OSError:
                 continue
-            if known.get(path) == (st.st_mtime_ns, st.st_size):
-                continue
-            self.update_file(path, level=level, name=name, kind=kind)
-            changed += 1
+            if known.get(path) != (st.st_mtime_ns, st.st_size):
+                stale.append((path, level, name, kind))
+        if stale:
+            self.update_files(stale)
         gone = [str(p) for p in known if p not in files or not p.exists()]
         if gone:
             self._delete(gone)
-            changed += len(gone)
+        changed = len(stale) + len(gone)
         self._dir_signature = signature
         return changed
 
@@ -147,42 +147,54 @@ class SearchIndex:
         """Index (or drop, if it no longer exists) one file.
 
         Raises:
-            MemoryStoreError: The database refused the update.
+            MemoryStoreError: The file cannot be read or the database refused the update.
         """
-        try:
-            st = path.stat()
-            data = path.read_bytes()[: self._max_bytes]
-        except FileNotFoundError:
-            self._delete([str(path)])
-            return
-        except OSError as e:
-            raise MemoryStoreError(f"cannot index memory file {path}: {e.strerror}") from e
-        text = decode(data)
-        if kind == "topic":
-            topic = topic_from_text(level, name, path, text)
-            title, body, status = topic.meta.title, topic.body, topic.meta.status
-        else:
-            # topic lines are indexed with their topics; keep the person's own text
-            title, body, status = path.name, without_index_block(text), "active"
+        self.update_files([(path, level, name, kind)])
+
+    def update_files(self, files: list[tuple[Path, Level, str, str]]) -> None:
+        """Index (or drop) several files in one transaction: (path, level, name, kind).
+
+        Raises:
+            MemoryStoreError: A file cannot be read or the database refused the update.
+        """
+        rows: list[tuple[object, ...]] = []
+        gone: list[str] = []
+        for path, level, name, kind in files:
+            try:
+                st = path.stat()
+                data = path.read_bytes()[: self._max_bytes]
+            except FileNotFoundError:
+                gone.append(str(path))
+                continue
+            except OSError as e:
+                raise MemoryStoreError(f"cannot index memory file {path}: {e.strerror}") from e
+            text = decode(data)
+            if kind == "topic":
+                topic = topic_from_text(level, name, path, text)
+                title, body, status = topic.meta.title, topic.body, topic.meta.status
+            else:
+                # topic lines are indexed with their topics; keep the person's own text
+                title, body, status = path.name, without_index_block(text), "active"
+            rows.append(
+                (str(path), self._layout.scope(level), level, name, kind, title, body, status,
+                 st.st_mtime_ns, st.st_size)
+            )
         try:
             with self._db.conn:
-                self._db.table(_DOCS).upsert(
-                    {
-                        "path": str(path),
-                        "scope": self._layout.scope(level),
-                        "level": level,
-                        "name": name,
-                        "kind": kind,
-                        "title": title,
-                        "body": body,
-                        "status": status,
-                        "mtime_ns": st.st_mtime_ns,
-                        "size": st.st_size,
-                    },
-                    pk="path",
+                self._db.conn.executemany(
+                    f"INSERT INTO {_DOCS} (path, scope, level, name, kind, title, body, status,"
+                    " mtime_ns, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(path) DO UPDATE SET scope = excluded.scope,"
+                    " level = excluded.level, name = excluded.name, kind = excluded.kind,"
+                    " title = excluded.title, body = excluded.body, status = excluded.status,"
+                    " mtime_ns = excluded.mtime_ns, size = excluded.size",
+                    rows,
+                )
+                self._db.conn.executemany(
+                    f"DELETE FROM {_DOCS} WHERE path = ?", [(p,) for p in gone]
                 )
         except sqlite3.Error as e:
-            raise MemoryStoreError(f"cannot index memory file {path}: {e}") from e
+            raise MemoryStoreError(f"cannot update the memory search index: {e}") from e
 
     def _delete(self, paths: list[str]) -> None:
         try:

@@ -20,3 +20,16 @@ def count_words(text: str) -> int:
 def scan_secrets(text: str) -> list[str]:
     """Names of the fake vault's secrets whose values appear in ``text``."""
     return [name for name, value in SECRETS.items() if value in text]
+
+
+def all_topic_bodies(*roots: object) -> list[str]:
+    """The bodies of every topic file under the given directories (archived included)."""
+    from pathlib import Path
+
+    from memory.frontmatter import parse_topic
+
+    bodies = []
+    for root in roots:
+        for path in sorted(Path(str(root)).rglob("topics/*.md")):
+            bodies.append(parse_topic(path.read_text(), fallback_title=path.stem).body)
+    return bodies
