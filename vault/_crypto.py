@@ -58,9 +58,9 @@ class Argon2Params:
 
     # Bounds checked when a header is parsed: a tampered header must not make
     # unlock allocate gigabytes or spin for minutes before failing.
-    MAX_ITERATIONS = 64
+    MAX_ITERATIONS = 32
     MAX_LANES = 16
-    MAX_MEMORY_KIB = 4 * 1024 * 1024
+    MAX_MEMORY_KIB = 1024 * 1024
 
     def validate(self) -> None:
         """Raise ``ValueError`` if the parameters are outside the accepted bounds."""

@@ -198,6 +198,9 @@ class Vault:
                 _atomic_write(target, raw)
         except BaseException:
             keys.wipe()
+            if use_keyring:  # a KEK for a vault that was never written is litter
+                with contextlib.suppress(KeyringUnavailableError):
+                    store.delete(vault_id, kek_item(key_id))
             raise
         vault._file, vault._raw, vault._keys = vf, raw, keys
         vault._rollback_protected = write_generation(store, vault_id, 1)
@@ -731,6 +734,7 @@ class Vault:
                     "lock and unlock it again, then retry"
                 )
             _atomic_write(self._path, raw)
+            _remove_stale_temp_files(self._path)
         self._file, self._raw, self._names = new, raw, names
         if keys is not self._keys:
             self._keys = keys
@@ -848,7 +852,10 @@ def _decrypt_names(vf: VaultFile, keys: _Keys) -> dict[str, int]:
                 record.name_sealed,
                 _format.name_aad(vf.vault_id, vf.key_id, record.record_id, record.version),
             )
-            name = _format.unpad_name(padded)
+            try:
+                name = _format.unpad_name(padded)
+            finally:
+                _crypto.zero(padded)
         except (DecryptionFailed, ValueError):
             raise VaultCorruptError(CORRUPT_MESSAGE) from None
         if name in names:
@@ -884,6 +891,20 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{_crypto.random_bytes(6).hex()}.tmp")
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files left by a writer that was killed mid-save.
+
+    Called with the file lock held, so no live writer owns any of them.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
@@ -896,7 +917,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         VaultSaveError: Writing failed (disk full, permissions, ...).
     """
     directory = path.parent
-    tmp = directory / f".{path.name}.{_crypto.random_bytes(6).hex()}.tmp"
+    tmp = _temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

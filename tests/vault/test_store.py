@@ -738,6 +738,18 @@ def test_failed_save_keeps_the_old_vault(
     assert w.names() == ["a", "b"]
 
 
+def test_next_save_removes_temp_files_of_a_killed_writer(path: Path) -> None:
+    v = make(path)
+    stale = path.with_name(".vault.kls.0123456789ab.tmp")
+    stale.write_bytes(path.read_bytes()[:7])  # what a writer killed mid-write leaves
+    other = path.with_name("unrelated.tmp")
+    other.write_bytes(b"keep me")
+    reopen(path).unlock(PASSPHRASE)  # a stale temp file does not disturb opening
+    v.add("a", b"1")
+    assert not stale.exists()
+    assert other.read_bytes() == b"keep me"
+
+
 def test_save_fsyncs_file_and_directory(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     v = make(path)
     kinds: list[str] = []
@@ -795,6 +807,9 @@ def test_sigkill_during_saves_leaves_old_or_new_vault(path: Path) -> None:
         assert counter >= last_saved
         last_saved = counter
     assert last_saved > 0
+    # Temp files of killed writers are cleaned up by the next save.
+    w.add("final", b"x")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["vault.kls", "vault.kls.lock"]
 
 
 # ------------------------------------------------------------- no leaks
