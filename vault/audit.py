@@ -151,6 +151,9 @@ class AuditLog:
                 self.path, timeout=30.0, check_same_thread=False, isolation_level=None
             )
             conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: each commit is atomic and survives an app crash; only
+            # a power cut can lose the last commits (SQLite's recommended pairing).
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._db = sqlite_utils.Database(conn)
             conn.executescript(
                 f"""

@@ -314,6 +314,9 @@ class GrantStore:
                 self.path, timeout=30.0, check_same_thread=False, isolation_level=None
             )
             conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: each commit is atomic and survives an app crash; only
+            # a power cut can lose the last commits (SQLite's recommended pairing).
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._db = sqlite_utils.Database(conn)
             self._db[_TABLE].create(  # type: ignore[union-attr]  # Table, not View
                 {

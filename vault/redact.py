@@ -183,9 +183,21 @@ class Redactor:
         Raises:
             RedactionError: Redaction could not run; nothing is returned.
         """
-        stream = self.stream()
-        out = stream.feed(text) + stream.finish()
-        return out, stream.found
+        try:
+            if not isinstance(text, str):
+                raise TypeError("redact() takes str")
+            out: list[str] = []
+            found: set[str] = set()
+            pos = 0
+            for iv in self._intervals(text):
+                out.append(text[pos : iv.start])
+                out.append(MARKER.format(name=iv.name))
+                found.add(iv.name)
+                pos = iv.end
+            out.append(text[pos:])
+            return "".join(out), sorted(found)
+        except Exception as e:  # fail closed: re-raised as RedactionError
+            raise _failure(e) from None
 
     def scan(self, text: str) -> list[str]:
         """Sorted names of the secrets that occur in ``text`` in any form.
