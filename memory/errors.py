@@ -51,6 +51,10 @@ class SecretInMemoryError(MemoryErrorBase):
         )
 
 
+class SecretScanError(MemoryErrorBase):
+    """The secret scan could not run (e.g. the vault is locked), so nothing was written."""
+
+
 class UndoConflictError(MemoryErrorBase):
     """A change cannot be undone because a file it touched has changed since."""
 

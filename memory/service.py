@@ -10,6 +10,7 @@ serialised by a lock, so controllers may call from worker threads.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from memory.db import open_database
 from memory.distill import DistillReport, LevelDistill, LevelDistiller, topic_tokens
 from memory.editor import TopicEditor, now_utc
-from memory.errors import InvalidMemoryError, MemoryStoreError, SecretInMemoryError
+from memory.errors import (
+    InvalidMemoryError,
+    MemoryStoreError,
+    SecretInMemoryError,
+    SecretScanError,
+)
 from memory.frontmatter import Provenance
 from memory.history import Change, FileEdit, History
 from memory.index import Hit, SearchIndex
@@ -122,7 +128,7 @@ class MemoryService:
         self.settings = settings or MemorySettings()
         self.session_id = self.layout.session_id
         self._count_tokens = count_tokens
-        self._scan_secrets = scan_secrets
+        self._scanner = scan_secrets
         self._lock = threading.RLock()
         self._db = open_database(db_path)
         self._history = History(self._db)
@@ -431,6 +437,16 @@ class MemoryService:
             self.layout, self._index, max_bytes=self.settings.max_file_bytes, usage=self._usage_of
         )
 
+    def _scan_secrets(self, text: str) -> list[str]:
+        """Run the vault's scanner; if it cannot run, fail closed with our error."""
+        try:
+            return list(self._scanner(text))
+        except Exception as e:  # any scanner failure means the text is unchecked
+            raise SecretScanError(
+                f"cannot check the memory text for vault secrets ({type(e).__name__}: {e}); "
+                "nothing was written"
+            ) from e
+
     def _refuse_secrets(self, text: str) -> None:
         found = self._scan_secrets(text)
         if found:
@@ -482,5 +498,5 @@ class MemoryService:
                     " last_used = excluded.last_used",
                     (str(path), now_utc().isoformat()),
                 )
-        except Exception as e:  # sqlite3.Error; counting a use must not break a read
+        except sqlite3.Error as e:
             raise MemoryStoreError(f"cannot record the use of {path}: {e}") from e

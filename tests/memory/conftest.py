@@ -42,7 +42,7 @@ def make_service(
             db_path=kw.pop("db_path", tmp_path / "data" / "keyless.db"),  # type: ignore[arg-type]
             session_id=session_id,
             count_tokens=count_words,
-            scan_secrets=scan_secrets,
+            scan_secrets=kw.pop("scan", scan_secrets),  # type: ignore[arg-type]
             settings=settings,
         )
         made.append(svc)

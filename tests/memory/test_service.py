@@ -10,11 +10,12 @@ from memory.errors import (
     InvalidMemoryError,
     MemoryErrorBase,
     SecretInMemoryError,
+    SecretScanError,
     TopicNotFoundError,
 )
 from memory.frontmatter import Provenance
 from memory.service import MemoryService
-from tests.memory.helpers import SECRETS
+from tests.memory.helpers import SECRETS, ServiceFactory
 
 MODEL = Provenance(tool="remember", trust="model")
 
@@ -189,3 +190,13 @@ def test_a_failed_write_puts_the_files_back(
 def test_session_ids_cannot_escape(make_service) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidMemoryError, match="invalid session id"):
         make_service(session_id="../../x")
+
+
+def test_a_scanner_that_cannot_run_fails_closed(make_service: ServiceFactory) -> None:
+    def locked(text: str) -> list[str]:
+        raise RuntimeError("the vault is locked")  # what the broker does while locked
+
+    svc = make_service(scan=locked)
+    with pytest.raises(SecretScanError, match="the vault is locked.*nothing was written"):
+        svc.remember("x", "text", level="user", source=MODEL)
+    assert svc.history() == [] and svc.list_files()[0].exists is False

@@ -1,0 +1,317 @@
+"""``keyless memory``: look at, search, review, consolidate and undo memory from a terminal.
+
+Subcommands: ``show [--level L] [--exact]``, ``search QUERY``,
+``review [--approve ID | --reject ID]``, ``consolidate [--level L]``,
+``history [--limit N] [--diff]``, ``undo ID``. Every command takes
+``--workspace`` (default: the app's workspace, else the current directory)
+and ``--session`` (default ``cli``).
+
+Commands that write model- or user-supplied text (``review --approve``,
+``consolidate``) check it for vault secrets first; when the vault exists but
+cannot be unlocked they refuse rather than write unchecked text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.paths import default_paths
+from app.settings import AppSettings, SettingsError, load_settings
+from memory.errors import MemoryErrorBase
+from memory.service import MemoryService
+from memory.settings import LevelTokens, MemorySettings
+from memory.store import LEVELS
+
+Scanner = Callable[[str], list[str]]
+
+
+class _CommandError(Exception):
+    """A problem to report in one line (exit status 1)."""
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about 4 bytes per token), for commands that load no model."""
+    return (len(text.encode("utf-8")) + 3) // 4
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``memory`` command group to the ``keyless`` parser."""
+    parser = subparsers.add_parser(
+        "memory", help="show, search, review, consolidate and undo memory",
+        description="Hierarchical markdown memory: user, project and session levels.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", type=Path, help="workspace (default: the app's, else .)")
+    common.add_argument("--session", default="cli", help="session id (default: cli)")
+    commands = parser.add_subparsers(dest="memory_command", metavar="COMMAND", required=True)
+
+    show = commands.add_parser("show", parents=[common], help="print what loads into prompts")
+    show.add_argument("--level", choices=LEVELS, help="only this level's files and usage")
+    show.add_argument("--exact", action="store_true", help="count with the model's tokenizer")
+    show.set_defaults(func=_wrap(_show))
+
+    search = commands.add_parser("search", parents=[common], help="search every level")
+    search.add_argument("query", help="words to look for (any of them)")
+    search.add_argument("--limit", type=int, default=10)
+    search.set_defaults(func=_wrap(_search))
+
+    review = commands.add_parser("review", parents=[common], help="memory waiting for review")
+    decide = review.add_mutually_exclusive_group()
+    decide.add_argument("--approve", type=int, metavar="ID", help="write this item")
+    decide.add_argument("--reject", type=int, metavar="ID", help="drop this item")
+    review.set_defaults(func=_wrap(_review))
+
+    consolidate = commands.add_parser(
+        "consolidate", parents=[common], help="distill with the model and keep capacities"
+    )
+    consolidate.add_argument("--level", choices=LEVELS, help="only this level")
+    consolidate.set_defaults(func=_wrap(_consolidate))
+
+    history = commands.add_parser("history", parents=[common], help="recent memory changes")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--diff", action="store_true", help="print each change's diff")
+    history.set_defaults(func=_wrap(_history))
+
+    undo = commands.add_parser("undo", parents=[common], help="undo one change by its id")
+    undo.add_argument("change_id", type=int, metavar="ID")
+    undo.set_defaults(func=_wrap(_undo))
+
+
+def _wrap(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (MemoryErrorBase, _CommandError, SettingsError) as e:
+            print(f"keyless memory: error: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _settings() -> AppSettings:
+    return load_settings(default_paths())
+
+
+def memory_settings(app: AppSettings) -> MemorySettings:
+    """Map the app's capacity settings onto the memory package's settings."""
+    caps = app.memory
+    return MemorySettings(
+        capacities=LevelTokens(user=caps.user, project=caps.project, session=caps.session)
+    )
+
+
+def _workspace(args: argparse.Namespace, app: AppSettings) -> Path:
+    ws = args.workspace or (Path(app.workspace) if app.workspace else Path.cwd())
+    ws = ws.expanduser().resolve()
+    if not ws.is_dir():
+        raise _CommandError(f"workspace {ws} is not a directory")
+    return ws
+
+
+def _refuse_writes(text: str) -> list[str]:
+    raise _CommandError("internal error: this command does not write memory")
+
+
+def _open(
+    args: argparse.Namespace,
+    *,
+    count_tokens: Callable[[str], int] = approx_tokens,
+    scan: Scanner = _refuse_writes,
+) -> MemoryService:
+    app = _settings()
+    paths = default_paths().ensure()
+    return MemoryService(
+        user_dir=paths.memory_dir,
+        workspace=_workspace(args, app),
+        db_path=paths.database,
+        session_id=args.session,
+        count_tokens=count_tokens,
+        scan_secrets=scan,
+        settings=memory_settings(app),
+    )
+
+
+def _secret_scanner() -> Scanner:
+    """The vault's scanner (unlocking it), or one that finds nothing when there is no vault.
+
+    Raises:
+        _CommandError: A vault exists but cannot be opened or unlocked (fail closed).
+    """
+    from app.services import AppServices, ServiceUnavailableError
+
+    services = AppServices()
+    try:
+        vault = services.vault
+        if vault is None:
+            return lambda text: []
+        if vault.is_locked:
+            try:
+                vault.unlock()
+            except Exception:  # no keyring method: fall back to the passphrase
+                vault.unlock(getpass.getpass("Vault passphrase (to check memory for secrets): "))
+        broker = services.broker
+    except ServiceUnavailableError as e:
+        raise _CommandError(f"cannot check memory for secrets, so nothing is written: {e}") from e
+    except Exception as e:  # the vault's own errors: wrong passphrase, corrupt file
+        raise _CommandError(
+            f"cannot unlock the vault to check memory for secrets, so nothing is written: {e}"
+        ) from e
+    scan: Scanner = broker.scan
+    return scan
+
+
+def _open_model() -> Any:
+    from models.errors import ModelError
+    from models.factory import ModelSpec, open_model
+
+    app = _settings()
+    spec = ModelSpec(
+        path=Path(app.model.path) if app.model.path else None,
+        n_ctx=app.model.n_ctx,
+        n_gpu_layers=app.model.n_gpu_layers,
+    )
+    try:
+        return open_model(spec)
+    except ModelError as e:
+        raise _CommandError(f"cannot open the model: {e}") from e
+
+
+def _show(args: argparse.Namespace) -> int:
+    model = _open_model() if args.exact else None
+    counter = model.count_tokens if model is not None else approx_tokens
+    svc = _open(args, count_tokens=counter)
+    try:
+        ctx = svc.load_context()
+        capacity = {u.level: u for u in svc.capacity_usage()}
+        note = "" if model is not None else " (≈ estimated; --exact counts with the model)"
+        print(f"# memory of {svc.layout.workspace} (session {svc.session_id}){note}")
+        for usage in ctx.levels:
+            if args.level and usage.level != args.level:
+                continue
+            cap = capacity[usage.level]
+            cut = ", cut" if usage.truncated else ""
+            print(
+                f"{usage.level:8} prompt {usage.tokens}/{usage.capacity} tokens{cut}; "
+                f"topics {cap.tokens}/{cap.capacity} tokens, {cap.topics} active, "
+                f"{cap.archived} archived"
+            )
+        for problem in ctx.problems:
+            print(f"warning: {problem}")
+        if args.level:
+            for file in svc.list_files():
+                if file.level == args.level:
+                    mark = "" if file.exists else " (missing)"
+                    state = " [archived]" if file.status == "archived" else ""
+                    print(f"  {file.kind:6} {file.path}{state}{mark}")
+        else:
+            print()
+            print(ctx.text or "(no memory loads yet)")
+    finally:
+        svc.close()
+        if model is not None:
+            model.close()
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    svc = _open(args)
+    try:
+        hits = svc.recall(args.query, limit=args.limit)
+    finally:
+        svc.close()
+    if not hits:
+        print("no matches")
+        return 0
+    for hit in hits:
+        state = " [archived]" if hit.archived else ""
+        snippet = " ".join(hit.snippet.split())
+        print(f"{hit.level:8} {hit.path}{state}\n         {hit.title}: {snippet}")
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    scan = _secret_scanner() if args.approve is not None else _refuse_writes
+    svc = _open(args, scan=scan)
+    try:
+        if args.approve is not None:
+            change = svc.approve(args.approve)
+            print(f"approved {args.approve}: written as change {change.id} ({change.summary})")
+            return 0
+        if args.reject is not None:
+            svc.reject(args.reject)
+            print(f"rejected {args.reject}: it will not be written")
+            return 0
+        items = svc.review_queue()
+        if not items:
+            print("nothing waits for review")
+        for item in items:
+            print(
+                f"#{item.id} {item.level} topic {item.topic!r} from {item.source.tool or '?'} "
+                f"(session {item.session_id}, {item.created:%Y-%m-%d %H:%M})"
+            )
+            for line in item.content.splitlines():
+                print(f"    {line}")
+    finally:
+        svc.close()
+    return 0
+
+
+def _consolidate(args: argparse.Namespace) -> int:
+    scan = _secret_scanner()
+    model = _open_model()
+    try:
+        svc = _open(args, count_tokens=model.count_tokens, scan=scan)
+        try:
+            report = svc.distill(model, level=args.level)
+        finally:
+            svc.close()
+    finally:
+        model.close()
+    for lv in report.levels:
+        head = lv.level if lv.level == lv.into else f"{lv.level} -> {lv.into}"
+        print(
+            f"{head}: {lv.tokens_before} -> {lv.tokens_after}/{lv.capacity} tokens; "
+            f"change {lv.change_id if lv.change_id is not None else '-'}"
+        )
+        if lv.model_error:
+            print(f"  model: {lv.model_error}")
+        for op in lv.applied:
+            print(f"  {op.op} {op.level}/{op.target}{': ' + op.note if op.note else ''}")
+        for rej in lv.rejected:
+            print(f"  skipped {rej.proposal.get('op', '?')} {rej.proposal.get('target', '')}: "
+                  f"{rej.reason}")
+        for name in lv.archived_for_capacity:
+            print(f"  archived for capacity: {lv.into}/{name}")
+    print(f"took {report.seconds:.1f} s")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    svc = _open(args)
+    try:
+        changes = svc.history(args.limit)
+    finally:
+        svc.close()
+    if not changes:
+        print("no memory changes yet")
+    for change in changes:
+        undone = f" (undone by {change.undone_by})" if change.undone_by else ""
+        print(f"{change.id:5} {change.at:%Y-%m-%d %H:%M:%S} {change.op:8} {change.summary}{undone}")
+        if args.diff and change.diff:
+            print(change.diff.rstrip("\n"))
+    return 0
+
+
+def _undo(args: argparse.Namespace) -> int:
+    svc = _open(args)
+    try:
+        change = svc.undo(args.change_id)
+    finally:
+        svc.close()
+    print(f"undid change {args.change_id} (recorded as change {change.id})")
+    return 0
