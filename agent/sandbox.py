@@ -20,12 +20,14 @@ socket, no network, a scrubbed environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -409,16 +411,29 @@ def run_unsandboxed(command: str, workspace: Path, limits: Limits) -> ShellResul
     )
 
 
-def _process_tree_size(root: int) -> int:
-    """Count ``root`` and its descendants by scanning ``/proc`` (no CONFIG_PROC_CHILDREN needed)."""
+def _last_pid() -> int:
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return -1
+
+
+def _process_tree_size(root: int, *, full_scan: bool) -> int:
+    """Count ``root`` and its descendants by scanning ``/proc`` (no CONFIG_PROC_CHILDREN needed).
+
+    Descendants were created after ``root``, so only larger pids are read,
+    unless ``full_scan`` (the pid counter wrapped around since ``root`` started).
+    """
     parents: dict[int, int] = {}
     try:
-        entries = os.listdir("/proc")
+        pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return 0
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+    if not full_scan:
+        pids = [pid for pid in pids if pid >= root]
+    for pid_number in pids:
+        entry = str(pid_number)
         try:
             with open(f"/proc/{entry}/stat", "rb") as fh:
                 data = fh.read()
@@ -439,6 +454,117 @@ def _process_tree_size(root: int) -> int:
     return count
 
 
+class _Supervisor:
+    """Runs one command to completion under its limits, on the calling thread.
+
+    One ``select`` loop watches the output pipe, the process (a pidfd where the
+    kernel has them), the wall clock and, for root, the process count; no
+    helper threads, so a command costs little beyond the spawn itself.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], limits: Limits, *, count: bool) -> None:
+        self.proc = proc
+        self.limits = limits
+        self.count = count
+        self.hit: LimitHit | None = None
+        self.kept = bytearray()
+        self.total = 0
+        self.exited = False
+        self.status = 0
+        self.cpu = 0.0
+
+    def kill(self, reason: LimitHit) -> None:
+        if self.hit is None:
+            self.hit = reason
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def _reap(self, *, block: bool) -> None:
+        if self.exited:
+            return
+        pid, status, usage = os.wait4(self.proc.pid, 0 if block else os.WNOHANG)
+        if pid == self.proc.pid:
+            self.exited = True
+            self.status = status
+            self.cpu = usage.ru_utime + usage.ru_stime
+
+    def _read(self, fd: int) -> bool:
+        """Read what is there; False at end of output."""
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        self.total += len(chunk)
+        room = self.limits.output_bytes - len(self.kept)
+        if room > 0:
+            self.kept.extend(chunk[:room])
+        if self.total > self.limits.output_bytes + self.limits.drain_bytes:
+            self.kill("output")
+        return True
+
+    def run(self, start: float) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        pidfd = -1
+        with contextlib.suppress(AttributeError, OSError):
+            pidfd = os.pidfd_open(self.proc.pid)
+        deadline = start + self.limits.wall_seconds
+        interval = 0.005
+        next_count = start + interval
+        wrapped = False
+        open_pipe = True
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(fd, selectors.EVENT_READ, "out")
+                if pidfd >= 0:
+                    sel.register(pidfd, selectors.EVENT_READ, "exit")
+                while not self.exited:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        self.kill("wall-clock")
+                        break
+                    timeout = deadline - now
+                    if self.count:
+                        timeout = min(timeout, max(next_count - now, 0.0))
+                    if pidfd < 0:
+                        timeout = min(timeout, 0.01)
+                    for key, _ in sel.select(timeout):
+                        if key.data == "out" and not self._read(fd):
+                            sel.unregister(fd)
+                            open_pipe = False
+                    self._reap(block=False)
+                    if self.hit is not None:
+                        break
+                    if self.count and time.monotonic() >= next_count:
+                        # Polls are far apart compared with a full wrap of the
+                        # pid counter, so a wrap is always seen; then scan all.
+                        wrapped = wrapped or _last_pid() < self.proc.pid
+                        size = _process_tree_size(self.proc.pid, full_scan=wrapped)
+                        if size > self.limits.max_processes + 2:
+                            self.kill("processes")
+                            break
+                        interval = min(interval * 2, 0.05)
+                        next_count = time.monotonic() + interval
+            self._reap(block=True)
+            # Output still in the pipe after the exit; leftovers of an
+            # unsandboxed command that still hold the pipe are killed.
+            if open_pipe:
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end and self.hit != "output":
+                    ready, _, _ = select.select([fd], [], [], max(end - time.monotonic(), 0))
+                    if not ready or not self._read(fd):
+                        break
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+            self.proc.stdout.close()
+
+
 def _supervise(
     argv: list[str], limits: Limits, *, env: dict[str, str], cwd: Path | None, sandboxed: bool
 ) -> ShellResult:
@@ -456,84 +582,29 @@ def _supervise(
         )
     except OSError as e:
         raise SandboxError(f"cannot start {argv[0]}: {e.strerror}") from e
-    assert proc.stdout is not None
-    hit: list[LimitHit] = []
-    done = threading.Event()
-
-    def kill(reason: LimitHit) -> None:
-        if not hit:
-            hit.append(reason)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    kept = bytearray()
-    total = 0
-
-    def read() -> None:
-        nonlocal total
-        stream = proc.stdout
-        assert stream is not None
-        fd = stream.fileno()
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return
-            total += len(chunk)
-            room = limits.output_bytes - len(kept)
-            if room > 0:
-                kept.extend(chunk[:room])
-            if total > limits.output_bytes + limits.drain_bytes:
-                kill("output")
-                return
-
-    def watch_processes() -> None:
-        # Root ignores RLIMIT_NPROC; count the tree instead.
-        interval = 0.005
-        while not done.wait(interval):
-            if _process_tree_size(proc.pid) > limits.max_processes + 2:
-                kill("processes")
-                return
-            interval = min(interval * 2, 0.05)
-
-    reader = threading.Thread(target=read, name="sandbox-output", daemon=True)
-    reader.start()
-    watcher = None
-    if sandboxed and os.geteuid() == 0:
-        watcher = threading.Thread(target=watch_processes, name="sandbox-nproc", daemon=True)
-        watcher.start()
-    timer = threading.Timer(limits.wall_seconds, kill, args=("wall-clock",))
-    timer.daemon = True
-    timer.start()
+    # Root ignores RLIMIT_NPROC, so the supervisor counts the sandbox's processes.
+    sup = _Supervisor(proc, limits, count=sandboxed and os.geteuid() == 0)
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-        done.set()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    # Background children of an unsandboxed command may hold the pipe open.
-    reader.join(timeout=1.0)
-    if reader.is_alive():
-        kill("wall-clock")
-        reader.join(timeout=1.0)
-    proc.stdout.close()
-    if watcher is not None:
-        watcher.join(timeout=1.0)
+        sup.run(start)
+    except BaseException:
+        sup.kill("wall-clock")
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, 0)
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(sup.status)
     exit_code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    limit_hit: LimitHit | None = hit[0] if hit else None
+    limit_hit = sup.hit
     # RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one.
-    cpu = usage.ru_utime + usage.ru_stime
     if limit_hit is None and (
         exit_code == 128 + signal.SIGXCPU
-        or (exit_code == 128 + signal.SIGKILL and cpu >= limits.cpu_seconds)
+        or (exit_code == 128 + signal.SIGKILL and sup.cpu >= limits.cpu_seconds)
     ):
         limit_hit = "cpu"
     return ShellResult(
         exit_code=exit_code,
-        output=bytes(kept).decode("utf-8", errors="replace"),
-        output_bytes=total,
-        truncated=total > len(kept),
+        output=bytes(sup.kept).decode("utf-8", errors="replace"),
+        output_bytes=sup.total,
+        truncated=sup.total > len(sup.kept),
         limit_hit=limit_hit,
         duration_s=time.monotonic() - start,
         sandboxed=sandboxed,
