@@ -3,8 +3,9 @@
 A :class:`Redactor` knows, for each secret, every textual form in which it is
 likely to come back: raw, standard and URL-safe base64 (with and without
 padding, and the part of the encoding that is fixed whatever bytes precede the
-secret, at each of the three alignments), URL-encoding and hexadecimal in both
-cases. Every character covered by an occurrence of any form is replaced; a run
+secret, at each of the three alignments), URL-encoding, hexadecimal in both
+cases and JSON string escaping. Combinations (base64 then URL-encoded, ...)
+are not covered. Every character covered by an occurrence of any form is replaced; a run
 of overlapping occurrences becomes one ``[REDACTED:NAME]`` marker.
 
 :class:`StreamRedactor` gives the same output as :meth:`Redactor.redact` on the
@@ -19,6 +20,7 @@ Redaction fails closed: any internal failure raises
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, quote_from_bytes, quote_plus
@@ -90,6 +92,10 @@ def secret_forms(value: SecretValue) -> set[str]:
             derived.add(encoded)
             derived.add(_lower_escapes(encoded))
         derived.add(quote_plus(text, safe=""))
+        # Inside a JSON string ("/" escaped by some encoders, non-ASCII as \uXXXX).
+        for ascii_only in (True, False):
+            escaped = json.dumps(text, ensure_ascii=ascii_only)[1:-1]
+            derived.update((escaped, escaped.replace("/", "\\/")))
     else:
         derived.add(quote_from_bytes(raw_bytes, safe=""))
         derived.add(_lower_escapes(quote_from_bytes(raw_bytes, safe="")))

@@ -27,6 +27,7 @@ from vault.errors import (
     GrantRefused,
     RedactionError,
     SecretNotFoundError,
+    VaultError,
     VaultLockedError,
 )
 from vault.grants import (
@@ -188,7 +189,9 @@ def server(ca: trustme.CA) -> Iterator[ServerState]:
     handler = type("BoundHandler", (Handler,), {"state": state})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "other.test", "127.0.0.1").configure_cert(ctx)
+    # No IP in the certificate: the broker connects to 127.0.0.1 but must verify
+    # the name (SNI + hostname check), so an IP-only check would fail here.
+    ca.issue_cert("localhost", "other.test").configure_cert(ctx)
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -773,6 +776,20 @@ def test_transport_errors_do_not_leak_the_secret(tmp_path: Path) -> None:
     assert "ConnectError" in str(info.value)
     assert info.value.__cause__ is None and info.value.__context__ is not None
     assert_no_secret(str(info.value))
+
+
+def test_certificate_for_another_name_is_refused(server: ServerState, ca: trustme.CA,
+                                                  tmp_path: Path) -> None:
+    """wrong.test resolves to the server, whose certificate does not name it."""
+    resolver = static_resolver({**RESOLVER_TABLE, "wrong.test": ["127.0.0.1"]})
+    for env in _env(_make_source("dict", tmp_path), server, ca, tmp_path, resolver=resolver):
+        handle = env.grant(host="wrong.test")
+        with pytest.raises(VaultError) as info:
+            env.broker.call(handle, HttpCall(url=env.url("/api/echo", host="wrong.test")),
+                            session_id="s1", now=NOW)
+        assert "ConnectError" in str(info.value) and "certificate" in str(info.value).lower()
+        assert not isinstance(info.value, GrantRefused)
+        assert env.server.take() == []
 
 
 # -------------------------------------------------------------- concurrency

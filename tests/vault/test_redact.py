@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -73,6 +74,15 @@ def test_lowercase_percent_escapes_and_padding_variants() -> None:
     assert lowered != encoded
     assert r.redact(lowered)[0] == "[REDACTED:K]"
     assert r.redact(base64.b64encode(KEY).decode())[0] == "[REDACTED:K]"
+
+
+def test_json_escaped_forms() -> None:
+    value = 'ab/cd"ef\\gh-é-0123'
+    r = Redactor({"J": value})
+    for form in (json.dumps(value)[1:-1], json.dumps(value)[1:-1].replace("/", "\\/"),
+                 json.dumps(value, ensure_ascii=False)[1:-1]):
+        assert form != value
+        assert r.redact(f'{{"k": "{form}"}}')[0] == '{"k": "[REDACTED:J]"}', form
 
 
 def test_overlapping_occurrences_leave_no_fragment() -> None:
