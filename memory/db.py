@@ -67,6 +67,12 @@ def open_database(db_path: Path) -> sqlite_utils.Database:
         Path(db_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         conn = sqlite3.connect(str(db_path), check_same_thread=False, timeout=10.0)
         conn.execute("PRAGMA busy_timeout = 10000")
+        # Same journal settings as the vault's tables in this file: WAL keeps
+        # readers and writers of the shared database from blocking each other,
+        # and NORMAL sync in WAL mode never corrupts, it may only lose the last
+        # commits on power loss (history rows; the memory files are fsynced).
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
         conn.commit()
     except (sqlite3.Error, OSError) as e:

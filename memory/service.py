@@ -43,8 +43,8 @@ from memory.store import (
     MemoryLayout,
     Topic,
     check_level,
-    check_topic_name,
     clean_stale_temps,
+    topic_name,
     topic_slug,
 )
 from models.interface import ChatModel
@@ -178,9 +178,9 @@ class MemoryService:
         with self._lock:
             lv = check_level(level)
             editor = self._editor()
-            topic = editor.read(lv, check_topic_name(name))
+            topic = editor.read(lv, topic_name(name))
             self._count_use(topic.path)
-            return editor.read(lv, name)
+            return editor.read(lv, topic.name)
 
     def rescan(self) -> int:
         """Re-read every file into the search index (after edits by hand)."""
@@ -277,7 +277,7 @@ class MemoryService:
             SecretInMemoryError: The reason contains a vault secret.
         """
         lv = check_level(level)
-        check_topic_name(name)
+        name = topic_name(name)
         self._refuse_secrets(reason)
         with self._lock:
             return self._change(
@@ -293,7 +293,7 @@ class MemoryService:
             TopicNotFoundError: No such topic.
         """
         lv = check_level(level)
-        check_topic_name(name)
+        name = topic_name(name)
         with self._lock:
             return self._change(
                 "restore", lv, name, f"restore {lv} topic {name}", None,

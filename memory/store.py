@@ -77,6 +77,21 @@ def check_topic_name(name: str) -> str:
     return name
 
 
+def topic_name(name_or_title: str) -> str:
+    """Accept a topic's file name or its title (as a model may give) and return the name.
+
+    Raises:
+        InvalidMemoryError: It looks like a path, or has nothing to name a file with.
+    """
+    if _TOPIC_NAME.match(name_or_title):
+        return name_or_title
+    if any(ch in name_or_title for ch in "/\\") or name_or_title.startswith("."):
+        raise InvalidMemoryError(
+            f"invalid topic name {name_or_title!r}: a topic name is not a path"
+        )
+    return topic_slug(name_or_title)
+
+
 def check_session_id(session_id: str) -> str:
     """Validate a session id, which becomes a file name.
 

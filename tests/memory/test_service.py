@@ -200,3 +200,13 @@ def test_a_scanner_that_cannot_run_fails_closed(make_service: ServiceFactory) ->
     with pytest.raises(SecretScanError, match="the vault is locked.*nothing was written"):
         svc.remember("x", "text", level="user", source=MODEL)
     assert svc.history() == [] and svc.list_files()[0].exists is False
+
+
+def test_topics_can_be_named_by_title(service: MemoryService) -> None:
+    service.remember("Build steps", "make all", level="project", source=MODEL)
+    assert service.read_topic("project", "Build steps").name == "build-steps"
+    change = service.forget("project", "Build Steps", reason="moved to README")
+    assert change.name == "build-steps"
+    for bad in ("a/b", "..\\x", ".hidden"):
+        with pytest.raises(InvalidMemoryError, match="not a path"):
+            service.forget("project", bad, reason="x")
