@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import AgentHost, PermissionAnswer, PermissionRequest
+from agent.host import AgentHost, PermissionAnswer, PermissionRequest, TerminalPrompt
 from agent.policy import Rule, RuleStore
 from agent.protocol import MAX_LINE, ErrandLimits
 from models.fake import ScriptedModel
@@ -368,3 +369,59 @@ def test_close_stops_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> Non
 def test_agent_host_is_constructed_with_keywords_only() -> None:
     with pytest.raises(TypeError):
         AgentHost(None, Path("."))  # type: ignore[misc]
+
+
+def _request(**overrides: object) -> PermissionRequest:
+    base: dict[str, object] = {
+        "tool": "shell",
+        "arguments": {"command": "make test"},
+        "effect": "execute",
+        "reason": "default for execute calls",
+        "tainted": False,
+        "suggested_rule": Rule(tool="shell", pattern="make test", action="allow"),
+    }
+    base.update(overrides)
+    return PermissionRequest(**base)  # type: ignore[arg-type]
+
+
+def test_terminal_prompt_shows_the_call_and_saves_an_edited_rule() -> None:
+    out = io.StringIO()
+    prompt = TerminalPrompt(io.StringIO("x\na\nshell(make *)\nu\n"), out)
+    answer = prompt.ask(_request(tainted=True))
+    assert answer.choice == "always"
+    assert answer.rule == Rule(tool="shell", pattern="make *", action="allow", scope="user")
+    text = out.getvalue()
+    assert "Permission needed: shell (execute)" in text and "command: make test" in text
+    assert "untrusted content" in text
+    assert "Please answer" in text  # "x" was not an answer
+
+
+def test_terminal_prompt_refuses_an_invalid_rule_and_asks_again() -> None:
+    out = io.StringIO()
+    prompt = TerminalPrompt(io.StringIO("s\nnot a rule(\ns\n\n"), out)
+    answer = prompt.ask(_request())
+    assert "That rule is refused" in out.getvalue()
+    assert answer.choice == "session" and answer.rule is not None
+    assert (str(answer.rule), answer.rule.scope) == ("shell(make test)", "session")
+
+
+def test_terminal_prompt_offers_only_once_or_deny_for_an_unsandboxed_command() -> None:
+    out = io.StringIO()
+    prompt = TerminalPrompt(io.StringIO("a\ns\nd\nno sandbox, no way\n"), out)
+    answer = prompt.ask(_request(unsandboxed=True))
+    assert (answer.choice, answer.reason) == ("deny", "no sandbox, no way")
+    assert "WITHOUT the sandbox" in out.getvalue()
+    assert out.getvalue().count("Please answer [o]nce or [d]eny.") == 2
+
+
+def test_terminal_prompt_denies_at_end_of_input_and_auto_allows_reads_only() -> None:
+    assert TerminalPrompt(io.StringIO(""), io.StringIO()).ask(_request()).choice == "deny"
+    auto = TerminalPrompt(io.StringIO(""), io.StringIO(), allow_reads=True)
+    read = _request(
+        tool="read_file",
+        arguments={"path": "a"},
+        effect="read",
+        suggested_rule=Rule(tool="read_file", pattern="a", action="allow"),
+    )
+    assert auto.ask(read).choice == "once"
+    assert auto.ask(_request()).choice == "deny"  # not a read: asked, and no answer

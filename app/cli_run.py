@@ -1,0 +1,304 @@
+"""``keyless run "TASK" --workspace DIR``: one errand from the terminal.
+
+The headless host: the same :class:`agent.host.AgentHost` as the GUI, with a
+:class:`agent.host.TerminalPrompt` for permissions. Progress (the model's
+streamed steps, each tool call, decision and result) goes to stderr; the final
+answer and a summary of the tool calls go to stdout, so a script can keep
+them. ``--yes-read-only`` answers "once" for reads without asking; deny rules
+are applied before any prompt, so no flag bypasses them. Ctrl-C cancels the
+errand (a second Ctrl-C stops waiting).
+
+Exit status: 0 answered, 1 failed (model error, agent crash, bad input),
+3 stopped by the step or token limit, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.host import AgentEvent, AgentHost, ErrandResult
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_LIMIT = 3
+EXIT_CANCELLED = 130
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``run`` command to the ``keyless`` parser."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run one errand in a workspace, asking for permissions on the terminal",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("task", help="what the agent should do")
+    parser.add_argument(
+        "--workspace", "-w", type=Path, required=True, help="the directory the errand works in"
+    )
+    parser.add_argument(
+        "--yes-read-only",
+        action="store_true",
+        help="allow read-only tool calls without asking (deny rules still hold)",
+    )
+    parser.add_argument(
+        "--scripted-model",
+        type=Path,
+        metavar="FILE",
+        help="run the scripted fake model (a JSON list of replies) instead of the real one",
+    )
+    parser.add_argument("--max-steps", type=int, default=12, help="model turns allowed (12)")
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="run the agent process without bubblewrap (it still gets a scrubbed environment)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="do not stream the model")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the errand ``args`` describe and return the exit status."""
+    return run_errand_cli(args, stdin=sys.stdin, out=sys.stdout, err=sys.stderr)
+
+
+def run_errand_cli(
+    args: argparse.Namespace, *, stdin: IO[str], out: IO[str], err: IO[str]
+) -> int:
+    """The body of ``keyless run`` with its streams as parameters (tests)."""
+    from pydantic import ValidationError
+
+    from agent.errors import AgentError
+    from agent.host import AgentHost, TerminalPrompt
+    from agent.policy import PolicyEngine
+    from agent.protocol import ErrandLimits
+    from app.services import AppServices, ServiceUnavailableError
+
+    workspace = args.workspace.expanduser().resolve()
+    if not workspace.is_dir():
+        err.write(f"keyless run: workspace {workspace} is not a directory\n")
+        return EXIT_FAILED
+    if args.scripted_model is not None and not args.scripted_model.is_file():
+        err.write(f"keyless run: scripted model {args.scripted_model} does not exist\n")
+        return EXIT_FAILED
+    try:
+        limits = ErrandLimits(max_steps=args.max_steps)
+    except ValidationError as e:
+        err.write(f"keyless run: --max-steps: {e.errors()[0]['msg']}\n")
+        return EXIT_FAILED
+    services = AppServices()
+    session_id = uuid.uuid4().hex
+    store = None
+    rules: list[Any] = []
+    try:
+        store = services.rule_store(workspace)
+        rules = list(store.rules(workspace))
+    except (ServiceUnavailableError, AgentError) as e:
+        err.write(f"note: saved permission rules unavailable ({e}); using the defaults\n")
+    broker = _unlocked_broker(services, err)
+    audit = _optional(lambda: services.audit, "audit log", err)
+    memory = None
+    if args.scripted_model is None:
+        memory = _optional(
+            lambda: services.memory_service(
+                workspace=workspace,
+                session_id=session_id,
+                count_tokens=lambda text: max(1, len(text) // 4),
+            ),
+            "memory",
+            err,
+        )
+    printer = EventPrinter(err, stream_tokens=not args.quiet)
+    host = AgentHost(
+        None if args.scripted_model is not None else model_spec_from_settings(services),
+        workspace=workspace,
+        broker=broker,
+        memory=memory,
+        policy=PolicyEngine(rules),
+        prompt=TerminalPrompt(stdin, err, allow_reads=args.yes_read_only),
+        audit=audit,
+        session_id=session_id,
+        listener=printer,
+        rule_store=store,
+        scripted_model=args.scripted_model.resolve() if args.scripted_model else None,
+        limits=limits,
+        isolate=not args.no_isolation,
+        hidden_paths=(services.paths.data_dir,),
+    )
+    try:
+        result = _run_cancellable(host, args.task, err)
+    finally:
+        host.close()
+        if store is not None:
+            store.close()
+        services.close()
+    _print_result(result, out)
+    return _exit_status(result)
+
+
+def model_spec_from_settings(services: Any) -> Any:
+    """The ``models.factory.ModelSpec`` the user's settings describe."""
+    from models.factory import ModelSpec
+
+    m = services.settings.model
+    return ModelSpec(
+        backend=m.backend,
+        path=Path(m.path) if m.path else None,
+        n_ctx=m.n_ctx,
+        n_gpu_layers=m.n_gpu_layers,
+        n_sink=m.n_sink,
+        rope_scaling=m.rope_scaling,
+        rope_factor=m.rope_factor,
+        base_url=m.base_url,
+        model_name=m.remote_model,
+        allow_local=m.allow_local_remote,
+        verified_cache=services.paths.data_dir / "verified-models.json",
+    )
+
+
+class EventPrinter:
+    """Writes the host's events as terminal lines."""
+
+    def __init__(self, err: IO[str], *, stream_tokens: bool) -> None:
+        self._err = err
+        self._stream = stream_tokens
+        self._mid_line = False
+
+    def __call__(self, event: AgentEvent) -> None:
+        """Print one :class:`agent.host.AgentEvent`."""
+        kind = event.kind
+        if kind == "token":
+            if self._stream:
+                self._err.write(event.text)
+                self._mid_line = True
+                self._err.flush()
+            return
+        if self._mid_line:
+            self._err.write("\n")
+            self._mid_line = False
+        data = event.data
+        if kind == "os_isolation":
+            state = "on" if data.get("isolated") else "OFF"
+            self._line(f"[OS isolation {state}: {data.get('reason', '')}]")
+        elif kind == "progress":
+            self._line(f"[step {data.get('step')}/{data.get('max_steps')}]")
+        elif kind == "tool_call":
+            self._line(f"-> {event.tool} {data.get('arguments', '')}")
+        elif kind == "decision":
+            self._line(f"   {data.get('action')} ({data.get('reason', '')})")
+        elif kind == "tool_result":
+            flags = [("ok" if data.get("ok") else "failed"), f"{len(event.text)} chars"]
+            if data.get("truncated"):
+                flags.append("truncated")
+            if data.get("redacted"):
+                flags.append("redacted: " + ", ".join(data["redacted"]))
+            self._line(f"<- {', '.join(flags)}")
+        elif kind == "error":
+            self._line(f"error: {event.text}")
+        elif kind == "agent_crashed":
+            self._line(f"the agent process failed: {event.text}")
+            tail = str(data.get("stderr", "")).strip()
+            if tail:
+                self._line("  its last log lines:\n    " + tail.replace("\n", "\n    "))
+
+    def _line(self, text: str) -> None:
+        self._err.write(text + "\n")
+        self._err.flush()
+
+
+def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:
+    """Run the errand; the first Ctrl-C cancels it, a second one stops waiting.
+
+    The errand runs on this (the main) thread: the rule store's SQLite
+    connection belongs to the thread that opened it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return host.run_errand(task)
+    presses = 0
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            raise KeyboardInterrupt
+        err.write("\ncancelling (Ctrl-C again to stop waiting)...\n")
+        host.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        return host.run_errand(task)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_result(result: ErrandResult, out: IO[str]) -> None:
+    if result.text:
+        out.write(result.text.rstrip() + "\n")
+    elif result.error:
+        out.write(f"(no answer: {result.error})\n")
+    else:
+        out.write(f"(no answer: {result.outcome})\n")
+    if result.tool_calls:
+        out.write(f"\n{len(result.tool_calls)} tool call(s):\n")
+        for record in result.tool_calls:
+            status = "ok" if record.ok else "failed"
+            args = json.dumps(record.arguments, ensure_ascii=False)
+            if len(args) > 80:
+                args = args[:79] + "…"
+            line = f"{record.call_id:>4}  {record.tool:<13} {record.decision:<8} {status:<6}"
+            out.write(f"  {line} {args}\n")
+    out.flush()
+
+
+def _exit_status(result: ErrandResult) -> int:
+    if result.outcome in ("final", "finish"):
+        return EXIT_OK
+    if result.outcome in ("max_steps", "max_tokens"):
+        return EXIT_LIMIT
+    if result.outcome == "cancelled":
+        return EXIT_CANCELLED
+    return EXIT_FAILED
+
+
+def _optional(build: Any, what: str, err: IO[str]) -> Any:
+    from app.services import ServiceUnavailableError
+
+    try:
+        return build()
+    except ServiceUnavailableError as e:
+        err.write(f"note: running without {what}: {e}\n")
+        return None
+
+
+def _unlocked_broker(services: Any, err: IO[str]) -> Any:
+    """The broker when the vault unlocks with the OS keyring; None otherwise.
+
+    A terminal errand never asks for the passphrase (stdin answers the
+    permission prompts); without the vault, http_request has no broker and
+    no capability handles are offered.
+    """
+    from app.services import ServiceUnavailableError
+    from vault.errors import VaultError
+
+    try:
+        vault = services.vault
+        if vault is None:
+            return None
+        if vault.is_locked:
+            vault.unlock()
+        return services.broker
+    except (ServiceUnavailableError, VaultError) as e:
+        err.write(f"note: the vault stays locked ({e}); http_request is unavailable\n")
+        return None

@@ -1,0 +1,113 @@
+"""``keyless run`` end to end: the real host, worker, policy and rule store, terminal answers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from agent.policy import Rule, RuleStore
+from app.cli import build_parser
+from app.cli_run import EXIT_FAILED, EXIT_LIMIT, EXIT_OK, run_errand_cli
+from app.paths import default_paths
+from tests.agent.hostkit import call, final, write_script
+
+
+def keyless_run(
+    tmp_path: Path, workspace: Path, replies: list[str], answers: str = "", *extra: str
+) -> tuple[int, str, str]:
+    script = write_script(tmp_path / "script.json", replies)
+    args = build_parser().parse_args(
+        ["run", "do the errand", "--workspace", str(workspace), "--scripted-model", str(script),
+         *extra]
+    )
+    out, err = io.StringIO(), io.StringIO()
+    status = run_errand_cli(args, stdin=io.StringIO(answers), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def ws(workspace: Path) -> Path:
+    (workspace / "notes.txt").write_text("buy milk\n")
+    return workspace
+
+
+def test_a_denied_write_is_reported_and_the_summary_lists_the_calls(
+    tmp_path: Path, ws: Path
+) -> None:
+    replies = [
+        call("read_file", path="notes.txt"),
+        call("write_file", path="out.txt", content="x"),
+        final("Read it; the write was denied."),
+    ]
+    status, out, err = keyless_run(tmp_path, ws, replies, "d\nnot today\n")
+    assert status == EXIT_OK
+    assert out.startswith("Read it; the write was denied.\n")
+    assert "2 tool call(s):" in out
+    assert "read_file     allow" in out and "write_file    denied" in out
+    assert "Permission needed: write_file (write)" in err
+    assert "deny (not today)" in err
+    assert "[OS isolation" in err
+    assert not (ws / "out.txt").exists()
+
+
+def test_always_saves_the_rule_for_the_next_run(tmp_path: Path, ws: Path) -> None:
+    replies = [call("write_file", path="a.txt", content="1"), final("ok")]
+    # a, then edit the rule, then save it for this workspace.
+    status, _out, err = keyless_run(tmp_path, ws, replies, "a\nwrite_file(*.txt)\nw\n")
+    assert status == EXIT_OK and (ws / "a.txt").read_text() == "1"
+    store = RuleStore(default_paths().database, workspace=ws)
+    try:
+        assert [str(r) for r in store.rules(ws)] == ["write_file(*.txt)"]
+    finally:
+        store.close()
+    replies = [call("write_file", path="b.txt", content="2"), final("ok")]
+    status, _out, err = keyless_run(tmp_path, ws, replies, "")
+    assert status == EXIT_OK and (ws / "b.txt").read_text() == "2"
+    assert "Permission needed" not in err
+
+
+def test_yes_read_only_answers_reads_but_never_beats_a_deny_rule(tmp_path: Path, ws: Path) -> None:
+    paths = default_paths().ensure()
+    store = RuleStore(paths.database, workspace=ws)
+    store.add(Rule(tool="read_file", pattern="notes.txt", action="ask", scope="workspace"))
+    store.add(Rule(tool="read_file", pattern="secret.txt", action="deny", scope="workspace"))
+    store.close()
+    (ws / "secret.txt").write_text("hidden")
+    replies = [
+        call("read_file", path="notes.txt"),
+        call("read_file", path="secret.txt"),
+        final("done"),
+    ]
+    status, out, err = keyless_run(tmp_path, ws, replies, "", "--yes-read-only")
+    assert status == EXIT_OK
+    assert "[auto] allowed once: read_file" in err
+    assert "read_file     allow    ok" in out
+    assert "read_file     denied   failed" in out
+
+
+def test_end_of_input_denies(tmp_path: Path, ws: Path) -> None:
+    replies = [call("write_file", path="a.txt", content="1"), final("ok")]
+    status, out, _err = keyless_run(tmp_path, ws, replies, "")
+    assert status == EXIT_OK and "write_file    denied" in out
+    assert not (ws / "a.txt").exists()
+
+
+def test_the_step_limit_gives_its_own_status(tmp_path: Path, ws: Path) -> None:
+    replies = [call("list_dir"), call("list_dir"), call("list_dir")]
+    status, out, _err = keyless_run(tmp_path, ws, replies, "", "--max-steps", "2")
+    assert status == EXIT_LIMIT and "step limit (2)" in out
+
+
+def test_a_missing_workspace_is_a_clear_error(tmp_path: Path) -> None:
+    status, _out, err = keyless_run(tmp_path, tmp_path / "nope", [final("x")])
+    assert status == EXIT_FAILED and "is not a directory" in err
+
+
+def test_a_model_failure_fails_the_run(tmp_path: Path, ws: Path) -> None:
+    # The scripted model runs out of replies: the agent reports a model error.
+    status, out, err = keyless_run(tmp_path, ws, [call("list_dir")])
+    assert status == EXIT_FAILED
+    assert "error: the scripted model has no response left" in err
+    assert "(no answer:" in out
