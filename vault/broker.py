@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vault.audit import AuditLog
 from vault.errors import GrantRefused, RedactionError, SecretNotFoundError, VaultError
 from vault.grants import (
+    KNOWN_METHODS,
     BasicAuthInjection,
     CapabilityGrant,
     GrantRecord,
@@ -392,14 +393,21 @@ class Broker:
             raise
 
     def _plain(self, call: HttpCall, *, session_id: str, now: datetime) -> BrokeredResponse:
-        url = self._plain_url(call.url)
+        if call.method not in KNOWN_METHODS:
+            raise _refused(f"method: {call.method} not allowed")
+        url = self._plain_url(call.url, local_ok=True)
+        # A public site must not bounce the broker onto a local service.
+        local_ok = url.host in self._local_hosts
         body = self._body(call)
         headers, stripped = self._agent_headers(call.headers, extra=())
         pairs = self._session_secrets_or_refuse(session_id)
         try:
             redactor = Redactor(pairs)
             response, hops, address = self._send(
-                _Hop(call.method, url, body), headers, redactor, check=self._plain_hop
+                _Hop(call.method, url, body),
+                headers,
+                redactor,
+                check=lambda hop: self._plain_hop(hop, local_ok=local_ok),
             )
             self._audit.record(
                 "request",
@@ -431,17 +439,17 @@ class Broker:
         except VaultError as e:
             raise RedactionError(f"cannot read the session's secrets to redact: {e}") from e
 
-    def _plain_url(self, raw: str) -> CanonicalURL:
+    def _plain_url(self, raw: str, *, local_ok: bool) -> CanonicalURL:
         loose = canonicalize(
             raw, schemes=("https", "http"), allow_ip_literal=True, allow_any_port=True
         )
-        if loose.host in self._local_hosts:
+        if local_ok and loose.host in self._local_hosts:
             return loose
         return canonicalize(raw, schemes=("https", "http"))
 
-    def _plain_hop(self, hop: _Hop) -> IPAddress:
-        url = self._plain_url(str(hop.url))
-        return self._address(url, allow_local=url.host in self._local_hosts)
+    def _plain_hop(self, hop: _Hop, *, local_ok: bool) -> IPAddress:
+        url = self._plain_url(str(hop.url), local_ok=local_ok)
+        return self._address(url, allow_local=local_ok and url.host in self._local_hosts)
 
     def _address(self, url: CanonicalURL, *, allow_local: bool) -> IPAddress:
         addresses = resolve(url.host, url.port, self._resolver)

@@ -677,6 +677,25 @@ def test_plain_call_to_loopback_is_refused_unless_local(denv: Env, server: Serve
         assert "authorization" not in seen.headers
         assert response.status == 200
         assert env.audit.entries("request")[0].details["url"].startswith("https://localhost:")
+        assert _refusal(env, None, "/api/echo", method="TRACE") == "method: TRACE not allowed"
+
+
+def test_public_redirect_cannot_reach_a_local_host(tmp_path: Path) -> None:
+    """A plain call to a public site that redirects to a local_hosts entry is refused."""
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        return httpx.Response(302, headers={"Location": "http://localhost:8080/admin"})
+
+    db = tmp_path / "keyless.db"
+    broker = Broker(DictSource({}), GrantStore(db), AuditLog(db),
+                    transport=httpx.MockTransport(handler),
+                    resolver=static_resolver(RESOLVER_TABLE), local_hosts=["localhost"])
+    with pytest.raises(GrantRefused) as info:
+        broker.call(None, HttpCall(url="https://api.example.com/x"), session_id="s", now=NOW)
+    assert info.value.reason.startswith("redirect to http://localhost:8080/admin: port:")
+    assert sent == ["https://93.184.216.34/x"]
 
 
 # ------------------------------------------------ addresses and DNS pinning
