@@ -596,10 +596,9 @@ class Vault:
                 raw = _serialize(backup, new_keys)
             finally:
                 new_keys.wipe()
-            with _file_lock(target):
-                if target.exists():
-                    raise VaultExistsError(f"a file already exists at {target}")
-                _atomic_write(target, raw)
+            # No lock file next to a backup (it may go to a USB stick): the
+            # existence check above is enough for a file nobody else writes.
+            _atomic_write(target, raw)
 
     def derive_key(self, purpose: str, *, now: float | None = None) -> bytearray:
         """A 32-byte key for another component, derived from the data key (zero after use).

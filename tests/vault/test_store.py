@@ -451,6 +451,9 @@ def test_export_backup_is_an_independent_passphrase_vault(
     b.unlock("backup pass")
     assert {n: bytes(b.get(n)) for n in b.names()} == {"a": SECRET, "b": b"other"}
     assert b.vault_id != v.vault_id
+    assert sorted(p.name for p in backup.parent.iterdir()) == [
+        "backup.kls", "vault.kls", "vault.kls.lock"
+    ]
 
 
 def test_derive_key_is_stable_per_data_key(path: Path) -> None:
