@@ -97,6 +97,7 @@ class ShellResult(BaseModel):
     limit_hit: LimitHit | None = Field(description="The limit that stopped the command, if any.")
     duration_s: float
     sandboxed: bool
+    notes: list[str] = Field(default_factory=list, description="What the host did afterwards.")
 
     def describe(self) -> str:
         """The result as the model sees it: a status line, then the output."""
@@ -108,6 +109,8 @@ class ShellResult(BaseModel):
         if self.truncated:
             dropped = self.output_bytes - len(self.output.encode("utf-8", errors="replace"))
             text += f"\n[truncated output: {max(dropped, 0)} more bytes not shown]"
+        for note in self.notes:
+            status += f"\n[{note}]"
         return f"{status}\n{text}" if text else status
 
 
@@ -308,7 +311,9 @@ class Sandbox:
         args += ["--bind", str(ws), str(ws)]
         for rel in PROTECTED:
             target = ws / rel
-            if rel.name == "hooks" and (ws / ".git").is_dir() and not os.path.lexists(target):
+            git = ws / ".git"
+            real_git = git.is_dir() and not git.is_symlink()
+            if rel.name == "hooks" and real_git and not os.path.lexists(target):
                 target.mkdir()
             if rel.name == ".keyless" and not os.path.lexists(target):
                 target.mkdir()
@@ -333,7 +338,20 @@ class Sandbox:
             SandboxError: bwrap is missing or could not start.
         """
         argv = self.shell_argv(command, workspace, limits, hide=hide)
-        return _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
+        git = Path(os.path.realpath(workspace)) / ".git"
+        had_git = os.path.lexists(git)
+        result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
+        if not had_git and os.path.lexists(git):
+            # A repository the command created has no read-only hooks or
+            # config: its config (core.fsmonitor, core.hooksPath) would run
+            # code on the user's next git command. Move it out of the way.
+            quarantine = git.parent / ".keyless" / "quarantine"
+            quarantine.mkdir(parents=True, exist_ok=True)
+            moved = quarantine / f"git-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            os.replace(git, moved)
+            note = f".git created by the command was moved to {moved.relative_to(git.parent)}"
+            result = result.model_copy(update={"notes": [*result.notes, note]})
+        return result
 
     # -- agent process --------------------------------------------------------------------------
 

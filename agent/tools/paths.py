@@ -24,11 +24,14 @@ from pathlib import Path, PurePosixPath
 from agent.errors import PathRefusedError, ToolError
 
 #: Paths inside the workspace that no tool may read or write: git hooks and
-#: config run code on the user's next git command; ``.keyless`` holds the
-#: workspace's rules and memory.
+#: config (also of submodules and worktrees, under ``modules`` and
+#: ``worktrees``) run code on the user's next git command; ``.keyless`` holds
+#: the workspace's rules and memory.
 PROTECTED: tuple[PurePosixPath, ...] = (
     PurePosixPath(".git/hooks"),
     PurePosixPath(".git/config"),
+    PurePosixPath(".git/modules"),
+    PurePosixPath(".git/worktrees"),
     PurePosixPath(".keyless"),
 )
 

@@ -297,3 +297,21 @@ print(json.dumps(out))
 def test_agent_command_refuses_to_expose_home(sandbox: Sandbox) -> None:
     with pytest.raises(SandboxError, match="refusing to expose"):
         sandbox.agent_command(["python"], extra_ro_binds=[Path.home()])
+
+
+@pytest.mark.bwrap
+def test_repository_created_by_a_command_is_quarantined(sandbox: Sandbox, workspace: Path) -> None:
+    cmd = "mkdir -p .git && printf '[core]\\n\\tfsmonitor = evil\\n' > .git/config"
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert not (workspace / ".git").exists()
+    moved = list((workspace / ".keyless" / "quarantine").iterdir())
+    assert len(moved) == 1 and (moved[0] / "config").read_text().startswith("[core]")
+    assert "[.git created by the command was moved to .keyless/quarantine/git-" in result.describe()
+
+
+@pytest.mark.bwrap
+def test_submodule_git_dirs_are_read_only(sandbox: Sandbox, repo: Path) -> None:
+    (repo / ".git" / "modules" / "sub" / "hooks").mkdir(parents=True)
+    result = sandbox.run_shell("echo x > .git/modules/sub/hooks/post-checkout", repo, FAST)
+    assert "Read-only file system" in result.output
+    assert list((repo / ".git" / "modules" / "sub" / "hooks").iterdir()) == []

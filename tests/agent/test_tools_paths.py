@@ -57,6 +57,7 @@ def test_resolves_plain_and_inside_symlink(tree: tuple[Path, Path]) -> None:
         (".keyless/rules.toml", "protected path .keyless"),
         (".GIT/Hooks/x", "protected"),
         ("hooks-link/pre-commit", "protected path .git/hooks"),
+        (".git/modules/sub/config", "protected path .git/modules"),
         ("a\x00b", "NUL"),
     ],
 )
