@@ -250,6 +250,7 @@ def _open_unlocked(
 
 
 def _init(args: argparse.Namespace, terminal: _Terminal) -> int:
+    from vault.errors import KeyringUnavailableError
     from vault.keystore import NO_KEYRING_MESSAGE
     from vault.store import Vault
 
@@ -270,10 +271,23 @@ def _init(args: argparse.Namespace, terminal: _Terminal) -> int:
     passphrase = (
         terminal.passphrase("New vault passphrase: ", confirm=True) if want_passphrase else None
     )
-    vault = Vault.create(
-        path, passphrase=passphrase, use_keyring=use_keyring, keystore=keystore, kdf=_kdf(args),
-        idle_timeout=None,
-    )
+    kdf = _kdf(args)
+    try:
+        vault = Vault.create(
+            path, passphrase=passphrase, use_keyring=use_keyring, keystore=keystore, kdf=kdf,
+            idle_timeout=None,
+        )
+    except KeyringUnavailableError as e:
+        # A keyring that looked usable failed on first write (e.g. a D-Bus
+        # session without a Secret Service): fall back only if we were guessing.
+        if args.keyring is not None or passphrase is None:
+            raise
+        terminal.say(f"{e}; the vault is protected by its passphrase only.")
+        use_keyring = False
+        vault = Vault.create(
+            path, passphrase=passphrase, use_keyring=False, keystore=keystore, kdf=kdf,
+            idle_timeout=None,
+        )
     vault.lock()
     print(f"created {path} (unlock with: {', '.join(vault.unlock_methods)})")
     if not use_keyring:

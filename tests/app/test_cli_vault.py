@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from vault.errors import KeyringUnavailableError
 from vault.keystore import NoKeyring
 from vault.store import Vault
 
@@ -65,6 +66,36 @@ def test_init_refuses_keyring_flag_and_no_passphrase_without_keyring(
     assert "no OS keyring" in capsys.readouterr().err
     assert run(monkeypatch, vault_file, "init", "--no-passphrase", stdin=b"pw\n") == 1
     assert "needs a passphrase" in capsys.readouterr().err
+    assert not vault_file.exists()
+
+
+class _BrokenKeyring:
+    """Looks available, fails on use: a D-Bus session without a Secret Service."""
+
+    def available(self) -> bool:
+        return True
+
+    def get(self, vault_id: bytes, item: str) -> bytearray | None:
+        raise KeyringUnavailableError("the OS keyring could not read the vault key (DBusError)")
+
+    def set(self, vault_id: bytes, item: str, value: bytes | bytearray) -> None:
+        raise KeyringUnavailableError("the OS keyring could not write the vault key (DBusError)")
+
+    def delete(self, vault_id: bytes, item: str) -> None:
+        raise KeyringUnavailableError("the OS keyring could not delete the vault key (DBusError)")
+
+
+def test_init_falls_back_when_a_keyring_fails_on_first_use(
+    monkeypatch: pytest.MonkeyPatch, vault_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("vault.keystore.default_keystore", lambda: _BrokenKeyring())
+    assert run(monkeypatch, vault_file, "init", *FAST, stdin=f"{PASS}\n".encode()) == 0
+    assert "DBusError" in capsys.readouterr().err
+    v = Vault.open(vault_file, keystore=NoKeyring())
+    assert v.unlock_methods == ("passphrase",)
+    vault_file.unlink()
+    # Asked for explicitly, the keyring is not silently dropped.
+    assert run(monkeypatch, vault_file, "init", "--keyring", *FAST, stdin=b"pw\n") == 1
     assert not vault_file.exists()
 
 

@@ -656,26 +656,32 @@ def test_slot_swapped_between_vaults_looks_like_a_wrong_passphrase(
 
 
 def test_nonces_are_never_reused(path: Path) -> None:
+    """Every encryption (name and value, each add, update and rotation) draws a fresh nonce."""
     v = make(path)
-    seen: set[bytes] = set()
-    count = 0
+    sealed: dict[tuple[bytes, bytes, int], _format.Record] = {}
+
+    def collect() -> None:
+        assert v._file is not None
+        for r in v._file.records:
+            sealed[(v._file.key_id, r.record_id, r.version)] = r
+
     for i in range(60):
         if i % 3 == 0 and "x" in v:
             v.delete("x")
         elif "x" in v:
-            v.update("x", b"v%d" % i)
+            v.update("x", b"same value")  # same plaintext, new nonce
         else:
-            v.add("x", b"v%d" % i)
-        v.add(f"n{i}", b"w") if i % 5 == 0 else None
-        assert v._file is not None
-        for r in v._file.records:
-            seen.update((r.nonce, r.name_nonce))
-        count = len(seen)
+            v.add("x", b"same value")
+        if i % 5 == 0:
+            v.add(f"n{i}", b"same value")
+        collect()
     v.rotate_data_key(passphrase=PASSPHRASE)
-    assert v._file is not None
-    fresh = {n for r in v._file.records for n in (r.nonce, r.name_nonce)}
-    assert not fresh & seen
-    assert count > 20
+    collect()
+    nonces = [n for r in sealed.values() for n in (r.nonce, r.name_nonce)]
+    assert len(sealed) > 60
+    assert len(nonces) == len(set(nonces))
+    values = [r.sealed for r in sealed.values()]
+    assert len(values) == len(set(values))  # equal plaintexts never give equal ciphertexts
 
 
 # ---------------------------------------------------------------- rollback
