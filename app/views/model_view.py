@@ -138,6 +138,7 @@ class ModelView(QtWidgets.QWidget):
         self.gpu_label = QtWidgets.QLabel("GPU offload: checking…")
         self.gpu_label.setObjectName("gpuState")
         self.gpu_label.setWordWrap(True)
+        self.gpu_label.setMinimumWidth(200)
         self.gpu_auto = QtWidgets.QCheckBox("&Automatic GPU layers")
         self.gpu_auto.setObjectName("gpuAuto")
         self.gpu_layers = QtWidgets.QSpinBox()
@@ -163,6 +164,10 @@ class ModelView(QtWidgets.QWidget):
         self.rope_combo.setAccessibleName("RoPE scaling")
         for value, label in ROPE_KINDS:
             self.rope_combo.addItem(label, value)
+        self.rope_combo.setSizeAdjustPolicy(
+            QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.rope_combo.setMinimumContentsLength(10)
         self.rope_factor = QtWidgets.QDoubleSpinBox()
         self.rope_factor.setObjectName("ropeFactor")
         self.rope_factor.setRange(1.0, 64.0)

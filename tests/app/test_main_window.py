@@ -1,0 +1,206 @@
+"""The main window: tabs, the permission prompt end to end, persistence, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.controllers.agent_runner import agent_host_factory
+from app.controllers.errand_controller import ErrandController
+from app.controllers.model_controller import ModelController
+from app.dialogs.permission import PermissionDialog
+from app.gui import build_main_window
+from app.main_window import MainWindow, UnavailablePage, window_settings
+from app.qt import Qt, QtWidgets
+from app.services import AppServices
+
+# The offscreen platform warns that it cannot propagate size hints or raise windows.
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("propagateSizeHints", "support raise")]
+
+
+def no_gpu(_: object) -> tuple[bool, str]:
+    return False, "CPU-only build (test)"
+
+
+@pytest.fixture
+def make_window(qtbot: Any) -> Iterator[Callable[..., MainWindow]]:
+    windows: list[MainWindow] = []
+
+    def make(
+        services: AppServices | None = None,
+        factory: Any = None,
+        pages: list[tuple[str, Any]] | None = None,
+    ) -> MainWindow:
+        services = services or AppServices()
+        errands = ErrandController(factory or (lambda ctx: None), workspace=services.workspace)
+        model = ModelController(services, gpu_probe=no_gpu)
+        w = MainWindow(services, errands, model, pages or [])
+        qtbot.add_widget(w)
+        windows.append(w)
+        return w
+
+    yield make
+    for w in windows:
+        w.shutdown()
+
+
+def test_keyless_opens_every_screen(qtbot: Any) -> None:
+    services = AppServices()
+    window = build_main_window(services, runner_factory=lambda ctx: None)
+    qtbot.add_widget(window)
+    try:
+        window.show()
+        qtbot.wait_exposed(window)
+        titles = [window.tabs.tabText(i).replace("&", "") for i in range(window.tabs.count())]
+        assert titles == ["Chat", "Model", "Vault", "Memory", "Audit", "Settings"]
+        assert window.windowTitle() == "Keyless"
+        for title in ("Vault", "Memory", "Audit", "Settings"):
+            page = window.pages[title]
+            reason = page.reason if isinstance(page, UnavailablePage) else ""
+            assert not isinstance(page, UnavailablePage), f"{title}: {reason}"
+    finally:
+        window.shutdown()
+
+
+def test_a_screen_that_fails_says_why(make_window: Callable[..., MainWindow]) -> None:
+    def broken() -> QtWidgets.QWidget:
+        raise RuntimeError("the vault file is not readable")
+
+    w = make_window(pages=[("Vault", broken)])
+    page = w.pages["Vault"]
+    assert isinstance(page, UnavailablePage)
+    assert "the vault file is not readable" in page.reason
+    assert w.tabs.count() == 3
+
+
+def test_startup_problems_show_in_a_banner(
+    make_window: Callable[..., MainWindow], tmp_path: Path
+) -> None:
+    services = AppServices()
+    services.paths.settings_file.write_text("{not json")
+    broken = AppServices()
+    assert "settings" in broken.problems
+    w = make_window(broken)
+    assert "settings" in w.banner.text()
+    assert w.banner.severity == "warning"
+
+
+def test_geometry_tab_and_splitters_persist(
+    qtbot: Any, make_window: Callable[..., MainWindow]
+) -> None:
+    services = AppServices()
+    first = make_window(services)
+    first.show()
+    qtbot.wait_exposed(first)
+    first.resize(770, 540)
+    first.tabs.setCurrentIndex(1)
+    first.chat_view.main_splitter.setSizes([150, 700])
+    sizes = first.chat_view.main_splitter.sizes()
+    size = first.size()
+    first.close()
+    assert (services.paths.config_dir / "window.ini").is_file()
+    assert window_settings(services).value("window/tab") in (1, "1")
+
+    second = make_window(AppServices())
+    second.show()
+    qtbot.wait_exposed(second)
+    assert second.tabs.currentIndex() == 1
+    assert second.size() == size
+    # The session list keeps its width; the chat pane takes what is left once shown.
+    second.tabs.setCurrentIndex(0)
+    qtbot.wait_until(lambda: second.chat_view.main_splitter.sizes()[0] == sizes[0], timeout=2000)
+
+
+def test_workspace_choice_is_saved(
+    make_window: Callable[..., MainWindow], workspace: Path
+) -> None:
+    w = make_window()
+    w.chat_view.choose_workspace(str(workspace))
+    assert AppServices().settings.workspace == str(workspace.resolve())
+
+
+def test_keyboard_shortcuts_switch_tabs(qtbot: Any, make_window: Callable[..., MainWindow]) -> None:
+    w = make_window()
+    w.show()
+    qtbot.wait_exposed(w)
+    w.show_tab(1)
+    assert w.tabs.currentWidget() is w.model_view
+    shortcuts = [a.shortcut().toString() for a in w.menuBar().actions()[1].menu().actions()]
+    assert shortcuts == ["Ctrl+1", "Ctrl+2"]
+
+
+# -- the full errand through the GUI with the real host and the scripted agent ---------------
+
+
+def scripted(tmp_path: Path, *replies: dict[str, Any]) -> Path:
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps([json.dumps(r) for r in replies]))
+    return path
+
+
+WRITE = {"tool": "write_file", "arguments": {"path": "notes.txt", "content": "hello"}}
+
+
+def host_window(
+    make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path,
+    sent: list[bytes], *replies: dict[str, Any],
+) -> MainWindow:
+    services = AppServices()
+    services.set_workspace(workspace)
+    factory = agent_host_factory(
+        services,
+        lambda: None,
+        scripted_model=scripted(tmp_path, *replies),
+        host_options={"transcript": lambda d, line: sent.append(line) if d == "sent" else None},
+    )
+    return make_window(services, factory)
+
+
+def test_errand_through_the_gui_deny_reaches_the_agent(
+    qtbot: Any, make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path
+) -> None:
+    sent: list[bytes] = []
+    w = host_window(make_window, tmp_path, workspace, sent, WRITE, {"final": "I left it."})
+    w.show()
+    qtbot.wait_exposed(w)
+    w.chat_view.task_edit.setPlainText("write hello into notes.txt")
+    w.chat_view.run_task()
+    qtbot.wait_until(lambda: w.permission_dialog is not None, timeout=60_000)
+    dialog = w.permission_dialog
+    assert isinstance(dialog, PermissionDialog)
+    assert dialog.isModal() and dialog.isVisible()
+    assert '"path": "notes.txt"' in dialog.arguments_view.toPlainText()
+    assert dialog.rule_edit.text() == "write_file(notes.txt)"
+    qtbot.keyClicks(dialog.reason_edit, "not today")
+    with qtbot.wait_signal(w.errands.answerReady, timeout=60_000):
+        qtbot.keyClick(dialog.reason_edit, Qt.Key.Key_Return)  # Enter = Deny, the default
+    assert not (workspace / "notes.txt").exists()
+    assert any(b"not today" in line for line in sent)
+    rows = w.chat_view.tool_rows()
+    assert rows[0][0] == "write_file" and rows[0][2] == "deny: not today"
+    assert "Keyless: I left it." in w.chat_view.transcript.toPlainText()
+
+
+def test_errand_through_the_gui_always_allow_saves_the_rule(
+    qtbot: Any, make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path
+) -> None:
+    sent: list[bytes] = []
+    w = host_window(make_window, tmp_path, workspace, sent, WRITE, {"final": "Written."})
+    w.chat_view.task_edit.setPlainText("write hello into notes.txt")
+    w.chat_view.run_task()
+    qtbot.wait_until(lambda: w.permission_dialog is not None, timeout=60_000)
+    dialog = w.permission_dialog
+    assert isinstance(dialog, PermissionDialog)
+    dialog.rule_edit.setText("write_file(*.txt)")
+    with qtbot.wait_signal(w.errands.answerReady, timeout=60_000):
+        qtbot.mouseClick(dialog.always_button, Qt.MouseButton.LeftButton)
+    assert (workspace / "notes.txt").read_text() == "hello"
+    store = w.services.rule_store(workspace)
+    try:
+        assert [str(r) for r in store.rules(workspace)] == ["write_file(*.txt)"]
+    finally:
+        store.close()
