@@ -32,6 +32,50 @@ from memory.store import (
 )
 
 UsageLookup = Callable[[Path], tuple[int, datetime | None]]
+FileKey = tuple[int, int, int, int]
+
+
+class TopicCache:
+    """Parsed topics keyed by file identity, so listing a level does not re-parse YAML.
+
+    The key is (inode, size, mtime, ctime): an atomic write makes a new inode, and
+    a hand edit changes mtime/ctime. Callers get copies, never the cached object.
+    """
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._entries: dict[Path, tuple[FileKey, Topic]] = {}
+        self._max = max_entries
+
+    @staticmethod
+    def key(path: Path) -> FileKey | None:
+        """The identity of the file now, or None when it does not exist."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise MemoryStoreError(f"cannot read memory file {path}: {e.strerror}") from e
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, path: Path, key: FileKey) -> Topic | None:
+        """A copy of the cached topic if the file is unchanged."""
+        entry = self._entries.get(path)
+        if entry is None or entry[0] != key:
+            return None
+        return _copy(entry[1])
+
+    def put(self, path: Path, key: FileKey, topic: Topic) -> None:
+        """Remember a parsed topic for this file identity."""
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[path] = (key, _copy(topic))
+
+
+def _copy(topic: Topic) -> Topic:
+    return Topic(
+        topic.level, topic.name, topic.path, topic.meta.model_copy(deep=True), topic.body,
+        list(topic.repairs),
+    )
 
 
 def now_utc() -> datetime:
@@ -43,9 +87,16 @@ class TopicEditor:
     """Collects the file edits of one memory operation."""
 
     def __init__(
-        self, layout: MemoryLayout, index: SearchIndex, *, max_bytes: int, usage: UsageLookup
+        self,
+        layout: MemoryLayout,
+        index: SearchIndex,
+        *,
+        max_bytes: int,
+        usage: UsageLookup,
+        cache: TopicCache | None = None,
     ) -> None:
         self._layout = layout
+        self._cache = cache or TopicCache()
         self._index = index
         self._max_bytes = max_bytes
         self._usage = usage
@@ -61,7 +112,14 @@ class TopicEditor:
         Raises:
             TopicNotFoundError: No such topic.
         """
-        topic = read_topic_file(self._layout.level(level), name, max_bytes=self._max_bytes)
+        layout = self._layout.level(level)
+        path = layout.topic_path(name)
+        key = self._cache.key(path)
+        topic = self._cache.get(path, key) if key is not None else None
+        if topic is None:
+            topic = read_topic_file(layout, name, max_bytes=self._max_bytes)
+            if key is not None:
+                self._cache.put(path, key, topic)
         uses, last_used = self._usage(topic.path)
         if uses > topic.meta.uses:
             topic.meta.uses = uses

@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 Trust = Literal["user", "model", "untrusted"]
 Status = Literal["active", "archived"]
 
+# libyaml's loader and dumper when PyYAML was built with it (much faster), else pure Python.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 _BLOCK = re.compile(r"\A---[ \t]*\r?\n(.*?)(?:\r?\n)?^---[ \t]*(?:\r?\n|\Z)", re.S | re.M)
 UNPARSED_MARK = "<!-- keyless: front matter that could not be read, kept as it was:"
 
@@ -104,7 +108,7 @@ def parse_topic(text: str, *, fallback_title: str, now: datetime | None = None) 
     else:
         body = text[match.end() :]
         try:
-            loaded = yaml.safe_load(match.group(1))
+            loaded = yaml.load(match.group(1), Loader=_Loader)  # noqa: S506 - a safe loader
         except yaml.YAMLError:
             loaded = None
             repairs.append("front matter is not valid YAML; kept it as a comment")
@@ -185,6 +189,6 @@ def render_topic(meta: TopicMeta, body: str) -> str:
     source = data.get("source", {})
     if not source.get("derived_from"):
         source.pop("derived_from", None)
-    front = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    front = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     body = body.strip("\n")
     return f"---\n{front}---\n\n{body}\n" if body else f"---\n{front}---\n"

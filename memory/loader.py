@@ -78,9 +78,18 @@ def fit_to_budget(
         The text (with ``marker`` appended when cut), its token count, and
         whether it was cut.
     """
-    total = count_tokens(text)
-    if total <= budget:
-        return text, total, False
+    # Tokenizing a huge index whole is the slow part; a prefix never has more
+    # tokens than the text, so first find a prefix that is already over budget
+    # (starting near 8 characters a token) and search for the cut inside it.
+    window = max(budget * 8, 256)
+    while window < len(text) and count_tokens(text[:window]) <= budget:
+        window *= 2
+    if window >= len(text):
+        total = count_tokens(text)
+        if total <= budget:
+            return text, total, False
+    else:
+        text = text[:window]
     ends = [i + 1 for i, ch in enumerate(text) if ch == "\n"]
     if not ends or ends[-1] != len(text):
         ends.append(len(text))

@@ -10,6 +10,7 @@ serialised by a lock, so controllers may call from worker threads.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memory.db import open_database
 from memory.distill import DistillReport, LevelDistill, LevelDistiller, topic_tokens
-from memory.editor import TopicEditor, now_utc
+from memory.editor import TopicCache, TopicEditor, now_utc
 from memory.errors import (
     InvalidMemoryError,
     MemoryStoreError,
@@ -127,7 +128,10 @@ class MemoryService:
         self.layout = MemoryLayout(user_dir=user_dir, workspace=workspace, session_id=session_id)
         self.settings = settings or MemorySettings()
         self.session_id = self.layout.session_id
-        self._count_tokens = count_tokens
+        # Token counts of unchanged text are asked for again and again (capacity
+        # bars, distillation); the model's tokenizer is deterministic.
+        self._count_tokens = functools.lru_cache(maxsize=8192)(count_tokens)
+        self._topics = TopicCache()
         self._scanner = scan_secrets
         self._lock = threading.RLock()
         self._db = open_database(db_path)
@@ -434,7 +438,11 @@ class MemoryService:
 
     def _editor(self) -> TopicEditor:
         return TopicEditor(
-            self.layout, self._index, max_bytes=self.settings.max_file_bytes, usage=self._usage_of
+            self.layout,
+            self._index,
+            max_bytes=self.settings.max_file_bytes,
+            usage=self._usage_of,
+            cache=self._topics,
         )
 
     def _scan_secrets(self, text: str) -> list[str]:
