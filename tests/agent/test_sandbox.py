@@ -315,3 +315,13 @@ def test_submodule_git_dirs_are_read_only(sandbox: Sandbox, repo: Path) -> None:
     result = sandbox.run_shell("echo x > .git/modules/sub/hooks/post-checkout", repo, FAST)
     assert "Read-only file system" in result.output
     assert list((repo / ".git" / "modules" / "sub" / "hooks").iterdir()) == []
+
+
+@pytest.mark.bwrap
+def test_real_fork_bomb_is_contained(sandbox: Sandbox, workspace: Path) -> None:
+    limits = Limits(max_processes=32, wall_seconds=4, cpu_seconds=2)
+    result = sandbox.run_shell("bomb() { bomb | bomb & }; bomb; sleep 30", workspace, limits)
+    # Root: the supervisor's process count; other users: RLIMIT_NPROC in the
+    # sandbox's user namespace makes fork fail, then the wall clock ends it.
+    assert result.limit_hit in ("processes", "wall-clock")
+    assert result.duration_s < 10
