@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import codecs
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -211,6 +212,7 @@ class Broker:
         max_request_bytes: int = 8 << 20,
         max_redirects: int = 5,
         timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create a broker.
 
@@ -229,7 +231,10 @@ class Broker:
             max_response_bytes: Body size limit (decoded bytes).
             max_request_bytes: Request body size limit.
             max_redirects: Redirect hops followed at most.
-            timeout: Per-request timeout in seconds.
+            timeout: Seconds allowed for each network step (connect, each
+                read) and, in total, for reading one response body, so a server
+                trickling bytes cannot hold the call forever.
+            clock: Monotonic seconds, for that total deadline.
         """
         self._vault = vault
         self._grants = grants
@@ -240,6 +245,8 @@ class Broker:
         self.max_response_bytes = max_response_bytes
         self.max_request_bytes = max_request_bytes
         self.max_redirects = max_redirects
+        self.timeout = timeout
+        self._clock = clock
         self._client = httpx.Client(
             transport=transport
             or httpx.HTTPTransport(retries=0, limits=httpx.Limits(max_keepalive_connections=0)),
@@ -670,8 +677,13 @@ class Broker:
         parts: list[str] = []
         total = 0
         truncated = False
+        deadline = self._clock() + self.timeout
         try:
             for chunk in response.iter_bytes():
+                if self._clock() > deadline:
+                    raise VaultError(
+                        f"the response from {hop.url.host} took longer than {self.timeout:g} s"
+                    )
                 room = self.max_response_bytes - total
                 if len(chunk) > room:
                     chunk, truncated = chunk[:room], True

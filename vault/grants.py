@@ -78,8 +78,8 @@ class HeaderInjection(BaseModel):
         rest = value.replace("{}", "", 1)
         if value.count("{}") != 1 or "{" in rest or "}" in rest:
             raise ValueError("a header template holds exactly one '{}' and no other braces")
-        if _has_control(value):
-            raise ValueError("a header template cannot contain control characters")
+        if _has_control(value) or not value.isascii():
+            raise ValueError("a header template is printable ASCII")
         return value
 
     def describe(self) -> str:

@@ -783,6 +783,23 @@ def test_private_addresses_are_refused_without_allow_local(tmp_path: Path, host:
     assert [e.kind for e in audit.entries()][:2] == ["refuse", "refuse"]
 
 
+def test_a_trickling_body_hits_the_total_deadline(tmp_path: Path) -> None:
+    clock = iter(range(0, 1000, 4))
+
+    class Trickle(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            for _ in range(100):
+                yield b"x"
+
+    db = tmp_path / "keyless.db"
+    broker = Broker(DictSource({}), GrantStore(db), AuditLog(db),
+                    transport=httpx.MockTransport(lambda r: httpx.Response(200, stream=Trickle())),
+                    resolver=static_resolver(RESOLVER_TABLE), timeout=10.0,
+                    clock=lambda: float(next(clock)))
+    with pytest.raises(VaultError, match="took longer than 10 s"):
+        broker.call(None, HttpCall(url="https://api.example.com/x"), session_id="s", now=NOW)
+
+
 def test_transport_errors_do_not_leak_the_secret(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
