@@ -6,11 +6,14 @@ import base64
 import hashlib
 import json
 import sqlite3
+import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from vault._crypto import Argon2Params
 from vault.audit import GENESIS_HASH, AuditLog
@@ -242,3 +245,32 @@ def test_unopenable_database(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(VaultError, match="cannot open the audit log"):
         AuditLog(tmp_path / "dir.db")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    row=st.integers(min_value=1, max_value=5),
+    column=st.sampled_from(
+        ["ts", "kind", "session_id", "tool", "decision", "reason", "details", "prev_hash", "hash"]
+    ),
+    value=st.one_of(st.text(max_size=40), st.none()),
+)
+def test_property_any_single_edit_is_caught_at_its_row(
+    row: int, column: str, value: str | None
+) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "keyless.db"
+        log = AuditLog(path)
+        fill(log)
+        conn = raw(path)
+        (old,) = conn.execute(f"SELECT {column} FROM audit_log WHERE id = ?", (row,)).fetchone()
+        assume(old != value)
+        try:
+            conn.execute(f"UPDATE audit_log SET {column} = ? WHERE id = ?", (value, row))
+        except sqlite3.IntegrityError:
+            assume(False)  # NOT NULL column: the edit cannot even be made
+        conn.close()
+        check = log.verify()
+        assert not check.ok
+        assert check.first_bad_id == row
+        log.close()
