@@ -31,7 +31,7 @@ import fnmatch
 import functools
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -396,6 +396,22 @@ class PolicyEngine:
             return Decision(action="allow", rule=rule, reason=f"allowed by rule {rule}")
         default = DEFAULT_ACTIONS[spec.effect]
         return Decision(action=default, rule=None, reason=f"default for {spec.effect} calls")
+
+    def read_filter(self) -> Callable[[str], bool]:
+        """A predicate for :attr:`agent.tools.base.ToolContext.may_read`.
+
+        A workspace-relative path may be read unless a deny rule for
+        ``read_file`` (or every tool) matches it, so ``search_files`` skips
+        what ``read_file`` would refuse.
+        """
+        denies = [
+            r for r in self.rules if r.action == "deny" and r.tool in ("*", "read_file")
+        ]
+
+        def may_read(path: str) -> bool:
+            return not any(path_matches(r.pattern, path) for r in denies)
+
+        return may_read
 
     def _chain_allowed(self, request: ToolCallRequest) -> Rule | None:
         """A chained command whose parts are each allowed by *some* allow rule."""

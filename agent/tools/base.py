@@ -84,6 +84,10 @@ class ToolContext:
             writes then is stamped untrusted and waits for review).
         memory_source: Builds the provenance stamped on memory the agent
             writes; ``None`` builds ``memory.frontmatter.Provenance``.
+        may_read: Whether a workspace-relative path may be read; tools that
+            read many files (``search_files``) skip the others, so a deny rule
+            on ``read_file`` cannot be dodged by searching
+            (:meth:`agent.policy.PolicyEngine.read_filter`).
         now: The clock (a parameter so tests can fix time).
     """
 
@@ -99,6 +103,7 @@ class ToolContext:
     hidden_paths: tuple[Path, ...] = ()
     tainted: bool = False
     memory_source: Callable[[], Any] | None = None
+    may_read: Callable[[str], bool] | None = None
     now: Callable[[], datetime] = _utc_now
 
 

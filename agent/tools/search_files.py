@@ -64,6 +64,8 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
                     continue
                 if protected_reason(rel):
                     continue
+                if ctx.may_read is not None and not ctx.may_read(rel.as_posix()):
+                    continue  # a deny rule covers it
                 try:
                     fd = Workspace.open_file_at(dirfd, name, str(rel))
                 except ToolError:

@@ -389,3 +389,18 @@ def test_unopenable_store_is_a_policy_error(tmp_path: Path) -> None:
     (tmp_path / "keyless.db").mkdir()
     with pytest.raises(PolicyError, match="cannot open the rule store"):
         RuleStore(tmp_path / "keyless.db")
+
+
+def test_read_filter_carries_read_denials_to_search(workspace: Path) -> None:
+    from agent.tools.base import ToolContext
+    from agent.tools.registry import run_tool
+
+    (workspace / "secrets").mkdir()
+    (workspace / "secrets" / "db.txt").write_text("password = hunter2\n")
+    (workspace / "app.txt").write_text("password = see vault\n")
+    engine = PolicyEngine([deny("read_file(secrets/**)"), deny("write_file(*)")])
+    may_read = engine.read_filter()
+    assert not may_read("secrets/db.txt") and may_read("app.txt")
+    ctx = ToolContext(workspace=workspace, session_id="s1", may_read=may_read)
+    out = run_tool("search_files", {"query": "password"}, ctx)
+    assert out.content == "app.txt:1: password = see vault"
