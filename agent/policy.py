@@ -333,10 +333,12 @@ class PolicyEngine:
     Args:
         rules: The rules in order (session, then workspace, then user, say);
             order only matters within one action.
+        workspace: Resolves file paths of requests that name no workspace.
     """
 
-    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+    def __init__(self, rules: Iterable[Rule] = (), *, workspace: Path | None = None) -> None:
         self.rules: list[Rule] = list(rules)
+        self.workspace = workspace
 
     def add_rule(self, rule: Rule) -> None:
         """Add a rule (e.g. "allow for this session") after the existing ones."""
@@ -451,23 +453,39 @@ class PolicyEngine:
         if tool == "http_request":
             return _host_matches(rule.pattern, _url_host(str(request.arguments.get("url", ""))))
         if tool in _FILE_TOOLS:
-            return path_matches(rule.pattern, self._path_subject(request))
+            if request.workspace is None and self.workspace is not None:
+                request = request.model_copy(update={"workspace": self.workspace})
+            subject, resolved = _path_subject(request)
+            parts = PurePosixPath(subject).parts
+            if resolved:
+                return path_matches(rule.pattern, subject)
+            if rule.action == "allow":
+                # Unresolved: allow only a plain relative path, as written.
+                plain = not subject.startswith("/") and ".." not in parts
+                return plain and path_matches(rule.pattern, subject)
+            # Unresolved (no workspace known, or a path the tool will refuse):
+            # a deny or ask rule matches if it matches any tail of the path, so
+            # "/home/u/ws/secrets/k" still meets "secrets/**".
+            return any(
+                path_matches(rule.pattern, PurePosixPath(*parts[i:]).as_posix())
+                for i in range(len(parts))
+            )
         spec = ALL_TOOLS[tool]
         subject = str(request.arguments.get(spec.main_argument or "", ""))
         return fnmatch.fnmatchcase(subject, rule.pattern)
 
-    @staticmethod
-    def _path_subject(request: ToolCallRequest) -> str:
-        raw = str(request.arguments.get("path", "."))
-        if request.workspace is not None:
-            try:
-                where = Workspace(request.workspace).resolve(raw, must_exist=False)
-            except ToolError:
-                pass  # the tool itself refuses such paths; match what was written
-            else:
-                return where.relative.as_posix()
-        text = PurePosixPath(raw.strip() or ".").as_posix()
-        return text.removeprefix("./")
+def _path_subject(request: ToolCallRequest) -> tuple[str, bool]:
+    """The path a file rule matches, and whether it was resolved in the workspace."""
+    raw = str(request.arguments.get("path", "."))
+    if request.workspace is not None:
+        try:
+            where = Workspace(request.workspace).resolve(raw, must_exist=False)
+        except ToolError:
+            pass  # the tool itself refuses such paths; match what was written
+        else:
+            return where.relative.as_posix(), True
+    text = PurePosixPath(raw.strip() or ".").as_posix()
+    return text.removeprefix("./"), False
 
 
 def suggest_rule(request: ToolCallRequest, *, action: Action = "allow") -> Rule:
@@ -482,7 +500,7 @@ def suggest_rule(request: ToolCallRequest, *, action: Action = "allow") -> Rule:
         host = _url_host(str(args.get("url", "")))
         pattern = f"domain:{host}" if host else "*"
     elif request.tool in _FILE_TOOLS:
-        pattern = PolicyEngine._path_subject(request)
+        pattern = _path_subject(request)[0]
     elif request.tool == "finish":
         pattern = "*"
     else:

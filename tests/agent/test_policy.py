@@ -404,3 +404,19 @@ def test_read_filter_carries_read_denials_to_search(workspace: Path) -> None:
     ctx = ToolContext(workspace=workspace, session_id="s1", may_read=may_read)
     out = run_tool("search_files", {"query": "password"}, ctx)
     assert out.content == "app.txt:1: password = see vault"
+
+
+def test_unresolved_paths_cannot_dodge_deny_rules(workspace: Path) -> None:
+    rules = [allow("read_file(secrets/**)"), deny("read_file(secrets/k.txt)")]
+    for path in ("/home/u/ws/secrets/k.txt", "x/../secrets/k.txt", "secrets/k.txt"):
+        request = ToolCallRequest(tool="read_file", arguments={"path": path})
+        assert decide(rules, request) == "deny", path
+    only_allow = [allow("write_file(secrets/**)")]
+    absolute = ToolCallRequest(tool="write_file", arguments={"path": "/elsewhere/secrets/a"})
+    assert decide(only_allow, absolute) == "ask"
+    # The engine's own workspace resolves requests that carry none.
+    (workspace / "secrets").mkdir()
+    os.symlink("secrets", workspace / "innocent")
+    engine = PolicyEngine([deny("read_file(secrets/**)")], workspace=workspace)
+    request = ToolCallRequest(tool="read_file", arguments={"path": "innocent/k.txt"})
+    assert engine.decide(request, tainted=False).action == "deny"
