@@ -33,7 +33,10 @@ class Job(QObject):
 
     def report(self, value: Any) -> None:
         """Report progress (called from the worker thread)."""
-        self.progressed.emit(value)
+        try:
+            self.progressed.emit(value)
+        except RuntimeError:  # the controller is gone (shutdown): nobody to tell
+            log.debug("progress of job %s after its controller was deleted", self.name)
 
 
 class _Runnable(QtCore.QRunnable):
@@ -46,15 +49,20 @@ class _Runnable(QtCore.QRunnable):
     def run(self) -> None:
         job = self._job
         try:
-            result = self._fn(job.report)
-        except Exception as e:
-            # Delivered to the controller, which shows it to the user.
-            log.debug("job %s failed", job.name, exc_info=True)
-            job.failed.emit(e)
-        else:
-            job.succeeded.emit(result)
-        finally:
-            job.finished.emit()
+            try:
+                result = self._fn(job.report)
+            except Exception as e:
+                # Delivered to the controller, which shows it to the user.
+                log.debug("job %s failed", job.name, exc_info=True)
+                job.failed.emit(e)
+            else:
+                job.succeeded.emit(result)
+            finally:
+                job.finished.emit()
+        except RuntimeError:
+            # The controller (and so the job's signals) went away at shutdown
+            # while this ran: nobody is left to tell.
+            log.debug("job %s finished after its controller was deleted", job.name)
 
 
 class JobRunner(QObject):

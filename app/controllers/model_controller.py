@@ -144,15 +144,24 @@ class ModelController(QObject):
             self.errorOccurred.emit("choose a .gguf file first")
             return
 
-        def check(_: Progress) -> str:
+        def check(_: Progress) -> tuple[str, str, str]:
             from models import catalog
 
-            return str(catalog.local_file(Path(path)).path)
+            # read_header is what local_file checks; read it once and describe from it.
+            file = Path(path).expanduser()
+            header = catalog.read_header(file)
+            return (str(file), *_describe_header(str(file), header))
+
+        def checked(result: object) -> None:
+            assert isinstance(result, tuple)
+            checked_path, name, detail = result
+            if self._apply({"path": checked_path, "backend": "llama.cpp"}, describe=False):
+                self.modelDescribed.emit(name, detail)
 
         self._jobs.submit(
             "local-file",
             check,
-            on_success=lambda p: self._apply({"path": str(p), "backend": "llama.cpp"}),
+            on_success=checked,
             on_error=lambda e: self.errorOccurred.emit(f"Cannot use {path}: {e}"),
         )
 
@@ -176,7 +185,7 @@ class ModelController(QObject):
             }
         )
 
-    def _apply(self, changes: Mapping[str, Any]) -> None:
+    def _apply(self, changes: Mapping[str, Any], *, describe: bool = True) -> bool:
         merged = self.settings.model_dump() | dict(changes)
         try:
             new = ModelSettings.model_validate(merged)
@@ -185,7 +194,7 @@ class ModelController(QObject):
                 f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
             )
             self.errorOccurred.emit(f"Invalid model settings: {problems}")
-            return
+            return False
         old = self.services.settings.model
         self.services.settings.model = new
         try:
@@ -193,12 +202,13 @@ class ModelController(QObject):
         except SettingsError as e:
             self.services.settings.model = old
             self.errorOccurred.emit(str(e))
-            return
+            return False
         self.context = GaugeState(n_ctx=new.n_ctx)
         self.settingsChanged.emit(new)
         self.contextUpdated.emit(self.context)
-        if old.path != new.path:
+        if describe and old.path != new.path:
             self.refresh()
+        return True
 
     # -- downloading -----------------------------------------------------------------
 
@@ -307,7 +317,10 @@ def _describe_model(path: str | None) -> tuple[str, str]:
     if path is None:
         model = catalog.embedded_default()
         return model.name, f"embedded default · {model.path.name} · {model.size / 1e6:.0f} MB"
-    header = catalog.read_header(Path(path))
+    return _describe_header(path, catalog.read_header(Path(path)))
+
+
+def _describe_header(path: str, header: Any) -> tuple[str, str]:
     parts = [header.architecture, f"{header.file_size / 1e6:.0f} MB"]
     if header.n_ctx_train:
         parts.append(f"trained context {header.n_ctx_train:,}")
