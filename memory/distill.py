@@ -370,10 +370,10 @@ class LevelDistiller:
                 self._claim(f"{own.level}/{own.name}")
         self._claim(f"{self.into}/{name}")
         note = ""
-        if existing is not None:
+        if self.editor.exists(self.into, name):  # active or archived: keep its text
             kept = self.editor.snapshot(self.into, name)
             note = f"previous text kept as {kept}"
-            if op.op == "ADD":
+            if op.op == "ADD" and existing is not None:
                 note = "topic existed; updated instead. " + note
         self.editor.put(
             self.into,
@@ -420,6 +420,8 @@ class LevelDistiller:
                 )
                 note = "appended to the existing topic"
             else:
+                if self.editor.exists(self.into, name):  # an archived namesake keeps its text
+                    self.editor.snapshot(self.into, name)
                 self.editor.put(
                     self.into,
                     name,

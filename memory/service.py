@@ -379,19 +379,20 @@ class MemoryService:
         """
         started = time.perf_counter()
         with self._lock:
-            if level is not None:
-                todo = [check_level(level)]
-            else:
-                todo = ["session", *[lv for lv in ("project", "user") if self._is_over(lv)]]
             report = DistillReport()
-            for lv in todo:
-                into: Level = "project" if lv == "session" else lv
-                result = self._distill_level(model, lv, into)
-                report.levels.append(result)
-                if lv == "session" and level is None and self._is_over("project"):
-                    # promotion filled the project level: it gets its own pass
-                    if "project" not in todo:
-                        report.levels.append(self._distill_level(model, "project", "project"))
+            if level is not None:
+                lv = check_level(level)
+                report.levels.append(
+                    self._distill_level(model, lv, "project" if lv == "session" else lv)
+                )
+            else:
+                # The session pass shows the model the project topics too and
+                # keeps the project's capacity; a level still over gets its own pass.
+                if self._editor().topics("session", active_only=True):
+                    report.levels.append(self._distill_level(model, "session", "project"))
+                for lv in ("project", "user"):
+                    if self._is_over(lv):
+                        report.levels.append(self._distill_level(model, lv, lv))
             report.seconds = time.perf_counter() - started
             return report
 

@@ -240,9 +240,8 @@ def test_distill_none_only_touches_levels_over_capacity(make_service: ServiceFac
     svc.remember("proj", "small", level="project", source=USER)
     model = ScriptedModel([plan({"op": "NONE", "target": "x"})])
     report = svc.distill(model)
-    assert [(lv.level, lv.into) for lv in report.levels] == [
-        ("session", "project"), ("user", "user")
-    ]
+    # no session notes and the project fits: only the user level is distilled
+    assert [(lv.level, lv.into) for lv in report.levels] == [("user", "user")]
     assert usage(svc, "user") <= 40
     assert svc.read_topic("project", "proj").active
 
@@ -298,3 +297,17 @@ def test_generation_error_type_is_a_model_error() -> None:
     from models.errors import ModelError
 
     assert issubclass(GenerationError, ModelError)
+
+
+def test_writing_over_an_archived_namesake_keeps_its_text(make_service: ServiceFactory) -> None:
+    svc = make_service()
+    svc.remember("Cache", "Old cache notes.", level="project", source=USER)
+    svc.forget("project", "cache", reason="stale")
+    svc.remember("Cache", "Session finding about the cache.", level="session", source=MODEL)
+    model = ScriptedModel([plan({"op": "ADD", "target": "cache", "content": "New cache notes."})])
+    report = svc.distill(model)
+    [lv] = report.levels
+    assert lv.applied[0].note == "previous text kept as cache~1"
+    assert svc.read_topic("project", "cache~1").body == "Old cache notes.\n"
+    assert svc.read_topic("project", "cache").body == "New cache notes.\n"
+    assert svc.read_topic("session", "cache").meta.replaced_by == "project/cache"
