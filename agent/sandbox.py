@@ -175,6 +175,13 @@ def _isolation_flags() -> list[str]:
         "/proc",
         "--dev",
         "/dev",
+        # /dev and /dev/shm are RAM: the first read-only, the second small.
+        "--size",
+        str(_TMPFS_BYTES),
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/dev",
         "--size",
         str(_TMPFS_BYTES),
         "--tmpfs",

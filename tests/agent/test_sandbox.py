@@ -325,3 +325,16 @@ def test_real_fork_bomb_is_contained(sandbox: Sandbox, workspace: Path) -> None:
     # sandbox's user namespace makes fork fail, then the wall clock ends it.
     assert result.limit_hit in ("processes", "wall-clock")
     assert result.duration_s < 10
+
+
+@pytest.mark.bwrap
+def test_ram_backed_dirs_are_small_or_read_only(sandbox: Sandbox, workspace: Path) -> None:
+    cmd = (
+        "echo ok > /dev/null && echo null-writable; touch /dev/planted; "
+        "head -c 100000000 /dev/zero > /dev/shm/big; head -c 100000000 /dev/zero > /tmp/big; "
+        "du -sk /dev/shm /tmp"
+    )
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert "null-writable" in result.output
+    assert "/dev/planted': Read-only file system" in result.output
+    assert result.output.count("No space left on device") == 2
