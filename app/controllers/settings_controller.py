@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.controllers.jobs import SerialWorker
 from app.paths import AppPaths
@@ -18,7 +19,7 @@ from app.qt import QObject, Signal
 from app.settings import AppSettings, MemoryCapacities, save_settings
 
 if TYPE_CHECKING:
-    from agent.policy import Rule, RuleStore
+    from agent.policy import RuleStore, StoredRule
 
 TOOL_NAMES = (
     "list_dir",
@@ -45,8 +46,9 @@ class SandboxStatus:
 
 @dataclass(frozen=True)
 class RuleRow:
-    """One permission rule as the editor shows it."""
+    """One saved permission rule as the editor shows it."""
 
+    rule_id: int
     tool: str
     pattern: str
     action: str
@@ -55,7 +57,7 @@ class RuleRow:
 
     def label(self) -> str:
         """The rule as the user writes it, e.g. ``shell(git status)``."""
-        return f"{self.tool}({self.pattern})" if self.pattern else self.tool
+        return f"{self.tool}({self.pattern})"
 
 
 def tool_names() -> tuple[str, ...]:
@@ -69,20 +71,23 @@ def tool_names() -> tuple[str, ...]:
 
 def detect_sandbox() -> SandboxStatus:
     """Ask :class:`agent.sandbox.Sandbox` whether bubblewrap works here."""
-    try:
-        from agent.sandbox import Sandbox
+    from agent.sandbox import Sandbox
 
-        sandbox = Sandbox.detect()
-        available = bool(sandbox.available)
-        path = getattr(sandbox, "bwrap", None) or shutil.which("bwrap")
-    except ImportError:
-        path = shutil.which("bwrap")
-        available = path is not None
+    sandbox = Sandbox.detect()
+    available = sandbox.available
+    path = sandbox.bwrap or shutil.which("bwrap")
     if available:
         text = (
             "bubblewrap found: the agent process runs without network, home directory or "
             "vault, and each shell command runs in its own sandbox (workspace writable, "
             "system read-only, no network)."
+        )
+    elif path is not None:
+        text = (
+            f"bubblewrap is installed ({path}) but cannot create a sandbox here (user "
+            "namespaces disabled, or prlimit missing): OS isolation is off. The agent runs as "
+            "a separate process with a scrubbed environment, and the shell tool is refused "
+            "unless you approve each command to run unsandboxed."
         )
     else:
         text = (
@@ -117,7 +122,7 @@ class SettingsController(QObject):
         paths: AppPaths,
         settings: AppSettings,
         *,
-        rule_store_factory: Callable[[], RuleStore] | None = None,
+        rule_store_factory: Callable[..., RuleStore] | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -147,10 +152,10 @@ class SettingsController(QObject):
         """Block until queued work ran (shutdown and tests)."""
         return self._worker.wait(msecs)
 
-    def _default_rule_store(self) -> RuleStore:
+    def _default_rule_store(self, workspace: Path | None = None) -> RuleStore:
         from agent.policy import RuleStore
 
-        return RuleStore(self.paths.database)
+        return RuleStore(self.paths.database, workspace=workspace)
 
     def _rules(self) -> RuleStore:
         if self._store is None:
@@ -183,16 +188,27 @@ class SettingsController(QObject):
         self._save(updated)
 
     def add_rule(self, tool: str, pattern: str, action: str, scope: str) -> None:
-        """Save a rule for the user (``scope="user"``) or the current workspace."""
+        """Save a rule for the user (``scope="user"``) or the current workspace.
+
+        An empty pattern means every call of the tool (``*``). An invalid rule
+        is reported through :attr:`error` with the policy engine's reason.
+        """
         if scope == "workspace" and not self.workspace:
             self.error.emit("Choose a workspace first: no workspace rules without one.")
             return
+        from pydantic import ValidationError
+
+        from agent.policy import Rule
+
+        try:
+            rule = Rule(tool=tool, pattern=pattern.strip() or "*", action=action, scope=scope)
+        except ValidationError as e:
+            self.error.emit(f"Rule {tool}({pattern.strip() or '*'}) is invalid: {_first(e)}")
+            return
+        workspace = self._workspace_path() if scope == "workspace" else None
 
         def work() -> list[RuleRow]:
-            from agent.policy import Rule
-
-            rule = Rule(tool=tool, pattern=pattern.strip(), action=action, scope=scope)
-            self._rules().add(rule, workspace=self._workspace_for(scope))
+            self._rules().add(rule, workspace=workspace)
             return self._load_rules()
 
         self._worker.submit(work, self.rules_loaded.emit, self._report)
@@ -201,25 +217,19 @@ class SettingsController(QObject):
         """Delete a saved rule."""
 
         def work() -> list[RuleRow]:
-            from agent.policy import Rule
-
-            rule = Rule(tool=row.tool, pattern=row.pattern, action=row.action, scope=row.scope)
-            self._rules().remove(rule, workspace=row.workspace)
+            self._rules().remove(row.rule_id)
             return self._load_rules()
 
         self._worker.submit(work, self.rules_loaded.emit, self._report)
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _workspace_for(self, scope: str) -> str | None:
-        return self.workspace if scope == "workspace" else None
+    def _workspace_path(self) -> Path | None:
+        return Path(self.workspace) if self.workspace else None
 
     def _load_rules(self) -> list[RuleRow]:
-        store = self._rules()
-        rows = [_rule_row(r, None) for r in store.rules(workspace=None)]
-        if self.workspace:
-            rows += [_rule_row(r, self.workspace) for r in store.rules(workspace=self.workspace)]
-        return rows
+        # stored() gives this workspace's rules first, then the user's.
+        return [_rule_row(s) for s in self._rules().stored(self._workspace_path())]
 
     def _save(self, settings: AppSettings) -> None:
         def work() -> AppSettings:
@@ -233,14 +243,24 @@ class SettingsController(QObject):
         self._worker.submit(work, done, self._report)
 
     def _report(self, error: Exception) -> None:
-        self.error.emit(str(error) or type(error).__name__)
+        self.error.emit(_first(error) or type(error).__name__)
 
 
-def _rule_row(rule: Rule | Any, workspace: str | None) -> RuleRow:
+def _rule_row(stored: StoredRule) -> RuleRow:
+    rule = stored.rule
     return RuleRow(
-        tool=str(rule.tool),
-        pattern=str(rule.pattern or ""),
-        action=str(rule.action),
-        scope=str(rule.scope),
-        workspace=workspace,
+        rule_id=stored.id,
+        tool=rule.tool,
+        pattern=rule.pattern,
+        action=rule.action,
+        scope=rule.scope,
+        workspace=stored.workspace,
     )
+
+
+def _first(error: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError) and error.errors():
+        return str(error.errors()[0].get("msg", error)).removeprefix("Value error, ")
+    return str(error)

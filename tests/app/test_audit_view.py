@@ -161,14 +161,20 @@ def test_keyboard_reachability_and_labels(view: AuditView) -> None:
 def tab_sequence(root: QWidget, start: QWidget, count: int) -> list[QWidget]:
     """The widgets Tab visits from ``start`` (as Qt's focusNextPrevChild does)."""
     seen = [start]
-    widget = start.nextInFocusChain()
-    while len(seen) < count and widget is not start:
+    cursor = start.nextInFocusChain()
+    for _ in range(500):
+        if len(seen) >= count or cursor is start:
+            break
         if (
-            widget.focusPolicy() & Qt.FocusPolicy.TabFocus
-            and widget.isEnabled()
-            and widget.isVisibleTo(root)
-            and root.isAncestorOf(widget)
+            cursor.focusPolicy() & Qt.FocusPolicy.TabFocus
+            and cursor.isEnabled()
+            and cursor.isVisibleTo(root)
+            and root.isAncestorOf(cursor)
         ):
-            seen.append(widget)
-        widget = widget.nextInFocusChain()
+            # A spin box's inner line edit takes the focus on the spin box's behalf.
+            owner = cursor.parentWidget()
+            target = owner if isinstance(owner, QtWidgets.QAbstractSpinBox) else cursor
+            if target is not seen[-1]:
+                seen.append(target)
+        cursor = cursor.nextInFocusChain()
     return seen
