@@ -24,7 +24,7 @@ from app.paths import default_paths
 from app.settings import AppSettings, SettingsError, load_settings
 from memory.errors import MemoryErrorBase
 from memory.service import MemoryService
-from memory.settings import LevelTokens, MemorySettings
+from memory.settings import MemorySettings
 from memory.store import LEVELS
 
 Scanner = Callable[[str], list[str]]
@@ -100,8 +100,8 @@ def _settings() -> AppSettings:
 def memory_settings(app: AppSettings) -> MemorySettings:
     """Map the app's capacity settings onto the memory package's settings."""
     caps = app.memory
-    return MemorySettings(
-        capacities=LevelTokens(user=caps.user, project=caps.project, session=caps.session)
+    return MemorySettings.from_capacities(
+        user=caps.user, project=caps.project, session=caps.session
     )
 
 

@@ -53,3 +53,8 @@ class MemorySettings(BaseModel):
     distill_entry_chars: int = Field(
         default=600, ge=50, description="Characters of each topic shown to the distilling model."
     )
+
+    @classmethod
+    def from_capacities(cls, *, user: int, project: int, session: int) -> MemorySettings:
+        """Settings with these capacities and the default budgets (what the app stores)."""
+        return cls(capacities=LevelTokens(user=user, project=project, session=session))
