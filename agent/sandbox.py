@@ -180,8 +180,6 @@ def _isolation_flags() -> list[str]:
         str(_TMPFS_BYTES),
         "--tmpfs",
         "/dev/shm",
-        "--remount-ro",
-        "/dev",
         "--size",
         str(_TMPFS_BYTES),
         "--tmpfs",
@@ -192,7 +190,8 @@ def _isolation_flags() -> list[str]:
 
 
 def _env_flags(env: Mapping[str, str]) -> list[str]:
-    args = ["--clearenv"]
+    # Last of the mount steps: /dev goes read-only once device binds are in.
+    args = ["--remount-ro", "/dev", "--clearenv"]
     for name, value in sorted(env.items()):
         args += ["--setenv", name, value]
     return args

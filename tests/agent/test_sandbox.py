@@ -338,3 +338,12 @@ def test_ram_backed_dirs_are_small_or_read_only(sandbox: Sandbox, workspace: Pat
     assert "null-writable" in result.output
     assert "/dev/planted': Read-only file system" in result.output
     assert result.output.count("No space left on device") == 2
+
+
+@pytest.mark.bwrap
+def test_dev_is_sealed_after_the_device_binds(sandbox: Sandbox) -> None:
+    argv = sandbox.agent_command(["python"])
+    sealed = argv.index("--remount-ro")
+    assert argv[sealed + 1] == "/dev"
+    binds = [i for i, a in enumerate(argv) if a == "--dev-bind-try"]
+    assert binds and max(binds) < sealed
