@@ -15,10 +15,12 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -28,6 +30,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from vault import _crypto, _format
 from vault._crypto import Argon2Params
@@ -979,3 +982,73 @@ def test_all_errors_are_vault_errors() -> None:
         KeyringUnavailableError, SecretNotFoundError, VaultRollbackError, VaultConflictError,
     ):
         assert issubclass(exc, VaultError)
+
+
+# ------------------------------------------------------------ state machine
+
+
+class VaultModel(RuleBasedStateMachine):
+    """Random sequences of operations, checked against a plain dict.
+
+    Every step may also lock, reopen from disk, rotate the data key or change
+    the passphrase; the vault must always hold exactly what the model holds.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="vault-model-"))
+        self.path = self.dir / "vault.kls"
+        self.passphrase = PASSPHRASE
+        self.vault = make(self.path)
+        self.model: dict[str, bytes] = {}
+
+    @rule(name=names, value=st.binary(min_size=1, max_size=64))
+    def add(self, name: str, value: bytes) -> None:
+        if name in self.model:
+            with pytest.raises(SecretExistsError):
+                self.vault.add(name, value)
+        else:
+            self.vault.add(name, value)
+            self.model[name] = value
+
+    @rule(data=st.data(), value=st.binary(min_size=1, max_size=64))
+    def update(self, data: st.DataObject, value: bytes) -> None:
+        if self.model:
+            name = data.draw(st.sampled_from(sorted(self.model)))
+            self.vault.update(name, value)
+            self.model[name] = value
+
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        if self.model:
+            name = data.draw(st.sampled_from(sorted(self.model)))
+            self.vault.delete(name)
+            del self.model[name]
+
+    @rule()
+    def reopen(self) -> None:
+        self.vault.lock()
+        self.vault = reopen(self.path)
+        self.vault.unlock(self.passphrase)
+
+    @rule()
+    def rotate(self) -> None:
+        self.vault.rotate_data_key(passphrase=self.passphrase)
+
+    @rule(new=st.text(min_size=1, max_size=12))
+    def change_passphrase(self, new: str) -> None:
+        self.vault.change_passphrase(new)
+        self.passphrase = new
+
+    @invariant()
+    def same_content(self) -> None:
+        assert self.vault.names() == sorted(self.model)
+        for name, value in self.model.items():
+            assert self.vault.get(name) == value
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TestVaultModel = VaultModel.TestCase
+TestVaultModel.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
