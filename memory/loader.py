@@ -25,6 +25,7 @@ from memory.errors import MemoryStoreError
 from memory.frontmatter import parse_topic
 from memory.store import LEVELS, Level, MemoryLayout, decode, read_bytes, strip_index_markers
 
+IMPORT_SUFFIXES = (".md", ".markdown", ".txt")
 _IMPORT = re.compile(r"^[ \t]*@(?P<path>[^\s@][^\s]*)[ \t]*$")
 _FENCE = re.compile(r"^[ \t]*(```|~~~)")
 
@@ -189,6 +190,9 @@ def _import_one(
         return refuse("import cycle")
     if target.exists() and not target.is_file():
         return refuse("not a file")
+    if target.suffix.lower() not in IMPORT_SUFFIXES:
+        # memory imports memory; a workspace's .env or key file is never pulled in
+        return refuse(f"only {', '.join(IMPORT_SUFFIXES)} files can be imported")
     try:
         data = read_bytes(target)
     except MemoryStoreError as e:  # a bad import must not stop loading; it is reported
@@ -208,12 +212,21 @@ def _import_one(
 
 
 def read_level_text(
-    layout: MemoryLayout, level: Level, *, max_depth: int, max_bytes: int, problems: list[str]
+    layout: MemoryLayout,
+    level: Level,
+    *,
+    max_depth: int,
+    max_bytes: int,
+    problems: list[str],
+    scan_secrets: Callable[[str], list[str]] | None = None,
 ) -> str:
     """The full (uncut) text of a level's index files with imports expanded.
 
     A load file that is a symlink leading outside the memory roots is not
     read (a cloned repository's ``KEYLESS.md`` must not pull in ``~/.ssh``).
+    With ``scan_secrets``, a file whose text (imports included) holds a vault
+    secret or canary is withheld, and so is every file when the scan cannot
+    run: secrets never reach the prompt through memory.
     """
     parts: list[str] = []
     lay = layout.level(level)
@@ -232,12 +245,28 @@ def read_level_text(
         ).strip("\n")
         if not text:
             continue
+        if scan_secrets is not None:
+            withheld = _withheld(file, text, scan_secrets)
+            if withheld:
+                problems.append(withheld)
+                continue
         if len(lay.load_files) > 1:
             rel = file.relative_to(lay.root) if file.is_relative_to(lay.root) else file.name
             parts.append(f"### {rel}\n{text}\n")
         else:
             parts.append(text + "\n")
     return "\n".join(parts)
+
+
+def _withheld(file: Path, text: str, scan_secrets: Callable[[str], list[str]]) -> str | None:
+    try:
+        found = scan_secrets(text)
+    except Exception as e:  # an unchecked text must not reach the prompt; reported instead
+        return f"{file}: withheld: it could not be checked for vault secrets ({e})"
+    if found:
+        names = ", ".join(sorted(set(found)))
+        return f"{file}: withheld: it contains the vault secret(s) {names}; edit the file"
+    return None
 
 
 def load_context(
@@ -247,6 +276,7 @@ def load_context(
     count_tokens: Callable[[str], int],
     max_depth: int,
     max_bytes: int,
+    scan_secrets: Callable[[str], list[str]] | None = None,
 ) -> MemoryContext:
     """Assemble the prompt's memory text, user → project → session, each under its budget."""
     problems: list[str] = []
@@ -255,7 +285,8 @@ def load_context(
     for level in LEVELS:
         budget = budgets(level)
         text = read_level_text(
-            layout, level, max_depth=max_depth, max_bytes=max_bytes, problems=problems
+            layout, level, max_depth=max_depth, max_bytes=max_bytes, problems=problems,
+            scan_secrets=scan_secrets,
         )
         if not text.strip():
             usages.append(LevelUsage(level=level, tokens=0, capacity=budget, truncated=False))

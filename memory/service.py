@@ -160,6 +160,7 @@ class MemoryService:
                 count_tokens=self._count_tokens,
                 max_depth=self.settings.max_import_depth,
                 max_bytes=self.settings.max_file_bytes,
+                scan_secrets=self._scanner,
             )
 
     def recall(self, query: str, *, limit: int = 5) -> list[Hit]:
@@ -170,7 +171,22 @@ class MemoryService:
         """
         with self._lock:
             self._index.refresh()
-            return self._index.search(query, limit=limit)
+            return [self._screen(hit) for hit in self._index.search(query, limit=limit)]
+
+    def _screen(self, hit: Hit) -> Hit:
+        """Withhold a hit's snippet and title when they show a vault secret (hand-edited files)."""
+        try:
+            found = self._scanner(f"{hit.title}\n{hit.snippet}")
+        except Exception as e:  # fail closed: an unchecked snippet is not shown
+            return hit.model_copy(
+                update={"snippet": f"[withheld: could not check for secrets ({e})]", "title": ""}
+            )
+        if not found:
+            return hit
+        names = ", ".join(sorted(set(found)))
+        return hit.model_copy(
+            update={"snippet": f"[withheld: contains the vault secret(s) {names}]", "title": ""}
+        )
 
     def read_topic(self, level: str, name: str) -> Topic:
         """Read a topic and count the use (for the recency-and-use score).

@@ -83,3 +83,14 @@ def test_search_is_limited_to_this_workspace_and_session(
     assert {h.level for h in other.recall("banana")} == {"user"}
     same_ws_new_session = make_service(session_id="s3")
     assert {h.level for h in same_ws_new_session.recall("banana")} == {"user", "project"}
+
+
+def test_hits_showing_a_vault_secret_are_withheld(service: MemoryService, workspace: Path) -> None:
+    from tests.memory.helpers import SECRETS
+
+    topics = workspace / ".keyless" / "memory" / "topics"
+    topics.mkdir(parents=True)
+    (topics / "creds.md").write_text(f"hand-typed deploy key {SECRETS['CANARY_1']}\n")
+    [hit] = service.recall("deploy key")
+    assert SECRETS["CANARY_1"] not in hit.snippet + hit.title
+    assert hit.snippet == "[withheld: contains the vault secret(s) CANARY_1]"

@@ -8,7 +8,7 @@ from memory.frontmatter import Provenance
 from memory.loader import HEADER, expand_imports, fit_to_budget
 from memory.service import MemoryService
 from memory.store import MemoryLayout
-from tests.memory.helpers import ServiceFactory, count_words
+from tests.memory.helpers import SECRETS, ServiceFactory, count_words
 
 
 def write(path: Path, text: str) -> Path:
@@ -195,3 +195,38 @@ def test_a_load_file_symlinked_outside_the_roots_is_not_read(
     ctx = service.load_context()
     assert "PRIVATE KEY" not in ctx.text
     assert any("leads outside the memory folders" in p for p in ctx.problems)
+
+
+def test_only_markdown_and_text_files_can_be_imported(tmp_path: Path) -> None:
+    layout = layout_for(tmp_path)
+    write(tmp_path / "ws" / ".env", "API_KEY=abc\n")
+    write(tmp_path / "ws" / "notes.txt", "plain notes\n")
+    root = write(tmp_path / "ws" / "KEYLESS.md", "@.env\n@notes.txt\n")
+    problems: list[str] = []
+    out = expand(layout, root, problems)
+    assert "API_KEY" not in out and "plain notes" in out
+    assert "only .md, .markdown, .txt files can be imported" in out
+
+
+def test_memory_holding_a_vault_secret_is_withheld_from_the_prompt(
+    service: MemoryService, workspace: Path, user_dir: Path
+) -> None:
+    write(user_dir / "USER.md", "I like short answers.\n")
+    write(workspace / "notes.md", f"token: {SECRETS['GITHUB_TOKEN']}\n")
+    write(workspace / "KEYLESS.md", "Project rules.\n@notes.md\n")
+    ctx = service.load_context()
+    assert SECRETS["GITHUB_TOKEN"] not in ctx.text and "Project rules." not in ctx.text
+    assert "I like short answers." in ctx.text
+    assert any("GITHUB_TOKEN" in p and "withheld" in p for p in ctx.problems)
+
+
+def test_nothing_loads_when_the_secret_scan_cannot_run(
+    make_service: ServiceFactory, user_dir: Path
+) -> None:
+    def locked(text: str) -> list[str]:
+        raise RuntimeError("vault is locked")
+
+    svc = make_service(scan=locked)
+    write(user_dir / "USER.md", "I like short answers.\n")
+    ctx = svc.load_context()
+    assert ctx.text == "" and "could not be checked" in ctx.problems[0]
