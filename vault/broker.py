@@ -187,6 +187,25 @@ def _zero(buffer: bytearray) -> None:
     buffer[:] = bytes(len(buffer))
 
 
+def _check_injectable(
+    injection: HeaderInjection | QueryInjection | BasicAuthInjection, secret: bytearray
+) -> None:
+    """Refuse, before the grant is used, a secret that cannot go where the grant says."""
+    if isinstance(injection, QueryInjection):
+        if _utf8(secret) is None:
+            raise _refused("injection: the secret is not text and cannot go in a query")
+    elif any(b < 0x20 and b != 0x09 or b == 0x7F for b in secret):
+        raise _refused("injection: the secret holds control bytes and cannot go in a header")
+
+
+def _utf8(value: bytearray) -> str | None:
+    # The UnicodeDecodeError would hold the secret's bytes: never let it escape.
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -454,15 +473,17 @@ class Broker:
             return loose
         return canonicalize(raw, schemes=("https", "http"))
 
-    def _plain_hop(self, hop: _Hop, *, local_ok: bool) -> IPAddress:
+    def _plain_hop(self, hop: _Hop, *, local_ok: bool) -> list[IPAddress]:
         url = self._plain_url(str(hop.url), local_ok=local_ok)
         return self._address(url, allow_local=local_ok and url.host in self._local_hosts)
 
-    def _address(self, url: CanonicalURL, *, allow_local: bool) -> IPAddress:
+    def _address(self, url: CanonicalURL, *, allow_local: bool) -> list[IPAddress]:
+        """Every address of the host, all checked; connections try them in order."""
         addresses = resolve(url.host, url.port, self._resolver)
-        return check_addresses(url.host, addresses, allow_local=allow_local)
+        check_addresses(url.host, addresses, allow_local=allow_local)
+        return addresses
 
-    def _check_scope(self, record: GrantRecord, hop: _Hop) -> IPAddress:
+    def _check_scope(self, record: GrantRecord, hop: _Hop) -> list[IPAddress]:
         grant = record.grant
         if hop.method not in grant.methods:
             raise _refused(
@@ -495,13 +516,14 @@ class Broker:
         )
         body = self._body(call)
         first = _Hop(call.method, url, body)
-        address = self._check_scope(record, first)  # refuse before using the grant up
+        addresses = self._check_scope(record, first)  # refuse before using the grant up
         injection = grant.injection
         extra = (injection.header,) if isinstance(injection, HeaderInjection) else ()
         headers, stripped = self._agent_headers(call.headers, extra=extra)
         # Read the secret first so that a locked vault does not cost a use.
         secret = self._vault.get(grant.secret_name)
         try:
+            _check_injectable(injection, secret)
             uses_left = self._grants.consume(handle, session_id=session_id, now=now)
             redactor = Redactor([(grant.secret_name, secret)])
 
@@ -511,7 +533,7 @@ class Broker:
                 redactor,
                 check=lambda hop: self._check_scope(record, hop),
                 inject=(injection, secret),
-                first_address=address,
+                first_addresses=addresses,
             )
             self._audit.record(
                 "redeem",
@@ -574,33 +596,28 @@ class Broker:
         agent_headers: dict[str, str],
         redactor: Redactor,
         *,
-        check: Callable[[_Hop], IPAddress],
+        check: Callable[[_Hop], list[IPAddress]],
         inject: tuple[HeaderInjection | QueryInjection | BasicAuthInjection, bytearray]
         | None = None,
-        first_address: IPAddress | None = None,
+        first_addresses: list[IPAddress] | None = None,
     ) -> tuple[BrokeredResponse, int, IPAddress]:
         hop = first
         for hops in range(self.max_redirects + 1):
+            refusal = None
             try:
-                if hops == 0 and first_address is not None:
-                    address = first_address  # checked just before the grant was used
+                if hops == 0 and first_addresses is not None:
+                    addresses = first_addresses  # checked just before the grant was used
                 else:
-                    address = check(hop)
+                    addresses = check(hop)
             except GrantRefused as e:
                 if hops == 0:
                     raise
-                # The target came from the server and may echo a secret.
-                reason = redactor.redact(f"redirect to {hop.url}: {e.reason}")[0]
-                raise _refused(reason) from None
-            request = self._build(hop, agent_headers, address, inject)
-            try:
-                response = self._client.send(request, stream=True)
-            except httpx.HTTPError as e:
-                # The message may quote the URL, which may carry an injected secret.
-                text = redactor.redact(str(e))[0]
-                raise VaultError(
-                    f"request to {hop.url.host} failed: {type(e).__name__}: {text}"
-                ) from None
+                # The target came from the server and may echo a secret: redact,
+                # and raise outside the handler so the raw reason is not chained.
+                refusal = _refused(redactor.redact(f"redirect to {hop.url}: {e.reason}")[0])
+            if refusal is not None:
+                raise refusal
+            response, address = self._connect(hop, addresses, agent_headers, redactor, inject)
             try:
                 location = response.headers.get("location")
                 if response.status_code in REDIRECT_STATUSES and location is not None:
@@ -611,6 +628,33 @@ class Broker:
             finally:
                 response.close()
         raise _refused(f"redirect: more than {self.max_redirects} hops")
+
+    def _connect(
+        self,
+        hop: _Hop,
+        addresses: list[IPAddress],
+        agent_headers: dict[str, str],
+        redactor: Redactor,
+        inject: tuple[HeaderInjection | QueryInjection | BasicAuthInjection, bytearray] | None,
+    ) -> tuple[httpx.Response, IPAddress]:
+        """Send to the first checked address that accepts a connection."""
+        for index, address in enumerate(addresses):
+            request = self._build(hop, agent_headers, address, inject)
+            try:
+                return self._client.send(request, stream=True), address
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                # Nothing was sent: another address of the same name may answer.
+                if index + 1 < len(addresses):
+                    continue
+                error: httpx.HTTPError = e
+            except httpx.HTTPError as e:
+                error = e
+            # The message may quote the URL, which may carry an injected secret.
+            text = redactor.redact(str(error))[0]
+            raise VaultError(
+                f"request to {hop.url.host} failed: {type(error).__name__}: {text}"
+            ) from None
+        raise VaultError(f"{hop.url.host} has no address")  # resolve() never returns none
 
     @staticmethod
     def _next_hop(hop: _Hop, status: int, location: str) -> _Hop:
@@ -641,20 +685,15 @@ class Broker:
             injection, secret = inject
             if isinstance(injection, HeaderInjection):
                 prefix, _, suffix = injection.template.partition("{}")
-                value = prefix.encode("latin-1") + bytes(secret) + suffix.encode("latin-1")
-                if any(b < 0x20 and b != 0x09 or b == 0x7F for b in value):
-                    raise _refused("injection: the secret cannot go in a header (control bytes)")
+                value = prefix.encode("ascii") + bytes(secret) + suffix.encode("ascii")
                 headers.append((injection.header.encode("ascii"), value))
             elif isinstance(injection, BasicAuthInjection):
                 token = base64.b64encode(injection.username.encode("utf-8") + b":" + bytes(secret))
                 headers.append((b"Authorization", b"Basic " + token))
             else:
-                try:
-                    text = bytes(secret).decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _refused(
-                        "injection: the secret is not text and cannot go in a query"
-                    ) from None
+                text = _utf8(secret)
+                if text is None:  # _check_injectable refused it before the grant was used
+                    raise _refused("injection: the secret is not text and cannot go in a query")
                 url = url.with_query(with_query_param(url.query, injection.param, text))
         extensions: dict[str, Any] = {}
         if not url.is_ip_literal:
@@ -678,6 +717,7 @@ class Broker:
         total = 0
         truncated = False
         deadline = self._clock() + self.timeout
+        failure: VaultError | None = None
         try:
             for chunk in response.iter_bytes():
                 if self._clock() > deadline:
@@ -692,9 +732,11 @@ class Broker:
                 if truncated:
                     break
         except httpx.HTTPError as e:
-            raise VaultError(
+            failure = VaultError(
                 f"reading the response from {hop.url.host} failed: {type(e).__name__}"
-            ) from None
+            )
+        if failure is not None:
+            raise failure  # outside the handler: the httpx error is not chained
         if truncated:
             # Drop the held-back tail: it may hold the start of a secret that
             # the cut left incomplete, which no pattern would match.

@@ -142,16 +142,19 @@ class Redactor:
         Raises:
             RedactionError: The table could not be built.
         """
+        patterns: dict[str, str] = {}
+        failure = None
         try:
             items = secrets.items() if isinstance(secrets, Mapping) else secrets
-            patterns: dict[str, str] = {}
             for name, value in items:
                 if not isinstance(name, str) or not name:
                     raise TypeError("secret names must be non-empty strings")
                 for form in secret_forms(value):
                     patterns.setdefault(form, name)
-        except Exception as e:  # fail closed: re-raised as RedactionError
-            raise _failure(e) from None
+        except Exception as e:  # fail closed: re-raised as RedactionError below
+            failure = _failure(e)
+        if failure is not None:
+            raise failure
         # Longest first: at one start position the longest form names the marker.
         self._patterns = sorted(patterns.items(), key=lambda kv: (-len(kv[0]), kv[0]))
         self.names = sorted(set(patterns.values()))
@@ -202,8 +205,9 @@ class Redactor:
                 pos = iv.end
             out.append(text[pos:])
             return "".join(out), sorted(found)
-        except Exception as e:  # fail closed: re-raised as RedactionError
-            raise _failure(e) from None
+        except Exception as e:  # fail closed: re-raised as RedactionError below
+            failure = _failure(e)
+        raise failure
 
     def scan(self, text: str) -> list[str]:
         """Sorted names of the secrets that occur in ``text`` in any form.
@@ -213,8 +217,9 @@ class Redactor:
         """
         try:
             return sorted({iv.name for iv in self._intervals(text)})
-        except Exception as e:  # fail closed: re-raised as RedactionError
-            raise _failure(e) from None
+        except Exception as e:  # fail closed: re-raised as RedactionError below
+            failure = _failure(e)
+        raise failure
 
     def stream(self) -> StreamRedactor:
         """A fresh streaming redactor sharing this pattern table."""
@@ -270,10 +275,11 @@ class StreamRedactor:
             out = self._step(chunk, final=final)
             self._finished = final
             return out
-        except Exception as e:  # fail closed: re-raised as RedactionError
+        except Exception as e:  # fail closed: re-raised as RedactionError below
             self._broken = True
             self._context = self._pending = ""
-            raise _failure(e) from None
+            failure = _failure(e)
+        raise failure
 
     def _step(self, chunk: str, *, final: bool) -> str:
         base = len(self._context)
@@ -305,6 +311,7 @@ class StreamRedactor:
 
 
 def _failure(error: BaseException) -> RedactionError:
-    # The original exception is dropped, not chained: its message could quote
-    # a pattern, which is a form of a secret.
+    # The original exception is dropped: its message could quote a pattern,
+    # which is a form of a secret. Callers raise the result *outside* their
+    # except block, so it is neither the __cause__ nor the __context__.
     return RedactionError(f"redaction failed ({type(error).__name__}); nothing returned")

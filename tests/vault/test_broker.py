@@ -800,6 +800,32 @@ def test_a_trickling_body_hits_the_total_deadline(tmp_path: Path) -> None:
         broker.call(None, HttpCall(url="https://api.example.com/x"), session_id="s", now=NOW)
 
 
+@pytest.mark.parametrize(
+    ("value", "injection", "reason"),
+    [
+        (b"\xff\xfebinary-key-0123", QueryInjection(param="key"), "injection: the secret is not"),
+        (b"line1\r\nX-Evil: 1", header_injection("X-Key: {}"), "injection: the secret holds"),
+        (b"nul\x00inside-key", BasicAuthInjection(username="u"), "injection: the secret holds"),
+    ],
+)
+def test_secret_that_cannot_be_injected_is_refused_before_use(
+    tmp_path: Path, value: bytes, injection: Any, reason: str
+) -> None:
+    sent: list[httpx.Request] = []
+    db = tmp_path / "keyless.db"
+    broker = Broker(DictSource({"API_KEY": value}), GrantStore(db), AuditLog(db),
+                    transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200)),  # type: ignore[func-returns-value]
+                    resolver=static_resolver(RESOLVER_TABLE))
+    handle = broker.grant(_public_grant(injection=injection, max_uses=1), now=NOW).handle
+    with pytest.raises(GrantRefused) as info:
+        broker.call(handle, HttpCall(url="https://api.example.com/v1/x"), session_id="s1",
+                    now=NOW)
+    assert info.value.reason.startswith(reason)
+    assert info.value.__context__ is None
+    assert sent == []
+    assert broker.capabilities("s1", now=NOW)[0].uses_left == 1
+
+
 def test_transport_errors_do_not_leak_the_secret(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
@@ -810,8 +836,20 @@ def test_transport_errors_do_not_leak_the_secret(tmp_path: Path) -> None:
         broker.call(handle, HttpCall(url="https://api.example.com/v1/x"), session_id="s1",
                     now=NOW)
     assert "ConnectError" in str(info.value)
-    assert info.value.__cause__ is None and info.value.__context__ is not None
+    # Neither chained nor as context: the httpx error quotes the URL with the secret.
+    assert info.value.__cause__ is None and info.value.__context__ is None
     assert_no_secret(str(info.value))
+
+
+def test_every_checked_address_is_tried_in_order(server: ServerState, ca: trustme.CA,
+                                                  tmp_path: Path) -> None:
+    """localhost often resolves to ::1 first; the server only listens on 127.0.0.1."""
+    resolver = static_resolver({**RESOLVER_TABLE, "localhost": ["::1", "127.0.0.1"]})
+    for env in _env(_make_source("dict", tmp_path), server, ca, tmp_path, resolver=resolver):
+        handle = env.grant()
+        assert env.call(handle, "/api/echo").status == 200
+        assert env.audit.entries("redeem")[0].details["address"] == "127.0.0.1"
+        assert len(env.server.take()) == 1
 
 
 def test_certificate_for_another_name_is_refused(server: ServerState, ca: trustme.CA,

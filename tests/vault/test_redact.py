@@ -146,7 +146,7 @@ def test_internal_failure_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RedactionError) as info:
         stream.feed(KEY.decode()[10:] + "x" * 200)
     assert KEY.decode() not in str(info.value)
-    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert info.value.__cause__ is None and info.value.__context__ is None
     monkeypatch.undo()
     with pytest.raises(RedactionError):
         stream.finish()  # a broken stream stays broken
