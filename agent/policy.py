@@ -11,9 +11,13 @@ A :class:`Rule` names a tool and a pattern over the call's main argument:
   ``&``; *each* part must match. Allow patterns match a part exactly, or as a
   prefix when they end in ``*`` (``npm run test:*``, ``git *``); deny and ask
   patterns always match as prefixes on word boundaries (``rm`` catches
-  ``rm -rf x``), also after ``env``/``sudo``-like wrappers, variable
-  assignments and inside ``$(...)``. A command with substitutions, redirections
-  or several lines is never allowed by a rule short of ``shell(*)``.
+  ``rm -rf x``), also after ``env``/``sudo``/``timeout``-like wrappers and
+  their options, variable assignments, a directory (``/bin/rm``), inside
+  ``$(...)`` and inside ``sh -c '...'``. A command with expansions,
+  substitutions, ``eval``, redirections or several lines is never allowed by a
+  rule short of ``shell(*)``, and not even by that while shell deny rules
+  exist (they cannot see what it runs). Shell deny rules are a tripwire, not
+  the boundary: that is the sandbox.
 - ``http_request(domain:api.github.com)``, ``domain:*.github.com``.
 - memory tools: a glob over the topic (or query).
 
@@ -62,9 +66,13 @@ DEFAULT_ACTIONS: dict[Effect, Action] = {
 _FILE_TOOLS = frozenset({"list_dir", "read_file", "search_files", "write_file", "edit_file"})
 _SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "|&", ";;", "(", ")", "{", "}"})
 _WRAPPERS = frozenset(
-    {"env", "command", "exec", "nice", "nohup", "time", "sudo", "doas", "xargs", "builtin"}
-)
+    {
+        "env", "command", "exec", "nice", "nohup", "time", "sudo", "doas", "xargs",
+        "builtin", "eval", "timeout", "stdbuf", "ionice", "setsid", "chroot",
+    }
+)  # fmt: skip
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_WRAPPER_ARG = re.compile(r"^[0-9.]+[smhd]?$|^(KILL|TERM|INT|HUP|[0-9]+)$")
 _HOST_PATTERN = re.compile(r"^(\*\.)?([a-z0-9-]+\.)*[a-z0-9-]+$")
 
 
@@ -256,8 +264,14 @@ def _split_segments(text: str) -> list[list[str]]:
     return [s for s in segments if s]
 
 
-def _split_shell(command: str) -> _Shell:
-    opaque = any(m in command for m in ("$(", "`", "<(", ">(", "\n", "\r", "${"))
+_DYNAMIC = re.compile(r"\$[A-Za-z_{(']|`|<\(|>\(|[\n\r]|\beval\b")
+_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "busybox"})
+
+
+def _split_shell(command: str, *, depth: int = 0) -> _Shell:
+    # Expansions, substitutions, eval and several lines: what runs is decided
+    # at run time, so no rule short of shell(*) may allow it.
+    opaque = _DYNAMIC.search(command) is not None
     try:
         strict_segments = _split_segments(command)
     except ValueError:
@@ -277,8 +291,17 @@ def _split_shell(command: str) -> _Shell:
     for seg in loose_segments + strict_segments:
         while seg and (_ASSIGNMENT.match(seg[0]) or seg[0] in _WRAPPERS):
             seg = seg[1:]
-        if seg:
-            loose.append(tuple(seg))
+            # The wrapper's own options and numbers ("timeout -s 9 5 rm", "nice -n 5").
+            while seg and (seg[0].startswith("-") or _WRAPPER_ARG.match(seg[0])):
+                seg = seg[1:]
+        if not seg:
+            continue
+        # "/bin/rm" is "rm"; "bash -c 'rm x'" runs "rm x".
+        seg = [seg[0].rsplit("/", 1)[-1], *seg[1:]]
+        loose.append(tuple(seg))
+        if seg[0] in _SHELLS and "-c" in seg[1:-1] and depth < 3:
+            inner = seg[seg.index("-c", 1) + 1]
+            loose.extend(_split_shell(inner, depth=depth + 1).loose)
     strict = None if opaque else tuple(tuple(s) for s in strict_segments)
     return _Shell(strict=strict, loose=tuple(loose))
 
@@ -393,6 +416,13 @@ class PolicyEngine:
         if "ask" in matched:
             rule = matched["ask"]
             return Decision(action="ask", rule=rule, reason=f"rule {rule} asks")
+        if "allow" in matched and request.tool == "shell" and self._deny_blind(request):
+            return Decision(
+                action="ask",
+                rule=matched["allow"],
+                reason="the command is built at run time ($VAR, substitution, eval); "
+                "deny rules cannot see what it runs",
+            )
         if "allow" in matched:
             rule = matched["allow"]
             return Decision(action="allow", rule=rule, reason=f"allowed by rule {rule}")
@@ -414,6 +444,13 @@ class PolicyEngine:
             return not any(path_matches(r.pattern, path) for r in denies)
 
         return may_read
+
+    def _deny_blind(self, request: ToolCallRequest) -> bool:
+        """Shell deny rules exist but the command hides what it runs."""
+        has_deny = any(r.action == "deny" and r.tool in ("*", "shell") for r in self.rules)
+        if not has_deny:
+            return False
+        return _split_shell(str(request.arguments.get("command", ""))).strict is None
 
     def _chain_allowed(self, request: ToolCallRequest) -> Rule | None:
         """A chained command whose parts are each allowed by *some* allow rule."""

@@ -162,6 +162,14 @@ def test_chained_commands_each_matching_an_allow_rule_are_allowed() -> None:
         "echo `rm x`",
         "(rm x)",
         "ls\nrm x",
+        "/bin/rm x",
+        "'rm' x",
+        "r\\m x",
+        "bash -c 'ls; rm -rf src'",
+        "sh -c \"sh -c 'rm x'\"",
+        "timeout 5 rm x",
+        "timeout -s KILL 5 nice -n 3 rm x",
+        "eval rm x",
     ],
 )
 def test_shell_deny_patterns_see_through_chains_wrappers_and_substitutions(command: str) -> None:
@@ -172,6 +180,10 @@ def test_shell_deny_patterns_see_through_chains_wrappers_and_substitutions(comma
 def test_shell_star_allows_even_opaque_commands_but_unsandboxed_always_asks() -> None:
     rules = [allow("shell(*)")]
     assert decide(rules, shell("echo $(date)")) == "allow"
+    # With a deny rule in force, a command that hides what it runs asks instead.
+    for hidden in ("X=rm; $X -rf src", "echo $(date)", "eval \"$CMD\""):
+        d = PolicyEngine([*rules, deny("shell(rm)")]).decide(shell(hidden), tainted=False)
+        assert d.action == "ask" and "built at run time" in d.reason, hidden
     d = PolicyEngine(rules).decide(shell("ls", sandbox=False), tainted=False)
     assert d.action == "ask" and d.unsandboxed and "WITHOUT a sandbox" in d.reason
     d2 = PolicyEngine([deny("shell(ls)")]).decide(shell("ls", sandbox=False), tainted=False)
