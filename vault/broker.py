@@ -5,15 +5,16 @@ network. For a call with a handle it:
 
 1. canonicalises the URL and checks every scope of the grant (session,
    revocation, expiry, method, scheme, host, port, path), then resolves the
-   host and refuses private, loopback and link-local addresses unless the
-   grant allows local hosts;
+   host and refuses it if *any* of its addresses is private, loopback or
+   link-local (unless the grant allows local hosts; link-local never);
 2. uses the grant once, atomically, *before* the call;
 3. strips every auth-like header the agent supplied and injects the secret
    only where the grant says;
-4. connects to the address it checked (the URL's host is replaced by that
-   address; the name still goes in ``Host`` and in TLS SNI and certificate
-   verification), so a DNS answer that changes between check and connect
-   cannot redirect the request;
+4. connects only to the addresses it checked, in order (the URL's host is
+   replaced by the address; the name still goes in ``Host`` and in TLS SNI
+   and certificate verification), so a DNS answer that changes between check
+   and connect cannot redirect the request; every request says
+   ``Connection: close`` so no TLS connection is reused for another name;
 5. does not follow redirects on its own: each hop is re-checked against the
    grant (another host, path or method is refused and the secret is not sent);
 6. streams the response, stops at a size limit, and redacts every form of
