@@ -10,6 +10,7 @@ threads and processes, by a single conditional ``UPDATE``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sqlite3
 import threading
@@ -218,12 +219,12 @@ class CapabilityGrant(BaseModel):
     @field_validator("approved_at")
     @classmethod
     def _approved(cls, value: datetime) -> datetime:
-        return _aware(value, "approved_at") or value
+        if value.tzinfo is None:
+            raise ValueError("approved_at must be timezone-aware")
+        return value
 
     @model_validator(mode="after")
     def _host(self) -> CapabilityGrant:
-        import ipaddress
-
         try:
             literal = ipaddress.ip_address(self.host)
         except ValueError:
@@ -299,6 +300,8 @@ class GrantStore:
     Safe to share between threads; several stores (or processes) on one file
     stay consistent because every state change is one SQL statement.
     """
+
+    _COLUMNS = "handle, grant_json, uses_left, revoked_at, created_at"
 
     def __init__(self, db_path: Path | str) -> None:
         """Open (and create if needed) the grants table.
@@ -388,8 +391,6 @@ class GrantStore:
             else datetime.fromtimestamp(float(str(revoked_at)), UTC),
             created_at=datetime.fromtimestamp(float(str(created_at)), UTC),
         )
-
-    _COLUMNS = "handle, grant_json, uses_left, revoked_at, created_at"
 
     def get(self, handle: str) -> GrantRecord | None:
         """The grant behind ``handle``, or None for an unknown or malformed handle."""
