@@ -950,3 +950,30 @@ def test_secrets_generated_at_random_never_come_back(denv: Env) -> None:
         for form in _every_encoding(value):
             assert form not in response.body
         assert_no_secret(response.body, value)
+
+
+# --------------------------------------------------- the agent's http tool
+
+
+def test_agent_http_tool_through_the_broker(denv: Env, tmp_path: Path) -> None:
+    """The host-side http_request tool drives this broker end to end."""
+    from agent.errors import ToolDeniedError
+    from agent.ports import BrokerPort
+    from agent.tools import http_request
+    from agent.tools.base import ToolContext
+
+    assert isinstance(denv.broker, BrokerPort)
+    handle = denv.grant()
+    ctx = ToolContext(workspace=tmp_path, session_id="s1", broker=denv.broker, now=lambda: NOW)
+    out = http_request.run(
+        http_request.Args(url=denv.url("/api/reflect"), capability=handle), ctx
+    )
+    assert out.untrusted and out.redacted == ["API_KEY"]
+    assert out.content.startswith("HTTP 200")
+    assert_no_secret(out.content)
+    [seen] = denv.server.take()
+    assert seen.headers["authorization"] == "Bearer " + SECRET.decode()
+    with pytest.raises(ToolDeniedError, match="path: /elsewhere"):
+        http_request.run(
+            http_request.Args(url=denv.url("/elsewhere"), capability=handle), ctx
+        )
