@@ -187,6 +187,9 @@ class VaultController(QObject):
         secret_revealed: ``(name, value: bytearray)`` on an explicit reveal; the
             receiver owns the buffer and must zero it.
         grant_created: The new grant's handle.
+        vault_opened: The :class:`vault.store.Vault` just created or unlocked,
+            for the host to share with the errands' broker (emitted from the
+            worker thread; the object is thread-safe).
         error: A sentence for the user.
         busy_changed: Whether work is in flight.
     """
@@ -196,6 +199,7 @@ class VaultController(QObject):
     grants_changed = Signal(list)
     secret_revealed = Signal(str, object)
     grant_created = Signal(str)
+    vault_opened = Signal(object)
     error = Signal(str)
     busy_changed = Signal(bool)
 
@@ -206,7 +210,8 @@ class VaultController(QObject):
         *,
         keyring_available: bool | None = None,
         session_id: str | None = None,
-        auto_lock_minutes: int = 10,
+        auto_lock_minutes: float = 10,
+        vault: Vault | None = None,
         keystore: KeyStore | None = None,
         kdf: Argon2Params | None = None,
         parent: QObject | None = None,
@@ -219,6 +224,8 @@ class VaultController(QObject):
             keyring_available: Whether an OS keyring exists; detected when None.
             session_id: The session new grants belong to.
             auto_lock_minutes: Lock after this long without a vault operation.
+            vault: An opened vault to drive (shared with the errands' broker);
+                when None the controller opens ``vault_path`` itself.
             keystore: The keyring the vault uses (default: the OS keyring).
             kdf: Argon2id parameters for a new passphrase (default: the vault's).
             parent: The Qt parent.
@@ -233,7 +240,7 @@ class VaultController(QObject):
         self._session_id = session_id or "user-" + _secrets.token_hex(8)
         self._state: VaultState = "missing"
         # Owned by the worker thread: created, used and dropped only there.
-        self._vault: Vault | None = None
+        self._vault: Vault | None = vault
         self._broker: Broker | None = None
         self._grants: GrantStore | None = None
         self._worker = SerialWorker(self)
@@ -278,10 +285,10 @@ class VaultController(QObject):
         if self._state == "unlocked":
             self.refresh_grants()
 
-    def set_auto_lock_minutes(self, minutes: int) -> None:
-        """Lock the vault after ``minutes`` without a vault operation (from the next unlock)."""
-        self._auto_lock_minutes = max(1, minutes)
-        self._idle.setInterval(self._auto_lock_minutes * 60_000)
+    def set_auto_lock_minutes(self, minutes: float) -> None:
+        """Lock the vault after ``minutes`` without a vault operation."""
+        self._auto_lock_minutes = max(minutes, 0.001)
+        self._idle.setInterval(max(100, int(self._auto_lock_minutes * 60_000)))
 
     def wait(self, msecs: int = -1) -> bool:
         """Block until queued work ran (shutdown and tests)."""
@@ -442,6 +449,7 @@ class VaultController(QObject):
         return "locked" if vault.is_locked else "unlocked"
 
     def _after_unlock(self) -> VaultState:
+        self.vault_opened.emit(self._vault)
         return "unlocked"
 
     def _list_grants(self) -> list[GrantRow]:

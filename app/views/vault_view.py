@@ -155,7 +155,7 @@ class VaultView(QtWidgets.QWidget):
         self.setTabOrder(self.grant_button, self.revoke_button)
 
         self.setup_button.clicked.connect(self.open_setup)
-        self.unlock_button.clicked.connect(self.open_unlock)
+        self.unlock_button.clicked.connect(lambda: self.open_unlock())
         self.lock_button.clicked.connect(controller.lock)
         self.add_button.clicked.connect(self.open_add)
         self.edit_button.clicked.connect(self.open_edit)
