@@ -182,3 +182,25 @@ def test_edit_file_validation_and_protected(ctx: ToolContext) -> None:
     (ctx.workspace / "latin1.txt").write_bytes(b"caf\xe9")
     with pytest.raises(ToolError, match="not UTF-8 text"):
         run_tool("edit_file", {"path": "latin1.txt", "old_text": "caf", "new_text": "x"}, ctx)
+
+
+def test_full_disk_during_write_keeps_the_old_file(
+    ctx: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    target = ctx.workspace / "keep.txt"
+    target.write_text("precious")
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(ToolError, match="keep.txt: cannot write: No space left on device; the old"):
+        run_tool("write_file", {"path": "keep.txt", "content": "new content"}, ctx)
+    monkeypatch.undo()
+    assert target.read_text() == "precious"
+    assert sorted(p.name for p in ctx.workspace.iterdir() if p.name.endswith(".tmp")) == []
