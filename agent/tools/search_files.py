@@ -20,6 +20,7 @@ from agent.tools.paths import Workspace, protected_reason
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_SCANNED_BYTES = 64 * 1024 * 1024
+MAX_FILES = 20_000
 MAX_LINE_CHARS = 300
 
 
@@ -51,6 +52,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
     needle = args.query if args.case_sensitive else args.query.casefold()
     hits: list[str] = []
     scanned = 0
+    files = 0
     stopped = ""
     with ws.open_dir(where) as top:
         for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top):
@@ -75,6 +77,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
                 if len(data) > MAX_FILE_BYTES or b"\x00" in data[:8192]:
                     continue
                 scanned += len(data)
+                files += 1
                 for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
                     hay = line if args.case_sensitive else line.casefold()
                     if needle in hay:
@@ -85,8 +88,11 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
                             break
                 if stopped:
                     break
-                if scanned > MAX_SCANNED_BYTES:
-                    stopped = f"[truncated search: stopped after {MAX_SCANNED_BYTES} bytes]"
+                if scanned > MAX_SCANNED_BYTES or files >= MAX_FILES:
+                    stopped = (
+                        f"[truncated search: stopped after {files} files, {scanned} bytes; "
+                        "narrow it with path or glob]"
+                    )
                     break
             if stopped:
                 break

@@ -204,3 +204,12 @@ def test_full_disk_during_write_keeps_the_old_file(
     monkeypatch.undo()
     assert target.read_text() == "precious"
     assert sorted(p.name for p in ctx.workspace.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_search_stops_at_the_file_limit(ctx: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.tools import search_files
+
+    monkeypatch.setattr(search_files, "MAX_FILES", 1)
+    out = run_tool("search_files", {"query": "zzz-not-there"}, ctx)
+    assert out.truncated
+    assert "[truncated search: stopped after 1 files" in out.content
