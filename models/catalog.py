@@ -20,8 +20,10 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import mmap
 import os
 import re
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -203,9 +205,12 @@ def _write_cache(cache_file: Path, cache: dict[str, Any]) -> None:
 def read_header(path: Path) -> GGUFHeader:
     """Validate a GGUF file and read its header.
 
-    Checks the magic bytes, parses the key/value header and tensor table with
-    the ``gguf`` package, and checks that every tensor's data lies inside the
-    file (a truncated download fails here, not inside llama.cpp).
+    Checks the magic bytes, walks the key/value header and the tensor table
+    (types and block sizes from the ``gguf`` package), and checks that every
+    tensor's data lies inside the file, so a truncated download fails here
+    with a clear message instead of inside llama.cpp. Only the scalar and
+    string values needed are decoded; the large tokenizer arrays are skipped,
+    which keeps this fast on real models.
 
     Raises:
         ModelFileError: Missing, not GGUF, unreadable header or truncated.
@@ -214,55 +219,139 @@ def read_header(path: Path) -> GGUFHeader:
         size = path.stat().st_size
         with path.open("rb") as f:
             magic = f.read(4)
+            if magic != GGUF_MAGIC:
+                raise ModelFileError(
+                    f"{path} is not a GGUF model file (starts with {magic!r}, expected b'GGUF')"
+                )
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                fields, tensor_end, n_tensors = _walk_gguf(buf, path)
+    except IsADirectoryError as e:
+        raise ModelFileError(f"model path {path} is a directory, not a file") from e
     except OSError as e:
         raise ModelFileError(f"cannot open model file {path}: {e.strerror or e}") from e
-    if not path.is_file():
-        raise ModelFileError(f"model path {path} is not a file")
-    if magic != GGUF_MAGIC:
+    if tensor_end > size:
         raise ModelFileError(
-            f"{path} is not a GGUF model file (starts with {magic!r}, expected b'GGUF')"
+            f"{path} is truncated: its tensors need {tensor_end} bytes, the file has {size}"
         )
-    import gguf  # heavy (numpy); only needed here
-
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as e:
-        raise ModelFileError(
-            f"{path} has an unreadable GGUF header (truncated or corrupt): {e}"
-        ) from e
-    except OSError as e:
-        raise ModelFileError(f"cannot read model file {path}: {e.strerror or e}") from e
-    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
-    if end > size:
-        raise ModelFileError(
-            f"{path} is truncated: its tensors need {end} bytes, the file has {size}"
-        )
-    if not reader.tensors:
+    if n_tensors == 0:
         raise ModelFileError(f"{path} holds no tensors; it is not a usable model")
-    arch = _field(reader, "general.architecture")
+    arch = fields.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise ModelFileError(f"{path} has no general.architecture in its GGUF header")
-    n_ctx_train = _field(reader, f"{arch}.context_length")
-    name = _field(reader, "general.name")
-    template = _field(reader, "tokenizer.chat_template")
+    n_ctx_train = fields.get(f"{arch}.context_length")
+    name = fields.get("general.name")
+    template = fields.get("tokenizer.chat_template")
     return GGUFHeader(
         architecture=arch,
         name=name if isinstance(name, str) else None,
-        n_ctx_train=int(n_ctx_train) if isinstance(n_ctx_train, int) else None,
+        n_ctx_train=n_ctx_train if isinstance(n_ctx_train, int) else None,
         chat_template=template if isinstance(template, str) else None,
-        n_tensors=len(reader.tensors),
+        n_tensors=n_tensors,
         file_size=size,
     )
 
 
-def _field(reader: Any, key: str) -> Any:
-    field = reader.get_field(key)
-    if field is None:
-        return None
+# struct formats of GGUF scalar value types (gguf.GGUFValueType numbering).
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
+_STRING, _ARRAY = 8, 9
+_MAX_COUNT = 1 << 24
+_MAX_DIMS = 8
+
+
+class _Truncated(Exception):
+    """The header ends before the file does."""
+
+
+class _Cursor:
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.off = 0
+        self.size = len(buf)
+
+    def need(self, n: int) -> None:
+        if n < 0 or self.off + n > self.size:
+            raise _Truncated
+
+    def unpack(self, fmt: str) -> Any:
+        n = struct.calcsize(fmt)
+        self.need(n)
+        value = struct.unpack_from(fmt, self.buf, self.off)[0]
+        self.off += n
+        return value
+
+    def string(self, keep: bool) -> str | None:
+        n = self.unpack("<Q")
+        self.need(n)
+        start, self.off = self.off, self.off + n
+        return self.buf[start : self.off].decode("utf-8") if keep else None
+
+    def value(self, vtype: int, keep: bool) -> Any:
+        if vtype == _STRING:
+            return self.string(keep)
+        if vtype == _ARRAY:
+            sub = self.unpack("<I")
+            count = self.unpack("<Q")
+            if count > self.size:  # every element takes at least one byte
+                raise _Truncated
+            if sub in _SCALARS:
+                width = struct.calcsize(_SCALARS[sub])
+                self.need(count * width)
+                self.off += count * width
+            else:
+                for _ in range(count):
+                    self.value(sub, False)
+            return None
+        fmt = _SCALARS.get(vtype)
+        if fmt is None:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        return self.unpack(fmt)
+
+
+def _walk_gguf(buf: mmap.mmap, path: Path) -> tuple[dict[str, Any], int, int]:
+    """Return (scalar and string fields, end of the tensor data, tensor count)."""
+    import gguf  # the authority on tensor types and block sizes
+
+    cur = _Cursor(buf)
     try:
-        return field.contents()
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
+        cur.off = 4
+        version = cur.unpack("<I")
+        if version not in (2, 3):
+            raise ValueError(f"unsupported GGUF version {version}")
+        n_tensors = cur.unpack("<Q")
+        n_kv = cur.unpack("<Q")
+        if n_tensors > _MAX_COUNT or n_kv > _MAX_COUNT:
+            raise ValueError(f"implausible counts ({n_tensors} tensors, {n_kv} keys)")
+        fields: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = cur.string(True)
+            vtype = cur.unpack("<I")
+            value = cur.value(vtype, True)
+            if key is not None and value is not None:
+                fields[key] = value
+        tensors: list[tuple[int, int]] = []
+        for _ in range(n_tensors):
+            cur.string(False)
+            n_dims = cur.unpack("<I")
+            if n_dims > _MAX_DIMS:
+                raise ValueError(f"a tensor with {n_dims} dimensions")
+            n_elements = 1
+            for _ in range(n_dims):
+                n_elements *= cur.unpack("<Q")
+            ggml_type = gguf.GGMLQuantizationType(cur.unpack("<I"))
+            block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+            offset = cur.unpack("<Q")
+            tensors.append((offset, n_elements * type_size // block))
+    except _Truncated as e:
+        raise ModelFileError(f"{path} is truncated: its GGUF header is incomplete") from e
+    except (ValueError, KeyError, UnicodeDecodeError, struct.error) as e:
+        raise ModelFileError(f"{path} has an unreadable GGUF header (corrupt): {e}") from e
+    alignment = fields.get("general.alignment", 32)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ModelFileError(f"{path} has an invalid general.alignment {alignment!r}")
+    data_start = -(-cur.off // alignment) * alignment
+    end = max((data_start + off + n for off, n in tensors), default=data_start)
+    return fields, end, len(tensors)
 
 
 def local_file(path: Path | str) -> ModelFile:
@@ -323,7 +412,6 @@ def download(
         DownloadChecksumError: The digest does not match.
         ModelFileError: The file is not a valid GGUF model.
     """
-    import httpx
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -334,7 +422,9 @@ def download(
         meta = get_hf_file_metadata(url, timeout=timeout_s)
     except HfHubHTTPError as e:
         raise DownloadError(f"cannot find {filename} in {repo_id}@{revision}: {e}") from e
-    except (OSError, httpx.HTTPError, ValueError) as e:
+    except Exception as e:
+        # huggingface_hub's transport raises its own exception types (httpx2);
+        # every one of them means the same thing to the user.
         raise DownloadError(f"cannot reach the model hub at {base}: {e}") from e
     etag = (meta.etag or "").strip('"').lower()
     expected = sha256.lower() if sha256 else (etag if _SHA256_RE.match(etag) else None)
@@ -406,7 +496,7 @@ def _fetch(
             with part.open("ab" if done else "wb") as f:
                 if progress is not None:
                     progress(done, total)
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():
                     if cancel is not None and cancel.cancelled:
                         raise DownloadCancelledError(
                             f"download cancelled at {done} bytes; it resumes next time"
