@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.controllers.jobs import SerialWorker
 from app.qt import QObject, Signal
 
 if TYPE_CHECKING:
+    from memory.distill import DistillReport
+    from memory.frontmatter import Provenance
     from memory.service import MemoryService
+    from memory.store import Level, Topic
     from models.interface import ChatModel
 
 LEVELS = ("user", "project", "session")
@@ -28,10 +32,16 @@ class TopicNode:
     """One memory file in the tree."""
 
     level: str
+    kind: str  # "shared" (KEYLESS.md), "index" (MEMORY.md, USER.md) or "topic"
     name: str
     title: str
     status: str
-    trust: str
+    exists: bool = True
+
+    @property
+    def editable(self) -> bool:
+        """Topics are edited here (with history); index and shared files by hand."""
+        return self.kind == "topic"
 
 
 @dataclass(frozen=True)
@@ -39,25 +49,28 @@ class LevelNode:
     """One level of the tree with its files."""
 
     level: str
-    topics: tuple[TopicNode, ...]
+    files: tuple[TopicNode, ...]
 
 
 @dataclass(frozen=True)
 class UsageRow:
-    """How full one level is."""
+    """How full one level is: active topic tokens against the capacity."""
 
     level: str
     tokens: int
     capacity: int
+    topics: int
+    archived: int
     truncated: bool
 
 
 @dataclass(frozen=True)
 class TopicText:
-    """A topic loaded into the editor."""
+    """A memory file loaded into the editor."""
 
     level: str
     name: str
+    kind: str
     body: str
     summary: str
 
@@ -71,6 +84,7 @@ class ChangeRow:
     summary: str
     diff: str
     undone: bool
+    is_undo: bool
 
 
 @dataclass(frozen=True)
@@ -162,12 +176,27 @@ class MemoryController(QObject):
         """Reload the tree, the capacity per level, the history and the review queue."""
         self._worker.submit(self._snapshot, self.snapshot_loaded.emit, self._report)
 
-    def open_topic(self, level: str, name: str) -> None:
-        """Load one topic for the editor."""
+    def open_topic(self, level: str, name: str, kind: str = "topic") -> None:
+        """Load one file for the editor (reading it here is not a "use" of the topic)."""
 
         def work() -> TopicText:
-            topic = self._svc().read_topic(level, name)
-            return _topic_text(level, name, topic)
+            service = self._svc()
+            if kind == "topic":
+                from memory.store import read_topic_file
+
+                topic = read_topic_file(
+                    service.layout.level(check_level(level)),
+                    name,
+                    max_bytes=service.settings.max_file_bytes,
+                )
+                return _topic_text(topic)
+            path = self._file_path(service, level, kind, name)
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                text = ""
+            note = f"{path} (edit by hand; read-only here)"
+            return TopicText(level=level, name=name, kind=kind, body=text, summary=note)
 
         self._worker.submit(work, self.topic_loaded.emit, self._report)
 
@@ -175,9 +204,10 @@ class MemoryController(QObject):
         """Write a topic the user edited (provenance: the user), recorded in history."""
 
         def work() -> MemorySnapshot:
-            from memory.service import Provenance
+            from memory.frontmatter import Provenance
 
-            self._svc().remember(name, body, level=level, source=Provenance.user_edit())
+            source = Provenance(trust="user", tool="gui")
+            self._svc().remember(name, body, level=level, source=source)
             return self._snapshot()
 
         def done(snapshot: MemorySnapshot) -> None:
@@ -185,6 +215,32 @@ class MemoryController(QObject):
             self.snapshot_loaded.emit(snapshot)
 
         self._worker.submit(work, done, self._report)
+
+    def create_topic(self, level: str, title: str) -> None:
+        """Create a topic titled ``title``; :attr:`topic_saved` names its file."""
+
+        def work() -> tuple[str, MemorySnapshot]:
+            from memory.frontmatter import Provenance
+
+            change = self._svc().remember(
+                title, f"# {title}\n", level=level, source=Provenance(trust="user", tool="gui")
+            )
+            return change.name, self._snapshot()
+
+        def done(result: tuple[str, MemorySnapshot]) -> None:
+            name, snapshot = result
+            self.snapshot_loaded.emit(snapshot)
+            self.topic_saved.emit(level, name)
+
+        self._worker.submit(work, done, self._report)
+
+    def forget(self, level: str, name: str) -> None:
+        """Archive a topic: out of the prompt, still on disk and searchable."""
+        self._mutate(lambda s: s.forget(level, name, reason="archived by the user"))
+
+    def restore(self, level: str, name: str) -> None:
+        """Make an archived topic active again."""
+        self._mutate(lambda s: s.restore(level, name))
 
     def undo(self, change_id: int) -> None:
         """Undo one change (a new history entry records the undo)."""
@@ -229,24 +285,69 @@ class MemoryController(QObject):
 
         self._worker.submit(work, self.snapshot_loaded.emit, self._report)
 
+    @staticmethod
+    def _file_path(service: MemoryService, level: str, kind: str, name: str) -> Path:
+        layout = service.layout.level(check_level(level))
+        for path in (*layout.shared_files, layout.index_file):
+            if path.name == name:
+                return path
+        raise ValueError(f"no {kind} file {name!r} at the {level} level")
+
     def _snapshot(self) -> MemorySnapshot:
         service = self._svc()
-        context = service.load_context()
+        truncated = {u.level: u.truncated for u in service.load_context().levels}
         usage = tuple(
             UsageRow(
-                level=str(u.level),
-                tokens=int(u.tokens),
-                capacity=int(u.capacity),
-                truncated=bool(u.truncated),
+                level=u.level,
+                tokens=u.tokens,
+                capacity=u.capacity,
+                topics=u.topics,
+                archived=u.archived,
+                truncated=bool(truncated.get(u.level, False)),
             )
-            for u in context.levels
+            for u in service.capacity_usage()
         )
+        files = service.list_files()
         tree = tuple(
-            LevelNode(level, tuple(_topic_node(level, t) for t in service.topics(level)))
+            LevelNode(
+                level,
+                tuple(
+                    TopicNode(
+                        level=f.level,
+                        kind=f.kind,
+                        name=f.name,
+                        title=f.title,
+                        status=f.status,
+                        exists=f.exists,
+                    )
+                    for f in files
+                    if f.level == level
+                ),
+            )
             for level in LEVELS
         )
-        history = tuple(_change_row(c) for c in service.history(self._history_limit))
-        review = tuple(_review_row(r) for r in service.review_queue())
+        history = tuple(
+            ChangeRow(
+                change_id=c.id,
+                time=c.at,
+                summary=c.summary,
+                diff=c.diff,
+                undone=c.undone_by is not None,
+                is_undo=c.undo_of is not None,
+            )
+            for c in service.history(self._history_limit)
+            if c.id is not None
+        )
+        review = tuple(
+            ReviewRow(
+                item_id=r.id,
+                level=r.level,
+                topic=r.topic,
+                content=r.content,
+                source=_describe_source(r.source),
+            )
+            for r in service.review_queue()
+        )
         return MemorySnapshot(tree=tree, usage=usage, history=history, review=review)
 
     def _report(self, error: Exception) -> None:
@@ -264,52 +365,47 @@ class MemoryController(QObject):
         self.error.emit(text)
 
 
-def _topic_node(level: str, topic: Any) -> TopicNode:
-    source = getattr(topic, "source", None)
-    return TopicNode(
-        level=level,
-        name=str(topic.name),
-        title=str(getattr(topic, "title", "") or topic.name),
-        status=str(getattr(topic, "status", "active")),
-        trust=str(getattr(source, "trust", "") or ""),
+def check_level(level: str) -> Level:
+    """The level, validated by the memory package."""
+    from memory.store import check_level as check
+
+    return check(level)
+
+
+def _describe_source(source: Provenance) -> str:
+    parts: list[str] = [source.trust]
+    if source.tool:
+        parts.append(f"via {source.tool}")
+    if source.session:
+        parts.append(f"in session {source.session}")
+    return " ".join(parts)
+
+
+def _topic_text(topic: Topic) -> TopicText:
+    meta = topic.meta
+    parts = [f"{meta.status}", f"source: {_describe_source(meta.source)}"]
+    parts.append(f"updated {meta.updated.astimezone().strftime('%Y-%m-%d %H:%M')}")
+    if meta.uses:
+        parts.append(f"used {meta.uses}×")
+    if topic.repairs:
+        parts.append("front matter repaired: " + "; ".join(topic.repairs))
+    return TopicText(
+        level=topic.level, name=topic.name, kind="topic", body=topic.body, summary=" · ".join(parts)
     )
 
 
-def _topic_text(level: str, name: str, topic: Any) -> TopicText:
-    body = topic if isinstance(topic, str) else str(getattr(topic, "body", ""))
+def _report_summary(report: DistillReport) -> str:
+    if not report.levels:
+        return "nothing to do: every level fits its capacity and the session has no notes."
     parts = []
-    for attr in ("status", "updated"):
-        value = getattr(topic, attr, None)
-        if value:
-            parts.append(f"{attr}: {value}")
-    source = getattr(topic, "source", None)
-    if source is not None:
-        parts.append(f"source: {getattr(source, 'trust', source)}")
-    return TopicText(level=level, name=name, body=body, summary=" · ".join(parts))
-
-
-def _change_row(change: Any) -> ChangeRow:
-    return ChangeRow(
-        change_id=int(change.id),
-        time=getattr(change, "at", None) or getattr(change, "time", None),
-        summary=str(getattr(change, "summary", "") or getattr(change, "action", "")),
-        diff=str(getattr(change, "diff", "")),
-        undone=bool(getattr(change, "undone", False)),
-    )
-
-
-def _review_row(item: Any) -> ReviewRow:
-    return ReviewRow(
-        item_id=int(item.id),
-        level=str(item.level),
-        topic=str(item.topic),
-        content=str(item.content),
-        source=str(getattr(item, "source", "")),
-    )
-
-
-def _report_summary(report: Any) -> str:
-    summary = getattr(report, "summary", None)
-    if callable(summary):
-        return str(summary())
-    return str(summary or report)
+    for lv in report.levels:
+        text = (
+            f"{lv.level}→{lv.into}: {lv.tokens_before}→{lv.tokens_after} tokens "
+            f"(capacity {lv.capacity}), {len(lv.applied)} applied, {len(lv.rejected)} rejected"
+        )
+        if lv.archived_for_capacity:
+            text += f", {len(lv.archived_for_capacity)} archived to fit"
+        if lv.model_error:
+            text += f"; model: {lv.model_error}"
+        parts.append(text)
+    return "; ".join(parts) + f" ({report.seconds:.1f} s)"

@@ -28,6 +28,8 @@ class MemoryView(QtWidgets.QWidget):
         self.controller = controller
         self.setAccessibleName("Memory")
         self._current: tuple[str, str] | None = None
+        self._current_kind = "topic"
+        self._selected_status = ""
         self._history: list[ChangeRow] = []
         self._review: list[ReviewRow] = []
 
@@ -70,14 +72,34 @@ class MemoryView(QtWidgets.QWidget):
         self.save_button = QtWidgets.QPushButton("&Save")
         self.save_button.setEnabled(False)
         self.save_button.setShortcut(QtGui.QKeySequence.StandardKey.Save)
+        self.archive_button = QtWidgets.QPushButton("Arc&hive")
+        self.archive_button.setEnabled(False)
+        self.archive_button.setToolTip(
+            "Archived topics leave the prompt but stay on disk, searchable and restorable."
+        )
+        self.new_title = QtWidgets.QLineEdit()
+        self.new_title.setPlaceholderText("New topic title")
+        self.new_title.setAccessibleName("New topic title")
+        self.new_level = QtWidgets.QComboBox()
+        for level in LEVELS:
+            self.new_level.addItem(LEVEL_TITLES[level], level)
+        self.new_level.setCurrentIndex(1)
+        self.new_level.setAccessibleName("New topic level")
+        self.new_button = QtWidgets.QPushButton("&New topic")
         centre = QtWidgets.QWidget()
         centre_layout = QtWidgets.QVBoxLayout(centre)
         centre_layout.setContentsMargins(0, 0, 0, 0)
         top_row = QtWidgets.QHBoxLayout()
         top_row.addWidget(self.topic_label, 1)
+        top_row.addWidget(self.archive_button)
         top_row.addWidget(self.save_button)
+        new_row = QtWidgets.QHBoxLayout()
+        new_row.addWidget(self.new_title, 1)
+        new_row.addWidget(self.new_level)
+        new_row.addWidget(self.new_button)
         centre_layout.addLayout(top_row)
         centre_layout.addWidget(self.editor, 1)
+        centre_layout.addLayout(new_row)
 
         # -- right: history and review -----------------------------------------------------
         self.history_list = QtWidgets.QListWidget()
@@ -124,6 +146,9 @@ class MemoryView(QtWidgets.QWidget):
         self.tabs.addTab(history_tab, "&History")
         self.tabs.addTab(review_tab, "&Review queue")
         self.tabs.setAccessibleName("History and review")
+        # Both tab titles always fit: no scroll arrows to tab through.
+        self.tabs.setUsesScrollButtons(False)
+        self.tabs.setMinimumWidth(280)
 
         splitter = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(left)
@@ -146,9 +171,13 @@ class MemoryView(QtWidgets.QWidget):
             self.tree,
             self.distill_button,
             self.refresh_button,
+            self.archive_button,
             self.save_button,
             self.editor.source,
             self.editor.preview,
+            self.new_title,
+            self.new_level,
+            self.new_button,
             self.tabs,
             self.history_list,
             self.diff_view,
@@ -163,6 +192,9 @@ class MemoryView(QtWidgets.QWidget):
 
         self.tree.currentItemChanged.connect(self._tree_selection)
         self.save_button.clicked.connect(self.save)
+        self.archive_button.clicked.connect(self.toggle_archive)
+        self.new_button.clicked.connect(self.create_topic)
+        self.new_title.returnPressed.connect(self.create_topic)
         self.editor.modified_changed.connect(self._sync_buttons)
         self.undo_button.clicked.connect(self.undo_selected)
         self.history_list.currentRowChanged.connect(self._history_selection)
@@ -202,22 +234,24 @@ class MemoryView(QtWidgets.QWidget):
         selected: QtWidgets.QTreeWidgetItem | None = None
         for node in snapshot.tree:
             parent = QtWidgets.QTreeWidgetItem([LEVEL_TITLES.get(node.level, node.level), ""])
-            parent.setData(0, _ROLE, (node.level, None))
-            parent.setFlags(parent.flags() & ~Qt.ItemFlag.ItemIsSelectable)
-            for topic in node.topics:
-                status = topic.status if not topic.trust else f"{topic.status}, {topic.trust}"
-                child = QtWidgets.QTreeWidgetItem([topic.name, status])
-                child.setData(0, _ROLE, (topic.level, topic.name))
-                child.setToolTip(0, topic.title)
-                if topic.status == "archived":
+            parent.setData(0, _ROLE, None)
+            for file in node.files:
+                status = file.status if file.exists else "not created yet"
+                if file.kind != "topic":
+                    status = f"{file.kind}, {status}"
+                child = QtWidgets.QTreeWidgetItem([file.name, status])
+                child.setData(0, _ROLE, (file.level, file.name, file.kind, file.status))
+                child.setToolTip(0, file.title)
+                if file.status == "archived" or not file.exists:
                     child.setForeground(0, QtGui.QBrush(QtGui.QColor("#777")))
                 parent.addChild(child)
-                if self._current == (topic.level, topic.name):
+                if self._current == (file.level, file.name):
                     selected = child
             self.tree.addTopLevelItem(parent)
             parent.setExpanded(True)
         if selected is not None:
             self.tree.setCurrentItem(selected)
+            self._selected_status = selected.data(0, _ROLE)[3]
         self.tree.resizeColumnToContents(0)
         self.tree.blockSignals(False)
 
@@ -232,7 +266,7 @@ class MemoryView(QtWidgets.QWidget):
         for change in self._history:
             when = change.time.astimezone().strftime("%m-%d %H:%M") if change.time else ""
             undone = " (undone)" if change.undone else ""
-            self.history_list.addItem(f"#{change.change_id} {when} {change.summary}{undone}")
+            self.history_list.addItem(f"#{change.change_id} {when}  {change.summary}{undone}")
         self.diff_view.clear()
 
         self._review = list(snapshot.review)
@@ -246,31 +280,32 @@ class MemoryView(QtWidgets.QWidget):
     # -- editor --------------------------------------------------------------------------
 
     def _tree_selection(self, item: QtWidgets.QTreeWidgetItem | None) -> None:
-        if item is None:
+        data = item.data(0, _ROLE) if item is not None else None
+        self._selected_status = data[3] if data else ""
+        self._sync_buttons()
+        if not data:
             return
-        level, name = item.data(0, _ROLE)
-        if name is None:
-            return
+        level, name, kind, _status = data
         if self._current == (level, name):
             return
         if self.editor.is_modified():
             self.show_info(f"Unsaved changes to {self._current_label()} were discarded.")
-        self._current = (level, name)
-        self.controller.open_topic(level, name)
+        self.open_topic(level, name, kind)
 
     def _current_label(self) -> str:
         return "/".join(self._current) if self._current else ""
 
-    def open_topic(self, level: str, name: str) -> None:
-        """Select and load one topic (as a click in the tree does)."""
+    def open_topic(self, level: str, name: str, kind: str = "topic") -> None:
+        """Load one file into the editor (as a click in the tree does)."""
         self._current = (level, name)
-        self.controller.open_topic(level, name)
+        self._current_kind = kind
+        self.controller.open_topic(level, name, kind)
 
     def _on_topic(self, topic: TopicText) -> None:
         if self._current != (topic.level, topic.name):
             return
         self.editor.set_markdown(topic.body)
-        self.editor.set_read_only(False)
+        self.editor.set_read_only(topic.kind != "topic")
         summary = f" — {topic.summary}" if topic.summary else ""
         title = LEVEL_TITLES.get(topic.level, topic.level)
         self.topic_label.setText(f"{title} / {topic.name}{summary}")
@@ -278,14 +313,35 @@ class MemoryView(QtWidgets.QWidget):
 
     def save(self) -> None:
         """Save the open topic (recorded in the history, undoable)."""
-        if self._current is None:
+        if self._current is None or self._current_kind != "topic":
             return
         level, name = self._current
         self.controller.save_topic(level, name, self.editor.markdown())
 
+    def create_topic(self) -> None:
+        """Create a topic from the title typed in the new-topic row."""
+        title = self.new_title.text().strip()
+        if not title:
+            self.show_error("Type a title for the new topic.")
+            return
+        self.controller.create_topic(str(self.new_level.currentData()), title)
+        self.new_title.clear()
+
+    def toggle_archive(self) -> None:
+        """Archive the selected active topic, or restore the selected archived one."""
+        if self._current is None or self._current_kind != "topic":
+            return
+        level, name = self._current
+        if self._selected_status == "archived":
+            self.controller.restore(level, name)
+        else:
+            self.controller.forget(level, name)
+
     def _on_saved(self, level: str, name: str) -> None:
         if self._current == (level, name):
             self.editor.mark_saved()
+        else:
+            self.open_topic(level, name)
         self.show_info(f"Saved {level}/{name}.")
         self._sync_buttons()
 
@@ -340,7 +396,12 @@ class MemoryView(QtWidgets.QWidget):
         self.show_info(f"Distilled: {summary}")
 
     def _sync_buttons(self) -> None:
-        self.save_button.setEnabled(self._current is not None and self.editor.is_modified())
+        is_topic = self._current is not None and self._current_kind == "topic"
+        self.save_button.setEnabled(is_topic and self.editor.is_modified())
+        self.archive_button.setEnabled(is_topic)
+        self.archive_button.setText(
+            "Rest&ore" if self._selected_status == "archived" else "Arc&hive"
+        )
         change = self.selected_change()
         self.undo_button.setEnabled(change is not None and not change.undone)
         has_review = self.selected_review() is not None
