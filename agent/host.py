@@ -794,6 +794,8 @@ class AgentHost:
             memory=self._memory,
             unsandboxed_approved=unsandboxed_approved,
             hidden_paths=tuple(self._hidden),
+            tainted=self.tainted,
+            may_read=self._policy.read_filter(),
         )
         try:
             return run_tool(req.tool, req.arguments, ctx), True
@@ -948,7 +950,7 @@ class AgentHost:
             checked = verify(embedded_default(), cache_file=spec.verified_cache)
             spec = spec.model_copy(update={"path": checked.path, "verified_cache": None})
         binds = [p for p in (spec.path, spec.scripted_file) if p is not None]
-        return Hello(model_spec=spec.model_dump(mode="json")), [Path(p) for p in binds]
+        return Hello(model_spec=spec), [Path(p) for p in binds]
 
     def _task(self, task: str) -> Task:
         memory_text = ""

@@ -24,6 +24,7 @@ from typing import Annotated, Any, BinaryIO, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.errors import ProtocolError
+from models.factory import ModelSpec
 from models.interface import GenerationStats, Message, ModelInfo
 from vault.handle import CapabilityInfo
 
@@ -74,9 +75,7 @@ class Hello(_Msg):
     """
 
     type: Literal["hello"] = "hello"
-    model_spec: dict[str, Any] | None = Field(
-        default=None, description="A models.factory.ModelSpec, as JSON."
-    )
+    model_spec: ModelSpec | None = Field(default=None, description="The model to open.")
     relayed_model: ModelInfo | None = Field(
         default=None, description="Set when the host relays a remote model."
     )

@@ -191,10 +191,9 @@ def open_model(hello: Hello, channel: Channel, scripted_file: str | None) -> Cha
     if hello.relayed_model is not None:
         return RelayedModel(channel, hello.relayed_model)
     if hello.model_spec is not None:
-        from models.factory import ModelSpec
         from models.factory import open_model as factory_open
 
-        spec = ModelSpec.model_validate(hello.model_spec)
+        spec = hello.model_spec
         if spec.backend == "openai":
             # Defence in depth: the host relays remote models; this process has no network.
             raise ProtocolError("a remote model must be relayed by the host, not opened here")
