@@ -1,0 +1,93 @@
+"""``keyless chat`` with the scripted backend, and one run on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+
+def _script(tmp_path: Path, answers: list[str]) -> Path:
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps(answers), encoding="utf-8")
+    return path
+
+
+def test_one_shot_prints_the_answer_and_a_stats_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = _script(tmp_path, ["The sea is wide."])
+    status = main(["chat", "--backend", "fake", "--scripted", str(script), "--prompt", "hi"])
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert out == "The sea is wide.\n"
+    assert "[4 tokens" in err and "evicted" in err and "shifts" in err and "stop: eos" in err
+
+
+def test_max_tokens_cuts_the_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = _script(tmp_path, ["one two three four five"])
+    argv = ["chat", "--backend", "fake", "--scripted", str(script), "--prompt", "x"]
+    assert main([*argv, "--max-tokens", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "one two\n"
+    assert "stop: max_tokens" in err
+
+
+def test_interactive_session_keeps_the_conversation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    script = _script(tmp_path, ["First.", "Second.", "Third."])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n\nagain\n/reset\nonce more\n/quit\n"))
+    assert main(["chat", "--backend", "fake", "--scripted", str(script)]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["First.", "Second.", "Third."]
+    assert "(conversation forgotten)" in err
+    assert err.count("stop: eos") == 3
+
+
+def test_bad_model_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bogus = tmp_path / "x.gguf"
+    bogus.write_bytes(b"not a model")
+    assert main(["chat", "--model", str(bogus), "--prompt", "hi"]) == 1
+    _, err = capsys.readouterr()
+    assert "keyless chat: error:" in err and "not a GGUF" in err
+
+
+def test_openai_backend_needs_url_and_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--backend", "openai", "--prompt", "hi"]) == 1
+    assert "base URL and a model name" in capsys.readouterr().err
+
+
+def test_script_running_out_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = _script(tmp_path, [])
+    assert main(["chat", "--backend", "fake", "--scripted", str(script), "--prompt", "hi"]) == 1
+    assert "no response left" in capsys.readouterr().err
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_embedded_model_generates_far_past_n_ctx(tmp_path: Path) -> None:
+    """The issue's acceptance run, scaled down: every token past n_ctx is produced."""
+    argv = [
+        sys.executable, "-m", "app", "chat", "--prompt", "Tell a very long story.",
+        "--max-tokens", "600", "--n-ctx", "128", "--ignore-eos", "--threads", "1",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=280, check=False)
+    assert done.returncode == 0, done.stderr
+    stats = done.stderr.strip().splitlines()[-1]
+    assert stats.startswith("[600 tokens")
+    assert "stop: max_tokens" in stats
+    evicted = int(stats.split(",")[3].split()[0])
+    assert evicted >= 600 - 128
+    assert len(done.stdout.split()) > 100
