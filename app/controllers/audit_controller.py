@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ class AuditRow:
     decision: str
     reason: str
     session_id: str
+    details: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,22 @@ def _row(entry: AuditEntry) -> AuditRow:
         decision=entry.decision or "",
         reason=entry.reason or "",
         session_id=entry.session_id or "",
+        details=_details_text(entry.details),
     )
+
+
+def _details_text(details: dict[str, object]) -> str:
+    """A one-line summary of an entry's JSON details (secret values never reach the log)."""
+    if not details:
+        return ""
+    if isinstance(details.get("description"), str):
+        return str(details["description"])
+    parts = []
+    for key, value in details.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True)
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 class AuditController(QObject):

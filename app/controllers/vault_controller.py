@@ -265,6 +265,11 @@ class VaultController(QObject):
         return self._keyring_available
 
     @property
+    def auto_lock_minutes(self) -> float:
+        """Minutes without a vault operation before the vault locks itself."""
+        return self._auto_lock_minutes
+
+    @property
     def session_id(self) -> str:
         """The session new grants belong to."""
         return self._session_id

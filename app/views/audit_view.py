@@ -58,13 +58,20 @@ class AuditTableModel(QtCore.QAbstractTableModel):
                     return ""
                 fmt = "%Y-%m-%d %H:%M:%S"
                 return row.time.astimezone().strftime(fmt)
+            if column == 4 and not row.reason:
+                return row.details
+            if column == 4 and role == Qt.ItemDataRole.ToolTipRole:
+                extra = f"\n{row.details}" if row.details else ""
+                return f"{row.reason}{extra}\nsession: {row.session_id or '-'}"
             return (row.kind, row.tool, row.decision, row.reason)[column - 1]
         if role == Qt.ItemDataRole.UserRole:
             # Sort key: time sorts by entry id (the chain order), not by text.
             return row.entry_id if column == 0 else self.data(index)
-        if role == Qt.ItemDataRole.ForegroundRole and column == 3:
-            if row.decision in ("deny", "denied", "refused"):
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if column == 3 and row.decision in ("deny", "denied", "refused"):
                 return QtGui.QBrush(QtGui.QColor("#b00020"))
+            if column == 4 and not row.reason:
+                return QtGui.QBrush(QtGui.QColor("#666"))
         return None
 
 
@@ -107,7 +114,9 @@ class AuditFilter(QtCore.QSortFilterProxyModel):
         if self._decision and row.decision != self._decision:
             return False
         if self._text:
-            haystack = " ".join((row.kind, row.tool, row.decision, row.reason, row.session_id))
+            haystack = " ".join(
+                (row.kind, row.tool, row.decision, row.reason, row.session_id, row.details)
+            )
             return self._text in haystack.casefold()
         return True
 
@@ -154,6 +163,7 @@ class AuditView(QtWidgets.QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setWordWrap(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.count_label = QtWidgets.QLabel()
         self.count_label.setAccessibleName("Entry count")
 

@@ -38,6 +38,11 @@ class MemoryView(QtWidgets.QWidget):
         self.tree.setHeaderLabels(["Memory", "Status"])
         self.tree.setAccessibleName("Memory levels and files")
         self.tree.setRootIsDecorated(True)
+        self.tree.header().setStretchLastSection(False)
+        self.tree.header().setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.Stretch)
+        self.tree.header().setSectionResizeMode(
+            1, QtWidgets.QHeaderView.ResizeMode.ResizeToContents
+        )
         self.bars = {level: CapacityBar(level) for level in LEVELS}
         self.distill_button = QtWidgets.QPushButton("&Distill now")
         self.distill_button.setAccessibleName("Distill memory now")
@@ -106,6 +111,7 @@ class MemoryView(QtWidgets.QWidget):
         self.history_list.setAccessibleName("History")
         self.diff_view = QtWidgets.QPlainTextEdit()
         self.diff_view.setReadOnly(True)
+        self.diff_view.setLineWrapMode(QtWidgets.QPlainTextEdit.LineWrapMode.NoWrap)
         self.diff_view.setAccessibleName("Diff")
         self.diff_view.setFont(
             QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont)
@@ -154,9 +160,10 @@ class MemoryView(QtWidgets.QWidget):
         splitter.addWidget(left)
         splitter.addWidget(centre)
         splitter.addWidget(self.tabs)
-        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 5)
-        splitter.setStretchFactor(2, 3)
+        splitter.setStretchFactor(2, 4)
+        splitter.setSizes([300, 500, 400])
         splitter.setChildrenCollapsible(False)
 
         self.message = QtWidgets.QLabel()
@@ -252,7 +259,6 @@ class MemoryView(QtWidgets.QWidget):
         if selected is not None:
             self.tree.setCurrentItem(selected)
             self._selected_status = selected.data(0, _ROLE)[3]
-        self.tree.resizeColumnToContents(0)
         self.tree.blockSignals(False)
 
         usage = {row.level: row for row in snapshot.usage}
@@ -266,7 +272,10 @@ class MemoryView(QtWidgets.QWidget):
         for change in self._history:
             when = change.time.astimezone().strftime("%m-%d %H:%M") if change.time else ""
             undone = " (undone)" if change.undone else ""
-            self.history_list.addItem(f"#{change.change_id} {when}  {change.summary}{undone}")
+            text = f"#{change.change_id} {when}  {change.summary}{undone}"
+            item = QtWidgets.QListWidgetItem(text)
+            item.setToolTip(change.summary + undone)
+            self.history_list.addItem(item)
         self.diff_view.clear()
 
         self._review = list(snapshot.review)

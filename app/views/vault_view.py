@@ -115,6 +115,7 @@ class VaultView(QtWidgets.QWidget):
         self.grant_table.verticalHeader().setVisible(False)
         self.grant_table.horizontalHeader().setStretchLastSection(True)
         self.grant_table.setTabKeyNavigation(False)
+        self.grant_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.grant_button = QtWidgets.QPushButton("&Grant…")
         self.revoke_button = QtWidgets.QPushButton("Re&voke")
         self.revoke_button.setText("Rev&oke")
@@ -138,8 +139,8 @@ class VaultView(QtWidgets.QWidget):
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(state_row)
-        layout.addWidget(secrets_box, 2)
-        layout.addWidget(grants_box, 3)
+        layout.addWidget(secrets_box, 1)
+        layout.addWidget(grants_box, 2)
         layout.addWidget(self.message)
 
         self.setTabOrder(self.setup_button, self.unlock_button)
@@ -180,7 +181,14 @@ class VaultView(QtWidgets.QWidget):
 
     def _on_state(self, state: str) -> None:
         self._state = state
-        self.state_label.setText(STATE_TEXT.get(state, state))
+        text = STATE_TEXT.get(state, state)
+        if state == "unlocked":
+            text += (
+                f" It locks itself after {self.controller.auto_lock_minutes:g} min without use."
+                " New grants belong to session " + self.controller.session_id + "."
+            )
+        self.state_label.setText(text)
+        self.state_label.setToolTip(str(self.controller.vault_path))
         if state != "unlocked":
             self.hide_value()
         self._sync_buttons()
@@ -372,10 +380,12 @@ class VaultView(QtWidgets.QWidget):
                 uses,
                 grant_status(row, now),
             )
+            live = cells[7] == "active"
             for c, text in enumerate(cells):
                 item = QtWidgets.QTableWidgetItem(text)
-                if c == 0:
-                    item.setToolTip(row.description or row.handle)
+                item.setToolTip(f"{row.description}\nsession: {row.session_id}")
+                if not live:
+                    item.setForeground(QtGui.QBrush(QtGui.QColor("#888")))
                 self.grant_table.setItem(r, c, item)
         self.grant_table.resizeColumnsToContents()
         self._sync_buttons()
