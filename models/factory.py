@@ -70,7 +70,7 @@ def open_model(spec: ModelSpec) -> ChatModel:
                 raise
             raise ModelError("this build has no OpenAI-compatible backend") from e
         remote: ChatModel = OpenAIChatModel(
-            spec.base_url, spec.model_name, allow_local=spec.allow_local
+            spec.base_url, spec.model_name, allow_local=spec.allow_local, n_ctx=spec.n_ctx
         )
         return remote
     from models.catalog import embedded_default, verify
