@@ -25,6 +25,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -105,6 +106,12 @@ DEFAULT_TOOLS: tuple[str, ...] = (
 
 HOST_RESULT_BYTES = 16 * 1024
 """The most content one tool result carries back to the agent."""
+
+CANCEL_GRACE_S = 10.0
+"""How long the agent may take to stop after a cancel before it is killed."""
+
+HISTORY_CHARS = 32 * 1024
+"""Earlier turns sent with each task: the most recent ones up to this many characters."""
 
 
 @dataclass(frozen=True)
@@ -359,6 +366,7 @@ class WorkerProcess:
         transcript: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self._transcript = transcript
+        self._send_lock = threading.Lock()
         self._lines: queue.Queue[bytes | BaseException | None] = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=40)
         try:
@@ -394,13 +402,15 @@ class WorkerProcess:
             AgentCrashedError: The pipe is closed (the agent died).
         """
         line = encode(msg)
-        if self._transcript is not None:
-            self._transcript("sent", line)
-        try:
-            self._stdin.write(line)
-            self._stdin.flush()
-        except (BrokenPipeError, ValueError, OSError) as e:
-            raise AgentCrashedError(f"the agent process stopped reading: {e}") from e
+        # cancel() writes from another thread: one line at a time, never interleaved.
+        with self._send_lock:
+            if self._transcript is not None:
+                self._transcript("sent", line)
+            try:
+                self._stdin.write(line)
+                self._stdin.flush()
+            except (BrokenPipeError, ValueError, OSError) as e:
+                raise AgentCrashedError(f"the agent process stopped reading: {e}") from e
 
     def receive(self, timeout: float) -> AgentMessage:
         """Wait at most ``timeout`` seconds for the agent's next message.
@@ -409,10 +419,22 @@ class WorkerProcess:
             AgentCrashedError: End of output, or nothing within the timeout.
             ProtocolError: The agent wrote a malformed, oversized or wrong message.
         """
+        msg = self.poll(timeout)
+        if msg is None:
+            raise AgentCrashedError(f"the agent process sent nothing for {timeout:g} s")
+        return msg
+
+    def poll(self, timeout: float) -> AgentMessage | None:
+        """Like :meth:`receive`, but return None when nothing came within ``timeout``.
+
+        Raises:
+            AgentCrashedError: End of output.
+            ProtocolError: The agent wrote a malformed, oversized or wrong message.
+        """
         try:
             item = self._lines.get(timeout=timeout)
         except queue.Empty:
-            raise AgentCrashedError(f"the agent process sent nothing for {timeout:g} s") from None
+            return None
         if item is None:
             self._lines.put(None)  # stay at end of output for later readers
             code = self._proc.wait(timeout=5)
@@ -505,6 +527,8 @@ class AgentHost:
         worker_argv: Replace the worker command (tests of crash handling).
         hidden_paths: Paths the agent's sandbox must cover even when inside a
             visible directory (the data dir with the vault).
+        cancel_grace: Seconds the agent may take to stop after a cancel
+            before it is killed (the errand then ends "cancelled").
     """
 
     def __init__(
@@ -531,9 +555,11 @@ class AgentHost:
         transcript: Callable[[str, bytes], None] | None = None,
         worker_argv: Sequence[str] | None = None,
         hidden_paths: Sequence[Path] = (),
+        cancel_grace: float = CANCEL_GRACE_S,
     ) -> None:
         self._spec = model_spec
         self._hidden = [Path(p) for p in hidden_paths]
+        self._cancel_grace = cancel_grace
         self.workspace = Path(workspace).resolve()
         self._broker = broker
         self._memory = memory
@@ -665,9 +691,38 @@ class AgentHost:
                     self._crashed(e)
                 return ErrandResult(outcome="crashed", text="", tool_calls=calls, error=str(e))
 
+    def _next(self, proc: WorkerProcess) -> AgentMessage | None:
+        """The agent's next message; None when it ignored a cancel for too long.
+
+        Raises:
+            AgentCrashedError: It exited, or said nothing for ``idle_timeout``.
+            ProtocolError: It wrote something malformed.
+        """
+        deadline = time.monotonic() + self._idle_timeout
+        cancel_deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            if self._cancel.cancelled and cancel_deadline is None:
+                cancel_deadline = now + self._cancel_grace
+            if cancel_deadline is not None and now >= cancel_deadline:
+                return None
+            if now >= deadline:
+                raise AgentCrashedError(
+                    f"the agent process sent nothing for {self._idle_timeout:g} s"
+                )
+            # Wake up now and then to notice a cancel that came from another thread.
+            msg = proc.poll(min(deadline, cancel_deadline or deadline, now + 0.25) - now)
+            if msg is not None:
+                return msg
+
     def _loop(self, proc: WorkerProcess, task: str, calls: list[ToolCallRecord]) -> ErrandResult:
         while True:
-            msg = proc.receive(self._idle_timeout)
+            msg = self._next(proc)
+            if msg is None:
+                self._stop_worker(kill=True)
+                reason = f"the agent did not stop within {self._cancel_grace:g} s of the cancel"
+                self._record("agent_killed", reason=reason)
+                return ErrandResult(outcome="cancelled", text="", tool_calls=calls, error=reason)
             if isinstance(msg, TokenChunk):
                 self._emit(AgentEvent("token", text=msg.text, data={"step": msg.step}))
             elif isinstance(msg, Progress):
@@ -683,7 +738,7 @@ class AgentHost:
             elif isinstance(msg, ModelCancel):
                 log.debug("agent gave up relayed generation %s", msg.request_id)
             elif isinstance(msg, FinalAnswer):
-                text = msg.text
+                text = self._redact(msg.text)[0]
                 self._history += [
                     Message(role="user", content=task),
                     Message(role="assistant", content=text),
@@ -961,7 +1016,7 @@ class AgentHost:
             task=task,
             memory_context=memory_text,
             capabilities=caps,
-            history=list(self._history),
+            history=recent_turns(self._history, HISTORY_CHARS),
             tools=list(self._tools),
             limits=self._limits,
         )
@@ -998,9 +1053,12 @@ class AgentHost:
         self._emit(AgentEvent("agent_crashed", text=str(error), data={"stderr": tail}))
         self._record("agent_crashed", reason=str(error))
 
-    def _stop_worker(self) -> None:
+    def _stop_worker(self, *, kill: bool = False) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
+            return
+        if kill:
+            proc.kill()
             return
         try:
             proc.send(Shutdown())
@@ -1019,6 +1077,19 @@ def _validation_message(tool: str, e: ValidationError) -> str:
         for err in e.errors()[:5]
     )
     return f"invalid arguments for {tool}: {problems}"
+
+
+def recent_turns(history: Sequence[Message], max_chars: int) -> list[Message]:
+    """The latest whole user/assistant pairs of ``history`` within ``max_chars``."""
+    kept: list[Message] = []
+    size = 0
+    for i in range(len(history) - 2, -1, -2):
+        pair = list(history[i : i + 2])
+        size += sum(len(m.content) for m in pair)
+        if size > max_chars:
+            break
+        kept[:0] = pair
+    return kept
 
 
 def _is_tty(stream: IO[str]) -> bool:

@@ -98,6 +98,13 @@ def make_rig(
     **kwargs: Any,
 ) -> Rig:
     events: list[AgentEvent] = []
+    on_event: Callable[[AgentEvent], None] | None = kwargs.pop("on_event", None)
+
+    def listener(event: AgentEvent) -> None:
+        events.append(event)
+        if on_event is not None:
+            on_event(event)
+
     transcript = Transcript()
     prompt = ScriptedAnswerer(list(answers))
     audit = AuditLog(tmp_path / "keyless.db")
@@ -113,7 +120,7 @@ def make_rig(
         prompt=prompt,
         audit=audit,
         session_id="session-1",
-        listener=events.append,
+        listener=listener,
         tools=tools,
         transcript=transcript,
         **kwargs,

@@ -425,3 +425,39 @@ def test_terminal_prompt_denies_at_end_of_input_and_auto_allows_reads_only() -> 
     )
     assert auto.ask(read).choice == "once"
     assert auto.ask(_request()).choice == "deny"  # not a read: asked, and no answer
+
+
+def test_an_agent_that_ignores_cancel_is_killed_and_the_errand_ends_cancelled(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    token = {"v": 1, "type": "token", "text": "thinking", "step": 1}
+    plan = [*STARTED, {"op": "send", "msg": token}, HANG]
+    hosts: list[AgentHost] = []
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        worker_argv=fake_agent_argv(tmp_path, plan),
+        cancel_grace=0.3,
+        on_event=lambda e: e.kind == "token" and hosts[0].cancel(),
+    )
+    hosts.append(rig.host)
+    result = rig.host.run_errand("anything")
+    assert result.outcome == "cancelled"
+    assert "did not stop within 0.3 s" in (result.error or "")
+    assert rig.host.worker_pid is None
+    assert rig.transcript.sent_of("cancel")
+    assert "agent_killed" in rig.audit_kinds()
+
+
+def test_history_sent_with_a_task_keeps_the_latest_turns_within_the_budget() -> None:
+    from agent.host import recent_turns
+    from models.interface import Message
+
+    turns = []
+    for i in range(6):
+        turns += [Message(role="user", content=f"q{i}" * 10)]
+        turns += [Message(role="assistant", content="a")]
+    kept = recent_turns(turns, max_chars=50)
+    assert [m.content for m in kept] == ["q4" * 10, "a", "q5" * 10, "a"]
+    assert recent_turns(turns, max_chars=5) == []
