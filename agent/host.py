@@ -1121,4 +1121,5 @@ __all__ = [
     "ToolCallRecord",
     "WorkerProcess",
     "new_session_id",
+    "recent_turns",
 ]
