@@ -39,8 +39,8 @@ from agent.protocol import (
 )
 from agent.tools.finish import Args as FinishArgs
 from agent.tools.registry import ALL_TOOLS, tool_call_schema
-from models.errors import GenerationError
-from models.interface import CancelToken, ChatModel, Finished, Message, Token
+from models.errors import GenerationError, ModelError
+from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Executor:
             stats = ErrandStats(
                 steps=steps, tool_calls=tool_calls, generated_tokens=generated, stop_reason=reason
             )
-            return FinalAnswer(text=text, stats=stats)
+            return FinalAnswer(text=text, stats=stats, context=self._context())
 
         for step in range(1, limits.max_steps + 1):
             if cancel.cancelled:
@@ -129,7 +129,7 @@ class Executor:
             budget = min(limits.max_tokens_per_step, limits.max_total_tokens - generated)
             if budget <= 0:
                 return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
-            self._emit(Progress(step=step, max_steps=limits.max_steps))
+            self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
             finished = self._generate(messages, budget, schema, cancel, step)
             generated += finished.stats.n_generated
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":
@@ -164,6 +164,13 @@ class Executor:
                 wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
             )
         return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
+
+    def _context(self) -> ContextState | None:
+        try:
+            return self._model.context_state()
+        except ModelError as e:  # the gauge is optional; the errand goes on
+            log.info("no context state: %s", e)
+            return None
 
     def _generate(
         self,

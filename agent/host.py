@@ -726,9 +726,10 @@ class AgentHost:
             if isinstance(msg, TokenChunk):
                 self._emit(AgentEvent("token", text=msg.text, data={"step": msg.step}))
             elif isinstance(msg, Progress):
-                self._emit(
-                    AgentEvent("progress", data={"step": msg.step, "max_steps": msg.max_steps})
-                )
+                data: dict[str, Any] = {"step": msg.step, "max_steps": msg.max_steps}
+                if msg.context is not None:
+                    data["context"] = msg.context.model_dump()
+                self._emit(AgentEvent("progress", data=data))
             elif isinstance(msg, ToolRequest):
                 result, record = self._handle_tool(msg)
                 calls.append(record)
@@ -743,7 +744,10 @@ class AgentHost:
                     Message(role="user", content=task),
                     Message(role="assistant", content=text),
                 ]
-                self._emit(AgentEvent("final", text=text, data=msg.stats.model_dump()))
+                final_data: dict[str, Any] = msg.stats.model_dump()
+                if msg.context is not None:
+                    final_data["context"] = msg.context.model_dump()
+                self._emit(AgentEvent("final", text=text, data=final_data))
                 self._record(
                     "errand_finished",
                     reason=msg.stats.stop_reason,

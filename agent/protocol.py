@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.errors import ProtocolError
 from models.factory import ModelSpec
-from models.interface import GenerationStats, Message, ModelInfo
+from models.interface import ContextState, GenerationStats, Message, ModelInfo
 from vault.handle import CapabilityInfo
 
 PROTOCOL_VERSION = 1
@@ -174,6 +174,9 @@ class Progress(_Msg):
     step: int
     max_steps: int
     message: str = ""
+    context: ContextState | None = Field(
+        default=None, description="The model's KV cache before this step (context gauge)."
+    )
 
 
 class ToolRequest(_Msg):
@@ -205,6 +208,9 @@ class FinalAnswer(_Msg):
     type: Literal["final"] = "final"
     text: str
     stats: ErrandStats
+    context: ContextState | None = Field(
+        default=None, description="The model's KV cache at the end of the errand."
+    )
 
 
 class AgentErrorMsg(_Msg):

@@ -208,3 +208,14 @@ def test_the_finish_tool_ends_the_errand_with_its_answer() -> None:
     answer = execute(run, TASK)
     assert (answer.text, answer.stats.stop_reason) == ("All three files are notes.", "finish")
     assert run.tools.requests == []
+
+
+def test_progress_and_the_final_answer_carry_the_context_state() -> None:
+    run = make(call("list_dir", path="."), final("done"))
+    answer = execute(run, TASK)
+    progress = [m for m in run.emitted if isinstance(m, Progress)]
+    assert [p.step for p in progress] == [1, 2]
+    assert progress[0].context is not None and progress[0].context.n_window == 0
+    # The second step starts after the first generation filled the cache.
+    assert progress[1].context is not None and progress[1].context.n_window > 0
+    assert answer.context == run.model.context_state()

@@ -46,6 +46,11 @@ def test_a_read_is_allowed_by_default_and_everything_is_reported(
     [record] = result.tool_calls
     assert (record.tool, record.decision, record.ok) == ("read_file", "allow", True)
     assert rig.kinds() == ["os_isolation", "tool_call", "decision", "tool_result", "final"]
+    final_event = rig.events[-1]
+    assert final_event.data["stop_reason"] == "final" and final_event.data["steps"] == 2
+    assert final_event.data["context"]["n_ctx"] == 4096  # for the GUI's context gauge
+    progress = [e for e in rig.events if e.kind == "progress"]
+    assert [e.data["step"] for e in progress] == [1, 2] and "context" in progress[0].data
     [sent] = rig.transcript.sent_of("tool_result")
     assert "buy milk" in sent["content"] and sent["untrusted"] is True
     assert rig.prompt.asked == []
