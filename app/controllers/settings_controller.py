@@ -237,8 +237,11 @@ class SettingsController(QObject):
             return settings
 
         def done(saved: AppSettings) -> None:
-            self._settings = saved
-            self.settings_changed.emit(saved)
+            # Update the shared settings object in place: the rest of the app
+            # holds the same instance (AppServices.settings).
+            for name in AppSettings.model_fields:
+                setattr(self._settings, name, getattr(saved, name))
+            self.settings_changed.emit(self._settings)
 
         self._worker.submit(work, done, self._report)
 

@@ -247,7 +247,7 @@ class VaultController(QObject):
         self._worker.busy_changed.connect(self.busy_changed)
         self._idle = QTimer(self)
         self._idle.setSingleShot(True)
-        self._idle.timeout.connect(self.lock)
+        self._idle.timeout.connect(self._idle_check)
         self.set_auto_lock_minutes(auto_lock_minutes)
 
     # -- properties -----------------------------------------------------------------
@@ -360,6 +360,30 @@ class VaultController(QObject):
             return "locked" if self._vault_path.exists() else "missing"
 
         self._run(work, self._report_state)
+
+    def _idle_check(self) -> None:
+        """Lock when the vault itself says it has been idle long enough.
+
+        The vault may be shared with the errands' broker, whose use does not
+        pass through this controller; the vault's own clock has the last word.
+        """
+
+        def work() -> VaultState | None:
+            vault = self._vault
+            if vault is None or vault.is_locked:
+                return None
+            if vault.lock_if_idle():
+                self._broker = None
+                return "locked"
+            return None
+
+        def done(state: VaultState | None) -> None:
+            if state is not None:
+                self._report_state(state)
+            elif self._state == "unlocked":
+                self._idle.start()
+
+        self._worker.submit(work, done, self._report_error)
 
     def add_secret(self, name: str, value: bytearray) -> None:
         """Store a new secret; ``value`` is zeroed once stored."""

@@ -129,6 +129,7 @@ class AuditView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        self._shown_once = False
         self.setAccessibleName("Audit log")
 
         self.chain_label = QtWidgets.QLabel("Checking the hash chain…")
@@ -199,6 +200,13 @@ class AuditView(QtWidgets.QWidget):
         controller.chain_checked.connect(self._on_chain)
         controller.error.connect(self._on_error)
         self.refresh()
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:  # noqa: N802
+        """Qt override: reload when the page comes back into view (errands add entries)."""
+        super().showEvent(event)
+        if self._shown_once and not event.spontaneous():
+            self.refresh()
+        self._shown_once = True
 
     def refresh(self) -> None:
         """Reload the entries and verify the chain again."""

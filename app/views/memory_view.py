@@ -26,6 +26,7 @@ class MemoryView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        self._shown_once = False
         self.setAccessibleName("Memory")
         self._current: tuple[str, str] | None = None
         self._current_kind = "topic"
@@ -218,6 +219,13 @@ class MemoryView(QtWidgets.QWidget):
         controller.busy_changed.connect(self._on_busy)
         controller.refresh()
 
+    def showEvent(self, event: QtGui.QShowEvent) -> None:  # noqa: N802
+        """Qt override: reload when the page comes back into view (errands change memory)."""
+        super().showEvent(event)
+        if self._shown_once and not event.spontaneous():
+            self.controller.refresh()
+        self._shown_once = True
+
     # -- messages ------------------------------------------------------------------------
 
     def show_error(self, text: str) -> None:
@@ -280,8 +288,8 @@ class MemoryView(QtWidgets.QWidget):
 
         self._review = list(snapshot.review)
         self.review_list.clear()
-        for item in self._review:
-            self.review_list.addItem(f"{item.level}/{item.topic} — from {item.source}")
+        for pending in self._review:
+            self.review_list.addItem(f"{pending.level}/{pending.topic} — from {pending.source}")
         self.review_text.clear()
         self.tabs.setTabText(1, f"&Review queue ({len(self._review)})")
         self._sync_buttons()

@@ -8,7 +8,7 @@ from app.controllers.settings_controller import (
     SettingsController,
     tool_names,
 )
-from app.qt import QtWidgets
+from app.qt import QtGui, QtWidgets
 from app.settings import AppSettings
 
 ACTIONS = ("deny", "ask", "allow")
@@ -27,6 +27,7 @@ class SettingsView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        self._shown_once = False
         self.setAccessibleName("Settings")
         self._rules: list[RuleRow] = []
 
@@ -189,14 +190,27 @@ class SettingsView(QtWidgets.QWidget):
         self._sync_buttons()
         controller.refresh()
 
+    def showEvent(self, event: QtGui.QShowEvent) -> None:  # noqa: N802
+        """Qt override: reload when the page comes back (the workspace may have changed)."""
+        super().showEvent(event)
+        if self._shown_once and not event.spontaneous():
+            self._fill_scopes()
+            self.controller.refresh()
+        self._shown_once = True
+
     # -- rules --------------------------------------------------------------------------
 
     def _fill_scopes(self) -> None:
+        current = self.scope.currentData()
+        self.scope.blockSignals(True)
         self.scope.clear()
         self.scope.addItem("Me (every workspace)", "user")
         workspace = self.controller.workspace
         if workspace:
             self.scope.addItem(f"This workspace: {workspace}", "workspace")
+        self.scope.setCurrentIndex(max(0, self.scope.findData(current)))
+        self.scope.blockSignals(False)
+        self._show_rules()
 
     def current_scope(self) -> str:
         """``"user"`` or ``"workspace"``."""

@@ -15,7 +15,7 @@ from app.qt import Qt, QtWidgets
 from app.views.audit_view import COLUMNS, AuditView
 from vault.audit import AuditLog
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("propagateSizeHints")]
 QWidget = QtWidgets.QWidget
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -113,6 +113,17 @@ def test_new_entries_appear_on_refresh(view: AuditView, audit_log: AuditLog, qtb
     assert view.model.rowCount() == 5
     assert "all 5 entries" in view.chain_label.text()
     assert view.kind_filter.findData("vault.add") >= 0
+
+
+def test_coming_back_to_the_page_reloads(
+    view: AuditView, audit_log: AuditLog, qtbot: QtBot
+) -> None:
+    view.show()
+    view.hide()
+    audit_log.record("decision", tool="write_file", decision="allow", reason="once")
+    with qtbot.wait_signal(view.controller.chain_checked, timeout=10_000):
+        view.show()
+    assert view.model.rowCount() == 5
 
 
 def test_tampered_row_breaks_the_chain(
