@@ -202,7 +202,7 @@ class MainWindow(QtWidgets.QMainWindow):
     @Slot(bool, str)
     def _on_isolation(self, isolated: bool, detail: str) -> None:
         if isolated:
-            self.isolation_label.setText("🛡 OS isolation: on")
+            self.isolation_label.setText("OS isolation: on")
             self.isolation_label.setStyleSheet("color: #1b7f3b;")
         else:
             self.isolation_label.setText("⚠ OS isolation: OFF")

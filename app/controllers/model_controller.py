@@ -48,13 +48,11 @@ class DownloadProgress:
 
 def _probe_gpu(_: Progress) -> tuple[bool, str]:
     try:
-        import llama_cpp
-    except ImportError as e:
-        return False, f"llama.cpp is not installed: {e}"
-    try:
-        supported = bool(llama_cpp.llama_supports_gpu_offload())
-    except (AttributeError, OSError) as e:
-        return False, f"cannot query llama.cpp for GPU support: {e}"
+        from models.runtime import gpu_offload_supported
+
+        supported = gpu_offload_supported()
+    except (ImportError, OSError, AttributeError) as e:
+        return False, f"cannot ask llama.cpp about GPU support: {e}"
     if supported:
         return True, "this llama.cpp build can offload layers to the GPU"
     return False, "this llama.cpp build is CPU-only: every layer runs on the CPU"

@@ -89,6 +89,9 @@ class ChatView(QtWidgets.QWidget):
         self.session_list = QtWidgets.QListWidget()
         self.session_list.setObjectName("sessionList")
         self.session_list.setAccessibleName("Sessions")
+        self.session_list.setWordWrap(True)
+        self.session_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.session_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         sessions_label = QtWidgets.QLabel("Sess&ions")
         sessions_label.setBuddy(self.session_list)
         left = QtWidgets.QWidget()
@@ -440,7 +443,7 @@ class ChatView(QtWidgets.QWidget):
         args_text = json.dumps(arguments, indent=2, ensure_ascii=False, default=str)
         self._append_html(
             '<table width="100%" style="background:#f1f4f8;margin-top:6px" cellpadding="4">'
-            f'<tr><td><b>🔧 {html.escape(tool)}</b>'
+            f'<tr><td><b>⚙ {html.escape(tool)}</b>'
             f'<pre style="margin:2px 0">{html.escape(args_text)}</pre></td></tr></table>'
         )
         item = QtWidgets.QTreeWidgetItem([tool, _one_line(arguments), "waiting…", ""])
@@ -496,12 +499,14 @@ class ChatView(QtWidgets.QWidget):
         line = ""
         if isinstance(stats, Mapping):
             parts = []
+            if stats.get("steps"):
+                parts.append(f"{stats['steps']} steps, {stats.get('tool_calls', 0)} tool calls")
             if stats.get("tokens_per_second"):
                 parts.append(f"{float(stats['tokens_per_second']):.1f} tok/s")
             if stats.get("time_to_first_token_s") is not None:
                 parts.append(f"first token {float(stats['time_to_first_token_s']) * 1000:.0f} ms")
-            if stats.get("stop_reason"):
-                parts.append(str(stats["stop_reason"]))
+            if stats.get("stop_reason") not in (None, "final", "finish", "eos"):
+                parts.append(f"stopped: {stats['stop_reason']}")
             line = " · ".join(parts)
         stats_html = f'<br><small style="color:#666">{html.escape(line)}</small>' if line else ""
         self._append_html(

@@ -117,7 +117,7 @@ class ModelView(QtWidgets.QWidget):
         self.progress.setAccessibleName("Download progress")
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.progress.setFormat("%p%")
+        self.progress.setFormat("no download running")
         self.speed_label = QtWidgets.QLabel("")
         self.speed_label.setObjectName("downloadSpeed")
         hf_form = QtWidgets.QFormLayout()
@@ -381,6 +381,7 @@ class ModelView(QtWidgets.QWidget):
         if report.percent is None:
             self.progress.setRange(0, 0)
         else:
+            self.progress.setFormat("%p%")
             self.progress.setRange(0, 100)
             self.progress.setValue(report.percent)
         total = f" of {_human_bytes(report.total)}" if report.total else ""
