@@ -33,11 +33,15 @@ class ScriptedAnswerer:
     answers: list[PermissionAnswer] = field(default_factory=list)
     asked: list[PermissionRequest] = field(default_factory=list)
     before_answer: Callable[[PermissionRequest], None] | None = None
+    decide: Callable[[PermissionRequest], PermissionAnswer] | None = None
+    """Answers every request once the scripted answers are used up."""
 
     def ask(self, request: PermissionRequest) -> PermissionAnswer:
         self.asked.append(request)
         if self.before_answer is not None:
             self.before_answer(request)
+        if not self.answers and self.decide is not None:
+            return self.decide(request)
         if not self.answers:
             raise AssertionError(f"unexpected permission prompt: {request}")
         return self.answers.pop(0)
