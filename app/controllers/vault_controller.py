@@ -243,6 +243,7 @@ class VaultController(QObject):
         self._vault: Vault | None = vault
         self._broker: Broker | None = None
         self._grants: GrantStore | None = None
+        self._methods: tuple[str, ...] = ()
         self._worker = SerialWorker(self)
         self._worker.busy_changed.connect(self.busy_changed)
         self._idle = QTimer(self)
@@ -263,6 +264,11 @@ class VaultController(QObject):
         if self._keyring_available is None:
             self._keyring_available = detect_keyring(self._keystore)
         return self._keyring_available
+
+    @property
+    def unlock_methods(self) -> tuple[str, ...]:
+        """The vault's enabled unlock methods (``keyring``, ``passphrase``), once known."""
+        return self._methods
 
     @property
     def auto_lock_minutes(self) -> float:
@@ -475,9 +481,12 @@ class VaultController(QObject):
         if self._vault is None and not self._vault_path.exists():
             return "missing"
         vault = self._open()
+        self._methods = vault.unlock_methods
         return "locked" if vault.is_locked else "unlocked"
 
     def _after_unlock(self) -> VaultState:
+        if self._vault is not None:
+            self._methods = self._vault.unlock_methods
         self.vault_opened.emit(self._vault)
         return "unlocked"
 

@@ -9,13 +9,15 @@ class UnlockDialog(QtWidgets.QDialog):
     """Asks for the passphrase; :meth:`take_passphrase` hands it over once.
 
     With ``keyring_available`` a second button unlocks through the keyring
-    instead (then :meth:`use_keyring` is True and no passphrase is taken).
+    instead (then :meth:`use_keyring` is True and no passphrase is taken);
+    without ``passphrase_enabled`` (a keyring-only vault) it is the only way.
     """
 
     def __init__(
         self,
         *,
         keyring_available: bool,
+        passphrase_enabled: bool = True,
         problem: str = "",
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
@@ -55,6 +57,12 @@ class UnlockDialog(QtWidgets.QDialog):
         row = QtWidgets.QHBoxLayout()
         row.addWidget(label)
         row.addWidget(self.passphrase, 1)
+        if not passphrase_enabled:
+            # A keyring-only vault: nothing to type.
+            label.setVisible(False)
+            self.passphrase.setVisible(False)
+            ok.setVisible(False)
+            self.keyring_button.setDefault(True)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(row)
         layout.addWidget(self.problem)

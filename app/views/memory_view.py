@@ -78,7 +78,7 @@ class MemoryView(QtWidgets.QWidget):
         self.save_button = QtWidgets.QPushButton("&Save")
         self.save_button.setEnabled(False)
         self.save_button.setShortcut(QtGui.QKeySequence.StandardKey.Save)
-        self.archive_button = QtWidgets.QPushButton("Arc&hive")
+        self.archive_button = QtWidgets.QPushButton("Archi&ve")
         self.archive_button.setEnabled(False)
         self.archive_button.setToolTip(
             "Archived topics leave the prompt but stay on disk, searchable and restorable."
@@ -417,7 +417,7 @@ class MemoryView(QtWidgets.QWidget):
         self.save_button.setEnabled(is_topic and self.editor.is_modified())
         self.archive_button.setEnabled(is_topic)
         self.archive_button.setText(
-            "Rest&ore" if self._selected_status == "archived" else "Arc&hive"
+            "Rest&ore" if self._selected_status == "archived" else "Archi&ve"
         )
         change = self.selected_change()
         self.undo_button.setEnabled(change is not None and not change.undone)

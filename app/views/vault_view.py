@@ -255,8 +255,12 @@ class VaultView(QtWidgets.QWidget):
 
     def open_unlock(self, problem: str = "") -> None:
         """Ask for the passphrase (or the keyring) and unlock."""
+        methods = self.controller.unlock_methods or ("keyring", "passphrase")
         dialog = UnlockDialog(
-            keyring_available=self.controller.keyring_available, problem=problem, parent=self
+            keyring_available=self.controller.keyring_available and "keyring" in methods,
+            passphrase_enabled="passphrase" in methods,
+            problem=problem,
+            parent=self,
         )
 
         def accepted() -> None:

@@ -239,7 +239,7 @@ def test_create_archive_and_restore_a_topic(
     assert "release-checklist" in tree_files(view)["Project"]
     assert view.topic_label.text().startswith("Project / release-checklist")
     view.tree.setCurrentItem(find_item(view, "project", "release-checklist"))
-    assert view.archive_button.text() == "Arc&hive"
+    assert view.archive_button.text() == "Archi&ve"
     with qtbot.wait_signal(view.controller.snapshot_loaded, timeout=10_000):
         qtbot.mouseClick(view.archive_button, Qt.MouseButton.LeftButton)
     item = find_item(view, "project", "release-checklist")
@@ -326,6 +326,8 @@ def test_keyboard_reachability_and_labels(view: MemoryView, qtbot: QtBot) -> Non
         view.diff_view,
     ]
     assert tab_sequence(view, expected[0], len(expected)) == expected
+    keys = mnemonics(view)
+    assert keys and len(keys) == len(set(keys)), keys
     for widget in (view.tree, view.editor.source, view.editor.preview, view.history_list,
                    view.review_list, view.new_title, *view.bars.values()):
         assert widget.accessibleName()
@@ -349,3 +351,21 @@ def tab_sequence(root: QWidget, start: QWidget, count: int) -> list[QWidget]:
                 seen.append(cursor)
         cursor = cursor.nextInFocusChain()
     return seen
+
+
+def mnemonics(root: QWidget) -> list[str]:
+    """The Alt+letter shortcuts of the buttons, labels and tabs visible in ``root``."""
+    texts: list[str] = []
+    for widget in root.findChildren(QtWidgets.QWidget):
+        if not widget.isVisibleTo(root):
+            continue
+        if isinstance(widget, QtWidgets.QAbstractButton | QtWidgets.QLabel):
+            texts.append(widget.text())
+        elif isinstance(widget, QtWidgets.QTabBar):
+            texts.extend(widget.tabText(i) for i in range(widget.count()))
+    keys = []
+    for text in texts:
+        at = text.replace("&&", "").find("&")
+        if at >= 0:
+            keys.append(text.replace("&&", "")[at + 1].lower())
+    return keys

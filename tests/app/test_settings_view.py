@@ -167,6 +167,8 @@ def test_keyboard_reachability_and_labels(view: SettingsView) -> None:
         view.save_button,
     ]
     assert tab_sequence(view, expected[0], len(expected)) == expected
+    keys = mnemonics(view)
+    assert keys and len(keys) == len(set(keys)), keys
     for widget in expected:
         if not isinstance(widget, QtWidgets.QPushButton):
             assert widget.accessibleName(), widget
@@ -192,3 +194,21 @@ def tab_sequence(root: QWidget, start: QWidget, count: int) -> list[QWidget]:
                 seen.append(target)
         cursor = cursor.nextInFocusChain()
     return seen
+
+
+def mnemonics(root: QWidget) -> list[str]:
+    """The Alt+letter shortcuts of the buttons, labels and tabs visible in ``root``."""
+    texts: list[str] = []
+    for widget in root.findChildren(QtWidgets.QWidget):
+        if not widget.isVisibleTo(root):
+            continue
+        if isinstance(widget, QtWidgets.QAbstractButton | QtWidgets.QLabel):
+            texts.append(widget.text())
+        elif isinstance(widget, QtWidgets.QTabBar):
+            texts.extend(widget.tabText(i) for i in range(widget.count()))
+    keys = []
+    for text in texts:
+        at = text.replace("&&", "").find("&")
+        if at >= 0:
+            keys.append(text.replace("&&", "")[at + 1].lower())
+    return keys

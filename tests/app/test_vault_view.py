@@ -429,6 +429,8 @@ def test_keyboard_reachability_and_labels(view: VaultView, qtbot: QtBot) -> None
         view.grant_button,
     ]
     assert tab_sequence(view, expected[0], len(expected)) == expected
+    keys = mnemonics(view)
+    assert keys and len(keys) == len(set(keys)), keys
     for widget in (view.secret_list, view.reveal_field, view.grant_table, view.state_label):
         assert widget.accessibleName()
 
@@ -477,6 +479,7 @@ def test_keyring_setup_then_unlock_without_typing(
     unlock = widget.active_dialog
     assert isinstance(unlock, UnlockDialog)
     assert unlock.keyring_button.isVisible()
+    assert not unlock.passphrase.isVisibleTo(unlock)  # keyring-only: nothing to type
     with qtbot.wait_signal(widget.controller.names_changed, timeout=20_000):
         click(qtbot, unlock.keyring_button)
     assert widget.controller.state == "unlocked"
@@ -490,3 +493,21 @@ def test_wrong_passphrase_error_is_the_vaults(vault_path: Path) -> None:
     vault = Vault.open(vault_path, keystore=NoKeyring())
     with pytest.raises(WrongPassphraseError):
         vault.unlock("nope nope nope")
+
+
+def mnemonics(root: QWidget) -> list[str]:
+    """The Alt+letter shortcuts of the buttons, labels and tabs visible in ``root``."""
+    texts: list[str] = []
+    for widget in root.findChildren(QtWidgets.QWidget):
+        if not widget.isVisibleTo(root):
+            continue
+        if isinstance(widget, QtWidgets.QAbstractButton | QtWidgets.QLabel):
+            texts.append(widget.text())
+        elif isinstance(widget, QtWidgets.QTabBar):
+            texts.extend(widget.tabText(i) for i in range(widget.count()))
+    keys = []
+    for text in texts:
+        at = text.replace("&&", "").find("&")
+        if at >= 0:
+            keys.append(text.replace("&&", "")[at + 1].lower())
+    return keys
