@@ -85,6 +85,8 @@ def run_errand_cli(
     from agent.policy import PolicyEngine
     from agent.protocol import ErrandLimits
     from app.services import AppServices, ServiceUnavailableError
+    from models.errors import ModelError
+    from vault.errors import VaultError
 
     workspace = args.workspace.expanduser().resolve()
     if not workspace.is_dir():
@@ -120,9 +122,18 @@ def run_errand_cli(
             "memory",
             err,
         )
+    spec = None if args.scripted_model is not None else model_spec_from_settings(services)
+    relay = None
+    if spec is not None and spec.backend == "openai":
+        try:
+            relay = remote_model_with_key(spec, services, broker)
+        except (ModelError, VaultError) as e:
+            err.write(f"keyless run: cannot use the remote model: {e}\n")
+            services.close()
+            return EXIT_FAILED
     printer = EventPrinter(err, stream_tokens=not args.quiet)
     host = AgentHost(
-        None if args.scripted_model is not None else model_spec_from_settings(services),
+        spec,
         workspace=workspace,
         broker=broker,
         memory=memory,
@@ -136,6 +147,7 @@ def run_errand_cli(
         limits=limits,
         isolate=not args.no_isolation,
         hidden_paths=(services.paths.data_dir,),
+        relay_model=relay,
     )
     try:
         result = _run_cancellable(host, args.task, err)
@@ -165,6 +177,40 @@ def model_spec_from_settings(services: Any) -> Any:
         model_name=m.remote_model,
         allow_local=m.allow_local_remote,
         verified_cache=services.paths.data_dir / "verified-models.json",
+    )
+
+
+def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
+    """Open the remote model here, in the host, with its API key from the vault.
+
+    The agent process gets only the relayed generations; the key is read from
+    the vault at each request and never leaves this process.
+
+    Raises:
+        models.errors.ModelError: The server cannot be reached or is refused.
+        vault.errors.VaultError: The key's secret is set but the vault is locked.
+    """
+    from models.factory import open_model
+    from models.remote import OpenAIChatModel
+    from vault.errors import VaultLockedError
+
+    secret = services.settings.model.remote_key_secret
+    if not secret:
+        return open_model(spec)
+    vault = services.vault if broker is not None else None
+    if vault is None or vault.is_locked:
+        raise VaultLockedError(f"the API key {secret!r} is in the vault, which is locked")
+
+    def api_key() -> bytearray:
+        value: bytearray = vault.get(secret)
+        return value
+
+    return OpenAIChatModel(
+        spec.base_url or "",
+        spec.model_name or "",
+        api_key_provider=api_key,
+        allow_local=spec.allow_local,
+        n_ctx=spec.n_ctx,
     )
 
 

@@ -111,3 +111,22 @@ def test_a_model_failure_fails_the_run(tmp_path: Path, ws: Path) -> None:
     assert status == EXIT_FAILED
     assert "error: the scripted model has no response left" in err
     assert "(no answer:" in out
+
+
+def test_a_remote_model_whose_key_is_in_a_locked_vault_is_refused(ws: Path) -> None:
+    from app.settings import AppSettings, ModelSettings, save_settings
+
+    paths = default_paths().ensure()
+    model = ModelSettings(
+        backend="openai",
+        base_url="https://models.example.com/v1",
+        remote_model="big",
+        remote_key_secret="REMOTE_KEY",
+    )
+    save_settings(paths, AppSettings(model=model))
+    args = build_parser().parse_args(["run", "x", "--workspace", str(ws)])
+    out, err = io.StringIO(), io.StringIO()
+    status = run_errand_cli(args, stdin=io.StringIO(""), out=out, err=err)
+    assert status == EXIT_FAILED
+    assert "cannot use the remote model" in err.getvalue()
+    assert "'REMOTE_KEY' is in the vault, which is locked" in err.getvalue()
