@@ -18,7 +18,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app.cli_vault",
     "app.cli_memory",
     "app.cli_run",
-    "app.cli_selftest",
 )
 
 
@@ -27,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keyless",
         description="A local model that runs errands on your machine without holding your keys.",
+    )
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check the installation (model, sink cache, vault, sandboxed agent) and exit",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -44,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.self_test:
+        from app.selftest import run_self_test
+
+        return run_self_test()
     func = getattr(args, "func", None)
     if func is None:
         return _open_gui_or_chat(parser)
