@@ -397,7 +397,11 @@ class Sandbox:
         home = Path(os.path.realpath(Path.home()))
         package_root = Path(__file__).resolve().parent.parent
         visible: list[Path] = []
-        for path in (Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix), package_root):
+        roots = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix), package_root]
+        if getattr(sys, "frozen", False):
+            # A PyInstaller bundle: the executable sits beside its _internal dir.
+            roots.append(Path(sys.executable).parent)
+        for path in roots:
             real = Path(os.path.realpath(path))
             if real not in visible:
                 visible.append(real)
