@@ -31,7 +31,7 @@ from typing import Any
 import sqlite_utils
 from pydantic import BaseModel, ConfigDict
 
-from vault.errors import VaultError
+from vault.errors import AuditLogError
 from vault.redact import Redactor
 
 __all__ = ["GENESIS_HASH", "AuditEntry", "AuditLog", "ChainCheck"]
@@ -141,7 +141,7 @@ class AuditLog:
                 only the database cannot test guesses.
 
         Raises:
-            VaultError: The database cannot be opened.
+            AuditLogError: The database cannot be opened.
         """
         self.path = Path(db_path)
         self._lock = threading.Lock()
@@ -185,7 +185,7 @@ class AuditLog:
                 row = conn.execute(f"SELECT value FROM {_META} WHERE key = 'hmac_key'").fetchone()
                 hmac_key = bytes.fromhex(row[0])
         except (sqlite3.Error, OSError, ValueError) as e:
-            raise VaultError(f"cannot open the audit log {self.path}: {e}") from e
+            raise AuditLogError(f"cannot open the audit log {self.path}: {e}") from e
         if len(hmac_key) < 16:
             raise ValueError("the audit HMAC key must be at least 16 bytes")
         self._key = bytes(hmac_key)
@@ -196,7 +196,7 @@ class AuditLog:
             try:
                 yield self._db.conn
             except sqlite3.Error as e:
-                raise VaultError(f"audit log database error: {e}") from e
+                raise AuditLogError(f"audit log database error: {e}") from e
 
     def close(self) -> None:
         """Close the connection."""
@@ -244,7 +244,7 @@ class AuditLog:
             TypeError: ``details`` is not JSON data.
             ValueError: ``kind`` is empty or ``now`` is naive.
             RedactionError: The values could not be redacted; nothing is written.
-            VaultError: The database write failed.
+            AuditLogError: The database write failed.
         """
         if not kind:
             raise ValueError("an audit entry needs a kind")

@@ -41,7 +41,13 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vault.audit import AuditLog
-from vault.errors import GrantRefused, RedactionError, SecretNotFoundError, VaultError
+from vault.errors import (
+    BrokerRequestError,
+    GrantRefused,
+    RedactionError,
+    SecretNotFoundError,
+    VaultError,
+)
 from vault.grants import (
     KNOWN_METHODS,
     BasicAuthInjection,
@@ -396,7 +402,9 @@ class Broker:
         Raises:
             GrantRefused: A scope check failed; ``reason`` names it.
             RedactionError: The response could not be redacted; nothing returned.
-            VaultError: The request itself failed (connection, TLS, timeout).
+            BrokerRequestError: The request itself failed (connection, TLS,
+                timeout, a broken response); the message holds no secret.
+            VaultError: The vault could not provide the secret (locked, deleted).
         """
         at = now or _now()
         try:
@@ -652,10 +660,10 @@ class Broker:
                 error = e
             # The message may quote the URL, which may carry an injected secret.
             text = redactor.redact(str(error))[0]
-            raise VaultError(
+            raise BrokerRequestError(
                 f"request to {hop.url.host} failed: {type(error).__name__}: {text}"
             ) from None
-        raise VaultError(f"{hop.url.host} has no address")  # resolve() never returns none
+        raise BrokerRequestError(f"{hop.url.host} has no address")  # resolve() never returns none
 
     @staticmethod
     def _next_hop(hop: _Hop, status: int, location: str) -> _Hop:
@@ -718,11 +726,11 @@ class Broker:
         total = 0
         truncated = False
         deadline = self._clock() + self.timeout
-        failure: VaultError | None = None
+        failure: BrokerRequestError | None = None
         try:
             for chunk in response.iter_bytes():
                 if self._clock() > deadline:
-                    raise VaultError(
+                    raise BrokerRequestError(
                         f"the response from {hop.url.host} took longer than {self.timeout:g} s"
                     )
                 room = self.max_response_bytes - total
@@ -733,7 +741,7 @@ class Broker:
                 if truncated:
                     break
         except httpx.HTTPError as e:
-            failure = VaultError(
+            failure = BrokerRequestError(
                 f"reading the response from {hop.url.host} failed: {type(e).__name__}"
             )
         if failure is not None:

@@ -106,3 +106,16 @@ class GrantRefused(VaultError):
 
 class RedactionError(VaultError):
     """Redaction could not run; nothing is returned to the agent (fail closed)."""
+
+
+class BrokerRequestError(VaultError):
+    """The brokered request itself failed: connection, TLS, timeout or a broken response.
+
+    Raised after the scope checks passed (a redemption has used the grant
+    once). The message names the host and the kind of failure; any text from
+    the transport in it has been redacted, so it never holds a secret.
+    """
+
+
+class AuditLogError(VaultError):
+    """The audit log database cannot be opened, read or written."""
