@@ -77,6 +77,8 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
             auto_lock_minutes=services.settings.auto_lock_minutes,
         )
         errands.currentSessionChanged.connect(controller.set_session_id)
+        # Errands redeem capabilities with the vault the user unlocked on this screen.
+        controller.vault_opened.connect(services.set_vault)
         return VaultView(controller)
 
     def memory() -> QtWidgets.QWidget:

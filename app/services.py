@@ -229,6 +229,10 @@ class AppServices:
         self.problems.pop("rules", None)
         return store
 
+    def live_broker(self) -> LiveBroker:
+        """A broker that always uses the current vault (e.g. once the Vault screen unlocks it)."""
+        return LiveBroker(self)
+
     def memory_service(
         self,
         *,
@@ -304,6 +308,57 @@ class AppServices:
                         log.exception("closing %s failed", name)
             self._built.clear()
             self._vault = None
+
+
+class LiveBroker:
+    """Delegates to :attr:`AppServices.broker` at each use.
+
+    An errand's agent host keeps its broker for the whole session; this proxy
+    lets a vault unlocked (or created) later in the session take effect at
+    the next call instead of the session holding a locked vault's broker.
+    Without a vault it offers no capabilities, redacts nothing and refuses calls.
+    """
+
+    def __init__(self, services: AppServices) -> None:
+        self._services = services
+
+    def _broker(self) -> Any:
+        try:
+            return self._services.broker
+        except ServiceUnavailableError:
+            return None
+
+    def capabilities(self, session_id: str) -> Any:
+        """The capability infos granted to ``session_id`` (none without a vault)."""
+        broker = self._broker()
+        return broker.capabilities(session_id) if broker is not None else []
+
+    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
+        """Remove every secret value from ``text`` (nothing to remove without a vault)."""
+        broker = self._broker()
+        if broker is None:
+            return text, []
+        result: tuple[str, list[str]] = broker.redact(text, session_id=session_id)
+        return result
+
+    def call(self, handle: str | None, call: Any, *, session_id: str, now: Any) -> Any:
+        """Perform a brokered HTTP call.
+
+        Raises:
+            vault.errors.GrantRefused: No vault exists yet (or the broker refused).
+        """
+        broker = self._broker()
+        if broker is None:
+            from vault.errors import GrantRefused
+
+            raise GrantRefused("no vault exists yet: set one up on the Vault screen")
+        return broker.call(handle, call, session_id=session_id, now=now)
+
+    def scan(self, text: str) -> list[str]:
+        """Names of vault secrets found in ``text`` (none without a vault)."""
+        broker = self._broker()
+        found: list[str] = broker.scan(text) if broker is not None else []
+        return found
 
 
 def _scan_nothing(text: str) -> list[str]:

@@ -234,7 +234,7 @@ def agent_host_factory(
             log.warning("errand runs with the default rules only: %s", e)
             store, rules = None, []
         try:
-            the_broker = broker() if broker is not None else services.broker
+            the_broker = broker() if broker is not None else services.live_broker()
         except ServiceUnavailableError as e:
             log.warning("errand runs without capabilities: %s", e)
             the_broker = None

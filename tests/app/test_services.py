@@ -1,0 +1,65 @@
+"""AppServices: lazy, tolerant construction of the host's services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.services import AppServices, optional_module
+from app.settings import load_settings
+from vault.errors import GrantRefused
+
+
+def test_a_broken_settings_file_falls_back_to_defaults_and_says_so() -> None:
+    services = AppServices()
+    services.paths.settings_file.write_text('{"model": {"n_ctx": "lots"}}')
+    again = AppServices()
+    assert again.settings.model.n_ctx == 4096
+    assert "settings" in again.problems and "invalid" in again.problems["settings"]
+    # The broken file is left for the user to look at until new settings are saved.
+    assert services.paths.settings_file.read_text() == '{"model": {"n_ctx": "lots"}}'
+
+
+def test_set_workspace_checks_and_remembers(workspace: Path, tmp_path: Path) -> None:
+    services = AppServices()
+    services.set_workspace(workspace)
+    assert load_settings(services.paths).workspace == str(workspace.resolve())
+    assert load_settings(services.paths).recent_workspaces == [str(workspace.resolve())]
+    with pytest.raises(NotADirectoryError, match="not an existing directory"):
+        services.set_workspace(tmp_path / "nope")
+
+
+def test_without_a_vault_the_live_broker_offers_nothing_and_refuses_calls() -> None:
+    services = AppServices()
+    assert services.vault is None and services.broker is None
+    broker = services.live_broker()
+    assert broker.capabilities("s1") == []
+    assert broker.redact("nothing secret", session_id="s1") == ("nothing secret", [])
+    assert broker.scan("text") == []
+    with pytest.raises(GrantRefused, match="no vault exists yet"):
+        broker.call("cap_x", object(), session_id="s1", now=None)
+
+
+def test_rule_store_is_opened_per_caller(workspace: Path) -> None:
+    services = AppServices()
+    first, second = services.rule_store(workspace), services.rule_store(workspace)
+    try:
+        assert first is not second
+        assert first.rules(workspace) == []
+    finally:
+        first.close()
+        second.close()
+
+
+def test_audit_log_is_built_once_and_closed() -> None:
+    services = AppServices()
+    assert services.audit is services.audit
+    services.audit.record("test_event")
+    assert [e.kind for e in services.audit.entries()] == ["test_event"]
+    services.close()
+
+
+def test_optional_module_hides_only_a_missing_module() -> None:
+    assert optional_module("app.no_such_module") is None
+    assert optional_module("app.paths") is not None
