@@ -59,12 +59,15 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
     """Send the request through the broker and return status, headers and body.
 
     Raises:
-        ToolError: No broker (no vault open).
+        ToolError: No broker (no vault open); the request failed (connection,
+            TLS, timeout); the vault could not serve it (locked, secret
+            deleted); or the response could not be redacted, in which case
+            nothing of it is returned.
         ToolDeniedError: The broker refused the handle (reason included).
     """
     if ctx.broker is None:
         raise ToolError("http_request is unavailable: no vault broker in this session")
-    from vault.errors import GrantRefused
+    from vault.errors import BrokerRequestError, GrantRefused, RedactionError, VaultError
 
     try:
         response = ctx.broker.call(
@@ -72,6 +75,17 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
         )
     except GrantRefused as e:
         raise ToolDeniedError(f"the broker refused the request: {e.reason}") from e
+    except RedactionError as e:
+        # Fail closed: not a byte of the response, nor the broker's detail.
+        raise ToolError(
+            "http_request failed: the response could not be checked for secrets, "
+            "so nothing of it is returned"
+        ) from e
+    except BrokerRequestError as e:
+        # The broker redacts transport text before it builds this message.
+        raise ToolError(f"http_request failed: {e}") from e
+    except VaultError as e:
+        raise ToolError(f"http_request failed: the vault could not serve the request: {e}") from e
     lines = [f"HTTP {response.status}"]
     for name in ("content-type", "content-length", "location"):
         for key, value in response.headers.items():
