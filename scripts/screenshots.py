@@ -1,4 +1,4 @@
-"""Drive the real app through each screen and save screenshots (run by screenshots.sh).
+"""Drive the chat, permission and model screens and save screenshots (screenshots.sh).
 
 Everything shown is produced by the real components: errands run through the
 real agent host and agent process with the scripted fake model (so the run is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -159,20 +158,8 @@ def main() -> int:
     settle()
     save(window, "model")
 
-    for index, name in ((2, "vault"), (3, "memory"), (4, "audit"), (5, "settings")):
-        if index < window.tabs.count():
-            window.show_tab(index)
-            settle(1.5)
-            save(window, name)
-
-    if os.environ.get("DISPLAY") and not os.environ.get("QT_QPA_PLATFORM"):
-        window.show_tab(0)
-        settle()
-        subprocess.run(
-            ["import", "-window", "root", str(OUT / "desktop.png")], check=False, timeout=30
-        )
-        print("wrote desktop.png (whole X screen)")
-
+    # The vault, memory, audit and settings screens are shot with demo data by
+    # scripts/screens_demo.py; here only the screens this script drives.
     window.shutdown()
     services.close()
     return 0

@@ -23,3 +23,7 @@ for _ in $(seq 50); do [ -e "/tmp/.X11-unix/X${display#:}" ] && break; sleep 0.1
 
 unset QT_QPA_PLATFORM
 DISPLAY="$display" "$python" scripts/screenshots.py "$out"
+# The vault, memory, audit and settings screens, with demo data.
+if [ -f scripts/screens_demo.py ]; then
+    DISPLAY="$display" "$python" scripts/screens_demo.py "$out"
+fi
