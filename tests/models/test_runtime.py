@@ -30,7 +30,7 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="module")
 def runtime(model_path: Path) -> Iterator[Runtime]:
-    rt = Runtime(RuntimeConfig(model_path=model_path, n_ctx=512))
+    rt = Runtime(RuntimeConfig(model_path=model_path, n_ctx=512, n_threads=1))
     yield rt
     rt.close()
 
@@ -42,7 +42,7 @@ class TestRuntimeContract(ChatModelContract):
         yield runtime
 
     def fresh_model(self) -> ChatModel:
-        return Runtime(RuntimeConfig(model_path=embedded_default().path, n_ctx=128))
+        return Runtime(RuntimeConfig(model_path=embedded_default().path, n_ctx=128, n_threads=1))
 
 
 # -- settings -------------------------------------------------------------------------
@@ -95,7 +95,10 @@ def test_info_reports_the_loaded_settings(runtime: Runtime) -> None:
 
 def test_linear_rope_scaling_loads_and_generates(model_path: Path) -> None:
     cfg = RuntimeConfig(
-        model_path=model_path, n_ctx=128, rope_scaling=RopeScaling(kind="linear", factor=2.0)
+        model_path=model_path,
+        n_ctx=128,
+        n_threads=1,
+        rope_scaling=RopeScaling(kind="linear", factor=2.0),
     )
     with Runtime(cfg) as rt:
         assert rt.info.rope_scaling == "linear x2"
@@ -223,7 +226,7 @@ def test_nested_tool_call_schema_yields_valid_json(runtime: Runtime) -> None:
 
 
 def test_close_during_a_generation_stops_it_and_frees_the_model(model_path: Path) -> None:
-    rt = Runtime(RuntimeConfig(model_path=model_path, n_ctx=128))
+    rt = Runtime(RuntimeConfig(model_path=model_path, n_ctx=128, n_threads=1))
     stream = rt.stream_chat(HELLO, max_tokens=100, ignore_eos=True, cancel=CancelToken())
     assert isinstance(next(stream), Token)
     rt.close()
