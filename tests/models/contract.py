@@ -39,7 +39,7 @@ HELLO = [
 ANSWER_SCHEMA = {
     "type": "object",
     "properties": {
-        "answer": {"type": "string"},
+        "answer": {"type": "string", "maxLength": 80},
         "confidence": {"type": "string", "enum": ["low", "medium", "high"]},
     },
     "required": ["answer", "confidence"],
