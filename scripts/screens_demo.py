@@ -5,7 +5,8 @@
 Every screen runs on the real components (vault, broker, grants, audit log,
 memory service, rule store, sandbox detection) filled with demo data in a
 throwaway directory; nothing of the user's is read or written. Writes
-vault.png, memory.png, audit.png and settings.png (default: docs/screenshots).
+vault.png, vault-setup.png, grant-editor.png, memory.png, audit.png and
+settings.png (default: docs/screenshots).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def settle(ms: int = 400) -> None:
     loop.exec()
 
 
-def shoot(widget: QtWidgets.QWidget, name: str) -> None:
-    widget.resize(*SIZE)
+def shoot(widget: QtWidgets.QWidget, name: str, size: tuple[int, int] = SIZE) -> None:
+    widget.resize(*size)
     widget.show()
     settle()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,22 @@ def vault_screen(paths: Any, session: str) -> QtWidgets.QWidget:
     view.secret_list.setCurrentRow(0)
     view.show_info("")
     return view
+
+
+def vault_dialogs(paths: Any) -> None:
+    """The first-run setup on a machine without a keyring, and the grant editor."""
+    from app.dialogs.grant_editor import GrantEditorDialog
+    from app.dialogs.vault_setup import VaultSetupDialog
+
+    setup = VaultSetupDialog(keyring_available=False)
+    setup.passphrase.setText(PASSPHRASE)
+    setup.confirm.setText(PASSPHRASE)
+    shoot(setup, "vault-setup", size=(520, 300))
+    grant = GrantEditorDialog(["GITHUB_TOKEN", "OPENAI_KEY", "WEATHER_API"])
+    grant.host.setText("api.github.com")
+    grant.method_boxes["POST"].setChecked(True)
+    grant.path.setText("/repos/acme/*")
+    shoot(grant, "grant-editor", size=(560, 400))
 
 
 def memory_screen(paths: Any, workspace: Path, session: str) -> QtWidgets.QWidget:
@@ -226,6 +243,7 @@ def main() -> int:
         ("audit", lambda: audit_screen(paths, session)),
         ("settings", lambda: settings_screen(paths, workspace)),
     )
+    vault_dialogs(paths)
     keep = []
     for name, build in screens:
         widget = build()

@@ -34,7 +34,10 @@ class _Job(QtCore.QRunnable):
         self.setAutoDelete(False)
 
     def run(self) -> None:
-        fn, self._fn = self._fn, None
+        # The job keeps ``fn`` until SerialWorker drops the job on the GUI
+        # thread: the closure may hold the last reference to a controller, and
+        # a QObject must not be destroyed on this thread.
+        fn = self._fn
         if fn is None:
             return
         try:

@@ -10,7 +10,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from app.controllers.vault_controller import GrantRequest, InjectionKind, build_grant
-from app.qt import QtWidgets
+from app.qt import Qt, QtWidgets
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -105,6 +105,14 @@ class GrantEditorDialog(QtWidgets.QDialog):
             form.addRow(label, widget)
         form.addRow("", self.allow_local)
 
+        self.summary = QtWidgets.QLabel()
+        self.summary.setObjectName("summary")
+        self.summary.setAccessibleName("What the grant allows")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(
+            self.summary.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+
         self.problem = QtWidgets.QLabel()
         self.problem.setObjectName("problem")
         self.problem.setAccessibleName("Problem")
@@ -119,15 +127,43 @@ class GrantEditorDialog(QtWidgets.QDialog):
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         self.injection.currentIndexChanged.connect(self._injection_changed)
+        for edit in (self.template, self.host, self.path):
+            edit.textChanged.connect(self.update_summary)
+        for spin in (self.ttl, self.uses):
+            spin.valueChanged.connect(self.update_summary)
+        for box in (*self.method_boxes.values(), self.allow_local):
+            box.toggled.connect(self.update_summary)
+        self.secret.currentIndexChanged.connect(self.update_summary)
+        self.update_summary()
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.summary)
         layout.addWidget(self.problem)
         layout.addWidget(self.buttons)
 
     def _injection_changed(self) -> None:
         defaults = {"header": "Authorization: Bearer {}", "query": "api_key", "basic": "user"}
         self.template.setText(defaults[str(self.injection.currentData())])
+
+    def update_summary(self) -> None:
+        """Say in one line what the grant would allow, as the agent will be told."""
+        try:
+            if self.validate() is not None:
+                raise ValueError("incomplete")
+            grant = build_grant(
+                self._build(), session_id="preview", approved_by="gui", now=self._time()
+            )
+        except ValueError:
+            self.summary.setText("Allows: (complete the scopes)")
+            return
+        limits = []
+        limits.append(f"{grant.max_uses} uses" if grant.max_uses else "unlimited uses")
+        if grant.expires_at is not None:
+            limits.append(f"until {grant.expires_at.astimezone().strftime('%H:%M')}")
+        else:
+            limits.append("until the session ends")
+        self.summary.setText(f"Allows: {grant.describe()} ({', '.join(limits)})")
 
     def validate(self) -> str | None:
         """Return what is wrong with the form, or None."""
@@ -158,7 +194,9 @@ class GrantEditorDialog(QtWidgets.QDialog):
         return self._now or datetime.now(UTC)
 
     def _build(self) -> GrantRequest:
-        host, _, port = self.host.text().strip().lower().partition(":")
+        raw = self.host.text().strip().lower()
+        # "host:port" only; anything URL-like stays whole so the vault rejects it.
+        host, _, port = raw.partition(":") if "/" not in raw else (raw, "", "")
         minutes = self.ttl.value()
         kind: InjectionKind = self.injection.currentData()
         return GrantRequest(

@@ -51,6 +51,8 @@ class VaultSetupDialog(QtWidgets.QDialog):
         self.statement.setWordWrap(True)
         self.statement.setObjectName("keyringStatement")
         self.statement.setAccessibleName("Keyring status")
+        if not keyring_available:
+            self.statement.setStyleSheet("font-weight: bold;")
 
         self.keyring_box = QtWidgets.QCheckBox("Keep the vault key in the OS &keyring")
         self.keyring_box.setChecked(keyring_available)
@@ -68,7 +70,7 @@ class VaultSetupDialog(QtWidgets.QDialog):
         self.confirm.setAccessibleName("Repeat passphrase")
 
         form = QtWidgets.QFormLayout()
-        pass_label = QtWidgets.QLabel("Pass&phrase:")
+        pass_label = QtWidgets.QLabel("&New passphrase:")
         pass_label.setBuddy(self.passphrase)
         confirm_label = QtWidgets.QLabel("&Repeat:")
         confirm_label.setBuddy(self.confirm)

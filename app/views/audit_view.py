@@ -129,6 +129,10 @@ class AuditView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        # Qt ownership: the controller (its worker thread, its timers) is
+        # destroyed with the page, on the GUI thread, never by Python's
+        # garbage collector running on some other thread.
+        controller.setParent(self)
         self._shown_once = False
         self.setAccessibleName("Audit log")
 

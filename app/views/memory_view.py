@@ -26,6 +26,10 @@ class MemoryView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        # Qt ownership: the controller (its worker thread, its timers) is
+        # destroyed with the page, on the GUI thread, never by Python's
+        # garbage collector running on some other thread.
+        controller.setParent(self)
         self._shown_once = False
         self.setAccessibleName("Memory")
         self._current: tuple[str, str] | None = None
@@ -249,7 +253,7 @@ class MemoryView(QtWidgets.QWidget):
         selected: QtWidgets.QTreeWidgetItem | None = None
         for node in snapshot.tree:
             parent = QtWidgets.QTreeWidgetItem([LEVEL_TITLES.get(node.level, node.level), ""])
-            parent.setData(0, _ROLE, None)
+            parent.setData(0, _ROLE, ("", "", "", ""))  # a level, not a file
             for file in node.files:
                 status = file.status if file.exists else "not created yet"
                 if file.kind != "topic":
@@ -297,12 +301,12 @@ class MemoryView(QtWidgets.QWidget):
     # -- editor --------------------------------------------------------------------------
 
     def _tree_selection(self, item: QtWidgets.QTreeWidgetItem | None) -> None:
-        data = item.data(0, _ROLE) if item is not None else None
-        self._selected_status = data[3] if data else ""
+        data = item.data(0, _ROLE) if item is not None else ("", "", "", "")
+        level, name, kind, status = data
+        self._selected_status = status
         self._sync_buttons()
-        if not data:
+        if not name:
             return
-        level, name, kind, _status = data
         if self._current == (level, name):
             return
         if self.editor.is_modified():

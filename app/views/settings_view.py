@@ -27,6 +27,10 @@ class SettingsView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        # Qt ownership: the controller (its worker thread, its timers) is
+        # destroyed with the page, on the GUI thread, never by Python's
+        # garbage collector running on some other thread.
+        controller.setParent(self)
         self._shown_once = False
         self.setAccessibleName("Settings")
         self._rules: list[RuleRow] = []
@@ -201,7 +205,7 @@ class SettingsView(QtWidgets.QWidget):
     # -- rules --------------------------------------------------------------------------
 
     def _fill_scopes(self) -> None:
-        current = self.scope.currentData()
+        current = self.scope.currentData() if self.scope.count() else "user"
         self.scope.blockSignals(True)
         self.scope.clear()
         self.scope.addItem("Me (every workspace)", "user")

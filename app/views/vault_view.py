@@ -53,6 +53,10 @@ class VaultView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        # Qt ownership: the controller (its worker thread, its timers) is
+        # destroyed with the page, on the GUI thread, never by Python's
+        # garbage collector running on some other thread.
+        controller.setParent(self)
         self.reveal_ms = REVEAL_MS
         self.active_dialog: QtWidgets.QDialog | None = None
         self._names: list[str] = []
@@ -285,8 +289,10 @@ class VaultView(QtWidgets.QWidget):
 
     def selected_secret(self) -> str | None:
         """The secret selected in the list, if any."""
-        item = self.secret_list.currentItem()
-        return item.text() if item is not None and item.isSelected() else None
+        # selectedItems(), not currentItem(): no None crosses the binding
+        # (PySide6 6.12.0 drops a reference to None on every such return).
+        items = self.secret_list.selectedItems()
+        return items[0].text() if items else None
 
     def open_add(self) -> None:
         """Ask for a new secret's name and value."""

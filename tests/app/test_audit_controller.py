@@ -9,7 +9,14 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from app.controllers.audit_controller import AuditController, AuditRow, ChainResult
+from app.qt import QObject
 from vault.audit import AuditLog
+
+
+def dispose(qtbot: QtBot, controller: QObject) -> None:
+    """Let queued results arrive, then delete the controller on the GUI thread."""
+    qtbot.waitUntil(lambda: not controller.busy, timeout=30_000)  # type: ignore[attr-defined]
+    controller.deleteLater()
 
 
 @pytest.fixture
@@ -42,7 +49,7 @@ def test_rows_newest_first_with_details_summarised(log: AuditLog, qtbot: QtBot) 
     assert rows[1].details == "name=GITHUB_TOKEN"
     assert rows[1].time is not None and rows[1].time.tzinfo is not None
     assert chain == ChainResult(ok=True, n_entries=2, first_bad_id=None, problem=None)
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_secret_values_never_reach_the_rows(log: AuditLog, qtbot: QtBot) -> None:
@@ -53,7 +60,7 @@ def test_secret_values_never_reach_the_rows(log: AuditLog, qtbot: QtBot) -> None
     rows, _ = load(controller, qtbot)
     assert secret not in rows[0].reason and secret not in rows[0].details
     assert "REDACTED" in rows[0].reason
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_deleted_row_is_found(log: AuditLog, qtbot: QtBot) -> None:
@@ -69,7 +76,7 @@ def test_deleted_row_is_found(log: AuditLog, qtbot: QtBot) -> None:
     assert len(rows) == 3
     assert not chain.ok and chain.first_bad_id == 3
     assert chain.describe().startswith("Hash chain BROKEN at entry 3")
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_limit_bounds_the_rows_but_not_the_check(log: AuditLog, qtbot: QtBot) -> None:
@@ -79,4 +86,4 @@ def test_limit_bounds_the_rows_but_not_the_check(log: AuditLog, qtbot: QtBot) ->
     rows, chain = load(controller, qtbot)
     assert [r.reason for r in rows] == ["#6", "#5", "#4", "#3", "#2"]
     assert chain.n_entries == 7 and chain.ok
-    controller.wait()
+    dispose(qtbot, controller)

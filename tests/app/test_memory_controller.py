@@ -12,10 +12,17 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from app.controllers.memory_controller import MemoryController, MemorySnapshot, TopicText
+from app.qt import QObject
 from memory.frontmatter import Provenance
 from memory.service import MemoryService
 from memory.settings import LevelTokens, MemorySettings
 from models.fake import ScriptedModel
+
+
+def dispose(qtbot: QtBot, controller: QObject) -> None:
+    """Let queued results arrive, then delete the controller on the GUI thread."""
+    qtbot.waitUntil(lambda: not controller.busy, timeout=30_000)  # type: ignore[attr-defined]
+    controller.deleteLater()
 
 
 def count_tokens(text: str) -> int:
@@ -71,7 +78,7 @@ def test_service_is_built_and_used_off_the_gui_thread(
     assert [level.level for level in snap.tree] == ["user", "project", "session"]
     assert {u.level: u.capacity for u in snap.usage} == {"user": 100, "project": 50,
                                                          "session": 100}
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_reset_service_builds_a_new_one(factory: Factory, qtbot: QtBot) -> None:
@@ -80,7 +87,7 @@ def test_reset_service_builds_a_new_one(factory: Factory, qtbot: QtBot) -> None:
     with qtbot.wait_signal(controller.snapshot_loaded, timeout=10_000):
         controller.reset_service()
     assert len(factory.built) == 2
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_save_records_user_provenance_and_history(
@@ -103,7 +110,7 @@ def test_save_records_user_provenance_and_history(
         "remember project topic deploy-steps",
         "remember project topic deploy-steps",
     ]
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_undo_conflict_is_explained_and_file_kept(
@@ -121,7 +128,7 @@ def test_undo_conflict_is_explained_and_file_kept(
         controller.undo(change_id)
     assert blocker.args[0].startswith("Cannot undo:")
     assert path.read_text() == hand_edited
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_opening_a_topic_does_not_count_as_a_use(factory: Factory, qtbot: QtBot) -> None:
@@ -132,7 +139,7 @@ def test_opening_a_topic_does_not_count_as_a_use(factory: Factory, qtbot: QtBot)
         with qtbot.wait_signal(controller.topic_loaded, timeout=10_000) as loaded:
             controller.open_topic("user", "editor")
     assert "used" not in loaded.args[0].summary
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_unknown_level_is_an_error_not_a_crash(factory: Factory, qtbot: QtBot) -> None:
@@ -140,7 +147,7 @@ def test_unknown_level_is_an_error_not_a_crash(factory: Factory, qtbot: QtBot) -
     with qtbot.wait_signal(controller.error, timeout=10_000) as blocker:
         controller.open_topic("galaxy", "x")
     assert "galaxy" in blocker.args[0]
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_hostile_distill_proposal_still_ends_under_capacity(
@@ -171,7 +178,7 @@ def test_hostile_distill_proposal_still_ends_under_capacity(
     # Nothing lost: the topics are archived, still listed.
     names = {f.name for level in after.tree for f in level.files if f.kind == "topic"}
     assert {"a", "b", "c"} <= names
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_distill_without_model_is_refused(factory: Factory, qtbot: QtBot) -> None:

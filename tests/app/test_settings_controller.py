@@ -11,7 +11,14 @@ from pytestqt.qtbot import QtBot
 from agent.policy import RuleStore
 from app.controllers.settings_controller import SettingsController
 from app.paths import AppPaths, default_paths
+from app.qt import QObject
 from app.settings import AppSettings, load_settings, save_settings
+
+
+def dispose(qtbot: QtBot, controller: QObject) -> None:
+    """Let queued results arrive, then delete the controller on the GUI thread."""
+    qtbot.waitUntil(lambda: not controller.busy, timeout=30_000)  # type: ignore[attr-defined]
+    controller.deleteLater()
 
 
 @pytest.fixture
@@ -35,7 +42,7 @@ def test_rule_store_is_opened_on_the_worker_thread(paths: AppPaths, qtbot: QtBot
     with qtbot.wait_signal(controller.rules_loaded, timeout=10_000):
         controller.add_rule("read_file", "src/**", "allow", "user")
     assert len(threads) == 1
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_workspace_rule_without_workspace_is_refused(paths: AppPaths, qtbot: QtBot) -> None:
@@ -43,7 +50,7 @@ def test_workspace_rule_without_workspace_is_refused(paths: AppPaths, qtbot: QtB
     with qtbot.wait_signal(controller.error, timeout=1_000) as blocker:
         controller.add_rule("shell", "make", "allow", "workspace")
     assert "workspace" in blocker.args[0]
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_invalid_capacity_is_refused_and_file_untouched(
@@ -56,7 +63,7 @@ def test_invalid_capacity_is_refused_and_file_untouched(
         controller.save_preferences(user=5, project=1500, session=1000, auto_lock_minutes=10)
     assert blocker.args[0].startswith("Invalid setting")
     assert paths.settings_file.read_bytes() == before
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_unwritable_settings_are_reported(tmp_path: Path, qtbot: QtBot) -> None:
@@ -68,7 +75,7 @@ def test_unwritable_settings_are_reported(tmp_path: Path, qtbot: QtBot) -> None:
     assert blocker.args[0].startswith("cannot write settings")
     assert controller.settings.memory.user == 1500  # not updated in memory either
     assert paths.settings_file.is_dir()
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_saved_settings_keep_other_fields(paths: AppPaths, qtbot: QtBot) -> None:
@@ -81,4 +88,4 @@ def test_saved_settings_keep_other_fields(paths: AppPaths, qtbot: QtBot) -> None
     assert (saved.memory.user, saved.memory.project, saved.memory.session) == (900, 800, 700)
     assert saved.workspace == "/tmp/ws" and saved.recent_workspaces == ["/tmp/ws"]
     assert saved.model == start.model
-    controller.wait()
+    dispose(qtbot, controller)

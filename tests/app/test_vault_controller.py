@@ -9,7 +9,7 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from app.controllers.vault_controller import GrantRequest, VaultController, build_grant
-from app.qt import QTimer
+from app.qt import QObject, QTimer
 from vault._crypto import Argon2Params
 from vault.audit import AuditLog
 from vault.keystore import NoKeyring
@@ -19,13 +19,19 @@ FAST_KDF = Argon2Params(iterations=1, lanes=1, memory_kib=64)
 PASSPHRASE = "correct horse battery"
 
 
+def dispose(qtbot: QtBot, controller: QObject) -> None:
+    """Let queued results arrive, then delete the controller on the GUI thread."""
+    qtbot.waitUntil(lambda: not controller.busy, timeout=30_000)  # type: ignore[attr-defined]
+    controller.deleteLater()
+
+
 @pytest.fixture
 def controller(qtbot: QtBot, tmp_path: Path) -> VaultController:
     c = VaultController(
         tmp_path / "vault.kls", tmp_path / "keyless.db", keystore=NoKeyring(), kdf=FAST_KDF
     )
     yield c
-    c.wait()
+    dispose(qtbot, c)
 
 
 def create(controller: VaultController, qtbot: QtBot) -> None:
@@ -83,7 +89,7 @@ def test_gui_thread_keeps_running_during_a_real_argon2_unlock(
     assert busy[0] is True
     qtbot.waitUntil(lambda: not controller.busy, timeout=10_000)
     assert busy[-1] is False
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_passphrase_buffer_is_zeroed_even_when_wrong(
@@ -122,7 +128,7 @@ def test_given_vault_is_used_not_reopened(qtbot: QtBot, tmp_path: Path) -> None:
     with qtbot.wait_signal(controller.state_changed, timeout=10_000):
         controller.lock()
     assert shared.is_locked
-    controller.wait()
+    dispose(qtbot, controller)
 
 
 def test_operations_run_in_the_order_asked(controller: VaultController, qtbot: QtBot) -> None:

@@ -339,6 +339,10 @@ def test_grant_created_with_scopes_then_revoked(
     dialog.path.setText("/repos/*")
     dialog.ttl.setValue(30)
     dialog.uses.setValue(5)
+    assert dialog.summary.text().startswith(
+        "Allows: GET,POST https://api.github.com/repos/* with secret GITHUB_TOKEN as "
+        "Authorization header (5 uses, until "
+    )
     with qtbot.wait_signal(view.controller.grants_changed, timeout=10_000):
         click(qtbot, ok_button(dialog))
     rows = grant_rows(view)
@@ -381,6 +385,7 @@ def test_grant_editor_reports_the_vaults_own_validation(
     dialog = view.active_dialog
     assert isinstance(dialog, GrantEditorDialog)
     qtbot.keyClicks(dialog.host, "https://api.github.com/x")
+    assert dialog.summary.text() == "Allows: (complete the scopes)"
     click(qtbot, ok_button(dialog))
     assert dialog.problem.text().startswith("Host:")
     dialog.host.setText("api.github.com")
@@ -403,6 +408,7 @@ def test_unlimited_grant_shows_never_and_unlimited(view: VaultView, qtbot: QtBot
     dialog.host.setText("api.github.com")
     dialog.ttl.setValue(0)
     dialog.uses.setValue(0)
+    assert dialog.summary.text().endswith("(unlimited uses, until the session ends)")
     assert dialog.ttl.text() == "never expires" and dialog.uses.text() == "unlimited"
     with qtbot.wait_signal(view.controller.grants_changed, timeout=10_000):
         click(qtbot, ok_button(dialog))
