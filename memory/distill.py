@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
@@ -64,8 +65,27 @@ class DistillPlan(BaseModel):
 
 
 def plan_schema() -> dict[str, Any]:
-    """The JSON schema the model's answer is constrained to."""
-    return DistillPlan.model_json_schema()
+    """The JSON schema the model's answer is constrained to.
+
+    Length limits are left out: llama.cpp turns ``maxLength`` into one grammar
+    rule per character and refuses grammars that large. The limits are still
+    enforced here, when each operation is validated, and ``max_tokens`` bounds
+    the answer.
+    """
+    schema: dict[str, Any] = _without_limits(DistillPlan.model_json_schema())
+    return schema
+
+
+def _without_limits(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: _without_limits(v)
+            for k, v in node.items()
+            if k not in ("maxLength", "maxItems", "minLength", "minItems")
+        }
+    if isinstance(node, list):
+        return [_without_limits(v) for v in node]
+    return node
 
 
 class AppliedOp(BaseModel):
@@ -188,7 +208,13 @@ def parse_plan(text: str) -> tuple[list[DistillOp], list[RejectedOp], str | None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        return [], [], f"the model's answer is not JSON ({e.msg} at {e.pos})"
+        salvaged = _complete_operations(text)
+        if salvaged is None:
+            return [], [], f"the model's answer is not JSON ({e.msg} at {e.pos})"
+        if not salvaged:
+            return [], [], "the model's answer was cut off before its first complete operation"
+        # cut off by max_tokens: keep the operations that were written out in full
+        data = {"operations": salvaged}
     raw_ops = data.get("operations") if isinstance(data, dict) else None
     if not isinstance(raw_ops, list):
         return [], [], "the model's answer has no list of operations"
@@ -201,6 +227,27 @@ def parse_plan(text: str) -> tuple[list[DistillOp], list[RejectedOp], str | None
             proposal = raw if isinstance(raw, dict) else {"value": raw}
             rejected.append(RejectedOp(proposal=proposal, reason=f"invalid operation: {e}"))
     return ops, rejected, None
+
+
+def _complete_operations(text: str) -> list[Any] | None:
+    """The complete objects at the start of a truncated ``{"operations": [...`` answer."""
+    start = re.match(r'\s*\{\s*"operations"\s*:\s*\[\s*', text)
+    if start is None:
+        return None
+    decoder = json.JSONDecoder()
+    items: list[Any] = []
+    pos = start.end()
+    while pos < len(text):
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break
+        items.append(item)
+        sep = re.match(r"\s*,\s*", text[pos:])
+        if sep is None:
+            break
+        pos += sep.end()
+    return items
 
 
 class LevelDistiller:

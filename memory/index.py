@@ -226,11 +226,14 @@ class SearchIndex:
                 f" snippet({_DOCS}_fts, 1, '[', ']', '…', 16)"
                 f" FROM {_DOCS}_fts JOIN {_DOCS} d ON d.rowid = {_DOCS}_fts.rowid"
                 f" WHERE {_DOCS}_fts MATCH ? AND d.scope IN ({marks})"
-                f" ORDER BY d.status = 'archived', bm25({_DOCS}_fts) LIMIT ?",
-                (match, *scopes, limit),
+                f" ORDER BY rank LIMIT ?",
+                (match, *scopes, limit * 3),
             ).fetchall()
         except sqlite3.Error as e:
             raise MemoryStoreError(f"memory search failed: {e}") from e
+        # FTS5 ranks best with a plain ORDER BY rank; among the best matches,
+        # active topics then come before archived ones (a stable sort).
+        rows.sort(key=lambda row: row[4] == "archived")
         return [
             Hit(
                 level=check_level(str(level)),
@@ -240,5 +243,5 @@ class SearchIndex:
                 snippet=str(snippet),
                 archived=status == "archived",
             )
-            for level, path, name, title, status, snippet in rows
+            for level, path, name, title, status, snippet in rows[:limit]
         ]

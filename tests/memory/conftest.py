@@ -35,6 +35,7 @@ def make_service(
                 user=capacities[0], project=capacities[1], session=capacities[2]
             ),
             index_budgets=LevelTokens(user=budgets[0], project=budgets[1], session=budgets[2]),
+            distill_max_tokens=kw.pop("distill_max_tokens", 1024),  # type: ignore[arg-type]
         )
         svc = MemoryService(
             user_dir=kw.pop("user_dir", user_dir),  # type: ignore[arg-type]

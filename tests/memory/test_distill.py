@@ -311,3 +311,14 @@ def test_writing_over_an_archived_namesake_keeps_its_text(make_service: ServiceF
     assert svc.read_topic("project", "cache~1").body == "Old cache notes.\n"
     assert svc.read_topic("project", "cache").body == "New cache notes.\n"
     assert svc.read_topic("session", "cache").meta.replaced_by == "project/cache"
+
+
+def test_an_answer_cut_off_by_max_tokens_keeps_its_complete_operations() -> None:
+    whole = plan({"op": "ARCHIVE", "target": "a"}, {"op": "UPDATE", "target": "b", "content": "x"})
+    ops, rejected, error = parse_plan(whole[:-25])
+    assert error is None and rejected == []
+    assert [(o.op, o.target) for o in ops] == [("ARCHIVE", "a")]
+    assert parse_plan('{"operations": [{"op": "AR')[2] == (
+        "the model's answer was cut off before its first complete operation"
+    )
+    assert parse_plan('{"plan": [')[2] is not None
