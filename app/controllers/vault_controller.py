@@ -187,9 +187,9 @@ class VaultController(QObject):
         secret_revealed: ``(name, value: bytearray)`` on an explicit reveal; the
             receiver owns the buffer and must zero it.
         grant_created: The new grant's handle.
-        vault_opened: The :class:`vault.store.Vault` just created or unlocked,
-            for the host to share with the errands' broker (emitted from the
-            worker thread; the object is thread-safe).
+        vault_opened: The :class:`vault.store.Vault` each time it becomes
+            unlocked, for the host to share with the errands' broker (the
+            object is thread-safe).
         error: A sentence for the user.
         busy_changed: Whether work is in flight.
     """
@@ -487,7 +487,6 @@ class VaultController(QObject):
     def _after_unlock(self) -> VaultState:
         if self._vault is not None:
             self._methods = self._vault.unlock_methods
-        self.vault_opened.emit(self._vault)
         return "unlocked"
 
     def _list_grants(self) -> list[GrantRow]:
@@ -529,6 +528,7 @@ class VaultController(QObject):
         self.state_changed.emit(state)
         if state == "unlocked":
             self._idle.start()
+            self.vault_opened.emit(self._vault)
             self._worker.submit(
                 lambda: sorted(self._unlocked().names()),
                 self.names_changed.emit,
