@@ -196,6 +196,7 @@ class Runtime:
             raise
         self._vocab = llm._model.vocab
         self._eog_ids: list[int] | None = None
+        self._pieces: dict[int, bytes] = {}
         self._info = ModelInfo(
             name=config.name or self.header.name or config.model_path.stem,
             backend="llama.cpp",
@@ -389,7 +390,13 @@ class Runtime:
         return grammar
 
     def _piece(self, token: int) -> bytes:
-        """The bytes of one token (control tokens render as nothing)."""
+        """The bytes of one token (control tokens render as nothing), memoised."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._render_piece(token)
+        return piece
+
+    def _render_piece(self, token: int) -> bytes:
         import llama_cpp
 
         buf = ctypes.create_string_buffer(64)
