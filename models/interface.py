@@ -4,7 +4,8 @@ The agent executor, memory distillation and the app talk to a
 :class:`ChatModel`, never to llama.cpp directly. The llama.cpp
 :class:`models.runtime.Runtime`, the scripted :class:`models.fake.ScriptedModel`
 and the remote OpenAI-compatible backend all satisfy this protocol, and one
-contract test suite (``tests/models/test_contract.py``) runs against each.
+contract test suite (``tests/models/contract.py``, subclassed by each
+backend's tests) runs against each.
 
 A generation is a stream of events: zero or more :class:`Token` events, then
 exactly one :class:`Finished` event carrying the :class:`GenerationStats`.
