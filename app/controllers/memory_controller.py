@@ -166,7 +166,9 @@ class MemoryController(QObject):
         """Build the service again on next use (another workspace or session)."""
 
         def work() -> None:
-            self._service = None
+            old, self._service = self._service, None
+            if old is not None:
+                old.close()
 
         self._worker.submit(work, lambda _: self.refresh(), self._report)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,8 @@ def test_reset_service_builds_a_new_one(factory: Factory, qtbot: QtBot) -> None:
     with qtbot.wait_signal(controller.snapshot_loaded, timeout=10_000):
         controller.reset_service()
     assert len(factory.built) == 2
+    with pytest.raises(sqlite3.ProgrammingError):  # the old one was closed
+        factory.built[0].history(1)
     dispose(qtbot, controller)
 
 
