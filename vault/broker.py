@@ -20,8 +20,8 @@ network. For a call with a handle it:
 6. streams the response, stops at a size limit, and redacts every form of
    the secret from the body and headers, across chunk boundaries.
 
-Every grant, redemption, refusal and revocation is recorded in the audit log;
-secret values never reach it.
+Every grant, redemption, refusal, failed request and revocation is recorded
+in the audit log; secret values never reach it.
 """
 
 from __future__ import annotations
@@ -418,6 +418,21 @@ class Broker:
                 tool="http_request",
                 decision="deny",
                 reason=refusal.reason,
+                details={
+                    "handle": handle if handle is None or is_handle(handle) else "(malformed)",
+                    "method": call.method,
+                    "url": call.url[:2000],
+                },
+                now=at,
+            )
+            raise
+        except BrokerRequestError as failure:
+            # A redemption has spent a use by now: the log must say where it went.
+            self._audit.record(
+                "request_failed",
+                session_id=session_id,
+                tool="http_request",
+                reason=str(failure),
                 details={
                     "handle": handle if handle is None or is_handle(handle) else "(malformed)",
                     "method": call.method,

@@ -211,6 +211,15 @@ def test_real_broker_connection_refused_is_a_tool_error_without_the_secret(
     # The use was spent before the call, as the broker promises.
     record = grants.get(handle)
     assert record is not None and record.uses_left == 2
+    # The spent use is accounted for in the audit log, without the secret.
+    failed, granted = audit.entries()
+    assert (failed.kind, granted.kind) == ("request_failed", "grant")
+    assert failed.reason is not None and failed.reason.startswith(
+        "request to 127.0.0.1 failed: ConnectError"
+    )
+    assert failed.details["handle"] == handle
+    _no_secret(failed.model_dump_json())
+    assert audit.verify().ok
     broker.close()
 
 
