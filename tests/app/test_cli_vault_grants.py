@@ -8,6 +8,7 @@ input is a pipe, so the passphrase is its first line.
 from __future__ import annotations
 
 import io
+import os
 import re
 import sqlite3
 import sys
@@ -477,3 +478,21 @@ def test_unopenable_database_is_a_clear_error(
         assert f"cannot open the {'audit log' if command == ['audit'] else 'grants database'}" in (
             capsys.readouterr().err
         )
+
+
+@pytest.mark.keyring
+def test_grant_with_a_keyring_vault_needs_no_passphrase(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.environ.get("KEYLESS_SECRET_SERVICE") != "1":
+        pytest.skip("needs a real Secret Service (KEYLESS_SECRET_SERVICE=1)")
+    monkeypatch.delenv("KEYLESS_NO_KEYRING")
+    path = tmp_path / "keyring-vault.kls"
+    assert run(monkeypatch, path, "init", "--no-passphrase") == 0
+    assert run(monkeypatch, path, "add", "GITHUB_TOKEN", stdin=SECRET) == 0
+    capsys.readouterr()
+    # Empty stdin: a passphrase prompt would fail the command.
+    assert run(monkeypatch, path, "grant", "GITHUB_TOKEN", *GITHUB, db=db) == 0
+    handle = capsys.readouterr().out.splitlines()[0]
+    record = GrantStore(db).get(handle)
+    assert record is not None and record.grant.secret_name == "GITHUB_TOKEN"
