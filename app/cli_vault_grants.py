@@ -259,6 +259,11 @@ def _build_grant(args: argparse.Namespace, now: datetime) -> Any:
     from vault.grants import CapabilityGrant
 
     injection = _injection(args.inject)
+    if any(not m.strip() for m in args.methods.split(",")):
+        raise _UsageError(
+            f"--methods: expected comma-separated method names such as GET,POST, "
+            f"got {args.methods!r}"
+        )
     try:
         return CapabilityGrant(
             secret_name=args.name,

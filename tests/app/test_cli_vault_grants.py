@@ -173,6 +173,7 @@ def test_a_cli_grant_is_redeemed_by_the_broker_inside_its_scope_only(
         ({"--path": "/repos/+/issues*"}, "--path: '*' may only be the whole last segment"),
         ({"--path": "repos/*"}, "--path: a path pattern starts with '/'"),
         ({"--methods": "GET,FETCH"}, "--methods: unknown HTTP method(s): FETCH"),
+        ({"--methods": "GET,"}, "--methods: expected comma-separated method names"),
         ({"--host": "10.0.0.1"}, "--host: an IP address as host needs allow_local"),
         ({"--host": "bad host"}, "--host: invalid host"),
         ({"--inject": "bearer"}, "--inject: expected 'header:Name: template with {}'"),
