@@ -200,7 +200,7 @@ class MemoryService:
             editor = self._editor()
             topic = editor.read(lv, topic_name(name))
             self._count_use(topic.path)
-            return editor.read(lv, topic.name)
+            return self._editor().read(lv, topic.name)  # with this use counted
 
     def rescan(self) -> int:
         """Re-read every file into the search index (after edits by hand)."""
@@ -458,7 +458,7 @@ class MemoryService:
             self.layout,
             self._index,
             max_bytes=self.settings.max_file_bytes,
-            usage=self._usage_of,
+            usage=self._usage_table(),
             cache=self._topics,
         )
 
@@ -506,13 +506,15 @@ class MemoryService:
     def _reindex_paths(self, edits: list[FileEdit]) -> None:
         self._index.refresh(force=True)
 
-    def _usage_of(self, path: Path) -> tuple[int, datetime | None]:
-        row = self._db.conn.execute(
-            "SELECT uses, last_used FROM memory_usage WHERE path = ?", (str(path),)
-        ).fetchone()
-        if row is None:
-            return 0, None
-        return int(row[0]), datetime.fromisoformat(row[1]) if row[1] else None
+    def _usage_table(self) -> Callable[[Path], tuple[int, datetime | None]]:
+        """Use counts read once for one editor (one query, not one per topic)."""
+        table = {
+            str(path): (int(uses), datetime.fromisoformat(last) if last else None)
+            for path, uses, last in self._db.conn.execute(
+                "SELECT path, uses, last_used FROM memory_usage"
+            )
+        }
+        return lambda path: table.get(str(path), (0, None))
 
     def _count_use(self, path: Path) -> None:
         try:
