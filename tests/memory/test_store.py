@@ -107,11 +107,12 @@ def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
 
 WRITER = textwrap.dedent(
     """
-    import sys
+    import os, sys
     from pathlib import Path
     from memory.frontmatter import Provenance
     from memory.service import MemoryService
     from memory.settings import MemorySettings
+    from memory.store import TEMP_PREFIX
 
     root = Path(sys.argv[1])
     svc = MemoryService(
@@ -119,42 +120,65 @@ WRITER = textwrap.dedent(
         count_tokens=lambda t: len(t.split()), scan_secrets=lambda t: [],
         settings=MemorySettings(max_content_chars=1_000_000),
     )
-    i = 0
-    while True:
-        body = (f"version {i} " + "lorem ipsum " * 20000).strip()
-        svc.remember(f"topic {i % 3}", body, level="project", source=Provenance(trust="model"))
-        print(i, flush=True)
-        i += 1
+    armed = False
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        # Stop inside the write, once the new bytes are on disk in the temp file.
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if armed and Path(name).name.startswith(TEMP_PREFIX):
+            real_fsync(fd)
+            print("mid-write", name, flush=True)
+            sys.stdin.readline()  # the parent kills us here
+        return real_fsync(fd)
+
+    os.fsync = fsync
+    for i in range(4):
+        svc.remember(f"topic {i % 2}", f"version {i} " + "lorem ipsum " * 20000,
+                     level="project", source=Provenance(trust="model"))
+    print("armed", flush=True)
+    sys.stdin.readline()
+    armed = True
+    svc.remember("topic 0", "version 4 " + "lorem ipsum " * 20000,
+                 level="project", source=Provenance(trust="model"))
     """
 )
 
 
-def test_sigkill_during_writes_leaves_every_file_valid(tmp_path: Path, make_service) -> None:
+def test_sigkill_during_a_write_leaves_the_old_files(tmp_path: Path, make_service) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(tmp_path)],
         cwd=ROOT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    memory = tmp_path / "ws" / ".keyless" / "memory"
     try:
-        assert proc.stdout is not None
-        for _ in range(5):  # let several writes complete, then kill in the middle of the next
-            assert proc.stdout.readline(), "writer died early"
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline() == "armed\n"
+        before = {p.name: p.read_bytes() for p in memory.rglob("*.md")}
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert line.startswith("mid-write"), line
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    topics = tmp_path / "ws" / ".keyless" / "memory" / "topics"
+    # the killed write left its temp file; every real file is exactly as before
+    assert any(p.name.startswith(TEMP_PREFIX) for p in memory.rglob("*"))
+    assert {p.name: p.read_bytes() for p in memory.rglob("*.md")} == before
     svc = make_service(
         user_dir=tmp_path / "u", workspace=tmp_path / "ws", db_path=tmp_path / "k.db"
     )
-    for name in ("topic-0", "topic-1", "topic-2"):
+    for name in ("topic-0", "topic-1"):
         topic = svc.read_topic("project", name)
         assert topic.repairs == [], f"{name} was left broken: {topic.repairs}"
-        assert topic.body.startswith("version ") and topic.body.rstrip().endswith("lorem ipsum")
-    # the service's start removed any temp file the killed write left behind
-    assert sorted(p.name for p in topics.iterdir()) == ["topic-0.md", "topic-1.md", "topic-2.md"]
-    index = (tmp_path / "ws" / ".keyless" / "memory" / "MEMORY.md").read_text()
+    assert svc.read_topic("project", "topic-0").body.startswith("version 2 ")
+    # the service's start removed the temp file the killed write left behind
+    assert not any(p.name.startswith(TEMP_PREFIX) for p in memory.rglob("*"))
+    index = (memory / "MEMORY.md").read_text()
     assert index.count(INDEX_START) == 1 and index.count(INDEX_END) == 1
