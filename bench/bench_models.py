@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,8 @@ def ms(seconds: float) -> float:
 # -- 1. streaming path vs bare loop ---------------------------------------------------------------
 
 
-def bare_decode(rt: Runtime, prompt: list[int], n: int) -> float:
-    """Greedy decode with llama.cpp's C API only; return tokens per second."""
+def bare_decode(rt: Runtime, prompt: list[int], n: int) -> Iterator[int]:
+    """Greedy decode with llama.cpp's C API only, yielding each token."""
     llm = rt.llama
     ctx = llm.ctx
     llama_cpp.llama_memory_clear(llm._ctx.memory, True)
@@ -106,36 +106,51 @@ def bare_decode(rt: Runtime, prompt: list[int], n: int) -> float:
     if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(prompt))) != 0:
         raise RuntimeError("prefill failed")
     one = (llama_cpp.llama_token * 1)()
-    start = time.perf_counter()
-    for i in range(n):
-        token = llama_cpp.llama_sampler_sample(chain, ctx, -1)
-        if i == n - 1:
-            break
-        one[0] = token
-        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1)) != 0:
-            raise RuntimeError("decode failed")
-    elapsed = time.perf_counter() - start
-    llama_cpp.llama_sampler_free(chain)
-    llama_cpp.llama_memory_clear(llm._ctx.memory, True)
-    return n / elapsed
+    try:
+        for i in range(n):
+            token = llama_cpp.llama_sampler_sample(chain, ctx, -1)
+            yield token
+            if i == n - 1:
+                break
+            one[0] = token
+            if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1)) != 0:
+                raise RuntimeError("decode failed")
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+        llama_cpp.llama_memory_clear(llm._ctx.memory, True)
 
 
 def bench_throughput(threads: int, reps: int) -> None:
     n_ctx, n = 512, 400
     print(f"### 1. Decode throughput (n_ctx {n_ctx}, {n} tokens, {threads} threads)\n")
-    with runtime(n_ctx, threads) as rt:
+    with runtime(n_ctx, threads) as rt, runtime(n_ctx, threads) as bare_rt:
         prompt = rt.render(CHAT)
-        ours, bare = [], []
-        for _ in range(reps):  # interleaved, so drifting machine load hits both alike
+        spent = {"ours": 0.0, "bare": 0.0}
+        counts = {"ours": 0, "bare": 0}
+        for _ in range(reps):
             rt.reset()
-            final = list(rt.stream_tokens(prompt, max_tokens=n, ignore_eos=True))[-1]
-            assert isinstance(final, Finished)
-            ours.append(final.stats.tokens_per_second)
-            bare.append(bare_decode(rt, prompt, n))
-            rt.cache.clear()
-    a, b = statistics.median(ours), statistics.median(bare)
+            streams: dict[str, Iterator[Any]] = {
+                "ours": iter(rt.stream_tokens(prompt, max_tokens=n, ignore_eos=True)),
+                "bare": bare_decode(bare_rt, prompt, n),
+            }
+            # Token by token, alternating, so machine load drifts over both alike;
+            # the first item (prefill) is left out of both.
+            for stream in streams.values():
+                next(stream)
+            while streams:
+                for name, stream in list(streams.items()):
+                    t = time.perf_counter()
+                    item = next(stream, None)
+                    dt = time.perf_counter() - t
+                    if item is None or isinstance(item, Finished):
+                        del streams[name]
+                        continue
+                    spent[name] += dt
+                    counts[name] += 1
+    a = counts["ours"] / spent["ours"]
+    b = counts["bare"] / spent["bare"]
     table(
-        ["variant", f"tok/s (median of {reps})", "ratio vs bare"],
+        ["variant", f"tok/s ({reps} x {n} tokens, interleaved)", "ratio vs bare"],
         [["bare llama_decode loop", b, 1.0], ["Runtime.stream_tokens", a, a / b]],
     )
 
@@ -153,22 +168,41 @@ def bench_flat(threads: int, n_ctx: int, factor: int) -> None:
             n_ctx, threads, n_sink=0, evict_chunk=n_ctx // 2, can_shift=False
         ),
     }
-    gaps: dict[str, list[float]] = {}
+    gaps: dict[str, list[float]] = {name: [] for name in variants}
     finals: dict[str, Finished] = {}
-    for name, rt in variants.items():
-        gaps[name], finals[name] = stream_latencies(rt, rt.render(CHAT), total)
+    prompt = variants["sink cache (4 sinks, shift)"].render(CHAT)
+    # Interleave the two generations token by token, so the shared machine's
+    # drifting load lands on both alike; time only the work inside next().
+    active = {
+        name: iter(rt.stream_tokens(prompt, max_tokens=total, ignore_eos=True))
+        for name, rt in variants.items()
+    }
+    while active:
+        for name, stream in list(active.items()):
+            t = time.perf_counter()
+            event = next(stream, None)
+            dt = time.perf_counter() - t
+            if event is None:
+                del active[name]
+            elif isinstance(event, Token):
+                gaps[name].append(dt)
+            else:
+                finals[name] = event
     sink, base = gaps["sink cache (4 sinks, shift)"], gaps["re-prefill when full (baseline)"]
+    full_at = n_ctx - len(prompt)  # index of the first token that overflows the cache
     rows = []
     for name, g in gaps.items():
         first, last = statistics.median(g[:200]), statistics.median(g[-200:])
-        worst = max(g[n_ctx:]) if len(g) > n_ctx else max(g)
+        before = statistics.median(g[max(0, full_at - 200) : full_at])
+        worst = max(g[full_at:])
         rows.append(
-            [name, ms(first), ms(last), last / first, ms(float(np.percentile(g, 99))), ms(worst),
-             finals[name].stats.n_shifts]
+            [name, ms(first), ms(before), ms(last), last / first, last / before,
+             ms(float(np.percentile(g, 99))), ms(worst), finals[name].stats.n_shifts]
         )  # fmt: skip
     table(
-        ["variant", "p50 first 200 (ms)", "p50 last 200 (ms)", "last/first", "p99 (ms)",
-         "worst after overflow (ms)", "evictions"],
+        ["variant", "p50 first 200 (ms)", "p50 200 before overflow (ms)", "p50 last 200 (ms)",
+         "last/first", "last/before overflow", "p99 (ms)", "worst after overflow (ms)",
+         "evictions"],
         rows,
     )  # fmt: skip
     # Decode speed per stretch of the generation: [0,1x), [1x,2x), [2x,4x), [4x,8x), ...
