@@ -208,31 +208,23 @@ class SearchIndex:
     def search(self, query: str, *, limit: int = 5) -> list[Hit]:
         """Search every level, archived topics included (ranked after active ones).
 
-        The query is taken as plain words (any of them may match); FTS syntax
-        in it has no effect.
+        The query is taken as plain words: entries holding all of them come
+        first, then (when those are fewer than ``limit``) entries holding any
+        of them. FTS syntax in the query has no effect.
 
         Raises:
             MemoryStoreError: The database failed.
         """
-        words = _WORD.findall(query)
+        words = ['"' + w.replace('"', "") + '"' for w in _WORD.findall(query)[:32]]
         if not words or limit <= 0:
             return []
-        match = " OR ".join('"' + w.replace('"', "") + '"' for w in words[:32])
-        scopes = self._scopes()
-        marks = ", ".join("?" * len(scopes))
-        try:
-            rows = self._db.conn.execute(
-                f"SELECT d.level, d.path, d.name, d.title, d.status,"
-                f" snippet({_DOCS}_fts, 1, '[', ']', '…', 16)"
-                f" FROM {_DOCS}_fts JOIN {_DOCS} d ON d.rowid = {_DOCS}_fts.rowid"
-                f" WHERE {_DOCS}_fts MATCH ? AND d.scope IN ({marks})"
-                f" ORDER BY rank LIMIT ?",
-                (match, *scopes, limit * 3),
-            ).fetchall()
-        except sqlite3.Error as e:
-            raise MemoryStoreError(f"memory search failed: {e}") from e
-        # FTS5 ranks best with a plain ORDER BY rank; among the best matches,
-        # active topics then come before archived ones (a stable sort).
+        # Common words match most entries and ranking every match is what costs;
+        # the AND query is narrow and usually enough.
+        rows = self._query(" AND ".join(words), limit * 3)
+        if len(rows) < limit and len(words) > 1:
+            seen = {row[1] for row in rows}
+            rows += [r for r in self._query(" OR ".join(words), limit * 3) if r[1] not in seen]
+        # among the best matches, active topics come before archived ones (a stable sort)
         rows.sort(key=lambda row: row[4] == "archived")
         return [
             Hit(
@@ -245,3 +237,18 @@ class SearchIndex:
             )
             for level, path, name, title, status, snippet in rows[:limit]
         ]
+
+    def _query(self, match: str, limit: int) -> list[tuple[object, ...]]:
+        scopes = self._scopes()
+        marks = ", ".join("?" * len(scopes))
+        try:
+            return self._db.conn.execute(
+                f"SELECT d.level, d.path, d.name, d.title, d.status,"
+                f" snippet({_DOCS}_fts, 1, '[', ']', '…', 16)"
+                f" FROM {_DOCS}_fts JOIN {_DOCS} d ON d.rowid = {_DOCS}_fts.rowid"
+                f" WHERE {_DOCS}_fts MATCH ? AND d.scope IN ({marks})"
+                f" ORDER BY rank LIMIT ?",
+                (match, *scopes, limit),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise MemoryStoreError(f"memory search failed: {e}") from e

@@ -130,7 +130,7 @@ class MemoryService:
         self.session_id = self.layout.session_id
         # Token counts of unchanged text are asked for again and again (capacity
         # bars, distillation); the model's tokenizer is deterministic.
-        self._count_tokens = functools.lru_cache(maxsize=8192)(count_tokens)
+        self._count_tokens = functools.lru_cache(maxsize=50_000)(count_tokens)
         self._topics = TopicCache()
         self._scanner = scan_secrets
         self._lock = threading.RLock()
