@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -106,6 +108,9 @@ DEFAULT_TOOLS: tuple[str, ...] = (
 
 HOST_RESULT_BYTES = 16 * 1024
 """The most content one tool result carries back to the agent."""
+
+WRITE_TIMEOUT_S = 30.0
+"""How long a write to the agent may wait for it to read its input."""
 
 CANCEL_GRACE_S = 10.0
 """How long the agent may take to stop after a cancel before it is killed."""
@@ -355,6 +360,7 @@ class WorkerProcess:
         argv: The command (already wrapped in bubblewrap if isolated).
         env: The complete environment (scrubbed; never the host's).
         transcript: Called with ("sent"|"received", line) for every line.
+        write_timeout: Seconds a write may wait for the agent to read its input.
     """
 
     def __init__(
@@ -364,8 +370,10 @@ class WorkerProcess:
         *,
         cwd: Path | None = None,
         transcript: Callable[[str, bytes], None] | None = None,
+        write_timeout: float = WRITE_TIMEOUT_S,
     ) -> None:
         self._transcript = transcript
+        self._write_timeout = write_timeout
         self._send_lock = threading.Lock()
         self._lines: queue.Queue[bytes | BaseException | None] = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=40)
@@ -383,6 +391,8 @@ class WorkerProcess:
             raise AgentCrashedError(f"cannot start the agent process: {e}") from e
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr
         self._stdin: IO[bytes] = self._proc.stdin
+        self._fd = self._stdin.fileno()
+        os.set_blocking(self._fd, False)
         threading.Thread(
             target=self._read_stdout, args=(self._proc.stdout,), daemon=True, name="agent-stdout"
         ).start()
@@ -395,22 +405,38 @@ class WorkerProcess:
         """The process id (of bwrap when isolated)."""
         return self._proc.pid
 
-    def send(self, msg: AnyMessage) -> None:
+    def send(self, msg: AnyMessage, *, timeout: float | None = None) -> None:
         """Write one message to the agent.
 
+        The pipe is non-blocking: an agent that stops reading its input cannot
+        block the host for longer than ``timeout``.
+
         Raises:
-            AgentCrashedError: The pipe is closed (the agent died).
+            AgentCrashedError: The pipe is closed (the agent died), or the agent
+                did not read its input for ``timeout`` seconds.
         """
         line = encode(msg)
-        # cancel() writes from another thread: one line at a time, never interleaved.
-        with self._send_lock:
+        timeout = self._write_timeout if timeout is None else timeout
+        with self._send_lock:  # one whole line at a time
             if self._transcript is not None:
                 self._transcript("sent", line)
-            try:
-                self._stdin.write(line)
-                self._stdin.flush()
-            except (BrokenPipeError, ValueError, OSError) as e:
-                raise AgentCrashedError(f"the agent process stopped reading: {e}") from e
+            view = memoryview(line)
+            deadline = time.monotonic() + timeout
+            while view:
+                try:
+                    view = view[os.write(self._fd, view) :]
+                except BlockingIOError:
+                    pass
+                except OSError as e:  # EPIPE, or the pipe was closed by kill()
+                    raise AgentCrashedError(f"the agent process stopped reading: {e}") from e
+                if not view:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AgentCrashedError(
+                        f"the agent process did not read its input for {timeout:g} s"
+                    )
+                select.select([], [self._fd], [], remaining)
 
     def receive(self, timeout: float) -> AgentMessage:
         """Wait at most ``timeout`` seconds for the agent's next message.
@@ -529,6 +555,8 @@ class AgentHost:
             visible directory (the data dir with the vault).
         cancel_grace: Seconds the agent may take to stop after a cancel
             before it is killed (the errand then ends "cancelled").
+        write_timeout: Seconds a write may wait for the agent to read its
+            input before it counts as hung.
     """
 
     def __init__(
@@ -556,10 +584,12 @@ class AgentHost:
         worker_argv: Sequence[str] | None = None,
         hidden_paths: Sequence[Path] = (),
         cancel_grace: float = CANCEL_GRACE_S,
+        write_timeout: float = WRITE_TIMEOUT_S,
     ) -> None:
         self._spec = model_spec
         self._hidden = [Path(p) for p in hidden_paths]
         self._cancel_grace = cancel_grace
+        self._write_timeout = write_timeout
         self.workspace = Path(workspace).resolve()
         self._broker = broker
         self._memory = memory
@@ -582,6 +612,7 @@ class AgentHost:
         self._proc: WorkerProcess | None = None
         self._lock = threading.Lock()
         self._cancel = CancelToken()
+        self._cancel_deadline: float | None = None
         self._history: list[Message] = []
         self.tainted = False
         self.os_isolation = False
@@ -615,7 +646,9 @@ class AgentHost:
                 data={"isolated": isolated, "reason": self._isolation_reason(isolated)},
             )
         )
-        proc = WorkerProcess(argv, scrubbed_env(), transcript=self._transcript)
+        proc = WorkerProcess(
+            argv, scrubbed_env(), transcript=self._transcript, write_timeout=self._write_timeout
+        )
         self._proc = proc
         try:
             proc.send(hello)
@@ -652,14 +685,13 @@ class AgentHost:
             self._relay_model.close()
 
     def cancel(self) -> None:
-        """Cancel the running errand (from any thread)."""
+        """Cancel the running errand (from any thread; never blocks).
+
+        The errand's thread tells the agent (one Cancel message), stops a
+        relayed generation, refuses a tool call not yet run, and kills the
+        agent if it has not stopped ``cancel_grace`` seconds later.
+        """
         self._cancel.cancel()
-        proc = self._proc
-        if proc is not None:
-            try:
-                proc.send(Cancel())
-            except AgentCrashedError:
-                log.info("cancel: the agent process is already gone")
 
     def clear_taint(self) -> None:
         """The user cleared the untrusted content: network use follows the rules again."""
@@ -677,6 +709,7 @@ class AgentHost:
         """
         with self._lock:
             self._cancel = CancelToken()
+            self._cancel_deadline = None
             calls: list[ToolCallRecord] = []
             try:
                 if self._proc is None:
@@ -699,11 +732,14 @@ class AgentHost:
             ProtocolError: It wrote something malformed.
         """
         deadline = time.monotonic() + self._idle_timeout
-        cancel_deadline: float | None = None
         while True:
             now = time.monotonic()
-            if self._cancel.cancelled and cancel_deadline is None:
-                cancel_deadline = now + self._cancel_grace
+            # The grace runs from the first time the cancel is seen in this errand,
+            # so an agent that keeps streaming instead of stopping is still killed.
+            if self._cancel.cancelled and self._cancel_deadline is None:
+                self._cancel_deadline = now + self._cancel_grace
+                proc.send(Cancel())
+            cancel_deadline = self._cancel_deadline
             if cancel_deadline is not None and now >= cancel_deadline:
                 return None
             if now >= deadline:
@@ -834,7 +870,11 @@ class AgentHost:
                 rule = rule.model_copy(update={"scope": "workspace"})
             self._policy.add_rule(rule)
             if answer.choice == "always" and self._rule_store is not None:
-                self._rule_store.add(rule)
+                try:
+                    self._rule_store.add(rule)
+                except PolicyError as e:
+                    # It still holds for this session; the user hears why it was not saved.
+                    self._emit(AgentEvent("error", text=f"the rule {rule} was not saved: {e}"))
             self._record(
                 "rule_added",
                 tool=call.tool,
@@ -1014,8 +1054,18 @@ class AgentHost:
     def _task(self, task: str) -> Task:
         memory_text = ""
         if self._memory is not None:
-            memory_text = str(self._memory.load_context().text)
-        caps = list(self._broker.capabilities(self.session_id)) if self._broker else []
+            try:
+                memory_text = str(self._memory.load_context().text)
+            except MemoryErrorBase as e:
+                self._emit(AgentEvent("error", text=f"memory was not loaded: {e}"))
+                self._record("memory_not_loaded", reason=str(e))
+        caps: list[Any] = []
+        if self._broker is not None:
+            try:
+                caps = list(self._broker.capabilities(self.session_id))
+            except VaultError as e:  # e.g. the vault locked itself: no handles this time
+                self._emit(AgentEvent("error", text=f"no capabilities offered: {e}"))
+                self._record("capabilities_unavailable", reason=str(e))
         return Task(
             task=task,
             memory_context=memory_text,

@@ -10,6 +10,8 @@ steps, executed in order:
 - ``{"op": "big", "size": N}``: write N bytes of ``x`` and a newline.
 - ``{"op": "exit", "code": N}``: exit at once with status N.
 - ``{"op": "hang"}``: stop talking (block until stdin closes or the host kills us).
+- ``{"op": "deaf"}``: stop reading and writing, without exiting.
+- ``{"op": "spam"}``: stream token messages until the host kills us (ignores Cancel).
 
 It imports nothing from Keyless: it is the untrusted side and writes bytes.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 
 def main(plan_file: str) -> int:
@@ -44,6 +47,14 @@ def main(plan_file: str) -> int:
         elif op == "hang":
             out.flush()
             inp.read()
+        elif op == "deaf":
+            out.flush()
+            threading.Event().wait()
+        elif op == "spam":
+            token = json.dumps({"v": 1, "type": "token", "text": "more", "step": 1}).encode()
+            while True:
+                out.write(token + b"\n")
+                out.flush()
         out.flush()
     return 0
 

@@ -466,3 +466,56 @@ def test_history_sent_with_a_task_keeps_the_latest_turns_within_the_budget() -> 
     kept = recent_turns(turns, max_chars=50)
     assert [m.content for m in kept] == ["q4" * 10, "a", "q5" * 10, "a"]
     assert recent_turns(turns, max_chars=5) == []
+
+
+def test_an_agent_that_keeps_streaming_after_a_cancel_is_killed(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    hosts: list[AgentHost] = []
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        worker_argv=fake_agent_argv(tmp_path, [*STARTED, {"op": "spam"}]),
+        cancel_grace=0.3,
+        on_event=lambda e: e.kind == "token" and hosts[0].cancel(),
+    )
+    hosts.append(rig.host)
+    result = rig.host.run_errand("anything")
+    assert result.outcome == "cancelled" and "did not stop" in (result.error or "")
+    assert rig.host.worker_pid is None
+
+
+def test_memory_that_fails_to_load_is_reported_and_the_errand_goes_on(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    from memory.errors import MemoryStoreError
+
+    class BrokenMemory:
+        def load_context(self) -> object:
+            raise MemoryStoreError("USER.md is unreadable")
+
+    rig = rig_for(rigs, tmp_path, ws, [final("ok")], memory=BrokenMemory())
+    result = rig.host.run_errand("x")
+    assert result.outcome == "final"
+    errors = [e.text for e in rig.events if e.kind == "error"]
+    assert errors == ["memory was not loaded: USER.md is unreadable"]
+    [task] = rig.transcript.sent_of("task")
+    assert task["memory_context"] == ""
+
+
+def test_an_agent_that_stops_reading_cannot_block_the_host(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    (ws / "big.txt").write_text("y" * 15_000)
+    request = {"v": 1, "type": "tool_request", "tool": "read_file"}
+    request["arguments"] = {"path": "big.txt"}
+    # Ten results of ~15 KiB each are more than a pipe buffer holds.
+    sends = [{"op": "send", "msg": {**request, "call_id": f"c{i}"}} for i in range(10)]
+    plan = [*STARTED, *sends, {"op": "deaf"}]
+    argv = fake_agent_argv(tmp_path, plan)
+    rig = rig_for(rigs, tmp_path, ws, worker_argv=argv, write_timeout=0.5)
+    result = rig.host.run_errand("anything")
+    assert result.outcome == "crashed"
+    assert "did not read its input for 0.5 s" in (result.error or "")
+    assert rig.host.worker_pid is None
