@@ -113,15 +113,20 @@ def _workspace(args: argparse.Namespace, app: AppSettings) -> Path:
     return ws
 
 
-def _refuse_writes(text: str) -> list[str]:
-    raise _CommandError("internal error: this command does not write memory")
+def _viewing_only(text: str) -> list[str]:
+    """The scanner for commands that only show the user their own files, or undo.
+
+    Nothing they print goes to a model, and undo puts back bytes that were
+    checked when first written, so there is nothing to withhold or refuse.
+    """
+    return []
 
 
 def _open(
     args: argparse.Namespace,
     *,
     count_tokens: Callable[[str], int] = approx_tokens,
-    scan: Scanner = _refuse_writes,
+    scan: Scanner = _viewing_only,
 ) -> MemoryService:
     app = _settings()
     paths = default_paths().ensure()
@@ -235,7 +240,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    scan = _secret_scanner() if args.approve is not None else _refuse_writes
+    scan = _secret_scanner() if args.approve is not None else _viewing_only
     svc = _open(args, scan=scan)
     try:
         if args.approve is not None:
