@@ -793,6 +793,9 @@ class AgentHost:
                     outcome=msg.stats.stop_reason, text=text, tool_calls=calls, stats=msg.stats
                 )
             elif isinstance(msg, AgentErrorMsg):
+                if msg.kind == "protocol":
+                    # The two sides disagree about the conversation: start afresh.
+                    raise ProtocolError(f"the agent refused a message: {msg.message}")
                 self._emit(AgentEvent("error", text=msg.message, data={"kind": msg.kind}))
                 self._record("errand_failed", reason=msg.message)
                 return ErrandResult(outcome="error", text="", tool_calls=calls, error=msg.message)

@@ -519,3 +519,14 @@ def test_an_agent_that_stops_reading_cannot_block_the_host(
     assert result.outcome == "crashed"
     assert "did not read its input for 0.5 s" in (result.error or "")
     assert rig.host.worker_pid is None
+
+
+def test_a_protocol_refusal_from_the_agent_restarts_it(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    refusal = {"v": 1, "type": "error", "message": "refused a message: x", "kind": "protocol"}
+    plan = [*STARTED, {"op": "send", "msg": refusal}, HANG]
+    rig = rig_for(rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan))
+    result = rig.host.run_errand("anything")
+    assert result.outcome == "crashed" and "the agent refused a message" in (result.error or "")
+    assert rig.host.worker_pid is None
