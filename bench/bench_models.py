@@ -239,7 +239,7 @@ def bench_turns(threads: int, n_ctx: int, lengths: Sequence[int], reps: int) -> 
             length = mult * n_ctx
             history = corpus[:length]
             turn = corpus[length : length + new_turn]
-            s_times, b_times = [], []
+            s_times, b_times, s_ttft, b_ttft = [], [], [], []
             for _ in range(reps):
                 sink_rt.reset()
                 list(sink_rt.stream_tokens(history, max_tokens=0))  # the conversation so far
@@ -247,19 +247,26 @@ def bench_turns(threads: int, n_ctx: int, lengths: Sequence[int], reps: int) -> 
                 s_final = list(sink_rt.stream_tokens(history + turn, max_tokens=answer,
                                                      ignore_eos=True))[-1]  # fmt: skip
                 s_times.append(time.perf_counter() - t)
+                assert isinstance(s_final, Finished)
+                s_ttft.append(s_final.stats.time_to_first_token_s or 0.0)
                 # Baseline: drop the oldest tokens so prompt + answer fit, re-prefill it all.
                 keep = (history + turn)[-(n_ctx - answer - 1) :]
                 base_rt.reset()
                 t = time.perf_counter()
                 b_final = list(base_rt.stream_tokens(keep, max_tokens=answer, ignore_eos=True))[-1]
                 b_times.append(time.perf_counter() - t)
+                assert isinstance(b_final, Finished)
+                b_ttft.append(b_final.stats.time_to_first_token_s or 0.0)
             assert isinstance(s_final, Finished) and isinstance(b_final, Finished)
             s, b = statistics.median(s_times), statistics.median(b_times)
-            rows.append([f"{mult} x n_ctx ({length})", ms(s), s_final.stats.n_prompt_tokens,
-                         ms(b), b_final.stats.n_prompt_tokens, b / s])  # fmt: skip
+            s1, b1 = statistics.median(s_ttft), statistics.median(b_ttft)
+            rows.append([f"{mult} x n_ctx ({length})", s_final.stats.n_prompt_tokens,
+                         b_final.stats.n_prompt_tokens, ms(s1), ms(b1), b1 / s1,
+                         ms(s), ms(b), b / s])  # fmt: skip
     table(
-        ["conversation length", "sink cache turn (ms)", "sink prompt tokens evaluated",
-         "re-prefill turn (ms)", "re-prefill prompt tokens", "speed-up"],
+        ["conversation length", "prompt tokens evaluated: sink", "re-prefill",
+         "first token (ms): sink", "re-prefill", "speed-up",
+         "whole turn (ms): sink", "re-prefill", "speed-up"],
         rows,
     )  # fmt: skip
 
