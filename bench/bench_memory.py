@@ -161,8 +161,9 @@ def bench_distill(runtime: object, count: Callable[[str], int]) -> list[str]:
 
     assert isinstance(runtime, ChatModel)
     rng = random.Random(3)
-    out = ["| pass | seconds | applied | rejected | archived for capacity | project tokens / cap |",
-           "|---|---:|---:|---:|---:|---:|"]
+    out = ["| pass | seconds | model ops applied | model ops rejected | promoted as they were | "
+           "archived for capacity | project tokens / cap | model answer |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
     for label, model in (("host only (no model)", None), ("SmolLM2-135M proposes", runtime)):
         root = Path(tempfile.mkdtemp(prefix="kl-bench-distill-"))
         try:
@@ -177,11 +178,15 @@ def bench_distill(runtime: object, count: Callable[[str], int]) -> list[str]:
                 model.reset()
             report = svc.distill(model)
             usage = next(u for u in svc.capacity_usage() if u.level == "project")
-            applied = sum(len(lv.applied) for lv in report.levels)
+            ops = [op for lv in report.levels for op in lv.applied]
+            promoted = sum(op.note in ("promoted as it was", "appended to the existing topic")
+                           for op in ops)
             rejected = sum(len(lv.rejected) for lv in report.levels)
             archived = sum(len(lv.archived_for_capacity) for lv in report.levels)
-            out.append(f"| {label} | {report.seconds:.2f} | {applied} | {rejected} | {archived} | "
-                       f"{usage.tokens} / {usage.capacity} |")
+            errors = [lv.model_error for lv in report.levels if lv.model_error]
+            answer = "-" if model is None else (errors[0][:60] if errors else "valid plan")
+            out.append(f"| {label} | {report.seconds:.2f} | {len(ops) - promoted} | {rejected} | "
+                       f"{promoted} | {archived} | {usage.tokens} / {usage.capacity} | {answer} |")
             svc.close()
         finally:
             shutil.rmtree(root, ignore_errors=True)
