@@ -32,7 +32,7 @@ from memory.errors import (
     SecretScanError,
 )
 from memory.frontmatter import Provenance
-from memory.history import Change, FileEdit, History
+from memory.history import Change, History
 from memory.index import Hit, SearchIndex
 from memory.loader import LevelUsage, MemoryContext
 from memory.loader import load_context as _load_context
@@ -330,7 +330,7 @@ class MemoryService:
         with self._lock:
             original = self._history.get(change_id)
             edits = self._history.undo_edits(change_id)
-            self._reindex_paths(edits)
+            self._index.refresh(force=True)  # the restored files, whatever they were
             return self._history.record(
                 op="undo", level=original.level, name=original.name,
                 summary=f"undo change {change_id} ({original.summary})",
@@ -502,9 +502,6 @@ class MemoryService:
         except BaseException:
             editor.rollback()
             raise
-
-    def _reindex_paths(self, edits: list[FileEdit]) -> None:
-        self._index.refresh(force=True)
 
     def _usage_table(self) -> Callable[[Path], tuple[int, datetime | None]]:
         """Use counts read once for one editor (one query, not one per topic)."""
