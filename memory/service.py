@@ -320,6 +320,33 @@ class MemoryService:
                 lambda ed: ed.set_status(lv, name, archived=False),
             )
 
+    def repair(self) -> Change | None:
+        """Rewrite hand-edited topic files whose front matter was missing or broken.
+
+        Reading already works on such files (repaired in memory); this writes
+        the repaired front matter back, as one undoable change. Broken YAML is
+        kept in a comment at the top of the body, so nothing is lost.
+
+        Returns:
+            The change, or None when no file needed repair.
+        """
+        with self._lock:
+            editor = self._editor()
+            repaired: list[str] = []
+            with self._rollback_on_error(editor):
+                for level in LEVELS:
+                    for topic in editor.topics(level):
+                        if topic.repairs:
+                            editor.save(topic)
+                            repaired.append(f"{level}/{topic.name}")
+                edits = editor.finish()
+            if not edits:
+                return None
+            return self._history.record(
+                op="repair", level="", name="", summary="repair front matter of "
+                + ", ".join(repaired), session_id=self.session_id, source=None, edits=edits,
+            )
+
     def undo(self, change_id: int) -> Change:
         """Put back the exact bytes a change replaced; recorded as a change itself.
 

@@ -210,3 +210,22 @@ def test_topics_can_be_named_by_title(service: MemoryService) -> None:
     for bad in ("a/b", "..\\x", ".hidden"):
         with pytest.raises(InvalidMemoryError, match="not a path"):
             service.forget("project", bad, reason="x")
+
+
+def test_repair_rewrites_broken_front_matter_as_one_undoable_change(
+    service: MemoryService, workspace: Path
+) -> None:
+    topics = workspace / ".keyless" / "memory" / "topics"
+    topics.mkdir(parents=True)
+    broken = "---\ntitle: [oops\n---\nHand notes.\n"
+    (topics / "notes.md").write_text(broken)
+    (topics / "plain.md").write_text("Just text.\n")
+    change = service.repair()
+    assert change is not None and change.op == "repair"
+    assert "project/notes" in change.summary and "project/plain" in change.summary
+    assert service.read_topic("project", "notes").repairs == []
+    assert "title: [oops" in (topics / "notes.md").read_text()  # kept in a comment
+    assert service.repair() is None
+    assert change.id is not None
+    service.undo(change.id)
+    assert (topics / "notes.md").read_text() == broken
