@@ -24,6 +24,7 @@ from agent.prompt import (
     ToolDescription,
     correction_message,
     initial_messages,
+    repeat_message,
     wrap_tool_result,
 )
 from agent.protocol import (
@@ -116,6 +117,7 @@ class Executor:
         messages: list[Message] = initial_messages(task, describe_tools(names))
         generated = 0
         tool_calls = 0
+        last_ok_call: tuple[str, str] | None = None
 
         def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
             stats = ErrandStats(
@@ -154,12 +156,19 @@ class Executor:
                 except ValueError as e:
                     messages.append(correction_message(f"finish needs an answer ({e})"))
                     continue
+            signature = (tool, json.dumps(arguments, sort_keys=True))
+            if signature == last_ok_call:
+                # Small models loop on a call that already worked; the answer is
+                # in the context, so say so instead of running it again.
+                messages.append(repeat_message(tool))
+                continue
             tool_calls += 1
             request = ToolRequest(call_id=f"c{step}", tool=tool, arguments=arguments)
             try:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:
                 return done("", "cancelled", step)
+            last_ok_call = signature if result.ok else None
             messages.append(
                 wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
             )

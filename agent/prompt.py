@@ -159,3 +159,14 @@ def correction_message(problem: str) -> Message:
             '{"tool": ..., "arguments": {...}} or {"final": "..."}.'
         ),
     )
+
+
+def repeat_message(tool: str) -> Message:
+    """Tell the model it repeated a call whose result it already has."""
+    return Message(
+        role="user",
+        content=(
+            f"You already called {tool} with these arguments and its result is above. "
+            'Use it: reply {"final": "<your answer>"} or call a different tool.'
+        ),
+    )

@@ -123,7 +123,7 @@ def test_system_prompt_describes_the_allowed_tools() -> None:
 
 
 def test_the_step_limit_stops_a_model_that_never_answers() -> None:
-    run = make(*[call("list_dir", path=".")] * 5)
+    run = make(*[call("list_dir", path=f"dir{i}") for i in range(5)])
     task = TASK.model_copy(update={"limits": ErrandLimits(max_steps=3)})
     answer = execute(run, task)
     assert answer.stats.stop_reason == "max_steps"
@@ -219,3 +219,25 @@ def test_progress_and_the_final_answer_carry_the_context_state() -> None:
     # The second step starts after the first generation filled the cache.
     assert progress[1].context is not None and progress[1].context.n_window > 0
     assert answer.context == run.model.context_state()
+
+
+def test_a_repeated_successful_call_is_not_run_again() -> None:
+    same = call("list_dir", path=".")
+    run = make(same, same, call("list_dir", path="sub"), final("done"))
+    answer = execute(run, TASK)
+    assert answer.text == "done"
+    assert [r.arguments for r in run.tools.requests] == [{"path": "."}, {"path": "sub"}]
+    assert "You already called list_dir" in run.model.calls[2][-1].content
+    assert (answer.stats.steps, answer.stats.tool_calls) == (4, 2)
+
+
+def test_a_failed_call_may_be_retried() -> None:
+    same = call("read_file", path="notes.txt")
+    run = make(
+        same,
+        same,
+        final("done"),
+        answers=[ToolResult(call_id="?", ok=False, content="busy", untrusted=False)],
+    )
+    execute(run, TASK)
+    assert len(run.tools.requests) == 2

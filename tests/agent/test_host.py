@@ -92,12 +92,12 @@ def test_a_write_the_user_denies_never_happens_and_the_reason_reaches_the_agent(
 def test_once_allows_one_call_and_session_allows_the_rest(
     tmp_path: Path, ws: Path, rigs: list[Rig]
 ) -> None:
-    w = call("write_file", path="out.txt", content="x")
+    writes = [call("write_file", path="out.txt", content=str(i)) for i in range(4)]
     rig = rig_for(
         rigs,
         tmp_path,
         ws,
-        [w, w, w, w, final("ok")],
+        [*writes, final("ok")],
         answers=[
             PermissionAnswer(choice="once"),
             PermissionAnswer(choice="session"),
@@ -109,7 +109,7 @@ def test_once_allows_one_call_and_session_allows_the_rest(
     assert len(rig.prompt.asked) == 2
     assert [str(r) for r in rig.policy.rules] == ["write_file(out.txt)"]
     assert rig.policy.rules[0].scope == "session"
-    assert (ws / "out.txt").read_text() == "x"
+    assert (ws / "out.txt").read_text() == "3"
 
 
 def test_always_saves_the_edited_rule(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
