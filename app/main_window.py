@@ -55,6 +55,48 @@ class UnavailablePage(QtWidgets.QWidget):
         layout.addStretch(1)
 
 
+class LazyPage(QtWidgets.QWidget):
+    """Holds a tab's place and builds the real screen the first time it is shown.
+
+    Building a screen imports its packages and opens its stores; doing that on
+    first use keeps the first window paint fast.
+    """
+
+    def __init__(
+        self,
+        title: str,
+        builder: PageBuilder,
+        parent: QtWidgets.QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.title = title
+        self._builder: PageBuilder | None = builder
+        self.page: QtWidgets.QWidget | None = None
+        self.setObjectName(f"lazyPage{title}")
+        self._layout = QtWidgets.QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+
+    def build(self) -> QtWidgets.QWidget:
+        """Build the screen now (once) and return it."""
+        if self.page is None:
+            builder, self._builder = self._builder, None
+            assert builder is not None
+            try:
+                page = builder()
+            except Exception as e:  # the tab explains; the rest of the app works
+                log.exception("the %s screen could not be built", self.title)
+                page = UnavailablePage(self.title, f"{type(e).__name__}: {e}")
+            self.page = page
+            self._layout.addWidget(page)
+            self.setFocusProxy(page)
+        return self.page
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:
+        """Build on first show."""
+        self.build()
+        super().showEvent(event)
+
+
 class MainWindow(QtWidgets.QMainWindow):
     """The Keyless window.
 
@@ -62,8 +104,8 @@ class MainWindow(QtWidgets.QMainWindow):
         services: The host's services (paths, settings, problems found at start).
         errand_controller: Runs errands (the chat screen and permission prompts).
         model_controller: The model screen's controller.
-        extra_pages: ``(title, builder)`` for the other screens, built here and
-            replaced by an :class:`UnavailablePage` when a builder fails.
+        extra_pages: ``(title, builder)`` for the other screens, built when first
+            shown and replaced by an :class:`UnavailablePage` when a builder fails.
         parent: The Qt parent.
     """
 
@@ -97,10 +139,11 @@ class MainWindow(QtWidgets.QMainWindow):
             "Chat": self.chat_view,
             "Model": self.model_view,
         }
+        self.lazy_pages: dict[str, LazyPage] = {}
         for title, builder in extra_pages or []:
-            page = self._build_page(title, builder)
-            self.pages[title] = page
-            self.tabs.addTab(page, title)
+            lazy = LazyPage(title, builder)
+            self.lazy_pages[title] = lazy
+            self.tabs.addTab(lazy, title)
 
         central = QtWidgets.QWidget()
         layout = QtWidgets.QVBoxLayout(central)
@@ -138,12 +181,15 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # -- construction ----------------------------------------------------------------
 
-    def _build_page(self, title: str, builder: PageBuilder) -> QtWidgets.QWidget:
-        try:
-            return builder()
-        except Exception as e:  # the tab explains; the rest of the app works
-            log.exception("the %s screen could not be built", title)
-            return UnavailablePage(title, f"{type(e).__name__}: {e}")
+    def page(self, title: str) -> QtWidgets.QWidget:
+        """The screen called ``title``, built now if it was not yet shown.
+
+        Raises:
+            KeyError: No such screen.
+        """
+        if title in self.pages:
+            return self.pages[title]
+        return self.lazy_pages[title].build()
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -298,7 +344,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.permission_dialog.reject()
         self.errands.shutdown()
         self.model.shutdown()
-        for page in self.pages.values():
+        built = [lazy.page for lazy in self.lazy_pages.values() if lazy.page is not None]
+        for page in [*self.pages.values(), *built]:
             controller: Any = getattr(page, "controller", None)
             waiter = getattr(controller, "wait", None)
             if callable(waiter) and controller not in (self.errands, self.model):

@@ -109,14 +109,21 @@ class ModelController(QObject):
 
     # -- describing ------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Describe the chosen model and probe the GPU, in the background."""
+    def probe_gpu(self) -> None:
+        """Find out in the background whether llama.cpp can offload to a GPU.
+
+        Separate from :meth:`refresh` because it loads llama.cpp (and numpy)
+        into the host, which the first window paint should not wait for.
+        """
         self._jobs.submit(
             "gpu-probe",
             self._gpu_probe,
             on_success=self._on_gpu,
             on_error=lambda e: self._on_gpu((False, f"GPU probe failed: {e}")),
         )
+
+    def refresh(self) -> None:
+        """Describe the chosen model, in the background."""
         path = self.settings.path
         self._jobs.submit(
             "describe",

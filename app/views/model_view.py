@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.controllers.model_controller import DownloadProgress, ModelController
-from app.qt import Qt, QtCore, QtWidgets, Slot
+from app.qt import Qt, QtCore, QtGui, QtWidgets, Slot
 from app.settings import ModelSettings
 from app.widgets.banner import Banner
 from app.widgets.context_gauge import ContextGauge, GaugeState
@@ -46,6 +46,7 @@ class ModelView(QtWidgets.QWidget):
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        self._probed = False
         self.setObjectName("modelView")
         self.banner = Banner()
 
@@ -289,6 +290,13 @@ class ModelView(QtWidgets.QWidget):
 
         self._show_settings(controller.settings)
         self._on_context(controller.context)
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:
+        """Probe the GPU the first time the panel is shown."""
+        if self.controller.gpu_supported is None and not self._probed:
+            self._probed = True
+            self.controller.probe_gpu()
+        super().showEvent(event)
 
     # -- settings ----------------------------------------------------------------------
 

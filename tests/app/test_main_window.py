@@ -58,8 +58,12 @@ def test_keyless_opens_every_screen(qtbot: Any) -> None:
         titles = [window.tabs.tabText(i).replace("&", "") for i in range(window.tabs.count())]
         assert titles == ["Chat", "Model", "Vault", "Memory", "Audit", "Settings"]
         assert window.windowTitle() == "Keyless"
-        for title in ("Vault", "Memory", "Audit", "Settings"):
-            page = window.pages[title]
+        # The other screens are built when first shown, which keeps start-up fast.
+        assert all(lazy.page is None for lazy in window.lazy_pages.values())
+        for index, title in enumerate(("Vault", "Memory", "Audit", "Settings"), start=2):
+            window.show_tab(index)
+            page = window.lazy_pages[title].page
+            assert page is not None
             reason = page.reason if isinstance(page, UnavailablePage) else ""
             assert not isinstance(page, UnavailablePage), f"{title}: {reason}"
     finally:
@@ -71,7 +75,7 @@ def test_a_screen_that_fails_says_why(make_window: Callable[..., MainWindow]) ->
         raise RuntimeError("the vault file is not readable")
 
     w = make_window(pages=[("Vault", broken)])
-    page = w.pages["Vault"]
+    page = w.page("Vault")
     assert isinstance(page, UnavailablePage)
     assert "the vault file is not readable" in page.reason
     assert w.tabs.count() == 3
