@@ -126,6 +126,12 @@ class ChatView(QtWidgets.QWidget):
         self.transcript.setObjectName("transcript")
         self.transcript.setAccessibleName("Conversation")
         self.transcript.setOpenLinks(False)
+        self.transcript.setPlaceholderText(
+            "Choose a workspace folder above, type a task below and press Ctrl+Enter.\n\n"
+            "Every tool call the agent makes appears here as it happens. You are asked "
+            "before anything is written, run or sent over the network, and secrets the "
+            "agent's calls used show up only as [REDACTED:NAME]."
+        )
         self.live_output = QtWidgets.QPlainTextEdit()
         self.live_output.setObjectName("liveOutput")
         self.live_output.setReadOnly(True)

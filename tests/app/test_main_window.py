@@ -208,3 +208,47 @@ def test_errand_through_the_gui_always_allow_saves_the_rule(
         assert [str(r) for r in store.rules(workspace)] == ["write_file(*.txt)"]
     finally:
         store.close()
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_real_app_runs_one_errand_with_the_embedded_model(
+    qtbot: Any, make_window: Callable[..., MainWindow], workspace: Path
+) -> None:
+    """The app as `keyless` builds it, with the real embedded model in the agent process."""
+    from agent.protocol import ErrandLimits
+    from app.gui import model_spec_for
+
+    (workspace / "README.md").write_text("# demo\n\nA demo project.\n")
+    services = AppServices()
+    services.set_workspace(workspace)
+    # Only the limits differ from `keyless`: a 135M model may wander, the test must end.
+    factory = agent_host_factory(
+        services,
+        lambda: model_spec_for(services),
+        host_options={"limits": ErrandLimits(max_steps=2, max_tokens_per_step=96)},
+    )
+    w = make_window(services, factory)
+    w.show()
+    qtbot.wait_exposed(w)
+    asked: list[object] = []
+
+    def deny_everything(q: object) -> None:
+        asked.append(q)
+        dialog = w.permission_dialog
+        assert dialog is not None
+        dialog.reason_edit.setText("this is a test")
+        dialog.deny_button.click()
+
+    w.errands.permissionRequested.connect(deny_everything, Qt.ConnectionType.QueuedConnection)
+    tokens: list[str] = []
+    w.errands.tokenReceived.connect(tokens.append)
+    w.chat_view.task_edit.setPlainText("List the files in the workspace.")
+    with qtbot.wait_signal(w.errands.errandFinished, timeout=240_000):
+        w.chat_view.run_task()
+    assert tokens, "the model streamed nothing"
+    kinds = [k for k, _ in w.errands.session(w.errands.current_session).transcript]
+    assert kinds[0] == "task"
+    assert kinds[-1] in ("final", "error"), kinds
+    assert w.chat_view.run_button.isEnabled()
+    assert w.model.last_stats.get("n_generated", 0) >= len(tokens) > 0
