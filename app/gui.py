@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from app.controllers.agent_runner import agent_host_factory
+from app.controllers.agent_runner import agent_host_factory, approximate_tokens
 from app.controllers.errand_controller import ErrandController, RunnerFactory
 from app.controllers.model_controller import ModelController
 from app.main_window import MainWindow, PageBuilder
@@ -92,7 +92,7 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
             return services.memory_service(
                 workspace=workspace,
                 session_id=errands.current_session,
-                count_tokens=lambda text: max(1, len(text) // 4),
+                count_tokens=approximate_tokens,
             )
 
         controller = MemoryController(service)

@@ -202,6 +202,11 @@ class AgentHostRunner:
                 thing.close()
 
 
+def approximate_tokens(text: str) -> int:
+    """Estimate a text's tokens without the model's tokenizer (~4 characters each)."""
+    return max(1, len(text) // 4)
+
+
 def agent_host_factory(
     services: AppServices,
     model_spec: Callable[[], Any],
@@ -243,15 +248,16 @@ def agent_host_factory(
         except ServiceUnavailableError:
             audit = None
         memory = None
-        if scripted_model is None:
-            try:
-                memory = services.memory_service(
-                    workspace=ctx.workspace,
-                    session_id=ctx.session_id,
-                    count_tokens=lambda text: max(1, len(text) // 4),
-                )
-            except ServiceUnavailableError as e:
-                log.warning("errand runs without memory: %s", e)
+        try:
+            memory = services.memory_service(
+                workspace=ctx.workspace,
+                session_id=ctx.session_id,
+                # The tokenizer lives with the model in the agent process; the
+                # host budgets memory with the usual ~4 characters per token.
+                count_tokens=approximate_tokens,
+            )
+        except ServiceUnavailableError as e:
+            log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
         host = AgentHost(
             model_spec(),
@@ -267,6 +273,7 @@ def agent_host_factory(
             scripted_model=scripted_model,
             **dict(host_options or {}),
         )
-        return AgentHostRunner(host, owned=(store,) if store is not None else ())
+        owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
+        return AgentHostRunner(host, owned=owned)
 
     return factory
