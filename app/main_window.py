@@ -161,6 +161,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_menus()
 
         errand_controller.permissionRequested.connect(self.ask_permission)
+        errand_controller.errandFinished.connect(self._withdraw_question)
         errand_controller.isolationReported.connect(self._on_isolation)
         errand_controller.statsUpdated.connect(model_controller.update_stats)
         errand_controller.contextUpdated.connect(model_controller.update_context)
@@ -242,6 +243,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self.raise_()
         self.activateWindow()
         dialog.open()
+
+    @Slot(str)
+    def _withdraw_question(self, session_id: str) -> None:
+        """The errand ended (e.g. cancelled) while its question was still open."""
+        dialog, self.permission_dialog = self.permission_dialog, None
+        if dialog is not None:
+            dialog.dismiss()
+            dialog.deleteLater()
 
     # -- status ------------------------------------------------------------------------
 
@@ -340,8 +349,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         self._closing_done = True
         self.save_state()
-        if self.permission_dialog is not None:
-            self.permission_dialog.reject()
+        self._withdraw_question("")
         self.errands.shutdown()
         self.model.shutdown()
         built = [lazy.page for lazy in self.lazy_pages.values() if lazy.page is not None]

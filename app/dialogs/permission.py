@@ -193,6 +193,11 @@ class PermissionDialog(QtWidgets.QDialog):
         else:
             self.accept()
 
+    def dismiss(self) -> None:
+        """Close without answering (the question went away: errand cancelled or ended)."""
+        self._reply = PermissionReply("deny", reason="the question was withdrawn")
+        super().reject()
+
     def reject(self) -> None:
         """Escape or the close button: deny (with whatever reason was typed)."""
         if self._reply is None:
@@ -313,6 +318,11 @@ class UnsandboxedDialog(QtWidgets.QDialog):
             self.reject()
         else:
             self.accept()
+
+    def dismiss(self) -> None:
+        """Close without answering (the question went away: errand cancelled or ended)."""
+        self._reply = PermissionReply("deny", reason="the question was withdrawn")
+        super().reject()
 
     def reject(self) -> None:
         """Escape or the close button: deny."""

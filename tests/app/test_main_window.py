@@ -252,3 +252,19 @@ def test_real_app_runs_one_errand_with_the_embedded_model(
     assert kinds[-1] in ("final", "error"), kinds
     assert w.chat_view.run_button.isEnabled()
     assert w.model.last_stats.get("n_generated", 0) >= len(tokens) > 0
+
+
+def test_a_cancelled_errand_withdraws_its_open_question(
+    qtbot: Any, make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path
+) -> None:
+    sent: list[bytes] = []
+    w = host_window(make_window, tmp_path, workspace, sent, WRITE, {"final": "never"})
+    w.chat_view.task_edit.setPlainText("write hello into notes.txt")
+    w.chat_view.run_task()
+    qtbot.wait_until(lambda: w.permission_dialog is not None, timeout=60_000)
+    dialog = w.permission_dialog
+    assert dialog is not None
+    with qtbot.wait_signal(w.errands.errandFinished, timeout=60_000):
+        w.errands.cancel()
+    assert w.permission_dialog is None and not dialog.isVisible()
+    assert not (workspace / "notes.txt").exists()
