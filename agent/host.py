@@ -109,6 +109,9 @@ DEFAULT_TOOLS: tuple[str, ...] = (
 HOST_RESULT_BYTES = 16 * 1024
 """The most content one tool result carries back to the agent."""
 
+STDERR_LINE_BYTES = 4096
+"""Longest piece of one agent log line kept (the rest comes as further pieces)."""
+
 WRITE_TIMEOUT_S = 30.0
 """How long a write to the agent may wait for it to read its input."""
 
@@ -396,9 +399,10 @@ class WorkerProcess:
         threading.Thread(
             target=self._read_stdout, args=(self._proc.stdout,), daemon=True, name="agent-stdout"
         ).start()
-        threading.Thread(
+        self._stderr_reader = threading.Thread(
             target=self._read_stderr, args=(self._proc.stderr,), daemon=True, name="agent-stderr"
-        ).start()
+        )
+        self._stderr_reader.start()
 
     @property
     def pid(self) -> int:
@@ -497,6 +501,8 @@ class WorkerProcess:
             self._stdin.close()
         except OSError:
             log.debug("agent stdin already closed")
+        # Its last log lines explain the crash: let the reader reach end of file.
+        self._stderr_reader.join(timeout=2.0)
 
     def _read_stdout(self, stream: IO[bytes]) -> None:
         try:
@@ -515,7 +521,8 @@ class WorkerProcess:
             self._lines.put(None)
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
+        # Bounded lines: an agent flooding stderr costs the host no more than the tail.
+        for raw in iter(lambda: stream.readline(STDERR_LINE_BYTES), b""):
             text = raw.decode("utf-8", "replace").rstrip()
             self.stderr_tail.append(text)
             log.debug("agent: %s", text)

@@ -10,6 +10,7 @@ steps, executed in order:
 - ``{"op": "big", "size": N}``: write N bytes of ``x`` and a newline.
 - ``{"op": "exit", "code": N}``: exit at once with status N.
 - ``{"op": "hang"}``: stop talking (block until stdin closes or the host kills us).
+- ``{"op": "stderr", "size": N}``: write N bytes of ``e`` to stderr on one line.
 - ``{"op": "deaf"}``: stop reading and writing, without exiting.
 - ``{"op": "spam"}``: stream token messages until the host kills us (ignores Cancel).
 
@@ -47,6 +48,9 @@ def main(plan_file: str) -> int:
         elif op == "hang":
             out.flush()
             inp.read()
+        elif op == "stderr":
+            sys.stderr.buffer.write(b"e" * step["size"] + b"\n")
+            sys.stderr.buffer.flush()
         elif op == "deaf":
             out.flush()
             threading.Event().wait()

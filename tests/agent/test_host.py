@@ -530,3 +530,14 @@ def test_a_protocol_refusal_from_the_agent_restarts_it(
     result = rig.host.run_errand("anything")
     assert result.outcome == "crashed" and "the agent refused a message" in (result.error or "")
     assert rig.host.worker_pid is None
+
+
+def test_a_flood_on_stderr_keeps_only_a_bounded_tail(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    plan = [{"op": "stderr", "size": 5_000_000}, {"op": "exit", "code": 9}]
+    rig = rig_for(rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan))
+    result = rig.host.run_errand("anything")
+    assert result.outcome == "crashed" and "exited with status 9" in (result.error or "")
+    crash = next(e for e in rig.events if e.kind == "agent_crashed")
+    assert 0 < len(crash.data["stderr"]) <= 10 * 4096 + 9
