@@ -1033,7 +1033,12 @@ class AgentHost:
 
     def _default_argv(self) -> list[str]:
         # -I: ignore PYTHON* variables and never put the working directory on sys.path.
-        argv = [sys.executable, "-I", "-m", "agent.worker"]
+        if getattr(sys, "frozen", False):
+            # A PyInstaller bundle has no `python -m`: its entry point
+            # (packaging/entry.py) dispatches on this flag instead.
+            argv = [sys.executable, "--agent-worker"]
+        else:
+            argv = [sys.executable, "-I", "-m", "agent.worker"]
         if self._scripted is not None:
             argv += ["--scripted-model", str(self._scripted)]
         return argv
