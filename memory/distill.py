@@ -169,7 +169,10 @@ def build_messages(
         "markdown); UPDATE an existing topic's content; MERGE near-duplicate topics (sources) "
         "into the target with combined content; ARCHIVE a stale or unneeded topic; NONE when "
         "nothing needs doing. Topic names use lowercase letters, digits and '-'. Keep facts, "
-        "drop repetition, never invent facts."
+        "drop repetition, never invent facts. Keep each content under 40 words. Example: "
+        '{"operations": [{"op": "MERGE", "target": "ports", "content": "API on 8000; dev '
+        'server on 5173.", "sources": ["port", "ports"]}, {"op": "ARCHIVE", "target": '
+        '"old-ci", "content": "", "sources": []}]}'
     )
     lines = []
     if level != into:
