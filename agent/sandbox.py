@@ -10,8 +10,11 @@ open-file and process-count limits set *inside* the sandbox with
 user; inside the new user namespace it counts only the sandbox's). A
 wall-clock timer kills the whole process group; output is capped.
 
-Root is exempt from ``RLIMIT_NPROC``, so when the host runs as root a watchdog
-counts the sandbox's processes and kills it past the limit.
+Root is exempt from ``RLIMIT_NPROC``. When the host runs as root, each
+sandbox goes into its own ``pids`` cgroup (v2, or v1's ``pids`` hierarchy)
+whose ``pids.max`` the kernel enforces for root too, and a watchdog also
+counts the sandbox's processes and kills it past the limit; the watchdog
+alone cannot outrun a fork bomb.
 
 :meth:`Sandbox.agent_command` builds the bwrap command line for the agent
 worker: read-only system and Python, no workspace, no data dir, no D-Bus
@@ -593,7 +596,99 @@ class _Supervisor:
             self.proc.stdout.close()
 
 
+_PIDS_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/pids"))
+
+
+class _PidsCgroup:
+    """A throwaway ``pids`` cgroup that caps a sandbox's process count for root.
+
+    The sandbox's first process moves itself in (``echo $$ > cgroup.procs``)
+    before it execs bubblewrap, so every descendant is inside from its first
+    fork; ``pids.max`` then makes fork fail with EAGAIN in the kernel.
+    """
+
+    _counter = 0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, max_pids: int) -> _PidsCgroup | None:
+        """Make the cgroup, or return None where cgroups cannot be written."""
+        for root in _PIDS_ROOTS:
+            if not (root / "cgroup.procs").exists():
+                continue
+            if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.controllers"):
+                continue
+            cls._counter += 1
+            path = root / f"keyless-sandbox-{os.getpid()}-{cls._counter}"
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(max_pids))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+                continue
+            return cls(path)
+        return None
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """Prefix ``argv`` so its process joins the cgroup before exec."""
+        procs = str(self.path / "cgroup.procs")
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *argv]
+
+    @property
+    def hit_limit(self) -> bool:
+        """Whether a fork was refused because of ``pids.max``."""
+        for line in _read(self.path / "pids.events").splitlines():
+            name, _, count = line.partition(" ")
+            if name == "max" and count.strip() not in ("", "0"):
+                return True
+        return False
+
+    def destroy(self) -> None:
+        """Kill whatever is left inside and remove the cgroup."""
+        for _ in range(50):
+            pids = [int(p) for p in _read(self.path / "cgroup.procs").split() if p.isdigit()]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)  # let the kernel reap the killed processes
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def _supervise(
+    argv: list[str], limits: Limits, *, env: dict[str, str], cwd: Path | None, sandboxed: bool
+) -> ShellResult:
+    cgroup = None
+    if sandboxed and os.geteuid() == 0:
+        # bwrap, prlimit and sh are a few processes on top of the command's own.
+        cgroup = _PidsCgroup.create(limits.max_processes + 4)
+        if cgroup is not None:
+            argv = cgroup.wrap(argv)
+    try:
+        result = _supervise_process(argv, limits, env=env, cwd=cwd, sandboxed=sandboxed)
+        if cgroup is not None and result.limit_hit is None and cgroup.hit_limit:
+            result = result.model_copy(update={"limit_hit": "processes"})
+        elif cgroup is not None and result.limit_hit == "wall-clock" and cgroup.hit_limit:
+            result = result.model_copy(update={"limit_hit": "processes"})
+        return result
+    finally:
+        if cgroup is not None:
+            cgroup.destroy()
+
+
+def _supervise_process(
     argv: list[str], limits: Limits, *, env: dict[str, str], cwd: Path | None, sandboxed: bool
 ) -> ShellResult:
     start = time.monotonic()

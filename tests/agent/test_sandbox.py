@@ -347,3 +347,23 @@ def test_dev_is_sealed_after_the_device_binds(sandbox: Sandbox) -> None:
     assert argv[sealed + 1] == "/dev"
     binds = [i for i, a in enumerate(argv) if a == "--dev-bind-try"]
     assert binds and max(binds) < sealed
+
+
+@pytest.mark.bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="the pids cgroup is the root-only defence")
+def test_root_fork_bomb_is_stopped_by_the_kernel_pids_limit(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    from agent.sandbox import _PidsCgroup
+
+    probe = _PidsCgroup.create(8)
+    if probe is None:
+        pytest.skip("no writable pids cgroup on this machine")
+    probe.destroy()
+    limits = Limits(max_processes=16, wall_seconds=10, cpu_seconds=5)
+    result = sandbox.run_shell("bomb() { bomb | bomb & }; bomb; wait", workspace, limits)
+    assert result.limit_hit == "processes"
+    assert "fork" in result.output.lower()  # fork failed in the kernel, not killed late
+    assert not probe.path.exists()
+    leftovers = [p for p in probe.path.parent.iterdir() if p.name.startswith("keyless-sandbox-")]
+    assert leftovers == []
