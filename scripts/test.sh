@@ -37,6 +37,15 @@ set -e
 # pytest exits 5 when it collected no tests; that is not a failure of the code.
 if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests"
-    exit 0
+    rc=0
 fi
-exit "$rc"
+if [ "$rc" -ne 0 ]; then
+    exit "$rc"
+fi
+
+# The installer's smoke test: build the PyInstaller bundle and run its
+# --self-test from a clean environment (KEYLESS_SKIP_PACKAGE=1 skips it).
+if [ "${KEYLESS_SKIP_PACKAGE:-0}" != "1" ]; then
+    echo "== package + self-test of the frozen app"
+    PY="$venv/bin/python" bash packaging/build-linux.sh
+fi
