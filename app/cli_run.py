@@ -66,6 +66,12 @@ def register(subparsers: Any) -> None:
         help="run the agent process without bubblewrap (it still gets a scrubbed environment)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="do not stream the model")
+    parser.add_argument(
+        "--session",
+        metavar="ID",
+        help="session id (grants made with `keyless vault grant --session ID` are offered "
+        "to this errand); a fresh one by default",
+    )
     parser.set_defaults(func=run_command)
 
 
@@ -101,7 +107,7 @@ def run_errand_cli(
         err.write(f"keyless run: --max-steps: {e.errors()[0]['msg']}\n")
         return EXIT_FAILED
     services = AppServices()
-    session_id = uuid.uuid4().hex
+    session_id = args.session or uuid.uuid4().hex
     store = None
     rules: list[Any] = []
     try:

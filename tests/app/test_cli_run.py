@@ -130,3 +130,13 @@ def test_a_remote_model_whose_key_is_in_a_locked_vault_is_refused(ws: Path) -> N
     assert status == EXIT_FAILED
     assert "cannot use the remote model" in err.getvalue()
     assert "'REMOTE_KEY' is in the vault, which is locked" in err.getvalue()
+
+
+def test_session_option_names_the_errands_session(tmp_path: Path, ws: Path) -> None:
+    from vault.audit import AuditLog
+
+    replies = [call("read_file", path="notes.txt"), final("done")]
+    status, _out, _err = keyless_run(tmp_path, ws, replies, "o\n", "--session", "sess-42")
+    assert status == EXIT_OK
+    entries = AuditLog(default_paths().database).entries()
+    assert entries and {e.session_id for e in entries if e.session_id} == {"sess-42"}
