@@ -118,17 +118,18 @@ def run_errand_cli(
     broker = _unlocked_broker(services, err)
     audit = _optional(lambda: services.audit, "audit log", err)
     memory = None
+    spec = None if args.scripted_model is not None else model_spec_from_settings(services)
     if args.scripted_model is None:
+        from models.tokenizer import counter_for_spec
+
+        count_tokens = counter_for_spec(spec)
         memory = _optional(
             lambda: services.memory_service(
-                workspace=workspace,
-                session_id=session_id,
-                count_tokens=lambda text: max(1, len(text) // 4),
+                workspace=workspace, session_id=session_id, count_tokens=count_tokens
             ),
             "memory",
             err,
         )
-    spec = None if args.scripted_model is not None else model_spec_from_settings(services)
     relay = None
     if spec is not None and spec.backend == "openai":
         try:

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -91,3 +91,23 @@ def _quiet_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, fd)
         os.close(saved)
+
+
+def counter_for_spec(spec: Any) -> Callable[[str], int]:
+    """The best token counter for a ``models.factory.ModelSpec``.
+
+    A local GGUF (or the embedded default) gets its own vocabulary; a remote
+    or scripted model gets :func:`approximate_tokens`, as does a local file
+    whose vocabulary cannot be read (the agent process will report that
+    file's real problem when it loads it).
+    """
+    if spec is None or getattr(spec, "backend", None) != "llama.cpp":
+        return approximate_tokens
+    from models.catalog import embedded_default
+    from models.errors import ModelError
+
+    try:
+        path = spec.path if spec.path is not None else embedded_default().path
+        return counter_for(str(path))
+    except ModelError:
+        return approximate_tokens

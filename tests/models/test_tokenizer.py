@@ -46,3 +46,16 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path: Path) -> None:
 def test_approximation_is_monotonic_and_zero_for_empty() -> None:
     assert approximate_tokens("") == 0
     assert 0 < approximate_tokens("abc") <= approximate_tokens("abc" * 100)
+
+
+@pytest.mark.model
+def test_counter_for_spec_picks_the_vocabulary_or_the_estimate(tmp_path: Path) -> None:
+    from models.factory import ModelSpec
+    from models.tokenizer import counter_for_spec
+
+    assert counter_for_spec(ModelSpec()) is counter_for(str(embedded_default().path))
+    assert counter_for_spec(ModelSpec(backend="fake")) is approximate_tokens
+    assert counter_for_spec(None) is approximate_tokens
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a model")
+    assert counter_for_spec(ModelSpec(path=broken)) is approximate_tokens
