@@ -190,6 +190,12 @@ class SinkCache:
         Raises:
             GenerationError: llama.cpp failed to decode.
         """
+        if len(tokens) == 1 and len(self.history) >= self.n_sink:
+            # The decode loop's case, kept lean: one token, straight to llama_decode.
+            if self.room == 0:
+                self.make_room()
+            self._eval_one(int(tokens[0]))
+            return True
         rest = list(tokens)
         n_batch = int(self._llm.n_batch)
         # Sinks first: they are the start of the conversation, never skipped.
@@ -238,6 +244,26 @@ class SinkCache:
             raise GenerationError(f"llama.cpp failed to evaluate {len(piece)} tokens: {e}") from e
         self.history.extend(piece)
         self.n_evaluated += len(piece)
+
+    def _eval_one(self, token: int) -> None:
+        llm = self._llm
+        n = int(llm.n_tokens)
+        batch = llm._batch.batch
+        batch.n_tokens = 1
+        batch.token[0] = token
+        batch.pos[0] = n
+        batch.n_seq_id[0] = 1
+        batch.seq_id[0][0] = 0
+        batch.logits[0] = True
+        # Nothing lies past n_tokens in the KV cache (every path that shortens
+        # the cache removes the tail), so no seq_rm is needed first.
+        code = llama_cpp.llama_decode(llm.ctx, batch)
+        if code != 0:
+            raise GenerationError(f"llama.cpp failed to evaluate a token (llama_decode {code})")
+        llm.input_ids[n] = token
+        llm.n_tokens = n + 1
+        self.history.append(token)
+        self.n_evaluated += 1
 
     def _count(self, k: int, *, reprefill: bool) -> None:
         self.n_evicted += k
