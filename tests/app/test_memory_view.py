@@ -369,3 +369,41 @@ def mnemonics(root: QWidget) -> list[str]:
         if at >= 0:
             keys.append(text.replace("&&", "")[at + 1].lower())
     return keys
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_distill_now_with_the_embedded_model_keeps_the_gui_live(
+    qtbot: QtBot, seeded  # type: ignore[no-untyped-def]
+) -> None:
+    from app.qt import QTimer
+    from models.factory import ModelSpec, open_model
+
+    service = seeded()
+    for i in range(4):
+        service.remember(f"notes-{i}", " ".join([f"fact{i}"] * 25), level="project",
+                         source=Provenance(trust="user"))
+
+    def bounded() -> MemoryService:
+        # Same files, a shorter answer: the test's time stays bounded on a busy machine.
+        made = seeded()
+        made.settings = made.settings.model_copy(update={"distill_max_tokens": 256})
+        return made
+
+    controller = MemoryController(
+        bounded, model_factory=lambda: open_model(ModelSpec(n_ctx=4096, n_threads=2))
+    )
+    view = make_view(qtbot, controller)
+    assert view.bars["project"].over
+    ticks: list[int] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    with qtbot.wait_signal(controller.distilled, timeout=280_000):
+        qtbot.mouseClick(view.distill_button, Qt.MouseButton.LeftButton)
+    timer.stop()
+    qtbot.waitUntil(lambda: not controller.busy, timeout=30_000)
+    # Whatever a 135M model proposes, the level ends under capacity and nothing is lost.
+    assert not view.bars["project"].over
+    assert {"notes-0", "notes-1", "notes-2", "notes-3"} <= set(tree_files(view)["Project"])
+    assert len(ticks) >= 10  # the GUI thread ran while the model loaded and generated
