@@ -232,7 +232,8 @@ class SettingsView(QtWidgets.QWidget):
                 in_scope = (row.workspace is not None) == (scope == "workspace")
                 if row.action == action and in_scope:
                     item = QtWidgets.QListWidgetItem(row.label())
-                    item.setToolTip(f"{row.label()} → {row.action} ({row.scope} rule #{row.rule_id})")
+                    tip = f"{row.label()} → {row.action} ({row.scope} rule #{row.rule_id})"
+                    item.setToolTip(tip)
                     item.setData(QtWidgets.QListWidgetItem.ItemType.UserType.value, row)
                     rule_list.addItem(item)
         self._sync_buttons()
