@@ -8,10 +8,11 @@ from app.controllers.settings_controller import (
     SettingsController,
     tool_names,
 )
-from app.qt import QtGui, QtWidgets
+from app.qt import Qt, QtGui, QtWidgets
 from app.settings import AppSettings
 
 ACTIONS = ("deny", "ask", "allow")
+_ROLE = Qt.ItemDataRole.UserRole
 ACTION_TITLES = {
     "deny": "Deny (always refused)",
     "ask": "Ask (permission prompt)",
@@ -234,16 +235,15 @@ class SettingsView(QtWidgets.QWidget):
                     item = QtWidgets.QListWidgetItem(row.label())
                     tip = f"{row.label()} → {row.action} ({row.scope} rule #{row.rule_id})"
                     item.setToolTip(tip)
-                    item.setData(QtWidgets.QListWidgetItem.ItemType.UserType.value, row)
+                    item.setData(_ROLE, row)
                     rule_list.addItem(item)
         self._sync_buttons()
 
     def selected_rule(self) -> RuleRow | None:
         """The rule selected in any of the three lists."""
-        role = QtWidgets.QListWidgetItem.ItemType.UserType.value
         for rule_list in self.rule_lists.values():
             for item in rule_list.selectedItems():
-                row = item.data(role)
+                row = item.data(_ROLE)
                 if isinstance(row, RuleRow):
                     return row
         return None
