@@ -282,7 +282,8 @@ class MemoryService:
                     summary=f"queued for review: {topic}", session_id=self.session_id,
                     source=source, review_id=item_id,
                 )
-            title = topic.strip() if topic.strip() != name else None
+            clean = " ".join(topic.split())[:120]  # a title is one line
+            title = clean if clean != name else None
             return self._change(
                 "remember", lv, name, f"remember {lv} topic {name}", source,
                 lambda ed: ed.put(lv, name, body=body, source=source, title=title),

@@ -308,7 +308,8 @@ def index_line(layout: LevelLayout, topic: Topic) -> str:
     summary = " ".join(topic.body.split())
     if len(summary) > 90:
         summary = summary[:89].rstrip() + "…"
-    title = topic.meta.title.replace("]", ")").replace("[", "(")
+    # one line whatever a hand edit put in the title: it must not break the list
+    title = " ".join(topic.meta.title.split()).replace("]", ")").replace("[", "(")
     return f"- [{title}]({rel}): {summary}" if summary else f"- [{title}]({rel})"
 
 

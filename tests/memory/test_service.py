@@ -229,3 +229,11 @@ def test_repair_rewrites_broken_front_matter_as_one_undoable_change(
     assert change.id is not None
     service.undo(change.id)
     assert (topics / "notes.md").read_text() == broken
+
+
+def test_a_multi_line_title_cannot_break_the_index(service: MemoryService, workspace: Path) -> None:
+    service.remember("evil\n---\nstatus: archived", "body", level="project", source=MODEL)
+    topic = service.read_topic("project", "evil-status-archived")
+    assert topic.meta.title == "evil --- status: archived" and topic.active
+    index = (workspace / ".keyless" / "memory" / "MEMORY.md").read_text()
+    assert "- [evil --- status: archived](topics/evil-status-archived.md): body" in index
