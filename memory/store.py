@@ -305,11 +305,13 @@ def list_topic_names(layout: LevelLayout) -> list[str]:
 def index_line(layout: LevelLayout, topic: Topic) -> str:
     """The index line of a topic: a link and a short summary."""
     rel = os.path.relpath(topic.path, layout.index_file.parent)
-    summary = " ".join(topic.body.split())
+    # no comment markers: a body quoting "<!-- keyless:topics:end -->" must not end the block
+    summary = " ".join(topic.body.split()).replace("<!--", "").replace("-->", "")
     if len(summary) > 90:
         summary = summary[:89].rstrip() + "…"
     # one line whatever a hand edit put in the title: it must not break the list
     title = " ".join(topic.meta.title.split()).replace("]", ")").replace("[", "(")
+    title = title.replace("<!--", "").replace("-->", "")
     return f"- [{title}]({rel}): {summary}" if summary else f"- [{title}]({rel})"
 
 

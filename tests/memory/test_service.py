@@ -237,3 +237,15 @@ def test_a_multi_line_title_cannot_break_the_index(service: MemoryService, works
     assert topic.meta.title == "evil --- status: archived" and topic.active
     index = (workspace / ".keyless" / "memory" / "MEMORY.md").read_text()
     assert "- [evil --- status: archived](topics/evil-status-archived.md): body" in index
+
+
+def test_a_body_quoting_the_index_markers_cannot_break_the_index(
+    service: MemoryService, workspace: Path
+) -> None:
+    from memory.store import INDEX_END
+
+    service.remember("quote", f"see {INDEX_END} here", level="project", source=MODEL)
+    service.remember("second", "still listed", level="project", source=MODEL)
+    index = (workspace / ".keyless" / "memory" / "MEMORY.md").read_text()
+    assert index.count(INDEX_END) == 1
+    assert "topics/quote.md" in index and "topics/second.md" in index
