@@ -13,7 +13,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_user_dirs(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Point Keyless's data and config dirs at fresh tmp dirs for each test."""
     root = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("KEYLESS_DATA_DIR", str(root / "data"))
