@@ -269,10 +269,11 @@ op_strategy = st.fixed_dictionaries(
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(op_strategy, max_size=10), capacity=st.integers(32, 200))
+@given(ops=st.lists(op_strategy, max_size=10), capacity=st.integers(32, 200),
+       level=st.sampled_from(["project", "session"]))
 def test_capacity_holds_whatever_the_model_proposes(
     make_service: ServiceFactory, tmp_path_factory: pytest.TempPathFactory,
-    ops: list[dict[str, Any]], capacity: int,
+    ops: list[dict[str, Any]], capacity: int, level: str,
 ) -> None:
     root = tmp_path_factory.mktemp("d")
     svc = make_service(user_dir=root / "u", workspace=root / "ws", db_path=root / "k.db",
@@ -281,14 +282,17 @@ def test_capacity_holds_whatever_the_model_proposes(
     svc.remember("Code style", "Lint with ruff.", level="project", source=MODEL)
     svc.remember("Old CI", "Travis " * 40, level="project", source=MODEL)
     svc.remember("Deploy", "Release script.", level="project", source=USER)
-    topics = root / "ws" / ".keyless" / "memory" / "topics"
-    before = all_topic_bodies(topics)
-    report = svc.distill(ScriptedModel([plan(*ops)]), level="project")
+    svc.remember("New", "A session finding " * 5, level="session", source=MODEL)
+    svc.remember("Ghost", "Another note.", level="session", source=MODEL)
+    before = all_topic_bodies(root / "ws")
+    report = svc.distill(ScriptedModel([plan(*ops)]), level=level)
     assert usage(svc, "project") <= capacity
     assert report.levels[0].tokens_after <= capacity
-    after = all_topic_bodies(topics)
+    if level == "session":
+        assert usage(svc, "session") == 0  # every note went to the project or the archive
+    after = all_topic_bodies(root / "ws")
     assert all(body in after for body in before)
-    for path in topics.glob("*.md"):
+    for path in (root / "ws").rglob("topics/*.md"):
         assert parse_topic(path.read_text(), fallback_title="x").repairs == []
 
 
