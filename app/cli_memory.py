@@ -1,6 +1,6 @@
 """``keyless memory``: look at, search, review, consolidate and undo memory from a terminal.
 
-Subcommands: ``show [--level L] [--exact]``, ``search QUERY``,
+Subcommands: ``show [--level L]``, ``search QUERY``,
 ``review [--approve ID | --reject ID]``, ``consolidate [--level L]``,
 ``history [--limit N] [--diff]``, ``undo ID``. Every command takes
 ``--workspace`` (default: the app's workspace, else the current directory)
@@ -52,7 +52,6 @@ def register(subparsers: Any) -> None:
 
     show = commands.add_parser("show", parents=[common], help="print what loads into prompts")
     show.add_argument("--level", choices=LEVELS, help="only this level's files and usage")
-    show.add_argument("--exact", action="store_true", help="count with the model's tokenizer")
     show.set_defaults(func=_wrap(_show))
 
     search = commands.add_parser("search", parents=[common], help="search every level")
@@ -170,30 +169,48 @@ def _secret_scanner() -> Scanner:
     return scan
 
 
-def _open_model() -> Any:
-    from models.errors import ModelError
-    from models.factory import ModelSpec, open_model
+def _model_spec() -> Any:
+    from models.factory import ModelSpec
 
     app = _settings()
-    spec = ModelSpec(
+    return ModelSpec(
         path=Path(app.model.path) if app.model.path else None,
         n_ctx=app.model.n_ctx,
         n_gpu_layers=app.model.n_gpu_layers,
     )
+
+
+def _counter() -> tuple[Callable[[str], int], bool]:
+    """Count with the model's vocabulary (read without the weights, milliseconds).
+
+    Returns:
+        The counter, and whether it is the model's own (else an estimate).
+    """
     try:
-        return open_model(spec)
+        from models.tokenizer import approximate_tokens, counter_for_spec
+    except ModuleNotFoundError:  # a build without the tokenizer module
+        return approx_tokens, False
+    counter = counter_for_spec(_model_spec())
+    return counter, counter is not approximate_tokens
+
+
+def _open_model() -> Any:
+    from models.errors import ModelError
+    from models.factory import open_model
+
+    try:
+        return open_model(_model_spec())
     except ModelError as e:
         raise _CommandError(f"cannot open the model: {e}") from e
 
 
 def _show(args: argparse.Namespace) -> int:
-    model = _open_model() if args.exact else None
-    counter = model.count_tokens if model is not None else approx_tokens
+    counter, exact = _counter()
     svc = _open(args, count_tokens=counter)
     try:
         ctx = svc.load_context()
         capacity = {u.level: u for u in svc.capacity_usage()}
-        note = "" if model is not None else " (≈ estimated; --exact counts with the model)"
+        note = "" if exact else " (token counts estimated: the model's vocabulary is unavailable)"
         print(f"# memory of {svc.layout.workspace} (session {svc.session_id}){note}")
         for usage in ctx.levels:
             if args.level and usage.level != args.level:
@@ -218,8 +235,6 @@ def _show(args: argparse.Namespace) -> int:
             print(ctx.text or "(no memory loads yet)")
     finally:
         svc.close()
-        if model is not None:
-            model.close()
     return 0
 
 

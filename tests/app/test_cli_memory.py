@@ -37,7 +37,7 @@ def test_show_prints_usage_and_the_prompt_text(
     svc.close()
     status, out, _ = run(capsys, "show", "--workspace", str(workspace))
     assert status == 0
-    assert "estimated" in out and "user     prompt" in out and "project  prompt" in out
+    assert "user     prompt" in out and "project  prompt" in out
     assert "Deploy only from main." in out and "[Style](topics/style.md): Use ruff." in out
     status, out, _ = run(capsys, "show", "--workspace", str(workspace), "--level", "user")
     assert status == 0 and "topics/style.md" in out and "Deploy only" not in out
