@@ -318,6 +318,16 @@ class Sandbox:
         ws = check_workspace(workspace)
         args = [self.bwrap, *_system_binds(), *_isolation_flags()]
         args += ["--bind", str(ws), str(ws)]
+        git_entry = ws / ".git"
+        if not os.path.islink(git_entry):
+            # A mount point cannot be renamed or removed (EBUSY): without this
+            # the command could move .git aside and build one with writable
+            # hooks and config (the read-only binds below only cover paths
+            # *inside* it). A .git file (worktree, submodule) is kept read-only.
+            if git_entry.is_dir():
+                args += ["--bind", str(git_entry), str(git_entry)]
+            elif git_entry.is_file():
+                args += ["--ro-bind", str(git_entry), str(git_entry)]
         for rel in PROTECTED:
             target = ws / rel
             git = ws / ".git"

@@ -367,3 +367,29 @@ def test_root_fork_bomb_is_stopped_by_the_kernel_pids_limit(
     assert not probe.path.exists()
     leftovers = [p for p in probe.path.parent.iterdir() if p.name.startswith("keyless-sandbox-")]
     assert leftovers == []
+
+
+@pytest.mark.bwrap
+def test_git_dir_cannot_be_swapped_for_one_with_writable_hooks(
+    sandbox: Sandbox, repo: Path
+) -> None:
+    # Renaming .git (it only *contains* mount points) and building a fresh one
+    # would give the command writable hooks and config for the user's next git run.
+    cmd = (
+        "mv .git .gitold; rm -rf .git; mkdir -p .git/hooks; "
+        "echo evil > .git/hooks/pre-commit; echo '[core] fsmonitor=evil' > .git/config; echo done"
+    )
+    result = sandbox.run_shell(cmd, repo, FAST)
+    assert "done" in result.output
+    assert not (repo / ".gitold").exists()
+    assert list((repo / ".git" / "hooks").iterdir()) == []
+    assert (repo / ".git" / "config").read_text() == "[core]\n"
+
+
+@pytest.mark.bwrap
+def test_git_file_cannot_be_swapped_for_a_git_dir(sandbox: Sandbox, workspace: Path) -> None:
+    (workspace / ".git").write_text("gitdir: ../elsewhere\n")
+    cmd = "rm -f .git; mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit; echo done"
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert "done" in result.output
+    assert (workspace / ".git").read_text() == "gitdir: ../elsewhere\n"
