@@ -255,6 +255,9 @@ class _Shell:
 def _split_segments(text: str) -> list[list[str]]:
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
+    # shlex would drop everything after a '#' even inside a word ("status#x; rm"),
+    # where sh sees no comment: keep it, so every command sh runs is seen.
+    lexer.commenters = ""
     segments: list[list[str]] = [[]]
     for token in lexer:
         if token in _SEPARATORS:
@@ -264,7 +267,9 @@ def _split_segments(text: str) -> list[list[str]]:
     return [s for s in segments if s]
 
 
-_DYNAMIC = re.compile(r"\$[A-Za-z_{(']|`|<\(|>\(|[\n\r]|\beval\b")
+# $0 (the shell itself), $1, $@, $$, $"..." are expansions too.
+_DYNAMIC = re.compile(r"\$[A-Za-z0-9_{('\"@*#?$!-]|`|<\(|>\(|[\n\r]|\beval\b")
+_SHELL_C = re.compile(r"^-[A-Za-z]*c[A-Za-z]*$")
 _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "busybox"})
 
 
@@ -299,8 +304,10 @@ def _split_shell(command: str, *, depth: int = 0) -> _Shell:
         # "/bin/rm" is "rm"; "bash -c 'rm x'" runs "rm x".
         seg = [seg[0].rsplit("/", 1)[-1], *seg[1:]]
         loose.append(tuple(seg))
-        if seg[0] in _SHELLS and "-c" in seg[1:-1] and depth < 3:
-            inner = seg[seg.index("-c", 1) + 1]
+        # "-c" may come combined with other options ("sh -ec", "bash -xc").
+        flag = next((i for i, t in enumerate(seg[1:-1], 1) if _SHELL_C.match(t)), None)
+        if seg[0] in _SHELLS and flag is not None and depth < 3:
+            inner = seg[flag + 1]
             loose.extend(_split_shell(inner, depth=depth + 1).loose)
     strict = None if opaque else tuple(tuple(s) for s in strict_segments)
     return _Shell(strict=strict, loose=tuple(loose))

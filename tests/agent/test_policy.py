@@ -432,3 +432,27 @@ def test_unresolved_paths_cannot_dodge_deny_rules(workspace: Path) -> None:
     engine = PolicyEngine([deny("read_file(secrets/**)")], workspace=workspace)
     request = ToolCallRequest(tool="read_file", arguments={"path": "innocent/k.txt"})
     assert engine.decide(request, tainted=False).action == "deny"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "git status#x; rm -rf .",  # '#' inside a word is no comment for sh
+        "git status #x; rm -rf .",
+    ],
+)
+def test_hash_does_not_hide_a_chained_command(command: str) -> None:
+    assert decide([allow("shell(git status)")], shell(command)) != "allow"
+    assert decide([deny("shell(rm)"), allow("shell(*)")], shell(command)) == "deny"
+
+
+@pytest.mark.parametrize("command", ["$0 -c 'rm -rf .'", "echo x; $0 -c 'rm -rf .'", "$1 x"])
+def test_positional_and_special_parameters_are_dynamic(command: str) -> None:
+    # $0 is /bin/sh itself: it runs a command no deny rule can see.
+    assert decide([deny("shell(rm)"), allow("shell(*)")], shell(command)) == "ask"
+    assert decide([allow("shell(echo *)")], shell(command)) != "allow"
+
+
+@pytest.mark.parametrize("command", ["sh -ec 'rm -rf .'", "bash -xc 'rm -rf .'", "sh -e -c 'rm x'"])
+def test_deny_sees_inside_sh_with_combined_flags(command: str) -> None:
+    assert decide([deny("shell(rm)"), allow("shell(*)")], shell(command)) == "deny"
