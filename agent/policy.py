@@ -343,7 +343,14 @@ def _url_host(url: str) -> str | None:
         host = urlsplit(url).hostname
     except ValueError:
         return None
-    return host.rstrip(".").lower() if host else None
+    if not host:
+        return None
+    try:
+        # The broker calls the IDNA form (full-width letters and dots folded).
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass  # the broker refuses such a host; match it as written
+    return host.rstrip(".").lower()
 
 
 def _host_matches(pattern: str, host: str | None) -> bool:

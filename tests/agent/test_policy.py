@@ -456,3 +456,10 @@ def test_positional_and_special_parameters_are_dynamic(command: str) -> None:
 @pytest.mark.parametrize("command", ["sh -ec 'rm -rf .'", "bash -xc 'rm -rf .'", "sh -e -c 'rm x'"])
 def test_deny_sees_inside_sh_with_combined_flags(command: str) -> None:
     assert decide([deny("shell(rm)"), allow("shell(*)")], shell(command)) == "deny"
+
+
+@pytest.mark.parametrize("url", ["https://ｅｖｉｌ.example/x", "https://EVIL.example。/x"])
+def test_domain_deny_sees_the_host_the_broker_will_call(url: str) -> None:
+    # The broker maps full-width letters and dots to ASCII (IDNA): so must the rule.
+    rules = [allow("http_request(*)"), deny("http_request(domain:evil.example)")]
+    assert decide(rules, http(url)) == "deny"
