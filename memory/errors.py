@@ -61,7 +61,3 @@ class UndoConflictError(MemoryErrorBase):
 
 class ReviewItemNotFoundError(InvalidMemoryError):
     """No pending review item has that id."""
-
-
-class DistillError(MemoryErrorBase):
-    """Distillation could not run at all (the files could not be read or written)."""
