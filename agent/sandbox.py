@@ -359,7 +359,19 @@ class Sandbox:
         argv = self.shell_argv(command, workspace, limits, hide=hide)
         git = Path(os.path.realpath(workspace)) / ".git"
         had_git = os.path.lexists(git)
+        commondir = git / "commondir"
+        had_commondir = os.path.lexists(commondir)
         result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
+        if had_git and not had_commondir and os.path.lexists(commondir):
+            # A missing file cannot be bound read-only; one the command wrote
+            # would make git read config and hooks from a directory it chose.
+            quarantine = git.parent / ".keyless" / "quarantine"
+            quarantine.mkdir(parents=True, exist_ok=True)
+            moved = quarantine / f"commondir-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            os.replace(commondir, moved)
+            shown = moved.relative_to(git.parent)
+            note = f".git/commondir written by the command was moved to {shown}"
+            result = result.model_copy(update={"notes": [*result.notes, note]})
         if not had_git and os.path.lexists(git):
             # A repository the command created has no read-only hooks or
             # config: its config (core.fsmonitor, core.hooksPath) would run

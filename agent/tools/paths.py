@@ -30,6 +30,8 @@ from agent.errors import PathRefusedError, ToolError
 PROTECTED: tuple[PurePosixPath, ...] = (
     PurePosixPath(".git/hooks"),
     PurePosixPath(".git/config"),
+    # Redirects where git reads config and hooks from (even outside a worktree).
+    PurePosixPath(".git/commondir"),
     PurePosixPath(".git/modules"),
     PurePosixPath(".git/worktrees"),
     PurePosixPath(".keyless"),
@@ -321,6 +323,10 @@ class Workspace:
             PathRefusedError: The target is a directory, symlink or special file.
             ToolError: Writing failed (disk full, permissions); the old file survives.
         """
+        if tuple(p.casefold() for p in where.relative.parts) == (".git",):
+            # A .git *file* names the git directory: rewriting it would point
+            # git at one the agent built, with its own config and hooks.
+            raise PathRefusedError(f"{where.given}: .git at the workspace root cannot be written")
         parent, name = self._split(where)
         with self.open_dir(parent, create=create_dirs) as dfd:
             mode = 0o644

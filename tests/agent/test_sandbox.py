@@ -393,3 +393,19 @@ def test_git_file_cannot_be_swapped_for_a_git_dir(sandbox: Sandbox, workspace: P
     result = sandbox.run_shell(cmd, workspace, FAST)
     assert "done" in result.output
     assert (workspace / ".git").read_text() == "gitdir: ../elsewhere\n"
+
+
+@pytest.mark.bwrap
+def test_git_commondir_written_by_a_command_is_removed(sandbox: Sandbox, repo: Path) -> None:
+    (repo / "evil").mkdir()
+    result = sandbox.run_shell("echo ../evil > .git/commondir; echo done", repo, FAST)
+    assert "done" in result.output
+    assert not (repo / ".git" / "commondir").exists()
+    assert any("commondir" in note for note in result.notes)
+
+
+@pytest.mark.bwrap
+def test_existing_git_commondir_is_read_only(sandbox: Sandbox, repo: Path) -> None:
+    (repo / ".git" / "commondir").write_text("../main/.git\n")
+    sandbox.run_shell("echo ../evil > .git/commondir; rm -f .git/commondir", repo, FAST)
+    assert (repo / ".git" / "commondir").read_text() == "../main/.git\n"

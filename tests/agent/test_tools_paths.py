@@ -199,3 +199,25 @@ def test_property_random_symlinks_never_escape(
                 continue
             assert (base / "outside" / "s").read_text() == "TOP-SECRET"
             assert sorted(p.name for p in (base / "outside").iterdir()) == ["s"]
+
+
+def test_git_commondir_is_protected(tree: tuple[Path, Path]) -> None:
+    # .git/commondir moves where git reads its config and hooks from: a
+    # core.fsmonitor there runs on the user's next `git status`.
+    ws, _ = tree
+    with pytest.raises(PathRefusedError, match=r"protected path \.git/commondir"):
+        Workspace(ws).resolve(".git/commondir", must_exist=False)
+
+
+def test_a_git_file_at_the_root_cannot_be_written(tmp_path: Path) -> None:
+    # In a worktree or submodule .git is a file naming the git dir: rewriting it
+    # points git at a directory the agent built (with its own config and hooks).
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / ".git").write_text("gitdir: /somewhere/real\n")
+    w = Workspace(ws)
+    with pytest.raises(PathRefusedError, match=r"\.git"):
+        w.write_atomic(w.resolve(".git", must_exist=False), b"gitdir: evil\n", create_dirs=False)
+    with pytest.raises(PathRefusedError, match=r"\.git"):
+        w.write_atomic(w.resolve(".GIT", must_exist=False), b"gitdir: evil\n", create_dirs=False)
+    assert (ws / ".git").read_text() == "gitdir: /somewhere/real\n"
