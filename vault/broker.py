@@ -110,6 +110,13 @@ _TRANSPORT_HEADERS = frozenset(
         "te",
         "trailer",
         "expect",
+        # Would let a server run another method or path than the one checked.
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-override-url",
     }
 )
 
@@ -211,6 +218,26 @@ def _utf8(value: bytearray) -> str | None:
         return bytes(value).decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+_ASCII = bytes(range(128))
+
+
+def _body_encoding(charset: str | None) -> str:
+    """The response's charset if it is ASCII-compatible, else UTF-8.
+
+    The server chooses the charset. Under one that is not a superset of ASCII
+    (UTF-16, UTF-7, EBCDIC) an echoed secret decodes to text no redaction
+    pattern matches, and the agent re-encodes it: such bodies are read as UTF-8.
+    """
+    if not charset:
+        return "utf-8"
+    try:
+        if _ASCII.decode(charset) == _ASCII.decode("ascii"):
+            return codecs.lookup(charset).name
+    except (LookupError, UnicodeError, ValueError):  # unknown or not a text codec
+        pass
+    return "utf-8"
 
 
 def _now() -> datetime:
@@ -731,11 +758,9 @@ class Broker:
         )
 
     def _read(self, hop: _Hop, response: httpx.Response, redactor: Redactor) -> BrokeredResponse:
-        encoding = response.charset_encoding or "utf-8"
-        try:
-            decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-        except LookupError:
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = codecs.getincrementaldecoder(_body_encoding(response.charset_encoding))(
+            errors="replace"
+        )
         stream: StreamRedactor = redactor.stream()
         parts: list[str] = []
         total = 0

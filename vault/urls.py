@@ -101,6 +101,9 @@ def _canonical_path(raw: str) -> str:
         upper = seg.upper()
         if any(bad in upper for bad in _FORBIDDEN_PATH_ESCAPES):
             raise _refuse("url: encoded '/', '\\' or NUL in the path")
+        if ";" in seg and seg.split(";", 1)[0] in (".", ".."):
+            # Tomcat/Spring strip ";params" and then remove the dot segment.
+            raise _refuse("url: dot segment with ';' parameters in the path")
     # RFC 3986 remove_dot_segments on already-split segments.
     stack: list[str] = []
     for index, seg in enumerate(normalised):

@@ -977,3 +977,54 @@ def test_agent_http_tool_through_the_broker(denv: Env, tmp_path: Path) -> None:
         http_request.run(
             http_request.Args(url=denv.url("/elsewhere"), capability=handle), ctx
         )
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "utf-16-be", "utf-32", "utf-7", "cp037"])
+def test_echo_under_a_foreign_charset_cannot_smuggle_the_secret(
+    tmp_path: Path, charset: str
+) -> None:
+    # The server echoes the request's Authorization header but declares a
+    # charset that is not ASCII-compatible: decoding the UTF-8 bytes with it
+    # gives text the redactor does not recognise, which the agent re-encodes.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            content=b"echo: " + request.headers["authorization"].encode() + b"\n",
+            headers={"Content-Type": f"text/plain; charset={charset}"},
+        )
+
+    broker, _ = _mock_env(tmp_path, handler, static_resolver(RESOLVER_TABLE))
+    handle = broker.grant(_public_grant(), now=NOW).handle
+    response = broker.call(handle, HttpCall(url="https://api.example.com/v1/echo"),
+                           session_id="s1", now=NOW)
+    assert response.redacted == ["API_KEY"]
+    for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-7", "cp037"):
+        recoded = response.body.encode(codec, errors="ignore")
+        assert SECRET not in recoded, codec
+
+
+def test_method_and_url_override_headers_are_stripped(tmp_path: Path) -> None:
+    # A GET-only grant on /v1/* must not become a DELETE, or reach another
+    # path, on servers that honour override headers (Google APIs, Symfony, IIS).
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, text="ok")
+
+    broker, audit = _mock_env(tmp_path, handler, static_resolver(RESOLVER_TABLE))
+    handle = broker.grant(_public_grant(), now=NOW).handle
+    overrides = {
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
+        "X-Original-URL": "/admin/delete",
+        "X-Rewrite-URL": "/admin/delete",
+    }
+    broker.call(handle, HttpCall(url="https://api.example.com/v1/x", headers=overrides),
+                session_id="s1", now=NOW)
+    [request] = seen
+    for name in overrides:
+        assert name.lower() not in request.headers
+    [entry] = audit.entries("redeem")
+    assert set(entry.details["stripped_headers"]) >= {n.lower() for n in overrides}

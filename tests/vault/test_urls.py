@@ -238,3 +238,18 @@ def test_property_only_refusals_come_out(junk: str) -> None:
         assert isinstance(url, CanonicalURL)
         again = canonicalize(str(url))
         assert again == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.example.com/v1/..;/admin",
+        "https://api.example.com/v1/%2e%2e;x=1/admin",
+        "https://api.example.com/v1/.;/x",
+    ],
+)
+def test_dot_segments_with_parameters_are_refused(url: str) -> None:
+    # Tomcat and Spring drop ";params" before removing dot segments: "/v1/..;/admin"
+    # matches "/v1/*" here but is "/admin" to such a server.
+    with pytest.raises(GrantRefused, match="dot segment"):
+        canonicalize(url)
