@@ -10,7 +10,9 @@
    tokens are. The model runs in-process here (it competes with the GUI for
    the GIL), which is harsher than the app, where it runs in the agent
    process. Target: p99 < 50 ms.
-2. Cold start to the first painted main window (a fresh interpreter that
+2. Resident memory of the GUI host (every screen built) and of the agent
+   process with the embedded model loaded. Target: < 400 MB together.
+3. Cold start to the first painted main window (a fresh interpreter that
    imports the app, builds every screen and paints; no model load). Target
    < 1.5 s.
 
@@ -222,6 +224,69 @@ def run_cold_start(repeats: int) -> list[float]:
     return times
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """RSS of a process and all its descendants (bubblewrap runs the agent as a child)."""
+    total = _rss_kib(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        total += sum(_tree_rss_kib(int(child)) for child in children)
+    return total
+
+
+class _NeverAsked:
+    def ask(self, question: Any) -> Any:
+        raise AssertionError("no errand runs in the memory benchmark")
+
+
+def run_rss() -> list[tuple[str, float]]:
+    """Resident memory: the GUI host with every screen built, and the agent with the model."""
+    from agent.host import AgentHost
+    from agent.policy import PolicyEngine
+    from app.controllers.agent_runner import HostPrompt
+    from app.gui import build_main_window, model_spec_for
+    from app.qt import QtWidgets
+    from app.services import AppServices
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    services = AppServices()
+    window = build_main_window(services, runner_factory=lambda ctx: None)
+    window.show()
+    for index in range(window.tabs.count()):
+        window.show_tab(index)
+        app.processEvents()
+    host_kib = _rss_kib(os.getpid())
+    workspace = Path(tempfile.mkdtemp(prefix="keyless-bench-ws-"))
+    host = AgentHost(
+        model_spec_for(services),
+        workspace=workspace,
+        broker=None,
+        memory=None,
+        policy=PolicyEngine(),
+        prompt=HostPrompt(_NeverAsked()),
+        audit=None,
+        session_id="bench",
+    )
+    try:
+        host.start()  # returns once the agent process has loaded the model
+        pid = host.worker_pid
+        agent_kib = _tree_rss_kib(pid) if pid is not None else 0
+    finally:
+        host.close()
+        window.shutdown()
+    return [
+        ("GUI host, every screen built", host_kib / 1024),
+        ("agent process with the embedded model loaded", agent_kib / 1024),
+        ("together", (host_kib + agent_kib) / 1024),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1200, help="tokens to stream")
@@ -249,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nStreaming vs idle p99: {stream99:.2f} ms vs {idle99:.2f} ms "
         f"(+{stream99 - idle99:.2f} ms); {verdict} the target p99 < 50 ms.\n"
     )
+
+    print("### Resident memory (RSS)\n")
+    print("| process | RSS (MiB) |")
+    print("|---|---|")
+    for name, mib in run_rss():
+        print(f"| {name} | {mib:.0f} |")
+    print("\nTarget: < 400 MB together.\n")
 
     if args.cold_starts:
         times = run_cold_start(args.cold_starts)
