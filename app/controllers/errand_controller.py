@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from app.qt import QObject, QtCore, QThread, Signal, Slot
+from app.qt import QObject, Qt, QtCore, QThread, Signal, Slot
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +392,7 @@ class ErrandController(QObject):
         w.contextOut.connect(self.contextUpdated)
         w.permissionNeeded.connect(self._on_permission_needed)
         w.done.connect(self._on_done)
+        w.closed.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
         self._thread.start()
         self._sessions: dict[str, SessionInfo] = {}
         self._current = ""
@@ -524,8 +525,9 @@ class ErrandController(QObject):
             return True
         self._closed = True
         self._worker.cancel()
+        # The worker quits its thread itself once it has closed the runner, so a
+        # running errand first ends, then the agent (and its model) is closed.
         self._shutdownRequested.emit()
-        self._thread.quit()
         stopped = bool(self._thread.wait(timeout_ms))
         if not stopped:
             log.error("the errand worker did not stop within %d ms", timeout_ms)

@@ -351,3 +351,14 @@ def test_agent_host_errand_allowed_runs_the_tool(
         assert results and results[0][1] is True
     finally:
         assert c.shutdown(10_000)
+
+
+def test_shutdown_during_an_errand_still_closes_the_runner(
+    qtbot: Any, workspace: Path, runners: list[SyntheticRunner]
+) -> None:
+    c = ErrandController(make_factory(runners, stream_forever=True), workspace=workspace)
+    with qtbot.wait_signal(c.tokenReceived, timeout=5000):
+        c.start("tell a long story")
+    assert c.shutdown(5000)
+    assert runners[0].cancelled.is_set()
+    assert runners[0].closed
