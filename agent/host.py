@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -267,7 +268,7 @@ class TerminalPrompt:
             return None
 
     def _read(self, prompt: str) -> str | None:
-        self._out.write(prompt)
+        self._out.write(terminal_text(prompt))
         self._out.flush()
         line = self._in.readline()
         if not _is_tty(self._in):
@@ -275,7 +276,7 @@ class TerminalPrompt:
         return line.rstrip("\n") if line else None
 
     def _say(self, text: str) -> None:
-        self._out.write(text + "\n")
+        self._out.write(terminal_text(text) + "\n")
         self._out.flush()
 
 
@@ -389,6 +390,9 @@ class WorkerProcess:
                 env=dict(env),
                 cwd=cwd,
                 close_fds=True,
+                # Off the user's terminal session, also without bubblewrap's
+                # --new-session: no TIOCSTI into the controlling terminal.
+                start_new_session=True,
             )
         except OSError as e:
             raise AgentCrashedError(f"cannot start the agent process: {e}") from e
@@ -1168,6 +1172,25 @@ def _is_tty(stream: IO[str]) -> bool:
         return False
 
 
+def terminal_text(text: str) -> str:
+    r"""``text`` with control and format characters shown as escapes (``ESC`` as ``\x1b``).
+
+    Model and tool text written to a terminal must not drive it: an escape
+    sequence could erase or rewrite the permission prompt, hide a command
+    (also with bidi overrides) or set the clipboard (OSC 52). Newlines and
+    tabs stay.
+    """
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch in "\n\t" or unicodedata.category(ch)[0] != "C":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def _summary(text: str, limit: int = 120) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -1190,5 +1213,6 @@ __all__ = [
     "ToolCallRecord",
     "WorkerProcess",
     "new_session_id",
+    "terminal_text",
     "recent_turns",
 ]

@@ -234,7 +234,7 @@ class EventPrinter:
         kind = event.kind
         if kind == "token":
             if self._stream:
-                self._err.write(event.text)
+                self._err.write(_shown(event.text))
                 self._mid_line = True
                 self._err.flush()
             return
@@ -267,7 +267,7 @@ class EventPrinter:
                 self._line("  its last log lines:\n    " + tail.replace("\n", "\n    "))
 
     def _line(self, text: str) -> None:
-        self._err.write(text + "\n")
+        self._err.write(_shown(text) + "\n")
         self._err.flush()
 
 
@@ -296,11 +296,18 @@ def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:
         signal.signal(signal.SIGINT, previous)
 
 
+def _shown(text: str) -> str:
+    """Model text made safe for a terminal (escape sequences shown, not obeyed)."""
+    from agent.host import terminal_text
+
+    return terminal_text(text)
+
+
 def _print_result(result: ErrandResult, out: IO[str]) -> None:
     if result.text:
-        out.write(result.text.rstrip() + "\n")
+        out.write(_shown(result.text.rstrip()) + "\n")
     elif result.error:
-        out.write(f"(no answer: {result.error})\n")
+        out.write(_shown(f"(no answer: {result.error})") + "\n")
     else:
         out.write(f"(no answer: {result.outcome})\n")
     if result.tool_calls:
@@ -311,7 +318,7 @@ def _print_result(result: ErrandResult, out: IO[str]) -> None:
             if len(args) > 80:
                 args = args[:79] + "…"
             line = f"{record.call_id:>4}  {record.tool:<13} {record.decision:<8} {status:<6}"
-            out.write(f"  {line} {args}\n")
+            out.write(_shown(f"  {line} {args}") + "\n")
     out.flush()
 
 

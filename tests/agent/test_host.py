@@ -541,3 +541,32 @@ def test_a_flood_on_stderr_keeps_only_a_bounded_tail(
     assert result.outcome == "crashed" and "exited with status 9" in (result.error or "")
     crash = next(e for e in rig.events if e.kind == "agent_crashed")
     assert 0 < len(crash.data["stderr"]) <= 10 * 4096 + 9
+
+
+def test_agent_process_has_its_own_session() -> None:
+    # Without bubblewrap (--new-session) the worker must still not share the
+    # user's terminal session: TIOCSTI on /dev/tty would type commands there.
+    import sys
+
+    from agent.host import WorkerProcess
+    from agent.sandbox import scrubbed_env
+
+    proc = WorkerProcess([sys.executable, "-c", "import sys; sys.stdin.read()"], scrubbed_env())
+    try:
+        pid = proc._proc.pid
+        assert os.getsid(pid) == pid != os.getsid(0)
+    finally:
+        proc.kill()
+
+
+def test_terminal_prompt_shows_control_characters_escaped() -> None:
+    # A hostile model must not redraw the prompt (erase the line, move the
+    # cursor, set the clipboard with OSC 52) to hide what the user approves.
+    out = io.StringIO()
+    command = "rm -rf ~/work\x1b[2K\x1b[1Gmake test\x1b]52;c;ZXZpbA==\x07\x08\x9b"
+    rule = Rule(tool="shell", pattern=command, action="allow")
+    prompt = TerminalPrompt(io.StringIO("d\n\n"), out)
+    prompt.ask(_request(arguments={"command": command}, suggested_rule=rule))
+    text = out.getvalue()
+    assert not any(ch in text for ch in "\x1b\x07\x08\x9b")
+    assert "\\x1b[2K" in text and "rm -rf ~/work" in text

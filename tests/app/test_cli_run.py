@@ -140,3 +140,14 @@ def test_session_option_names_the_errands_session(tmp_path: Path, ws: Path) -> N
     assert status == EXIT_OK
     entries = AuditLog(default_paths().database).entries()
     assert entries and {e.session_id for e in entries if e.session_id} == {"sess-42"}
+
+
+def test_model_text_cannot_drive_the_terminal(tmp_path: Path, ws: Path) -> None:
+    # Streamed tokens, the final answer and the summary are the model's words:
+    # escape sequences in them are shown, not obeyed.
+    evil = "done\x1b]52;c;ZXZpbA==\x07\x1b[2J\x9b"
+    replies = [call("read_file", path="notes.txt\x1b[8m"), final(evil)]
+    _, out, err = keyless_run(tmp_path, ws, replies, "")
+    for text in (out, err):
+        assert not any(ch in text for ch in "\x1b\x07\x9b"), repr(text)
+    assert "done\\x1b]52" in out
