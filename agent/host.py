@@ -916,7 +916,10 @@ class AgentHost:
             # The message names the problem for the model (path refused, connection
             # failed, secret in memory, ...); none of these messages carries a secret.
             log.info("%s failed: %s", req.tool, e)
-            return ToolOutput(content=f"error: {e}", untrusted=False), False
+            # A network tool's error may quote the server (a redirect target, a
+            # protocol error): that is outside data, like a response body.
+            untrusted = ALL_TOOLS[req.tool].effect == "network"
+            return ToolOutput(content=f"error: {e}", untrusted=untrusted), False
 
     def _deliver(
         self, req: ToolRequest, output: ToolOutput, ok: bool
