@@ -173,6 +173,7 @@ def bench_flat(threads: int, n_ctx: int, factor: int) -> None:
         ),
     }
     gaps: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
     finals: dict[str, Finished] = {}
     prompt = variants["sink cache (4 sinks, shift)"].render(CHAT)
     # Interleave the two generations token by token, so the shared machine's
@@ -183,13 +184,14 @@ def bench_flat(threads: int, n_ctx: int, factor: int) -> None:
     }
     while active:
         for name, stream in list(active.items()):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             event = next(stream, None)
-            dt = time.perf_counter() - t
+            dt, dc = time.perf_counter() - t, time.thread_time() - c
             if event is None:
                 del active[name]
             elif isinstance(event, Token):
                 gaps[name].append(dt)
+                cpus[name].append(dc)
             else:
                 finals[name] = event
     sink, base = gaps["sink cache (4 sinks, shift)"], gaps["re-prefill when full (baseline)"]
@@ -207,6 +209,18 @@ def bench_flat(threads: int, n_ctx: int, factor: int) -> None:
         ["variant", "p50 first 200 (ms)", "p50 200 before overflow (ms)", "p50 last 200 (ms)",
          "last/first", "last/before overflow", "p99 (ms)", "worst after overflow (ms)",
          "evictions"],
+        rows,
+    )  # fmt: skip
+    # The same in this thread's CPU time per token: what the machine's other load cannot move.
+    rows = []
+    for name, g in cpus.items():
+        first, last = statistics.median(g[:200]), statistics.median(g[-200:])
+        before = statistics.median(g[max(0, full_at - 200) : full_at])
+        rows.append([name, ms(first), ms(before), ms(last), last / first, last / before,
+                     ms(float(np.percentile(g[full_at:], 99))), ms(max(g[full_at:]))])  # fmt: skip
+    table(
+        ["variant (CPU time)", "p50 first 200 (ms)", "p50 200 before overflow", "p50 last 200",
+         "last/first", "last/before overflow", "p99 after overflow", "worst after overflow"],
         rows,
     )  # fmt: skip
     # Decode speed per stretch of the generation: [0,1x), [1x,2x), [2x,4x), [4x,8x), ...
