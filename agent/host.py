@@ -1027,7 +1027,36 @@ class AgentHost:
 
             proc.send(ModelFailed(request_id=req.request_id, message="the host relays no model"))
             return
-        serve_model_request(model, req, proc.send, self._cancel)
+        serve_model_request(model, req, self._relay_sender(proc), self._cancel)
+
+    def _relay_sender(self, proc: WorkerProcess) -> Callable[[AnyMessage], None]:
+        """``proc.send``, withholding a relayed error that quotes a vault secret.
+
+        A remote server's error text (a 401 page, say) may echo the API key
+        the host sent; the key need not be granted to this session, so the
+        whole vault is scanned, not just the session's redaction set.
+        """
+        from agent.protocol import ModelFailed
+
+        def send(msg: AnyMessage) -> None:
+            if isinstance(msg, ModelFailed):
+                msg = msg.model_copy(update={"message": self._relay_error_text(msg.message)})
+            proc.send(msg)
+
+        return send
+
+    def _relay_error_text(self, text: str) -> str:
+        withheld = "the remote model failed; its error message quoted a secret and is withheld"
+        scan = getattr(self._broker, "scan", None)
+        if scan is not None:
+            try:
+                found = scan(text)
+            except VaultError:  # cannot check (vault locked): fail closed
+                return "the remote model failed; its error message could not be checked"
+            if found:
+                self._record("relay_error_withheld", details={"secrets": list(found)})
+                return withheld
+        return self._redact(text)[0]
 
     def _relay(self) -> ChatModel | None:
         if self._relay_model is None and self._spec is not None and _is_remote(self._spec):

@@ -605,3 +605,46 @@ def test_a_network_error_quoting_the_server_taints_the_context(
     [sent] = rig.transcript.sent_of("tool_result")
     assert "IGNORE-YOUR-RULES" in sent["content"] and sent["untrusted"] is True
     assert rig.host.tainted
+
+
+REMOTE_KEY = "sk-remote-" + "0123456789abcdefghij"
+
+
+class _EchoingRemote(ScriptedModel):
+    """A remote backend whose server error quotes the API key it was sent."""
+
+    def stream_chat(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def,override]
+        from models.errors import ModelError
+
+        raise ModelError(f"the server answered HTTP 401: invalid key {REMOTE_KEY}")
+
+
+class _VaultScanner(_RedirectingBroker):
+    def scan(self, text: str) -> list[str]:
+        return ["REMOTE_API_KEY"] if REMOTE_KEY in text else []
+
+
+def test_a_relayed_model_error_holding_a_vault_secret_is_withheld(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    stats = {"steps": 1, "tool_calls": 0, "generated_tokens": 1, "stop_reason": "final"}
+    relay_request = {
+        "v": 1, "type": "model_request", "request_id": "r1",
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+    }
+    plan = [
+        {"op": "ready"},
+        {"op": "read"},
+        {"op": "send", "msg": relay_request},
+        {"op": "read"},
+        {"op": "send", "msg": {"v": 1, "type": "final", "text": "x", "stats": stats}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(
+        rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan),
+        broker=_VaultScanner(), relay_model=_EchoingRemote(),
+    )
+    rig.host.run_errand("x")
+    [failed] = rig.transcript.sent_of("model_failed")
+    assert REMOTE_KEY not in failed["message"] and "withheld" in failed["message"]
+    assert all(REMOTE_KEY.encode() not in line for line in rig.transcript.sent)
