@@ -12,6 +12,8 @@ File checks, hashing, downloads and the GPU probe run on a background pool.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,13 +48,35 @@ class DownloadProgress:
         return min(100, int(self.done * 100 / self.total))
 
 
-def _probe_gpu(_: Progress) -> tuple[bool, str]:
-    try:
-        from models.runtime import gpu_offload_supported
+_GPU_PROBE = "from models.runtime import gpu_offload_supported as g; print(int(g()))"
 
-        supported = gpu_offload_supported()
-    except (ImportError, OSError, AttributeError) as e:
-        return False, f"cannot ask llama.cpp about GPU support: {e}"
+
+def _probe_gpu(_: Progress) -> tuple[bool, str]:
+    """Ask llama.cpp whether it can offload, in a short-lived child process.
+
+    The model runs in the agent process; importing llama.cpp (and numpy) into
+    the GUI host only to ask this would cost the host about 50 MB for good.
+    """
+    supported: bool | None = None
+    if not getattr(sys, "frozen", False):
+        try:
+            done = subprocess.run(
+                [sys.executable, "-I", "-c", _GPU_PROBE],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            supported = done.stdout.strip() == "1"
+        except (OSError, subprocess.SubprocessError) as e:
+            log.info("GPU probe in a child process failed (%s); asking in-process", e)
+    if supported is None:
+        try:
+            from models.runtime import gpu_offload_supported
+
+            supported = gpu_offload_supported()
+        except (ImportError, OSError, AttributeError) as e:
+            return False, f"cannot ask llama.cpp about GPU support: {e}"
     if supported:
         return True, "this llama.cpp build can offload layers to the GPU"
     return False, "this llama.cpp build is CPU-only: every layer runs on the CPU"

@@ -197,3 +197,16 @@ def test_inputs_have_accessible_names(view: ModelView) -> None:
     for w in (view.local_path, view.repo_edit, view.file_edit, view.sha_edit, view.gpu_layers,
               view.n_ctx, view.n_sink, view.rope_combo, view.rope_factor, view.progress):
         assert w.accessibleName(), w.objectName()
+
+
+def test_the_real_gpu_probe_keeps_llama_cpp_out_of_the_host() -> None:
+    import sys
+
+    from app.controllers.model_controller import _probe_gpu
+
+    loaded_before = "llama_cpp" in sys.modules
+    supported, detail = _probe_gpu(lambda _: None)
+    assert isinstance(supported, bool)
+    assert "llama.cpp build" in detail
+    if not loaded_before:
+        assert "llama_cpp" not in sys.modules
