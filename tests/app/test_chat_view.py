@@ -191,3 +191,17 @@ def test_render_result_highlights_redactions_and_escapes() -> None:
     assert "&lt;b&gt;x&lt;/b&gt;" in out
     assert ">[REDACTED:GH_TOKEN]</span>" in out
     assert "&amp; y" in out
+
+
+def test_tab_order_follows_reading_order(view: ChatView) -> None:
+    wanted = [view.workspace_combo, view.browse_button, view.task_edit, view.run_button,
+              view.transcript, view.live_output, view.tool_table, view.new_session_button,
+              view.session_list]
+    chain = []
+    w = view.workspace_combo.nextInFocusChain()
+    while w is not view.workspace_combo and len(chain) < 200:
+        if w.focusPolicy() & Qt.FocusPolicy.TabFocus and w.isVisibleTo(view):
+            chain.append(w)
+        w = w.nextInFocusChain()
+    # (The Stop button sits after Run; it is disabled until an errand runs.)
+    assert [x for x in [view.workspace_combo, *chain] if x in wanted] == wanted
