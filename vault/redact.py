@@ -4,9 +4,10 @@ A :class:`Redactor` knows, for each secret, every textual form in which it is
 likely to come back: raw, standard and URL-safe base64 (with and without
 padding, and the part of the encoding that is fixed whatever bytes precede the
 secret, at each of the three alignments), URL-encoding, hexadecimal in both
-cases and JSON string escaping. Combinations (base64 then URL-encoded, ...)
-are not covered. Every character covered by an occurrence of any form is replaced; a run
-of overlapping occurrences becomes one ``[REDACTED:NAME]`` marker.
+cases, JSON string escaping and HTML character references. Combinations
+(base64 then URL-encoded, ...) are not covered. Every character covered by
+an occurrence of any form is replaced; a run of overlapping occurrences
+becomes one ``[REDACTED:NAME]`` marker.
 
 :class:`StreamRedactor` gives the same output as :meth:`Redactor.redact` on the
 concatenated text, however the text is cut into chunks: it holds back the last
@@ -20,6 +21,7 @@ Redaction fails closed: any internal failure raises
 from __future__ import annotations
 
 import base64
+import html
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -96,6 +98,7 @@ def secret_forms(value: SecretValue) -> set[str]:
         for ascii_only in (True, False):
             escaped = json.dumps(text, ensure_ascii=ascii_only)[1:-1]
             derived.update((escaped, escaped.replace("/", "\\/")))
+        derived.update(_html_forms(text))
     else:
         derived.add(quote_from_bytes(raw_bytes, safe=""))
         derived.add(_lower_escapes(quote_from_bytes(raw_bytes, safe="")))
@@ -110,6 +113,23 @@ def secret_forms(value: SecretValue) -> set[str]:
     if text is not None:
         forms.add(text)
     return forms
+
+
+def _html_forms(text: str) -> set[str]:
+    """HTML character-reference forms an error page or attribute may echo."""
+
+    def every(fmt: str) -> str:
+        return "".join(ch if ch.isalnum() else fmt.format(ord(ch)) for ch in text)
+
+    return {
+        html.escape(text),
+        html.escape(text, quote=False),
+        every("&#{};"),
+        every("&#x{:x};"),
+        every("&#x{:X};"),
+        # Go's html/template in attribute values: these characters, decimal.
+        "".join(f"&#{ord(ch)};" if ch in "\"&'+<=>`" else ch for ch in text),
+    }
 
 
 def _lower_escapes(encoded: str) -> str:

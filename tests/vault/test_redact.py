@@ -223,3 +223,21 @@ def test_property_text_without_secret_is_unchanged(text: str, value: bytes) -> N
 def test_hex_helper_matches_binascii() -> None:
     # Guard the test oracle itself: our hex forms are what servers produce.
     assert KEY.hex() == binascii.hexlify(KEY).decode()
+
+
+def _html_styles(text: str) -> list[str]:
+    def every(fmt: str) -> str:
+        return "".join(ch if ch.isalnum() else fmt.format(ord(ch)) for ch in text)
+
+    go_attr = "".join(f"&#{ord(ch)};" if ch in "\"&'+<=>`" else ch for ch in text)
+    return [every("&#{};"), every("&#x{:x};"), every("&#x{:X};"), go_attr]
+
+
+def test_html_entity_forms_are_replaced() -> None:
+    # An HTML error page or attribute value reflects the key with its '+', '/'
+    # and '=' as character references (Go's html/template, OWASP encoders).
+    r = Redactor({"K": KEY})
+    for form in _html_styles(KEY.decode()):
+        assert form != KEY.decode()
+        out, names = r.redact(f"<input value=\"{form}\">")
+        assert names == ["K"] and out == '<input value="[REDACTED:K]">', form
