@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -459,9 +460,11 @@ def run_unsandboxed(command: str, workspace: Path, limits: Limits) -> ShellResul
     argv = [*_prlimit_prefix(limits, processes=False), "/bin/sh", "-c", command]
     if shutil.which("prlimit", path="/usr/bin:/bin") is None:
         argv = ["/bin/sh", "-c", command]
-    return _supervise(
-        argv, limits, env=scrubbed_env(), cwd=check_workspace(workspace), sandboxed=False
-    )
+    cwd = check_workspace(workspace)
+    # Not SANDBOX_HOME: outside a sandbox /tmp is shared with every local user,
+    # who could plant dotfiles there (a .gitconfig with core.fsmonitor).
+    with tempfile.TemporaryDirectory(prefix="keyless-home-", ignore_cleanup_errors=True) as home:
+        return _supervise(argv, limits, env=scrubbed_env(home=home), cwd=cwd, sandboxed=False)
 
 
 def _last_pid() -> int:

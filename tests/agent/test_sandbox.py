@@ -409,3 +409,16 @@ def test_existing_git_commondir_is_read_only(sandbox: Sandbox, repo: Path) -> No
     (repo / ".git" / "commondir").write_text("../main/.git\n")
     sandbox.run_shell("echo ../evil > .git/commondir; rm -f .git/commondir", repo, FAST)
     assert (repo / ".git" / "commondir").read_text() == "../main/.git\n"
+
+
+def test_unsandboxed_home_is_private_and_fresh(workspace: Path) -> None:
+    # Outside bubblewrap /tmp is shared with every local user: a fixed
+    # HOME=/tmp/home there could hold someone else's .gitconfig (core.fsmonitor).
+    from agent.sandbox import run_unsandboxed
+
+    cmd = 'echo "$HOME"; stat -c %a "$HOME"; ls -A "$HOME" | wc -l'
+    first = run_unsandboxed(cmd, workspace, FAST).output.split()
+    second = run_unsandboxed(cmd, workspace, FAST).output.split()
+    assert first[0] != SANDBOX_HOME and first[0] != second[0]
+    assert first[1:] == ["700", "0"]
+    assert not os.path.exists(first[0])  # removed afterwards
