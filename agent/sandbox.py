@@ -29,6 +29,7 @@ import select
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -360,6 +361,7 @@ class Sandbox:
         argv = self.shell_argv(command, workspace, limits, hide=hide)
         git = Path(os.path.realpath(workspace)) / ".git"
         had_git = os.path.lexists(git)
+        git_before = _identity(git)
         commondir = git / "commondir"
         had_commondir = os.path.lexists(commondir)
         result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
@@ -373,8 +375,9 @@ class Sandbox:
             shown = moved.relative_to(git.parent)
             note = f".git/commondir written by the command was moved to {shown}"
             result = result.model_copy(update={"notes": [*result.notes, note]})
-        if not had_git and os.path.lexists(git):
-            # A repository the command created has no read-only hooks or
+        if os.path.lexists(git) and _identity(git) != git_before:
+            # A repository the command created (or swapped in for a .git
+            # symlink, which cannot be pinned) has no read-only hooks or
             # config: its config (core.fsmonitor, core.hooksPath) would run
             # code on the user's next git command. Move it out of the way.
             quarantine = git.parent / ".keyless" / "quarantine"
@@ -448,6 +451,15 @@ class Sandbox:
         args += _env_flags(scrubbed_env())
         args += ["--chdir", "/", "--", *argv]
         return args
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Device, inode and type of ``path`` itself (not followed); None if absent."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)
 
 
 def run_unsandboxed(command: str, workspace: Path, limits: Limits) -> ShellResult:

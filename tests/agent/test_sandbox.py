@@ -422,3 +422,18 @@ def test_unsandboxed_home_is_private_and_fresh(workspace: Path) -> None:
     assert first[0] != SANDBOX_HOME and first[0] != second[0]
     assert first[1:] == ["700", "0"]
     assert not os.path.exists(first[0])  # removed afterwards
+
+
+@pytest.mark.bwrap
+def test_symlinked_git_dir_replaced_by_a_command_is_quarantined(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    real = workspace / "gitdir"
+    (real / "hooks").mkdir(parents=True)
+    (real / "config").write_text("[core]\n")
+    os.symlink("gitdir", workspace / ".git")
+    cmd = "rm .git; mkdir -p .git/hooks; echo evil > .git/hooks/pre-commit; echo done"
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert "done" in result.output
+    assert not os.path.lexists(workspace / ".git")  # the swapped-in one is moved away
+    assert any(".git" in note for note in result.notes)
