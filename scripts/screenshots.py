@@ -155,6 +155,7 @@ def main() -> int:
         window.model.update_context(context)
     window.show_tab(1)
     pump(lambda: window.model_view.model_name.text() != "…", timeout=120)
+    pump(lambda: "checking" not in window.model_view.gpu_label.text(), timeout=120)
     settle()
     save(window, "model")
 
