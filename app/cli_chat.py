@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from models.errors import ModelError
-from models.factory import ModelSpec, open_model
+from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Finished, GenerationStats, Message
+from models.process import open_isolated
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -83,7 +84,8 @@ def run_chat(args: argparse.Namespace) -> int:
         print("keyless chat: error: --max-tokens must be at least 1", file=sys.stderr)
         return 2
     try:
-        model = open_model(spec_from_args(args))
+        # The model runs in a child process: a llama.cpp crash ends it, not us.
+        model = open_isolated(spec_from_args(args))
     except (ModelError, ValueError) as e:
         print(f"keyless chat: error: {e}", file=sys.stderr)
         return 1

@@ -196,10 +196,10 @@ def _counter() -> tuple[Callable[[str], int], bool]:
 
 def _open_model() -> Any:
     from models.errors import ModelError
-    from models.factory import open_model
+    from models.process import open_isolated
 
     try:
-        return open_model(_model_spec())
+        return open_isolated(_model_spec())
     except ModelError as e:
         raise _CommandError(f"cannot open the model: {e}") from e
 

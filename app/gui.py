@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from app.controllers.agent_runner import agent_host_factory, approximate_tokens
+from app.controllers.agent_runner import agent_host_factory
 from app.controllers.errand_controller import ErrandController, RunnerFactory
 from app.controllers.model_controller import ModelController
 from app.main_window import MainWindow, PageBuilder
@@ -89,13 +89,22 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
             workspace = errands.workspace
             if workspace is None:
                 raise RuntimeError("choose a workspace on the Chat screen to see its memory")
+            from models.tokenizer import counter_for_spec
+
             return services.memory_service(
                 workspace=workspace,
                 session_id=errands.current_session,
-                count_tokens=approximate_tokens,
+                count_tokens=counter_for_spec(model_spec_for(services)),
             )
 
-        controller = MemoryController(service)
+        def distill_model() -> Any:
+            # The model the settings name, in its own process (closed after
+            # use): a llama.cpp crash during distillation cannot end the app.
+            from models.process import open_isolated
+
+            return open_isolated(model_spec_for(services))
+
+        controller = MemoryController(service, model_factory=distill_model)
         view = MemoryView(controller)
         errands.currentSessionChanged.connect(lambda _: controller.reset_service())
         return view

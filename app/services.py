@@ -247,10 +247,12 @@ class AppServices:
         """
         try:
             mod = self._require("memory.service", "memory")
-            settings_mod = optional_module("memory.settings") or mod
-            settings_cls = getattr(settings_mod, "MemorySettings", None) or mod.MemorySettings
+            from memory.settings import MemorySettings
+
             caps = self.settings.memory
-            memory_settings = _build_memory_settings(settings_cls, caps.model_dump())
+            memory_settings = MemorySettings.from_capacities(
+                user=caps.user, project=caps.project, session=caps.session
+            )
             broker = self.broker
             scan: Callable[[str], list[str]] = broker.scan if broker is not None else _scan_nothing
             service = mod.MemoryService(
@@ -363,15 +365,3 @@ class LiveBroker:
 
 def _scan_nothing(text: str) -> list[str]:
     return []
-
-
-def _build_memory_settings(settings_cls: Any, capacities: dict[str, int]) -> Any:
-    """Map our capacity settings onto whatever fields MemorySettings has."""
-    fields = getattr(settings_cls, "model_fields", {})
-    values: dict[str, int] = {}
-    for level, tokens in capacities.items():
-        for key in (f"{level}_capacity", f"{level}_budget", level):
-            if key in fields:
-                values[key] = tokens
-                break
-    return settings_cls(**values)

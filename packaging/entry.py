@@ -1,9 +1,10 @@
 """Entry point of the frozen Keyless app.
 
-One executable serves two roles: the desktop app / CLI, and (with
-``--agent-worker`` as the first argument) the untrusted agent process, which
-the host starts as a child of itself. A frozen app cannot run ``python -m``,
-so the dispatch happens here on argv.
+One executable serves three roles: the desktop app / CLI; with
+``--agent-worker`` first, the untrusted agent process; with
+``--model-server`` first, the child that runs a model for the host
+(``models.process``). The host starts both as children of itself; a
+frozen app cannot run ``python -m``, so the dispatch happens here on argv.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def _main() -> int:
         from agent.worker import main as worker_main
 
         return int(worker_main(sys.argv[2:]) or 0)
+    if len(sys.argv) > 1 and sys.argv[1] == "--model-server":
+        from models.serve import main as serve_main
+
+        return serve_main(sys.argv[2:])
     from app.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

@@ -6,10 +6,14 @@ real user's vault, memory or settings.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# GUI tests never need a display: a plain `pytest` on a headless box works too.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture(autouse=True)

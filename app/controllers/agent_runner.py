@@ -230,6 +230,9 @@ def agent_host_factory(
     def factory(ctx: RunnerContext) -> ErrandRunner:
         from agent.host import AgentHost
         from agent.policy import PolicyEngine
+        from models.tokenizer import counter_for_spec
+
+        spec = model_spec()
 
         try:
             store = services.rule_store(ctx.workspace)
@@ -252,15 +255,17 @@ def agent_host_factory(
             memory = services.memory_service(
                 workspace=ctx.workspace,
                 session_id=ctx.session_id,
-                # The tokenizer lives with the model in the agent process; the
-                # host budgets memory with the usual ~4 characters per token.
-                count_tokens=approximate_tokens,
+                # The model runs in the agent process; the host reads only its
+                # vocabulary to count memory budgets in the model's own tokens.
+                count_tokens=counter_for_spec(spec),
             )
         except ServiceUnavailableError as e:
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
+        options: dict[str, Any] = {"hidden_paths": (services.paths.data_dir,)}
+        options.update(host_options or {})
         host = AgentHost(
-            model_spec(),
+            spec,
             workspace=ctx.workspace,
             broker=the_broker,
             memory=memory,
@@ -271,7 +276,7 @@ def agent_host_factory(
             listener=HostListener(ctx.events, prompt),
             rule_store=WorkspaceRuleSaver(store, ctx.workspace) if store is not None else None,
             scripted_model=scripted_model,
-            **dict(host_options or {}),
+            **options,
         )
         owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
         return AgentHostRunner(host, owned=owned)
