@@ -289,9 +289,11 @@ class OpenAIChatModel:
                 "check the secret named in the model settings"
             )
 
-    def _error_for(self, response: httpx.Response) -> ModelError:
+    def _error_for(self, response: httpx.Response, key: str | None = None) -> ModelError:
         response.read()
-        text = response.text[:_MAX_ERROR_BODY]
+        # A server may echo the request (and its Authorization header) in an
+        # error page; the key must not travel on in our message.
+        text = _without(response.text, key)[:_MAX_ERROR_BODY]
         if response.status_code in (401, 403):
             try:
                 self._raise_for_auth(response)
@@ -321,20 +323,22 @@ class OpenAIChatModel:
             elif mode == "json_object" and json_schema is not None:
                 request["response_format"] = {"type": "json_object", "schema": dict(json_schema)}
             url = f"{self._base_url}/chat/completions"
+            headers = self._headers()
+            key = headers.get("Authorization", "").removeprefix("Bearer ") or None
             try:
-                with self._client.stream("POST", url, json=request, headers=self._headers()) as rsp:
+                with self._client.stream("POST", url, json=request, headers=headers) as rsp:
                     if rsp.status_code in (400, 422, 500) and json_schema is not None:
                         # llama-cpp-python answers an unknown response_format with a 500
                         rsp.read()
                         if "response_format" in rsp.text and attempt + 1 < len(attempts):
                             continue  # this server wants the other form
                         if "response_format" in rsp.text:
+                            detail = _without(rsp.text, key)[:_MAX_ERROR_BODY]
                             raise ConstrainedOutputUnsupportedError(
-                                "the server cannot constrain output to a JSON schema: "
-                                f"{rsp.text[:_MAX_ERROR_BODY]}"
+                                f"the server cannot constrain output to a JSON schema: {detail}"
                             )
                     if rsp.status_code != 200:
-                        raise self._error_for(rsp)
+                        raise self._error_for(rsp, key)
                     yield from self._read_events(rsp, started, json_schema, cancel)
                     return
             except httpx.TimeoutException as e:
@@ -412,6 +416,10 @@ class OpenAIChatModel:
             stop_reason=_stop_reason(cancelled, finish),
         )
         yield Finished(text=text, stats=stats)
+
+
+def _without(text: str, key: str | None) -> str:
+    return text.replace(key, "[REDACTED:API_KEY]") if key else text
 
 
 def _stop_reason(cancelled: bool, finish: str | None) -> StopReason:

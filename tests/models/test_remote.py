@@ -267,3 +267,29 @@ def test_allowed_addresses_pass() -> None:
 def test_errors_belong_to_the_models_hierarchy() -> None:
     for error in (RemoteAuthError, RemoteConfigError, RemoteServerError):
         assert issubclass(error, ModelError)
+
+
+class _EchoKeyHandler(_GarbageHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(400)
+        self.end_headers()
+        self.wfile.write(f"bad request; you sent {self.headers.get('Authorization')}".encode())
+
+
+def test_an_error_page_echoing_the_key_does_not_carry_it_on() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoKeyHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    model = OpenAIChatModel(
+        f"http://127.0.0.1:{httpd.server_address[1]}/v1", "x",
+        api_key_provider=lambda: "sk-echoed-0123456789", allow_local=True,
+    )  # fmt: skip
+    try:
+        with pytest.raises(RemoteServerError) as caught:
+            complete_chat(model, HELLO, max_tokens=4)
+        assert "sk-echoed-0123456789" not in str(caught.value)
+        assert "[REDACTED:API_KEY]" in str(caught.value)
+    finally:
+        model.close()
+        httpd.shutdown()
+        httpd.server_close()
