@@ -115,8 +115,8 @@ class OpenAIChatModel:
         structured: How to ask for schema-constrained output. ``auto`` tries
             OpenAI's ``json_schema`` response format, then the
             ``json_object`` + ``schema`` form of llama.cpp's servers.
-        n_ctx: The server's context size if known; otherwise asked from the
-            server (``/props`` on llama-server) or reported as 0 (unknown).
+        n_ctx: The context size to assume when the server does not report
+            one (llama-server's ``/props`` does); 0 means unknown.
         timeout: Seconds to wait for the connection and for each chunk.
         transport: An httpx transport (tests of TLS setups).
     """
@@ -142,7 +142,8 @@ class OpenAIChatModel:
             transport=transport,
             follow_redirects=False,
         )
-        self._n_ctx = n_ctx if n_ctx is not None else self._query_n_ctx()
+        # What the server says wins; the configured size is the fallback.
+        self._n_ctx = self._query_n_ctx() or (n_ctx or 0)
         self._last_tokens = 0
         self._closed = False
 
@@ -178,6 +179,13 @@ class OpenAIChatModel:
         """
         if self._closed:
             raise ModelError("the remote model was closed")
+        if not messages:
+            raise GenerationError("cannot generate from an empty conversation")
+        if max_tokens < 0:
+            raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
+        if max_tokens == 0 or (cancel is not None and cancel.cancelled):
+            # Nothing to ask the server (OpenAI servers read 0 as "no limit").
+            return iter([_empty_finish("cancelled" if max_tokens else "max_tokens")])
         body: dict[str, Any] = {
             "model": self._model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -203,6 +211,8 @@ class OpenAIChatModel:
         Raises:
             RemoteServerError: The server offers no tokenizer endpoint.
         """
+        if not text:
+            return 0
         root = self._server_root()
         attempts = (
             (f"{root}/tokenize", {"content": text}),
@@ -416,6 +426,17 @@ class OpenAIChatModel:
             stop_reason=_stop_reason(cancelled, finish),
         )
         yield Finished(text=text, stats=stats)
+
+
+def _empty_finish(reason: StopReason) -> Finished:
+    stats = GenerationStats(
+        n_prompt_tokens=0,
+        n_generated=0,
+        time_to_first_token_s=None,
+        tokens_per_second=0.0,
+        stop_reason=reason,
+    )
+    return Finished(text="", stats=stats)
 
 
 def _without(text: str, key: str | None) -> str:

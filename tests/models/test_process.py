@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,30 @@ def test_abandoning_a_stream_leaves_the_next_request_clean(tmp_path: Path) -> No
         assert complete_chat(model, HI, max_tokens=10).text == "next"
     finally:
         model.close()
+
+
+from tests.models.contract import ChatModelContract  # noqa: E402 - after the helpers it uses
+
+
+def _real_process_model() -> ProcessModel:
+    return ProcessModel(ModelSpec(path=embedded_default().path, n_ctx=512, n_threads=1))
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[ProcessModel]:
+    model = _real_process_model()
+    yield model
+    model.close()
+
+
+@pytest.mark.model
+class TestProcessModelContract(ChatModelContract):
+    """The shared ChatModel contract, with the real model in a child process."""
+
+    @pytest.fixture
+    def model(self, shared: ProcessModel) -> ProcessModel:
+        shared.reset()
+        return shared
+
+    def fresh_model(self) -> ProcessModel:
+        return _real_process_model()

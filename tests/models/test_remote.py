@@ -293,3 +293,27 @@ def test_an_error_page_echoing_the_key_does_not_carry_it_on() -> None:
         model.close()
         httpd.shutdown()
         httpd.server_close()
+
+
+from tests.models.contract import ChatModelContract  # noqa: E402 - after the helpers it uses
+
+
+@pytest.mark.model
+class TestRemoteContract(ChatModelContract):
+    """The shared ChatModel contract, against llama-cpp-python's server."""
+
+    @pytest.fixture
+    def model(self, server: str) -> Iterator[OpenAIChatModel]:
+        self.base = server
+        model = self.fresh_model()
+        yield model
+        model.close()
+
+    def fresh_model(self) -> OpenAIChatModel:
+        return OpenAIChatModel(
+            self.base, MODEL_NAME, api_key_provider=lambda: API_KEY, allow_local=True, n_ctx=1024
+        )
+
+    @pytest.fixture(autouse=True)
+    def _base(self, server: str) -> None:
+        self.base = server
