@@ -77,10 +77,13 @@ def main() -> None:
     try:
         for model in (local, remote):  # warm-up: load pages, fill caches
             complete_chat(model, PROMPT, max_tokens=8)
-        for _ in range(REPEATS):
+        for i in range(REPEATS):
+            # A fresh prompt each round: the server's prompt cache must not
+            # make its time to first token look better than a new question's.
+            prompt = [Message(role="user", content=f"{PROMPT[0].content} (Take {i + 1}.)")]
             for name, model in (("local", local), ("remote", remote)):
                 model.reset()
-                stats = complete_chat(model, PROMPT, max_tokens=MAX_TOKENS).stats
+                stats = complete_chat(model, prompt, max_tokens=MAX_TOKENS).stats
                 rows[name]["tps"].append(stats.tokens_per_second)
                 rows[name]["ttft"].append((stats.time_to_first_token_s or 0.0) * 1000)
                 rows[name]["n"].append(stats.n_generated)
