@@ -24,7 +24,7 @@ from app.controllers.agent_runner import agent_host_factory
 from app.controllers.errand_controller import ErrandController, RunnerFactory
 from app.controllers.model_controller import ModelController
 from app.main_window import MainWindow, PageBuilder
-from app.qt import QtGui, QtWidgets
+from app.qt import Qt, QtGui, QtWidgets
 from app.resources import resource_path
 from app.services import AppServices
 
@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     services = AppServices()
     window = build_main_window(services)
     window.show()
+    # Start where a user starts: typing a task.
+    window.chat_view.task_edit.setFocus(Qt.FocusReason.ActiveWindowFocusReason)
     try:
         status = app.exec()
     finally:
