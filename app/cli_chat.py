@@ -61,9 +61,11 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     """Build the model spec the arguments describe."""
     from app.paths import default_paths
 
+    remote = args.backend == "openai"
     return ModelSpec(
         backend=args.backend,
-        path=args.model,
+        # `--backend openai --model NAME`: with a server, --model names the model.
+        path=None if remote else args.model,
         n_ctx=args.n_ctx,
         n_sink=args.n_sink,
         n_threads=args.threads,
@@ -71,7 +73,7 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
         rope_scaling=args.rope,
         rope_factor=args.rope_factor,
         base_url=args.base_url,
-        model_name=args.model_name,
+        model_name=args.model_name or (str(args.model) if remote and args.model else None),
         allow_local=args.allow_local,
         scripted_file=args.scripted,
         verified_cache=default_paths().data_dir / "verified-models.json",

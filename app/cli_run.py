@@ -188,37 +188,12 @@ def model_spec_from_settings(services: Any) -> Any:
 
 
 def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
-    """Open the remote model here, in the host, with its API key from the vault.
+    """Open the remote model in the host with its API key from the vault.
 
-    The agent process gets only the relayed generations; the key is read from
-    the vault at each request and never leaves this process.
-
-    Raises:
-        models.errors.ModelError: The server cannot be reached or is refused.
-        vault.errors.VaultError: The key's secret is set but the vault is locked.
+    See :meth:`app.services.AppServices.remote_model`; ``broker`` None means
+    no vault is available here.
     """
-    from models.factory import open_model
-    from models.remote import OpenAIChatModel
-    from vault.errors import VaultLockedError
-
-    secret = services.settings.model.remote_key_secret
-    if not secret:
-        return open_model(spec)
-    vault = services.vault if broker is not None else None
-    if vault is None or vault.is_locked:
-        raise VaultLockedError(f"the API key {secret!r} is in the vault, which is locked")
-
-    def api_key() -> bytearray:
-        value: bytearray = vault.get(secret)
-        return value
-
-    return OpenAIChatModel(
-        spec.base_url or "",
-        spec.model_name or "",
-        api_key_provider=api_key,
-        allow_local=spec.allow_local,
-        n_ctx=spec.n_ctx,
-    )
+    return services.remote_model(spec, vault_available=broker is not None)
 
 
 class EventPrinter:

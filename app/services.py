@@ -275,6 +275,41 @@ class AppServices:
         self.problems.pop("memory", None)
         return service
 
+    def remote_model(self, spec: Any, *, vault_available: bool = True) -> Any:
+        """Open the remote model here, in the host, with its API key from the vault.
+
+        The agent process gets only the relayed generations; the key is read
+        from the vault at each request and never leaves this process.
+
+        Raises:
+            models.errors.ModelError: The server cannot be reached or is refused.
+            vault.errors.VaultLockedError: A key is configured but the vault is locked.
+        """
+        from models.factory import open_model
+        from models.remote import OpenAIChatModel
+        from vault.errors import VaultLockedError
+
+        secret = self.settings.model.remote_key_secret
+        if not secret:
+            return open_model(spec)
+        vault = self.vault if vault_available else None
+        if vault is None or vault.is_locked:
+            raise VaultLockedError(
+                f"the API key {secret!r} is in the vault, which is locked: unlock it first"
+            )
+
+        def api_key() -> bytearray:
+            value: bytearray = vault.get(secret)
+            return value
+
+        return OpenAIChatModel(
+            spec.base_url or "",
+            spec.model_name or "",
+            api_key_provider=api_key,
+            allow_local=spec.allow_local,
+            n_ctx=spec.n_ctx,
+        )
+
     def sandbox_status(self) -> tuple[bool, str]:
         """Return whether OS isolation (bubblewrap) is available, and a sentence saying so."""
         mod = optional_module("agent.sandbox")

@@ -263,6 +263,10 @@ def agent_host_factory(
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
         options: dict[str, Any] = {"hidden_paths": (services.paths.data_dir,)}
+        if spec is not None and getattr(spec, "backend", None) == "openai":
+            # The host opens the remote model (and holds its key); the agent
+            # process gets relayed generations only.
+            options["relay_model"] = services.remote_model(spec)
         options.update(host_options or {})
         host = AgentHost(
             spec,

@@ -91,3 +91,15 @@ def test_embedded_model_generates_far_past_n_ctx(tmp_path: Path) -> None:
     evicted = int(stats.split(",")[3].split()[0])
     assert evicted >= 600 - 128
     assert len(done.stdout.split()) > 100
+
+
+def test_with_a_server_model_names_the_served_model() -> None:
+    from app.cli import build_parser
+    from app.cli_chat import spec_from_args
+
+    args = build_parser().parse_args(
+        ["chat", "--backend", "openai", "--base-url", "http://127.0.0.1:8080/v1",
+         "--model", "qwen2.5-7b", "--allow-local"]
+    )  # fmt: skip
+    spec = spec_from_args(args)
+    assert spec.backend == "openai" and spec.model_name == "qwen2.5-7b" and spec.path is None

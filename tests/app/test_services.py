@@ -63,3 +63,38 @@ def test_audit_log_is_built_once_and_closed() -> None:
 def test_optional_module_hides_only_a_missing_module() -> None:
     assert optional_module("app.no_such_module") is None
     assert optional_module("app.paths") is not None
+
+
+def test_remote_model_with_a_key_needs_an_unlocked_vault() -> None:
+    from models.factory import ModelSpec
+    from models.remote import OpenAIChatModel
+    from vault.errors import VaultLockedError
+
+    services = AppServices()
+    spec = ModelSpec(
+        backend="openai", base_url="http://127.0.0.1:9/v1", model_name="m", allow_local=True
+    )
+    services.settings.model.remote_key_secret = "SERVER_KEY"
+    with pytest.raises(VaultLockedError, match="'SERVER_KEY' is in the vault, which is locked"):
+        services.remote_model(spec)
+    services.settings.model.remote_key_secret = None
+    model = services.remote_model(spec)
+    try:
+        assert isinstance(model, OpenAIChatModel) and model.info.backend == "openai"
+    finally:
+        model.close()
+
+
+def test_memory_capacities_come_from_the_settings(workspace: Path) -> None:
+    services = AppServices()
+    services.settings.memory.project = 777
+    svc = services.memory_service(
+        workspace=workspace, session_id="s", count_tokens=lambda t: len(t.split())
+    )
+    try:
+        usage = {u.level: u.capacity for u in svc.capacity_usage()}
+        assert usage["project"] == 777
+    finally:
+        close = getattr(svc, "close", None)
+        if close:
+            close()
