@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from app.controllers.agent_runner import agent_host_factory
+from app.controllers.agent_runner import agent_host_factory, approximate_tokens
 from app.controllers.errand_controller import ErrandController, RunnerFactory
 from app.controllers.model_controller import ModelController
 from app.main_window import MainWindow, PageBuilder
@@ -89,12 +89,11 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
             workspace = errands.workspace
             if workspace is None:
                 raise RuntimeError("choose a workspace on the Chat screen to see its memory")
-            from models.tokenizer import counter_for_spec
-
             return services.memory_service(
                 workspace=workspace,
                 session_id=errands.current_session,
-                count_tokens=counter_for_spec(model_spec_for(services)),
+                # As for errands: no llama.cpp in the GUI host (see agent_runner).
+                count_tokens=approximate_tokens,
             )
 
         def distill_model() -> Any:

@@ -230,8 +230,6 @@ def agent_host_factory(
     def factory(ctx: RunnerContext) -> ErrandRunner:
         from agent.host import AgentHost
         from agent.policy import PolicyEngine
-        from models.tokenizer import counter_for_spec
-
         spec = model_spec()
 
         try:
@@ -255,9 +253,11 @@ def agent_host_factory(
             memory = services.memory_service(
                 workspace=ctx.workspace,
                 session_id=ctx.session_id,
-                # The model runs in the agent process; the host reads only its
-                # vocabulary to count memory budgets in the model's own tokens.
-                count_tokens=counter_for_spec(spec),
+                # The tokenizer lives with the model in the agent process; reading
+                # the vocabulary here would load llama.cpp into the GUI host
+                # (+66 MB RSS), so the host budgets ~4 characters per token.
+                # `keyless run` / `keyless memory` count with the vocabulary.
+                count_tokens=approximate_tokens,
             )
         except ServiceUnavailableError as e:
             log.warning("errand runs without memory: %s", e)
