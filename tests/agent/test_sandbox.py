@@ -317,7 +317,24 @@ def test_submodule_git_dirs_are_read_only(sandbox: Sandbox, repo: Path) -> None:
     assert list((repo / ".git" / "modules" / "sub" / "hooks").iterdir()) == []
 
 
+def _root_without_pids_cgroup() -> bool:
+    if os.geteuid() != 0:
+        return False
+    from agent.sandbox import _PidsCgroup
+
+    probe = _PidsCgroup.create(8)
+    if probe is None:
+        return True
+    probe.destroy()
+    return False
+
+
 @pytest.mark.bwrap
+@pytest.mark.skipif(
+    _root_without_pids_cgroup(),
+    reason="root without a writable pids cgroup: only the watchdog stands between a real fork "
+    "bomb and the machine (it lost that race once under load), so the bomb is not run here",
+)
 def test_real_fork_bomb_is_contained(sandbox: Sandbox, workspace: Path) -> None:
     limits = Limits(max_processes=32, wall_seconds=4, cpu_seconds=2)
     result = sandbox.run_shell("bomb() { bomb | bomb & }; bomb; sleep 30", workspace, limits)
