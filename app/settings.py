@@ -29,7 +29,9 @@ class ModelSettings(BaseModel):
 
     backend: Literal["llama.cpp", "openai"] = "llama.cpp"
     path: str | None = Field(default=None, description="GGUF file; None = embedded default.")
-    n_ctx: int = Field(default=4096, ge=256, le=1_048_576)
+    # 2048 keeps the default app (host + agent with the embedded model) under
+    # 400 MB; the sink cache carries a conversation past it either way.
+    n_ctx: int = Field(default=2048, ge=256, le=1_048_576)
     n_gpu_layers: int | None = Field(default=None, description="None = automatic.")
     n_sink: int = Field(default=4, ge=0, le=256)
     rope_scaling: Literal["none", "linear", "yarn"] = "none"

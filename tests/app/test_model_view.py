@@ -38,7 +38,7 @@ def view(qtbot: Any, services: AppServices) -> Iterator[ModelView]:
 
 def test_defaults_show_the_embedded_model(view: ModelView) -> None:
     assert view.embedded_radio.isChecked()
-    assert view.n_ctx.value() == 4096
+    assert view.n_ctx.value() == 2048
     assert view.n_sink.value() == 4
     assert view.gpu_auto.isChecked() and not view.gpu_layers.isEnabled()
     assert view.rope_combo.currentData() == "none" and not view.rope_factor.isEnabled()

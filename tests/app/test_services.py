@@ -15,7 +15,7 @@ def test_a_broken_settings_file_falls_back_to_defaults_and_says_so() -> None:
     services = AppServices()
     services.paths.settings_file.write_text('{"model": {"n_ctx": "lots"}}')
     again = AppServices()
-    assert again.settings.model.n_ctx == 4096
+    assert again.settings.model.n_ctx == 2048
     assert "settings" in again.problems and "invalid" in again.problems["settings"]
     # The broken file is left for the user to look at until new settings are saved.
     assert services.paths.settings_file.read_text() == '{"model": {"n_ctx": "lots"}}'
