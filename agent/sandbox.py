@@ -23,6 +23,7 @@ socket, no network, a scrubbed environment.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
@@ -684,17 +685,35 @@ class _PidsCgroup:
         return False
 
     def destroy(self) -> None:
-        """Kill whatever is left inside and remove the cgroup."""
-        for _ in range(50):
-            pids = [int(p) for p in _read(self.path / "cgroup.procs").split() if p.isdigit()]
-            if not pids:
-                break
-            for pid in pids:
+        """Kill whatever is left inside and remove the cgroup.
+
+        A cgroup whose last processes are still being reaped cannot be removed
+        yet; it is retried on the next sandbox (and at exit) rather than
+        waited for, which would add milliseconds to every shell call.
+        """
+        for pid in _read(self.path / "cgroup.procs").split():
+            if pid.isdigit():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)  # let the kernel reap the killed processes
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+                    os.kill(int(pid), signal.SIGKILL)
+        _PENDING.append(self.path)
+        _remove_pending()
+
+
+_PENDING: list[Path] = []
+
+
+def _remove_pending() -> None:
+    for path in list(_PENDING):
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # still busy: next time
+        _PENDING.remove(path)
+
+
+atexit.register(_remove_pending)
 
 
 def _read(path: Path) -> str:
