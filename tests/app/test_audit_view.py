@@ -13,6 +13,7 @@ from pytestqt.qtbot import QtBot
 from app.controllers.audit_controller import AuditController, ChainResult
 from app.qt import Qt, QtWidgets
 from app.views.audit_view import COLUMNS, AuditView
+from tests.app.keyboard import mnemonics, tab_sequence
 from vault.audit import AuditLog
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("propagateSizeHints")]
@@ -169,43 +170,3 @@ def test_keyboard_reachability_and_labels(view: AuditView) -> None:
     labelled = (view.search, view.kind_filter, view.decision_filter, view.table, view.chain_label)
     for widget in labelled:
         assert widget.accessibleName()
-
-
-def tab_sequence(root: QWidget, start: QWidget, count: int) -> list[QWidget]:
-    """The widgets Tab visits from ``start`` (as Qt's focusNextPrevChild does)."""
-    seen = [start]
-    cursor = start.nextInFocusChain()
-    for _ in range(500):
-        if len(seen) >= count or cursor is start:
-            break
-        if (
-            cursor.focusPolicy() & Qt.FocusPolicy.TabFocus
-            and cursor.isEnabled()
-            and cursor.isVisibleTo(root)
-            and root.isAncestorOf(cursor)
-        ):
-            # A spin box's inner line edit takes the focus on the spin box's behalf.
-            owner = cursor.parentWidget()
-            target = owner if isinstance(owner, QtWidgets.QAbstractSpinBox) else cursor
-            if target is not seen[-1]:
-                seen.append(target)
-        cursor = cursor.nextInFocusChain()
-    return seen
-
-
-def mnemonics(root: QWidget) -> list[str]:
-    """The Alt+letter shortcuts of the buttons, labels and tabs visible in ``root``."""
-    texts: list[str] = []
-    for widget in root.findChildren(QtWidgets.QWidget):
-        if not widget.isVisibleTo(root):
-            continue
-        if isinstance(widget, QtWidgets.QAbstractButton | QtWidgets.QLabel):
-            texts.append(widget.text())
-        elif isinstance(widget, QtWidgets.QTabBar):
-            texts.extend(widget.tabText(i) for i in range(widget.count()))
-    keys = []
-    for text in texts:
-        at = text.replace("&&", "").find("&")
-        if at >= 0:
-            keys.append(text.replace("&&", "")[at + 1].lower())
-    return keys

@@ -21,6 +21,7 @@ from memory.frontmatter import Provenance
 from memory.service import MemoryService
 from memory.settings import LevelTokens, MemorySettings
 from models.fake import ScriptedModel
+from tests.app.keyboard import mnemonics, tab_sequence
 from vault._crypto import Argon2Params
 from vault.audit import AuditLog
 from vault.broker import Broker
@@ -331,44 +332,6 @@ def test_keyboard_reachability_and_labels(view: MemoryView, qtbot: QtBot) -> Non
     for widget in (view.tree, view.editor.source, view.editor.preview, view.history_list,
                    view.review_list, view.new_title, *view.bars.values()):
         assert widget.accessibleName()
-
-
-def tab_sequence(root: QWidget, start: QWidget, count: int) -> list[QWidget]:
-    """The widgets Tab visits from ``start`` (as Qt's focusNextPrevChild does)."""
-    seen = [start]
-    cursor = start.nextInFocusChain()
-    for _ in range(500):
-        if len(seen) >= count or cursor is start:
-            break
-        if (
-            not isinstance(cursor, QtWidgets.QTabWidget)  # its tab bar takes the focus
-            and cursor.focusPolicy() & Qt.FocusPolicy.TabFocus
-            and cursor.isEnabled()
-            and cursor.isVisibleTo(root)
-            and root.isAncestorOf(cursor)
-        ):
-            if cursor is not seen[-1]:
-                seen.append(cursor)
-        cursor = cursor.nextInFocusChain()
-    return seen
-
-
-def mnemonics(root: QWidget) -> list[str]:
-    """The Alt+letter shortcuts of the buttons, labels and tabs visible in ``root``."""
-    texts: list[str] = []
-    for widget in root.findChildren(QtWidgets.QWidget):
-        if not widget.isVisibleTo(root):
-            continue
-        if isinstance(widget, QtWidgets.QAbstractButton | QtWidgets.QLabel):
-            texts.append(widget.text())
-        elif isinstance(widget, QtWidgets.QTabBar):
-            texts.extend(widget.tabText(i) for i in range(widget.count()))
-    keys = []
-    for text in texts:
-        at = text.replace("&&", "").find("&")
-        if at >= 0:
-            keys.append(text.replace("&&", "")[at + 1].lower())
-    return keys
 
 
 @pytest.mark.model

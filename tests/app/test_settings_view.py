@@ -16,6 +16,7 @@ from app.paths import default_paths
 from app.qt import Qt, QtWidgets
 from app.settings import AppSettings, load_settings
 from app.views.settings_view import SettingsView
+from tests.app.keyboard import mnemonics, tab_sequence
 
 pytestmark = pytest.mark.gui
 QWidget = QtWidgets.QWidget
@@ -172,43 +173,3 @@ def test_keyboard_reachability_and_labels(view: SettingsView) -> None:
     for widget in expected:
         if not isinstance(widget, QtWidgets.QPushButton):
             assert widget.accessibleName(), widget
-
-
-def tab_sequence(root: QWidget, start: QWidget, count: int) -> list[QWidget]:
-    """The widgets Tab visits from ``start`` (as Qt's focusNextPrevChild does)."""
-    seen = [start]
-    cursor = start.nextInFocusChain()
-    for _ in range(500):
-        if len(seen) >= count or cursor is start:
-            break
-        if (
-            cursor.focusPolicy() & Qt.FocusPolicy.TabFocus
-            and cursor.isEnabled()
-            and cursor.isVisibleTo(root)
-            and root.isAncestorOf(cursor)
-        ):
-            # A spin box's inner line edit takes the focus on the spin box's behalf.
-            owner = cursor.parentWidget()
-            target = owner if isinstance(owner, QtWidgets.QAbstractSpinBox) else cursor
-            if target is not seen[-1]:
-                seen.append(target)
-        cursor = cursor.nextInFocusChain()
-    return seen
-
-
-def mnemonics(root: QWidget) -> list[str]:
-    """The Alt+letter shortcuts of the buttons, labels and tabs visible in ``root``."""
-    texts: list[str] = []
-    for widget in root.findChildren(QtWidgets.QWidget):
-        if not widget.isVisibleTo(root):
-            continue
-        if isinstance(widget, QtWidgets.QAbstractButton | QtWidgets.QLabel):
-            texts.append(widget.text())
-        elif isinstance(widget, QtWidgets.QTabBar):
-            texts.extend(widget.tabText(i) for i in range(widget.count()))
-    keys = []
-    for text in texts:
-        at = text.replace("&&", "").find("&")
-        if at >= 0:
-            keys.append(text.replace("&&", "")[at + 1].lower())
-    return keys

@@ -16,6 +16,7 @@ from app.dialogs.unlock import UnlockDialog
 from app.dialogs.vault_setup import NO_KEYRING_TEXT, VaultSetupDialog
 from app.qt import Qt, QtWidgets
 from app.views.vault_view import VaultView
+from tests.app.keyboard import mnemonics, tab_sequence
 from vault._crypto import Argon2Params
 from vault.audit import AuditLog
 from vault.errors import WrongPassphraseError
@@ -441,25 +442,6 @@ def test_keyboard_reachability_and_labels(view: VaultView, qtbot: QtBot) -> None
         assert widget.accessibleName()
 
 
-def tab_sequence(root: QWidget, start: QWidget, count: int) -> list[QWidget]:
-    """The widgets Tab visits from ``start`` (as Qt's focusNextPrevChild does)."""
-    seen = [start]
-    cursor = start.nextInFocusChain()
-    for _ in range(500):
-        if len(seen) >= count or cursor is start:
-            break
-        if (
-            cursor.focusPolicy() & Qt.FocusPolicy.TabFocus
-            and cursor.isEnabled()
-            and cursor.isVisibleTo(root)
-            and root.isAncestorOf(cursor)
-        ):
-            if cursor is not seen[-1]:
-                seen.append(cursor)
-        cursor = cursor.nextInFocusChain()
-    return seen
-
-
 # -- the real OS keyring ------------------------------------------------------------------------
 
 
@@ -499,21 +481,3 @@ def test_wrong_passphrase_error_is_the_vaults(vault_path: Path) -> None:
     vault = Vault.open(vault_path, keystore=NoKeyring())
     with pytest.raises(WrongPassphraseError):
         vault.unlock("nope nope nope")
-
-
-def mnemonics(root: QWidget) -> list[str]:
-    """The Alt+letter shortcuts of the buttons, labels and tabs visible in ``root``."""
-    texts: list[str] = []
-    for widget in root.findChildren(QtWidgets.QWidget):
-        if not widget.isVisibleTo(root):
-            continue
-        if isinstance(widget, QtWidgets.QAbstractButton | QtWidgets.QLabel):
-            texts.append(widget.text())
-        elif isinstance(widget, QtWidgets.QTabBar):
-            texts.extend(widget.tabText(i) for i in range(widget.count()))
-    keys = []
-    for text in texts:
-        at = text.replace("&&", "").find("&")
-        if at >= 0:
-            keys.append(text.replace("&&", "")[at + 1].lower())
-    return keys
