@@ -24,19 +24,56 @@ from app.qt import Qt, QtGui, QtWidgets, Signal
 _MONO = QtGui.QFontDatabase.SystemFont.FixedFont
 
 
-class PermissionDialog(QtWidgets.QDialog):
+class _QuestionDialog(QtWidgets.QDialog):
+    """A modal question that is answered exactly once; any way of closing it denies.
+
+    Subclasses build the widgets, including ``reason_edit`` (the reason a deny
+    sends to the agent), and call :meth:`_finish` with the user's choice.
+    """
+
+    answered = Signal(object)
+    reason_edit: QtWidgets.QLineEdit
+
+    def __init__(self, question: PermissionQuestion, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.question = question
+        self._reply: PermissionReply | None = None
+
+    def _deny(self) -> None:
+        self._finish(PermissionReply("deny", reason=self.reason_edit.text().strip()))
+
+    def _finish(self, reply: PermissionReply) -> None:
+        if self._reply is not None:
+            return
+        self._reply = reply
+        self.answered.emit(reply)
+        if reply.choice == "deny":
+            self.reject()
+        else:
+            self.accept()
+
+    def dismiss(self) -> None:
+        """Close without answering (the question went away: errand cancelled or ended)."""
+        self._reply = PermissionReply("deny", reason="the question was withdrawn")
+        super().reject()
+
+    def reject(self) -> None:
+        """Escape or the close button: deny (with whatever reason was typed)."""
+        if self._reply is None:
+            self._deny()
+            return
+        super().reject()
+
+
+class PermissionDialog(_QuestionDialog):
     """Ask whether one tool call may run.
 
     Emits :attr:`answered` once with the :class:`PermissionReply`; closing the
     dialog any other way (Escape, the window's close button) answers deny.
     """
 
-    answered = Signal(object)
-
     def __init__(self, question: PermissionQuestion, parent: QtWidgets.QWidget | None = None):
-        super().__init__(parent)
-        self.question = question
-        self._reply: PermissionReply | None = None
+        super().__init__(question, parent)
         self.setObjectName("permissionDialog")
         self.setWindowTitle(f"Allow {question.tool}?")
         self.setModal(True)
@@ -180,45 +217,17 @@ class PermissionDialog(QtWidgets.QDialog):
         rule = self.rule_edit.text().strip()
         self._finish(PermissionReply("always", rule_text=rule, scope=scope))
 
-    def _deny(self) -> None:
-        self._finish(PermissionReply("deny", reason=self.reason_edit.text().strip()))
-
-    def _finish(self, reply: PermissionReply) -> None:
-        if self._reply is not None:
-            return
-        self._reply = reply
-        self.answered.emit(reply)
-        if reply.choice == "deny":
-            self.reject()
-        else:
-            self.accept()
-
-    def dismiss(self) -> None:
-        """Close without answering (the question went away: errand cancelled or ended)."""
-        self._reply = PermissionReply("deny", reason="the question was withdrawn")
-        super().reject()
-
-    def reject(self) -> None:
-        """Escape or the close button: deny (with whatever reason was typed)."""
-        if self._reply is None:
-            self._deny()
-            return
-        super().reject()
 
 
-class UnsandboxedDialog(QtWidgets.QDialog):
+class UnsandboxedDialog(_QuestionDialog):
     """Ask whether one command may run WITHOUT a sandbox (allow once or deny).
 
     The run button stays disabled until the user ticks the acknowledgement, so
     a reflexive Enter can never approve it.
     """
 
-    answered = Signal(object)
-
     def __init__(self, question: PermissionQuestion, parent: QtWidgets.QWidget | None = None):
-        super().__init__(parent)
-        self.question = question
-        self._reply: PermissionReply | None = None
+        super().__init__(question, parent)
         self.setObjectName("unsandboxedDialog")
         self.setWindowTitle("Run without a sandbox?")
         self.setModal(True)
@@ -306,30 +315,6 @@ class UnsandboxedDialog(QtWidgets.QDialog):
         if self.acknowledge.isChecked():
             self._finish(PermissionReply("once"))
 
-    def _deny(self) -> None:
-        self._finish(PermissionReply("deny", reason=self.reason_edit.text().strip()))
-
-    def _finish(self, reply: PermissionReply) -> None:
-        if self._reply is not None:
-            return
-        self._reply = reply
-        self.answered.emit(reply)
-        if reply.choice == "deny":
-            self.reject()
-        else:
-            self.accept()
-
-    def dismiss(self) -> None:
-        """Close without answering (the question went away: errand cancelled or ended)."""
-        self._reply = PermissionReply("deny", reason="the question was withdrawn")
-        super().reject()
-
-    def reject(self) -> None:
-        """Escape or the close button: deny."""
-        if self._reply is None:
-            self._deny()
-            return
-        super().reject()
 
 
 def dialog_for(
