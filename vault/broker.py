@@ -372,7 +372,12 @@ class Broker:
         return [(name, self._vault.get(name)) for name in names]
 
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
-        """Redact every secret granted to ``session_id`` (in any state) from ``text``.
+        """Redact the secrets the agent must never see from ``text``.
+
+        Always every secret granted to ``session_id`` (in any state): if they
+        cannot be read, redaction fails. While the vault is unlocked, also
+        every other secret in it and the canaries, so a key that sits in a
+        workspace file (a ``.env``) or a server's answer is caught too.
 
         Returns:
             The redacted text and the names found.
@@ -381,14 +386,30 @@ class Broker:
             RedactionError: Redaction could not run (the vault is locked, ...).
         """
         try:
-            pairs = self._session_secrets(session_id)
+            pairs: list[tuple[str, bytearray | str]] = list(self._session_secrets(session_id))
         except VaultError as e:
             raise RedactionError(f"cannot read the session's secrets to redact: {e}") from e
         try:
+            pairs += self._other_secrets({name for name, _ in pairs})
             return Redactor(pairs).redact(text)
         finally:
             for _, value in pairs:
-                _zero(value)
+                if isinstance(value, bytearray):
+                    _zero(value)
+
+    def _other_secrets(self, have: set[str]) -> list[tuple[str, bytearray | str]]:
+        """Every other readable vault secret and the canaries; nothing while locked."""
+        found: list[tuple[str, bytearray | str]] = []
+        try:
+            for name in self._vault.names():
+                if name not in have:
+                    found.append((name, self._vault.get(name)))
+        except VaultError:
+            # Locked (or locked while reading): the granted secrets above are
+            # the ones a call can put in play; keep what was read.
+            pass
+        found.extend(("canary", c) for c in self._canaries)
+        return found
 
     def scan(self, text: str) -> list[str]:
         """Names of the vault secrets (and ``canary`` for canaries) found in ``text``.

@@ -929,9 +929,12 @@ def test_scan_and_redact_for_a_session(server: ServerState, ca: trustme.CA,
         assert env.broker.scan("nothing here") == []
         env.grant()
         redacted, names = env.broker.redact(text, session_id="s1")
-        assert names == ["API_KEY"]
+        # Unlocked: the session's secret, every other vault secret (a key in a
+        # workspace .env file) and the canaries are all kept from the agent.
+        assert sorted(names) == ["API_KEY", "OTHER", "canary"]
         assert_no_secret(redacted)
-        assert base64.b64encode(OTHER).decode() in redacted  # not granted to s1
+        assert base64.b64encode(OTHER).decode() not in redacted
+        assert "CANARY-7f3a9c" not in redacted
         assert isinstance(source, DictSource)
         source.locked = True
         with pytest.raises(RedactionError):
@@ -1028,3 +1031,18 @@ def test_method_and_url_override_headers_are_stripped(tmp_path: Path) -> None:
         assert name.lower() not in request.headers
     [entry] = audit.entries("redeem")
     assert set(entry.details["stripped_headers"]) >= {n.lower() for n in overrides}
+
+
+def test_a_session_without_grants_still_never_sees_a_vault_secret(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    source = _make_source("dict", tmp_path)
+    for env in _env(source, server, ca, tmp_path):
+        dotenv = f"GITHUB_TOKEN={SECRET.decode()}\nOTHER={OTHER.hex()}\n"
+        redacted, names = env.broker.redact(dotenv, session_id="no-grants")
+        assert sorted(names) == ["API_KEY", "OTHER"]
+        assert_no_secret(redacted)
+        assert OTHER.hex() not in redacted
+        assert isinstance(source, DictSource)
+        source.locked = True  # nothing granted, nothing readable: the text passes as is
+        assert env.broker.redact("plain text", session_id="no-grants") == ("plain text", [])
