@@ -123,6 +123,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.model = model_controller
         self.permission_dialog: PermissionDialog | UnsandboxedDialog | None = None
         self._closing_done = False
+        self.quit_question: QtWidgets.QMessageBox | None = None
         self.setObjectName("mainWindow")
         self.setWindowTitle("Keyless")
         self.resize(1180, 780)
@@ -328,20 +329,37 @@ class MainWindow(QtWidgets.QMainWindow):
         return {"chat": self.chat_view.splitter, "chatMain": self.chat_view.main_splitter}
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:
-        """Ask before stopping a running errand; then save state and shut down."""
+        """Ask before stopping a running errand; then save state and shut down.
+
+        The question is window-modal and non-blocking (``open``, not ``exec``):
+        no nested event loop, so nothing else waits on it.
+        """
         if self.errands.busy and not self._closing_done:
-            answer = QtWidgets.QMessageBox.question(
-                self,
-                "Quit Keyless?",
-                "An errand is running. Stop it and quit?",
-                QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
-                QtWidgets.QMessageBox.StandardButton.No,
-            )
-            if answer != QtWidgets.QMessageBox.StandardButton.Yes:
-                event.ignore()
-                return
+            event.ignore()
+            if self.quit_question is None:
+                box = QtWidgets.QMessageBox(
+                    QtWidgets.QMessageBox.Icon.Question,
+                    "Quit Keyless?",
+                    "An errand is running. Stop it and quit?",
+                    QtWidgets.QMessageBox.StandardButton.Yes
+                    | QtWidgets.QMessageBox.StandardButton.No,
+                    self,
+                )
+                box.setDefaultButton(QtWidgets.QMessageBox.StandardButton.No)
+                box.finished.connect(self._quit_answered)
+                self.quit_question = box
+                box.open()
+            return
         self.shutdown()
         event.accept()
+
+    def _quit_answered(self, result: int) -> None:
+        box, self.quit_question = self.quit_question, None
+        if box is not None:
+            box.deleteLater()
+        if result == QtWidgets.QMessageBox.StandardButton.Yes.value:
+            self.shutdown()
+            self.close()
 
     def shutdown(self) -> None:
         """Save the window state and stop every controller (closes the model). Idempotent."""

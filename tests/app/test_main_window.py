@@ -268,3 +268,30 @@ def test_a_cancelled_errand_withdraws_its_open_question(
         w.errands.cancel()
     assert w.permission_dialog is None and not dialog.isVisible()
     assert not (workspace / "notes.txt").exists()
+
+
+def test_closing_during_an_errand_asks_without_blocking(
+    qtbot: Any, make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path
+) -> None:
+    from app.qt import QtWidgets
+
+    sent: list[bytes] = []
+    w = host_window(make_window, tmp_path, workspace, sent, WRITE, {"final": "never"})
+    w.show()
+    qtbot.wait_exposed(w)
+    w.chat_view.task_edit.setPlainText("write hello into notes.txt")
+    w.chat_view.run_task()
+    qtbot.wait_until(lambda: w.permission_dialog is not None, timeout=60_000)
+    assert w.errands.busy
+    w.close()  # returns at once: the question is window-modal, not a nested loop
+    box = w.quit_question
+    assert box is not None and box.isVisible() and w.isVisible()
+    box.button(QtWidgets.QMessageBox.StandardButton.No).click()
+    qtbot.wait_until(lambda: w.quit_question is None)
+    assert w.isVisible() and w.errands.busy
+    w.close()
+    box = w.quit_question
+    assert box is not None
+    box.button(QtWidgets.QMessageBox.StandardButton.Yes).click()
+    qtbot.wait_until(lambda: not w.isVisible(), timeout=30_000)
+    assert not (workspace / "notes.txt").exists()  # the pending write never ran
