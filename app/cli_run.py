@@ -169,22 +169,7 @@ def run_errand_cli(
 
 def model_spec_from_settings(services: Any) -> Any:
     """The ``models.factory.ModelSpec`` the user's settings describe."""
-    from models.factory import ModelSpec
-
-    m = services.settings.model
-    return ModelSpec(
-        backend=m.backend,
-        path=Path(m.path) if m.path else None,
-        n_ctx=m.n_ctx,
-        n_gpu_layers=m.n_gpu_layers,
-        n_sink=m.n_sink,
-        rope_scaling=m.rope_scaling,
-        rope_factor=m.rope_factor,
-        base_url=m.base_url,
-        model_name=m.remote_model,
-        allow_local=m.allow_local_remote,
-        verified_cache=services.paths.data_dir / "verified-models.json",
-    )
+    return services.model_spec()
 
 
 def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:

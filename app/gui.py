@@ -39,23 +39,8 @@ def app_icon() -> QtGui.QIcon:
 
 
 def model_spec_for(services: AppServices) -> Any:
-    """The ``models.factory.ModelSpec`` the settings describe."""
-    from models.factory import ModelSpec
-
-    m = services.settings.model
-    return ModelSpec(
-        backend=m.backend,
-        path=Path(m.path) if m.path else None,
-        n_ctx=m.n_ctx,
-        n_gpu_layers=m.n_gpu_layers,
-        n_sink=m.n_sink,
-        rope_scaling=m.rope_scaling,
-        rope_factor=m.rope_factor,
-        base_url=m.base_url,
-        model_name=m.remote_model,
-        allow_local=m.allow_local_remote,
-        verified_cache=services.paths.data_dir / "verified-models.json",
-    )
+    """The ``models.factory.ModelSpec`` the user's settings describe."""
+    return services.model_spec()
 
 
 def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[str, PageBuilder]]:

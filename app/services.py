@@ -275,6 +275,25 @@ class AppServices:
         self.problems.pop("memory", None)
         return service
 
+    def model_spec(self) -> Any:
+        """The ``models.factory.ModelSpec`` the user's settings describe."""
+        from models.factory import ModelSpec
+
+        m = self.settings.model
+        return ModelSpec(
+            backend=m.backend,
+            path=Path(m.path) if m.path else None,
+            n_ctx=m.n_ctx,
+            n_gpu_layers=m.n_gpu_layers,
+            n_sink=m.n_sink,
+            rope_scaling=m.rope_scaling,
+            rope_factor=m.rope_factor,
+            base_url=m.base_url,
+            model_name=m.remote_model,
+            allow_local=m.allow_local_remote,
+            verified_cache=self.paths.data_dir / "verified-models.json",
+        )
+
     def remote_model(self, spec: Any, *, vault_available: bool = True) -> Any:
         """Open the remote model here, in the host, with its API key from the vault.
 
