@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 from pydantic import BaseModel, ConfigDict
 
+from vault._sqlite import open_shared_database
 from vault.errors import AuditLogError
 from vault.redact import Redactor
 
@@ -146,15 +146,7 @@ class AuditLog:
         self.path = Path(db_path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=30.0, check_same_thread=False, isolation_level=None
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: each commit is atomic and survives an app crash; only
-            # a power cut can lose the last commits (SQLite's recommended pairing).
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._db = sqlite_utils.Database(conn)
+            conn, self._db = open_shared_database(self.path)
             conn.executescript(
                 f"""
                 CREATE TABLE IF NOT EXISTS {_TABLE} (

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-import sqlite_utils
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from vault._sqlite import open_shared_database
 from vault.errors import GrantRefused, VaultError
 from vault.handle import CapabilityInfo, is_handle, new_handle
 from vault.urls import PathPattern, canonical_host
@@ -312,15 +312,7 @@ class GrantStore:
         self.path = Path(db_path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=30.0, check_same_thread=False, isolation_level=None
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: each commit is atomic and survives an app crash; only
-            # a power cut can lose the last commits (SQLite's recommended pairing).
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._db = sqlite_utils.Database(conn)
+            _, self._db = open_shared_database(self.path)
             self._db[_TABLE].create(  # type: ignore[union-attr]  # Table, not View
                 {
                     "handle": str,
