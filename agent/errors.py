@@ -51,3 +51,7 @@ class SandboxError(AgentError):
 
 class PolicyError(AgentError):
     """A permission rule is malformed."""
+
+
+class AuditWriteError(AgentError):
+    """The audit log could not record an action, so the action is not taken."""

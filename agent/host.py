@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.errors import (
     AgentCrashedError,
+    AuditWriteError,
     PolicyError,
     ProtocolError,
     SandboxError,
@@ -302,7 +303,12 @@ class AuditSink(Protocol):
         details: dict[str, Any] | None = None,
         secret_values: Sequence[bytes | bytearray | str] = (),
     ) -> Any:
-        """Append one entry."""
+        """Append one entry.
+
+        Raises:
+            Exception: Any error when the entry was not written; the host then
+                stops the errand rather than act unaudited.
+        """
         ...
 
 
@@ -730,6 +736,8 @@ class AgentHost:
                 proc.send(self._task(task))
                 self._record("errand_started", details={"task": self._redact(task)[0]})
                 return self._loop(proc, task, calls)
+            except AuditWriteError as e:
+                return self._audit_failed(e, calls)
             except (AgentCrashedError, ProtocolError) as e:
                 if self._proc is not None:  # start() already reported its own failure
                     self._crashed(e)
@@ -847,9 +855,14 @@ class AgentHost:
                 self._decided(req, "deny", reason, by="user", choice="deny")
                 return self._refuse(req, "denied", f"denied by the user: {reason}", audited=True)
             reason = f"allowed by the user ({answer.choice})"
-            self._decided(req, "allow", reason, by="user", choice=answer.choice)
+            self._decided(
+                req, "allow", reason, by="user", choice=answer.choice,
+                unsandboxed=decision.unsandboxed,
+            )
         else:
-            self._decided(req, "allow", decision.reason, by="policy")
+            self._decided(
+                req, "allow", decision.reason, by="policy", unsandboxed=decision.unsandboxed
+            )
         if self._cancel.cancelled:
             return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
         output, ok = self._run(req, unsandboxed_approved=decision.unsandboxed)
@@ -977,7 +990,14 @@ class AgentHost:
         )
 
     def _decided(
-        self, req: ToolRequest, action: str, reason: str, *, by: str, **extra: str
+        self,
+        req: ToolRequest,
+        action: str,
+        reason: str,
+        *,
+        by: str,
+        unsandboxed: bool = False,
+        **extra: str,
     ) -> None:
         self._emit(
             AgentEvent(
@@ -998,6 +1018,8 @@ class AgentHost:
                 "by": by,
                 "arguments": self._redact(json.dumps(req.arguments, sort_keys=True))[0],
                 "tainted": self.tainted,
+                # An approved run without the OS sandbox says so in its entry.
+                **({"sandboxed": False} if unsandboxed else {}),
                 **extra,
             },
         )
@@ -1145,8 +1167,29 @@ class AgentHost:
             self._listener(event)
 
     def _record(self, kind: str, **kwargs: Any) -> None:
-        if self._audit is not None:
+        """Append an audit entry; fail closed.
+
+        Raises:
+            AuditWriteError: The entry was not written (disk full, database
+                locked or corrupt): what it would record must not happen.
+        """
+        if self._audit is None:
+            return
+        try:
             self._audit.record(kind, session_id=self.session_id, **kwargs)
+        except Exception as e:  # any failure of the sink means "not recorded"
+            raise AuditWriteError(
+                f"the audit log cannot be written ({e}); the errand stopped so that "
+                "nothing runs unaudited"
+            ) from e
+
+    def _audit_failed(self, error: AuditWriteError, calls: list[ToolCallRecord]) -> ErrandResult:
+        # The agent waits for an answer that will not come: stop it, and start
+        # afresh next errand.
+        self._stop_worker(kill=True)
+        log.error("%s", error)
+        self._emit(AgentEvent("error", text=str(error), data={"kind": "audit"}))
+        return ErrandResult(outcome="error", text="", tool_calls=calls, error=str(error))
 
     def _crashed(self, error: BaseException) -> None:
         proc, self._proc = self._proc, None

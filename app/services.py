@@ -139,7 +139,14 @@ class AppServices:
 
         def build() -> Any:
             mod = self._require("vault.audit", "the audit log")
-            return mod.AuditLog(self.paths.database)
+            keystore = self._require("vault.keystore", "the keyring").default_keystore()
+            # Keyed by the vault once one is unlocked (set_vault); until then by a
+            # per-boot key (vault locked) or the keyring's per-install key.
+            try:
+                vault = self.vault
+            except ServiceUnavailableError:
+                vault = None  # reported under "vault"; the log still works, unkeyed by it
+            return mod.AuditLog(self.paths.database, vault=vault, keystore=keystore)
 
         return self._service("audit", build)
 
@@ -189,6 +196,13 @@ class AppServices:
             self._built["vault"] = vault
             self._built.pop("broker", None)
             self.problems.pop("vault", None)
+            audit = self._built.get("audit")
+        if audit is not None:
+            audit.attach_vault(vault)
+            try:
+                audit.seal()  # cover what was written while the vault was locked
+            except Exception as e:  # reported; the next audited write seals or fails closed
+                log.warning("the audit log could not seal the locked-time entries: %s", e)
 
     @property
     def broker(self) -> Any:

@@ -299,3 +299,55 @@ def calibrate_argon2(
         memory_kib //= 2
     iterations = max(1, min(Argon2Params.MAX_ITERATIONS, round(target_seconds / one_pass)))
     return Argon2Params(iterations=iterations, lanes=lanes, memory_kib=memory_kib)
+
+
+# ------------------------------------------------------------------ audit log
+
+INSTALL_SCOPE = bytes(16)
+"""The keyring scope (in place of a vault id) of items that belong to this install."""
+
+AUDIT_HEAD_ITEM = "audit-head"
+AUDIT_INSTALL_KEY_ITEM = "audit-install-key"
+
+
+def read_audit_head(store: KeyStore, scope: bytes) -> tuple[int, str] | None:
+    """The audit log head ``(last id, its chain hash)`` kept in the keyring.
+
+    ``None`` when there is none, no keyring, or the item is not in Keyless's
+    format (nobody but the keyring's owner can write it).
+    """
+    try:
+        raw = store.get(scope, AUDIT_HEAD_ITEM)
+    except KeyringUnavailableError:
+        return None
+    if raw is None:
+        return None
+    seq, _, head = raw.decode("ascii", errors="replace").partition(":")
+    if not seq.isdigit() or len(head) != 64:
+        return None
+    return int(seq), head
+
+
+def write_audit_head(store: KeyStore, scope: bytes, seq: int, head: str) -> bool:
+    """Record the audit log head in the keyring; ``False`` if there is no keyring."""
+    try:
+        store.set(scope, AUDIT_HEAD_ITEM, f"{seq}:{head}".encode("ascii"))
+    except KeyringUnavailableError:
+        return False
+    return True
+
+
+def install_audit_key(store: KeyStore) -> bytearray | None:
+    """The per-install audit chain key (created on first use), or ``None`` without a keyring.
+
+    Keys the audit log on a machine that has a keyring but no vault yet.
+    """
+    try:
+        key = store.get(INSTALL_SCOPE, AUDIT_INSTALL_KEY_ITEM)
+        if key is not None:
+            return key if len(key) == _crypto.KEY_SIZE else None
+        key = bytearray(_crypto.random_bytes(_crypto.KEY_SIZE))
+        store.set(INSTALL_SCOPE, AUDIT_INSTALL_KEY_ITEM, key)
+    except KeyringUnavailableError:
+        return None
+    return key

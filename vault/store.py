@@ -79,6 +79,8 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 _MAC_INFO = b"keyless-vault/mac/v1"
 _RECORDS_INFO = b"keyless-vault/records/v1"
 _DERIVED_INFO = b"keyless-vault/derived/v1/"
+AUDIT_CHAIN_INFO = b"keyless audit chain v1"
+"""HKDF info of the audit log's chain key (see :meth:`Vault.audit_chain_key`)."""
 
 
 class _Keys:
@@ -613,6 +615,29 @@ class Vault:
             keys, vf = self._touch(now)
             return _crypto.hkdf(
                 keys.data_key, salt=vf.vault_id, info=_DERIVED_INFO + purpose.encode("utf-8")
+            )
+
+    def audit_chain_key(self, *, now: float | None = None) -> tuple[str, bytearray] | None:
+        """The audit log's chain key, or None while the vault is locked.
+
+        HKDF-SHA256 of the data key (salt: the vault id, info:
+        :data:`AUDIT_CHAIN_INFO`). Unlike :meth:`derive_key` it does not count
+        as use: writing audit entries must not keep an idle vault unlocked.
+
+        Returns:
+            ``(data key id in hex, 32-byte key)``; zero the key after use. The
+            id names which data key the entries were keyed under, so entries
+            written before a rotation are told apart from tampered ones.
+        """
+        with self._lock:
+            if self._keys is None or self._file is None:
+                return None
+            if self._idle_expired(self._now(now)):
+                self._wipe()
+                return None
+            vf = self._file
+            return vf.key_id.hex(), _crypto.hkdf(
+                self._keys.data_key, salt=vf.vault_id, info=AUDIT_CHAIN_INFO
             )
 
     # -------------------------------------------------------------- internals

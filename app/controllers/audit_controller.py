@@ -30,22 +30,56 @@ class AuditRow:
 
 @dataclass(frozen=True)
 class ChainResult:
-    """The outcome of :meth:`vault.audit.AuditLog.verify`, for display."""
+    """The outcome of :meth:`vault.audit.AuditLog.verify`, for display.
+
+    ``status`` is :data:`vault.audit.ChainStatus`: how much the log proves.
+    """
 
     ok: bool
     n_entries: int
     first_bad_id: int | None
     problem: str | None = None
+    status: str = "keyed"
+    legacy_through: int = 0
+    unsealed: int = 0
+
+    @property
+    def verified(self) -> bool:
+        """Intact and covered by a key the database does not hold."""
+        return self.ok and self.status in ("keyed", "empty")
 
     def describe(self) -> str:
-        """A sentence for the user."""
-        if self.ok:
-            return f"Hash chain intact: all {self.n_entries} entries verified."
-        why = f" ({self.problem})" if self.problem else ""
-        return (
-            f"Hash chain BROKEN at entry {self.first_bad_id}{why}: the log was edited or "
-            f"rows were deleted after they were written. {self.n_entries} entries in the log."
+        """A sentence for the user, honest about what the check proves."""
+        n = self.n_entries
+        if self.status == "rollback":
+            return f"ROLLBACK detected: {self.problem}."
+        if not self.ok:
+            why = f" ({self.problem})" if self.problem else ""
+            return (
+                f"Hash chain BROKEN at entry {self.first_bad_id}{why}: the log was edited or "
+                f"rows were deleted after they were written. {n} entries in the log."
+            )
+        legacy = (
+            f" Entries 1 to {self.legacy_through} predate keying (legacy); the keyed "
+            "entries after them cover them."
+            if self.legacy_through
+            else ""
         )
+        texts = {
+            "empty": "The audit log is empty.",
+            "keyed": f"Verified, keyed: all {n} entries are covered by a key the database "
+            f"file does not hold.{legacy}",
+            "unsealed": f"Hash chain intact. {self.unsealed} entries were written while the "
+            "vault was locked and are not sealed yet: unlock the vault to seal them.",
+            "unverified": f"Hash chain intact ({n} entries), but the keyed entries cannot be "
+            "checked while the vault is locked: unlock it to verify them.",
+            "legacy": f"Hash chain intact: all {n} entries are legacy (written before the log "
+            "was keyed); someone with the database file could have rewritten them.",
+            "unkeyed": f"Hash chain intact: all {n} entries verified, but UNKEYED (no vault "
+            "and no keyring): this catches careless edits, not someone who recomputes the "
+            "hashes.",
+        }
+        return texts.get(self.status, f"Hash chain intact: {n} entries, status {self.status}.")
 
 
 def _row(entry: AuditEntry) -> AuditRow:
@@ -121,6 +155,9 @@ class AuditController(QObject):
                 n_entries=result.n_entries,
                 first_bad_id=result.first_bad_id,
                 problem=result.problem,
+                status=result.status,
+                legacy_through=result.legacy_through,
+                unsealed=result.unsealed,
             )
 
         self._worker.submit(load, self.entries_loaded.emit, self._report)

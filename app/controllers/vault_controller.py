@@ -474,7 +474,11 @@ class VaultController(QObject):
             from vault.broker import Broker
 
             vault = self._unlocked()
-            self._broker = Broker(vault, self._grant_store(), AuditLog(self._db_path))
+            from vault.keystore import default_keystore
+
+            keystore = self._keystore if self._keystore is not None else default_keystore()
+            audit = AuditLog(self._db_path, vault=vault, keystore=keystore)
+            self._broker = Broker(vault, self._grant_store(), audit)
         return self._broker
 
     def _do_refresh(self) -> VaultState:

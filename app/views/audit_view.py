@@ -245,7 +245,8 @@ class AuditView(QtWidgets.QWidget):
 
     def _on_chain(self, result: ChainResult) -> None:
         self.chain_label.setText(result.describe())
-        colour = "#1b5e20" if result.ok else "#b00020"
+        # Green only for what a key proves; amber for an intact but weaker chain.
+        colour = "#1b5e20" if result.verified else "#8a5a00" if result.ok else "#b00020"
         self.chain_label.setStyleSheet(f"color: {colour}; font-weight: bold;")
 
     def _on_error(self, text: str) -> None:

@@ -111,7 +111,7 @@ def make_rig(
 
     transcript = Transcript()
     prompt = ScriptedAnswerer(list(answers))
-    audit = AuditLog(tmp_path / "keyless.db")
+    audit: AuditLog = kwargs.pop("audit", None) or AuditLog(tmp_path / "keyless.db")
     policy = PolicyEngine(list(rules))
     kwargs.setdefault("broker", None)
     if "worker_argv" not in kwargs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pytest
 from agent.host import AgentHost, PermissionAnswer, PermissionRequest, TerminalPrompt
 from agent.policy import Rule, RuleStore
 from agent.protocol import MAX_LINE, ErrandLimits
+from agent.sandbox import Sandbox
 from models.fake import ScriptedModel
 from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
+from vault.audit import AuditLog
 
 
 @pytest.fixture
@@ -648,3 +651,59 @@ def test_a_relayed_model_error_holding_a_vault_secret_is_withheld(
     [failed] = rig.transcript.sent_of("model_failed")
     assert REMOTE_KEY not in failed["message"] and "withheld" in failed["message"]
     assert all(REMOTE_KEY.encode() not in line for line in rig.transcript.sent)
+
+
+def test_an_unsandboxed_run_the_user_approved_is_marked_in_its_audit_entry(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(
+        rigs, tmp_path, ws, [call("shell", command="echo hi"), final("done")],
+        tools=("shell",), sandbox=Sandbox(None), answers=[PermissionAnswer(choice="once")],
+    )
+    result = rig.host.run_errand("say hi")
+    assert result.outcome == "final" and rig.prompt.asked[0].unsandboxed
+    entry = rig.audit.entries(kind="tool_decision")[0]
+    assert entry.decision == "allow" and entry.details["sandboxed"] is False
+    assert rig.audit.verify().ok
+
+
+def test_a_sandboxed_allow_carries_no_unsandboxed_mark(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    rig = rig_for(rigs, tmp_path, ws, [call("read_file", path="notes.txt"), final("ok")])
+    rig.host.run_errand("read")
+    assert "sandboxed" not in rig.audit.entries(kind="tool_decision")[0].details
+
+
+def test_when_the_audit_log_cannot_be_written_the_tool_call_does_not_run(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    """Fail closed: another writer holds keyless.db's lock when the call is decided."""
+    db = tmp_path / "keyless.db"
+    blockers: list[sqlite3.Connection] = []
+
+    def take_the_lock(_: PermissionRequest) -> None:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        blockers.append(blocker)
+
+    rig = rig_for(
+        rigs, tmp_path, ws,
+        [call("write_file", path="out.txt", content="hi"), final("written")],
+        answers=[PermissionAnswer(choice="once")],
+        audit=AuditLog(db, busy_timeout=0.05),
+    )
+    rig.prompt.before_answer = take_the_lock
+    try:
+        result = rig.host.run_errand("write out.txt")
+    finally:
+        for blocker in blockers:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert result.outcome == "error"
+    assert "audit log cannot be written" in (result.error or "")
+    assert not (ws / "out.txt").exists()
+    assert rig.transcript.sent_of("tool_result") == []
+    assert any(e.kind == "error" and e.data.get("kind") == "audit" for e in rig.events)
+    assert "tool_decision" not in rig.audit_kinds()
+    assert rig.audit.verify().ok

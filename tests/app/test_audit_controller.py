@@ -10,7 +10,10 @@ from pytestqt.qtbot import QtBot
 
 from app.controllers.audit_controller import AuditController, AuditRow, ChainResult
 from app.qt import QObject
+from vault._crypto import Argon2Params
 from vault.audit import AuditLog
+from vault.keystore import NoKeyring
+from vault.store import Vault
 
 
 def dispose(qtbot: QtBot, controller: QObject) -> None:
@@ -48,7 +51,10 @@ def test_rows_newest_first_with_details_summarised(log: AuditLog, qtbot: QtBot) 
     assert rows[0].session_id == "s1" and rows[0].reason == "rule shell(rm *)"
     assert rows[1].details == "name=GITHUB_TOKEN"
     assert rows[1].time is not None and rows[1].time.tzinfo is not None
-    assert chain == ChainResult(ok=True, n_entries=2, first_bad_id=None, problem=None)
+    assert chain == ChainResult(
+        ok=True, n_entries=2, first_bad_id=None, problem=None, status="unkeyed"
+    )
+    assert "UNKEYED" in chain.describe() and not chain.verified
     dispose(qtbot, controller)
 
 
@@ -87,3 +93,23 @@ def test_limit_bounds_the_rows_but_not_the_check(log: AuditLog, qtbot: QtBot) ->
     assert [r.reason for r in rows] == ["#6", "#5", "#4", "#3", "#2"]
     assert chain.n_entries == 7 and chain.ok
     dispose(qtbot, controller)
+
+
+def test_statuses_are_described_honestly(tmp_path: Path, qtbot: QtBot) -> None:
+    vault = Vault.create(
+        tmp_path / "vault.kls", passphrase="pw", use_keyring=False, keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64), idle_timeout=None,
+    )
+    log = AuditLog(tmp_path / "keyed.db", vault=vault)
+    log.record("vault.add")
+    controller = AuditController(log)
+    _, chain = load(controller, qtbot)
+    assert chain.verified and chain.describe().startswith("Verified, keyed: all 1 entries")
+    vault.lock()
+    log.record("tool_decision")
+    _, chain = load(controller, qtbot)
+    assert chain.ok and not chain.verified and chain.status == "unsealed"
+    assert "1 entries were written while the vault was locked" in chain.describe()
+    dispose(qtbot, controller)
+    rollback = ChainResult(ok=False, n_entries=3, first_bad_id=4, problem="x", status="rollback")
+    assert rollback.describe() == "ROLLBACK detected: x."

@@ -98,3 +98,28 @@ def test_memory_capacities_come_from_the_settings(workspace: Path) -> None:
         close = getattr(svc, "close", None)
         if close:
             close()
+
+
+def test_the_unlocked_vault_keys_the_audit_log_and_seals_what_was_written_locked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vault._crypto import Argon2Params
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    monkeypatch.setenv("KEYLESS_NO_KEYRING", "1")
+    services = AppServices()
+    vault = Vault.create(
+        services.paths.vault_file, passphrase="pw", use_keyring=False, keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64), idle_timeout=None,
+    )
+    vault.lock()
+    audit = services.audit
+    assert audit.mode == "locked"  # the vault file exists but nobody unlocked it
+    audit.record("errand_started")
+    vault.unlock("pw")
+    services.set_vault(vault)
+    assert audit.mode == "vault"
+    check = audit.verify()
+    assert check.ok and check.status == "keyed"
+    assert audit.entries(kind="audit.sealed")[0].details["entries"] == 1
