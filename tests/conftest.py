@@ -7,10 +7,13 @@ real user's vault, memory or settings.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests import ci_programs
 
 # GUI tests never need a display: a plain `pytest` on a headless box works too.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -34,3 +37,34 @@ def workspace(tmp_path: Path) -> Path:
     ws = tmp_path / "workspace"
     ws.mkdir()
     return ws
+
+
+# Every program the suite starts must come from .ci/run's packages or the venv
+# (see tests/ci_programs.py): record them all, check them when the run ends.
+_unprovided: list[ci_programs.Unprovided] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not getattr(sys, "_keyless_program_hook", False):
+        sys.addaudithook(ci_programs.RECORDER)
+        sys._keyless_program_hook = True  # type: ignore[attr-defined]
+    ci_programs.RECORDER.active = True
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    ci_programs.RECORDER.active = False
+    if not ci_programs.dpkg_available() or not ci_programs.RECORDER.started:
+        return
+    _unprovided[:] = ci_programs.check(
+        dict(ci_programs.RECORDER.started), ci_programs.ci_packages()
+    )
+    if _unprovided:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _unprovided:
+        return
+    terminalreporter.section("programs a fresh machine would not have", red=True)
+    for problem in _unprovided:
+        terminalreporter.line(f"the suite started {problem}", red=True)

@@ -170,7 +170,8 @@ class BrokeredResponse(BaseModel):
         status: HTTP status of the last hop.
         headers: Response headers, lower-case names, redacted.
         body: Body text (decoded with the response's charset, UTF-8 by
-            default), redacted, at most the broker's size limit.
+            default), NUL characters dropped, redacted, at most the broker's
+            size limit.
         truncated: The body was cut at the size limit (the last few
             characters before the cut are dropped too, since they could hold
             the incomplete start of a secret).
@@ -229,6 +230,8 @@ def _body_encoding(charset: str | None) -> str:
     The server chooses the charset. Under one that is not a superset of ASCII
     (UTF-16, UTF-7, EBCDIC) an echoed secret decodes to text no redaction
     pattern matches, and the agent re-encodes it: such bodies are read as UTF-8.
+    A secret the server encoded in UTF-16 or UTF-32 then reads as the secret
+    with NULs between its characters, so :meth:`Broker._read` drops NULs.
     """
     if not charset:
         return "utf-8"
@@ -238,6 +241,11 @@ def _body_encoding(charset: str | None) -> str:
     except (LookupError, UnicodeError, ValueError):  # unknown or not a text codec
         pass
     return "utf-8"
+
+
+def _without_nul(text: str) -> str:
+    """``text`` without NUL characters, which no text body needs and which hide a secret."""
+    return text.replace("\x00", "")
 
 
 def _now() -> datetime:
@@ -377,7 +385,9 @@ class Broker:
         Always every secret granted to ``session_id`` (in any state): if they
         cannot be read, redaction fails. While the vault is unlocked, also
         every other secret in it and the canaries, so a key that sits in a
-        workspace file (a ``.env``) or a server's answer is caught too.
+        workspace file (a ``.env``) or a server's answer is caught too. A
+        secret spelled with NULs between its characters (UTF-16 or UTF-32
+        text read as UTF-8) is caught as well; the NULs are then dropped.
 
         Returns:
             The redacted text and the names found.
@@ -391,7 +401,16 @@ class Broker:
             raise RedactionError(f"cannot read the session's secrets to redact: {e}") from e
         try:
             pairs += self._other_secrets({name for name, _ in pairs})
-            return Redactor(pairs).redact(text)
+            redactor = Redactor(pairs)
+            redacted, names = redactor.redact(text)
+            if "\x00" in redacted:
+                # A secret in UTF-16 or UTF-32 (a file the shell printed) reads
+                # as the secret with NULs between its characters: where that
+                # hides one, the NULs go (elsewhere they may be data: -print0).
+                squeezed, hidden = redactor.redact(_without_nul(redacted))
+                if hidden:
+                    redacted, names = squeezed, sorted(set(names) | set(hidden))
+            return redacted, names
         finally:
             for _, value in pairs:
                 if isinstance(value, bytearray):
@@ -798,7 +817,7 @@ class Broker:
                 if len(chunk) > room:
                     chunk, truncated = chunk[:room], True
                 total += len(chunk)
-                parts.append(stream.feed(decoder.decode(chunk)))
+                parts.append(stream.feed(_without_nul(decoder.decode(chunk))))
                 if truncated:
                     break
         except httpx.HTTPError as e:
@@ -810,9 +829,9 @@ class Broker:
         if truncated:
             # Drop the held-back tail: it may hold the start of a secret that
             # the cut left incomplete, which no pattern would match.
-            parts.append(stream.feed(decoder.decode(b"", final=True)))
+            parts.append(stream.feed(_without_nul(decoder.decode(b"", final=True))))
         else:
-            parts.append(stream.feed(decoder.decode(b"", final=True)))
+            parts.append(stream.feed(_without_nul(decoder.decode(b"", final=True))))
             parts.append(stream.finish())
         found = set(stream.found)
         headers: dict[str, str] = {}

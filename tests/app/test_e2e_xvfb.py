@@ -3,7 +3,8 @@
 `python -m app` (what `keyless` runs) opens on a virtual screen with the
 embedded model; the test types a task with xdotool as a user would, presses
 Ctrl+Enter, waits until the audit log says the errand ended, saves a
-screenshot, quits with Ctrl+Q and checks the app exited cleanly.
+screenshot (from the framebuffer file Xvfb keeps, no ImageMagick), quits with
+Ctrl+Q and checks the app exited cleanly.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.app.xwd import screenshot
 
 pytestmark = [
     pytest.mark.gui,
@@ -31,11 +35,24 @@ pytestmark = [
 ]
 
 
+@dataclass(frozen=True)
+class Screen:
+    """A running Xvfb: its display name and the folder holding its framebuffer file."""
+
+    display: str
+    fbdir: Path
+
+
 @pytest.fixture
-def display() -> Iterator[str]:
+def xvfb(tmp_path: Path) -> Iterator[Screen]:
+    fbdir = tmp_path / "fb"
+    fbdir.mkdir()
     read, write = os.pipe()
     xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x860x24", "-nolisten", "tcp"],
+        [
+            "Xvfb", "-displayfd", str(write), "-screen", "0", "1280x860x24",
+            "-fbdir", str(fbdir), "-nolisten", "tcp",
+        ],
         pass_fds=(write,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -44,7 +61,7 @@ def display() -> Iterator[str]:
     with os.fdopen(read) as f:
         number = f.readline().strip()
     assert number.isdigit(), "Xvfb did not report its display"
-    yield f":{number}"
+    yield Screen(f":{number}", fbdir)
     xvfb.terminate()
     xvfb.wait(timeout=10)
 
@@ -67,14 +84,14 @@ def _audit_kinds(database: Path) -> list[str]:
 
 
 def test_the_real_app_runs_one_errand_under_xvfb(
-    display: str, tmp_path: Path, workspace: Path
+    xvfb: Screen, tmp_path: Path, workspace: Path
 ) -> None:
     data, config = Path(os.environ["KEYLESS_DATA_DIR"]), Path(os.environ["KEYLESS_CONFIG_DIR"])
     config.mkdir(parents=True, exist_ok=True)
     (workspace / "README.md").write_text("# demo\n")
     settings = {"workspace": str(workspace), "recent_workspaces": [str(workspace)]}
     (config / "settings.json").write_text(json.dumps(settings))
-    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    env = {**os.environ, "DISPLAY": xvfb.display, "QT_QPA_PLATFORM": "xcb"}
     app = subprocess.Popen(
         [sys.executable, "-m", "app"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -93,8 +110,9 @@ def test_the_real_app_runs_one_errand_under_xvfb(
             time.sleep(0.5)  # polling another process's database, not waiting for Qt
         assert "errand_started" in kinds, f"the typed task did not start an errand: {kinds}"
         assert "errand_finished" in kinds or "errand_failed" in kinds, kinds
-        shot = tmp_path / "e2e.png"
-        subprocess.run(["import", "-window", "root", str(shot)], env=env, check=False)
+        shot = screenshot(xvfb.fbdir, tmp_path / "e2e.png")
+        assert (shot.width(), shot.height()) == (1280, 860)
+        assert len({shot.pixel(x, y) for x in range(0, 1280, 40) for y in range(0, 860, 40)}) > 2
         _xdotool(env, "key", "--window", window, "ctrl+q")
         out, err = app.communicate(timeout=60)
     finally:

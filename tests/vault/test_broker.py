@@ -920,6 +920,22 @@ def test_audit_never_holds_the_secret(env: Env) -> None:
         assert form.encode() not in raw
 
 
+def test_redact_catches_a_secret_spelled_with_nuls(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    source = _make_source("dict", tmp_path)
+    for env in _env(source, server, ca, tmp_path):
+        env.grant()
+        # What `cat` of a UTF-16 file holding the key prints, read as UTF-8.
+        text = "API_KEY=" + SECRET.decode() + "\n"
+        wide = text.encode("utf-16-le").decode("utf-8")
+        redacted, names = env.broker.redact(wide, session_id="s1")
+        assert names == ["API_KEY"]
+        assert_no_secret(redacted.replace("\x00", ""))
+        # NULs that hide nothing stay: they may be data (find -print0).
+        assert env.broker.redact("a\x00b\x00", session_id="s1") == ("a\x00b\x00", [])
+
+
 def test_scan_and_redact_for_a_session(server: ServerState, ca: trustme.CA,
                                        tmp_path: Path) -> None:
     source = _make_source("dict", tmp_path)
