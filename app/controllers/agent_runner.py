@@ -62,6 +62,7 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
         detail=detail,
         suggested_rule=rule_to_text(suggested) if suggested is not None else "",
         rule_check=check_rule_text,
+        runs_code=tuple(getattr(request, "runs_code", ())),
     )
 
 
