@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import (
     AgentCrashedError,
@@ -48,6 +48,7 @@ from agent.errors import (
 )
 from agent.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
 from agent.ports import BrokerPort, MemoryPort
+from agent.protected import request_host_code_reasons
 from agent.protocol import (
     MAX_LINE,
     AgentErrorMsg,
@@ -160,6 +161,10 @@ class PermissionRequest(BaseModel):
         suggested_rule: The rule "always" would save; the user may edit it.
         unsandboxed: The call would run without the OS sandbox; only "once"
             or "deny" are offered for it.
+        runs_code: One line per workspace file the call writes (or a shell
+            command names) that the user's own tools execute on the host
+            (``.envrc``, ``.vscode/tasks.json``, ``.gitattributes``; see
+            :mod:`agent.protected`); shown as "runs code on your machine".
     """
 
     model_config = ConfigDict(frozen=True)
@@ -171,6 +176,7 @@ class PermissionRequest(BaseModel):
     tainted: bool
     suggested_rule: Rule
     unsandboxed: bool = False
+    runs_code: list[str] = Field(default_factory=list)
 
 
 class PermissionAnswer(BaseModel):
@@ -233,6 +239,10 @@ class TerminalPrompt:
         self._say(f"  why: {request.reason}")
         if request.tainted:
             self._say("  ! untrusted content (files, web, output) is in the agent's context")
+        if request.runs_code:
+            self._say("  !! RUNS CODE ON YOUR MACHINE: your own tools would execute what it writes")
+            for line in request.runs_code:
+                self._say(f"     - {line}")
         if request.unsandboxed:
             self._say("  !! this command would run WITHOUT the sandbox, with your permissions")
             options = "[o]nce or [d]eny"
@@ -884,6 +894,7 @@ class AgentHost:
             tainted=self.tainted,
             suggested_rule=suggested,
             unsandboxed=decision.unsandboxed,
+            runs_code=request_host_code_reasons(call.tool, arguments),
         )
         answer = self._prompt.ask(request)
         if decision.unsandboxed and answer.choice in ("session", "always"):

@@ -1,8 +1,9 @@
 """Bubblewrap sandboxes: one per shell command, and one around the agent process.
 
 Each ``shell`` command runs in its own sandbox: the workspace bound
-read-write with the protected paths (``.git/hooks``, ``.git/config``,
-``.keyless``) bound read-only over it, the system read-only, no network, a
+read-write with the protected paths (every git directory's config, hooks and
+the other entries of :data:`agent.protected.GIT_DIR_ENTRIES`, existing or
+not, and ``.keyless``) bound read-only over it, the system read-only, no network, a
 private ``/tmp`` and ``$HOME`` (size-limited tmpfs), a fresh PID namespace,
 all capabilities dropped, and CPU-time, address-space, file-size,
 open-file and process-count limits set *inside* the sandbox with
@@ -26,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import select
 import selectors
 import shutil
@@ -42,7 +44,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import SandboxError
-from agent.tools.paths import PROTECTED
+from agent.protected import GIT_DIR_ENTRIES, GIT_DIR_NAMES, normalise_name
 
 #: ``$HOME`` inside every sandbox: an empty directory on the private tmpfs ``/tmp``.
 SANDBOX_HOME = "/tmp/home"
@@ -305,13 +307,31 @@ class Sandbox:
     # -- shell --------------------------------------------------------------------------------
 
     def shell_argv(
-        self, command: str, workspace: Path, limits: Limits, *, hide: Sequence[Path] = ()
+        self,
+        command: str,
+        workspace: Path,
+        limits: Limits,
+        *,
+        hide: Sequence[Path] = (),
+        guard: GitGuard | None = None,
     ) -> list[str]:
         """The bwrap command line that runs ``command`` with ``/bin/sh -c``.
 
-        Missing protected directories are created first (``.keyless``, and
-        ``.git/hooks`` in a git checkout) so they can be bound read-only;
-        otherwise a command could create them.
+        Every git directory in the workspace (``.git`` at any depth, and one
+        a ``.git`` file or symlink points to inside it) is pinned, and each of
+        its entries in :data:`agent.protected.GIT_DIR_ENTRIES` is bound
+        read-only *whether or not it exists*: a missing one gets an empty
+        placeholder first (see :class:`GitGuard`), otherwise a command could
+        create it. ``.keyless`` is created if missing and bound read-only.
+
+        Args:
+            command: The command line.
+            workspace: The workspace, bound read-write.
+            limits: Resource limits.
+            hide: Paths covered with an empty mount.
+            guard: The guard that made the placeholders and removes them after
+                the run (:meth:`run_shell` passes one); without it one is made
+                here and its placeholders stay.
 
         Raises:
             SandboxError: No bwrap, or an unsuitable workspace.
@@ -319,31 +339,18 @@ class Sandbox:
         if self.bwrap is None:
             raise SandboxError("bubblewrap is not available")
         ws = check_workspace(workspace)
+        guard = guard if guard is not None else GitGuard(ws)
         args = [self.bwrap, *_system_binds(), *_isolation_flags()]
         args += ["--bind", str(ws), str(ws)]
-        git_entry = ws / ".git"
-        if not os.path.islink(git_entry):
-            # A mount point cannot be renamed or removed (EBUSY): without this
-            # the command could move .git aside and build one with writable
-            # hooks and config (the read-only binds below only cover paths
-            # *inside* it). A .git file (worktree, submodule) is kept read-only.
-            if git_entry.is_dir():
-                args += ["--bind", str(git_entry), str(git_entry)]
-            elif git_entry.is_file():
-                args += ["--ro-bind", str(git_entry), str(git_entry)]
-        for rel in PROTECTED:
-            target = ws / rel
-            git = ws / ".git"
-            real_git = git.is_dir() and not git.is_symlink()
-            if rel.name == "hooks" and real_git and not os.path.lexists(target):
-                target.mkdir()
-            if rel.name == ".keyless" and not os.path.lexists(target):
-                target.mkdir()
-            if os.path.islink(target):
-                # A symlink here could point anywhere; cover it with an empty file.
-                args += ["--ro-bind", "/dev/null", str(target)]
-            elif target.exists():
-                args += ["--ro-bind", str(target), str(target)]
+        args += guard.bind_flags()
+        keyless = ws / ".keyless"
+        if not os.path.lexists(keyless):
+            keyless.mkdir()
+        if os.path.islink(keyless):
+            # A symlink here could point anywhere; cover it with an empty file.
+            args += ["--ro-bind", "/dev/null", str(keyless)]
+        else:
+            args += ["--ro-bind", str(keyless), str(keyless)]
         args += _hide_flags(hide, [ws])
         args += _env_flags(scrubbed_env())
         args += ["--chdir", str(ws), "--"]
@@ -356,37 +363,22 @@ class Sandbox:
     ) -> ShellResult:
         """Run ``command`` in a fresh sandbox and wait for it under ``limits``.
 
+        Afterwards anything git would run code from that the command made
+        anyway (a new ``.git`` anywhere, a git-directory entry that appeared)
+        is moved to ``.keyless/quarantine`` and the result says so.
+
         Raises:
             SandboxError: bwrap is missing or could not start.
         """
-        argv = self.shell_argv(command, workspace, limits, hide=hide)
-        git = Path(os.path.realpath(workspace)) / ".git"
-        had_git = os.path.lexists(git)
-        git_before = _identity(git)
-        commondir = git / "commondir"
-        had_commondir = os.path.lexists(commondir)
-        result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
-        if had_git and not had_commondir and os.path.lexists(commondir):
-            # A missing file cannot be bound read-only; one the command wrote
-            # would make git read config and hooks from a directory it chose.
-            quarantine = git.parent / ".keyless" / "quarantine"
-            quarantine.mkdir(parents=True, exist_ok=True)
-            moved = quarantine / f"commondir-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-            os.replace(commondir, moved)
-            shown = moved.relative_to(git.parent)
-            note = f".git/commondir written by the command was moved to {shown}"
-            result = result.model_copy(update={"notes": [*result.notes, note]})
-        if os.path.lexists(git) and _identity(git) != git_before:
-            # A repository the command created (or swapped in for a .git
-            # symlink, which cannot be pinned) has no read-only hooks or
-            # config: its config (core.fsmonitor, core.hooksPath) would run
-            # code on the user's next git command. Move it out of the way.
-            quarantine = git.parent / ".keyless" / "quarantine"
-            quarantine.mkdir(parents=True, exist_ok=True)
-            moved = quarantine / f"git-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-            os.replace(git, moved)
-            note = f".git created by the command was moved to {moved.relative_to(git.parent)}"
-            result = result.model_copy(update={"notes": [*result.notes, note]})
+        ws = check_workspace(workspace)
+        guard = GitGuard(ws)
+        try:
+            argv = self.shell_argv(command, ws, limits, hide=hide, guard=guard)
+            result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
+        finally:
+            notes = guard.finish()
+        if notes:
+            result = result.model_copy(update={"notes": [*result.notes, *notes]})
         return result
 
     # -- agent process --------------------------------------------------------------------------
@@ -461,6 +453,232 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)
+
+
+#: Git-directory entries that are directories (the rest are files).
+_GIT_DIR_SUBDIRS = frozenset({"hooks", "info", "modules", "worktrees", "branches", "remotes"})
+#: Git config files whose ``core.hooksPath`` is honoured (besides each repository's own).
+_GLOBAL_GIT_CONFIGS = ("~/.gitconfig", "~/.config/git/config")
+
+
+def _is_git_name(name: str) -> bool:
+    return normalise_name(name) in GIT_DIR_NAMES
+
+
+def _scan_git_entries(ws: Path) -> dict[Path, tuple[int, int, int]]:
+    """Every entry named ``.git`` in the workspace (dir, file or symlink), at any depth.
+
+    Git directories are not descended into, nor is ``.keyless`` (the quarantine).
+    """
+    found: dict[Path, tuple[int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(ws):
+        here = Path(dirpath)
+        keep = []
+        for name in dirnames:
+            if _is_git_name(name):
+                ident = _identity(here / name)
+                if ident is not None:
+                    found[here / name] = ident
+            elif not (here == ws and name == ".keyless"):
+                keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            if _is_git_name(name):
+                ident = _identity(here / name)
+                if ident is not None:
+                    found[here / name] = ident
+    return found
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _hooks_paths(config_files: Sequence[Path]) -> list[str]:
+    """The ``core.hooksPath`` values set in ``config_files`` (a plain reading of the format)."""
+    values: list[str] = []
+    for config in config_files:
+        try:
+            text = config.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        section = ""
+        for raw in text.splitlines():
+            line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+            if line.startswith("["):
+                section = line.strip("[]").strip().casefold()
+                line = line[line.find("]") + 1 :].strip()
+            key, sep, value = line.partition("=")
+            if sep and section == "core" and key.strip().casefold() == "hookspath":
+                values.append(value.strip().strip('"'))
+    return values
+
+
+class GitGuard:
+    """Keeps one sandboxed command from planting code that git runs on the host.
+
+    Made before the command: it finds every ``.git`` in the workspace (at any
+    depth) and the git directory each names inside the workspace (a ``.git``
+    file's ``gitdir:``, a ``.git`` symlink's target). For each git directory
+    it lists binds that pin it (a mount point cannot be renamed or removed)
+    and bind every entry of :data:`agent.protected.GIT_DIR_ENTRIES`
+    read-only, with the directories on the way pinned too; an entry that does
+    not exist yet gets an empty placeholder first, because only an existing
+    path can be bound. ``core.hooksPath`` directories inside the workspace
+    are bound read-only the same way.
+
+    :meth:`finish`, after the command, moves to ``.keyless/quarantine``
+    every ``.git`` the command created and every protected entry that
+    appeared or changed all the same, and removes the placeholders that are
+    still empty, so the workspace is left as it was found.
+
+    Args:
+        ws: The canonical workspace.
+    """
+
+    def __init__(self, ws: Path) -> None:
+        self.ws = ws
+        self._before = _scan_git_entries(ws)
+        self._created: list[tuple[Path, tuple[int, int, int]]] = []
+        self._binds: list[str] = []
+        self._guarded: dict[Path, tuple[int, int, int] | None] = {}
+        self._pinned: set[Path] = set()
+        git_dirs: list[Path] = []
+        for entry in self._before:
+            if os.path.islink(entry):
+                # Cannot be bound; a replacement is caught by finish().
+                pass
+            elif entry.is_file():
+                self._binds += ["--ro-bind", str(entry), str(entry)]
+            else:
+                self._binds += ["--bind", str(entry), str(entry)]
+            target = self._git_dir_of(entry)
+            if target is not None and target not in git_dirs:
+                git_dirs.append(target)
+        for git_dir in git_dirs:
+            if os.path.islink(git_dir) or git_dir != Path(os.path.realpath(git_dir)):
+                continue
+            if git_dir not in self._before:
+                self._binds += ["--bind", str(git_dir), str(git_dir)]
+            for key in GIT_DIR_ENTRIES:
+                self._protect(git_dir, key)
+            self._protect_hooks_path(git_dir)
+
+    def _git_dir_of(self, entry: Path) -> Path | None:
+        """The git directory ``entry`` is or names, when it lies inside the workspace."""
+        if entry.is_symlink() or entry.is_file():
+            if entry.is_symlink():
+                target = Path(os.path.realpath(entry))
+            else:
+                try:
+                    first = entry.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+                except OSError:
+                    return None
+                if not first or not first[0].startswith("gitdir:"):
+                    return None
+                named = Path(first[0][len("gitdir:") :].strip())
+                target = Path(os.path.realpath(entry.parent / named))
+            return target if _inside(target, self.ws) and target.is_dir() else None
+        return entry if entry.is_dir() else None
+
+    def _protect(self, git_dir: Path, entry: tuple[str, ...]) -> None:
+        current = git_dir
+        for part in entry[:-1]:
+            current = current / part
+            if os.path.islink(current) or not self._placeholder(current, directory=True):
+                return
+            if current not in self._pinned:
+                # Once only: binding it again would cover the read-only binds inside.
+                self._pinned.add(current)
+                self._binds += ["--bind", str(current), str(current)]
+        self._read_only(current / entry[-1], directory=entry[-1] in _GIT_DIR_SUBDIRS)
+
+    def _protect_hooks_path(self, git_dir: Path) -> None:
+        configs = [git_dir / "config", git_dir / "config.worktree"]
+        configs += [Path(os.path.expanduser(c)) for c in _GLOBAL_GIT_CONFIGS]
+        worktree = git_dir.parent
+        for value in _hooks_paths(configs):
+            if not value or value.startswith("~"):
+                continue  # the home directory is not in the sandbox
+            hooks = Path(os.path.normpath(worktree / value))
+            if _inside(hooks, self.ws) and hooks != self.ws:
+                parent = hooks.parent
+                if self._placeholder(parent, directory=True, parents=True):
+                    self._read_only(hooks, directory=True)
+
+    def _read_only(self, path: Path, *, directory: bool) -> None:
+        self._guarded[path] = _identity(path)
+        if os.path.islink(path):
+            # A symlink here could point anywhere; cover it with an empty file.
+            self._binds += ["--ro-bind", "/dev/null", str(path)]
+        elif self._placeholder(path, directory=directory):
+            self._binds += ["--ro-bind", str(path), str(path)]
+
+    def _placeholder(self, path: Path, *, directory: bool, parents: bool = False) -> bool:
+        """Make ``path`` exist (remembering what was made); False where it cannot be."""
+        if os.path.lexists(path):
+            return True
+        if parents and not self._placeholder(path.parent, directory=True, parents=True):
+            return False
+        try:
+            if directory:
+                path.mkdir()
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        except OSError:
+            # Not writable by us, so not by the command either; finish() still checks.
+            return False
+        ident = _identity(path)
+        if ident is not None:
+            self._created.append((path, ident))
+        return True
+
+    def bind_flags(self) -> list[str]:
+        """The bwrap arguments that pin and protect the git directories."""
+        return list(self._binds)
+
+    def finish(self) -> list[str]:
+        """Quarantine what the command planted, remove the placeholders; return notes."""
+        notes: list[str] = []
+        known = set(self._before.values())
+        for path, ident in _scan_git_entries(self.ws).items():
+            if ident not in known:
+                shown = path.relative_to(self.ws).as_posix()
+                moved = self._quarantine(path, "git")
+                notes.append(f"{shown} created by the command was moved to {moved}")
+        placeholders = {path: ident for path, ident in self._created}
+        for path, before in self._guarded.items():
+            now = _identity(path)
+            if now is None or now == before or placeholders.get(path) == now:
+                continue
+            shown = path.relative_to(self.ws).as_posix()
+            moved = self._quarantine(path, path.name)
+            notes.append(f"{shown} written by the command was moved to {moved}")
+        for path, ident in reversed(self._created):
+            if _identity(path) != ident:
+                continue
+            with contextlib.suppress(OSError):
+                if ident[2] == stat.S_IFDIR:
+                    path.rmdir()  # only when still empty
+                elif os.lstat(path).st_size == 0:
+                    path.unlink()
+        return notes
+
+    def _quarantine(self, path: Path, label: str) -> str:
+        quarantine = self.ws / ".keyless" / "quarantine"
+        if os.path.islink(self.ws / ".keyless"):
+            # Never follow a symlink out of the workspace: drop the planted thing.
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            return "nowhere (removed: .keyless is a symlink)"
+        quarantine.mkdir(parents=True, exist_ok=True)
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        moved = quarantine / f"{label.lstrip('.')}-{stamp}"
+        os.replace(path, moved)
+        return moved.relative_to(self.ws).as_posix()
 
 
 def run_unsandboxed(command: str, workspace: Path, limits: Limits) -> ShellResult:

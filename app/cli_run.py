@@ -107,6 +107,9 @@ def run_errand_cli(
         err.write(f"keyless run: --max-steps: {e.errors()[0]['msg']}\n")
         return EXIT_FAILED
     services = AppServices()
+    warning = services.workspace_warning(workspace)
+    if warning is not None:
+        err.write(f"warning: {warning}\n")
     session_id = args.session or uuid.uuid4().hex
     store = None
     rules: list[Any] = []
@@ -153,7 +156,7 @@ def run_errand_cli(
         scripted_model=args.scripted_model.resolve() if args.scripted_model else None,
         limits=limits,
         isolate=not args.no_isolation,
-        hidden_paths=(services.paths.data_dir,),
+        hidden_paths=services.protected_paths(),
         relay_model=relay,
     )
     try:

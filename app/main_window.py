@@ -272,6 +272,10 @@ class MainWindow(QtWidgets.QMainWindow):
             self.services.set_workspace(Path(folder))
         except (NotADirectoryError, SettingsError) as e:
             self.banner.show_message(f"The workspace choice was not saved: {e}", "error")
+            return
+        warning = self.services.workspace_warning(Path(folder))
+        if warning is not None:
+            self.banner.show_message(warning, "warning")
 
     @Slot()
     def _new_session(self) -> None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import platformdirs
 
 from app.paths import AppPaths, default_paths
 from app.settings import AppSettings, SettingsError, load_settings, save_settings
@@ -85,6 +88,42 @@ class AppServices:
         """The workspace errands run in, or None when none is chosen."""
         ws = self.settings.workspace
         return Path(ws) if ws else None
+
+    def protected_paths(self) -> tuple[Path, ...]:
+        """Paths no tool may touch wherever they lie: Keyless's data and config dirs, the keyring's.
+
+        The host hides them from every sandbox and the file tools refuse them
+        by canonical path (see ``agent.tools.paths.Workspace``).
+        """
+        paths = [self.paths.data_dir, self.paths.config_dir, *keyring_paths()]
+        unique: list[Path] = []
+        for path in paths:
+            if path not in unique:
+                unique.append(path)
+        return tuple(unique)
+
+    def workspace_warning(self, workspace: Path) -> str | None:
+        """Say why ``workspace`` is a poor choice (it holds or lies in a protected path), or None.
+
+        A warning rather than a refusal: the tools refuse those paths anyway,
+        but the user should know that the folder mixes a project with
+        Keyless's own or the keyring's files.
+        """
+        ws = Path(os.path.realpath(workspace))
+        for path in self.protected_paths():
+            real = Path(os.path.realpath(path))
+            if ws == real or real in ws.parents:
+                return (
+                    f"The workspace {ws} lies inside {real} (Keyless's own or the keyring's "
+                    "files); the agent's tools refuse everything there. Choose a project folder."
+                )
+            if ws in real.parents and os.path.lexists(real):
+                return (
+                    f"The workspace {ws} contains {real} (Keyless's own or the keyring's "
+                    "files). The agent's tools and sandbox refuse it, but a narrower project "
+                    "folder is safer."
+                )
+        return None
 
     def set_workspace(self, workspace: Path) -> None:
         """Choose the workspace and remember it among the recent ones.
@@ -429,6 +468,23 @@ class LiveBroker:
         broker = self._broker()
         found: list[str] = broker.scan(text) if broker is not None else []
         return found
+
+
+def keyring_paths() -> list[Path]:
+    """Where the keyring backends keep their files on this platform (existing or not).
+
+    The Secret Service's ``keyrings``, KWallet's ``kwalletd``, and the
+    ``keyring`` package's own data and config roots (its file backends).
+    """
+    paths = [
+        platformdirs.user_data_path("keyrings", appauthor=False),
+        platformdirs.user_data_path("kwalletd", appauthor=False),
+    ]
+    try:
+        from keyring.util import platform_
+    except ImportError:
+        return paths
+    return [*paths, Path(platform_.data_root()), Path(platform_.config_root())]
 
 
 def _scan_nothing(text: str) -> list[str]:

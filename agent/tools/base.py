@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.ports import BrokerPort, MemoryPort
+from agent.tools.paths import Workspace
 
 if TYPE_CHECKING:
     from agent.sandbox import Limits, Sandbox
@@ -79,7 +80,9 @@ class ToolContext:
         limits: Resource limits for shell commands.
         output_bytes: Size limit of a tool's content.
         read_bytes: Size limit of one ``read_file``.
-        hidden_paths: Paths a shell sandbox must never show (data dir, vault).
+        hidden_paths: Paths no tool may touch: the shell sandbox hides them,
+            the file tools refuse them (data dir with the vault, config dir,
+            the keyring's files), wherever they lie.
         tainted: Untrusted content is in the agent's context (memory the agent
             writes then is stamped untrusted and waits for review).
         memory_source: Builds the provenance stamped on memory the agent
@@ -105,6 +108,10 @@ class ToolContext:
     memory_source: Callable[[], Any] | None = None
     may_read: Callable[[str], bool] | None = None
     now: Callable[[], datetime] = _utc_now
+
+    def files(self) -> Workspace:
+        """The workspace as the file tools see it, with the hidden paths refused."""
+        return Workspace(self.workspace, refused=self.hidden_paths)
 
 
 ToolRun = Callable[[Any, ToolContext], ToolOutput]

@@ -6,7 +6,6 @@ from pydantic import Field, model_validator
 
 from agent.errors import ToolError
 from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
-from agent.tools.paths import Workspace
 from agent.tools.write_file import MAX_WRITE_BYTES
 
 
@@ -36,7 +35,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
         ToolError: ``old_text`` does not occur, occurs more than once without
             ``replace_all``, the file is not UTF-8 text, or the result is too large.
     """
-    ws = Workspace(ctx.workspace)
+    ws = ctx.files()
     where = ws.resolve(args.path)
     data, size = ws.read_bytes(where, MAX_WRITE_BYTES + 1)
     if size > MAX_WRITE_BYTES:

@@ -8,7 +8,7 @@ import stat
 from pydantic import Field
 
 from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
-from agent.tools.paths import Workspace, protected_reason
+from agent.tools.paths import protected_reason
 
 MAX_ENTRIES = 500
 
@@ -27,7 +27,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
     Symlinks are shown with their target only when it stays inside the
     workspace; entries of protected paths are marked, not hidden.
     """
-    ws = Workspace(ctx.workspace)
+    ws = ctx.files()
     where = ws.resolve(args.path)
     lines: list[str] = []
     with ws.open_dir(where) as dfd, os.scandir(dfd) as it:
@@ -36,6 +36,8 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
             st = entry.stat(follow_symlinks=False)
             rel = where.relative / entry.name
             suffix = " (protected)" if protected_reason(rel) else ""
+            if ws.refused_reason(rel):
+                suffix = " (refused: Keyless's own files)"
             if stat.S_ISDIR(st.st_mode):
                 lines.append(f"{entry.name}/{suffix}")
             elif stat.S_ISLNK(st.st_mode):

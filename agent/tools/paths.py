@@ -2,8 +2,10 @@
 
 Every path the model names goes through :meth:`Workspace.resolve`, which
 refuses ``..``, absolute paths elsewhere, symlinks pointing out, device files,
-FIFOs, sockets and the protected paths (``.git/hooks``, ``.git/config``,
-``.keyless/``). Resolution alone is not enough: a symlink could be swapped in
+FIFOs, sockets, the protected paths (the git-directory entries of
+:mod:`agent.protected` at any depth, ``.keyless/``) and the refused
+directories (Keyless's data and config dirs, the keyring's files) wherever
+they lie, compared by canonical path. Resolution alone is not enough: a symlink could be swapped in
 between the check and the open. So files are then opened by walking the
 *canonical* path one component at a time from a directory descriptor of the
 workspace with ``O_NOFOLLOW``; a component that became a symlink fails the
@@ -17,25 +19,17 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agent.errors import PathRefusedError, ToolError
+from agent.protected import GIT_DIR_NAMES, git_dir_entry, normalise_name
 
-#: Paths inside the workspace that no tool may read or write: git hooks and
-#: config (also of submodules and worktrees, under ``modules`` and
-#: ``worktrees``) run code on the user's next git command; ``.keyless`` holds
-#: the workspace's rules and memory.
-PROTECTED: tuple[PurePosixPath, ...] = (
-    PurePosixPath(".git/hooks"),
-    PurePosixPath(".git/config"),
-    # Redirects where git reads config and hooks from (even outside a worktree).
-    PurePosixPath(".git/commondir"),
-    PurePosixPath(".git/modules"),
-    PurePosixPath(".git/worktrees"),
-    PurePosixPath(".keyless"),
-)
+#: Paths inside the workspace that no tool may read or write, besides the
+#: git-directory entries of :data:`agent.protected.GIT_DIR_ENTRIES` (at any
+#: depth): ``.keyless`` holds the workspace's rules and memory.
+PROTECTED: tuple[PurePosixPath, ...] = (PurePosixPath(".keyless"),)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in after the check must not hang the host on open.
@@ -59,12 +53,17 @@ def _kind(mode: int) -> str:
 def protected_reason(relative: PurePosixPath) -> str | None:
     """Name the protected path ``relative`` lies in, or ``None``.
 
-    Compared case-insensitively, so ``.GIT/Hooks`` on a case-insensitive file
-    system is caught as well.
+    Compared after :func:`agent.protected.normalise_name` (case folded,
+    ignorable characters removed), so ``.GIT/Hooks`` on a case-insensitive
+    file system is caught as well; a git directory's entries are protected at
+    any depth (a nested repository's config runs code too).
     """
-    parts = tuple(p.casefold() for p in relative.parts)
+    git_entry = git_dir_entry(relative.parts)
+    if git_entry is not None:
+        return git_entry
+    parts = tuple(normalise_name(p) for p in relative.parts)
     for prot in PROTECTED:
-        pp = tuple(p.casefold() for p in prot.parts)
+        pp = tuple(normalise_name(p) for p in prot.parts)
         if parts[: len(pp)] == pp:
             return str(prot)
     return None
@@ -101,18 +100,31 @@ class Workspace:
 
     Args:
         root: The workspace directory; it must exist.
+        refused: Files and directories no tool may touch wherever they lie
+            (the data dir with the vault, the config dir, the keyring's
+            files); compared by canonical path, so a symlink or a second
+            name for them is refused as well.
 
     Raises:
         ToolError: ``root`` is not a directory.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, refused: Sequence[Path] = ()) -> None:
         given = Path(root)
         real = Path(os.path.realpath(given))
         if not real.is_dir():
             raise ToolError(f"workspace {given} is not a directory")
         self.root = real
         self._given = Path(os.path.abspath(given))
+        self._refused = tuple(Path(os.path.realpath(p)) for p in refused)
+
+    def refused_reason(self, relative: PurePosixPath) -> str | None:
+        """Name the refused directory (or file) the workspace path lies in, or ``None``."""
+        real = Path(os.path.realpath(self.root / relative))
+        for refused in self._refused:
+            if real == refused or refused in real.parents:
+                return str(refused)
+        return None
 
     # -- resolution ---------------------------------------------------------------------------
 
@@ -188,6 +200,11 @@ class Workspace:
         reason = protected_reason(relative)
         if reason is not None:
             raise PathRefusedError(f"{text} is inside the protected path {reason}")
+        refused = self.refused_reason(relative)
+        if refused is not None:
+            raise PathRefusedError(
+                f"{text} is inside {refused}, Keyless's own or the keyring's files; refused"
+            )
         return WorkspacePath(root=self.root, relative=relative, given=text, exists=exists)
 
     def _inside(self, real: str) -> bool:
@@ -323,10 +340,11 @@ class Workspace:
             PathRefusedError: The target is a directory, symlink or special file.
             ToolError: Writing failed (disk full, permissions); the old file survives.
         """
-        if tuple(p.casefold() for p in where.relative.parts) == (".git",):
-            # A .git *file* names the git directory: rewriting it would point
-            # git at one the agent built, with its own config and hooks.
-            raise PathRefusedError(f"{where.given}: .git at the workspace root cannot be written")
+        if normalise_name(where.relative.name) in GIT_DIR_NAMES:
+            # A .git *file* names the git directory: writing one (here or in a
+            # subdirectory) would point git at a directory the agent built,
+            # with its own config and hooks.
+            raise PathRefusedError(f"{where.given}: a .git file cannot be written")
         parent, name = self._split(where)
         with self.open_dir(parent, create=create_dirs) as dfd:
             mode = 0o644

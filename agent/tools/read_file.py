@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
-from agent.tools.paths import Workspace
 
 
 class Args(ArgsModel):
@@ -25,7 +24,7 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
 
     Binary files (a NUL byte in the first block) are described, not dumped.
     """
-    ws = Workspace(ctx.workspace)
+    ws = ctx.files()
     where = ws.resolve(args.path)
     data, size = ws.read_bytes(where, ctx.read_bytes)
     if b"\x00" in data[:8192]:

@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 from pydantic import Field, field_validator
 
 from agent.errors import ToolError
+from agent.protected import GIT_DIR_NAMES, normalise_name
 from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
 from agent.tools.paths import Workspace, protected_reason
 
@@ -47,7 +48,7 @@ class Args(ArgsModel):
 
 def run(args: Args, ctx: ToolContext) -> ToolOutput:
     """Return ``file:line: text`` for each matching line, up to ``max_results``."""
-    ws = Workspace(ctx.workspace)
+    ws = ctx.files()
     where = ws.resolve(args.path)
     needle = args.query if args.case_sensitive else args.query.casefold()
     hits: list[str] = []
@@ -58,13 +59,17 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
         for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top):
             base = where.relative / dirpath
             dirnames[:] = sorted(
-                d for d in dirnames if d != ".git" and not protected_reason(base / d)
+                d
+                for d in dirnames
+                if normalise_name(d) not in GIT_DIR_NAMES
+                and not protected_reason(base / d)
+                and not ws.refused_reason(base / d)
             )
             for name in sorted(filenames):
                 rel = PurePosixPath(os.path.normpath(base / name))
                 if args.glob and not fnmatch.fnmatch(name, args.glob):
                     continue
-                if protected_reason(rel):
+                if protected_reason(rel) or ws.refused_reason(rel):
                     continue
                 if ctx.may_read is not None and not ctx.may_read(rel.as_posix()):
                     continue  # a deny rule covers it

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
-from agent.tools.paths import Workspace
 
 MAX_WRITE_BYTES = 1024 * 1024
 
@@ -28,7 +27,7 @@ class Args(ArgsModel):
 
 def run(args: Args, ctx: ToolContext) -> ToolOutput:
     """Write the file (temporary file, fsync, rename); the old file survives a failure."""
-    ws = Workspace(ctx.workspace)
+    ws = ctx.files()
     where = ws.resolve(args.path, must_exist=False)
     data = args.content.encode("utf-8")
     existed = ws.write_atomic(where, data, create_dirs=args.create_dirs)

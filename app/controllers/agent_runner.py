@@ -62,6 +62,7 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
         detail=detail,
         suggested_rule=rule_to_text(suggested) if suggested is not None else "",
         rule_check=check_rule_text,
+        runs_code=tuple(getattr(request, "runs_code", ())),
     )
 
 
@@ -262,7 +263,7 @@ def agent_host_factory(
         except ServiceUnavailableError as e:
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
-        options: dict[str, Any] = {"hidden_paths": (services.paths.data_dir,)}
+        options: dict[str, Any] = {"hidden_paths": services.protected_paths()}
         if spec is not None and getattr(spec, "backend", None) == "openai":
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.

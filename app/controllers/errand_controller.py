@@ -60,6 +60,8 @@ class PermissionQuestion:
     suggested_rule: str = ""
     rule_check: Callable[[str], str | None] | None = field(default=None, compare=False)
     """Returns why an edited rule is invalid (None when valid); set by the runner."""
+    runs_code: tuple[str, ...] = ()
+    """Workspace files the call writes that the user's own tools execute (one line each)."""
 
     @property
     def why_text(self) -> str:

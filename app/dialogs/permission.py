@@ -91,6 +91,21 @@ class PermissionDialog(_QuestionDialog):
         self.why_label.setWordWrap(True)
         self.why_label.setAccessibleName("Why you are asked")
 
+        # Shown above the arguments, in red: the write is a foothold on the host.
+        self.runs_code_label = QtWidgets.QLabel(
+            "<b>⚠ Runs code on your machine</b> — your own tools execute these files:<br>"
+            + "<br>".join(f"• {_html(line)}" for line in question.runs_code)
+        )
+        self.runs_code_label.setObjectName("permissionRunsCode")
+        self.runs_code_label.setTextFormat(Qt.TextFormat.RichText)
+        self.runs_code_label.setWordWrap(True)
+        self.runs_code_label.setAccessibleName("Runs code on your machine")
+        self.runs_code_label.setStyleSheet(
+            "#permissionRunsCode { background: #fff4f4; color: #b00020;"
+            " border: 2px solid #b00020; padding: 8px; }"
+        )
+        self.runs_code_label.setVisible(bool(question.runs_code))
+
         args_label = QtWidgets.QLabel("&Arguments (in full):")
         self.arguments_view = QtWidgets.QPlainTextEdit(question.arguments_text)
         self.arguments_view.setObjectName("permissionArguments")
@@ -164,6 +179,7 @@ class PermissionDialog(_QuestionDialog):
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(title)
         layout.addWidget(self.why_label)
+        layout.addWidget(self.runs_code_label)
         layout.addWidget(args_label)
         layout.addWidget(self.arguments_view, 1)
         layout.addWidget(rule_label)

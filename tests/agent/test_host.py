@@ -422,6 +422,20 @@ def test_terminal_prompt_offers_only_once_or_deny_for_an_unsandboxed_command() -
     assert out.getvalue().count("Please answer [o]nce or [d]eny.") == 2
 
 
+def test_terminal_prompt_says_when_a_write_runs_code_on_the_machine() -> None:
+    out = io.StringIO()
+    lines = [".envrc: direnv runs it when you enter the directory"]
+    answer = TerminalPrompt(io.StringIO("d\n\n"), out).ask(
+        _request(tool="write_file", arguments={"path": ".envrc"}, effect="write", runs_code=lines)
+    )
+    assert answer.choice == "deny"
+    assert "RUNS CODE ON YOUR MACHINE" in out.getvalue()
+    assert "- .envrc: direnv runs it" in out.getvalue()
+    quiet = io.StringIO()
+    TerminalPrompt(io.StringIO("d\n\n"), quiet).ask(_request())
+    assert "RUNS CODE" not in quiet.getvalue()
+
+
 def test_terminal_prompt_denies_at_end_of_input_and_auto_allows_reads_only() -> None:
     assert TerminalPrompt(io.StringIO(""), io.StringIO()).ask(_request()).choice == "deny"
     auto = TerminalPrompt(io.StringIO(""), io.StringIO(), allow_reads=True)

@@ -190,7 +190,8 @@ def test_git_dir_without_hooks_gets_a_read_only_hooks_dir(
     cmd = "mkdir -p .git/hooks && echo x > .git/hooks/post-checkout"
     result = sandbox.run_shell(cmd, workspace, FAST)
     assert result.exit_code != 0
-    assert list((workspace / ".git" / "hooks").iterdir()) == []
+    # The read-only placeholder is removed afterwards: the .git is left as found.
+    assert sorted(p.name for p in (workspace / ".git").iterdir()) == []
 
 
 @pytest.mark.bwrap
@@ -421,12 +422,11 @@ def test_git_file_cannot_be_swapped_for_a_git_dir(sandbox: Sandbox, workspace: P
 
 
 @pytest.mark.bwrap
-def test_git_commondir_written_by_a_command_is_removed(sandbox: Sandbox, repo: Path) -> None:
+def test_git_commondir_cannot_be_written_by_a_command(sandbox: Sandbox, repo: Path) -> None:
     (repo / "evil").mkdir()
     result = sandbox.run_shell("echo ../evil > .git/commondir; echo done", repo, FAST)
-    assert "done" in result.output
+    assert "done" in result.output and "Read-only file system" in result.output
     assert not (repo / ".git" / "commondir").exists()
-    assert any("commondir" in note for note in result.notes)
 
 
 @pytest.mark.bwrap
@@ -462,3 +462,145 @@ def test_symlinked_git_dir_replaced_by_a_command_is_quarantined(
     assert "done" in result.output
     assert not os.path.lexists(workspace / ".git")  # the swapped-in one is moved away
     assert any(".git" in note for note in result.notes)
+
+
+# -- git directories: every entry that runs code, existing or not -------------------------------
+
+#: What a command writes into a git directory so that git runs it on the host.
+PLANTS = {
+    "config": "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > {g}/config",
+    "config.worktree": "printf '[core]\\n\\tfsmonitor = evil\\n' > {g}/config.worktree",
+    "hooks": "mkdir -p {g}/hooks && echo evil > {g}/hooks/post-checkout",
+    "info": "mkdir -p {g}/info && echo '* filter=evil' > {g}/info/attributes",
+    "commondir": "echo ../evil > {g}/commondir",
+    "modules": "mkdir -p {g}/modules/sub && echo '[core] fsmonitor=evil' > {g}/modules/sub/config",
+    "worktrees": "mkdir -p {g}/worktrees/w && echo ../evil > {g}/worktrees/w/commondir",
+    "alternates": "mkdir -p {g}/objects/info && echo /evil > {g}/objects/info/alternates",
+}
+
+
+def _plant_all(g: str) -> str:
+    return "; ".join(cmd.format(g=g) for cmd in PLANTS.values()) + "; echo done"
+
+
+def _planted(git_dir: Path, original: dict[str, str] | None = None) -> list[str]:
+    """The planted things that survived in ``git_dir`` (files other than ``original``)."""
+    original = original or {}
+    found = []
+    for rel in (
+        "config",
+        "config.worktree",
+        "hooks/post-checkout",
+        "info/attributes",
+        "commondir",
+        "modules/sub/config",
+        "worktrees/w/commondir",
+        "objects/info/alternates",
+    ):
+        path = git_dir / rel
+        if path.exists() and path.read_text().strip() and path.read_text() != original.get(rel):
+            found.append(rel)
+    return found
+
+
+@pytest.mark.bwrap
+def test_git_dir_without_config_cannot_be_given_one(sandbox: Sandbox, workspace: Path) -> None:
+    # The reported attack: .git exists but has no config yet; the command
+    # writes config (core.fsmonitor), HEAD, objects and refs, and the user's
+    # next `git status` runs the fsmonitor command.
+    (workspace / ".git").mkdir()
+    cmd = (
+        "printf '[core]\\n\\tfsmonitor = touch pwned\\n' > .git/config; "
+        "echo 'ref: refs/heads/main' > .git/HEAD; mkdir -p .git/objects .git/refs; echo done"
+    )
+    result = sandbox.run_shell(cmd, workspace, FAST)
+    assert "done" in result.output and "Read-only file system" in result.output
+    assert not (workspace / ".git" / "config").exists()  # the placeholder is gone too
+    assert (workspace / ".git" / "HEAD").exists()  # ordinary repository data is the command's
+
+
+@pytest.mark.bwrap
+@pytest.mark.parametrize("state", ["empty", "full"])
+def test_every_code_running_git_entry_is_read_only(
+    sandbox: Sandbox, workspace: Path, state: str
+) -> None:
+    git = workspace / ".git"
+    git.mkdir()
+    if state == "full":
+        for sub in ("hooks", "info", "modules", "worktrees", "objects/info"):
+            (git / sub).mkdir(parents=True)
+        (git / "config").write_text("[core]\n")
+    result = sandbox.run_shell(_plant_all(".git"), workspace, FAST)
+    assert "done" in result.output
+    assert _planted(git, {"config": "[core]\n"}) == []
+    if state == "empty":
+        assert sorted(p.name for p in git.iterdir()) == []  # placeholders removed
+
+
+@pytest.mark.bwrap
+def test_nested_repository_entries_are_read_only(sandbox: Sandbox, repo: Path) -> None:
+    nested = repo / "vendor" / "lib" / ".git"
+    nested.mkdir(parents=True)
+    (nested / "HEAD").write_text("ref: refs/heads/main\n")
+    result = sandbox.run_shell(_plant_all("vendor/lib/.git"), repo, FAST)
+    assert "done" in result.output
+    assert _planted(nested) == []
+    assert _planted(repo / ".git", {"config": "[core]\n"}) == []
+
+
+@pytest.mark.bwrap
+def test_nested_repository_created_by_a_command_is_quarantined(
+    sandbox: Sandbox, repo: Path
+) -> None:
+    # git status in the parent runs `git status` inside a submodule, which
+    # would read the planted config; a .git file may point anywhere.
+    cmd = (
+        "mkdir -p sub/.git deep/er && printf '[core]\\n\\tfsmonitor = evil\\n' > sub/.git/config"
+        " && echo 'gitdir: ../../elsewhere' > deep/er/.git && echo done"
+    )
+    result = sandbox.run_shell(cmd, repo, FAST)
+    assert "done" in result.output
+    assert not os.path.lexists(repo / "sub" / ".git")
+    assert not os.path.lexists(repo / "deep" / "er" / ".git")
+    assert len(list((repo / ".keyless" / "quarantine").iterdir())) == 2
+    assert any(n.startswith("sub/.git created by the command") for n in result.notes)
+
+
+@pytest.mark.bwrap
+def test_renamed_parents_do_not_reopen_git_entries(sandbox: Sandbox, repo: Path) -> None:
+    # Directories holding a protected entry are pinned (a mount point cannot
+    # be renamed), so the command cannot move one aside and build another.
+    (repo / ".git" / "objects" / "info").mkdir(parents=True)
+    cmd = (
+        "mv .git/objects .git/o2; mv .git/objects/info .git/objects/i2; "
+        "mkdir -p .git/objects/info; echo /evil > .git/objects/info/alternates; "
+        "mv .git/hooks .git/h2; mkdir .git/hooks; echo evil > .git/hooks/pre-commit; echo done"
+    )
+    result = sandbox.run_shell(cmd, repo, FAST)
+    assert "done" in result.output
+    assert _planted(repo / ".git", {"config": "[core]\n"}) == []
+    assert not (repo / ".git" / "o2").exists() and not (repo / ".git" / "h2").exists()
+
+
+@pytest.mark.bwrap
+def test_hooks_path_inside_the_workspace_is_read_only(sandbox: Sandbox, repo: Path) -> None:
+    # husky and friends set core.hooksPath to a workspace directory: a hook
+    # written there runs on the user's next commit, existing directory or not.
+    (repo / ".git" / "config").write_text("[core]\n\thooksPath = .husky/_\n")
+    cmd = "mkdir -p .husky/_ && echo evil > .husky/_/pre-commit; echo done"
+    result = sandbox.run_shell(cmd, repo, FAST)
+    assert "done" in result.output
+    assert not (repo / ".husky" / "_" / "pre-commit").exists()
+    assert not (repo / ".husky").exists()  # the placeholders are removed
+
+
+@pytest.mark.bwrap
+def test_git_dir_named_by_a_git_file_inside_the_workspace_is_protected(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    real = workspace / "store" / "repo.git"
+    real.mkdir(parents=True)
+    (workspace / ".git").write_text("gitdir: store/repo.git\n")
+    result = sandbox.run_shell(_plant_all("store/repo.git"), workspace, FAST)
+    assert "done" in result.output
+    assert _planted(real) == []

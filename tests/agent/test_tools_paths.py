@@ -221,3 +221,92 @@ def test_a_git_file_at_the_root_cannot_be_written(tmp_path: Path) -> None:
     with pytest.raises(PathRefusedError, match=r"\.git"):
         w.write_atomic(w.resolve(".GIT", must_exist=False), b"gitdir: evil\n", create_dirs=False)
     assert (ws / ".git").read_text() == "gitdir: /somewhere/real\n"
+
+
+# -- git directories at any depth, and names in disguise -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "entry"),
+    [
+        (".git/config", ".git/config"),
+        (".git/config.worktree", ".git/config.worktree"),
+        (".git/info/attributes", ".git/info"),
+        (".git/objects/info/alternates", ".git/objects/info/alternates"),
+        (".git/worktrees/w/gitdir", ".git/worktrees"),
+        ("vendor/lib/.git/config", "vendor/lib/.git/config"),
+        ("new/repo/.git/hooks/pre-commit", "new/repo/.git/hooks"),
+        (".GIT/Config", ".git/config"),
+        (".g\u200cit/config", ".git/config"),
+        (".git./config", ".git/config"),
+        ("GIT~1/config", ".git/config"),
+    ],
+)
+def test_code_running_git_entries_are_refused_existing_or_not(
+    tmp_path: Path, path: str, entry: str
+) -> None:
+    # A .git without a config (or no .git yet): writing one with
+    # core.fsmonitor would run code on the user's next `git status`.
+    ws = tmp_path / "ws"
+    (ws / ".git").mkdir(parents=True)
+    w = Workspace(ws)
+    with pytest.raises(PathRefusedError, match=rf"protected path {entry}"):
+        w.resolve(path, must_exist=False)
+    assert sorted(p.name for p in (ws / ".git").iterdir()) == []
+
+
+def test_ordinary_git_data_is_not_protected() -> None:
+    for path in (".git/HEAD", ".git/objects/ab/cdef", ".git/refs/heads/main", ".github/x.yml"):
+        assert protected_reason(PurePosixPath(path)) is None, path
+
+
+def test_a_git_file_cannot_be_written_in_a_subdirectory(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    w = Workspace(ws)
+    for name in ("sub/.git", "sub/.Git"):
+        with pytest.raises(PathRefusedError, match="a .git file cannot be written"):
+            w.write_atomic(w.resolve(name, must_exist=False), b"gitdir: /x\n", create_dirs=True)
+    assert list((ws / "sub").iterdir()) == []
+
+
+# -- Keyless's own files and the keyring's, wherever they lie ------------------------------------
+
+
+@pytest.fixture
+def data_inside(tmp_path: Path) -> tuple[Path, Path]:
+    """A workspace that contains the data dir (as one containing ~/.local/share would)."""
+    ws = tmp_path / "ws"
+    data = ws / "kdata"
+    (data / "memory").mkdir(parents=True)
+    (data / "vault.kls").write_bytes(b"KLS1 vault bytes")
+    (data / "memory" / "USER.md").write_text("the user's memory\n")
+    (ws / "notes.txt").write_text("notes\n")
+    os.symlink("kdata", ws / "alias")
+    return ws, data
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["kdata", "kdata/vault.kls", "kdata/memory/USER.md", "./kdata/memory", "alias/vault.kls"],
+)
+def test_refused_dirs_inside_the_workspace_are_refused(
+    data_inside: tuple[Path, Path], path: str
+) -> None:
+    ws, data = data_inside
+    w = Workspace(ws, refused=[data])
+    with pytest.raises(PathRefusedError, match="Keyless's own or the keyring's files"):
+        w.resolve(path, must_exist=False)
+    with pytest.raises(PathRefusedError, match="Keyless's own or the keyring's files"):
+        w.resolve(str(ws / path), must_exist=False)
+    assert w.resolve("notes.txt").exists
+
+
+def test_a_refused_file_is_refused_by_any_name(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "keyrings").mkdir(parents=True)
+    (ws / "keyrings" / "login.keyring").write_bytes(b"keyring")
+    w = Workspace(ws, refused=[ws / "keyrings" / "login.keyring"])
+    with pytest.raises(PathRefusedError):
+        w.resolve("keyrings/login.keyring")
+    assert w.resolve("keyrings").exists  # the directory around it is not refused

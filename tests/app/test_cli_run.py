@@ -151,3 +151,23 @@ def test_model_text_cannot_drive_the_terminal(tmp_path: Path, ws: Path) -> None:
     for text in (out, err):
         assert not any(ch in text for ch in "\x1b\x07\x9b"), repr(text)
     assert "done\\x1b]52" in out
+
+
+def test_a_workspace_holding_the_data_dir_is_warned_about_and_the_tools_refuse_it(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = ws / "kdata"
+    monkeypatch.setenv("KEYLESS_DATA_DIR", str(data))
+    (data / "memory").mkdir(parents=True)
+    (data / "memory" / "USER.md").write_text("private user memory\n")
+    replies = [
+        call("read_file", path="kdata/memory/USER.md"),
+        call("write_file", path="kdata/vault.kls", content="gone"),
+        final("done"),
+    ]
+    status, out, err = keyless_run(tmp_path, ws, replies, "o\no\n")
+    assert status == EXIT_OK
+    assert f"warning: The workspace {ws.resolve()} contains {data.resolve()}" in err
+    assert "read_file     allow    failed" in out and "write_file    allow    failed" in out
+    assert "private user memory" not in out + err
+    assert not (data / "vault.kls").exists()

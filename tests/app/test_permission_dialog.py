@@ -124,8 +124,15 @@ def test_every_control_is_reachable_by_tab_in_reading_order(qtbot: Any) -> None:
     d = PermissionDialog(question())
     open_dialog(qtbot, d)
     chain = tab_chain(d.arguments_view)
-    wanted = [d.rule_edit, d.scope_combo, d.reason_edit, d.once_button, d.session_button,
-              d.always_button, d.deny_button]
+    wanted = [
+        d.rule_edit,
+        d.scope_combo,
+        d.reason_edit,
+        d.once_button,
+        d.session_button,
+        d.always_button,
+        d.deny_button,
+    ]
     assert [w for w in chain if w in wanted] == wanted
     assert d.rule_edit.accessibleName() and d.reason_edit.accessibleName()
     assert d.arguments_view.accessibleName()
@@ -158,3 +165,36 @@ def test_ordinary_questions_get_the_ordinary_dialog(qtbot: Any) -> None:
     d = dialog_for(question())
     qtbot.add_widget(d)
     assert isinstance(d, PermissionDialog)
+
+
+def test_a_write_that_runs_code_on_the_machine_is_marked(qtbot: Any) -> None:
+    lines = (".vscode/tasks.json: VS Code runs tasks and uses interpreters and shells named there",)
+    d = PermissionDialog(
+        question(tool="write_file", arguments={"path": ".vscode/tasks.json"}, runs_code=lines)
+    )
+    open_dialog(qtbot, d)
+    assert d.runs_code_label.isVisible()
+    assert "Runs code on your machine" in d.runs_code_label.text()
+    assert ".vscode/tasks.json" in d.runs_code_label.text()
+    plain = PermissionDialog(question())
+    open_dialog(qtbot, plain)
+    assert not plain.runs_code_label.isVisible()
+
+
+def test_the_runner_carries_runs_code_into_the_question() -> None:
+    from agent.host import PermissionRequest
+    from agent.policy import Rule
+    from app.controllers.agent_runner import question_from_request
+
+    request = PermissionRequest(
+        tool="write_file",
+        arguments={"path": ".envrc", "content": "x"},
+        effect="write",
+        reason="default for write calls",
+        tainted=False,
+        suggested_rule=Rule(tool="write_file", pattern=".envrc", action="allow"),
+        runs_code=[".envrc: direnv runs it when you enter the directory"],
+    )
+    assert question_from_request("c1", request).runs_code == (
+        ".envrc: direnv runs it when you enter the directory",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,16 @@ def test_the_unlocked_vault_keys_the_audit_log_and_seals_what_was_written_locked
     check = audit.verify()
     assert check.ok and check.status == "keyed"
     assert audit.entries(kind="audit.sealed")[0].details["entries"] == 1
+
+
+def test_protected_paths_and_the_workspace_warning(tmp_path: Path, workspace: Path) -> None:
+    services = AppServices()
+    protected = services.protected_paths()
+    assert services.paths.data_dir in protected and services.paths.config_dir in protected
+    assert any(p.name == "keyrings" for p in protected)  # the Secret Service's files
+    assert services.workspace_warning(workspace) is None
+    inside = services.paths.data_dir / "project"
+    inside.mkdir(parents=True)
+    assert "lies inside" in (services.workspace_warning(inside) or "")
+    holder = Path(os.path.commonpath([services.paths.data_dir, services.paths.config_dir]))
+    assert "contains" in (services.workspace_warning(holder) or "")
