@@ -70,7 +70,7 @@ from agent.protocol import (
     encode,
 )
 from agent.relay import serve_model_request
-from agent.sandbox import Sandbox, scrubbed_env
+from agent.sandbox import Sandbox, scrubbed_env, stop_when
 from agent.tools.base import ToolContext, ToolOutput, truncate_text
 from agent.tools.registry import ALL_TOOLS, run_tool
 from memory.errors import MemoryErrorBase
@@ -365,6 +365,15 @@ class WorkerProcess:
         env: The complete environment (scrubbed; never the host's).
         transcript: Called with ("sent"|"received", line) for every line.
         write_timeout: Seconds a write may wait for the agent to read its input.
+        wrapped: ``argv`` starts bubblewrap, whose exit status 128+N means
+            the agent inside was killed by signal N.
+        on_gone: Called once with this process, from a watcher thread, as
+            soon as the process exits or closes its output (see :attr:`gone`).
+
+    Attributes:
+        gone: Set the moment the agent exits or closes its output, so a host
+            thread busy elsewhere (a tool call, a permission prompt) can stop
+            at once instead of finding out at its next read or write.
     """
 
     def __init__(
@@ -375,9 +384,15 @@ class WorkerProcess:
         cwd: Path | None = None,
         transcript: Callable[[str, bytes], None] | None = None,
         write_timeout: float = WRITE_TIMEOUT_S,
+        wrapped: bool = False,
+        on_gone: Callable[[WorkerProcess], None] | None = None,
     ) -> None:
         self._transcript = transcript
         self._write_timeout = write_timeout
+        self._wrapped = wrapped
+        self._on_gone = on_gone
+        self._gone_lock = threading.Lock()
+        self.gone = threading.Event()
         self._send_lock = threading.Lock()
         self._lines: queue.Queue[bytes | BaseException | None] = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=40)
@@ -407,6 +422,7 @@ class WorkerProcess:
             target=self._read_stderr, args=(self._proc.stderr,), daemon=True, name="agent-stderr"
         )
         self._stderr_reader.start()
+        threading.Thread(target=self._watch_exit, daemon=True, name="agent-watch").start()
 
     @property
     def pid(self) -> int:
@@ -471,8 +487,7 @@ class WorkerProcess:
             return None
         if item is None:
             self._lines.put(None)  # stay at end of output for later readers
-            code = self._proc.wait(timeout=5)
-            raise AgentCrashedError(f"the agent process exited with status {code}")
+            raise AgentCrashedError(self.exit_reason())
         if isinstance(item, BaseException):
             raise ProtocolError(str(item)) from item
         if self._transcript is not None:
@@ -495,6 +510,45 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             return self._proc.wait()
+
+    def exit_reason(self) -> str:
+        """Why the agent is gone ("was killed (signal 9)", "exited with status 3").
+
+        Waits briefly for an agent that closed its output but lingers, then kills it.
+        """
+        try:
+            code = self._proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "the agent process closed its output and was killed"
+        if code < 0:
+            return f"the agent process was killed (signal {-code})"
+        if self._wrapped and code > 128:
+            # bubblewrap reports its child's death by signal N as 128+N.
+            return f"the agent process was killed (signal {code - 128})"
+        return f"the agent process exited with status {code}"
+
+    def _set_gone(self) -> None:
+        with self._gone_lock:
+            if self.gone.is_set():
+                return
+            self.gone.set()
+        if self._on_gone is not None:
+            try:
+                self._on_gone(self)
+            except Exception:  # a watcher thread has no one to report to but the log
+                log.exception("reacting to the agent's exit failed")
+
+    def _watch_exit(self) -> None:
+        # WNOWAIT: notice the exit without reaping, so Popen still gets the status.
+        try:
+            os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # already reaped by kill()/stop()
+        except OSError as e:
+            log.debug("cannot watch the agent process: %s", e)
+            return
+        self._set_gone()
 
     def kill(self) -> None:
         """Kill the process at once (after garbage or a hang)."""
@@ -523,6 +577,7 @@ class WorkerProcess:
             self._lines.put(e)
         finally:
             self._lines.put(None)
+            self._set_gone()
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
         # Bounded lines: an agent flooding stderr costs the host no more than the tail.
@@ -658,7 +713,12 @@ class AgentHost:
             )
         )
         proc = WorkerProcess(
-            argv, scrubbed_env(), transcript=self._transcript, write_timeout=self._write_timeout
+            argv,
+            scrubbed_env(),
+            transcript=self._transcript,
+            write_timeout=self._write_timeout,
+            wrapped=isolated,
+            on_gone=self._worker_gone,
         )
         self._proc = proc
         try:
@@ -842,6 +902,8 @@ class AgentHost:
             return self._refuse(req, "denied", f"denied: {decision.reason}", audited=True)
         if decision.action == "ask":
             answer = self._ask(call, spec.effect, decision, arguments)
+            # The agent may have died while the user was asked: nothing runs for it.
+            self._check_agent()
             if answer.choice == "deny":
                 reason = answer.reason or "the user denied this call"
                 self._decided(req, "deny", reason, by="user", choice="deny")
@@ -853,6 +915,7 @@ class AgentHost:
         if self._cancel.cancelled:
             return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
         output, ok = self._run(req, unsandboxed_approved=decision.unsandboxed)
+        self._check_agent()  # a command stopped because the agent died is not delivered
         return self._deliver(req, output, ok)
 
     def _ask(
@@ -910,8 +973,11 @@ class AgentHost:
             tainted=self.tainted,
             may_read=self._policy.read_filter(),
         )
+        proc = self._proc
         try:
-            return run_tool(req.tool, req.arguments, ctx), True
+            # A command still running when the agent dies is killed at once.
+            with stop_when(proc.gone if proc is not None else threading.Event()):
+                return run_tool(req.tool, req.arguments, ctx), True
         except (ToolError, SandboxError, VaultError, MemoryErrorBase) as e:
             # The message names the problem for the model (path refused, connection
             # failed, secret in memory, ...); none of these messages carries a secret.
@@ -1147,6 +1213,29 @@ class AgentHost:
     def _record(self, kind: str, **kwargs: Any) -> None:
         if self._audit is not None:
             self._audit.record(kind, session_id=self.session_id, **kwargs)
+
+    def _check_agent(self) -> None:
+        """Raise when the agent process died during a tool call or a prompt.
+
+        Raises:
+            AgentCrashedError: It is gone; the message says how (the signal, the status).
+        """
+        proc = self._proc
+        if proc is not None and proc.gone.is_set():
+            raise AgentCrashedError(proc.exit_reason())
+
+    def _worker_gone(self, proc: WorkerProcess) -> None:
+        """The agent process died (watcher thread): withdraw a prompt asked for it.
+
+        A prompt that supports it (``withdraw(reason)``) answers its pending
+        question "deny" and closes it; the errand's thread then finds the
+        agent gone and reports the crash once.
+        """
+        if proc is not self._proc:
+            return  # an old worker, stopped on purpose
+        withdraw = getattr(self._prompt, "withdraw", None)
+        if callable(withdraw):
+            withdraw("the agent process is gone")
 
     def _crashed(self, error: BaseException) -> None:
         proc, self._proc = self._proc, None

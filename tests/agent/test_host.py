@@ -648,3 +648,126 @@ def test_a_relayed_model_error_holding_a_vault_secret_is_withheld(
     [failed] = rig.transcript.sent_of("model_failed")
     assert REMOTE_KEY not in failed["message"] and "withheld" in failed["message"]
     assert all(REMOTE_KEY.encode() not in line for line in rig.transcript.sent)
+
+
+# ---------------------------------------------------------------- the agent killed mid-call
+
+
+def _children(pid: int) -> list[str]:
+    """The processes (zombies included) whose parent is ``pid``, as "pid name state"."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        name = data[data.find(b"(") + 1 : data.rfind(b")")].decode(errors="replace")
+        fields = data[data.rfind(b")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(f"{entry} {name} {fields[0].decode()}")
+    return found
+
+
+def _running(token: str) -> bool:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if token.encode() in fh.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def _sandbox_or_skip() -> None:
+    from agent.sandbox import Sandbox
+
+    if not Sandbox.detect().available:
+        pytest.skip("bubblewrap is not available or cannot create namespaces here")
+
+
+def test_killing_the_agent_during_a_shell_call_stops_the_command_at_once(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    import threading
+    import time
+
+    _sandbox_or_skip()
+    fifo = ws / "started.fifo"
+    os.mkfifo(fifo)
+    # A unique sleep length names the command in /proc.
+    command = "echo started > started.fifo; sleep 41.25; echo late > late.txt"
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("shell", command=command), final("never")],
+        rules=[Rule(tool="shell", pattern="*", action="allow")],
+        tools=("shell",),
+    )
+    rig.host.start()
+    pid = rig.host.worker_pid
+    assert pid is not None
+
+    def kill_when_started() -> None:
+        with open(fifo, encoding="utf-8") as fh:  # blocks until the command runs
+            fh.read()
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
+    began = time.monotonic()
+    result = rig.host.run_errand("run it")
+    took = time.monotonic() - began
+    killer.join(timeout=5)
+    assert result.outcome == "crashed"
+    assert took < 20, f"the host waited {took:.1f} s for the command"
+    crashes = [e.text for e in rig.events if e.kind == "agent_crashed"]
+    assert crashes == ["the agent process was killed (signal 9)"]
+    assert result.error == "the agent process was killed (signal 9)"
+    assert not [e for e in rig.events if e.kind == "tool_result"]  # nothing delivered to the dead
+    assert not _running("41.25"), "the sandboxed command outlived its agent"
+    assert _children(os.getpid()) == []  # bwrap and the agent reaped, no zombie
+    assert not (ws / "late.txt").exists()
+    assert rig.audit_kinds().count("agent_crashed") == 1
+
+
+def test_killing_the_agent_during_a_prompt_runs_nothing_for_it(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    import threading
+
+    _sandbox_or_skip()
+    rig = rig_for(
+        rigs, tmp_path, ws, [call("write_file", path="out.txt", content="x"), final("never")]
+    )
+    withdrawn: list[str] = []
+    released = threading.Event()
+
+    class WithdrawablePrompt:
+        """Blocks on the question until the host withdraws it, then answers "once"."""
+
+        def ask(self, request: PermissionRequest) -> PermissionAnswer:
+            pid = rig.host.worker_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            assert released.wait(timeout=30), "the prompt was never withdrawn"
+            return PermissionAnswer(choice="once")  # the user said yes, too late
+
+        def withdraw(self, reason: str) -> None:
+            withdrawn.append(reason)
+            released.set()
+
+    rig.host._prompt = WithdrawablePrompt()
+    result = rig.host.run_errand("write")
+    assert result.outcome == "crashed"
+    assert withdrawn == ["the agent process is gone"]
+    assert not (ws / "out.txt").exists()
+    crashes = [e.text for e in rig.events if e.kind == "agent_crashed"]
+    assert crashes == ["the agent process was killed (signal 9)"]
+    assert "allow" not in [e.data.get("action") for e in rig.events if e.kind == "decision"]
+    assert _children(os.getpid()) == []
