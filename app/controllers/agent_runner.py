@@ -106,6 +106,13 @@ class HostPrompt:
         return PermissionAnswer(choice=reply.choice, rule=rule, reason=reply.reason)
 
 
+    def withdraw(self, reason: str) -> None:
+        """The agent process died: release the question the user still sees (any thread)."""
+        withdraw = getattr(self._asker, "withdraw", None)
+        if callable(withdraw):
+            withdraw(reason)
+
+
 class HostListener:
     """Turns ``agent.host.AgentEvent`` s into :class:`ErrandEvents` calls."""
 

@@ -268,6 +268,18 @@ class _ErrandWorker(QObject):
             pending.event.set()
             return True
 
+    def withdraw(self, reason: str) -> None:
+        """Deny the question waiting for an answer, if any (any thread).
+
+        The agent host calls it when the agent process died while the user was
+        asked: the errand then ends, and the window dismisses the dialog.
+        """
+        with self._lock:
+            pending = self._pending
+            if pending is not None and pending.reply is None:
+                pending.reply = PermissionReply("deny", reason=reason)
+                pending.event.set()
+
     def cancel(self) -> None:
         """Stop the errand and release a waiting permission prompt (any thread)."""
         with self._lock:
