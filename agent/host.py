@@ -77,7 +77,7 @@ from memory.errors import MemoryErrorBase
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
-from vault.errors import VaultError
+from vault.errors import RedactionError, VaultError, VaultLockedError
 
 log = logging.getLogger(__name__)
 
@@ -680,6 +680,7 @@ class AgentHost:
         self._cancel = CancelToken()
         self._cancel_deadline: float | None = None
         self._history: list[Message] = []
+        self._redaction_failed: RedactionError | None = None
         self.tainted = False
         self.os_isolation = False
 
@@ -781,19 +782,33 @@ class AgentHost:
         with self._lock:
             self._cancel = CancelToken()
             self._cancel_deadline = None
+            self._redaction_failed = None
             calls: list[ToolCallRecord] = []
+            try:
+                # Before anything reaches the agent: an errand whose results
+                # cannot be redacted (grants, vault locked) is refused at once.
+                shown_task = self._redact(task)[0]
+            except RedactionError as e:
+                return self._unredactable(e, calls)
             try:
                 if self._proc is None:
                     self.start()
                 proc = self._proc
                 assert proc is not None
                 proc.send(self._task(task))
-                self._record("errand_started", details={"task": self._redact(task)[0]})
+                self._record("errand_started", details={"task": shown_task})
                 return self._loop(proc, task, calls)
             except (AgentCrashedError, ProtocolError) as e:
                 if self._proc is not None:  # start() already reported its own failure
                     self._crashed(e)
                 return ErrandResult(outcome="crashed", text="", tool_calls=calls, error=str(e))
+
+    def _unredactable(self, error: RedactionError, calls: list[ToolCallRecord]) -> ErrandResult:
+        """End the errand because redaction failed; say what to do."""
+        message = _redaction_message(error)
+        self._emit(AgentEvent("error", text=message, data={"kind": "redaction"}))
+        self._record("errand_failed", reason=message)
+        return ErrandResult(outcome="error", text="", tool_calls=calls, error=message)
 
     def _next(self, proc: WorkerProcess) -> AgentMessage | None:
         """The agent's next message; None when it ignored a cancel for too long.
@@ -829,6 +844,8 @@ class AgentHost:
                 self._stop_worker(kill=True)
                 reason = f"the agent did not stop within {self._cancel_grace:g} s of the cancel"
                 self._record("agent_killed", reason=reason)
+                if self._redaction_failed is not None:
+                    self._unredactable(self._redaction_failed, calls)
                 return ErrandResult(outcome="cancelled", text="", tool_calls=calls, error=reason)
             if isinstance(msg, TokenChunk):
                 self._emit(AgentEvent("token", text=msg.text, data={"step": msg.step}))
@@ -838,7 +855,16 @@ class AgentHost:
                     data["context"] = msg.context.model_dump()
                 self._emit(AgentEvent("progress", data=data))
             elif isinstance(msg, ToolRequest):
-                result, record = self._handle_tool(msg)
+                try:
+                    result, record = self._handle_tool(msg)
+                except RedactionError as e:
+                    # Nothing unredacted goes back: the call is refused, the agent
+                    # is told to stop, and the errand ends once it has stopped,
+                    # so the same agent process runs the next errand.
+                    self._redaction_failed = e
+                    self._cancel.cancel()
+                    text = "the result was withheld: it could not be checked for secrets"
+                    result, record = self._refuse(msg, "withheld", text, audited=True)
                 calls.append(record)
                 proc.send(result)
             elif isinstance(msg, ModelRequest):
@@ -846,7 +872,12 @@ class AgentHost:
             elif isinstance(msg, ModelCancel):
                 log.debug("agent gave up relayed generation %s", msg.request_id)
             elif isinstance(msg, FinalAnswer):
-                text = self._redact(msg.text)[0]
+                if self._redaction_failed is not None:
+                    return self._unredactable(self._redaction_failed, calls)
+                try:
+                    text = self._redact(msg.text)[0]
+                except RedactionError as e:
+                    return self._unredactable(e, calls)
                 self._history += [
                     Message(role="user", content=task),
                     Message(role="assistant", content=text),
@@ -1263,6 +1294,19 @@ class AgentHost:
 
 def _is_remote(spec: ModelSpec | None) -> bool:
     return spec is not None and spec.backend == "openai"
+
+
+def _redaction_message(error: RedactionError) -> str:
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, VaultLockedError):
+        cause = cause.__cause__
+    if cause is not None:
+        return (
+            "unlock the vault to run with capabilities: this session has capabilities, "
+            "and while the vault is locked their secrets cannot be kept out of what the "
+            "agent sees"
+        )
+    return f"the errand was stopped: {error}"
 
 
 def _validation_message(tool: str, e: ValidationError) -> str:

@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -771,3 +772,96 @@ def test_killing_the_agent_during_a_prompt_runs_nothing_for_it(
     assert crashes == ["the agent process was killed (signal 9)"]
     assert "allow" not in [e.data.get("action") for e in rig.events if e.kind == "decision"]
     assert _children(os.getpid()) == []
+
+
+# ---------------------------------------------------------------- grants with the vault locked
+
+
+@pytest.fixture
+def granted(tmp_path: Path) -> Iterator[tuple[object, object]]:
+    """A real vault and broker with one grant to session-1; the vault unlocked."""
+    from datetime import UTC, datetime
+
+    from vault._crypto import Argon2Params
+    from vault.audit import AuditLog
+    from vault.broker import Broker
+    from vault.grants import CapabilityGrant, GrantStore, header_injection
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    vault = Vault.create(
+        tmp_path / "vault.kls",
+        passphrase="correct horse",
+        use_keyring=False,
+        keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+        idle_timeout=None,
+    )
+    vault.add("API_TOKEN", b"sk-locked-" + b"Zx81Qp0Lm4")
+    db = tmp_path / "broker.db"
+    broker = Broker(vault, GrantStore(db), AuditLog(db))
+    now = datetime.now(UTC)
+    broker.grant(
+        CapabilityGrant(
+            secret_name="API_TOKEN",
+            injection=header_injection("Authorization: Bearer {}"),
+            methods=("GET",),
+            host="api.example.com",
+            path_pattern="/*",
+            session_id="session-1",
+            approved_by="test",
+            approved_at=now,
+        ),
+        now=now,
+    )
+    yield vault, broker
+    broker.close()
+
+
+UNLOCK = "unlock the vault to run with capabilities"
+
+
+def test_an_errand_with_grants_and_the_vault_locked_is_refused_at_once(
+    tmp_path: Path, ws: Path, rigs: list[Rig], granted: tuple[Any, Any]
+) -> None:
+    vault, broker = granted
+    rig = rig_for(rigs, tmp_path, ws, [final("after unlocking")], broker=broker, isolate=False)
+    rig.host.start()
+    pid = rig.host.worker_pid
+    vault.lock()
+    result = rig.host.run_errand("look around")
+    assert result.outcome == "error" and UNLOCK in (result.error or "")
+    assert [e.text for e in rig.events if e.kind == "error"] == [result.error]
+    assert rig.transcript.sent_of("task") == []  # the agent never got it
+    vault.unlock(passphrase="correct horse")
+    again = rig.host.run_errand("look around")
+    assert again.outcome == "final" and again.text == "after unlocking"
+    assert rig.host.worker_pid == pid  # the same agent process, still usable
+
+
+def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable(
+    tmp_path: Path, ws: Path, rigs: list[Rig], granted: tuple[Any, Any]
+) -> None:
+    vault, broker = granted
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("read_file", path="notes.txt"), final("never"), final("second errand")],
+        broker=broker,
+        isolate=False,
+        idle_timeout=20,
+    )
+    rig.host.start()
+    pid = rig.host.worker_pid
+    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and vault.lock())
+    result = rig.host.run_errand("read the notes")
+    assert result.outcome == "error" and UNLOCK in (result.error or "")
+    assert [e.text for e in rig.events if e.kind == "error"] == [result.error]
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert sent["ok"] is False and "buy milk" not in sent["content"]
+    vault.unlock(passphrase="correct horse")
+    rig.host._listener = rig.events.append
+    again = rig.host.run_errand("again")
+    assert again.outcome == "final"
+    assert rig.host.worker_pid == pid
