@@ -74,6 +74,7 @@ from agent.sandbox import Sandbox, scrubbed_env, stop_when
 from agent.tools.base import ToolContext, ToolOutput, truncate_text
 from agent.tools.registry import ALL_TOOLS, run_tool
 from memory.errors import MemoryErrorBase
+from memory.loader import UNCHECKED
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
@@ -91,6 +92,7 @@ EventKind = Literal[
     "error",
     "agent_crashed",
     "os_isolation",
+    "memory_problems",
 ]
 
 DEFAULT_TOOLS: tuple[str, ...] = (
@@ -129,11 +131,12 @@ class AgentEvent:
 
     Attributes:
         kind: What happened.
-        text: Streamed text (token), the final answer, or a message (error, crash).
+        text: Streamed text (token), the final answer, or a message (error,
+            crash, memory problems: what was left out and what to do).
         tool: The tool concerned (tool_call, decision, tool_result).
         call_id: The call concerned.
         data: Details: arguments, decision action and reason, ok/truncated/
-            redacted flags, the isolation state.
+            redacted flags, the isolation state, the memory problems.
     """
 
     kind: EventKind
@@ -765,6 +768,19 @@ class AgentHost:
         """
         self._cancel.cancel()
 
+    def redact(self, text: str) -> str:
+        """``text`` as the user may be shown it: every secret the broker knows replaced.
+
+        For everything a terminal or a log shows of an errand (tool arguments,
+        summaries), through the same redactor as the results the agent gets.
+        When redaction cannot run (the vault locked with grants in the
+        session) the text is withheld, not shown unchecked.
+        """
+        try:
+            return self._redact(text)[0]
+        except RedactionError:
+            return "[withheld: it could not be checked for secrets]"
+
     def clear_taint(self) -> None:
         """The user cleared the untrusted content: network use follows the rules again."""
         self.tainted = False
@@ -1203,7 +1219,9 @@ class AgentHost:
         memory_text = ""
         if self._memory is not None:
             try:
-                memory_text = str(self._memory.load_context().text)
+                context = self._memory.load_context()
+                memory_text = str(context.text)
+                self._memory_problems([str(p) for p in getattr(context, "problems", ())])
             except MemoryErrorBase as e:
                 self._emit(AgentEvent("error", text=f"memory was not loaded: {e}"))
                 self._record("memory_not_loaded", reason=str(e))
@@ -1222,6 +1240,23 @@ class AgentHost:
             tools=list(self._tools),
             limits=self._limits,
         )
+
+    def _memory_problems(self, problems: list[str]) -> None:
+        """Tell the user which memory was left out of the prompt, and what to do."""
+        if not problems:
+            return
+        unchecked = [p for p in problems if UNCHECKED in p]
+        lines = []
+        if unchecked:
+            lines.append(
+                f"{len(unchecked)} memory file(s) were withheld from the agent: they could "
+                "not be checked for vault secrets (the vault is locked). Unlock the vault "
+                "to give the agent its memory."
+            )
+        lines += [f"memory: {p}" for p in problems if UNCHECKED not in p]
+        text = "\n".join(lines)
+        self._emit(AgentEvent("memory_problems", text=text, data={"problems": problems}))
+        self._record("memory_problems", details={"problems": problems})
 
     def _isolation_reason(self, isolated: bool) -> str:
         if isolated:

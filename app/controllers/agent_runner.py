@@ -153,6 +153,8 @@ class HostListener:
                 self._events.context(context)
         elif kind == "error":
             self._events.error(event.text)
+        elif kind == "memory_problems":
+            self._events.notice(event.text)
         elif kind == "agent_crashed":
             tail = str(data.get("stderr", "")).strip()
             self._events.agent_crashed(event.text + (f"\n{tail}" if tail else ""))

@@ -126,6 +126,9 @@ class ErrandEvents(Protocol):
     def agent_crashed(self, message: str) -> None:
         """The agent process died; the host is still up."""
 
+    def notice(self, message: str) -> None:
+        """Something the user should know and may act on (memory left out); the errand goes on."""
+
     def isolation(self, enabled: bool, detail: str) -> None:
         """Whether the agent runs under OS isolation."""
 
@@ -198,6 +201,7 @@ class _ErrandWorker(QObject):
     toolResultOut = Signal(str, bool, str, object, bool)
     finalOut = Signal(str, object)
     errorOut = Signal(str)
+    noticeOut = Signal(str)
     crashedOut = Signal(str)
     isolationOut = Signal(bool, str)
     contextOut = Signal(object)
@@ -237,6 +241,9 @@ class _ErrandWorker(QObject):
 
     def agent_crashed(self, message: str) -> None:
         self.crashedOut.emit(message)
+
+    def notice(self, message: str) -> None:
+        self.noticeOut.emit(message)
 
     def isolation(self, enabled: bool, detail: str) -> None:
         self.isolationOut.emit(enabled, detail)
@@ -361,6 +368,7 @@ class ErrandController(QObject):
     toolResultReceived = Signal(str, bool, str, object, bool)
     answerReady = Signal(str, object)
     errandFailed = Signal(str)
+    noticeReported = Signal(str)
     agentCrashed = Signal(str)
     isolationReported = Signal(bool, str)
     statsUpdated = Signal(object)
@@ -400,6 +408,7 @@ class ErrandController(QObject):
         w.finalOut.connect(self._on_final)
         w.errorOut.connect(self._on_error)
         w.crashedOut.connect(self._on_crashed)
+        w.noticeOut.connect(self._on_notice)
         w.isolationOut.connect(self.isolationReported)
         w.contextOut.connect(self.contextUpdated)
         w.permissionNeeded.connect(self._on_permission_needed)
@@ -609,6 +618,11 @@ class ErrandController(QObject):
     def _on_error(self, message: str) -> None:
         self._record("error", message)
         self.errandFailed.emit(message)
+
+    @Slot(str)
+    def _on_notice(self, message: str) -> None:
+        self._record("notice", message)
+        self.noticeReported.emit(message)
 
     @Slot(str)
     def _on_crashed(self, message: str) -> None:
