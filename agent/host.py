@@ -548,7 +548,7 @@ class WorkerProcess:
             os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             pass  # already reaped by kill()/stop()
-        except OSError as e:
+        except (OSError, AttributeError) as e:  # no waitid (macOS): end of output still tells
             log.debug("cannot watch the agent process: %s", e)
             return
         self._set_gone()
