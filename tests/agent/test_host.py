@@ -672,16 +672,53 @@ def _children(pid: int) -> list[str]:
     return found
 
 
-def _running(token: str) -> bool:
+def _running(token: str) -> list[int]:
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as fh:
                     if token.encode() in fh.read():
-                        return True
+                        found.append(int(entry))
             except OSError:
                 continue
-    return False
+    return found
+
+
+def _outlives(token: str, timeout: float) -> list[int]:
+    """The processes whose command line holds ``token`` still alive after ``timeout`` s.
+
+    A sandbox's inner processes die with its PID namespace, asynchronously
+    once bwrap is gone: wait for their exit (pidfds), never sleep.
+    """
+    import select
+
+    fds = []
+    for pid in _running(token):
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            continue
+    try:
+        pending = list(fds)
+        while pending:
+            ready, _, _ = select.select(pending, [], [], timeout)
+            if not ready:
+                break
+            pending = [fd for fd in pending if fd not in ready]
+        return [pid for pid in _running(token) if _state(pid) not in ("Z", "X")]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return "X"
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
 def _sandbox_or_skip() -> None:
@@ -731,7 +768,7 @@ def test_killing_the_agent_during_a_shell_call_stops_the_command_at_once(
     assert crashes == ["the agent process was killed (signal 9)"]
     assert result.error == "the agent process was killed (signal 9)"
     assert not [e for e in rig.events if e.kind == "tool_result"]  # nothing delivered to the dead
-    assert not _running("41.25"), "the sandboxed command outlived its agent"
+    assert _outlives("41.25", timeout=5) == [], "the sandboxed command outlived its agent"
     assert _children(os.getpid()) == []  # bwrap and the agent reaped, no zombie
     assert not (ws / "late.txt").exists()
     assert rig.audit_kinds().count("agent_crashed") == 1
