@@ -72,14 +72,15 @@ from agent.protocol import (
     encode,
 )
 from agent.relay import serve_model_request
-from agent.sandbox import Sandbox, scrubbed_env
+from agent.sandbox import Sandbox, scrubbed_env, stop_when
 from agent.tools.base import ToolContext, ToolOutput, truncate_text
 from agent.tools.registry import ALL_TOOLS, run_tool
 from memory.errors import MemoryErrorBase
+from memory.loader import UNCHECKED
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
-from vault.errors import VaultError
+from vault.errors import RedactionError, VaultError, VaultLockedError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ EventKind = Literal[
     "error",
     "agent_crashed",
     "os_isolation",
+    "memory_problems",
 ]
 
 DEFAULT_TOOLS: tuple[str, ...] = (
@@ -131,11 +133,12 @@ class AgentEvent:
 
     Attributes:
         kind: What happened.
-        text: Streamed text (token), the final answer, or a message (error, crash).
+        text: Streamed text (token), the final answer, or a message (error,
+            crash, memory problems: what was left out and what to do).
         tool: The tool concerned (tool_call, decision, tool_result).
         call_id: The call concerned.
         data: Details: arguments, decision action and reason, ok/truncated/
-            redacted flags, the isolation state.
+            redacted flags, the isolation state, the memory problems.
     """
 
     kind: EventKind
@@ -381,6 +384,15 @@ class WorkerProcess:
         env: The complete environment (scrubbed; never the host's).
         transcript: Called with ("sent"|"received", line) for every line.
         write_timeout: Seconds a write may wait for the agent to read its input.
+        wrapped: ``argv`` starts bubblewrap, whose exit status 128+N means
+            the agent inside was killed by signal N.
+        on_gone: Called once with this process, from a watcher thread, as
+            soon as the process exits or closes its output (see :attr:`gone`).
+
+    Attributes:
+        gone: Set the moment the agent exits or closes its output, so a host
+            thread busy elsewhere (a tool call, a permission prompt) can stop
+            at once instead of finding out at its next read or write.
     """
 
     def __init__(
@@ -391,9 +403,15 @@ class WorkerProcess:
         cwd: Path | None = None,
         transcript: Callable[[str, bytes], None] | None = None,
         write_timeout: float = WRITE_TIMEOUT_S,
+        wrapped: bool = False,
+        on_gone: Callable[[WorkerProcess], None] | None = None,
     ) -> None:
         self._transcript = transcript
         self._write_timeout = write_timeout
+        self._wrapped = wrapped
+        self._on_gone = on_gone
+        self._gone_lock = threading.Lock()
+        self.gone = threading.Event()
         self._send_lock = threading.Lock()
         self._lines: queue.Queue[bytes | BaseException | None] = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=40)
@@ -423,6 +441,7 @@ class WorkerProcess:
             target=self._read_stderr, args=(self._proc.stderr,), daemon=True, name="agent-stderr"
         )
         self._stderr_reader.start()
+        threading.Thread(target=self._watch_exit, daemon=True, name="agent-watch").start()
 
     @property
     def pid(self) -> int:
@@ -487,8 +506,7 @@ class WorkerProcess:
             return None
         if item is None:
             self._lines.put(None)  # stay at end of output for later readers
-            code = self._proc.wait(timeout=5)
-            raise AgentCrashedError(f"the agent process exited with status {code}")
+            raise AgentCrashedError(self.exit_reason())
         if isinstance(item, BaseException):
             raise ProtocolError(str(item)) from item
         if self._transcript is not None:
@@ -511,6 +529,45 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             return self._proc.wait()
+
+    def exit_reason(self) -> str:
+        """Why the agent is gone ("was killed (signal 9)", "exited with status 3").
+
+        Waits briefly for an agent that closed its output but lingers, then kills it.
+        """
+        try:
+            code = self._proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "the agent process closed its output and was killed"
+        if code < 0:
+            return f"the agent process was killed (signal {-code})"
+        if self._wrapped and code > 128:
+            # bubblewrap reports its child's death by signal N as 128+N.
+            return f"the agent process was killed (signal {code - 128})"
+        return f"the agent process exited with status {code}"
+
+    def _set_gone(self) -> None:
+        with self._gone_lock:
+            if self.gone.is_set():
+                return
+            self.gone.set()
+        if self._on_gone is not None:
+            try:
+                self._on_gone(self)
+            except Exception:  # a watcher thread has no one to report to but the log
+                log.exception("reacting to the agent's exit failed")
+
+    def _watch_exit(self) -> None:
+        # WNOWAIT: notice the exit without reaping, so Popen still gets the status.
+        try:
+            os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # already reaped by kill()/stop()
+        except (OSError, AttributeError) as e:  # no waitid (macOS): end of output still tells
+            log.debug("cannot watch the agent process: %s", e)
+            return
+        self._set_gone()
 
     def kill(self) -> None:
         """Kill the process at once (after garbage or a hang)."""
@@ -539,6 +596,7 @@ class WorkerProcess:
             self._lines.put(e)
         finally:
             self._lines.put(None)
+            self._set_gone()
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
         # Bounded lines: an agent flooding stderr costs the host no more than the tail.
@@ -641,6 +699,7 @@ class AgentHost:
         self._cancel = CancelToken()
         self._cancel_deadline: float | None = None
         self._history: list[Message] = []
+        self._redaction_failed: RedactionError | None = None
         self.tainted = False
         self.os_isolation = False
 
@@ -674,7 +733,12 @@ class AgentHost:
             )
         )
         proc = WorkerProcess(
-            argv, scrubbed_env(), transcript=self._transcript, write_timeout=self._write_timeout
+            argv,
+            scrubbed_env(),
+            transcript=self._transcript,
+            write_timeout=self._write_timeout,
+            wrapped=isolated,
+            on_gone=self._worker_gone,
         )
         self._proc = proc
         try:
@@ -720,6 +784,19 @@ class AgentHost:
         """
         self._cancel.cancel()
 
+    def redact(self, text: str) -> str:
+        """``text`` as the user may be shown it: every secret the broker knows replaced.
+
+        For everything a terminal or a log shows of an errand (tool arguments,
+        summaries), through the same redactor as the results the agent gets.
+        When redaction cannot run (the vault locked with grants in the
+        session) the text is withheld, not shown unchecked.
+        """
+        try:
+            return self._redact(text)[0]
+        except RedactionError:
+            return "[withheld: it could not be checked for secrets]"
+
     def clear_taint(self) -> None:
         """The user cleared the untrusted content: network use follows the rules again."""
         self.tainted = False
@@ -737,14 +814,21 @@ class AgentHost:
         with self._lock:
             self._cancel = CancelToken()
             self._cancel_deadline = None
+            self._redaction_failed = None
             calls: list[ToolCallRecord] = []
+            try:
+                # Before anything reaches the agent: an errand whose results
+                # cannot be redacted (grants, vault locked) is refused at once.
+                shown_task = self._redact(task)[0]
+            except RedactionError as e:
+                return self._unredactable(e, calls)
             try:
                 if self._proc is None:
                     self.start()
                 proc = self._proc
                 assert proc is not None
                 proc.send(self._task(task))
-                self._record("errand_started", details={"task": self._redact(task)[0]})
+                self._record("errand_started", details={"task": shown_task})
                 return self._loop(proc, task, calls)
             except AuditWriteError as e:
                 return self._audit_failed(e, calls)
@@ -752,6 +836,13 @@ class AgentHost:
                 if self._proc is not None:  # start() already reported its own failure
                     self._crashed(e)
                 return ErrandResult(outcome="crashed", text="", tool_calls=calls, error=str(e))
+
+    def _unredactable(self, error: RedactionError, calls: list[ToolCallRecord]) -> ErrandResult:
+        """End the errand because redaction failed; say what to do."""
+        message = _redaction_message(error)
+        self._emit(AgentEvent("error", text=message, data={"kind": "redaction"}))
+        self._record("errand_failed", reason=message)
+        return ErrandResult(outcome="error", text="", tool_calls=calls, error=message)
 
     def _next(self, proc: WorkerProcess) -> AgentMessage | None:
         """The agent's next message; None when it ignored a cancel for too long.
@@ -787,6 +878,8 @@ class AgentHost:
                 self._stop_worker(kill=True)
                 reason = f"the agent did not stop within {self._cancel_grace:g} s of the cancel"
                 self._record("agent_killed", reason=reason)
+                if self._redaction_failed is not None:
+                    self._unredactable(self._redaction_failed, calls)
                 return ErrandResult(outcome="cancelled", text="", tool_calls=calls, error=reason)
             if isinstance(msg, TokenChunk):
                 self._emit(AgentEvent("token", text=msg.text, data={"step": msg.step}))
@@ -796,7 +889,16 @@ class AgentHost:
                     data["context"] = msg.context.model_dump()
                 self._emit(AgentEvent("progress", data=data))
             elif isinstance(msg, ToolRequest):
-                result, record = self._handle_tool(msg)
+                try:
+                    result, record = self._handle_tool(msg)
+                except RedactionError as e:
+                    # Nothing unredacted goes back: the call is refused, the agent
+                    # is told to stop, and the errand ends once it has stopped,
+                    # so the same agent process runs the next errand.
+                    self._redaction_failed = e
+                    self._cancel.cancel()
+                    text = "the result was withheld: it could not be checked for secrets"
+                    result, record = self._refuse(msg, "withheld", text, audited=True)
                 calls.append(record)
                 proc.send(result)
             elif isinstance(msg, ModelRequest):
@@ -804,7 +906,12 @@ class AgentHost:
             elif isinstance(msg, ModelCancel):
                 log.debug("agent gave up relayed generation %s", msg.request_id)
             elif isinstance(msg, FinalAnswer):
-                text = self._redact(msg.text)[0]
+                if self._redaction_failed is not None:
+                    return self._unredactable(self._redaction_failed, calls)
+                try:
+                    text = self._redact(msg.text)[0]
+                except RedactionError as e:
+                    return self._unredactable(e, calls)
                 self._history += [
                     Message(role="user", content=task),
                     Message(role="assistant", content=text),
@@ -860,6 +967,8 @@ class AgentHost:
             return self._refuse(req, "denied", f"denied: {decision.reason}", audited=True)
         if decision.action == "ask":
             answer = self._ask(call, spec.effect, decision, arguments)
+            # The agent may have died while the user was asked: nothing runs for it.
+            self._check_agent()
             if answer.choice == "deny":
                 reason = answer.reason or "the user denied this call"
                 self._decided(req, "deny", reason, by="user", choice="deny")
@@ -876,6 +985,7 @@ class AgentHost:
         if self._cancel.cancelled:
             return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
         output, ok = self._run(req, unsandboxed_approved=decision.unsandboxed)
+        self._check_agent()  # a command stopped because the agent died is not delivered
         return self._deliver(req, output, ok)
 
     def _ask(
@@ -934,8 +1044,11 @@ class AgentHost:
             tainted=self.tainted,
             may_read=self._policy.read_filter(),
         )
+        proc = self._proc
         try:
-            return run_tool(req.tool, req.arguments, ctx), True
+            # A command still running when the agent dies is killed at once.
+            with stop_when(proc.gone if proc is not None else threading.Event()):
+                return run_tool(req.tool, req.arguments, ctx), True
         except (ToolError, SandboxError, VaultError, MemoryErrorBase) as e:
             # The message names the problem for the model (path refused, connection
             # failed, secret in memory, ...); none of these messages carries a secret.
@@ -1139,7 +1252,9 @@ class AgentHost:
         memory_text = ""
         if self._memory is not None:
             try:
-                memory_text = str(self._memory.load_context().text)
+                context = self._memory.load_context()
+                memory_text = str(context.text)
+                self._memory_problems([str(p) for p in getattr(context, "problems", ())])
             except MemoryErrorBase as e:
                 self._emit(AgentEvent("error", text=f"memory was not loaded: {e}"))
                 self._record("memory_not_loaded", reason=str(e))
@@ -1158,6 +1273,23 @@ class AgentHost:
             tools=list(self._tools),
             limits=self._limits,
         )
+
+    def _memory_problems(self, problems: list[str]) -> None:
+        """Tell the user which memory was left out of the prompt, and what to do."""
+        if not problems:
+            return
+        unchecked = [p for p in problems if UNCHECKED in p]
+        lines = []
+        if unchecked:
+            lines.append(
+                f"{len(unchecked)} memory file(s) were withheld from the agent: they could "
+                "not be checked for vault secrets (the vault is locked). Unlock the vault "
+                "to give the agent its memory."
+            )
+        lines += [f"memory: {p}" for p in problems if UNCHECKED not in p]
+        text = "\n".join(lines)
+        self._emit(AgentEvent("memory_problems", text=text, data={"problems": problems}))
+        self._record("memory_problems", details={"problems": problems})
 
     def _isolation_reason(self, isolated: bool) -> str:
         if isolated:
@@ -1202,6 +1334,29 @@ class AgentHost:
         self._emit(AgentEvent("error", text=str(error), data={"kind": "audit"}))
         return ErrandResult(outcome="error", text="", tool_calls=calls, error=str(error))
 
+    def _check_agent(self) -> None:
+        """Raise when the agent process died during a tool call or a prompt.
+
+        Raises:
+            AgentCrashedError: It is gone; the message says how (the signal, the status).
+        """
+        proc = self._proc
+        if proc is not None and proc.gone.is_set():
+            raise AgentCrashedError(proc.exit_reason())
+
+    def _worker_gone(self, proc: WorkerProcess) -> None:
+        """The agent process died (watcher thread): withdraw a prompt asked for it.
+
+        A prompt that supports it (``withdraw(reason)``) answers its pending
+        question "deny" and closes it; the errand's thread then finds the
+        agent gone and reports the crash once.
+        """
+        if proc is not self._proc:
+            return  # an old worker, stopped on purpose
+        withdraw = getattr(self._prompt, "withdraw", None)
+        if callable(withdraw):
+            withdraw("the agent process is gone")
+
     def _crashed(self, error: BaseException) -> None:
         proc, self._proc = self._proc, None
         tail = ""
@@ -1228,6 +1383,19 @@ class AgentHost:
 
 def _is_remote(spec: ModelSpec | None) -> bool:
     return spec is not None and spec.backend == "openai"
+
+
+def _redaction_message(error: RedactionError) -> str:
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, VaultLockedError):
+        cause = cause.__cause__
+    if cause is not None:
+        return (
+            "unlock the vault to run with capabilities: this session has capabilities, "
+            "and while the vault is locked their secrets cannot be kept out of what the "
+            "agent sees"
+        )
+    return f"the errand was stopped: {error}"
 
 
 def _validation_message(tool: str, e: ValidationError) -> str:

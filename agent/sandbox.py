@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import os
 import secrets
 import select
@@ -36,8 +37,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -741,6 +743,26 @@ def _process_tree_size(root: int, *, full_scan: bool) -> int:
     return count
 
 
+_STOP_WHEN: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "keyless_sandbox_stop_when", default=None
+)
+
+
+@contextlib.contextmanager
+def stop_when(event: threading.Event) -> Iterator[None]:
+    """Kill a command this thread runs inside the block as soon as ``event`` is set.
+
+    The command's whole process group is killed and reaped, and the run
+    raises :class:`SandboxError`. The host uses it to stop a command whose
+    agent process died while it ran.
+    """
+    token = _STOP_WHEN.set(event)
+    try:
+        yield
+    finally:
+        _STOP_WHEN.reset(token)
+
+
 class _Supervisor:
     """Runs one command to completion under its limits, on the calling thread.
 
@@ -759,6 +781,7 @@ class _Supervisor:
         self.exited = False
         self.status = 0
         self.cpu = 0.0
+        self.stop = _STOP_WHEN.get()
 
     def kill(self, reason: LimitHit) -> None:
         if self.hit is None:
@@ -818,6 +841,11 @@ class _Supervisor:
                         timeout = min(timeout, max(next_count - now, 0.0))
                     if pidfd < 0:
                         timeout = min(timeout, 0.01)
+                    if self.stop is not None:
+                        if self.stop.is_set():
+                            # The caller's cleanup kills the process group and reaps it.
+                            raise SandboxError("the command was stopped: its errand ended")
+                        timeout = min(timeout, 0.05)
                     for key, _ in sel.select(timeout):
                         if key.data == "out" and not self._read(fd):
                             sel.unregister(fd)

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -120,19 +121,19 @@ def run_errand_cli(
         err.write(f"note: saved permission rules unavailable ({e}); using the defaults\n")
     broker = _unlocked_broker(services, err)
     audit = _optional(lambda: services.audit, "audit log", err)
-    memory = None
     spec = None if args.scripted_model is not None else model_spec_from_settings(services)
-    if args.scripted_model is None:
-        from models.tokenizer import counter_for_spec
+    from models.tokenizer import counter_for_spec
 
-        count_tokens = counter_for_spec(spec)
-        memory = _optional(
-            lambda: services.memory_service(
-                workspace=workspace, session_id=session_id, count_tokens=count_tokens
-            ),
-            "memory",
-            err,
-        )
+    # A scripted model gets the same services as a real one (it is how the
+    # memory tools are exercised from the command line); it counts ~4 chars a token.
+    count_tokens = counter_for_spec(spec)
+    memory = _optional(
+        lambda: services.memory_service(
+            workspace=workspace, session_id=session_id, count_tokens=count_tokens
+        ),
+        "memory",
+        err,
+    )
     relay = None
     if spec is not None and spec.backend == "openai":
         try:
@@ -159,14 +160,17 @@ def run_errand_cli(
         hidden_paths=services.protected_paths(),
         relay_model=relay,
     )
+    # Every line the terminal shows goes through the redactor the agent's results do.
+    printer.redact = host.redact
     try:
         result = _run_cancellable(host, args.task, err)
     finally:
         host.close()
-        if store is not None:
-            store.close()
+        for owned in (store, memory):
+            if owned is not None and callable(getattr(owned, "close", None)):
+                owned.close()
         services.close()
-    _print_result(result, out)
+    print_result(result, out, redact=host.redact)
     return _exit_status(result)
 
 
@@ -185,25 +189,43 @@ def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
 
 
 class EventPrinter:
-    """Writes the host's events as terminal lines."""
+    """Writes the host's events as terminal lines.
 
-    def __init__(self, err: IO[str], *, stream_tokens: bool) -> None:
+    Every line goes through ``redact`` (the host's, :meth:`agent.host.AgentHost.redact`)
+    and is shown with escapes instead of control characters. Streamed tokens
+    are shown a line at a time, so a secret split across tokens is redacted whole.
+
+    Args:
+        err: Where the lines go.
+        stream_tokens: Show the model's streamed text.
+        redact: Replaces secrets in a line; set to the host's once it exists.
+    """
+
+    def __init__(
+        self,
+        err: IO[str],
+        *,
+        stream_tokens: bool,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         self._err = err
         self._stream = stream_tokens
-        self._mid_line = False
+        self.redact: Callable[[str], str] = redact or (lambda text: text)
+        self._pending = ""
 
     def __call__(self, event: AgentEvent) -> None:
         """Print one :class:`agent.host.AgentEvent`."""
         kind = event.kind
         if kind == "token":
             if self._stream:
-                self._err.write(_shown(event.text))
-                self._mid_line = True
-                self._err.flush()
+                lines = (self._pending + event.text).split("\n")
+                self._pending = lines.pop()
+                for line in lines:
+                    self._line(line)
             return
-        if self._mid_line:
-            self._err.write("\n")
-            self._mid_line = False
+        if self._pending:
+            self._line(self._pending)
+            self._pending = ""
         data = event.data
         if kind == "os_isolation":
             state = "on" if data.get("isolated") else "OFF"
@@ -223,6 +245,8 @@ class EventPrinter:
             self._line(f"<- {', '.join(flags)}")
         elif kind == "error":
             self._line(f"error: {event.text}")
+        elif kind == "memory_problems":
+            self._line(event.text)
         elif kind == "agent_crashed":
             self._line(f"the agent process failed: {event.text}")
             tail = str(data.get("stderr", "")).strip()
@@ -230,7 +254,7 @@ class EventPrinter:
                 self._line("  its last log lines:\n    " + tail.replace("\n", "\n    "))
 
     def _line(self, text: str) -> None:
-        self._err.write(_shown(text) + "\n")
+        self._err.write(_shown(self.redact(text)) + "\n")
         self._err.flush()
 
 
@@ -266,22 +290,32 @@ def _shown(text: str) -> str:
     return terminal_text(text)
 
 
-def _print_result(result: ErrandResult, out: IO[str]) -> None:
+def print_result(
+    result: ErrandResult, out: IO[str], *, redact: Callable[[str], str]
+) -> None:
+    """Write the answer and the tool-call summary, each line redacted and escaped."""
+
+    def shown(text: str) -> str:
+        return _shown(redact(text))
+
     if result.text:
-        out.write(_shown(result.text.rstrip()) + "\n")
+        out.write(shown(result.text.rstrip()) + "\n")
+    elif result.outcome == "crashed":
+        out.write("(no answer: the agent process failed)\n")  # why was said on stderr
     elif result.error:
-        out.write(_shown(f"(no answer: {result.error})") + "\n")
+        out.write(shown(f"(no answer: {result.error})") + "\n")
     else:
         out.write(f"(no answer: {result.outcome})\n")
     if result.tool_calls:
         out.write(f"\n{len(result.tool_calls)} tool call(s):\n")
         for record in result.tool_calls:
             status = "ok" if record.ok else "failed"
-            args = json.dumps(record.arguments, ensure_ascii=False)
+            # Redacted before it is cut: a cut secret would no longer be recognised.
+            args = redact(json.dumps(record.arguments, ensure_ascii=False))
             if len(args) > 80:
                 args = args[:79] + "…"
             line = f"{record.call_id:>4}  {record.tool:<13} {record.decision:<8} {status:<6}"
-            out.write(_shown(f"  {line} {args}") + "\n")
+            out.write(shown(f"  {line} {args}") + "\n")
     out.flush()
 
 

@@ -258,11 +258,15 @@ def read_level_text(
     return "\n".join(parts)
 
 
+UNCHECKED = "it could not be checked for vault secrets"
+"""In a problem: the file was withheld because the scan could not run (the vault is locked)."""
+
+
 def _withheld(file: Path, text: str, scan_secrets: Callable[[str], list[str]]) -> str | None:
     try:
         found = scan_secrets(text)
     except Exception as e:  # an unchecked text must not reach the prompt; reported instead
-        return f"{file}: withheld: it could not be checked for vault secrets ({e})"
+        return f"{file}: withheld: {UNCHECKED} ({e})"
     if found:
         names = ", ".join(sorted(set(found)))
         return f"{file}: withheld: it contains the vault secret(s) {names}; edit the file"

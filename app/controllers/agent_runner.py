@@ -107,6 +107,13 @@ class HostPrompt:
         return PermissionAnswer(choice=reply.choice, rule=rule, reason=reply.reason)
 
 
+    def withdraw(self, reason: str) -> None:
+        """The agent process died: release the question the user still sees (any thread)."""
+        withdraw = getattr(self._asker, "withdraw", None)
+        if callable(withdraw):
+            withdraw(reason)
+
+
 class HostListener:
     """Turns ``agent.host.AgentEvent`` s into :class:`ErrandEvents` calls."""
 
@@ -147,6 +154,8 @@ class HostListener:
                 self._events.context(context)
         elif kind == "error":
             self._events.error(event.text)
+        elif kind == "memory_problems":
+            self._events.notice(event.text)
         elif kind == "agent_crashed":
             tail = str(data.get("stderr", "")).strip()
             self._events.agent_crashed(event.text + (f"\n{tail}" if tail else ""))

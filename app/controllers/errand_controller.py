@@ -128,6 +128,9 @@ class ErrandEvents(Protocol):
     def agent_crashed(self, message: str) -> None:
         """The agent process died; the host is still up."""
 
+    def notice(self, message: str) -> None:
+        """Something the user should know and may act on (memory left out); the errand goes on."""
+
     def isolation(self, enabled: bool, detail: str) -> None:
         """Whether the agent runs under OS isolation."""
 
@@ -200,6 +203,7 @@ class _ErrandWorker(QObject):
     toolResultOut = Signal(str, bool, str, object, bool)
     finalOut = Signal(str, object)
     errorOut = Signal(str)
+    noticeOut = Signal(str)
     crashedOut = Signal(str)
     isolationOut = Signal(bool, str)
     contextOut = Signal(object)
@@ -240,6 +244,9 @@ class _ErrandWorker(QObject):
     def agent_crashed(self, message: str) -> None:
         self.crashedOut.emit(message)
 
+    def notice(self, message: str) -> None:
+        self.noticeOut.emit(message)
+
     def isolation(self, enabled: bool, detail: str) -> None:
         self.isolationOut.emit(enabled, detail)
 
@@ -269,6 +276,18 @@ class _ErrandWorker(QObject):
             pending.reply = reply
             pending.event.set()
             return True
+
+    def withdraw(self, reason: str) -> None:
+        """Deny the question waiting for an answer, if any (any thread).
+
+        The agent host calls it when the agent process died while the user was
+        asked: the errand then ends, and the window dismisses the dialog.
+        """
+        with self._lock:
+            pending = self._pending
+            if pending is not None and pending.reply is None:
+                pending.reply = PermissionReply("deny", reason=reason)
+                pending.event.set()
 
     def cancel(self) -> None:
         """Stop the errand and release a waiting permission prompt (any thread)."""
@@ -351,6 +370,7 @@ class ErrandController(QObject):
     toolResultReceived = Signal(str, bool, str, object, bool)
     answerReady = Signal(str, object)
     errandFailed = Signal(str)
+    noticeReported = Signal(str)
     agentCrashed = Signal(str)
     isolationReported = Signal(bool, str)
     statsUpdated = Signal(object)
@@ -390,6 +410,7 @@ class ErrandController(QObject):
         w.finalOut.connect(self._on_final)
         w.errorOut.connect(self._on_error)
         w.crashedOut.connect(self._on_crashed)
+        w.noticeOut.connect(self._on_notice)
         w.isolationOut.connect(self.isolationReported)
         w.contextOut.connect(self.contextUpdated)
         w.permissionNeeded.connect(self._on_permission_needed)
@@ -599,6 +620,11 @@ class ErrandController(QObject):
     def _on_error(self, message: str) -> None:
         self._record("error", message)
         self.errandFailed.emit(message)
+
+    @Slot(str)
+    def _on_notice(self, message: str) -> None:
+        self._record("notice", message)
+        self.noticeReported.emit(message)
 
     @Slot(str)
     def _on_crashed(self, message: str) -> None:

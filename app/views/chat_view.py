@@ -265,6 +265,7 @@ class ChatView(QtWidgets.QWidget):
         c.answerReady.connect(self._on_answer)
         c.errandFailed.connect(self._on_error)
         c.agentCrashed.connect(self._on_crash)
+        c.noticeReported.connect(self._on_notice)
         c.isolationReported.connect(self._on_isolation)
         c.sessionsChanged.connect(self._refresh_sessions)
         c.currentSessionChanged.connect(self._show_session)
@@ -376,6 +377,8 @@ class ChatView(QtWidgets.QWidget):
                 self._append_answer(args[0], args[1])
             elif kind == "error":
                 self._append_error(args[0])
+            elif kind == "notice":
+                self._append_notice(args[0])
         self._refresh_sessions()
 
     # -- running ---------------------------------------------------------------------
@@ -528,6 +531,16 @@ class ChatView(QtWidgets.QWidget):
     def _append_error(self, message: str) -> None:
         self._append_html(
             f'<p style="color:#b00020;margin-top:6px"><b>Problem:</b> {html.escape(message)}</p>'
+        )
+
+    @Slot(str)
+    def _on_notice(self, message: str) -> None:
+        self.banner.show_message(message, "warning")
+        self._append_notice(message)
+
+    def _append_notice(self, message: str) -> None:
+        self._append_html(
+            f'<p style="color:#7a5200;margin-top:6px"><b>Note:</b> {html.escape(message)}</p>'
         )
 
     @Slot(str)

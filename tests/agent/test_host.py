@@ -8,6 +8,7 @@ import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -721,3 +722,256 @@ def test_when_the_audit_log_cannot_be_written_the_tool_call_does_not_run(
     assert any(e.kind == "error" and e.data.get("kind") == "audit" for e in rig.events)
     assert "tool_decision" not in rig.audit_kinds()
     assert rig.audit.verify().ok
+
+
+# ---------------------------------------------------------------- the agent killed mid-call
+
+
+def _children(pid: int) -> list[str]:
+    """The processes (zombies included) whose parent is ``pid``, as "pid name state"."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        name = data[data.find(b"(") + 1 : data.rfind(b")")].decode(errors="replace")
+        fields = data[data.rfind(b")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(f"{entry} {name} {fields[0].decode()}")
+    return found
+
+
+def _running(token: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if token.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _outlives(token: str, timeout: float) -> list[int]:
+    """The processes whose command line holds ``token`` still alive after ``timeout`` s.
+
+    A sandbox's inner processes die with its PID namespace, asynchronously
+    once bwrap is gone: wait for their exit (pidfds), never sleep.
+    """
+    import select
+
+    fds = []
+    for pid in _running(token):
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            continue
+    try:
+        pending = list(fds)
+        while pending:
+            ready, _, _ = select.select(pending, [], [], timeout)
+            if not ready:
+                break
+            pending = [fd for fd in pending if fd not in ready]
+        return [pid for pid in _running(token) if _state(pid) not in ("Z", "X")]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return "X"
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
+
+
+def _sandbox_or_skip() -> None:
+    from agent.sandbox import Sandbox
+
+    if not Sandbox.detect().available:
+        pytest.skip("bubblewrap is not available or cannot create namespaces here")
+
+
+def test_killing_the_agent_during_a_shell_call_stops_the_command_at_once(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    import threading
+    import time
+
+    _sandbox_or_skip()
+    fifo = ws / "started.fifo"
+    os.mkfifo(fifo)
+    # A unique sleep length names the command in /proc.
+    command = "echo started > started.fifo; sleep 41.25; echo late > late.txt"
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("shell", command=command), final("never")],
+        rules=[Rule(tool="shell", pattern="*", action="allow")],
+        tools=("shell",),
+    )
+    rig.host.start()
+    pid = rig.host.worker_pid
+    assert pid is not None
+
+    def kill_when_started() -> None:
+        with open(fifo, encoding="utf-8") as fh:  # blocks until the command runs
+            fh.read()
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
+    began = time.monotonic()
+    result = rig.host.run_errand("run it")
+    took = time.monotonic() - began
+    killer.join(timeout=5)
+    assert result.outcome == "crashed"
+    assert took < 20, f"the host waited {took:.1f} s for the command"
+    crashes = [e.text for e in rig.events if e.kind == "agent_crashed"]
+    assert crashes == ["the agent process was killed (signal 9)"]
+    assert result.error == "the agent process was killed (signal 9)"
+    assert not [e for e in rig.events if e.kind == "tool_result"]  # nothing delivered to the dead
+    assert _outlives("41.25", timeout=5) == [], "the sandboxed command outlived its agent"
+    assert _children(os.getpid()) == []  # bwrap and the agent reaped, no zombie
+    assert not (ws / "late.txt").exists()
+    assert rig.audit_kinds().count("agent_crashed") == 1
+
+
+def test_killing_the_agent_during_a_prompt_runs_nothing_for_it(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    import threading
+
+    _sandbox_or_skip()
+    rig = rig_for(
+        rigs, tmp_path, ws, [call("write_file", path="out.txt", content="x"), final("never")]
+    )
+    withdrawn: list[str] = []
+    released = threading.Event()
+
+    class WithdrawablePrompt:
+        """Blocks on the question until the host withdraws it, then answers "once"."""
+
+        def ask(self, request: PermissionRequest) -> PermissionAnswer:
+            pid = rig.host.worker_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            assert released.wait(timeout=30), "the prompt was never withdrawn"
+            return PermissionAnswer(choice="once")  # the user said yes, too late
+
+        def withdraw(self, reason: str) -> None:
+            withdrawn.append(reason)
+            released.set()
+
+    rig.host._prompt = WithdrawablePrompt()
+    result = rig.host.run_errand("write")
+    assert result.outcome == "crashed"
+    assert withdrawn == ["the agent process is gone"]
+    assert not (ws / "out.txt").exists()
+    crashes = [e.text for e in rig.events if e.kind == "agent_crashed"]
+    assert crashes == ["the agent process was killed (signal 9)"]
+    assert "allow" not in [e.data.get("action") for e in rig.events if e.kind == "decision"]
+    assert _children(os.getpid()) == []
+
+
+# ---------------------------------------------------------------- grants with the vault locked
+
+
+@pytest.fixture
+def granted(tmp_path: Path) -> Iterator[tuple[object, object]]:
+    """A real vault and broker with one grant to session-1; the vault unlocked."""
+    from datetime import UTC, datetime
+
+    from vault._crypto import Argon2Params
+    from vault.audit import AuditLog
+    from vault.broker import Broker
+    from vault.grants import CapabilityGrant, GrantStore, header_injection
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    vault = Vault.create(
+        tmp_path / "vault.kls",
+        passphrase="correct horse",
+        use_keyring=False,
+        keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+        idle_timeout=None,
+    )
+    vault.add("API_TOKEN", b"sk-locked-" + b"Zx81Qp0Lm4")
+    db = tmp_path / "broker.db"
+    broker = Broker(vault, GrantStore(db), AuditLog(db))
+    now = datetime.now(UTC)
+    broker.grant(
+        CapabilityGrant(
+            secret_name="API_TOKEN",
+            injection=header_injection("Authorization: Bearer {}"),
+            methods=("GET",),
+            host="api.example.com",
+            path_pattern="/*",
+            session_id="session-1",
+            approved_by="test",
+            approved_at=now,
+        ),
+        now=now,
+    )
+    yield vault, broker
+    broker.close()
+
+
+UNLOCK = "unlock the vault to run with capabilities"
+
+
+def test_an_errand_with_grants_and_the_vault_locked_is_refused_at_once(
+    tmp_path: Path, ws: Path, rigs: list[Rig], granted: tuple[Any, Any]
+) -> None:
+    vault, broker = granted
+    rig = rig_for(rigs, tmp_path, ws, [final("after unlocking")], broker=broker, isolate=False)
+    rig.host.start()
+    pid = rig.host.worker_pid
+    vault.lock()
+    result = rig.host.run_errand("look around")
+    assert result.outcome == "error" and UNLOCK in (result.error or "")
+    assert [e.text for e in rig.events if e.kind == "error"] == [result.error]
+    assert rig.transcript.sent_of("task") == []  # the agent never got it
+    vault.unlock(passphrase="correct horse")
+    again = rig.host.run_errand("look around")
+    assert again.outcome == "final" and again.text == "after unlocking"
+    assert rig.host.worker_pid == pid  # the same agent process, still usable
+
+
+def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable(
+    tmp_path: Path, ws: Path, rigs: list[Rig], granted: tuple[Any, Any]
+) -> None:
+    vault, broker = granted
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("read_file", path="notes.txt"), final("never"), final("second errand")],
+        broker=broker,
+        isolate=False,
+        idle_timeout=20,
+    )
+    rig.host.start()
+    pid = rig.host.worker_pid
+    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and vault.lock())
+    result = rig.host.run_errand("read the notes")
+    assert result.outcome == "error" and UNLOCK in (result.error or "")
+    assert [e.text for e in rig.events if e.kind == "error"] == [result.error]
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert sent["ok"] is False and "buy milk" not in sent["content"]
+    vault.unlock(passphrase="correct horse")
+    rig.host._listener = rig.events.append
+    again = rig.host.run_errand("again")
+    assert again.outcome == "final"
+    assert rig.host.worker_pid == pid

@@ -205,3 +205,47 @@ def test_tab_order_follows_reading_order(view: ChatView) -> None:
         w = w.nextInFocusChain()
     # (The Stop button sits after Run; it is disabled until an errand runs.)
     assert [x for x in [view.workspace_combo, *chain] if x in wanted] == wanted
+
+
+def test_memory_withheld_while_the_vault_is_locked_shows_a_banner(
+    qtbot: Any, tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from app.controllers.agent_runner import agent_host_factory
+    from app.paths import default_paths
+    from app.services import AppServices
+    from vault._crypto import Argon2Params
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    monkeypatch.setenv("KEYLESS_NO_KEYRING", "1")
+    paths = default_paths().ensure()
+    Vault.create(
+        paths.vault_file,
+        passphrase="correct horse",
+        use_keyring=False,
+        keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+        idle_timeout=None,
+    ).lock()
+    (workspace / "KEYLESS.md").write_text("Always run make test before committing.\n")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([json.dumps({"final": "ok"})]))
+    services = AppServices()
+    controller = ErrandController(
+        agent_host_factory(services, lambda: None, scripted_model=script), workspace=workspace
+    )
+    v = ChatView(controller, [str(workspace)])
+    qtbot.add_widget(v)
+    try:
+        v.task_edit.setPlainText("what do you remember?")
+        with qtbot.wait_signal(controller.errandFinished, timeout=60_000):
+            v.run_task()
+        assert "1 memory file(s) were withheld from the agent" in v.banner.text()
+        assert "Unlock the vault to give the agent its memory" in v.banner.text()
+        assert v.banner.severity == "warning"
+        assert "Note: 1 memory file(s) were withheld" in v.transcript.toPlainText()
+    finally:
+        assert controller.shutdown(10_000)
+        services.close()

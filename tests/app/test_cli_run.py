@@ -171,3 +171,87 @@ def test_a_workspace_holding_the_data_dir_is_warned_about_and_the_tools_refuse_i
     assert "read_file     allow    failed" in out and "write_file    allow    failed" in out
     assert "private user memory" not in out + err
     assert not (data / "vault.kls").exists()
+
+
+def test_a_scripted_run_has_memory_so_remember_works(tmp_path: Path, ws: Path) -> None:
+    replies = [
+        call("remember", topic="build-steps", content="run make test", level="project"),
+        final("noted"),
+    ]
+    status, out, err = keyless_run(tmp_path, ws, replies, "o\n" * 3)
+    assert status == EXIT_OK, err
+    assert "running without memory" not in err
+    topic = ws / ".keyless" / "memory" / "topics" / "build-steps.md"
+    assert "run make test" in topic.read_text()
+
+
+def test_memory_withheld_while_the_vault_is_locked_is_said_on_stderr(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vault._crypto import Argon2Params
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    monkeypatch.setenv("KEYLESS_NO_KEYRING", "1")
+    paths = default_paths().ensure()
+    Vault.create(
+        paths.vault_file,
+        passphrase="correct horse",
+        use_keyring=False,
+        keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+        idle_timeout=None,
+    ).lock()
+    (ws / "KEYLESS.md").write_text("Always run make test before committing.\n")
+    status, _out, err = keyless_run(tmp_path, ws, [final("ok")])
+    assert status == EXIT_OK, err
+    assert err.count("1 memory file(s) were withheld from the agent") == 1, err
+    assert "Unlock the vault to give the agent its memory" in err
+
+
+def test_every_line_the_terminal_shows_is_redacted(tmp_path: Path, ws: Path) -> None:
+    from agent.policy import Rule
+    from app.cli_run import EventPrinter, print_result
+    from tests.agent.hostkit import make_rig
+    from vault._crypto import Argon2Params
+    from vault.audit import AuditLog
+    from vault.broker import Broker
+    from vault.grants import GrantStore
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    secret = "sk-term-" + "Hq72Lw0Zc5Vb8Nm"
+    vault = Vault.create(
+        tmp_path / "vault.kls",
+        passphrase="correct horse",
+        use_keyring=False,
+        keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+        idle_timeout=None,
+    )
+    vault.add("API_TOKEN", secret.encode())
+    db = tmp_path / "broker.db"
+    broker = Broker(vault, GrantStore(db), AuditLog(db))
+    err, out = io.StringIO(), io.StringIO()
+    printer = EventPrinter(err, stream_tokens=True)
+    rig = make_rig(
+        tmp_path,
+        ws,
+        [call("write_file", path="key.txt", content=f"token={secret}"), final("saved it")],
+        broker=broker,
+        rules=[Rule(tool="write_file", pattern="*", action="allow")],
+        tools=("write_file",),
+        on_event=printer,
+        isolate=False,
+    )
+    try:
+        printer.redact = rig.host.redact
+        result = rig.host.run_errand("save the key")
+        print_result(result, out, redact=rig.host.redact)
+    finally:
+        rig.host.close()
+        broker.close()
+    assert result.outcome == "final"
+    for text in (out.getvalue(), err.getvalue()):
+        assert secret not in text, text
+    assert "API_TOKEN" in out.getvalue()  # the summary says what was redacted

@@ -362,3 +362,34 @@ def test_shutdown_during_an_errand_still_closes_the_runner(
     assert c.shutdown(5000)
     assert runners[0].cancelled.is_set()
     assert runners[0].closed
+
+
+def test_agent_killed_while_the_user_is_asked_ends_the_errand_and_writes_nothing(
+    qtbot: Any, tmp_path: Path, workspace: Path
+) -> None:
+    import os
+    import signal
+
+    c, _ = _host_controller(tmp_path, workspace, WRITE, {"final": "wrote it"})
+    try:
+        asked: list[PermissionQuestion] = []
+
+        def kill_the_agent(q: object) -> None:
+            assert isinstance(q, PermissionQuestion)
+            asked.append(q)  # and never answered: the dialog stays open
+            runner = c._worker._runner
+            assert runner is not None
+            pid = runner.host.worker_pid  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+
+        c.permissionRequested.connect(kill_the_agent)
+        crashes: list[str] = []
+        c.agentCrashed.connect(crashes.append)
+        with qtbot.wait_signal(c.errandFinished, timeout=30_000):
+            c.start("write hello into notes.txt")
+        assert len(asked) == 1
+        assert crashes == ["the agent process was killed (signal 9)"]
+        assert not (workspace / "notes.txt").exists()
+        assert not c.busy
+    finally:
+        assert c.shutdown(10_000)
