@@ -37,7 +37,7 @@ import trustme
 from agent.host import ErrandResult, PermissionAnswer, PermissionRequest, TerminalPrompt
 from agent.protocol import ErrandLimits
 from agent.sandbox import Sandbox
-from app.cli_run import EventPrinter, _print_result
+from app.cli_run import EventPrinter, print_result
 from tests.agent.hostkit import Rig, call, final, make_rig
 from tests.agent.test_e2e_http import (  # noqa: F401 - fixtures used by name
     SECRET,
@@ -264,6 +264,7 @@ def run_errand(
     answer: str = "Done.",
 ) -> Errand:
     terminal = io.StringIO()
+    printer = EventPrinter(terminal, stream_tokens=True)
     replies = [*replies, final(answer)]
     rig = make_rig(
         tmp_path,
@@ -272,14 +273,15 @@ def run_errand(
         broker=broker,
         tools=ALL_TOOLS,
         limits=ErrandLimits(max_steps=len(replies)),
-        on_event=EventPrinter(terminal, stream_tokens=True),
+        on_event=printer,
     )
+    printer.redact = rig.host.redact  # as keyless run does
     rig.prompt.decide = careless_terminal(terminal)
     try:
         result = rig.host.run_errand(task)
     finally:
         rig.host.close()
-    _print_result(result, terminal)
+    print_result(result, terminal, redact=rig.host.redact)
     errand = Errand(rig, result, terminal.getvalue(), {p.absolute() for p in planted})
     assert result.outcome == "final", result.error
     assert len(result.tool_calls) == len(replies) - 1

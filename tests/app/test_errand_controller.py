@@ -388,7 +388,8 @@ def test_agent_killed_while_the_user_is_asked_ends_the_errand_and_writes_nothing
         with qtbot.wait_signal(c.errandFinished, timeout=30_000):
             c.start("write hello into notes.txt")
         assert len(asked) == 1
-        assert crashes == ["the agent process was killed (signal 9)"]
+        # Said once; the agent's last stderr lines may follow on later lines.
+        assert [c.splitlines()[0] for c in crashes] == ["the agent process was killed (signal 9)"]
         assert not (workspace / "notes.txt").exists()
         assert not c.busy
     finally:
