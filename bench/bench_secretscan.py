@@ -51,7 +51,11 @@ def _mixed_output(size: int) -> str:
             )
         else:
             body = [
-                {"id": rng.getrandbits(48), "name": f"item {i}", "sha": f"{rng.getrandbits(160):040x}"}
+                {
+                    "id": rng.getrandbits(48),
+                    "name": f"item {i}",
+                    "sha": f"{rng.getrandbits(160):040x}",
+                }
                 for i in range(100)
             ]
             text = json.dumps({"items": body}, indent=2)
@@ -77,7 +81,10 @@ def throughput(size: int = 4 * MB) -> None:
     mb = len(text.encode()) / MB
     print("| what | MB | seconds | MB/s | ms per 16 KiB result |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| plain split/join | {mb:.1f} | {plain:.3f} | {mb / plain:.0f} | {plain / mb / 64 * 1e3:.3f} |")
+    print(
+        f"| plain split/join | {mb:.1f} | {plain:.3f} | {mb / plain:.0f} "
+        f"| {plain / mb / 64 * 1e3:.3f} |"
+    )
     print(f"| withhold() | {mb:.1f} | {scan:.2f} | {mb / scan:.2f} | {scan / mb / 64 * 1e3:.2f} |")
     print(f"\n(findings in the mixed output: {found})")
 

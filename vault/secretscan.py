@@ -197,7 +197,9 @@ def withhold(text: str, *, source: str, first_line: int = 1) -> tuple[str, list[
 
 # --------------------------------------------------------------------------- internals
 
-_PRIVATE_KEY_BEGIN = re.compile(r"-----BEGIN[ A-Z0-9]*PRIVATE KEY( BLOCK)?-----|PuTTY-User-Key-File-\d+:")
+_PRIVATE_KEY_BEGIN = re.compile(
+    r"-----BEGIN[ A-Z0-9]*PRIVATE KEY( BLOCK)?-----|PuTTY-User-Key-File-\d+:"
+)
 _PRIVATE_KEY_END = re.compile(r"-----END[ A-Z0-9]*PRIVATE KEY( BLOCK)?-----|Private-MAC:")
 
 _setup_lock = threading.Lock()
@@ -310,7 +312,7 @@ def _looks_random(value: str) -> bool:
 
 
 def _entropy(value: str) -> float:
-    counts = Counter(value)
+    counts: Counter[str] = Counter(value)
     n = len(value)
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
