@@ -218,6 +218,16 @@ class EventPrinter:
             if data.get("redacted"):
                 flags.append("redacted: " + ", ".join(data["redacted"]))
             self._line(f"<- {', '.join(flags)}")
+        elif kind == "secret_found":
+            name = vault_name(data.get("name"), str(data.get("kind", "")))
+            self._line(
+                f"!! a credential ({data.get('kind')}) at {data.get('file')}:{data.get('line')} "
+                "was withheld from the agent"
+            )
+            self._line(
+                f"   move it into the vault: keyless vault add {name}  "
+                f"(then grant it: keyless vault grant {name} ...)"
+            )
         elif kind == "error":
             self._line(f"error: {event.text}")
         elif kind == "agent_crashed":
@@ -229,6 +239,13 @@ class EventPrinter:
     def _line(self, text: str) -> None:
         self._err.write(_shown(text) + "\n")
         self._err.flush()
+
+
+def vault_name(name: object, kind: str) -> str:
+    """A vault secret name for a withheld credential: its variable's name, or one from its kind."""
+    text = name if isinstance(name, str) and name else kind or "SECRET"
+    cleaned = "".join(c if c.isalnum() else "_" for c in text.upper()).strip("_")
+    return cleaned or "SECRET"
 
 
 def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:

@@ -151,3 +151,17 @@ def test_model_text_cannot_drive_the_terminal(tmp_path: Path, ws: Path) -> None:
     for text in (out, err):
         assert not any(ch in text for ch in "\x1b\x07\x9b"), repr(text)
     assert "done\\x1b]52" in out
+
+
+def test_a_withheld_credential_is_named_with_the_command_that_moves_it_into_the_vault(
+    tmp_path: Path, ws: Path
+) -> None:
+    token = "ghp_" + "Zq3Vb8Nm1Lk4Jh7Gf2Ds5Ap9Ow6Ie0Ru3Ty8"
+    (ws / ".env").write_text(f"SECRET_TOKEN={token}\n")
+    replies = [call("read_file", path=".env"), final("It holds a token.")]
+    status, out, err = keyless_run(tmp_path, ws, replies, "o\n")
+    assert status == EXIT_OK
+    assert "may hold credentials" in err  # the default rule asked first
+    assert "a credential (GitHub token) at .env:1 was withheld from the agent" in err
+    assert "keyless vault add SECRET_TOKEN" in err
+    assert token not in err and token not in out
