@@ -8,6 +8,12 @@ them. ``--yes-read-only`` answers "once" for reads without asking; deny rules
 are applied before any prompt, so no flag bypasses them. Ctrl-C cancels the
 errand (a second Ctrl-C stops waiting).
 
+A credential the host withheld from a tool result is named as it happens. On
+a terminal, once the errand is over, each one (once per value) is offered:
+"Move NAME (kind, file:line) into the vault? [y/N]"; yes stores it the way
+``keyless vault add`` does and prints the ``keyless vault grant`` command that
+makes it a capability. Without a terminal the line says which commands to run.
+
 Exit status: 0 answered, 1 failed (model error, agent crash, bad input),
 3 stopped by the step or token limit, 130 cancelled.
 """
@@ -24,6 +30,8 @@ import uuid
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
+
+from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
     from agent.host import AgentEvent, AgentHost, ErrandResult
@@ -81,9 +89,18 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def run_errand_cli(
-    args: argparse.Namespace, *, stdin: IO[str], out: IO[str], err: IO[str]
+    args: argparse.Namespace,
+    *,
+    stdin: IO[str],
+    out: IO[str],
+    err: IO[str],
+    interactive: bool | None = None,
 ) -> int:
-    """The body of ``keyless run`` with its streams as parameters (tests)."""
+    """The body of ``keyless run`` with its streams as parameters (tests).
+
+    ``interactive`` (default: whether ``stdin`` is a terminal) decides whether
+    withheld credentials are offered for the vault after the errand.
+    """
     from pydantic import ValidationError
 
     from agent.errors import AgentError
@@ -138,7 +155,10 @@ def run_errand_cli(
             err.write(f"keyless run: cannot use the remote model: {e}\n")
             services.close()
             return EXIT_FAILED
-    printer = EventPrinter(err, stream_tokens=not args.quiet)
+    if interactive is None:
+        interactive = stdin.isatty()
+    offers = OfferBook() if interactive else None
+    printer = EventPrinter(err, stream_tokens=not args.quiet, offers=offers)
     host = AgentHost(
         spec,
         workspace=workspace,
@@ -164,6 +184,8 @@ def run_errand_cli(
             store.close()
         services.close()
     _print_result(result, out)
+    if offers is not None:
+        offer_to_vault(offers, stdin=stdin, err=err, session_id=session_id)
     return _exit_status(result)
 
 
@@ -182,12 +204,22 @@ def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
 
 
 class EventPrinter:
-    """Writes the host's events as terminal lines."""
+    """Writes the host's events as terminal lines.
 
-    def __init__(self, err: IO[str], *, stream_tokens: bool) -> None:
+    Args:
+        err: Where the lines go.
+        stream_tokens: Echo the model's output as it streams.
+        offers: Keeps withheld credentials to offer after the errand; None
+            prints the commands that move one into the vault instead.
+    """
+
+    def __init__(
+        self, err: IO[str], *, stream_tokens: bool, offers: OfferBook | None = None
+    ) -> None:
         self._err = err
         self._stream = stream_tokens
         self._mid_line = False
+        self._offers = offers
 
     def __call__(self, event: AgentEvent) -> None:
         """Print one :class:`agent.host.AgentEvent`."""
@@ -224,10 +256,15 @@ class EventPrinter:
                 f"!! a credential ({data.get('kind')}) at {data.get('file')}:{data.get('line')} "
                 "was withheld from the agent"
             )
-            self._line(
-                f"   move it into the vault: keyless vault add {name}  "
-                f"(then grant it: keyless vault grant {name} ...)"
-            )
+            offer = offer_from_event(event.tool, data) if self._offers is not None else None
+            if offer is not None and self._offers is not None:
+                if self._offers.add(offer):
+                    self._line("   after the errand you are asked whether to store it in the vault")
+            else:
+                self._line(
+                    f"   move it into the vault: keyless vault add {name}  "
+                    f"(then grant it: keyless vault grant {name} ...)"
+                )
         elif kind == "error":
             self._line(f"error: {event.text}")
         elif kind == "agent_crashed":
@@ -241,11 +278,71 @@ class EventPrinter:
         self._err.flush()
 
 
-def vault_name(name: object, kind: str) -> str:
-    """A vault secret name for a withheld credential: its variable's name, or one from its kind."""
-    text = name if isinstance(name, str) and name else kind or "SECRET"
-    cleaned = "".join(c if c.isalnum() else "_" for c in text.upper()).strip("_")
-    return cleaned or "SECRET"
+def offer_to_vault(
+    offers: OfferBook,
+    *,
+    stdin: IO[str],
+    err: IO[str],
+    session_id: str,
+    vault_file: Path | None = None,
+) -> None:
+    """Ask, for each withheld credential, whether to move it into the vault.
+
+    A yes stores it as ``keyless vault add`` does (the OS keyring, else the
+    passphrase, asked without echo) and prints the ``keyless vault grant``
+    command that lends it to this session as a capability. Every value is
+    zeroed once answered; end of input answers no to the rest.
+
+    Args:
+        offers: The errand's offers (emptied here).
+        stdin: Where the answers come from.
+        err: Where the questions go.
+        session_id: The errand's session, named in the grant command.
+        vault_file: The vault (default: the data dir's ``vault.kls``).
+    """
+    from app.cli_vault import _UsageError, store_secret
+    from vault.errors import VaultError, VaultNotFoundError
+
+    answered_all = False
+    for notice in offers.pending():
+        offer = offers.take(notice.offer_id)
+        if offer is None:
+            continue
+        if answered_all:
+            offer.discard()
+            continue
+        err.write(
+            _shown(f"Move {notice.name} ({notice.kind}, {notice.where}) into the vault? [y/N] ")
+        )
+        err.flush()
+        answer = stdin.readline()
+        if not answer:
+            err.write("\n")
+            answered_all = True
+        if answer.strip().lower() not in ("y", "yes"):
+            offer.discard()
+            continue
+        name = notice.name
+        try:
+            store_secret(name, offer.take_value(), vault_file=vault_file)
+        except VaultNotFoundError:
+            err.write(
+                "   no vault yet: create it with `keyless vault init`, then "
+                f"`keyless vault add {name}`\n"
+            )
+            continue
+        except (VaultError, _UsageError) as e:
+            err.write(_shown(f"   not stored: {e}") + "\n")
+            continue
+        finally:
+            offer.discard()
+        err.write(
+            f"   stored {name} in the vault. To let an errand of this session use it:\n"
+            f"     keyless vault grant {name} --session {session_id} --host HOST "
+            "--path '/*' --inject 'header:Authorization: Bearer {}'\n"
+            f"     keyless run --session {session_id} ...\n"
+        )
+        err.flush()
 
 
 def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:
