@@ -10,7 +10,9 @@ session's capability handles, and answers each tool request:
    returned, network and capability use always ask);
 3. ask the :class:`PermissionPrompt` when the policy says so;
 4. run the tool with a :class:`agent.tools.base.ToolContext`;
-5. redact through the broker, truncate, audit, and send the result back.
+5. redact through the broker, withhold credentials the vault does not know
+   (:mod:`vault.secretscan`; a ``secret_found`` event offers to move each
+   into the vault), truncate, audit, and send the result back.
 
 The agent process is untrusted: whatever it writes is validated, and when it
 crashes, hangs or writes garbage the host reports ``agent_crashed``, kills it
@@ -80,7 +82,8 @@ from memory.loader import UNCHECKED
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
-from vault.errors import RedactionError, VaultError, VaultLockedError
+from vault.errors import RedactionError, SecretScanError, VaultError, VaultLockedError
+from vault.secretscan import Finding, withhold
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ EventKind = Literal[
     "agent_crashed",
     "os_isolation",
     "memory_problems",
+    "secret_found",
 ]
 
 DEFAULT_TOOLS: tuple[str, ...] = (
@@ -1063,6 +1067,7 @@ class AgentHost:
     ) -> tuple[ToolResult, ToolCallRecord]:
         content, names = self._redact(output.content)
         redacted = sorted(set(output.redacted) | set(names))
+        content, found = self._withhold(req, content)
         content, cut = truncate_text(content, HOST_RESULT_BYTES, what="tool result")
         result = ToolResult(
             call_id=req.call_id,
@@ -1084,9 +1089,22 @@ class AgentHost:
                 "bytes": len(content.encode()),
                 "truncated": result.truncated,
                 "redacted": redacted,
+                "withheld": [f.describe() for f in found],
                 "untrusted": result.untrusted,
             },
+            secret_values=[f.value for f in found],
         )
+        for f in found:
+            # The value travels only in the offer object, never in the text.
+            self._emit(
+                AgentEvent(
+                    "secret_found",
+                    text=f"{f.kind} at {f.location}",
+                    tool=req.tool,
+                    call_id=req.call_id,
+                    data={**f.describe(), "offer": f},
+                )
+            )
         self._emit_result(req, result)
         return result, ToolCallRecord(
             call_id=req.call_id,
@@ -1096,6 +1114,15 @@ class AgentHost:
             ok=ok,
             summary=_summary(content),
         )
+
+    def _withhold(self, req: ToolRequest, content: str) -> tuple[str, list[Finding]]:
+        """``content`` with credentials the vault does not know withheld (fails closed)."""
+        source, first_line = _scan_source(req)
+        try:
+            return withhold(content, source=source, first_line=first_line)
+        except SecretScanError as e:
+            log.warning("%s result withheld: %s", req.tool, e)
+            return f"[WITHHELD: the result could not be checked for credentials: {e}]", []
 
     def _refuse(
         self, req: ToolRequest, decision: str, message: str, *, audited: bool = False
@@ -1379,6 +1406,19 @@ class AgentHost:
         except AgentCrashedError:
             log.debug("agent already gone at shutdown")
         proc.stop()
+
+
+def _scan_source(req: ToolRequest) -> tuple[str, int]:
+    """What a withheld-credential stub names for ``req``'s result, and its first line."""
+    args = req.arguments
+    if req.tool == "read_file":
+        start = args.get("start_line", 1)
+        return str(args.get("path", "the file")), start if isinstance(start, int) else 1
+    if req.tool == "shell":
+        return "the command's output", 1
+    if req.tool == "http_request":
+        return "the HTTP response", 1
+    return f"the {req.tool} result", 1
 
 
 def _is_remote(spec: ModelSpec | None) -> bool:

@@ -23,7 +23,8 @@ A :class:`Rule` names a tool and a pattern over the call's main argument:
 
 Evaluation: deny rules first, then ask, then allow; within each, the first
 match wins; deny holds in every mode. No match: the defaults (reads inside the
-workspace allowed; writes, shell, memory writes and network ask). Taint (the
+workspace allowed, except files that usually hold credentials, see
+:data:`CREDENTIAL_FILES`, which ask; writes, shell, memory writes and network ask). Taint (the
 context holds untrusted content) makes every network call and every use of a
 capability ask, whatever the rules say. A shell command that cannot be
 sandboxed always asks, with its own "run unsandboxed" label.
@@ -62,6 +63,24 @@ DEFAULT_ACTIONS: dict[Effect, Action] = {
     "network": "ask",
     "memory_write": "ask",
 }
+
+#: Files that usually hold credentials: reading one asks by default (a rule
+#: that matches the path decides instead). Patterns as in file rules; SSH keys
+#: are named by their algorithms, so ``id_utils.py`` does not ask.
+CREDENTIAL_FILES: tuple[str, ...] = (
+    ".env*",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".npmrc",
+    ".netrc",
+    ".pypirc",
+    "credentials*",
+    "*.kdbx",
+)
 
 _FILE_TOOLS = frozenset({"list_dir", "read_file", "search_files", "write_file", "edit_file"})
 _SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "|&", ";;", "(", ")", "{", "}"})
@@ -440,8 +459,21 @@ class PolicyEngine:
         if "allow" in matched:
             rule = matched["allow"]
             return Decision(action="allow", rule=rule, reason=f"allowed by rule {rule}")
+        if request.tool == "read_file":
+            pattern = self._credential_file(request)
+            if pattern is not None:
+                return Decision(
+                    action="ask",
+                    rule=None,
+                    reason=f"default: the file may hold credentials (it matches {pattern})",
+                )
         default = DEFAULT_ACTIONS[spec.effect]
         return Decision(action=default, rule=None, reason=f"default for {spec.effect} calls")
+
+    def _credential_file(self, request: ToolCallRequest) -> str | None:
+        """The :data:`CREDENTIAL_FILES` pattern the call's path matches, if any."""
+        probe = [Rule(tool=request.tool, pattern=p, action="ask") for p in CREDENTIAL_FILES]
+        return next((str(r.pattern) for r in probe if self._matches(r, request)), None)
 
     def read_filter(self) -> Callable[[str], bool]:
         """A predicate for :attr:`agent.tools.base.ToolContext.may_read`.

@@ -8,6 +8,12 @@ them. ``--yes-read-only`` answers "once" for reads without asking; deny rules
 are applied before any prompt, so no flag bypasses them. Ctrl-C cancels the
 errand (a second Ctrl-C stops waiting).
 
+A credential the host withheld from a tool result is named as it happens. On
+a terminal, once the errand is over, each one (once per value) is offered:
+"Move NAME (kind, file:line) into the vault? [y/N]"; yes stores it the way
+``keyless vault add`` does and prints the ``keyless vault grant`` command that
+makes it a capability. Without a terminal the line says which commands to run.
+
 Exit status: 0 answered, 1 failed (model error, agent crash, bad input),
 3 stopped by the step or token limit, 130 cancelled.
 """
@@ -25,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
+
+from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
     from agent.host import AgentEvent, AgentHost, ErrandResult
@@ -82,9 +90,18 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def run_errand_cli(
-    args: argparse.Namespace, *, stdin: IO[str], out: IO[str], err: IO[str]
+    args: argparse.Namespace,
+    *,
+    stdin: IO[str],
+    out: IO[str],
+    err: IO[str],
+    interactive: bool | None = None,
 ) -> int:
-    """The body of ``keyless run`` with its streams as parameters (tests)."""
+    """The body of ``keyless run`` with its streams as parameters (tests).
+
+    ``interactive`` (default: whether ``stdin`` is a terminal) decides whether
+    withheld credentials are offered for the vault after the errand.
+    """
     from pydantic import ValidationError
 
     from agent.errors import AgentError
@@ -142,7 +159,10 @@ def run_errand_cli(
             err.write(f"keyless run: cannot use the remote model: {e}\n")
             services.close()
             return EXIT_FAILED
-    printer = EventPrinter(err, stream_tokens=not args.quiet)
+    if interactive is None:
+        interactive = stdin.isatty()
+    offers = OfferBook() if interactive else None
+    printer = EventPrinter(err, stream_tokens=not args.quiet, offers=offers)
     host = AgentHost(
         spec,
         workspace=workspace,
@@ -171,6 +191,8 @@ def run_errand_cli(
                 owned.close()
         services.close()
     print_result(result, out, redact=host.redact)
+    if offers is not None:
+        offer_to_vault(offers, stdin=stdin, err=err, session_id=session_id)
     return _exit_status(result)
 
 
@@ -199,6 +221,8 @@ class EventPrinter:
         err: Where the lines go.
         stream_tokens: Show the model's streamed text.
         redact: Replaces secrets in a line; set to the host's once it exists.
+        offers: Keeps withheld credentials to offer after the errand; None
+            prints the commands that move one into the vault instead.
     """
 
     def __init__(
@@ -207,11 +231,13 @@ class EventPrinter:
         *,
         stream_tokens: bool,
         redact: Callable[[str], str] | None = None,
+        offers: OfferBook | None = None,
     ) -> None:
         self._err = err
         self._stream = stream_tokens
         self.redact: Callable[[str], str] = redact or (lambda text: text)
         self._pending = ""
+        self._offers = offers
 
     def __call__(self, event: AgentEvent) -> None:
         """Print one :class:`agent.host.AgentEvent`."""
@@ -243,6 +269,21 @@ class EventPrinter:
             if data.get("redacted"):
                 flags.append("redacted: " + ", ".join(data["redacted"]))
             self._line(f"<- {', '.join(flags)}")
+        elif kind == "secret_found":
+            name = vault_name(data.get("name"), str(data.get("kind", "")))
+            self._line(
+                f"!! a credential ({data.get('kind')}) at {data.get('file')}:{data.get('line')} "
+                "was withheld from the agent"
+            )
+            offer = offer_from_event(event.tool, data) if self._offers is not None else None
+            if offer is not None and self._offers is not None:
+                if self._offers.add(offer):
+                    self._line("   after the errand you are asked whether to store it in the vault")
+            else:
+                self._line(
+                    f"   move it into the vault: keyless vault add {name}  "
+                    f"(then grant it: keyless vault grant {name} ...)"
+                )
         elif kind == "error":
             self._line(f"error: {event.text}")
         elif kind == "memory_problems":
@@ -256,6 +297,73 @@ class EventPrinter:
     def _line(self, text: str) -> None:
         self._err.write(_shown(self.redact(text)) + "\n")
         self._err.flush()
+
+
+def offer_to_vault(
+    offers: OfferBook,
+    *,
+    stdin: IO[str],
+    err: IO[str],
+    session_id: str,
+    vault_file: Path | None = None,
+) -> None:
+    """Ask, for each withheld credential, whether to move it into the vault.
+
+    A yes stores it as ``keyless vault add`` does (the OS keyring, else the
+    passphrase, asked without echo) and prints the ``keyless vault grant``
+    command that lends it to this session as a capability. Every value is
+    zeroed once answered; end of input answers no to the rest.
+
+    Args:
+        offers: The errand's offers (emptied here).
+        stdin: Where the answers come from.
+        err: Where the questions go.
+        session_id: The errand's session, named in the grant command.
+        vault_file: The vault (default: the data dir's ``vault.kls``).
+    """
+    from app.cli_vault import _UsageError, store_secret
+    from vault.errors import VaultError, VaultNotFoundError
+
+    answered_all = False
+    for notice in offers.pending():
+        offer = offers.take(notice.offer_id)
+        if offer is None:
+            continue
+        if answered_all:
+            offer.discard()
+            continue
+        err.write(
+            _shown(f"Move {notice.name} ({notice.kind}, {notice.where}) into the vault? [y/N] ")
+        )
+        err.flush()
+        answer = stdin.readline()
+        if not answer:
+            err.write("\n")
+            answered_all = True
+        if answer.strip().lower() not in ("y", "yes"):
+            offer.discard()
+            continue
+        name = notice.name
+        try:
+            store_secret(name, offer.take_value(), vault_file=vault_file)
+        except VaultNotFoundError:
+            err.write(
+                "   no vault yet: create it with `keyless vault init`, then "
+                f"`keyless vault add {name}`\n"
+            )
+            continue
+        except (VaultError, _UsageError) as e:
+            err.write(_shown(f"   not stored: {e}") + "\n")
+            continue
+        finally:
+            offer.discard()
+        err.write(
+            f"   stored {name} in the vault. To let an errand of this session use it:\n"
+            f"     keyless vault grant {name} --session {session_id} --host HOST "
+            "--path '/*' --inject 'header:Authorization: Bearer {}'\n"
+            f"     keyless run --session {session_id} ...\n"
+        )
+        err.flush()
 
 
 def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:

@@ -316,23 +316,62 @@ def _update(args: argparse.Namespace, terminal: _Terminal) -> int:
 
 
 def _store_value(args: argparse.Namespace, terminal: _Terminal, *, update: bool) -> int:
-    from vault import _crypto
-
-    vault, _ = _open_unlocked(args, terminal)
-    if not update and args.name in vault:
-        vault.lock()
-        raise _UsageError(f"a secret named {args.name!r} already exists; use 'update'")
-    value = terminal.value(args.name)
-    try:
-        if update:
-            vault.update(args.name, value)
-        else:
-            vault.add(args.name, value)
-    finally:
-        _crypto.zero(value)
-        vault.lock()
+    store_secret(
+        args.name, lambda: terminal.value(args.name), update=update, vault_file=args.vault,
+        terminal=terminal,
+    )
     print(f"{'updated' if update else 'stored'} {args.name}")
     return 0
+
+
+def store_secret(
+    name: str,
+    value: bytearray | Callable[[], bytearray],
+    *,
+    update: bool = False,
+    vault_file: Path | None = None,
+    terminal: _Terminal | None = None,
+) -> None:
+    """Store a secret the way ``keyless vault add`` / ``update`` do.
+
+    The vault is unlocked with the OS keyring, else the passphrase (asked on
+    the terminal, or read from standard input when it is a pipe), and locked
+    again; the value is zeroed.
+
+    Args:
+        name: The secret's name.
+        value: The value, or a function that reads it (called only once the
+            vault is open and the name is free, so nothing is typed in vain).
+        update: Replace an existing secret's value instead of adding one.
+        vault_file: The vault (default: the data dir's ``vault.kls``).
+        terminal: Where prompts go (default: this process's terminal).
+
+    Raises:
+        VaultError: The vault is missing, would not unlock, or refused the value.
+        _UsageError: A new secret's name is taken, or the input is unusable.
+    """
+    from vault import _crypto
+
+    terminal = terminal or _Terminal()
+    read = value if callable(value) else None
+    data = None if callable(value) else value
+    try:
+        vault, _ = _open_unlocked(argparse.Namespace(vault=vault_file), terminal)
+        try:
+            if not update and name in vault:
+                raise _UsageError(f"a secret named {name!r} already exists; use 'update'")
+            if read is not None:
+                data = read()
+            assert data is not None
+            if update:
+                vault.update(name, data)
+            else:
+                vault.add(name, data)
+        finally:
+            vault.lock()
+    finally:
+        if data is not None:
+            _crypto.zero(data)
 
 
 def _list(args: argparse.Namespace, terminal: _Terminal) -> int:

@@ -170,6 +170,7 @@ class MainWindow(QtWidgets.QMainWindow):
             lambda name, detail: self.model_label.setText(f"Model: {name}")
         )
         self.chat_view.workspaceChosen.connect(self._remember_workspace)
+        self.chat_view.moveToVaultRequested.connect(self._move_to_vault)
 
         available, detail = services.sandbox_status()
         self._on_isolation(available, detail)
@@ -276,6 +277,33 @@ class MainWindow(QtWidgets.QMainWindow):
         warning = self.services.workspace_warning(Path(folder))
         if warning is not None:
             self.banner.show_message(warning, "warning")
+
+    @Slot(object)
+    def _move_to_vault(self, offer: object) -> None:
+        """Hand a withheld credential to the vault screen, which stores and grants it."""
+        from app.withheld import CredentialOffer
+
+        assert isinstance(offer, CredentialOffer)
+        lazy = self.lazy_pages.get("Vault")
+        page = lazy.build() if lazy is not None else None
+        importer = getattr(page, "import_secret", None)
+        if lazy is None or not callable(importer):
+            offer.discard()
+            reason = (
+                page.reason if isinstance(page, UnavailablePage) else "not part of this window"
+            )
+            self.banner.show_message(
+                f"The credential cannot be moved: the vault screen is not available ({reason}).",
+                "error",
+            )
+            return
+        notice = offer.notice
+        self.tabs.setCurrentWidget(lazy)
+        importer(
+            notice.name,
+            offer.take_value(),
+            note=f"Found in {notice.where} ({notice.kind}) and withheld from the agent.",
+        )
 
     @Slot()
     def _new_session(self) -> None:

@@ -119,3 +119,7 @@ class BrokerRequestError(VaultError):
 
 class AuditLogError(VaultError):
     """The audit log database cannot be opened, read or written."""
+
+
+class SecretScanError(VaultError):
+    """A tool result could not be checked for credentials (the caller withholds it)."""

@@ -26,6 +26,7 @@ from app.controllers.errand_controller import (
     WhyAsked,
 )
 from app.services import AppServices, ServiceUnavailableError
+from app.withheld import offer_from_event
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,10 @@ class HostListener:
             self._events.agent_crashed(event.text + (f"\n{tail}" if tail else ""))
         elif kind == "os_isolation":
             self._events.isolation(bool(data.get("isolated", False)), str(data.get("reason", "")))
+        elif kind == "secret_found":
+            offer = offer_from_event(event.tool, data)
+            if offer is not None:
+                self._events.secret_found(offer)
 
 
 def _arguments(raw: Any) -> dict[str, Any]:

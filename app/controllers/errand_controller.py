@@ -10,6 +10,11 @@ Permission prompts go the other way: the host calls
 :attr:`ErrandController.permissionRequested` and blocks the worker until the
 GUI answers with :meth:`ErrandController.answer_permission` (or the errand is
 cancelled, which denies). The GUI thread never waits for the worker.
+
+A credential the host withheld from a tool result arrives as a
+:class:`app.withheld.CredentialOffer`; the controller keeps it in an
+:class:`app.withheld.OfferBook` (one per value) until the view takes it (to
+move it into the vault) or dismisses it (its value zeroed).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from app.qt import QObject, Qt, QtCore, QThread, Signal, Slot
+from app.withheld import CredentialNotice, CredentialOffer, OfferBook
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +143,9 @@ class ErrandEvents(Protocol):
     def context(self, state: Mapping[str, Any]) -> None:
         """What the model's KV cache holds (sink, window, evicted)."""
 
+    def secret_found(self, offer: CredentialOffer) -> None:
+        """A credential was withheld from the agent; ``offer`` may move it into the vault."""
+
 
 class PermissionAsker(Protocol):
     """Asks the user about one tool call; blocks the calling (worker) thread."""
@@ -208,6 +217,7 @@ class _ErrandWorker(QObject):
     isolationOut = Signal(bool, str)
     contextOut = Signal(object)
     permissionNeeded = Signal(object)
+    secretFoundOut = Signal(object)
     done = Signal(str)
     closed = Signal()
 
@@ -252,6 +262,9 @@ class _ErrandWorker(QObject):
 
     def context(self, state: Mapping[str, Any]) -> None:
         self.contextOut.emit(dict(state))
+
+    def secret_found(self, offer: CredentialOffer) -> None:
+        self.secretFoundOut.emit(offer)
 
     # PermissionAsker, called by the runner in this thread.
     def ask(self, question: PermissionQuestion) -> PermissionReply:
@@ -376,6 +389,7 @@ class ErrandController(QObject):
     statsUpdated = Signal(object)
     contextUpdated = Signal(object)
     permissionRequested = Signal(object)
+    credentialFound = Signal(object)
     errandFinished = Signal(str)
     sessionsChanged = Signal()
     currentSessionChanged = Signal(str)
@@ -414,10 +428,12 @@ class ErrandController(QObject):
         w.isolationOut.connect(self.isolationReported)
         w.contextOut.connect(self.contextUpdated)
         w.permissionNeeded.connect(self._on_permission_needed)
+        w.secretFoundOut.connect(self._on_secret_found)
         w.done.connect(self._on_done)
         w.closed.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
         self._thread.start()
         self._sessions: dict[str, SessionInfo] = {}
+        self._offers = OfferBook()
         self._current = ""
         self._t_start = 0.0
         self._t_first: float | None = None
@@ -538,6 +554,22 @@ class ErrandController(QObject):
         if not self._worker.answer(call_id, reply):
             log.warning("no permission question %s is waiting", call_id)
 
+    def pending_offers(self) -> list[CredentialNotice]:
+        """The withheld credentials still offered for the vault (never their values)."""
+        return self._offers.pending()
+
+    def take_offer(self, offer_id: str) -> CredentialOffer | None:
+        """Hand an offer and its value over (to move it into the vault); None if gone.
+
+        The caller owns the value from now on and must zero it
+        (:meth:`app.withheld.CredentialOffer.discard`).
+        """
+        return self._offers.take(offer_id)
+
+    def dismiss_offer(self, offer_id: str) -> None:
+        """Drop an offer; its value is zeroed here and not offered again."""
+        self._offers.dismiss(offer_id)
+
     def shutdown(self, timeout_ms: int = 10_000) -> bool:
         """Cancel, close the agent (and its model) and stop the worker thread.
 
@@ -547,6 +579,7 @@ class ErrandController(QObject):
         if self._closed:
             return True
         self._closed = True
+        self._offers.clear()
         self._worker.cancel()
         # The worker quits its thread itself once it has closed the runner, so a
         # running errand first ends, then the agent (and its model) is closed.
@@ -641,6 +674,15 @@ class ErrandController(QObject):
             )
             return
         self.permissionRequested.emit(question)
+
+    @Slot(object)
+    def _on_secret_found(self, offer: object) -> None:
+        assert isinstance(offer, CredentialOffer)
+        if self._closed:
+            offer.discard()
+        elif self._offers.add(offer):
+            self._record("withheld", offer.notice.text)
+            self.credentialFound.emit(offer.notice)
 
     @Slot(str)
     def _on_done(self, session_id: str) -> None:

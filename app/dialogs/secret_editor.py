@@ -1,10 +1,15 @@
-"""Add a secret or replace its value; the value field is always masked."""
+"""Add a secret or replace its value; the value field is always masked.
+
+A value found elsewhere (a credential withheld from the agent) can be
+pre-filled: it goes straight into the masked field, and the buffer it came in
+is zeroed at once.
+"""
 
 from __future__ import annotations
 
 import re
 
-from app.qt import QtWidgets
+from app.qt import Qt, QtWidgets
 
 # The vault enforces its own rule; this mirrors it for an early, clear message.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -16,6 +21,9 @@ class SecretEditorDialog(QtWidgets.QDialog):
     Args:
         name: The secret being edited, or None to add a new one.
         existing: Names already taken (a new secret may not reuse one).
+        suggested_name: A new secret's name to start with.
+        value: A value to start with; zeroed here once it is in the masked field.
+        note: A line above the form saying where the value comes from.
     """
 
     def __init__(
@@ -23,6 +31,9 @@ class SecretEditorDialog(QtWidgets.QDialog):
         name: str | None = None,
         *,
         existing: tuple[str, ...] = (),
+        suggested_name: str = "",
+        value: bytearray | None = None,
+        note: str = "",
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -30,10 +41,12 @@ class SecretEditorDialog(QtWidgets.QDialog):
         self._existing = existing
         self._value: bytearray | None = None
         title = f"Replace the value of {name}" if name else "Add a secret"
+        if value is not None and not name:
+            title = "Move a credential into the vault"
         self.setWindowTitle(title)
         self.setAccessibleName(title)
 
-        self.name = QtWidgets.QLineEdit(name or "")
+        self.name = QtWidgets.QLineEdit(name or suggested_name)
         self.name.setReadOnly(self._editing)
         self.name.setAccessibleName("Secret name")
         self.name.setPlaceholderText("e.g. GITHUB_TOKEN")
@@ -41,6 +54,11 @@ class SecretEditorDialog(QtWidgets.QDialog):
         self.value.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
         self.value.setAccessibleName("Secret value")
         self.value.setPlaceholderText("paste the key; it stays masked")
+        if value is not None:
+            # The str Qt needs is a copy Python cannot zero; it lives only in
+            # the masked field, which accept() and reject() clear.
+            self.value.setText(bytes(value).decode("utf-8", errors="replace"))
+            value[:] = bytes(len(value))
 
         form = QtWidgets.QFormLayout()
         name_label = QtWidgets.QLabel("&Name:")
@@ -63,6 +81,12 @@ class SecretEditorDialog(QtWidgets.QDialog):
         self.buttons.rejected.connect(self.reject)
 
         layout = QtWidgets.QVBoxLayout(self)
+        if note:
+            self.note = QtWidgets.QLabel(note)
+            self.note.setObjectName("note")
+            self.note.setWordWrap(True)
+            self.note.setTextFormat(Qt.TextFormat.PlainText)
+            layout.addWidget(self.note)
         layout.addLayout(form)
         layout.addWidget(self.problem)
         layout.addWidget(self.buttons)
@@ -91,6 +115,11 @@ class SecretEditorDialog(QtWidgets.QDialog):
         self._value = bytearray(self.value.text().encode())
         self.value.clear()
         super().accept()
+
+    def reject(self) -> None:
+        """Clear the value field and close."""
+        self.value.clear()
+        super().reject()
 
     def secret_name(self) -> str:
         """The name typed or edited."""

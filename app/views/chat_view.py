@@ -8,6 +8,12 @@ The view only talks to an :class:`~app.controllers.errand_controller.ErrandContr
 it calls its methods and renders its signals. Tokens are coalesced and
 painted at most every :data:`FLUSH_MS` milliseconds so a fast model cannot
 flood the event loop.
+
+A credential the host withheld from a tool result shows as an
+:class:`~app.widgets.banner.OfferBanner` (one per value): "Move to vault…"
+takes the offer from the controller and hands it on through
+:attr:`ChatView.moveToVaultRequested`; "Dismiss" has the controller zero it.
+The view itself never holds a value.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Any
 
 from app.controllers.errand_controller import ErrandController, SessionInfo
 from app.qt import Qt, QtCore, QtGui, QTimer, QtWidgets, Signal, Slot
-from app.widgets.banner import Banner
+from app.widgets.banner import Banner, OfferBanner
+from app.withheld import CredentialNotice
 
 FLUSH_MS = 33
 _REDACTED_RE = re.compile(r"\[REDACTED:[A-Za-z0-9_.\-]+\]")
@@ -65,6 +72,8 @@ class ChatView(QtWidgets.QWidget):
     """
 
     workspaceChosen = Signal(str)
+    moveToVaultRequested = Signal(object)
+    """An :class:`app.withheld.CredentialOffer` to store; the receiver owns its value."""
 
     def __init__(
         self,
@@ -120,6 +129,9 @@ class ChatView(QtWidgets.QWidget):
         workspace_row.addWidget(self.browse_button)
 
         self.banner = Banner()
+        self.offer_banners: dict[str, OfferBanner] = {}
+        self._offers_box = QtWidgets.QVBoxLayout()
+        self._offers_box.setContentsMargins(0, 0, 0, 0)
 
         # Transcript, live output and tool calls.
         self.transcript = QtWidgets.QTextBrowser()
@@ -207,6 +219,7 @@ class ChatView(QtWidgets.QWidget):
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.addLayout(workspace_row)
         right_layout.addWidget(self.banner)
+        right_layout.addLayout(self._offers_box)
         right_layout.addWidget(self.splitter, 1)
         right_layout.addWidget(task_label)
         right_layout.addLayout(task_row)
@@ -267,12 +280,15 @@ class ChatView(QtWidgets.QWidget):
         c.agentCrashed.connect(self._on_crash)
         c.noticeReported.connect(self._on_notice)
         c.isolationReported.connect(self._on_isolation)
+        c.credentialFound.connect(self._on_credential_found)
         c.sessionsChanged.connect(self._refresh_sessions)
         c.currentSessionChanged.connect(self._show_session)
 
         self.set_recent_workspaces(recent_workspaces or [])
         self._refresh_sessions()
         self._show_session(c.current_session)
+        for notice in c.pending_offers():
+            self._on_credential_found(notice)
 
     # -- workspace -------------------------------------------------------------------
 
@@ -379,6 +395,8 @@ class ChatView(QtWidgets.QWidget):
                 self._append_error(args[0])
             elif kind == "notice":
                 self._append_notice(args[0])
+            elif kind == "withheld":
+                self._append_withheld(args[0])
         self._refresh_sessions()
 
     # -- running ---------------------------------------------------------------------
@@ -556,6 +574,52 @@ class ChatView(QtWidgets.QWidget):
     def _on_isolation(self, enabled: bool, detail: str) -> None:
         if not enabled:
             self.banner.show_message(f"OS isolation is off: {detail}", "warning")
+
+    # -- withheld credentials -----------------------------------------------------------
+
+    @Slot(object)
+    def _on_credential_found(self, notice: object) -> None:
+        assert isinstance(notice, CredentialNotice)
+        if notice.offer_id in self.offer_banners:
+            return
+        banner = OfferBanner(notice.offer_id, notice.text, "&Move to vault…")
+        banner.action_button.setToolTip(
+            f"Store it in the vault as {notice.name} (the value stays masked), "
+            "then grant it to this session as a capability"
+        )
+        banner.accepted.connect(self._move_to_vault)
+        banner.dismissed.connect(self._dismiss_offer)
+        self.offer_banners[notice.offer_id] = banner
+        self._offers_box.addWidget(banner)
+        self._append_withheld(notice.text)
+
+    def _append_withheld(self, text: str) -> None:
+        self._append_html(
+            f'<p style="color:#1f4e79;margin:2px 0 2px 12px">🔑 {html.escape(text)}</p>'
+        )
+
+    @Slot(str)
+    def _move_to_vault(self, offer_id: str) -> None:
+        signal = QtCore.QMetaMethod.fromSignal(self.moveToVaultRequested)
+        if not self.isSignalConnected(signal):
+            self.banner.show_message("There is no vault screen to move the credential to.")
+            return
+        self._remove_offer_banner(offer_id)
+        offer = self.controller.take_offer(offer_id)
+        if offer is not None:
+            self.moveToVaultRequested.emit(offer)
+
+    @Slot(str)
+    def _dismiss_offer(self, offer_id: str) -> None:
+        self._remove_offer_banner(offer_id)
+        self.controller.dismiss_offer(offer_id)
+
+    def _remove_offer_banner(self, offer_id: str) -> None:
+        banner = self.offer_banners.pop(offer_id, None)
+        if banner is not None:
+            self._offers_box.removeWidget(banner)
+            banner.hide()
+            banner.deleteLater()
 
     def _append_html(self, fragment: str) -> None:
         cursor = self.transcript.textCursor()

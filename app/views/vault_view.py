@@ -4,10 +4,17 @@ Values are never listed. A value is shown only when the user asks to reveal
 one, for :attr:`VaultView.reveal_ms` milliseconds; then the field is cleared and
 the buffer that held it is zeroed. Dialogs open window-modal with ``open()``
 (not ``exec()``), so the event loop keeps running and tests can drive them.
+
+:meth:`VaultView.import_secret` moves a value found elsewhere (a credential
+withheld from the agent) into the vault: it sets the vault up or unlocks it
+first when needed, opens the secret editor pre-filled (masked), and once the
+secret is stored offers the grant editor for it. The value is zeroed as soon
+as it is in the editor's masked field, or when the user backs out.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from app.controllers.vault_controller import GrantRow, VaultController, zero
@@ -45,6 +52,15 @@ def grant_status(row: GrantRow, now: datetime) -> str:
     return "active"
 
 
+@dataclass
+class _Import:
+    """A value waiting for the vault to be ready (set up or unlocked)."""
+
+    name: str
+    value: bytearray
+    note: str
+
+
 class VaultView(QtWidgets.QWidget):
     """The vault page; all work goes through its :class:`VaultController`."""
 
@@ -61,6 +77,9 @@ class VaultView(QtWidgets.QWidget):
         self.active_dialog: QtWidgets.QDialog | None = None
         self._names: list[str] = []
         self._revealed: bytearray | None = None
+        self._import: _Import | None = None
+        self._grant_next: str | None = None
+        self._state_known = False
         self._state = "missing"
         self.setAccessibleName("Vault")
 
@@ -166,12 +185,12 @@ class VaultView(QtWidgets.QWidget):
         self.edit_button.clicked.connect(self.open_edit)
         self.delete_button.clicked.connect(self.confirm_delete)
         self.reveal_button.clicked.connect(self.request_reveal)
-        self.grant_button.clicked.connect(self.open_grant)
+        self.grant_button.clicked.connect(lambda: self.open_grant())
         self.revoke_button.clicked.connect(self.revoke_selected)
         self.secret_list.itemSelectionChanged.connect(self._sync_buttons)
         self.grant_table.itemSelectionChanged.connect(self._sync_buttons)
 
-        controller.state_changed.connect(self._on_state)
+        controller.state_changed.connect(self._on_state_reported)
         controller.names_changed.connect(self._on_names)
         controller.grants_changed.connect(self._on_grants)
         controller.secret_revealed.connect(self._on_revealed)
@@ -182,6 +201,10 @@ class VaultView(QtWidgets.QWidget):
         controller.refresh()
 
     # -- state ----------------------------------------------------------------------
+
+    def _on_state_reported(self, state: str) -> None:
+        self._state_known = True
+        self._on_state(state)
 
     def _on_state(self, state: str) -> None:
         self._state = state
@@ -195,6 +218,7 @@ class VaultView(QtWidgets.QWidget):
         self.state_label.setToolTip(str(self.controller.vault_path))
         if state != "unlocked":
             self.hide_value()
+            self._continue_import()
         self._sync_buttons()
 
     def _on_busy(self, busy: bool) -> None:
@@ -221,9 +245,12 @@ class VaultView(QtWidgets.QWidget):
         """Show a problem in the message line (and in an open dialog, if any)."""
         self.message.setStyleSheet("color: #b00020;")
         self.message.setText(text)
+        self._grant_next = None
         if self.active_dialog is None and self._state == "locked" and "passphrase" in text:
             # A wrong passphrase: ask again, saying why.
             self.open_unlock(problem=text)
+        if self.active_dialog is None and self._state != "unlocked":
+            self._drop_import()  # the vault did not open; the value is not kept waiting
 
     def show_info(self, text: str) -> None:
         """Show a neutral message in the message line."""
@@ -245,6 +272,7 @@ class VaultView(QtWidgets.QWidget):
     def open_setup(self) -> None:
         """Ask how to protect the new vault, then create it."""
         dialog = VaultSetupDialog(self.controller.keyring_available, self)
+        dialog.rejected.connect(self._drop_import)
 
         def accepted() -> None:
             choice = dialog.choice()
@@ -266,6 +294,7 @@ class VaultView(QtWidgets.QWidget):
             problem=problem,
             parent=self,
         )
+        dialog.rejected.connect(self._drop_import)
 
         def accepted() -> None:
             self.show_info("Unlocking…")
@@ -286,6 +315,11 @@ class VaultView(QtWidgets.QWidget):
         if self._state == "unlocked" and self.message.text().endswith("…"):
             self.show_info("")
         self._sync_buttons()
+        if self._state == "unlocked":
+            name, self._grant_next = self._grant_next, None
+            if name is not None and name in self._names and self.active_dialog is None:
+                self.open_grant(name)
+            self._continue_import()
 
     def selected_secret(self) -> str | None:
         """The secret selected in the list, if any."""
@@ -320,6 +354,65 @@ class VaultView(QtWidgets.QWidget):
 
         dialog.accepted.connect(accepted)
         self._track(dialog)
+
+    def import_secret(self, name: str, value: bytearray, *, note: str = "") -> None:
+        """Offer to store ``value`` as ``name``, then to grant it to this session.
+
+        Sets the vault up or unlocks it first when needed. The view owns
+        ``value`` from now on: it is zeroed once it is in the secret editor's
+        masked field, or when the user backs out of setup or unlock.
+
+        Args:
+            name: The suggested secret name (the user may change it).
+            value: The secret.
+            note: Where the value was found, shown in the editor.
+        """
+        self._drop_import()
+        self._import = _Import(name, value, note)
+        self._continue_import()
+
+    @property
+    def importing(self) -> bool:
+        """Whether a value waits for the vault to be ready."""
+        return self._import is not None
+
+    def _continue_import(self) -> None:
+        """Take the waiting value one step on: setup, unlock, or the secret editor."""
+        if self._import is None or self.active_dialog is not None or not self._state_known:
+            return
+        if self._state == "missing":
+            self.show_info("Set up the vault to move the credential into it.")
+            self.open_setup()
+        elif self._state == "locked":
+            self.show_info("Unlock the vault to move the credential into it.")
+            self.open_unlock()
+        else:
+            pending, self._import = self._import, None
+            self._open_import_editor(pending)
+
+    def _open_import_editor(self, pending: _Import) -> None:
+        dialog = SecretEditorDialog(
+            existing=tuple(self._names),
+            suggested_name=pending.name,
+            value=pending.value,
+            note=pending.note,
+            parent=self,
+        )
+        zero(pending.value)  # the editor zeroed it too; never rely on one place alone
+
+        def accepted() -> None:
+            value = dialog.take_value()
+            if value is not None:
+                self._grant_next = dialog.secret_name()
+                self.controller.add_secret(dialog.secret_name(), value)
+
+        dialog.accepted.connect(accepted)
+        self._track(dialog)
+
+    def _drop_import(self) -> None:
+        pending, self._import = self._import, None
+        if pending is not None:
+            zero(pending.value)
 
     def confirm_delete(self) -> None:
         """Ask before deleting the selected secret."""
@@ -409,10 +502,10 @@ class VaultView(QtWidgets.QWidget):
         grant: GrantRow = grants[rows[0].row()]
         return grant
 
-    def open_grant(self) -> None:
-        """Ask for the scopes of a new grant."""
+    def open_grant(self, secret: str | None = None) -> None:
+        """Ask for the scopes of a new grant (of ``secret``, else the selected one)."""
         dialog = GrantEditorDialog(list(self._names), parent=self)
-        selected = self.selected_secret()
+        selected = secret or self.selected_secret()
         if selected is not None:
             dialog.secret.setCurrentText(selected)
 

@@ -32,6 +32,7 @@ from vault.store import Vault
 
 SECRET = b"sk-e2e-" + b"Qw8+/mZ3=Lp0" + b"Rt5yUi9oPa1s"
 SESSION = "session-1"
+LEAKY_TOKEN = "ghp_" + "R7mK2pX9vQ4tL8nW3sY6zB1cD5fH0jA2eG4k"
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -41,6 +42,9 @@ class Echo(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         self.seen.append(auth)
         body = f"you sent: {auth}".encode()
+        if self.path.endswith("/leaky"):
+            # A credential the vault does not know, as a careless API might echo it.
+            body += f"\ndeploy_token: {LEAKY_TOKEN}".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))

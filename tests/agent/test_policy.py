@@ -463,3 +463,45 @@ def test_domain_deny_sees_the_host_the_broker_will_call(url: str) -> None:
     # The broker maps full-width letters and dots to ASCII (IDNA): so must the rule.
     rules = [allow("http_request(*)"), deny("http_request(domain:evil.example)")]
     assert decide(rules, http(url)) == "deny"
+
+
+# -- credential files ---------------------------------------------------------------------------
+
+
+def read(path: str, workspace: Path | None = None) -> ToolCallRequest:
+    return ToolCallRequest(tool="read_file", arguments={"path": path}, workspace=workspace)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".env", ".env.local", "config/.env.production", "certs/server.pem", "tls/site.key",
+        "home/.ssh/id_rsa", "id_ed25519.pub", ".npmrc", "sub/.netrc", ".pypirc",
+        "aws/credentials", "credentials.json", "passwords.kdbx",
+    ],
+)  # fmt: skip
+def test_reading_a_credential_file_asks_by_default(path: str) -> None:
+    decision = PolicyEngine([]).decide(read(path), tainted=False)
+    assert decision.action == "ask"
+    assert "credentials" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "path", ["README.md", "src/id_utils.py", "environment.py", "docs/keys.md", "env/settings.toml"]
+)
+def test_ordinary_files_are_still_read_without_asking(path: str) -> None:
+    assert decide([], read(path)) == "allow"
+
+
+def test_a_rule_for_the_path_decides_a_credential_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("X=1\n")
+    assert decide([allow("read_file(.env)")], read(".env", tmp_path)) == "allow"
+    assert decide([deny("read_file(.env*)")], read(".env", tmp_path)) == "deny"
+    # A resolved path counts: "./sub/../.env" is still .env.
+    (tmp_path / "sub").mkdir()
+    assert decide([], read("./sub/../.env", tmp_path)) == "ask"
+
+
+def test_writing_and_listing_keep_their_defaults() -> None:
+    assert decide([], ToolCallRequest(tool="list_dir", arguments={"path": ".env"})) == "allow"
+    assert decide([], ToolCallRequest(tool="write_file", arguments={"path": ".env"})) == "ask"

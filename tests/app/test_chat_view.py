@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.controllers.agent_runner import HostListener, HostPrompt
 from app.controllers.errand_controller import (
     ErrandController,
     PermissionQuestion,
@@ -17,6 +18,7 @@ from app.controllers.errand_controller import (
 )
 from app.qt import Qt
 from app.views.chat_view import ChatView, render_result_html
+from app.withheld import CredentialOffer
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("propagateSizeHints")]
 
@@ -249,3 +251,119 @@ def test_memory_withheld_while_the_vault_is_locked_shows_a_banner(
     finally:
         assert controller.shutdown(10_000)
         services.close()
+
+
+# -- credentials withheld from the agent ------------------------------------------------------
+
+TOKEN = "ghp_" + "Zq3Vb8Nm1Lk4Jh7Gf2Ds5Ap9Ow6Ie0Ru3Ty8"
+
+
+class KeepBuffers:
+    """The errand's events sink, keeping each offer's value buffer for the test to inspect."""
+
+    def __init__(self, events: Any, buffers: list[bytearray]) -> None:
+        self.events = events
+        self.buffers = buffers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.events, name)
+
+    def secret_found(self, offer: CredentialOffer) -> None:
+        self.buffers.append(offer._value)  # type: ignore[arg-type]  # the test's window
+        self.events.secret_found(offer)
+
+
+class FindingRunner:
+    """Reports the scanner's findings for a .env read twice, as the host's listener would."""
+
+    def __init__(self, ctx: RunnerContext, buffers: list[bytearray]) -> None:
+        self.listener = HostListener(KeepBuffers(ctx.events, buffers), HostPrompt(ctx.asker))
+
+    def run_errand(self, task: str) -> None:
+        from agent.host import AgentEvent
+        from vault.secretscan import withhold
+
+        for _ in range(2):  # the same value twice: offered once
+            _text, findings = withhold(f"# keys\nSECRET_TOKEN={TOKEN}\n", source=".env")
+            for f in findings:
+                event = AgentEvent(
+                    "secret_found", tool="read_file", data={**f.describe(), "offer": f}
+                )
+                self.listener(event)
+        self.listener(AgentEvent("final", text="done"))
+
+    def cancel(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def buffers() -> list[bytearray]:
+    return []
+
+
+@pytest.fixture
+def offers_view(qtbot: Any, workspace: Path, buffers: list[bytearray]) -> Iterator[ChatView]:
+    controller = ErrandController(lambda ctx: FindingRunner(ctx, buffers), workspace=workspace)
+    v = ChatView(controller, [str(workspace)])
+    qtbot.add_widget(v)
+    v.show()
+    qtbot.wait_exposed(v)
+    yield v
+    assert controller.shutdown(5000)
+
+
+def run_finding_errand(qtbot: Any, view: ChatView) -> None:
+    view.task_edit.setPlainText("read .env")
+    with qtbot.wait_signal(view.controller.errandFinished, timeout=5000):
+        view.run_task()
+
+
+def test_a_withheld_credential_is_offered_once_per_value(
+    qtbot: Any, offers_view: ChatView, buffers: list[bytearray]
+) -> None:
+    run_finding_errand(qtbot, offers_view)
+    [notice] = offers_view.controller.pending_offers()
+    [banner] = offers_view.offer_banners.values()
+    assert banner.text() == notice.text == (
+        "A credential (GitHub token) in .env:2 was withheld from the agent. "
+        "Move SECRET_TOKEN into the vault?"
+    )
+    assert banner.action_button.text() == "&Move to vault…"
+    assert TOKEN not in repr(notice) and TOKEN not in offers_view.transcript.toPlainText()
+    # The same value in a later errand is not offered again, and its repeats are zeroed.
+    run_finding_errand(qtbot, offers_view)
+    assert len(offers_view.offer_banners) == 1
+    assert len(buffers) == 4
+    assert bytes(buffers[0]) == TOKEN.encode()
+    assert all(not any(b) for b in buffers[1:])
+
+
+def test_dismissing_zeroes_the_value_and_keeps_no_reference(
+    qtbot: Any, offers_view: ChatView, buffers: list[bytearray]
+) -> None:
+    run_finding_errand(qtbot, offers_view)
+    [offer_id] = offers_view.offer_banners
+    buffer = buffers[0]
+    assert bytes(buffer) == TOKEN.encode()
+
+    qtbot.mouseClick(offers_view.offer_banners[offer_id].dismiss_button, Qt.MouseButton.LeftButton)
+    assert bytes(buffer) == bytes(len(buffer))  # zeroed in place
+    assert offers_view.offer_banners == {} and offers_view.controller.pending_offers() == []
+    assert offers_view.controller.take_offer(offer_id) is None
+
+
+def test_move_to_vault_hands_the_offer_on_and_forgets_it(
+    qtbot: Any, offers_view: ChatView
+) -> None:
+    run_finding_errand(qtbot, offers_view)
+    [banner] = offers_view.offer_banners.values()
+    with qtbot.wait_signal(offers_view.moveToVaultRequested, timeout=1000) as moved:
+        qtbot.mouseClick(banner.action_button, Qt.MouseButton.LeftButton)
+    offer = moved.args[0]
+    value = offer.take_value()
+    assert bytes(value) == TOKEN.encode()
+    offer.discard()
+    assert offers_view.offer_banners == {} and offers_view.controller.pending_offers() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,175 @@ def test_every_line_the_terminal_shows_is_redacted(tmp_path: Path, ws: Path) -> 
     for text in (out.getvalue(), err.getvalue()):
         assert secret not in text, text
     assert "API_TOKEN" in out.getvalue()  # the summary says what was redacted
+
+
+def test_a_withheld_credential_is_named_with_the_command_that_moves_it_into_the_vault(
+    tmp_path: Path, ws: Path
+) -> None:
+    token = "ghp_" + "Zq3Vb8Nm1Lk4Jh7Gf2Ds5Ap9Ow6Ie0Ru3Ty8"
+    (ws / ".env").write_text(f"SECRET_TOKEN={token}\n")
+    replies = [call("read_file", path=".env"), final("It holds a token.")]
+    status, out, err = keyless_run(tmp_path, ws, replies, "o\n")
+    assert status == EXIT_OK
+    assert "may hold credentials" in err  # the default rule asked first
+    assert "a credential (GitHub token) at .env:1 was withheld from the agent" in err
+    assert "keyless vault add SECRET_TOKEN" in err
+    assert token not in err and token not in out
+
+
+# -- on a terminal: offered after the errand ---------------------------------------------------
+
+PASS = "correct horse battery staple"
+TOKEN = "ghp_" + "Zq3Vb8Nm1Lk4Jh7Gf2Ds5Ap9Ow6Ie0Ru3Ty8"
+
+
+def run_reading_env(
+    tmp_path: Path, ws: Path, answers: str, monkeypatch: pytest.MonkeyPatch, passphrase: str = ""
+) -> tuple[int, str, str]:
+    """`keyless run` as on a terminal: prompts answered from ``answers``.
+
+    The vault passphrase is read the way ``keyless vault add`` reads it; with
+    standard input a pipe that is the first line of ``sys.stdin``.
+    """
+    monkeypatch.setenv("KEYLESS_NO_KEYRING", "1")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(passphrase.encode())))
+    (ws / ".env").write_text(f"# deploy\nSECRET_TOKEN={TOKEN}\n")
+    script = write_script(
+        tmp_path / "script.json", [call("read_file", path=".env"), final("It holds a token.")]
+    )
+    args = build_parser().parse_args(
+        ["run", "what is in .env?", "--workspace", str(ws), "--scripted-model", str(script),
+         "--session", "sess-7"]
+    )
+    out, err = io.StringIO(), io.StringIO()
+    status = run_errand_cli(args, stdin=io.StringIO(answers), out=out, err=err, interactive=True)
+    return status, out.getvalue(), err.getvalue()
+
+
+def make_vault() -> Path:
+    from vault._crypto import Argon2Params
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    path = default_paths().ensure().vault_file
+    Vault.create(path, passphrase=PASS, use_keyring=False, keystore=NoKeyring(),
+                 kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64)).lock()
+    return path
+
+
+def test_on_a_terminal_yes_moves_the_credential_into_the_vault_after_the_errand(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    path = make_vault()
+    status, out, err = run_reading_env(tmp_path, ws, "o\ny\n", monkeypatch, f"{PASS}\n")
+    assert status == EXIT_OK and out.startswith("It holds a token.")
+    question = "Move SECRET_TOKEN (GitHub token, .env:2) into the vault? [y/N] "
+    assert question in err
+    assert err.index(question) > err.index("<- ok")  # after the errand, not amid its output
+    assert "after the errand you are asked whether to store it in the vault" in err
+    assert "stored SECRET_TOKEN in the vault" in err
+    assert (
+        "keyless vault grant SECRET_TOKEN --session sess-7 --host HOST --path '/*' "
+        "--inject 'header:Authorization: Bearer {}'" in err
+    )
+    assert TOKEN not in err and TOKEN not in out
+    vault = Vault.open(path, keystore=NoKeyring())
+    vault.unlock(PASS)
+    assert bytes(vault.get("SECRET_TOKEN")) == TOKEN.encode()
+
+
+def test_on_a_terminal_no_or_end_of_input_stores_nothing(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    path = make_vault()
+    for answers in ("o\nn\n", "o\n"):
+        status, _out, err = run_reading_env(tmp_path, ws, answers, monkeypatch, f"{PASS}\n")
+        assert status == EXIT_OK and "into the vault? [y/N]" in err
+        assert "stored SECRET_TOKEN" not in err
+    vault = Vault.open(path, keystore=NoKeyring())
+    vault.unlock(PASS)
+    assert vault.names() == []
+
+
+def test_on_a_terminal_without_a_vault_says_how_to_create_one(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, _out, err = run_reading_env(tmp_path, ws, "o\ny\n", monkeypatch)
+    assert status == EXIT_OK
+    assert "no vault yet: create it with `keyless vault init`, then " in err
+    assert "`keyless vault add SECRET_TOKEN`" in err
+
+
+def test_on_a_terminal_a_wrong_passphrase_stores_nothing_and_says_so(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_vault()
+    status, _out, err = run_reading_env(tmp_path, ws, "o\ny\n", monkeypatch, "wrong\n")
+    assert status == EXIT_OK
+    assert "   not stored: " in err and "passphrase" in err
+    assert TOKEN not in err
+
+
+def test_keyless_run_on_a_real_terminal_offers_the_credential(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole command under a pseudo-terminal: stdin is a tty, the passphrase is not echoed."""
+    import os
+    import pty
+    import select
+    import signal
+
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    monkeypatch.setenv("KEYLESS_NO_KEYRING", "1")
+    path = make_vault()
+    (ws / ".env").write_text(f"SECRET_TOKEN={TOKEN}\n")
+    script = write_script(
+        tmp_path / "script.json", [call("read_file", path=".env"), final("It holds a token.")]
+    )
+    argv = [sys.executable, "-m", "app", "run", "what is in .env?", "--workspace", str(ws),
+            "--scripted-model", str(script), "--quiet"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal
+        os.execv(sys.executable, argv)
+    seen = b""
+
+    def until(text: bytes) -> None:
+        nonlocal seen
+        while text not in seen:
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, f"no {text!r} within 60 s; got {seen[-600:]!r}"
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                chunk = b""
+            assert chunk, f"the command ended before {text!r}; got {seen[-600:]!r}"
+            seen += chunk
+
+    try:
+        until(b"[d]eny: ")
+        os.write(fd, b"o\n")
+        until(b"into the vault? [y/N] ")
+        os.write(fd, b"y\n")
+        until(b"Vault passphrase: ")
+        os.write(fd, PASS.encode() + b"\n")
+        until(b"keyless run --session")
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # never leave the child waiting for input
+        raise
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == EXIT_OK
+    assert b"Move SECRET_TOKEN (GitHub token, .env:1) into the vault? [y/N]" in seen
+    assert PASS.encode() not in seen and TOKEN.encode() not in seen
+    vault = Vault.open(path, keystore=NoKeyring())
+    vault.unlock(PASS)
+    assert bytes(vault.get("SECRET_TOKEN")) == TOKEN.encode()

@@ -15,7 +15,7 @@ from app.controllers.model_controller import ModelController
 from app.dialogs.permission import PermissionDialog
 from app.gui import build_main_window
 from app.main_window import MainWindow, UnavailablePage, window_settings
-from app.qt import Qt, QtWidgets
+from app.qt import Qt, QtCore, QtWidgets
 from app.services import AppServices
 
 # The offscreen platform warns that it cannot propagate size hints or raise windows.
@@ -295,3 +295,152 @@ def test_closing_during_an_errand_asks_without_blocking(
     box.button(QtWidgets.QMessageBox.StandardButton.Yes).click()
     qtbot.wait_until(lambda: not w.isVisible(), timeout=30_000)
     assert not (workspace / "notes.txt").exists()  # the pending write never ran
+
+
+# -- a credential withheld from the agent, moved into the vault and granted -----------------
+
+TOKEN = "ghp_" + "Zq3Vb8Nm1Lk4Jh7Gf2Ds5Ap9Ow6Ie0Ru3Ty8"
+PASSPHRASE = "correct horse battery"
+READ_ENV = {"tool": "read_file", "arguments": {"path": ".env"}}
+
+
+def vault_page(services: AppServices, errands: ErrandController) -> QtWidgets.QWidget:
+    """The vault screen as app.gui builds it, with a cheap KDF and no OS keyring."""
+    from app.controllers.vault_controller import VaultController
+    from app.views.vault_view import VaultView
+    from vault._crypto import Argon2Params
+    from vault.keystore import NoKeyring
+
+    controller = VaultController(
+        services.paths.vault_file,
+        services.paths.database,
+        session_id=errands.current_session,
+        keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+    )
+    errands.currentSessionChanged.connect(controller.set_session_id)
+    return VaultView(controller)
+
+
+def window_reading_env(
+    qtbot: Any, make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path
+) -> MainWindow:
+    """A window whose errand reads a .env holding a GitHub token (asked, allowed once)."""
+    (workspace / ".env").write_text(f"DEBUG=1\nSECRET_TOKEN={TOKEN}\n")
+    services = AppServices()
+    services.set_workspace(workspace)
+    factory = agent_host_factory(
+        services, lambda: None,
+        scripted_model=scripted(tmp_path, READ_ENV, {"final": "It holds a token."}),
+    )
+    errands = ErrandController(factory, workspace=services.workspace)
+    model = ModelController(services, gpu_probe=no_gpu)
+    w = MainWindow(services, errands, model, [("Vault", lambda: vault_page(services, errands))])
+    qtbot.add_widget(w)
+    w.show()
+    qtbot.wait_exposed(w)
+    errands.permissionRequested.connect(
+        lambda q: QtCore.QTimer.singleShot(0, lambda: click(qtbot, w.permission_dialog.once_button))
+    )
+    with qtbot.wait_signal(errands.credentialFound, timeout=60_000) as found:
+        w.chat_view.task_edit.setPlainText("what is in .env?")
+        w.chat_view.run_task()
+    qtbot.wait_signal(errands.errandFinished, timeout=60_000).wait()
+    notice = found.args[0]
+    assert notice.name == "SECRET_TOKEN" and notice.where == ".env:2"
+    return w
+
+
+def click(qtbot: Any, button: QtWidgets.QAbstractButton) -> None:
+    assert button.isVisible() and button.isEnabled(), button.text()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def dialog_ok(dialog: QtWidgets.QDialog) -> QtWidgets.QPushButton:
+    box = dialog.findChild(QtWidgets.QDialogButtonBox)
+    assert box is not None
+    for role in (
+        QtWidgets.QDialogButtonBox.StandardButton.Ok,
+        QtWidgets.QDialogButtonBox.StandardButton.Save,
+    ):
+        button = box.button(role)
+        if button is not None:
+            return button
+    raise AssertionError("no OK button")
+
+
+def test_a_withheld_credential_is_offered_then_stored_in_a_new_vault_and_granted(
+    qtbot: Any, make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path
+) -> None:
+    from app.dialogs.grant_editor import GrantEditorDialog
+    from app.dialogs.secret_editor import SecretEditorDialog
+    from app.dialogs.vault_setup import VaultSetupDialog
+    from app.views.vault_view import VaultView
+    from vault.grants import GrantStore
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    w = window_reading_env(qtbot, make_window, tmp_path, workspace)
+    [banner] = w.chat_view.offer_banners.values()
+    assert banner.isVisible()
+    assert banner.text() == (
+        "A credential (GitHub token) in .env:2 was withheld from the agent. "
+        "Move SECRET_TOKEN into the vault?"
+    )
+    transcript = w.chat_view.transcript.toPlainText()
+    assert TOKEN not in transcript
+    assert "[WITHHELD: a credential (GitHub token) at .env:2" in transcript
+
+    # No vault yet: the setup flow comes first.
+    click(qtbot, banner.action_button)
+    assert w.chat_view.offer_banners == {} and w.errands.pending_offers() == []
+    view = w.page("Vault")
+    assert isinstance(view, VaultView) and w.tabs.currentWidget() is w.lazy_pages["Vault"]
+    qtbot.wait_until(lambda: isinstance(view.active_dialog, VaultSetupDialog), timeout=10_000)
+    setup = view.active_dialog
+    assert isinstance(setup, VaultSetupDialog)
+    qtbot.keyClicks(setup.passphrase, PASSPHRASE)
+    qtbot.keyClicks(setup.confirm, PASSPHRASE)
+    click(qtbot, dialog_ok(setup))
+
+    # Then the secret editor, pre-filled and masked.
+    qtbot.wait_until(lambda: isinstance(view.active_dialog, SecretEditorDialog), timeout=10_000)
+    editor = view.active_dialog
+    assert isinstance(editor, SecretEditorDialog)
+    assert editor.name.text() == "SECRET_TOKEN"
+    assert editor.value.echoMode() == QtWidgets.QLineEdit.EchoMode.Password
+    assert editor.value.text() == TOKEN
+    assert ".env:2" in editor.note.text() and TOKEN not in editor.note.text()
+    click(qtbot, dialog_ok(editor))
+    assert editor.value.text() == ""
+
+    # Then the grant editor for that secret, for this session.
+    qtbot.wait_until(lambda: isinstance(view.active_dialog, GrantEditorDialog), timeout=10_000)
+    grant = view.active_dialog
+    assert isinstance(grant, GrantEditorDialog)
+    assert grant.secret.currentText() == "SECRET_TOKEN"
+    qtbot.keyClicks(grant.host, "api.github.com")
+    with qtbot.wait_signal(view.controller.grant_created, timeout=10_000) as created:
+        click(qtbot, dialog_ok(grant))
+
+    vault = Vault.open(services_vault(w), keystore=NoKeyring())
+    vault.unlock(PASSPHRASE)
+    assert bytes(vault.get("SECRET_TOKEN")) == TOKEN.encode()
+    record = GrantStore(w.services.paths.database).get(created.args[0])
+    assert record is not None and record.grant.secret_name == "SECRET_TOKEN"
+    assert record.grant.session_id == w.errands.current_session
+
+
+def services_vault(w: MainWindow) -> Path:
+    return w.services.paths.vault_file
+
+
+def test_a_dismissed_offer_leaves_nothing_behind(
+    qtbot: Any, make_window: Callable[..., MainWindow], tmp_path: Path, workspace: Path
+) -> None:
+    w = window_reading_env(qtbot, make_window, tmp_path, workspace)
+    [banner] = w.chat_view.offer_banners.values()
+    click(qtbot, banner.dismiss_button)
+    assert w.chat_view.offer_banners == {} and w.errands.pending_offers() == []
+    assert w.lazy_pages["Vault"].page is None  # nothing was opened
+    assert not w.services.paths.vault_file.exists()

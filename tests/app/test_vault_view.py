@@ -481,3 +481,69 @@ def test_wrong_passphrase_error_is_the_vaults(vault_path: Path) -> None:
     vault = Vault.open(vault_path, keystore=NoKeyring())
     with pytest.raises(WrongPassphraseError):
         vault.unlock("nope nope nope")
+
+
+# -- moving a credential found elsewhere into the vault --------------------------------------
+
+
+def test_import_into_a_locked_vault_unlocks_first_then_stores_and_offers_a_grant(
+    qtbot: QtBot, vault_path: Path, db_path: Path
+) -> None:
+    Vault.create(vault_path, passphrase=PASSPHRASE, use_keyring=False, keystore=NoKeyring(),
+                 kdf=FAST_KDF).lock()
+    widget = make_view(qtbot, vault_path, db_path)
+    value = bytearray(TOKEN.encode())
+    widget.import_secret("SECRET_TOKEN", value, note="Found in .env:3 (GitHub token).")
+    dialog = widget.active_dialog
+    assert isinstance(dialog, UnlockDialog) and widget.importing
+    qtbot.keyClicks(dialog.passphrase, PASSPHRASE)
+    click(qtbot, ok_button(dialog))
+    qtbot.wait_until(lambda: isinstance(widget.active_dialog, SecretEditorDialog), timeout=10_000)
+    editor = widget.active_dialog
+    assert isinstance(editor, SecretEditorDialog)
+    assert not any(value)  # zeroed once it is in the masked field
+    assert editor.value.echoMode() == QtWidgets.QLineEdit.EchoMode.Password
+    assert (editor.name.text(), editor.value.text()) == ("SECRET_TOKEN", TOKEN)
+    assert editor.windowTitle() == "Move a credential into the vault"
+    click(qtbot, ok_button(editor))
+    qtbot.wait_until(lambda: isinstance(widget.active_dialog, GrantEditorDialog), timeout=10_000)
+    grant = widget.active_dialog
+    assert isinstance(grant, GrantEditorDialog)
+    assert grant.secret.currentText() == "SECRET_TOKEN"
+    grant.reject()  # a grant is offered, not forced
+    assert names(widget) == ["SECRET_TOKEN"]
+    v = Vault.open(vault_path, keystore=NoKeyring())
+    v.unlock(PASSPHRASE)
+    assert bytes(v.get("SECRET_TOKEN")) == TOKEN.encode()
+    widget.controller.wait()
+
+
+def test_backing_out_of_the_unlock_zeroes_the_waiting_value(
+    qtbot: QtBot, vault_path: Path, db_path: Path
+) -> None:
+    Vault.create(vault_path, passphrase=PASSPHRASE, use_keyring=False, keystore=NoKeyring(),
+                 kdf=FAST_KDF).lock()
+    widget = make_view(qtbot, vault_path, db_path)
+    value = bytearray(TOKEN.encode())
+    widget.import_secret("SECRET_TOKEN", value)
+    dialog = widget.active_dialog
+    assert isinstance(dialog, UnlockDialog)
+    dialog.reject()
+    assert not widget.importing and not any(value)
+    widget.controller.wait()
+
+
+def test_an_imported_name_already_taken_is_refused_in_the_editor(
+    view: VaultView, qtbot: QtBot
+) -> None:
+    set_up(view, qtbot)
+    add_secret(view, qtbot, "SECRET_TOKEN", "old value")
+    view.import_secret("SECRET_TOKEN", bytearray(TOKEN.encode()))
+    editor = view.active_dialog
+    assert isinstance(editor, SecretEditorDialog)
+    click(qtbot, ok_button(editor))
+    assert "already exists" in editor.problem.text() and editor.isVisible()
+    editor.name.setText("SECRET_TOKEN_2")
+    with qtbot.wait_signal(view.controller.names_changed, timeout=10_000):
+        click(qtbot, ok_button(editor))
+    assert names(view) == ["SECRET_TOKEN", "SECRET_TOKEN_2"]
