@@ -6,6 +6,7 @@ real user's vault, memory or settings.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,20 @@ def isolated_user_dirs(
     monkeypatch.setenv("KEYLESS_CONFIG_DIR", str(root / "config"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(root / "xdg-config"))
     yield root
+
+
+@pytest.fixture(autouse=True)
+def qt_garbage_on_the_gui_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Collect a Qt test's reference cycles on the GUI thread when it ends.
+
+    Widgets caught in cycles (a lambda slot holding its view) otherwise wait for
+    a later automatic collection, which may run on whatever thread allocates
+    next: an errand's QThread deleting a widget is a segfault (seen in CI-like
+    runs of tests/app).
+    """
+    yield
+    if "qtbot" in request.fixturenames:
+        gc.collect()
 
 
 @pytest.fixture
