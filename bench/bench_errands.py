@@ -656,7 +656,7 @@ class StepReplies:
         if event.kind == "token":
             self._steps[int(event.data.get("step", 0))].append(event.text)
         elif self._echo is not None and event.kind == "tool_call":
-            self._echo(f"    -> {event.tool} {json.dumps(event.data.get('arguments', {}))[:100]}")
+            self._echo(f"    -> {event.tool} {str(event.data.get('arguments', ''))[:100]}")
 
     def replies(self) -> list[str]:
         """Each step's reply, in step order."""
