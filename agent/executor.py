@@ -116,12 +116,17 @@ class Executor:
         schema = tool_call_schema(names)
         messages: list[Message] = initial_messages(task, describe_tools(names))
         generated = 0
+        evaluated = 0
         tool_calls = 0
         last_ok_call: tuple[str, str] | None = None
 
         def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
             stats = ErrandStats(
-                steps=steps, tool_calls=tool_calls, generated_tokens=generated, stop_reason=reason
+                steps=steps,
+                tool_calls=tool_calls,
+                generated_tokens=generated,
+                evaluated_tokens=evaluated,
+                stop_reason=reason,
             )
             return FinalAnswer(text=text, stats=stats, context=self._context())
 
@@ -134,6 +139,7 @@ class Executor:
             self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
             finished = self._generate(messages, budget, schema, cancel, step)
             generated += finished.stats.n_generated
+            evaluated += finished.stats.n_prompt_tokens
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":
                 return done("", "cancelled", step)
             reply = finished.text.strip()

@@ -200,6 +200,9 @@ class ErrandStats(BaseModel):
     tool_calls: int
     generated_tokens: int
     stop_reason: StopReason
+    evaluated_tokens: int = Field(
+        default=0, ge=0, description="Prompt tokens the model evaluated (not reused from its cache)."
+    )
 
 
 class FinalAnswer(_Msg):

@@ -144,6 +144,18 @@ def test_the_token_limit_stops_the_errand() -> None:
     assert "cut off at 16 tokens" in run.model.calls[1][-1].content
 
 
+def test_the_stats_count_the_prompt_tokens_evaluated_over_every_step() -> None:
+    run = make(call("list_dir", path="."), final("done"))
+    answer = execute(run, TASK)
+    # The scripted model evaluates the whole conversation each step (no cache reuse).
+    expected = sum(
+        sum(run.model.count_tokens(m.content) + 4 for m in messages) + 1
+        for messages in run.model.calls
+    )
+    assert len(run.model.calls) == 2
+    assert answer.stats.evaluated_tokens == expected > answer.stats.generated_tokens > 0
+
+
 def test_cancel_before_the_first_step() -> None:
     run = make(final("never"))
     cancel = CancelToken()
