@@ -17,6 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from app.cli_common import (
+    ExitStatus,
+    n_ctx,
+    non_negative_int,
+    positive_int,
+    report_error,
+    set_command,
+)
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Finished, GenerationStats, Message
@@ -33,14 +41,16 @@ def register(subparsers: Any) -> None:
         description="Chat with the local model (or a remote one) in the terminal.",
     )
     parser.add_argument("--prompt", help="ask one question, print the answer and exit")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="tokens per answer")
-    parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens")
-    parser.add_argument("--n-sink", type=int, default=4, help="attention-sink tokens kept")
+    parser.add_argument("--max-tokens", type=positive_int, default=1024, help="tokens per answer")
+    parser.add_argument("--n-ctx", type=n_ctx, default=4096, help="context size in tokens")
+    parser.add_argument(
+        "--n-sink", type=non_negative_int, default=4, help="attention-sink tokens kept"
+    )
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the end")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     parser.add_argument("--system", default=DEFAULT_SYSTEM, help="system message ('' for none)")
     parser.add_argument("--model", type=Path, help="a GGUF file (default: the embedded model)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all available)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: all available)")
     parser.add_argument("--n-gpu-layers", type=int, help="layers to offload (default: auto)")
     parser.add_argument("--rope", choices=["none", "linear", "yarn"], default="none")
     parser.add_argument("--rope-factor", type=float, default=1.0, help="RoPE scaling factor")
@@ -54,7 +64,7 @@ def register(subparsers: Any) -> None:
         "--allow-local", action="store_true", help="let --base-url point at this machine"
     )
     parser.add_argument("--scripted", type=Path, help="JSON list of answers for --backend fake")
-    parser.set_defaults(func=run_chat)
+    set_command(parser, run_chat)
 
 
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
@@ -82,20 +92,17 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 def run_chat(args: argparse.Namespace) -> int:
     """Run ``keyless chat``; return the exit status."""
-    if args.max_tokens < 1:
-        print("keyless chat: error: --max-tokens must be at least 1", file=sys.stderr)
-        return 2
     try:
         # The model runs in a child process: a llama.cpp crash ends it, not us.
         model = open_isolated(spec_from_args(args))
     except (ModelError, ValueError) as e:
-        print(f"keyless chat: error: {e}", file=sys.stderr)
-        return 1
+        report_error("chat", e)
+        return ExitStatus.ERROR
     try:
         if args.prompt is not None:
             messages = _start(args.system) + [Message(role="user", content=args.prompt)]
             final = _answer(model, messages, args, sys.stdout, sys.stderr)
-            return 0 if final is not None else 1
+            return ExitStatus.OK if final is not None else ExitStatus.ERROR
         return _interactive(model, args, sys.stdin, sys.stdout, sys.stderr)
     finally:
         model.close()
@@ -119,12 +126,12 @@ def _interactive(
             print("> ", end="", file=out, flush=True)
         line = stdin.readline()
         if not line:
-            return 0
+            return ExitStatus.OK
         text = line.strip()
         if not text:
             continue
         if text in {"/quit", "/exit"}:
-            return 0
+            return ExitStatus.OK
         if text == "/reset":
             model.reset()
             messages = _start(args.system)
@@ -133,7 +140,7 @@ def _interactive(
         messages.append(Message(role="user", content=text))
         final = _answer(model, messages, args, out, err)
         if final is None:
-            return 1
+            return ExitStatus.ERROR
         messages.append(Message(role="assistant", content=final.text))
 
 
@@ -151,7 +158,7 @@ def _answer(
             cancel=cancel,
         )
     except ModelError as e:
-        print(f"keyless chat: error: {e}", file=err)
+        report_error("chat", e, err)
         return None
     final: Finished | None = None
     pieces: list[str] = []
@@ -182,11 +189,12 @@ def _answer(
             ),
         )
     except ModelError as e:
-        print(f"\nkeyless chat: error: {e}", file=err)
+        print(file=err)  # the answer's partial line
+        report_error("chat", e, err)
         return None
     print(file=out)
     if final is None:
-        print("keyless chat: error: the model ended without a final event", file=err)
+        report_error("chat", "the model ended without a final event", err)
         return None
     print(stats_line(final.stats), file=err)
     return final

@@ -14,8 +14,9 @@ a terminal, once the errand is over, each one (once per value) is offered:
 ``keyless vault add`` does and prints the ``keyless vault grant`` command that
 makes it a capability. Without a terminal the line says which commands to run.
 
-Exit status: 0 answered, 1 failed (model error, agent crash, bad input),
-3 stopped by the step or token limit, 130 cancelled.
+Exit status (:class:`app.cli_common.ExitStatus`): OK answered, ERROR failed
+(model error, agent crash), USAGE a bad argument, LIMIT stopped by the step or
+token limit, INTERRUPTED cancelled.
 """
 
 from __future__ import annotations
@@ -26,12 +27,22 @@ import logging
 import signal
 import sys
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+from app.cli_common import (
+    CliError,
+    ExitStatus,
+    add_workspace_option,
+    existing_file,
+    fail,
+    new_session_id,
+    positive_int,
+    set_command,
+    valid_session_id,
+)
 from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
@@ -39,10 +50,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_LIMIT = 3
-EXIT_CANCELLED = 130
+# ExitStatus's members under the names this command's callers use.
+EXIT_OK = ExitStatus.OK
+EXIT_FAILED = ExitStatus.ERROR
+EXIT_LIMIT = ExitStatus.LIMIT
+EXIT_CANCELLED = ExitStatus.INTERRUPTED
 
 
 def register(subparsers: Any) -> None:
@@ -54,9 +66,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("task", help="what the agent should do")
-    parser.add_argument(
-        "--workspace", "-w", type=Path, required=True, help="the directory the errand works in"
-    )
+    add_workspace_option(parser, required=True, help="the directory the errand works in")
     parser.add_argument(
         "--yes-read-only",
         action="store_true",
@@ -64,11 +74,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--scripted-model",
-        type=Path,
+        type=existing_file,
         metavar="FILE",
         help="run the scripted fake model (a JSON list of replies) instead of the real one",
     )
-    parser.add_argument("--max-steps", type=int, default=12, help="model turns allowed (12)")
+    parser.add_argument(
+        "--max-steps", type=positive_int, default=12, help="model turns allowed (12)"
+    )
     parser.add_argument(
         "--no-isolation",
         action="store_true",
@@ -77,11 +89,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="do not stream the model")
     parser.add_argument(
         "--session",
+        type=valid_session_id,
         metavar="ID",
         help="session id (grants made with `keyless vault grant --session ID` are offered "
         "to this errand); a fresh one by default",
     )
-    parser.set_defaults(func=run_command)
+    set_command(parser, run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -113,22 +126,16 @@ def run_errand_cli(
     from vault.errors import VaultError
 
     workspace = args.workspace.expanduser().resolve()
-    if not workspace.is_dir():
-        err.write(f"keyless run: workspace {workspace} is not a directory\n")
-        return EXIT_FAILED
-    if args.scripted_model is not None and not args.scripted_model.is_file():
-        err.write(f"keyless run: scripted model {args.scripted_model} does not exist\n")
-        return EXIT_FAILED
     try:
         limits = ErrandLimits(max_steps=args.max_steps)
     except ValidationError as e:
-        err.write(f"keyless run: --max-steps: {e.errors()[0]['msg']}\n")
-        return EXIT_FAILED
+        problem = CliError(f"--max-steps: {e.errors()[0]['msg']}", ExitStatus.USAGE)
+        return fail("run", problem, err)
     services = AppServices()
     warning = services.workspace_warning(workspace)
     if warning is not None:
         err.write(f"warning: {warning}\n")
-    session_id = args.session or uuid.uuid4().hex
+    session_id = args.session or new_session_id()
     store = None
     rules: list[Any] = []
     try:
@@ -156,9 +163,8 @@ def run_errand_cli(
         try:
             relay = remote_model_with_key(spec, services, broker)
         except (ModelError, VaultError) as e:
-            err.write(f"keyless run: cannot use the remote model: {e}\n")
             services.close()
-            return EXIT_FAILED
+            return fail("run", CliError(f"cannot use the remote model: {e}"), err)
     if interactive is None:
         interactive = stdin.isatty()
     offers = OfferBook() if interactive else None
@@ -321,7 +327,7 @@ def offer_to_vault(
         session_id: The errand's session, named in the grant command.
         vault_file: The vault (default: the data dir's ``vault.kls``).
     """
-    from app.cli_vault import _UsageError, store_secret
+    from app.cli_vault import store_secret
     from vault.errors import VaultError, VaultNotFoundError
 
     answered_all = False
@@ -352,7 +358,7 @@ def offer_to_vault(
                 f"`keyless vault add {name}`\n"
             )
             continue
-        except (VaultError, _UsageError) as e:
+        except (VaultError, CliError) as e:
             err.write(_shown(f"   not stored: {e}") + "\n")
             continue
         finally:

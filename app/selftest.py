@@ -4,7 +4,8 @@ What an installer's smoke test and a user who wonders "does it work on this
 machine?" both need: load the embedded model, generate past a small ``n_ctx``
 through the sink cache, round-trip a vault in passphrase mode, start the
 sandboxed agent process and run one tool call through the host's policy. Each
-step prints one line; the first failure prints what failed and exits 1.
+step prints one line; the first failure prints what failed and exits with
+``ExitStatus.ERROR`` (1).
 Everything happens in a temporary directory; the user's files are not touched.
 """
 
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
+
+from app.cli_common import ExitStatus, new_session_id
 
 N_CTX = 256
 GENERATE = 2 * N_CTX
@@ -86,7 +89,7 @@ def _check_vault(tmp: Path) -> str:
 def _check_agent(tmp: Path) -> str:
     import json
 
-    from agent.host import AgentHost, PermissionAnswer, PermissionRequest, new_session_id
+    from agent.host import AgentHost, PermissionAnswer, PermissionRequest
     from agent.policy import PolicyEngine, Rule
     from vault.audit import AuditLog
 
@@ -147,7 +150,7 @@ STEPS: tuple[tuple[str, Callable[[Path], str]], ...] = (
 
 
 def run_self_test(out: TextIO | None = None) -> int:
-    """Run every step; return 0 when all pass, 1 at the first failure."""
+    """Run every step; return ``ExitStatus.OK`` when all pass, ``ERROR`` at the first failure."""
     out = out or sys.stdout
     with tempfile.TemporaryDirectory(prefix="keyless-selftest-") as name:
         tmp = Path(name)
@@ -157,7 +160,7 @@ def run_self_test(out: TextIO | None = None) -> int:
                 detail = step(tmp)
             except Exception as e:  # noqa: BLE001 - report any failure and exit 1
                 print(f"FAIL {label}: {type(e).__name__}: {e}", file=out, flush=True)
-                return 1
+                return ExitStatus.ERROR
             print(f"ok   {label} ({time.perf_counter() - started:.1f} s): {detail}", file=out)
     print("self-test passed", file=out, flush=True)
-    return 0
+    return ExitStatus.OK

@@ -145,7 +145,7 @@ def test_wrong_passphrase_and_bad_name(
     init(monkeypatch, vault_file)
     capsys.readouterr()
     assert run(monkeypatch, vault_file, "list", stdin=b"nope\n") == 1
-    assert capsys.readouterr().err.strip() == "keyless vault: wrong passphrase"
+    assert capsys.readouterr().err.strip() == "keyless vault list: error: wrong passphrase"
     assert run(monkeypatch, vault_file, "add", "bad name", stdin=f"{PASS}\nv\n".encode()) == 1
     assert "invalid secret name" in capsys.readouterr().err
     assert run(monkeypatch, vault_file, "add", "empty", stdin=f"{PASS}\n".encode()) == 1
