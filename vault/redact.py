@@ -323,8 +323,10 @@ class _Matcher(Protocol):
 
     max_pattern_length: int
     max_folded_length: int
+    aligned: bool
+    """Whether matches depend on the folded offset of the text (see ``origin``)."""
 
-    def _intervals(self, text: str) -> list[_Interval]: ...
+    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]: ...
 
     def _marker(self, name: str) -> str: ...
 
@@ -400,8 +402,14 @@ class Redactor:
         self.max_pattern_length = max((len(p) for p in patterns), default=0)
         self.max_folded_length = max((len(p) for p in folded), default=0)
 
-    def _intervals(self, text: str) -> list[_Interval]:
-        """Merged runs of characters covered by some occurrence, in order."""
+    aligned = False
+
+    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]:
+        """Merged runs of characters covered by some occurrence, in order.
+
+        ``origin`` (the folded length of the text before ``text``) is unused:
+        every position is searched.
+        """
         found: list[tuple[int, int, str, int]] = []
         for pattern, name in self._patterns:
             pos = text.find(pattern)
@@ -482,6 +490,7 @@ class StreamRedactor:
         self._folded_keep = redactor.max_folded_length - 1
         self._context = ""  # decided text an occurrence may still start in
         self._pending = ""  # undecided text
+        self._origin = 0  # folded characters before the context
         self._found: set[str] = set()
         self._broken = False
         self._finished = False
@@ -552,7 +561,7 @@ class StreamRedactor:
             return ""
         out: list[str] = []
         pos = base
-        for iv in self._redactor._intervals(buf):
+        for iv in self._redactor._intervals(buf, self._origin):
             if iv.end <= base:
                 continue
             if iv.start >= decide:
@@ -570,6 +579,8 @@ class StreamRedactor:
         # reaches back over every start that was not yet decided, and never
         # cuts an escape (its tail would fold differently).
         keep_from = _unit_start(buf, max(min(pos - self._keep, decide), 0))
+        if self._redactor.aligned:
+            self._origin += len(fold(buf[:keep_from]).text)
         self._context = buf[keep_from:pos]
         self._pending = buf[pos:]
         return "".join(out)
