@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urljoin
@@ -48,6 +49,7 @@ from vault.errors import (
     SecretNotFoundError,
     VaultError,
 )
+from vault.fingerprints import SecretFingerprints, WithholdingRedactor
 from vault.grants import (
     KNOWN_METHODS,
     BasicAuthInjection,
@@ -266,6 +268,7 @@ class Broker:
         max_redirects: int = 5,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        fingerprints: Path | None = None,
     ) -> None:
         """Create a broker.
 
@@ -288,8 +291,18 @@ class Broker:
                 read) and, in total, for reading one response body, so a server
                 trickling bytes cannot hold the call forever.
             clock: Monotonic seconds, for that total deadline.
+            fingerprints: Where the locked redactor's index of the secrets
+                lives (:mod:`vault.fingerprints`); default: beside the vault
+                file (``<vault>.fingerprints``), or none for a source without
+                a ``path``.
         """
         self._vault = vault
+        if fingerprints is None:
+            vault_path = getattr(vault, "path", None)
+            if isinstance(vault_path, Path):
+                fingerprints = vault_path.with_name(vault_path.name + ".fingerprints")
+        self._fingerprints_path = fingerprints
+        self._indexed_generation: int | None = None
         self._grants = grants
         self._audit = audit
         self._resolver = resolver
@@ -374,40 +387,111 @@ class Broker:
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         """Redact the secrets the agent must never see from ``text``.
 
-        Always every secret granted to ``session_id`` (in any state): if they
-        cannot be read, redaction fails. While the vault is unlocked, also
-        every other secret in it and the canaries, so a key that sits in a
-        workspace file (a ``.env``) or a server's answer is caught too.
+        While the vault is unlocked: every secret in it (those granted to
+        ``session_id`` and every other one, so a key that sits in a workspace
+        ``.env`` or a server's answer is caught too) and the canaries, in every
+        form, variant and near-copy. While it is locked: every region that
+        matches the secrets' fingerprints is withheld
+        (:mod:`vault.fingerprints`); where there is no current index, redaction
+        fails rather than let a secret through.
 
         Returns:
             The redacted text and the names found.
 
         Raises:
-            RedactionError: Redaction could not run (the vault is locked, ...).
+            RedactionError: Redaction could not run (the vault is locked and
+                its secrets were never indexed, ...).
         """
+        return self._redactor(session_id).redact(text)
+
+    def redact_stream(self, *, session_id: str) -> StreamRedactor:
+        """A streaming redactor over the same secrets as :meth:`redact`.
+
+        For text that reaches a screen piece by piece (model tokens): the
+        stream holds back what may still turn out to be a secret.
+
+        Raises:
+            RedactionError: As :meth:`redact`.
+        """
+        return self._redactor(session_id).stream()
+
+    def _redactor(self, session_id: str) -> Redactor | WithholdingRedactor:
         try:
             pairs: list[tuple[str, bytearray | str]] = list(self._session_secrets(session_id))
         except VaultError as e:
+            locked = self._locked_redactor()
+            if locked is not None:
+                return locked
             raise RedactionError(f"cannot read the session's secrets to redact: {e}") from e
         try:
-            pairs += self._other_secrets({name for name, _ in pairs})
-            return Redactor(pairs).redact(text)
+            others = self._other_secrets({name for name, _ in pairs})
+            if others is None:
+                locked = self._locked_redactor()
+                if locked is not None:
+                    return locked
+                others = [("canary", c) for c in self._canaries]
+            else:
+                self._refresh_fingerprints([v for n, v in pairs + others if n != "canary"])
+            pairs += others
+            return Redactor(pairs)
         finally:
             for _, value in pairs:
                 if isinstance(value, bytearray):
                     _zero(value)
 
-    def _other_secrets(self, have: set[str]) -> list[tuple[str, bytearray | str]]:
-        """Every other readable vault secret and the canaries; nothing while locked."""
+    def _generation(self) -> int | None:
+        generation = getattr(self._vault, "generation", None)
+        return generation if isinstance(generation, int) else None
+
+    def _refresh_fingerprints(self, values: list[bytearray | str]) -> None:
+        """Re-index the secrets when the vault changed since the stored index."""
+        path = self._fingerprints_path
+        if path is None:
+            return
+        generation = self._generation()
+        if generation is not None and generation == self._indexed_generation:
+            return
+        current = SecretFingerprints.load(path)
+        if current is None or generation is None or current.generation != generation:
+            SecretFingerprints.build(values, generation=generation).save(path)
+        self._indexed_generation = generation
+
+    def _locked_redactor(self) -> WithholdingRedactor | None:
+        """The fingerprints' redactor while locked; None without an index path.
+
+        Raises:
+            RedactionError: No index, or one older than the vault.
+        """
+        path = self._fingerprints_path
+        if path is None:
+            return None
+        index = SecretFingerprints.load(path)
+        if index is None:
+            raise RedactionError(
+                "the vault is locked and its secrets were never indexed; unlock it once"
+            )
+        generation = self._generation()
+        if generation is not None and index.generation != generation:
+            raise RedactionError(
+                "the vault changed since its secrets were last indexed; unlock it to continue"
+            )
+        canaries = Redactor([("canary", c) for c in self._canaries])
+        return index.redactor(canaries)
+
+    def _other_secrets(self, have: set[str]) -> list[tuple[str, bytearray | str]] | None:
+        """Every other vault secret and the canaries; None while locked."""
         found: list[tuple[str, bytearray | str]] = []
         try:
             for name in self._vault.names():
                 if name not in have:
                     found.append((name, self._vault.get(name)))
         except VaultError:
-            # Locked (or locked while reading): the granted secrets above are
-            # the ones a call can put in play; keep what was read.
-            pass
+            # Locked (or locked while reading): the caller falls back to the
+            # fingerprints, or to the granted secrets it holds.
+            for _, value in found:
+                if isinstance(value, bytearray):
+                    _zero(value)
+            return None
         found.extend(("canary", c) for c in self._canaries)
         return found
 
