@@ -763,6 +763,7 @@ class AgentHost:
                 return msg
 
     def _loop(self, proc: WorkerProcess, task: str, calls: list[ToolCallRecord]) -> ErrandResult:
+        tokens = self._token_redactor()
         while True:
             msg = self._next(proc)
             if msg is None:
@@ -771,7 +772,9 @@ class AgentHost:
                 self._record("agent_killed", reason=reason)
                 return ErrandResult(outcome="cancelled", text="", tool_calls=calls, error=reason)
             if isinstance(msg, TokenChunk):
-                self._emit(AgentEvent("token", text=msg.text, data={"step": msg.step}))
+                shown = tokens(msg.text)
+                if shown:
+                    self._emit(AgentEvent("token", text=shown, data={"step": msg.step}))
             elif isinstance(msg, Progress):
                 data: dict[str, Any] = {"step": msg.step, "max_steps": msg.max_steps}
                 if msg.context is not None:
@@ -786,6 +789,9 @@ class AgentHost:
             elif isinstance(msg, ModelCancel):
                 log.debug("agent gave up relayed generation %s", msg.request_id)
             elif isinstance(msg, FinalAnswer):
+                rest = tokens(None)
+                if rest:
+                    self._emit(AgentEvent("token", text=rest, data={}))
                 text = self._redact(msg.text)[0]
                 self._history += [
                     Message(role="user", content=task),
@@ -1139,6 +1145,39 @@ class AgentHost:
         if self._broker is None:
             return text, []
         return self._broker.redact(text, session_id=self.session_id)
+
+    def _token_redactor(self) -> Callable[[str | None], str]:
+        """A per-errand filter for streamed tokens: text in, releasable text out.
+
+        Tokens reach the screen, the CLI and the transcript, so they go
+        through the broker's streaming redactor (the same secrets as
+        :meth:`_redact`); ``None`` flushes what it holds back. If redaction
+        cannot run, the stream is withheld (the final answer is still
+        redacted and shown whole).
+        """
+        make = getattr(self._broker, "redact_stream", None)
+        if self._broker is None or make is None:
+            return lambda text: text or ""
+        try:
+            stream = make(session_id=self.session_id)
+        except VaultError as e:
+            log.info("token stream withheld: %s", e)
+            return lambda text: ""
+        failed = False
+
+        def feed(text: str | None) -> str:
+            nonlocal failed
+            if failed:
+                return ""
+            try:
+                out: str = stream.feed(text) if text is not None else stream.finish()
+            except VaultError as e:
+                failed = True
+                log.info("token stream withheld: %s", e)
+                return ""
+            return out
+
+        return feed
 
     def _emit(self, event: AgentEvent) -> None:
         if self._listener is not None:

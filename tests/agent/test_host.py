@@ -648,3 +648,37 @@ def test_a_relayed_model_error_holding_a_vault_secret_is_withheld(
     [failed] = rig.transcript.sent_of("model_failed")
     assert REMOTE_KEY not in failed["message"] and "withheld" in failed["message"]
     assert all(REMOTE_KEY.encode() not in line for line in rig.transcript.sent)
+
+
+class _SecretBroker(_RedirectingBroker):
+    """Redacts one secret through the real redactor, whole and streamed."""
+
+    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
+        from vault.redact import Redactor
+
+        return Redactor({"KEY": REMOTE_KEY}).redact(text)
+
+    def redact_stream(self, *, session_id: str) -> object:
+        from vault.redact import Redactor
+
+        return Redactor({"KEY": REMOTE_KEY}).stream()
+
+
+def test_streamed_tokens_are_redacted_even_when_a_secret_is_split_across_them(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    stats = {"steps": 1, "tool_calls": 0, "generated_tokens": 4, "stop_reason": "final"}
+    pieces = ["the key is ", REMOTE_KEY[:7], REMOTE_KEY[7:18].upper(), REMOTE_KEY[18:], " ok"]
+    plan = [
+        {"op": "ready"},
+        {"op": "read"},
+        *[{"op": "send", "msg": {"v": 1, "type": "token", "text": p, "step": 1}} for p in pieces],
+        {"op": "send", "msg": {"v": 1, "type": "final", "text": "done", "stats": stats}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(
+        rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan), broker=_SecretBroker()
+    )
+    rig.host.run_errand("leak it")
+    shown = "".join(e.text for e in rig.events if e.kind == "token")
+    assert shown == "the key is [REDACTED:KEY] ok"
