@@ -49,7 +49,7 @@ from vault.errors import (
     SecretNotFoundError,
     VaultError,
 )
-from vault.fingerprints import SecretFingerprints, WithholdingRedactor
+from vault.fingerprints import SecretFingerprints, WithholdingRedactor, index_path
 from vault.grants import (
     KNOWN_METHODS,
     BasicAuthInjection,
@@ -300,7 +300,7 @@ class Broker:
         if fingerprints is None:
             vault_path = getattr(vault, "path", None)
             if isinstance(vault_path, Path):
-                fingerprints = vault_path.with_name(vault_path.name + ".fingerprints")
+                fingerprints = index_path(vault_path)
         self._fingerprints_path = fingerprints
         self._indexed_generation: int | None = None
         self._grants = grants

@@ -56,6 +56,7 @@ __all__ = [
     "WITHHELD_NAME",
     "SecretFingerprints",
     "WithholdingRedactor",
+    "index_path",
 ]
 
 WINDOW = NEAR_COPY_MIN
@@ -72,6 +73,11 @@ WITHHELD_NAME = "vault secret (locked)"
 
 _DIGEST = 8
 _FORMAT = 1
+
+
+def index_path(vault_path: Path) -> Path:
+    """Where the index of the vault file at ``vault_path`` lives: beside it."""
+    return vault_path.with_name(vault_path.name + ".fingerprints")
 
 
 class SecretFingerprints:
