@@ -69,7 +69,7 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.relay import serve_model_request
+from agent.relay import StreamRedaction, serve_model_request
 from agent.sandbox import Sandbox, scrubbed_env
 from agent.tools.base import ToolContext, ToolOutput, truncate_text
 from agent.tools.registry import ALL_TOOLS, run_tool
@@ -311,6 +311,14 @@ class HostBroker(BrokerPort, Protocol):
 
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         """Remove every secret value from ``text``; return it and the names removed."""
+        ...
+
+    def redact_stream(self, *, session_id: str) -> StreamRedaction:
+        """A streaming redactor over the same secrets as :meth:`redact`.
+
+        Raises:
+            vault.errors.VaultError: Redaction cannot run (fail closed).
+        """
         ...
 
 
@@ -1033,7 +1041,9 @@ class AgentHost:
 
             proc.send(ModelFailed(request_id=req.request_id, message="the host relays no model"))
             return
-        serve_model_request(model, req, self._relay_sender(proc), self._cancel)
+        serve_model_request(
+            model, req, self._relay_sender(proc), self._cancel, redaction=self._relay_redaction()
+        )
 
     def _relay_sender(self, proc: WorkerProcess) -> Callable[[AnyMessage], None]:
         """``proc.send``, withholding a relayed error that quotes a vault secret.
@@ -1050,6 +1060,17 @@ class AgentHost:
             proc.send(msg)
 
         return send
+
+    def _relay_redaction(self) -> Callable[[], StreamRedaction] | None:
+        """Streaming redactors for a relayed generation's text, as for the tokens.
+
+        A remote server may echo a vault secret; the agent process gets the
+        chunks only through these (see :func:`agent.relay.serve_model_request`).
+        """
+        broker = self._broker
+        if broker is None:
+            return None
+        return lambda: broker.redact_stream(session_id=self.session_id)
 
     def _relay_error_text(self, text: str) -> str:
         withheld = "the remote model failed; its error message quoted a secret and is withheld"
@@ -1155,11 +1176,10 @@ class AgentHost:
         cannot run, the stream is withheld (the final answer is still
         redacted and shown whole).
         """
-        make = getattr(self._broker, "redact_stream", None)
-        if self._broker is None or make is None:
+        if self._broker is None:
             return lambda text: text or ""
         try:
-            stream = make(session_id=self.session_id)
+            stream = self._broker.redact_stream(session_id=self.session_id)
         except VaultError as e:
             log.info("token stream withheld: %s", e)
             return lambda text: ""

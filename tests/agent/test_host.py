@@ -589,6 +589,11 @@ class _RedirectingBroker:
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         return text, []
 
+    def redact_stream(self, *, session_id: str) -> object:
+        from vault.redact import Redactor
+
+        return Redactor({}).stream()
+
 
 def test_a_network_error_quoting_the_server_taints_the_context(
     tmp_path: Path, ws: Path, rigs: list[Rig]
