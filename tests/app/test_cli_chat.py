@@ -153,3 +153,25 @@ def test_chat_stops_before_the_model_when_the_output_cannot_be_checked(
     assert status == 1 and out == ""
     assert "cannot check the model's output for vault secrets" in err and "never indexed" in err
     assert CHAT_KEY not in err
+
+
+@pytest.mark.keyring
+def test_with_the_keyring_chat_redacts_every_secret_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    if os.environ.get("KEYLESS_SECRET_SERVICE") != "1":
+        pytest.skip("needs a real Secret Service (KEYLESS_SECRET_SERVICE=1)")
+    from app.paths import default_paths
+    from vault.store import Vault
+
+    vault = Vault.create(default_paths().vault_file, use_keyring=True)
+    vault.add("CHAT_KEY", CHAT_KEY.encode())
+    vault.lock()
+    vault.fingerprints_path.unlink()  # the unlocked redactor needs no index
+    script = _script(tmp_path, [f"Your key: {CHAT_KEY[:11]} {CHAT_KEY[11:]} - keep it safe."])
+    status = main(["chat", "--backend", "fake", "--scripted", str(script), "--prompt", "key?"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert out == "Your key: [REDACTED:CHAT_KEY] - keep it safe.\n"
