@@ -303,6 +303,9 @@ class Broker:
                 fingerprints = index_path(vault_path)
         self._fingerprints_path = fingerprints
         self._indexed_generation: int | None = None
+        # The last index loaded and its file's (inode, mtime, size): a long
+        # secret's index runs to megabytes, and a locked errand redacts often.
+        self._loaded_index: tuple[tuple[int, int, int], SecretFingerprints] | None = None
         self._grants = grants
         self._audit = audit
         self._resolver = resolver
@@ -465,7 +468,7 @@ class Broker:
         path = self._fingerprints_path
         if path is None:
             return None
-        index = SecretFingerprints.load(path)
+        index = self._load_index(path)
         if index is None:
             raise RedactionError(
                 "the vault is locked and its secrets were never indexed; unlock it once"
@@ -477,6 +480,26 @@ class Broker:
             )
         canaries = Redactor([("canary", c) for c in self._canaries])
         return index.redactor(canaries)
+
+    def _load_index(self, path: Path) -> SecretFingerprints | None:
+        """:meth:`SecretFingerprints.load`, reusing the last load while the file is the same.
+
+        The index is always replaced by a rename, so a new index is a new inode.
+        """
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RedactionError(f"cannot read the secret fingerprints {path}: {e}") from e
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        loaded = self._loaded_index
+        if loaded is not None and loaded[0] == key:
+            return loaded[1]
+        index = SecretFingerprints.load(path)
+        if index is not None:
+            self._loaded_index = (key, index)
+        return index
 
     def _other_secrets(self, have: set[str]) -> list[tuple[str, bytearray | str]] | None:
         """Every other vault secret and the canaries; None while locked."""

@@ -1099,3 +1099,20 @@ def test_locked_vault_without_an_index_fails_closed(
         index.write_bytes(older)  # an index older than the vault (a failed write)
         with pytest.raises(RedactionError, match="changed since"):
             env.broker.redact("anything", session_id="s1")
+
+
+def test_a_locked_broker_sees_each_new_index(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    vault = _make_source("vault", tmp_path)
+    assert isinstance(vault, Vault)
+    later = "a-secret-added-after-the-first-load-0123456789"
+    text = f"first line of prose here, then {later} and more prose after it\n"
+    for env in _env(vault, server, ca, tmp_path):
+        vault.lock()
+        assert env.broker.redact(text, session_id="s1") == (text, [])  # index loaded
+        vault.unlock("correct horse")
+        vault.add("LATER", later.encode())
+        vault.lock()
+        redacted, names = env.broker.redact(text, session_id="s1")  # the new index
+        assert later not in redacted and names == ["vault secret (locked)"]
