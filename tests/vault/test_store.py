@@ -910,9 +910,12 @@ def test_no_secret_in_any_repr_message_or_log(
 # --------------------------------------------------------- known answer
 
 
-def test_known_answer_vault_opens_with_expected_content() -> None:
+def test_known_answer_vault_opens_with_expected_content(tmp_path: Path) -> None:
     spec = json.loads((VECTORS / "vault_v1.json").read_text())
-    v = Vault.open(VECTORS / "vault_v1.kls", keystore=NoKeyring())
+    # A copy: unlocking writes the secrets' fingerprints beside the vault file.
+    copy = tmp_path / "vault_v1.kls"
+    copy.write_bytes((VECTORS / "vault_v1.kls").read_bytes())
+    v = Vault.open(copy, keystore=NoKeyring())
     assert v.unlock_methods == ("passphrase",)
     with pytest.raises(WrongPassphraseError):
         v.unlock(spec["passphrase"] + "!")
