@@ -73,7 +73,7 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.relay import serve_model_request
+from agent.relay import StreamRedaction, serve_model_request
 from agent.sandbox import Sandbox, scrubbed_env, stop_when
 from agent.tools.base import ToolContext, ToolOutput, truncate_text
 from agent.tools.registry import ALL_TOOLS, run_tool
@@ -334,6 +334,14 @@ class HostBroker(BrokerPort, Protocol):
 
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         """Remove every secret value from ``text``; return it and the names removed."""
+        ...
+
+    def redact_stream(self, *, session_id: str) -> StreamRedaction:
+        """A streaming redactor over the same secrets as :meth:`redact`.
+
+        Raises:
+            vault.errors.VaultError: Redaction cannot run (fail closed).
+        """
         ...
 
 
@@ -876,6 +884,7 @@ class AgentHost:
                 return msg
 
     def _loop(self, proc: WorkerProcess, task: str, calls: list[ToolCallRecord]) -> ErrandResult:
+        tokens = self._token_redactor()
         while True:
             msg = self._next(proc)
             if msg is None:
@@ -886,7 +895,9 @@ class AgentHost:
                     self._unredactable(self._redaction_failed, calls)
                 return ErrandResult(outcome="cancelled", text="", tool_calls=calls, error=reason)
             if isinstance(msg, TokenChunk):
-                self._emit(AgentEvent("token", text=msg.text, data={"step": msg.step}))
+                shown = tokens(msg.text)
+                if shown:
+                    self._emit(AgentEvent("token", text=shown, data={"step": msg.step}))
             elif isinstance(msg, Progress):
                 data: dict[str, Any] = {"step": msg.step, "max_steps": msg.max_steps}
                 if msg.context is not None:
@@ -910,6 +921,9 @@ class AgentHost:
             elif isinstance(msg, ModelCancel):
                 log.debug("agent gave up relayed generation %s", msg.request_id)
             elif isinstance(msg, FinalAnswer):
+                rest = tokens(None)
+                if rest:
+                    self._emit(AgentEvent("token", text=rest, data={}))
                 if self._redaction_failed is not None:
                     return self._unredactable(self._redaction_failed, calls)
                 try:
@@ -1200,7 +1214,9 @@ class AgentHost:
 
             proc.send(ModelFailed(request_id=req.request_id, message="the host relays no model"))
             return
-        serve_model_request(model, req, self._relay_sender(proc), self._cancel)
+        serve_model_request(
+            model, req, self._relay_sender(proc), self._cancel, redaction=self._relay_redaction()
+        )
 
     def _relay_sender(self, proc: WorkerProcess) -> Callable[[AnyMessage], None]:
         """``proc.send``, withholding a relayed error that quotes a vault secret.
@@ -1217,6 +1233,17 @@ class AgentHost:
             proc.send(msg)
 
         return send
+
+    def _relay_redaction(self) -> Callable[[], StreamRedaction] | None:
+        """Streaming redactors for a relayed generation's text, as for the tokens.
+
+        A remote server may echo a vault secret; the agent process gets the
+        chunks only through these (see :func:`agent.relay.serve_model_request`).
+        """
+        broker = self._broker
+        if broker is None:
+            return None
+        return lambda: broker.redact_stream(session_id=self.session_id)
 
     def _relay_error_text(self, text: str) -> str:
         withheld = "the remote model failed; its error message quoted a secret and is withheld"
@@ -1331,6 +1358,38 @@ class AgentHost:
         if self._broker is None:
             return text, []
         return self._broker.redact(text, session_id=self.session_id)
+
+    def _token_redactor(self) -> Callable[[str | None], str]:
+        """A per-errand filter for streamed tokens: text in, releasable text out.
+
+        Tokens reach the screen, the CLI and the transcript, so they go
+        through the broker's streaming redactor (the same secrets as
+        :meth:`_redact`); ``None`` flushes what it holds back. If redaction
+        cannot run, the stream is withheld (the final answer is still
+        redacted and shown whole).
+        """
+        if self._broker is None:
+            return lambda text: text or ""
+        try:
+            stream = self._broker.redact_stream(session_id=self.session_id)
+        except VaultError as e:
+            log.info("token stream withheld: %s", e)
+            return lambda text: ""
+        failed = False
+
+        def feed(text: str | None) -> str:
+            nonlocal failed
+            if failed:
+                return ""
+            try:
+                out: str = stream.feed(text) if text is not None else stream.finish()
+            except VaultError as e:
+                failed = True
+                log.info("token stream withheld: %s", e)
+                return ""
+            return out
+
+        return feed
 
     def _emit(self, event: AgentEvent) -> None:
         if self._listener is not None:

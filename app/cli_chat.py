@@ -8,14 +8,23 @@ tokens evicted from the sink cache, window shifts.
 
 The model is the embedded default unless ``--model PATH`` names a GGUF file,
 or ``--backend openai`` points at an OpenAI-compatible server.
+
+What the model prints goes through the vault's streaming redactor when a
+vault exists (a secret pasted into the conversation, or one a remote server
+echoes, is not shown): over every secret if the OS keyring unlocks the vault
+without a prompt, else through the secrets' fingerprints
+(:mod:`vault.fingerprints`). If redaction cannot run, the answer stops there
+and says why; without a vault there is nothing to redact.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from app.cli_common import (
     ExitStatus,
@@ -31,6 +40,27 @@ from models.interface import CancelToken, ChatModel, Finished, GenerationStats, 
 from models.process import open_isolated
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
+CHAT_SESSION = "keyless-chat"
+"""The broker session chat redacts for: it holds no grants, so every secret is "other"."""
+
+
+class OutputRedactor(Protocol):
+    """A streaming redactor (``vault.redact.StreamRedactor``); both raise ``VaultError``."""
+
+    def feed(self, chunk: str) -> str:
+        """Add a chunk; return the text that is now safe to print."""
+        ...
+
+    def finish(self) -> str:
+        """Release what is still held back, redacted."""
+        ...
+
+
+Redaction = Callable[[], OutputRedactor]
+
+
+class _Unchecked(Exception):
+    """The vault exists but its secrets cannot be redacted from the output."""
 
 
 def register(subparsers: Any) -> None:
@@ -92,20 +122,66 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 def run_chat(args: argparse.Namespace) -> int:
     """Run ``keyless chat``; return the exit status."""
+    with _vault_redaction() as redaction:
+        if isinstance(redaction, _Unchecked):
+            report_error("chat", redaction)
+            return ExitStatus.ERROR
+        try:
+            # The model runs in a child process: a llama.cpp crash ends it, not us.
+            model = open_isolated(spec_from_args(args))
+        except (ModelError, ValueError) as e:
+            report_error("chat", e)
+            return ExitStatus.ERROR
+        try:
+            if args.prompt is not None:
+                messages = _start(args.system) + [Message(role="user", content=args.prompt)]
+                final = _answer(model, messages, args, sys.stdout, sys.stderr, redaction)
+                return ExitStatus.OK if final is not None else ExitStatus.ERROR
+            return _interactive(model, args, sys.stdin, sys.stdout, sys.stderr, redaction)
+        finally:
+            model.close()
+
+
+@contextmanager
+def _vault_redaction() -> Iterator[Redaction | None | _Unchecked]:
+    """The output's redactor factory, over the app's vault while the chat runs."""
+    from app.services import AppServices
+
+    services = AppServices()
     try:
-        # The model runs in a child process: a llama.cpp crash ends it, not us.
-        model = open_isolated(spec_from_args(args))
-    except (ModelError, ValueError) as e:
-        report_error("chat", e)
-        return ExitStatus.ERROR
-    try:
-        if args.prompt is not None:
-            messages = _start(args.system) + [Message(role="user", content=args.prompt)]
-            final = _answer(model, messages, args, sys.stdout, sys.stderr)
-            return ExitStatus.OK if final is not None else ExitStatus.ERROR
-        return _interactive(model, args, sys.stdin, sys.stdout, sys.stderr)
+        yield _open_redaction(services)
     finally:
-        model.close()
+        services.close()
+
+
+def _open_redaction(services: Any) -> Redaction | None | _Unchecked:
+    """None without a vault; _Unchecked when its secrets cannot be redacted.
+
+    The vault is unlocked only where the OS keyring does so without asking;
+    otherwise it stays locked and the secrets' fingerprints are used.
+    """
+    from app.services import ServiceUnavailableError
+    from vault.errors import VaultError
+
+    try:
+        vault = services.vault
+        if vault is None:
+            return None
+        if vault.is_locked and "keyring" in vault.unlock_methods:
+            try:
+                vault.unlock()
+            except VaultError:
+                pass  # no keyring here: the locked redactor will do
+        broker = services.broker
+
+        def redaction() -> OutputRedactor:
+            made: OutputRedactor = broker.redact_stream(session_id=CHAT_SESSION)
+            return made
+
+        redaction()  # fail now, before the model loads, if it cannot run
+    except (ServiceUnavailableError, VaultError) as e:
+        return _Unchecked(f"cannot check the model's output for vault secrets: {e}")
+    return redaction
 
 
 def _start(system: str) -> list[Message]:
@@ -113,7 +189,12 @@ def _start(system: str) -> list[Message]:
 
 
 def _interactive(
-    model: ChatModel, args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO
+    model: ChatModel,
+    args: argparse.Namespace,
+    stdin: TextIO,
+    out: TextIO,
+    err: TextIO,
+    redaction: Redaction | None = None,
 ) -> int:
     info = model.info
     print(
@@ -138,17 +219,29 @@ def _interactive(
             print("(conversation forgotten)", file=err)
             continue
         messages.append(Message(role="user", content=text))
-        final = _answer(model, messages, args, out, err)
+        final = _answer(model, messages, args, out, err, redaction)
         if final is None:
             return ExitStatus.ERROR
         messages.append(Message(role="assistant", content=final.text))
 
 
 def _answer(
-    model: ChatModel, messages: list[Message], args: argparse.Namespace, out: TextIO, err: TextIO
+    model: ChatModel,
+    messages: list[Message],
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    redaction: Redaction | None = None,
 ) -> Finished | None:
-    """Stream one answer; return its Finished event, or None after an error."""
+    """Stream one answer (redacted); return its Finished event, or None after an error."""
+    from vault.errors import VaultError
+
     cancel = CancelToken()
+    try:
+        shown = redaction() if redaction is not None else None
+    except VaultError as e:
+        report_error("chat", f"cannot check the answer for vault secrets: {e}", err)
+        return None
     try:
         stream = model.stream_chat(
             messages,
@@ -168,8 +261,21 @@ def _answer(
                 final = event
             else:
                 pieces.append(event.text)
-                out.write(event.text)
+                out.write(event.text if shown is None else shown.feed(event.text))
                 out.flush()
+        if shown is not None:
+            out.write(shown.finish())
+    except VaultError as e:
+        cancel.cancel()
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        print(
+            f"\nkeyless chat: error: the rest of the answer is not shown: it could not be "
+            f"checked for vault secrets ({e})",
+            file=err,
+        )
+        return None
     except KeyboardInterrupt:
         # Ctrl-C stops this answer, not the chat. The interrupt may have landed
         # between llama.cpp and the cache's bookkeeping, so start the cache afresh.

@@ -450,6 +450,13 @@ class LiveBroker:
         result: tuple[str, list[str]] = broker.redact(text, session_id=session_id)
         return result
 
+    def redact_stream(self, *, session_id: str) -> Any:
+        """A streaming redactor over the same secrets as :meth:`redact`."""
+        broker = self._broker()
+        if broker is None:
+            return _NothingToRedact()
+        return broker.redact_stream(session_id=session_id)
+
     def call(self, handle: str | None, call: Any, *, session_id: str, now: Any) -> Any:
         """Perform a brokered HTTP call.
 
@@ -485,6 +492,16 @@ def keyring_paths() -> list[Path]:
     except ImportError:
         return paths
     return [*paths, Path(platform_.data_root()), Path(platform_.config_root())]
+
+
+class _NothingToRedact:
+    """The token stream without a vault: every chunk passes as it is."""
+
+    def feed(self, chunk: str) -> str:
+        return chunk
+
+    def finish(self) -> str:
+        return ""
 
 
 def _scan_nothing(text: str) -> list[str]:

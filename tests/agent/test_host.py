@@ -607,6 +607,11 @@ class _RedirectingBroker:
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         return text, []
 
+    def redact_stream(self, *, session_id: str) -> object:
+        from vault.redact import Redactor
+
+        return Redactor({}).stream()
+
 
 def test_a_network_error_quoting_the_server_taints_the_context(
     tmp_path: Path, ws: Path, rigs: list[Rig]
@@ -975,3 +980,37 @@ def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable
     again = rig.host.run_errand("again")
     assert again.outcome == "final"
     assert rig.host.worker_pid == pid
+
+
+class _SecretBroker(_RedirectingBroker):
+    """Redacts one secret through the real redactor, whole and streamed."""
+
+    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
+        from vault.redact import Redactor
+
+        return Redactor({"KEY": REMOTE_KEY}).redact(text)
+
+    def redact_stream(self, *, session_id: str) -> object:
+        from vault.redact import Redactor
+
+        return Redactor({"KEY": REMOTE_KEY}).stream()
+
+
+def test_streamed_tokens_are_redacted_even_when_a_secret_is_split_across_them(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    stats = {"steps": 1, "tool_calls": 0, "generated_tokens": 4, "stop_reason": "final"}
+    pieces = ["the key is ", REMOTE_KEY[:7], REMOTE_KEY[7:18].upper(), REMOTE_KEY[18:], " ok"]
+    plan = [
+        {"op": "ready"},
+        {"op": "read"},
+        *[{"op": "send", "msg": {"v": 1, "type": "token", "text": p, "step": 1}} for p in pieces],
+        {"op": "send", "msg": {"v": 1, "type": "final", "text": "done", "stats": stats}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(
+        rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan), broker=_SecretBroker()
+    )
+    rig.host.run_errand("leak it")
+    shown = "".join(e.text for e in rig.events if e.kind == "token")
+    assert shown == "the key is [REDACTED:KEY] ok"
