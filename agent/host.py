@@ -344,6 +344,14 @@ class HostBroker(BrokerPort, Protocol):
         """
         ...
 
+    def check_capabilities_usable(self, session_id: str) -> None:
+        """Refuse a session whose capabilities cannot be used right now.
+
+        Raises:
+            vault.errors.VaultLockedError: It has grants and the vault is locked.
+        """
+        ...
+
 
 class HostMemory(MemoryPort, Protocol):
     """What the host needs of memory.service.MemoryService: the tools' port plus loading."""
@@ -829,8 +837,11 @@ class AgentHost:
             self._redaction_failed = None
             calls: list[ToolCallRecord] = []
             try:
-                # Before anything reaches the agent: an errand whose results
-                # cannot be redacted (grants, vault locked) is refused at once.
+                # Before anything reaches the agent: an errand whose capabilities
+                # cannot be redeemed (grants, vault locked) or whose results
+                # cannot be redacted is refused at once.
+                if self._broker is not None:
+                    self._check_capabilities()
                 shown_task = self._redact(task)[0]
             except RedactionError as e:
                 return self._unredactable(e, calls)
@@ -848,6 +859,14 @@ class AgentHost:
                 if self._proc is not None:  # start() already reported its own failure
                     self._crashed(e)
                 return ErrandResult(outcome="crashed", text="", tool_calls=calls, error=str(e))
+
+    def _check_capabilities(self) -> None:
+        """Raise RedactionError (caused by VaultLockedError) when grants cannot be used."""
+        assert self._broker is not None
+        try:
+            self._broker.check_capabilities_usable(self.session_id)
+        except VaultLockedError as e:
+            raise RedactionError("the session's capabilities need the vault unlocked") from e
 
     def _unredactable(self, error: RedactionError, calls: list[ToolCallRecord]) -> ErrandResult:
         """End the errand because redaction failed; say what to do."""

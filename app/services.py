@@ -442,6 +442,12 @@ class LiveBroker:
         broker = self._broker()
         return broker.capabilities(session_id) if broker is not None else []
 
+    def check_capabilities_usable(self, session_id: str) -> None:
+        """Raise VaultLockedError when ``session_id`` has grants and the vault is locked."""
+        broker = self._broker()
+        if broker is not None:
+            broker.check_capabilities_usable(session_id)
+
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         """Remove every secret value from ``text`` (nothing to remove without a vault)."""
         broker = self._broker()

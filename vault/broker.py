@@ -48,6 +48,7 @@ from vault.errors import (
     RedactionError,
     SecretNotFoundError,
     VaultError,
+    VaultLockedError,
 )
 from vault.fingerprints import SecretFingerprints, WithholdingRedactor, index_path
 from vault.grants import (
@@ -388,6 +389,22 @@ class Broker:
     def capabilities(self, session_id: str, *, now: datetime | None = None) -> list[CapabilityInfo]:
         """What the agent of ``session_id`` may currently use."""
         return [r.info() for r in self._grants.active(session_id, now=now)]
+
+    def check_capabilities_usable(self, session_id: str, *, now: datetime | None = None) -> None:
+        """Refuse a session whose grants cannot be redeemed now.
+
+        Raises:
+            VaultLockedError: ``session_id`` has active grants and the vault is locked.
+        """
+        active = self._grants.active(session_id, now=now)
+        if not active:
+            return
+        try:
+            _zero(self._vault.get(active[0].grant.secret_name))
+        except VaultLockedError as e:
+            raise VaultLockedError("the vault is locked; the session's capabilities need it") from e
+        except SecretNotFoundError:
+            pass  # redeeming says so, for that one grant
 
     # --------------------------------------------------------------- redaction
 

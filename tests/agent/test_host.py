@@ -19,6 +19,7 @@ from agent.sandbox import Sandbox
 from models.fake import ScriptedModel
 from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
 from vault.audit import AuditLog
+from vault.fingerprints import index_path
 
 
 @pytest.fixture
@@ -604,6 +605,9 @@ class _RedirectingBroker:
     def capabilities(self, session_id: str) -> list[object]:
         return []
 
+    def check_capabilities_usable(self, session_id: str) -> None:
+        pass
+
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         return text, []
 
@@ -969,9 +973,16 @@ def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable
     )
     rig.host.start()
     pid = rig.host.worker_pid
-    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and vault.lock())
+    index = index_path(vault.path)
+
+    def lock_unindexed() -> None:
+        # Locked with no fingerprint index to redact through: redaction fails.
+        vault.lock()
+        index.unlink()
+
+    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and lock_unindexed())
     result = rig.host.run_errand("read the notes")
-    assert result.outcome == "error" and UNLOCK in (result.error or "")
+    assert result.outcome == "error" and "unlock it" in (result.error or "")
     assert [e.text for e in rig.events if e.kind == "error"] == [result.error]
     [sent] = rig.transcript.sent_of("tool_result")
     assert sent["ok"] is False and "buy milk" not in sent["content"]
@@ -980,6 +991,26 @@ def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable
     again = rig.host.run_errand("again")
     assert again.outcome == "final"
     assert rig.host.worker_pid == pid
+
+
+def test_the_vault_locking_mid_errand_redacts_through_the_fingerprints_and_goes_on(
+    tmp_path: Path, ws: Path, rigs: list[Rig], granted: tuple[Any, Any]
+) -> None:
+    vault, broker = granted
+    (ws / "token.txt").write_text("sk-locked-Zx81Qp0Lm4 is the key\n")
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("read_file", path="token.txt"), final("read it")],
+        broker=broker,
+        isolate=False,
+    )
+    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and vault.lock())
+    result = rig.host.run_errand("read the token file")
+    assert result.outcome == "final"
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert "Zx81Qp0Lm4" not in sent["content"] and "WITHHELD" in sent["content"]
 
 
 class _SecretBroker(_RedirectingBroker):
