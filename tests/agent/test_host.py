@@ -978,7 +978,7 @@ def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable
     def lock_unindexed() -> None:
         # Locked with no fingerprint index to redact through: redaction fails.
         vault.lock()
-        index.unlink()
+        index.unlink(missing_ok=True)
 
     rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and lock_unindexed())
     result = rig.host.run_errand("read the notes")
