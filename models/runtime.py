@@ -89,6 +89,9 @@ class RuntimeConfig(BaseModel):
         default="sinks",
         description="sinks: StreamingLLM. h2o, sinks+h2o: heavy hitters (experimental, slower).",
     )
+    h2o_layers: tuple[int, ...] | None = Field(
+        default=None, description="Layers whose attention H2O reads (None: all)."
+    )
     rope_scaling: RopeScaling = RopeScaling()
     kv_f16: bool = True
     seed: int = 0
@@ -191,7 +194,7 @@ class Runtime:
 
                 # "h2o" alone keeps no sinks: whatever attention favours stays.
                 n_sink = config.n_sink if config.eviction == "sinks+h2o" else 0
-                policy = HeavyHitters(llm, recent=None)
+                policy = HeavyHitters(llm, recent=None, layers=config.h2o_layers)
             self._cache = SinkCache(
                 llm,
                 n_sink=n_sink,

@@ -103,3 +103,18 @@ def test_with_a_server_model_names_the_served_model() -> None:
     )  # fmt: skip
     spec = spec_from_args(args)
     assert spec.backend == "openai" and spec.model_name == "qwen2.5-7b" and spec.path is None
+
+
+def test_eviction_option_reaches_the_spec_and_rejects_unknown_policies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.cli import build_parser
+    from app.cli_chat import spec_from_args
+
+    parser = build_parser()
+    assert spec_from_args(parser.parse_args(["chat"])).eviction == "sinks"
+    args = parser.parse_args(["chat", "--eviction", "sinks+h2o"])
+    assert spec_from_args(args).eviction == "sinks+h2o"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["chat", "--eviction", "lru"])
+    assert "invalid choice: 'lru'" in capsys.readouterr().err

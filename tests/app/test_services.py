@@ -98,3 +98,14 @@ def test_memory_capacities_come_from_the_settings(workspace: Path) -> None:
         close = getattr(svc, "close", None)
         if close:
             close()
+
+
+def test_the_experimental_eviction_setting_reaches_the_model_spec() -> None:
+    services = AppServices()
+    assert services.model_spec().eviction == "sinks"
+    services.paths.settings_file.write_text('{"model": {"eviction": "h2o"}}')
+    assert AppServices().model_spec().eviction == "h2o"
+    services.paths.settings_file.write_text('{"model": {"eviction": "lru"}}')
+    again = AppServices()
+    assert again.model_spec().eviction == "sinks"
+    assert "eviction" in again.problems["settings"]
