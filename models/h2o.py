@@ -92,8 +92,16 @@ class AttentionTap:
     """
 
     def __init__(self, llm: Any, layers: Iterable[int] | None) -> None:
+        model = llm._model.model
+        if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
+            raise ModelLoadError(
+                "H2O eviction needs an attention-only model; this one is recurrent"
+            )
+        if llama_cpp.llama_model_n_swa(model) > 0:
+            # Sliding-window layers keep a second KV cache with its own cell numbering.
+            raise ModelLoadError("H2O eviction does not support sliding-window attention models")
         self._lib = _ggml_base()
-        n_layer = int(llama_cpp.llama_model_n_layer(llm._model.model))
+        n_layer = int(llama_cpp.llama_model_n_layer(model))
         chosen = sorted(set(range(n_layer) if layers is None else layers))
         if not chosen or chosen[0] < 0 or chosen[-1] >= n_layer:
             raise ModelLoadError(f"attention layers must be within 0..{n_layer - 1}: {chosen}")
@@ -219,6 +227,11 @@ class HeavyHitters:
         tap = self.tap
         if tap.error is not None:
             raise GenerationError(f"the attention tap failed: {tap.error}")
+        if not tap.cells and n_cached:
+            raise GenerationError(
+                "the attention tap saw no kq_soft_max tensors (flash attention on, or a model "
+                "whose graph names its attention differently); H2O cannot run on it"
+            )
         if len(tap.cells) != n_cached:
             raise GenerationError(
                 f"the attention tap tracks {len(tap.cells)} positions, the cache holds {n_cached}"

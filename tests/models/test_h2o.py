@@ -183,6 +183,9 @@ def test_a_tap_out_of_step_with_the_cache_is_an_error(model_path: Path) -> None:
     llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=64, n_threads=1, verbose=False)
     try:
         policy = HeavyHitters(llm, recent=8, layers=[0, 15])
+        # Nothing tapped yet (as when the graph has no attention tensors to read).
+        with pytest.raises(GenerationError, match="saw no kq_soft_max tensors"):
+            policy.choose(10, 0, 1)
         cache = SinkCache(llm, n_sink=0, evict_chunk=4, policy=policy)
         cache.feed(list(range(100, 110)))
         assert len(policy.tap.cells) == 10
