@@ -16,7 +16,8 @@
    1, 2, 8 sinks, vs a sliding window with re-computation, vs dense attention.
 3e. Eviction policies (experimental H2O): perplexity and per-token cost of
    full cache, sinks + window, H2O + window, sinks + H2O + window (and H2O
-   reading 5 of 30 layers) at cache budgets of 20 % and 50 % of the text, on
+   reading 5 of 30 layers, and H2O scoring mean rather than accumulated
+   attention) at cache budgets of 20 % and 50 % of the text, on
    licenses.txt and a second text (bench/data/python_reference.txt), the
    variants of one text interleaved token by token.
 4. Positional Interpolation: perplexity at 1.5 x n_ctx_train with linear RoPE
@@ -41,7 +42,6 @@ import llama_cpp
 import numpy as np
 
 from models.catalog import embedded_default
-from models.eviction import EvictionMode
 from models.interface import Finished, Message, Token
 from models.runtime import Runtime, RuntimeConfig
 from models.sinkcache import SinkCache
@@ -404,18 +404,19 @@ def bench_quality(threads: int, n_tokens: int, stride: int) -> None:
 # -- 3e. eviction policies: sinks vs heavy hitters (H2O) -------------------------------------------
 
 
-def _eviction_variants(
-    budget: int, n_full: int
-) -> list[tuple[str, int, int, EvictionMode, tuple[int, ...] | None]]:
-    """(label, n_ctx, n_sink, eviction, h2o layers) of each variant at one budget."""
+def _eviction_variants(budget: int, n_full: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """(label, n_ctx, runtime settings) of each variant at one budget."""
     few = tuple(range(0, 30, 6))
     return [
-        ("full cache", n_full, 4, "sinks", None),
-        ("sinks 4 + window", budget, 4, "sinks", None),
-        ("H2O + window", budget, 0, "h2o", None),
-        ("sinks 4 + H2O + window", budget, 4, "sinks+h2o", None),
-        ("sinks 4 + H2O (5 of 30 layers) + window", budget, 4, "sinks+h2o", few),
-    ]
+        ("full cache", n_full, {}),
+        ("sinks 4 + window", budget, {}),
+        ("H2O + window", budget, {"n_sink": 0, "eviction": "h2o"}),
+        ("sinks 4 + H2O + window", budget, {"eviction": "sinks+h2o"}),
+        ("sinks 4 + H2O (5 of 30 layers) + window", budget,
+         {"eviction": "sinks+h2o", "h2o_layers": few}),
+        ("sinks 4 + H2O mean score + window", budget,
+         {"eviction": "sinks+h2o", "h2o_score": "mean"}),
+    ]  # fmt: skip
 
 
 def bench_eviction(threads: int, n_tokens: int, fractions: Sequence[float]) -> None:
@@ -428,12 +429,10 @@ def bench_eviction(threads: int, n_tokens: int, fractions: Sequence[float]) -> N
         variants: dict[tuple[str, int], Runtime] = {}
         for fraction in fractions:
             budget = int(n_tokens * fraction)
-            for label, n_ctx, n_sink, mode, layers in _eviction_variants(budget, n_tokens + 16):
+            for label, n_ctx, kw in _eviction_variants(budget, n_tokens + 16):
                 if label == "full cache" and variants:
                     continue  # one full-cache run serves every budget
-                variants[(label, budget)] = runtime(
-                    n_ctx, threads, n_sink=n_sink, evict_chunk=1, eviction=mode, h2o_layers=layers
-                )
+                variants[(label, budget)] = runtime(n_ctx, threads, evict_chunk=1, **kw)
         first = next(iter(variants.values()))
         tokens: list[int] = first.llama.tokenize(text.read_bytes(), add_bos=False, special=False)
         tokens = tokens[:n_tokens]

@@ -27,7 +27,7 @@ import contextlib
 import ctypes
 import pathlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 import numpy as np
@@ -88,6 +88,9 @@ class AttentionTap:
     Attributes:
         cells: The KV cell of each cache position, in position order.
         scores: Accumulated attention per KV cell.
+        born: Sequence number (1-based, over every token tapped) of each
+            cell's token; ``clock - born + 1`` query rows have seen it.
+        clock: Tokens tapped so far.
         n_layers_tapped: Layers read on each decode.
     """
 
@@ -109,6 +112,8 @@ class AttentionTap:
         self._first = chosen[0]
         self.n_layers_tapped = len(chosen)
         self.scores = np.zeros(int(llama_cpp.llama_n_ctx(llm.ctx)), dtype=np.float64)
+        self.born = np.zeros(len(self.scores), dtype=np.float64)
+        self.clock = 0
         self.cells: list[int] = []
         self.error: str | None = None
         self._idxs: int | None = None
@@ -196,6 +201,8 @@ class AttentionTap:
         cells = np.zeros(n, dtype=np.int64)
         self._lib.ggml_backend_tensor_get(idxs, cells.ctypes.data, 0, n * 8)
         self.scores[cells] = 0.0
+        self.born[cells] = np.arange(self.clock + 1, self.clock + 1 + n)
+        self.clock += n
         self.cells.extend(int(c) for c in cells)
 
 
@@ -208,19 +215,31 @@ class HeavyHitters:
             remain (None: half of the evictable positions, as in the paper's
             equal split between heavy hitters and recent tokens).
         layers: Layers whose attention counts (None: all).
+        score: ``sum``: the attention accumulated so far (the paper's H2O),
+            which favours the oldest tokens; ``mean``: divided by the number
+            of query rows that have seen the token.
     """
 
     def __init__(
-        self, llm: Any, *, recent: int | None, layers: Iterable[int] | None = None
+        self,
+        llm: Any,
+        *,
+        recent: int | None,
+        layers: Iterable[int] | None = None,
+        score: Literal["sum", "mean"] = "sum",
     ) -> None:
         if recent is not None and recent < 0:
             raise ModelLoadError(f"the recent window must be >= 0, got {recent}")
         self.recent = recent
+        self.score = score
         self.tap = AttentionTap.install(llm, layers)
 
     def position_scores(self) -> np.ndarray:
-        """Accumulated attention of each cache position, in position order."""
-        return self.tap.scores[np.asarray(self.tap.cells, dtype=np.int64)]
+        """The score of each cache position, in position order."""
+        cells = np.asarray(self.tap.cells, dtype=np.int64)
+        if self.score == "mean":
+            return self.tap.scores[cells] / (self.tap.clock - self.tap.born[cells] + 1)
+        return self.tap.scores[cells]
 
     def choose(self, n_cached: int, n_protected: int, k: int) -> Sequence[int]:
         """Return the ``k`` lowest-scoring positions between the sinks and the window."""

@@ -92,6 +92,9 @@ class RuntimeConfig(BaseModel):
     h2o_layers: tuple[int, ...] | None = Field(
         default=None, description="Layers whose attention H2O reads (None: all)."
     )
+    h2o_score: Literal["sum", "mean"] = Field(
+        default="sum", description="H2O's score: accumulated (the paper) or mean attention."
+    )
     rope_scaling: RopeScaling = RopeScaling()
     kv_f16: bool = True
     seed: int = 0
@@ -194,7 +197,9 @@ class Runtime:
 
                 # "h2o" alone keeps no sinks: whatever attention favours stays.
                 n_sink = config.n_sink if config.eviction == "sinks+h2o" else 0
-                policy = HeavyHitters(llm, recent=None, layers=config.h2o_layers)
+                policy = HeavyHitters(
+                    llm, recent=None, layers=config.h2o_layers, score=config.h2o_score
+                )
             self._cache = SinkCache(
                 llm,
                 n_sink=n_sink,

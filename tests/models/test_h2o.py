@@ -96,6 +96,10 @@ def test_the_tap_sees_the_attention_sink(h2o: Runtime) -> None:
     n_head = int(llama_cpp.llama_model_n_head(h2o.llama._model.model))
     total = 100 * n_head * policy.tap.n_layers_tapped
     assert float(scores.sum()) == pytest.approx(total, rel=1e-3)
+    # Each position knows how many query rows have seen it (for the mean score).
+    cells = np.asarray(policy.tap.cells)
+    assert policy.tap.clock == 100
+    assert policy.tap.born[cells].tolist() == list(range(1, 101))
     h2o.reset()
 
 
