@@ -17,8 +17,9 @@ recent window. Scores are summed over the tapped layers and heads, since
 llama.cpp evicts a token from every layer at once (the paper evicts per head).
 
 Cost: the callback runs in Python for every graph node (asked whether it is
-wanted) and breaks the graph at each tapped layer; tapping fewer layers
-(``layers``) makes it cheaper. See docs/benchmarks.md.
+wanted) and breaks the graph at each tapped layer. The per-node question
+dominates, so tapping fewer layers (``layers``) saves almost nothing; on the
+embedded model the tap adds 8-10 % CPU per token (docs/benchmarks.md, 3e).
 """
 
 from __future__ import annotations
