@@ -35,6 +35,7 @@ from app.cli_common import (
     set_command,
 )
 from models.errors import ModelError
+from models.eviction import EVICTION_MODES
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Finished, GenerationStats, Message
 from models.process import open_isolated
@@ -85,6 +86,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rope", choices=["none", "linear", "yarn"], default="none")
     parser.add_argument("--rope-factor", type=float, default=1.0, help="RoPE scaling factor")
     parser.add_argument(
+        "--eviction", choices=list(EVICTION_MODES), default="sinks",
+        help="KV-cache eviction; h2o and sinks+h2o are experimental (heavy hitters, slower)",
+    )  # fmt: skip
+    parser.add_argument(
         "--backend", choices=["llama.cpp", "openai", "fake"], default="llama.cpp",
         help="llama.cpp (local), openai (a compatible server) or fake (scripted)",
     )  # fmt: skip
@@ -112,6 +117,7 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
         n_gpu_layers=args.n_gpu_layers,
         rope_scaling=args.rope,
         rope_factor=args.rope_factor,
+        eviction=args.eviction,
         base_url=args.base_url,
         model_name=args.model_name or (str(args.model) if remote and args.model else None),
         allow_local=args.allow_local,

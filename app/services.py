@@ -341,6 +341,7 @@ class AppServices:
             n_sink=m.n_sink,
             rope_scaling=m.rope_scaling,
             rope_factor=m.rope_factor,
+            eviction=m.eviction,
             base_url=m.base_url,
             model_name=m.remote_model,
             allow_local=m.allow_local_remote,

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.paths import AppPaths
+from models.eviction import EvictionMode
 
 
 class SettingsError(Exception):
@@ -36,6 +37,11 @@ class ModelSettings(BaseModel):
     n_sink: int = Field(default=4, ge=0, le=256)
     rope_scaling: Literal["none", "linear", "yarn"] = "none"
     rope_factor: float = Field(default=1.0, ge=1.0, le=64.0)
+    eviction: EvictionMode = Field(
+        default="sinks",
+        description="Experimental: KV-cache eviction. sinks (StreamingLLM) is the default; "
+        "h2o and sinks+h2o keep the most-attended tokens (slower; see docs/benchmarks.md).",
+    )
     base_url: str | None = None
     remote_model: str | None = None
     remote_key_secret: str | None = Field(default=None, description="Vault secret name.")

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.catalog import GGUFHeader, read_header
 from models.errors import GenerationError, ModelError, ModelLoadError
+from models.eviction import EvictionMode, EvictionPolicy
 from models.interface import (
     CancelToken,
     ContextState,
@@ -84,6 +85,16 @@ class RuntimeConfig(BaseModel):
     )
     n_sink: int = Field(default=4, ge=0)
     evict_chunk: int | None = Field(default=None, ge=1)
+    eviction: EvictionMode = Field(
+        default="sinks",
+        description="sinks: StreamingLLM. h2o, sinks+h2o: heavy hitters (experimental, slower).",
+    )
+    h2o_layers: tuple[int, ...] | None = Field(
+        default=None, description="Layers whose attention H2O reads (None: all)."
+    )
+    h2o_score: Literal["sum", "mean"] = Field(
+        default="sum", description="H2O's score: accumulated (the paper) or mean attention."
+    )
     rope_scaling: RopeScaling = RopeScaling()
     kv_f16: bool = True
     seed: int = 0
@@ -179,8 +190,22 @@ class Runtime:
         self._closed = False
         self._lock = threading.Lock()
         try:
+            n_sink = config.n_sink
+            policy: EvictionPolicy | None = None
+            if config.eviction != "sinks":
+                from models.h2o import HeavyHitters
+
+                # "h2o" alone keeps no sinks: whatever attention favours stays.
+                n_sink = config.n_sink if config.eviction == "sinks+h2o" else 0
+                policy = HeavyHitters(
+                    llm, recent=None, layers=config.h2o_layers, score=config.h2o_score
+                )
             self._cache = SinkCache(
-                llm, n_sink=config.n_sink, evict_chunk=config.evict_chunk, can_shift=can_shift
+                llm,
+                n_sink=n_sink,
+                evict_chunk=config.evict_chunk,
+                can_shift=can_shift,
+                policy=policy,
             )
             template = self.header.chat_template or llm.metadata.get("tokenizer.chat_template")
             eos_id = llm.token_eos()

@@ -175,3 +175,18 @@ def test_with_the_keyring_chat_redacts_every_secret_by_name(
     out, err = capsys.readouterr()
     assert status == 0, err
     assert out == "Your key: [REDACTED:CHAT_KEY] - keep it safe.\n"
+
+
+def test_eviction_option_reaches_the_spec_and_rejects_unknown_policies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.cli import build_parser
+    from app.cli_chat import spec_from_args
+
+    parser = build_parser()
+    assert spec_from_args(parser.parse_args(["chat"])).eviction == "sinks"
+    args = parser.parse_args(["chat", "--eviction", "sinks+h2o"])
+    assert spec_from_args(args).eviction == "sinks+h2o"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["chat", "--eviction", "lru"])
+    assert "invalid choice: 'lru'" in capsys.readouterr().err
