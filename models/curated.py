@@ -139,12 +139,13 @@ class Curated(BaseModel):
         return next((m for m in self.models if m.file == filename), None)
 
 
-def load_curated(path: Path = CURATED_FILE) -> Curated:
-    """Read and validate the catalog.
+def load_curated(path: Path | None = None) -> Curated:
+    """Read and validate the catalog (default: the shipped ``curated.json``).
 
     Raises:
         CatalogError: The file is missing, not JSON or not a valid catalog.
     """
+    path = path or CURATED_FILE
     try:
         return Curated.model_validate_json(path.read_bytes())
     except OSError as e:
