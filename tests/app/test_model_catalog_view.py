@@ -1,4 +1,4 @@
-"""The Model panel's curated catalog: fit, one-click download (loopback hub), installed, profiles."""
+"""The Model panel's catalog: fit, one-click download (loopback hub), installed, profiles."""
 
 from __future__ import annotations
 
