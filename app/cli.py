@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app.cli_vault",
     "app.cli_memory",
     "app.cli_run",
+    "app.cli_sessions",
 )
 
 
