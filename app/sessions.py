@@ -956,3 +956,32 @@ def close_session(
         lines.append(f"workspace {workspace} is gone: no notes to distill")
     store.set_state(session_id, "closed")
     return lines
+
+
+def gui_transcript(messages: Sequence[MessageRecord]) -> list[tuple[str, tuple[Any, ...]]]:
+    """A stored transcript as the chat view's ``(kind, args)`` entries."""
+    entries: list[tuple[str, tuple[Any, ...]]] = []
+    for m in messages:
+        if m.kind == "task":
+            entries.append(("task", (m.text,)))
+        elif m.kind == "tool_call":
+            try:
+                args = json.loads(m.arguments or "{}")
+            except json.JSONDecodeError:
+                args = {"arguments": m.arguments}
+            if not isinstance(args, dict):
+                args = {"arguments": args}
+            entries.append(("tool_call", (m.call_id or "", m.tool or "?", args)))
+        elif m.kind == "decision":
+            entries.append(("decision", (m.call_id or "", m.text, str(m.data.get("reason", "")))))
+        elif m.kind == "tool_result":
+            entries.append((
+                "tool_result",
+                (m.call_id or "", bool(m.data.get("ok", False)), m.text,
+                 list(m.data.get("redacted", [])), bool(m.data.get("truncated", False))),
+            ))
+        elif m.kind == "final":
+            entries.append(("final", (m.text, {})))
+        elif m.kind in ("error", "notice"):
+            entries.append((m.kind, (m.text,)))
+    return entries
