@@ -175,3 +175,33 @@ def test_skip_tells_the_model_not_to_run_it_again(tmp_path: Path, workspace: Pat
     assert "do not run it again" in notes[0]
     status, err = keyless_run(tmp_path, [final("x")], "", "--resume", errand_id)
     assert status == EXIT_FAILED and "only an interrupted errand resumes" in err
+
+
+def test_close_distills_the_session_notes_into_the_project(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.services import AppServices
+    from memory.frontmatter import Provenance
+
+    s = store()
+    try:
+        s.ensure_session("s1", workspace=workspace)
+    finally:
+        s.close()
+    services = AppServices()
+    memory = services.memory_service(
+        workspace=workspace, session_id="s1", count_tokens=lambda t: len(t) // 4 + 1
+    )
+    try:
+        memory.remember("Build quirk", "make needs GNU make 4.", level="session",
+                        source=Provenance(tool="remember", trust="model"))
+    finally:
+        memory.close()
+        services.close()
+    assert main(["sessions", "close", "s1"]) == 0
+    out = capsys.readouterr().out
+    assert "closed session s1" in out and "session -> project: 1 note(s) kept" in out
+    topic = workspace / ".keyless" / "memory" / "topics" / "build-quirk.md"
+    assert "make needs GNU make 4." in topic.read_text()
+    assert main(["sessions", "list"]) == 0
+    assert "closed" in capsys.readouterr().out
