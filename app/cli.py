@@ -14,10 +14,17 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from app import cli_chat, cli_memory, cli_models, cli_run, cli_vault
+from app import cli_chat, cli_memory, cli_models, cli_run, cli_sessions, cli_vault
 from app.cli_common import CliError, CommandParser, ExitStatus, fail
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (cli_chat, cli_vault, cli_memory, cli_run, cli_models)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    cli_chat,
+    cli_vault,
+    cli_memory,
+    cli_run,
+    cli_sessions,
+    cli_models,
+)
 
 
 def build_parser() -> CommandParser:

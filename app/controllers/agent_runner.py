@@ -26,6 +26,14 @@ from app.controllers.errand_controller import (
     WhyAsked,
 )
 from app.services import AppServices, ServiceUnavailableError
+from app.sessions import (
+    ErrandRecorder,
+    ResumeChoice,
+    SessionStore,
+    SessionStoreError,
+    resume_plan,
+    run_recorded,
+)
 from app.withheld import offer_from_event
 
 log = logging.getLogger(__name__)
@@ -194,15 +202,53 @@ class WorkspaceRuleSaver:
 
 
 class AgentHostRunner:
-    """An :class:`ErrandRunner` backed by an ``agent.host.AgentHost``."""
+    """An :class:`ErrandRunner` backed by an ``agent.host.AgentHost``.
 
-    def __init__(self, host: Any, *, owned: tuple[Any, ...] = ()) -> None:
+    With a session store (and the host's :class:`app.sessions.ErrandRecorder`),
+    every errand is recorded in its session, which the runner creates on
+    the first errand.
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        *,
+        owned: tuple[Any, ...] = (),
+        sessions: SessionStore | None = None,
+        recorder: ErrandRecorder | None = None,
+        model: str = "",
+    ) -> None:
         self.host = host
         self._owned = owned
+        self._sessions = sessions
+        self._recorder = recorder
+        self._model = model
 
     def run_errand(self, task: str) -> Any:
         """Run one errand; the host reports through the listener."""
-        return self.host.run_errand(task)
+        if self._sessions is None or self._recorder is None:
+            return self.host.run_errand(task)
+        session_id = self.host.session_id
+        self._sessions.ensure_session(
+            session_id, workspace=self.host.workspace, title=task, model=self._model
+        )
+        return run_recorded(
+            self.host, self._sessions, self._recorder, session_id=session_id, task=task
+        )
+
+    def resume_errand(self, errand_id: str, choice: ResumeChoice) -> Any:
+        """Resume an interrupted errand of this session (see :func:`app.sessions.resume_plan`).
+
+        Raises:
+            SessionStoreError: No store, or the errand cannot be resumed.
+        """
+        if self._sessions is None or self._recorder is None:
+            raise SessionStoreError("sessions are not recorded, so nothing can be resumed")
+        plan = resume_plan(self._sessions, errand_id)
+        return run_recorded(
+            self.host, self._sessions, self._recorder, session_id=plan.errand.session_id,
+            task="", resume=plan, choice=choice,
+        )
 
     def cancel(self) -> None:
         """Cancel the running errand."""
@@ -229,6 +275,7 @@ def agent_host_factory(
     scripted_model: Path | None = None,
     broker: Callable[[], Any] | None = None,
     host_options: Mapping[str, Any] | None = None,
+    sessions: SessionStore | None = None,
 ) -> RunnerFactory:
     """Build a runner factory that starts a real agent host for each session.
 
@@ -240,6 +287,7 @@ def agent_host_factory(
         broker: Returns the broker to use (the vault screen's, once unlocked);
             defaults to the services' own.
         host_options: Extra keyword arguments for ``AgentHost`` (tests).
+        sessions: Where errands are recorded (None: not recorded).
     """
 
     def factory(ctx: RunnerContext) -> ErrandRunner:
@@ -283,6 +331,11 @@ def agent_host_factory(
             # process gets relayed generations only.
             options["relay_model"] = services.remote_model(spec)
         options.update(host_options or {})
+        listener: Any = HostListener(ctx.events, prompt)
+        recorder = None
+        if sessions is not None:
+            recorder = ErrandRecorder(sessions, then=listener)
+            listener = recorder
         host = AgentHost(
             spec,
             workspace=ctx.workspace,
@@ -292,12 +345,17 @@ def agent_host_factory(
             prompt=prompt,
             audit=audit,
             session_id=ctx.session_id,
-            listener=HostListener(ctx.events, prompt),
+            listener=listener,
             rule_store=WorkspaceRuleSaver(store, ctx.workspace) if store is not None else None,
             scripted_model=scripted_model,
             **options,
         )
         owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
-        return AgentHostRunner(host, owned=owned)
+        model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
+            f"{getattr(spec, 'backend', '?')}:{getattr(spec, 'model_name', None) or 'local'}"
+        )
+        return AgentHostRunner(
+            host, owned=owned, sessions=sessions, recorder=recorder, model=model
+        )
 
     return factory
