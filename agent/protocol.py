@@ -201,7 +201,9 @@ class ErrandStats(BaseModel):
     generated_tokens: int
     stop_reason: StopReason
     evaluated_tokens: int = Field(
-        default=0, ge=0, description="Prompt tokens the model evaluated (not reused from its cache)."
+        default=0,
+        ge=0,
+        description="Prompt tokens the model evaluated (not reused from its cache).",
     )
 
 

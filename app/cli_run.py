@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
-    from agent.host import AgentEvent, AgentHost, ErrandResult
+    from agent.host.errand import AgentEvent, AgentHost, ErrandResult
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def run_errand_cli(
     from pydantic import ValidationError
 
     from agent.errors import AgentError
-    from agent.host import AgentHost, TerminalPrompt
-    from agent.policy import PolicyEngine
+    from agent.host.errand import AgentHost, TerminalPrompt
+    from agent.host.policy import PolicyEngine
     from agent.protocol import ErrandLimits
     from app.services import AppServices, ServiceUnavailableError
     from models.errors import ModelError
@@ -393,7 +393,7 @@ def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:
 
 def _shown(text: str) -> str:
     """Model text made safe for a terminal (escape sequences shown, not obeyed)."""
-    from agent.host import terminal_text
+    from agent.host.errand import terminal_text
 
     return terminal_text(text)
 

@@ -86,8 +86,8 @@ def _check_vault(tmp: Path) -> str:
 def _check_agent(tmp: Path) -> str:
     import json
 
-    from agent.host import AgentHost, PermissionAnswer, PermissionRequest, new_session_id
-    from agent.policy import PolicyEngine, Rule
+    from agent.host.errand import AgentHost, PermissionAnswer, PermissionRequest, new_session_id
+    from agent.host.policy import PolicyEngine, Rule
     from vault.audit import AuditLog
 
     workspace = tmp / "workspace"

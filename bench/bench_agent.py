@@ -24,10 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.host import AgentHost, PermissionAnswer, PermissionRequest
-from agent.policy import PolicyEngine
+from agent.host.errand import AgentHost, PermissionAnswer, PermissionRequest
+from agent.host.policy import PolicyEngine
+from agent.host.sandbox import Sandbox, scrubbed_env
 from agent.protocol import FinalAnswer, ToolResult, decode, encode
-from agent.sandbox import Sandbox, scrubbed_env
 from vault.audit import AuditLog
 
 AGENT = r"""

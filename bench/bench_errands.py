@@ -66,8 +66,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.host import AgentEvent, AgentHost, ErrandResult, PermissionAnswer, PermissionRequest
-from agent.policy import PolicyEngine, Rule
+from agent.host.errand import (
+    AgentEvent,
+    AgentHost,
+    ErrandResult,
+    PermissionAnswer,
+    PermissionRequest,
+)
+from agent.host.policy import PolicyEngine, Rule
 from agent.protocol import ErrandLimits
 from models.factory import ModelSpec
 

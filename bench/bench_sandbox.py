@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.sandbox import Limits, Sandbox, run_unsandboxed, scrubbed_env  # noqa: E402
+from agent.host.sandbox import Limits, Sandbox, run_unsandboxed, scrubbed_env  # noqa: E402
 
 COMMAND = "echo hi"
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def rule_to_text(rule: Any) -> str:
-    """Write an ``agent.policy.Rule`` as ``tool(pattern)``."""
+    """Write an ``agent.host.policy.Rule`` as ``tool(pattern)``."""
     pattern = getattr(rule, "pattern", None) or "*"
     return f"{rule.tool}({pattern})"
 
@@ -70,7 +70,7 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
 def check_rule_text(text: str) -> str | None:
     """Say why ``text`` is not a valid allow rule, or return None when it is."""
     from agent.errors import PolicyError
-    from agent.policy import Rule
+    from agent.host.policy import Rule
 
     try:
         Rule.parse(text, action="allow", scope="workspace")
@@ -90,8 +90,8 @@ class HostPrompt:
     def ask(self, request: Any) -> Any:
         """Ask the user (blocks this worker thread) and return a ``PermissionAnswer``."""
         from agent.errors import PolicyError
-        from agent.host import PermissionAnswer
-        from agent.policy import Rule
+        from agent.host.errand import PermissionAnswer
+        from agent.host.policy import Rule
 
         self._count += 1
         call_id = self.current_call_id or f"ask-{self._count}"
@@ -243,8 +243,8 @@ def agent_host_factory(
     """
 
     def factory(ctx: RunnerContext) -> ErrandRunner:
-        from agent.host import AgentHost
-        from agent.policy import PolicyEngine
+        from agent.host.errand import AgentHost
+        from agent.host.policy import PolicyEngine
         spec = model_spec()
 
         try:

@@ -34,9 +34,9 @@ from urllib.parse import quote, urlsplit
 import pytest
 import trustme
 
-from agent.host import ErrandResult, PermissionAnswer, PermissionRequest, TerminalPrompt
+from agent.host.errand import ErrandResult, PermissionAnswer, PermissionRequest, TerminalPrompt
+from agent.host.sandbox import Sandbox
 from agent.protocol import ErrandLimits
-from agent.sandbox import Sandbox
 from app.cli_run import EventPrinter, print_result
 from tests.agent.hostkit import Rig, call, final, make_rig
 from tests.agent.test_e2e_http import (  # noqa: F401 - fixtures used by name

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import PermissionAnswer
-from agent.policy import Rule
-from agent.sandbox import Sandbox
+from agent.host.errand import PermissionAnswer
+from agent.host.policy import Rule
+from agent.host.sandbox import Sandbox
 from tests.agent.hostkit import Rig, call, final, make_rig
 from tests.agent.test_e2e_http import LEAKY_TOKEN, broker, ca, grant, server  # noqa: F401 - fixtures
 from vault.broker import Broker

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.errors import ErrandCancelledError
-from agent.executor import Executor
 from agent.protocol import (
     AgentMessage,
     ErrandLimits,
@@ -20,6 +19,7 @@ from agent.protocol import (
     ToolRequest,
     ToolResult,
 )
+from agent.worker.executor import Executor
 from models.errors import GenerationError
 from models.fake import ScriptedModel
 from models.interface import CancelToken

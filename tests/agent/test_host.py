@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent.host import AgentHost, PermissionAnswer, PermissionRequest, TerminalPrompt
-from agent.policy import Rule, RuleStore
+from agent.host.errand import AgentHost, PermissionAnswer, PermissionRequest, TerminalPrompt
+from agent.host.policy import Rule, RuleStore
+from agent.host.sandbox import Sandbox
 from agent.protocol import MAX_LINE, ErrandLimits
-from agent.sandbox import Sandbox
 from models.fake import ScriptedModel
 from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
 from vault.audit import AuditLog
@@ -474,7 +474,7 @@ def test_an_agent_that_ignores_cancel_is_killed_and_the_errand_ends_cancelled(
 
 
 def test_history_sent_with_a_task_keeps_the_latest_turns_within_the_budget() -> None:
-    from agent.host import recent_turns
+    from agent.host.errand import recent_turns
     from models.interface import Message
 
     turns = []
@@ -566,8 +566,8 @@ def test_agent_process_has_its_own_session() -> None:
     # user's terminal session: TIOCSTI on /dev/tty would type commands there.
     import sys
 
-    from agent.host import WorkerProcess
-    from agent.sandbox import scrubbed_env
+    from agent.host.errand import WorkerProcess
+    from agent.host.sandbox import scrubbed_env
 
     proc = WorkerProcess([sys.executable, "-c", "import sys; sys.stdin.read()"], scrubbed_env())
     try:
@@ -795,7 +795,7 @@ def _state(pid: int) -> str:
 
 
 def _sandbox_or_skip() -> None:
-    from agent.sandbox import Sandbox
+    from agent.host.sandbox import Sandbox
 
     if not Sandbox.detect().available:
         pytest.skip("bubblewrap is not available or cannot create namespaces here")

@@ -18,7 +18,7 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.relay import RelayedModel, serve_model_request
+from agent.worker.relay import RelayedModel, serve_model_request
 from models.errors import GenerationError
 from models.fake import ScriptedModel
 from models.interface import (

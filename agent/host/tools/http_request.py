@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from agent.errors import ToolDeniedError, ToolError
-from agent.ports import OutboundCall
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.host.ports import OutboundCall
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
 

@@ -9,7 +9,7 @@ session's capability handles, and answers each tool request:
 2. ask the policy (deny > ask > allow; once untrusted content has been
    returned, network and capability use always ask);
 3. ask the :class:`PermissionPrompt` when the policy says so;
-4. run the tool with a :class:`agent.tools.base.ToolContext`;
+4. run the tool with a :class:`agent.host.tools.base.ToolContext`;
 5. redact through the broker, withhold credentials the vault does not know
    (:mod:`vault.secretscan`; a ``secret_found`` event offers to move each
    into the vault), truncate, audit, and send the result back.
@@ -48,9 +48,12 @@ from agent.errors import (
     SandboxError,
     ToolError,
 )
-from agent.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
-from agent.ports import BrokerPort, MemoryPort
-from agent.protected import request_host_code_reasons
+from agent.host.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
+from agent.host.ports import BrokerPort, MemoryPort
+from agent.host.protected import request_host_code_reasons
+from agent.host.sandbox import Sandbox, scrubbed_env, stop_when
+from agent.host.tools.base import ToolContext, ToolOutput, truncate_text
+from agent.host.tools.registry import ALL_TOOLS, run_tool
 from agent.protocol import (
     MAX_LINE,
     AgentErrorMsg,
@@ -73,10 +76,7 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.relay import serve_model_request
-from agent.sandbox import Sandbox, scrubbed_env, stop_when
-from agent.tools.base import ToolContext, ToolOutput, truncate_text
-from agent.tools.registry import ALL_TOOLS, run_tool
+from agent.worker.relay import serve_model_request
 from memory.errors import MemoryErrorBase
 from memory.loader import UNCHECKED
 from models.errors import ModelError
@@ -171,7 +171,7 @@ class PermissionRequest(BaseModel):
         runs_code: One line per workspace file the call writes (or a shell
             command names) that the user's own tools execute on the host
             (``.envrc``, ``.vscode/tasks.json``, ``.gitattributes``; see
-            :mod:`agent.protected`); shown as "runs code on your machine".
+            :mod:`agent.host.protected`); shown as "runs code on your machine".
     """
 
     model_config = ConfigDict(frozen=True)
@@ -299,7 +299,7 @@ class TerminalPrompt:
 
 
 class RuleSaver(Protocol):
-    """Persists "always" rules (agent.policy.RuleStore satisfies it)."""
+    """Persists "always" rules (agent.host.policy.RuleStore satisfies it)."""
 
     def add(self, rule: Rule) -> Any:
         """Save ``rule``."""
@@ -765,7 +765,7 @@ class AgentHost:
         In bubblewrap when isolation is on and available (system, Python and
         Keyless read-only; ``binds`` read-only too; the hidden paths covered;
         no network, no home, no workspace), otherwise unchanged. The process
-        always gets :func:`agent.sandbox.scrubbed_env`, never the host's.
+        always gets :func:`agent.host.sandbox.scrubbed_env`, never the host's.
         """
         if not (self._isolate and self._sandbox.available):
             return list(argv)

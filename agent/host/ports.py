@@ -105,7 +105,7 @@ class MemoryPort(Protocol):
 
         ``level`` and ``source`` are the memory package's own types
         (``"project"``-like level names and a ``Provenance``); the tools pass
-        what :attr:`agent.tools.base.ToolContext.memory_source` builds, so this
+        what :attr:`agent.host.tools.base.ToolContext.memory_source` builds, so this
         module never imports ``memory``. The result is shown to the model as text.
         """
         ...

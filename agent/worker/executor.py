@@ -1,10 +1,10 @@
 """The errand loop that runs in the agent process.
 
 Each step the executor asks the model for one JSON object under the schema
-:func:`agent.tools.registry.tool_call_schema` builds from the allowed tools,
+:func:`agent.host.tools.registry.tool_call_schema` builds from the allowed tools,
 so a small model's reply always parses: either a tool call, handed to the host
 through a :class:`ToolCaller`, or a final answer. Tool results come back as
-untrusted data (see :mod:`agent.prompt`). The loop stops at a final answer, the
+untrusted data (see :mod:`agent.worker.prompt`). The loop stops at a final answer, the
 ``finish`` tool, the step limit, the token limit, or a cancel.
 
 The executor knows nothing about pipes: the worker gives it a
@@ -20,13 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from agent.errors import ErrandCancelledError, UnknownToolError
-from agent.prompt import (
-    ToolDescription,
-    correction_message,
-    initial_messages,
-    repeat_message,
-    wrap_tool_result,
-)
+from agent.host.tools.finish import Args as FinishArgs
+from agent.host.tools.registry import ALL_TOOLS, tool_call_schema
 from agent.protocol import (
     AgentMessage,
     ErrandStats,
@@ -38,8 +33,13 @@ from agent.protocol import (
     ToolRequest,
     ToolResult,
 )
-from agent.tools.finish import Args as FinishArgs
-from agent.tools.registry import ALL_TOOLS, tool_call_schema
+from agent.worker.prompt import (
+    ToolDescription,
+    correction_message,
+    initial_messages,
+    repeat_message,
+    wrap_tool_result,
+)
 from models.errors import GenerationError, ModelError
 from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
 

@@ -3,7 +3,7 @@
 A tool is one module defining an ``Args`` pydantic model (a described field
 each, so the JSON schema the model is decoded against is generated, never
 written by hand) and ``TOOL = ToolSpec(...)``. The host runs tools through
-:func:`agent.tools.registry.run_tool`, which validates the arguments first.
+:func:`agent.host.tools.registry.run_tool`, which validates the arguments first.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.ports import BrokerPort, MemoryPort
-from agent.tools.paths import Workspace
+from agent.host.ports import BrokerPort, MemoryPort
+from agent.host.tools.paths import Workspace
 
 if TYPE_CHECKING:
-    from agent.sandbox import Limits, Sandbox
+    from agent.host.sandbox import Limits, Sandbox
 
 #: What a call does, for the policy defaults: reads are allowed inside the
 #: workspace, everything else asks unless a rule decides.
@@ -37,7 +37,7 @@ def _utc_now() -> datetime:
 
 
 def _default_limits() -> Limits:
-    from agent.sandbox import Limits
+    from agent.host.sandbox import Limits
 
     return Limits()
 
@@ -90,7 +90,7 @@ class ToolContext:
         may_read: Whether a workspace-relative path may be read; tools that
             read many files (``search_files``) skip the others, so a deny rule
             on ``read_file`` cannot be dodged by searching
-            (:meth:`agent.policy.PolicyEngine.read_filter`).
+            (:meth:`agent.host.policy.PolicyEngine.read_filter`).
         now: The clock (a parameter so tests can fix time).
     """
 

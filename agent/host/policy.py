@@ -46,9 +46,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import PolicyError, ToolError
-from agent.tools.base import Effect
-from agent.tools.paths import Workspace
-from agent.tools.registry import ALL_TOOLS
+from agent.host.tools.base import Effect
+from agent.host.tools.paths import Workspace
+from agent.host.tools.registry import ALL_TOOLS
 
 Action = Literal["allow", "ask", "deny"]
 Scope = Literal["user", "workspace", "session"]
@@ -476,7 +476,7 @@ class PolicyEngine:
         return next((str(r.pattern) for r in probe if self._matches(r, request)), None)
 
     def read_filter(self) -> Callable[[str], bool]:
-        """A predicate for :attr:`agent.tools.base.ToolContext.may_read`.
+        """A predicate for :attr:`agent.host.tools.base.ToolContext.may_read`.
 
         A workspace-relative path may be read unless a deny rule for
         ``read_file`` (or every tool) matches it, so ``search_files`` skips

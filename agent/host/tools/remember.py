@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from agent.errors import ToolError
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
 
 
 class Args(ArgsModel):

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.errors import ToolError, ToolValidationError, UnknownToolError
-from agent.tools import (
+from agent.host.tools import (
     edit_file,
     finish,
     forget,
@@ -22,7 +22,7 @@ from agent.tools import (
     shell,
     write_file,
 )
-from agent.tools.base import ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.host.tools.base import ToolContext, ToolOutput, ToolSpec, truncate_text
 
 ALL_TOOLS: dict[str, ToolSpec] = {
     module.TOOL.name: module.TOOL
