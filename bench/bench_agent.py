@@ -91,7 +91,7 @@ def echo_round_trips(ws: Path, n: int) -> list[float]:
     )
     assert proc.stdin is not None and proc.stdout is not None
     content = (ws / "small.txt").read_text()
-    proc.stdin.write(b'{"v":1,"type":"hello"}\n{"v":1,"type":"task","task":"b","tools":[]}\n')
+    proc.stdin.write(b'{"v":2,"type":"hello"}\n{"v":2,"type":"task","task":"b","tools":[]}\n')
     proc.stdin.flush()
     proc.stdout.readline()  # ready
     for _ in range(n):

@@ -51,9 +51,10 @@ from agent.errors import (
 from agent.host.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
 from agent.host.ports import BrokerPort, MemoryPort
 from agent.host.protected import request_host_code_reasons
+from agent.host.relay import serve_model_request
 from agent.host.sandbox import Sandbox, scrubbed_env, stop_when
 from agent.host.tools.base import ToolContext, ToolOutput, truncate_text
-from agent.host.tools.registry import ALL_TOOLS, run_tool
+from agent.host.tools.registry import ALL_TOOLS, offers, run_tool
 from agent.protocol import (
     MAX_LINE,
     AgentErrorMsg,
@@ -76,7 +77,6 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.worker.relay import serve_model_request
 from memory.errors import MemoryErrorBase
 from memory.loader import UNCHECKED
 from models.errors import ModelError
@@ -1297,7 +1297,7 @@ class AgentHost:
             memory_context=memory_text,
             capabilities=caps,
             history=recent_turns(self._history, HISTORY_CHARS),
-            tools=list(self._tools),
+            tools=offers(self._tools),
             limits=self._limits,
         )
 

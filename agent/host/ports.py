@@ -1,33 +1,15 @@
 """What the host-side tools need from the vault broker and the memory service.
 
-The tools are importable in the agent process (which only needs their
-argument schemas), so they must not import ``vault.broker`` or ``memory`` at
-module import. They talk to those services through these structural
-protocols instead; the real ``vault.broker.Broker`` and
+The tools talk to those services through these structural protocols, so a
+test can hand them a small fake; the real ``vault.broker.Broker`` and
 ``memory.service.MemoryService`` satisfy them without inheriting from them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
-
-
-@dataclass(frozen=True)
-class OutboundCall:
-    """One HTTP request the agent asked for, before the broker injects anything.
-
-    Field for field the same as ``vault.broker.HttpCall``; the http tool builds
-    the broker's own type when the vault package is installed and falls back
-    to this one (tests with a fake broker) when it is not.
-    """
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: str | None = None
 
 
 class BrokeredResponseLike(Protocol):

@@ -419,7 +419,7 @@ class Sandbox:
         if self.bwrap is None:
             raise SandboxError("bubblewrap is not available")
         home = Path(os.path.realpath(Path.home()))
-        package_root = Path(__file__).resolve().parent.parent
+        package_root = Path(__file__).resolve().parents[2]  # the directory holding agent/
         visible: list[Path] = []
         roots = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix), package_root]
         if getattr(sys, "frozen", False):

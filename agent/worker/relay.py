@@ -1,11 +1,11 @@
-"""Generations relayed through the host, for remote models (issue 8).
+"""The agent process's side of a relayed generation, for remote models.
 
 The agent process has no network and never sees an API key, so it cannot talk
 to a remote OpenAI-compatible server itself. :class:`RelayedModel` is the
 :class:`models.interface.ChatModel` the executor uses instead: each
 ``stream_chat`` sends a :class:`agent.protocol.ModelRequest` to the host and
 yields the :class:`agent.protocol.ModelChunk` events the host sends back.
-:func:`serve_model_request` is the host's side: it runs the request on the real
+:mod:`agent.host.relay` is the host's side: it runs the request on the real
 model (which holds the key) and streams the answer down the pipe.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from agent.protocol import (
@@ -25,10 +25,9 @@ from agent.protocol import (
     ModelFailed,
     ModelRequest,
 )
-from models.errors import GenerationError, ModelError
+from models.errors import GenerationError
 from models.interface import (
     CancelToken,
-    ChatModel,
     ContextState,
     Finished,
     GenerationStats,
@@ -149,41 +148,3 @@ def _cancelled_stats(n_generated: int) -> GenerationStats:
         tokens_per_second=0.0,
         stop_reason="cancelled",
     )
-
-
-def serve_model_request(
-    model: ChatModel,
-    request: ModelRequest,
-    send: Callable[[AnyMessage], None],
-    cancel: CancelToken,
-) -> None:
-    """Run a relayed generation on the host's model and stream it to the agent.
-
-    Every outcome ends with exactly one :class:`ModelDone` or
-    :class:`ModelFailed`, so the agent never waits forever. Errors of the
-    model are reported to the agent by their message only: a remote model's
-    errors never carry the API key (models.remote's contract).
-
-    Args:
-        model: The host's model (e.g. models.remote.OpenAIChatModel).
-        request: The agent's request.
-        send: Writes one message to the agent process.
-        cancel: Fired when the user cancels the errand.
-    """
-    try:
-        for event in model.stream_chat(
-            request.messages,
-            max_tokens=request.max_tokens,
-            json_schema=request.json_schema,
-            temperature=request.temperature,
-            cancel=cancel,
-        ):
-            if isinstance(event, Token):
-                send(ModelChunk(request_id=request.request_id, text=event.text))
-            elif isinstance(event, Finished):
-                send(ModelDone(request_id=request.request_id, text=event.text, stats=event.stats))
-                return
-    except ModelError as e:
-        send(ModelFailed(request_id=request.request_id, message=str(e) or type(e).__name__))
-        return
-    send(ModelFailed(request_id=request.request_id, message="the model's stream ended early"))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from agent.host.relay import serve_model_request
 from agent.protocol import (
     AnyMessage,
     HostMessage,
@@ -18,7 +19,7 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.worker.relay import RelayedModel, serve_model_request
+from agent.worker.relay import RelayedModel
 from models.errors import GenerationError
 from models.fake import ScriptedModel
 from models.interface import (

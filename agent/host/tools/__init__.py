@@ -1,6 +1,6 @@
 """The tools the agent can call; the host runs them (see :mod:`agent.host.tools.registry`).
 
-Importing a tool module loads only its argument schema and implementation;
-nothing here imports the vault broker or the memory service at import time,
-so the agent process can import the schemas.
+Host side only: a tool imports what it uses (the vault broker, the memory
+types, the sandbox) at module top. The agent process never imports a tool; it
+learns each one from the :class:`agent.protocol.ToolOffer` the host sends.
 """

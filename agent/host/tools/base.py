@@ -12,15 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.host.ports import BrokerPort, MemoryPort
+from agent.host.sandbox import Limits, Sandbox
 from agent.host.tools.paths import Workspace
-
-if TYPE_CHECKING:
-    from agent.host.sandbox import Limits, Sandbox
 
 #: What a call does, for the policy defaults: reads are allowed inside the
 #: workspace, everything else asks unless a rule decides.
@@ -34,12 +32,6 @@ MARKER_RESERVE = 100
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _default_limits() -> Limits:
-    from agent.host.sandbox import Limits
-
-    return Limits()
 
 
 class ArgsModel(BaseModel):
@@ -100,7 +92,7 @@ class ToolContext:
     broker: BrokerPort | None = None
     memory: MemoryPort | None = None
     unsandboxed_approved: bool = False
-    limits: Limits = field(default_factory=_default_limits)
+    limits: Limits = field(default_factory=Limits)
     output_bytes: int = DEFAULT_OUTPUT_BYTES
     read_bytes: int = 64 * 1024
     hidden_paths: tuple[Path, ...] = ()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from agent.host.tools import (
     write_file,
 )
 from agent.host.tools.base import ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.protocol import FINISH_TOOL, ToolOffer, step_schema
 
 ALL_TOOLS: dict[str, ToolSpec] = {
     module.TOOL.name: module.TOOL
@@ -42,77 +42,34 @@ ALL_TOOLS: dict[str, ToolSpec] = {
 }
 
 
-def _inline_defs(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
-    """Move ``$defs`` of one tool's schema to the shared table, renaming their refs."""
-    local = schema.pop("$defs", {})
-    renames = {name: f"{prefix}__{name}" for name in local}
+def offer(name: str) -> ToolOffer:
+    """The :class:`agent.protocol.ToolOffer` the agent process gets for the tool ``name``.
 
-    def fix(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {}
-            for key, value in node.items():
-                if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-                    out[key] = "#/$defs/" + renames[value.removeprefix("#/$defs/")]
-                else:
-                    out[key] = fix(value)
-            return out
-        if isinstance(node, list):
-            return [fix(item) for item in node]
-        return node
-
-    for name, definition in local.items():
-        defs[renames[name]] = fix(definition)
-    fixed: dict[str, Any] = fix(schema)
-    return fixed
+    Raises:
+        UnknownToolError: ``name`` is not a tool.
+    """
+    spec = ALL_TOOLS.get(name)
+    if spec is None:
+        raise UnknownToolError(f"unknown tool {name!r}; known: {', '.join(ALL_TOOLS)}")
+    return ToolOffer(name=spec.name, description=spec.description, parameters=spec.schema())
 
 
-def tool_call_schema(names: Iterable[str]) -> dict[str, Any]:
-    """The JSON schema of one model step: a call of one of ``names``, or a final answer.
-
-    ``anyOf`` over ``{"tool": <const name>, "arguments": <the tool's Args schema>}``
-    for each tool, and ``{"final": <string>}``. The executor passes it as
-    ``json_schema`` so the grammar makes every step parse.
-
-    Args:
-        names: The tools offered in this errand (order kept, duplicates dropped).
-
-    Returns:
-        The schema (a fresh dict; callers may modify it).
+def offers(names: Iterable[str]) -> list[ToolOffer]:
+    """The offers of ``names`` (order kept, duplicates dropped) and of ``finish``, always offered.
 
     Raises:
         UnknownToolError: A name is not a tool.
     """
-    options: list[dict[str, Any]] = []
-    defs: dict[str, Any] = {}
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            continue
-        seen.add(name)
-        spec = ALL_TOOLS.get(name)
-        if spec is None:
-            raise UnknownToolError(f"unknown tool {name!r}; known: {', '.join(ALL_TOOLS)}")
-        arguments = _inline_defs(copy.deepcopy(spec.schema()), name, defs)
-        options.append(
-            {
-                "type": "object",
-                "properties": {"tool": {"const": name}, "arguments": arguments},
-                "required": ["tool", "arguments"],
-                "additionalProperties": False,
-            }
-        )
-    options.append(
-        {
-            "type": "object",
-            "properties": {"final": {"type": "string"}},
-            "required": ["final"],
-            "additionalProperties": False,
-        }
-    )
-    schema: dict[str, Any] = {"anyOf": options}
-    if defs:
-        schema["$defs"] = defs
-    return schema
+    return [offer(name) for name in dict.fromkeys([*names, FINISH_TOOL])]
+
+
+def tool_call_schema(names: Iterable[str]) -> dict[str, Any]:
+    """The grammar of a step offering exactly ``names``: :func:`agent.protocol.step_schema`.
+
+    Raises:
+        UnknownToolError: A name is not a tool.
+    """
+    return step_schema(offer(name) for name in dict.fromkeys(names))
 
 
 def _validation_message(name: str, error: ValidationError) -> str:
