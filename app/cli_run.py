@@ -35,7 +35,8 @@ from typing import IO, TYPE_CHECKING, Any
 from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
-    from agent.host.errand import AgentEvent, AgentHost, ErrandResult
+    from agent.host.errand import AgentHost
+    from agent.host.events import AgentEvent, ErrandResult
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,11 @@ def run_errand_cli(
     from pydantic import ValidationError
 
     from agent.errors import AgentError
-    from agent.host.errand import AgentHost, TerminalPrompt
+    from agent.host.errand import AgentHost
     from agent.host.policy import PolicyEngine
     from agent.protocol import ErrandLimits
     from app.services import AppServices, ServiceUnavailableError
+    from app.terminal_prompt import TerminalPrompt
     from models.errors import ModelError
     from vault.errors import VaultError
 
@@ -393,14 +395,12 @@ def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:
 
 def _shown(text: str) -> str:
     """Model text made safe for a terminal (escape sequences shown, not obeyed)."""
-    from agent.host.errand import terminal_text
+    from app.terminal_prompt import terminal_text
 
     return terminal_text(text)
 
 
-def print_result(
-    result: ErrandResult, out: IO[str], *, redact: Callable[[str], str]
-) -> None:
+def print_result(result: ErrandResult, out: IO[str], *, redact: Callable[[str], str]) -> None:
     """Write the answer and the tool-call summary, each line redacted and escaped."""
 
     def shown(text: str) -> str:

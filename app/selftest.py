@@ -86,7 +86,8 @@ def _check_vault(tmp: Path) -> str:
 def _check_agent(tmp: Path) -> str:
     import json
 
-    from agent.host.errand import AgentHost, PermissionAnswer, PermissionRequest, new_session_id
+    from agent.host.errand import AgentHost, new_session_id
+    from agent.host.permission import PermissionAnswer, PermissionRequest
     from agent.host.policy import PolicyEngine, Rule
     from vault.audit import AuditLog
 
@@ -103,6 +104,7 @@ def _check_agent(tmp: Path) -> str:
         ),
         encoding="utf-8",
     )
+
     class RefuseEverything:
         """The permission prompt of a self-test: nobody is there to ask."""
 

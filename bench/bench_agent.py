@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.host.errand import AgentHost, PermissionAnswer, PermissionRequest
+from agent.host.errand import AgentHost
+from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.policy import PolicyEngine
 from agent.host.sandbox import Sandbox, scrubbed_env
 from agent.protocol import FinalAnswer, ToolResult, decode, encode

@@ -66,13 +66,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.host.errand import (
-    AgentEvent,
-    AgentHost,
-    ErrandResult,
-    PermissionAnswer,
-    PermissionRequest,
-)
+from agent.host.errand import AgentHost
+from agent.host.events import AgentEvent, ErrandResult
+from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.policy import PolicyEngine, Rule
 from agent.protocol import ErrandLimits
 from models.factory import ModelSpec

@@ -21,48 +21,35 @@ and stays usable: the next errand starts a fresh worker.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import queue
-import select
-import subprocess
 import sys
 import threading
 import time
-import unicodedata
 import uuid
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from agent.errors import (
     AgentCrashedError,
     AuditWriteError,
-    PolicyError,
     ProtocolError,
-    SandboxError,
-    ToolError,
 )
-from agent.host.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
-from agent.host.ports import BrokerPort, MemoryPort
-from agent.host.protected import request_host_code_reasons
-from agent.host.relay import serve_model_request
-from agent.host.sandbox import Sandbox, scrubbed_env, stop_when
-from agent.host.tools.base import ToolContext, ToolOutput, truncate_text
-from agent.host.tools.registry import ALL_TOOLS, offers, run_tool
+from agent.host.delivery import redaction_message
+from agent.host.dispatch import ToolDispatch
+from agent.host.events import AgentEvent, AgentListener, ErrandResult, ToolCallRecord
+from agent.host.permission import PermissionPrompt, RuleSaver
+from agent.host.policy import PolicyEngine
+from agent.host.ports import AuditSink, HostBroker, HostMemory
+from agent.host.relay import ModelRelay, is_remote
+from agent.host.sandbox import Sandbox, scrubbed_env
+from agent.host.supervisor import WRITE_TIMEOUT_S, WorkerProcess
+from agent.host.tools.registry import ALL_TOOLS, offers
 from agent.protocol import (
-    MAX_LINE,
     AgentErrorMsg,
     AgentMessage,
-    AnyMessage,
     Cancel,
     ErrandLimits,
-    ErrandStats,
     FinalAnswer,
     Hello,
     ModelCancel,
@@ -73,33 +60,15 @@ from agent.protocol import (
     Task,
     TokenChunk,
     ToolRequest,
-    ToolResult,
-    decode,
-    encode,
 )
 from memory.errors import MemoryErrorBase
 from memory.loader import UNCHECKED
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
-from vault.errors import RedactionError, SecretScanError, VaultError, VaultLockedError
-from vault.secretscan import Finding, withhold
+from vault.errors import RedactionError, VaultError
 
 log = logging.getLogger(__name__)
-
-EventKind = Literal[
-    "token",
-    "progress",
-    "tool_call",
-    "decision",
-    "tool_result",
-    "final",
-    "error",
-    "agent_crashed",
-    "os_isolation",
-    "memory_problems",
-    "secret_found",
-]
 
 DEFAULT_TOOLS: tuple[str, ...] = (
     "list_dir",
@@ -115,15 +84,6 @@ DEFAULT_TOOLS: tuple[str, ...] = (
 )
 """Tools offered to the model when the caller does not choose (those registered)."""
 
-HOST_RESULT_BYTES = 16 * 1024
-"""The most content one tool result carries back to the agent."""
-
-STDERR_LINE_BYTES = 4096
-"""Longest piece of one agent log line kept (the rest comes as further pieces)."""
-
-WRITE_TIMEOUT_S = 30.0
-"""How long a write to the agent may wait for it to read its input."""
-
 CANCEL_GRACE_S = 10.0
 """How long the agent may take to stop after a cancel before it is killed."""
 
@@ -131,489 +91,10 @@ HISTORY_CHARS = 32 * 1024
 """Earlier turns sent with each task: the most recent ones up to this many characters."""
 
 
-@dataclass(frozen=True)
-class AgentEvent:
-    """Something the GUI or the terminal shows while an errand runs.
-
-    Attributes:
-        kind: What happened.
-        text: Streamed text (token), the final answer, or a message (error,
-            crash, memory problems: what was left out and what to do).
-        tool: The tool concerned (tool_call, decision, tool_result).
-        call_id: The call concerned.
-        data: Details: arguments, decision action and reason, ok/truncated/
-            redacted flags, the isolation state, the memory problems.
-    """
-
-    kind: EventKind
-    text: str = ""
-    tool: str | None = None
-    call_id: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
-AgentListener = Callable[[AgentEvent], None]
-"""Receives every :class:`AgentEvent`, on the thread that runs the errand."""
-
-
-class PermissionRequest(BaseModel):
-    """What the permission prompt shows the user.
-
-    Attributes:
-        tool: The tool the agent wants to run.
-        arguments: Its validated arguments.
-        effect: What the tool does (read, write, execute, network, ...).
-        reason: Why the user is asked (the rule, the default, or the taint).
-        tainted: Untrusted content is in the agent's context.
-        suggested_rule: The rule "always" would save; the user may edit it.
-        unsandboxed: The call would run without the OS sandbox; only "once"
-            or "deny" are offered for it.
-        runs_code: One line per workspace file the call writes (or a shell
-            command names) that the user's own tools execute on the host
-            (``.envrc``, ``.vscode/tasks.json``, ``.gitattributes``; see
-            :mod:`agent.host.protected`); shown as "runs code on your machine".
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    tool: str
-    arguments: dict[str, Any]
-    effect: str
-    reason: str
-    tainted: bool
-    suggested_rule: Rule
-    unsandboxed: bool = False
-    runs_code: list[str] = Field(default_factory=list)
-
-
-class PermissionAnswer(BaseModel):
-    """The user's answer to a :class:`PermissionRequest`.
-
-    Attributes:
-        choice: Allow once, for this session, always (saving ``rule``), or deny.
-        rule: The rule to add for "session"/"always" (the suggestion, maybe
-            edited); None uses the suggestion.
-        reason: For "deny": told to the agent so it can try something else.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    choice: Literal["once", "session", "always", "deny"]
-    rule: Rule | None = None
-    reason: str = ""
-
-
-class PermissionPrompt(Protocol):
-    """Asks the user about one tool call (GUI dialog, terminal, scripted in tests)."""
-
-    def ask(self, request: PermissionRequest) -> PermissionAnswer:
-        """Return the user's answer; may block until the user decides."""
-        ...
-
-
-class TerminalPrompt:
-    """A :class:`PermissionPrompt` on a terminal (the headless ``keyless run``).
-
-    Shows the call, why it is asked, the taint and sandbox warnings, and reads
-    one of ``o`` (once), ``s`` (session), ``a`` (always: the suggested rule is
-    shown and may be edited, then saved for this workspace or every
-    workspace) or ``d`` (deny, with a reason for the agent). End of input
-    denies. An unsandboxed shell command offers only once or deny.
-
-    Args:
-        stdin: Where answers are read.
-        out: Where questions are written.
-        allow_reads: Answer "once" without asking for calls whose effect is a
-            read (``--yes-read-only``). Deny rules are applied before any
-            prompt, so this never overrides them.
-    """
-
-    def __init__(self, stdin: IO[str], out: IO[str], *, allow_reads: bool = False) -> None:
-        self._in = stdin
-        self._out = out
-        self._allow_reads = allow_reads
-
-    def ask(self, request: PermissionRequest) -> PermissionAnswer:
-        """Ask on the terminal; see the class description."""
-        if self._allow_reads and request.effect in ("read", "memory_read"):
-            self._say(f"[auto] allowed once: {request.tool} (--yes-read-only)")
-            return PermissionAnswer(choice="once", reason="--yes-read-only")
-        self._say("")
-        self._say(f"Permission needed: {request.tool} ({request.effect})")
-        for name, value in request.arguments.items():
-            text = value if isinstance(value, str) else json.dumps(value)
-            self._say(f"    {name}: {_summary(text, 300)}")
-        self._say(f"  why: {request.reason}")
-        if request.tainted:
-            self._say("  ! untrusted content (files, web, output) is in the agent's context")
-        if request.runs_code:
-            self._say("  !! RUNS CODE ON YOUR MACHINE: your own tools would execute what it writes")
-            for line in request.runs_code:
-                self._say(f"     - {line}")
-        if request.unsandboxed:
-            self._say("  !! this command would run WITHOUT the sandbox, with your permissions")
-            options = "[o]nce or [d]eny"
-        else:
-            options = f"[o]nce, [s]ession, [a]lways ({request.suggested_rule}), [d]eny"
-        while True:
-            answer = self._read(f"Allow? {options}: ")
-            if answer is None:
-                return PermissionAnswer(choice="deny", reason="no answer (end of input)")
-            choice = answer.strip().lower()[:1]
-            if choice == "o":
-                return PermissionAnswer(choice="once")
-            if choice == "d":
-                reason = self._read("Reason for the agent (optional): ") or ""
-                return PermissionAnswer(choice="deny", reason=reason.strip())
-            if choice in ("s", "a") and not request.unsandboxed:
-                rule = self._edit_rule(request.suggested_rule, always=choice == "a")
-                if rule is None:
-                    continue
-                return PermissionAnswer(choice="session" if choice == "s" else "always", rule=rule)
-            self._say(f"Please answer {options}.")
-
-    def _edit_rule(self, suggested: Rule, *, always: bool) -> Rule | None:
-        text = self._read(f"Rule [{suggested}] (Enter keeps it): ")
-        text = (text or "").strip() or str(suggested)
-        scope: Literal["user", "workspace", "session"] = "session"
-        if always:
-            where = self._read("Save for this [w]orkspace or for [u]ser (every workspace)? ")
-            scope = "user" if (where or "").strip().lower().startswith("u") else "workspace"
-        try:
-            return Rule.parse(text, action="allow", scope=scope)
-        except PolicyError as e:
-            self._say(f"That rule is refused: {e}")
-            return None
-
-    def _read(self, prompt: str) -> str | None:
-        self._out.write(terminal_text(prompt))
-        self._out.flush()
-        line = self._in.readline()
-        if not _is_tty(self._in):
-            self._out.write("\n")  # the answer was not echoed: end the prompt's line
-        return line.rstrip("\n") if line else None
-
-    def _say(self, text: str) -> None:
-        self._out.write(terminal_text(text) + "\n")
-        self._out.flush()
-
-
-class RuleSaver(Protocol):
-    """Persists "always" rules (agent.host.policy.RuleStore satisfies it)."""
-
-    def add(self, rule: Rule) -> Any:
-        """Save ``rule``."""
-        ...
-
-
-class AuditSink(Protocol):
-    """The audit log as the host uses it (vault.audit.AuditLog satisfies it)."""
-
-    def record(
-        self,
-        kind: str,
-        *,
-        session_id: str | None = None,
-        tool: str | None = None,
-        decision: str | None = None,
-        reason: str | None = None,
-        details: dict[str, Any] | None = None,
-        secret_values: Sequence[bytes | bytearray | str] = (),
-    ) -> Any:
-        """Append one entry.
-
-        Raises:
-            Exception: Any error when the entry was not written; the host then
-                stops the errand rather than act unaudited.
-        """
-        ...
-
-
-class HostBroker(BrokerPort, Protocol):
-    """What the host needs of vault.broker.Broker: the tools' port plus redaction."""
-
-    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
-        """Remove every secret value from ``text``; return it and the names removed."""
-        ...
-
-
-class HostMemory(MemoryPort, Protocol):
-    """What the host needs of memory.service.MemoryService: the tools' port plus loading."""
-
-    def load_context(self) -> Any:
-        """The memory to show the agent (an object with ``.text``)."""
-        ...
-
-
-class ToolCallRecord(BaseModel):
-    """One tool call of an errand, for the summary."""
-
-    model_config = ConfigDict(frozen=True)
-
-    call_id: str
-    tool: str
-    arguments: dict[str, Any]
-    decision: str
-    ok: bool
-    summary: str
-
-
-Outcome = Literal["final", "finish", "cancelled", "max_steps", "max_tokens", "error", "crashed"]
-
-
-class ErrandResult(BaseModel):
-    """How an errand ended."""
-
-    model_config = ConfigDict(frozen=True)
-
-    outcome: Outcome
-    text: str
-    tool_calls: list[ToolCallRecord]
-    stats: ErrandStats | None = None
-    error: str | None = None
-
-
-# --------------------------------------------------------------------------- the process
-
-
-class WorkerProcess:
-    """One agent process and its pipes, with bounded, validated reads.
-
-    A reader thread reads stdout lines (at most :data:`MAX_LINE` bytes) into a
-    queue, so :meth:`receive` can wait with a timeout; another drains stderr
-    into the host's log and keeps its tail for crash reports.
-
-    Args:
-        argv: The command (already wrapped in bubblewrap if isolated).
-        env: The complete environment (scrubbed; never the host's).
-        transcript: Called with ("sent"|"received", line) for every line.
-        write_timeout: Seconds a write may wait for the agent to read its input.
-        wrapped: ``argv`` starts bubblewrap, whose exit status 128+N means
-            the agent inside was killed by signal N.
-        on_gone: Called once with this process, from a watcher thread, as
-            soon as the process exits or closes its output (see :attr:`gone`).
-
-    Attributes:
-        gone: Set the moment the agent exits or closes its output, so a host
-            thread busy elsewhere (a tool call, a permission prompt) can stop
-            at once instead of finding out at its next read or write.
-    """
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        *,
-        cwd: Path | None = None,
-        transcript: Callable[[str, bytes], None] | None = None,
-        write_timeout: float = WRITE_TIMEOUT_S,
-        wrapped: bool = False,
-        on_gone: Callable[[WorkerProcess], None] | None = None,
-    ) -> None:
-        self._transcript = transcript
-        self._write_timeout = write_timeout
-        self._wrapped = wrapped
-        self._on_gone = on_gone
-        self._gone_lock = threading.Lock()
-        self.gone = threading.Event()
-        self._send_lock = threading.Lock()
-        self._lines: queue.Queue[bytes | BaseException | None] = queue.Queue()
-        self.stderr_tail: deque[str] = deque(maxlen=40)
-        try:
-            self._proc = subprocess.Popen(  # noqa: S603 - argv is built by the host, no shell
-                list(argv),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(env),
-                cwd=cwd,
-                close_fds=True,
-                # Off the user's terminal session, also without bubblewrap's
-                # --new-session: no TIOCSTI into the controlling terminal.
-                start_new_session=True,
-            )
-        except OSError as e:
-            raise AgentCrashedError(f"cannot start the agent process: {e}") from e
-        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
-        self._stdin: IO[bytes] = self._proc.stdin
-        self._fd = self._stdin.fileno()
-        os.set_blocking(self._fd, False)
-        threading.Thread(
-            target=self._read_stdout, args=(self._proc.stdout,), daemon=True, name="agent-stdout"
-        ).start()
-        self._stderr_reader = threading.Thread(
-            target=self._read_stderr, args=(self._proc.stderr,), daemon=True, name="agent-stderr"
-        )
-        self._stderr_reader.start()
-        threading.Thread(target=self._watch_exit, daemon=True, name="agent-watch").start()
-
-    @property
-    def pid(self) -> int:
-        """The process id (of bwrap when isolated)."""
-        return self._proc.pid
-
-    def send(self, msg: AnyMessage, *, timeout: float | None = None) -> None:
-        """Write one message to the agent.
-
-        The pipe is non-blocking: an agent that stops reading its input cannot
-        block the host for longer than ``timeout``.
-
-        Raises:
-            AgentCrashedError: The pipe is closed (the agent died), or the agent
-                did not read its input for ``timeout`` seconds.
-        """
-        line = encode(msg)
-        timeout = self._write_timeout if timeout is None else timeout
-        with self._send_lock:  # one whole line at a time
-            if self._transcript is not None:
-                self._transcript("sent", line)
-            view = memoryview(line)
-            deadline = time.monotonic() + timeout
-            while view:
-                try:
-                    view = view[os.write(self._fd, view) :]
-                except BlockingIOError:
-                    pass
-                except OSError as e:  # EPIPE, or the pipe was closed by kill()
-                    raise AgentCrashedError(f"the agent process stopped reading: {e}") from e
-                if not view:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AgentCrashedError(
-                        f"the agent process did not read its input for {timeout:g} s"
-                    )
-                select.select([], [self._fd], [], remaining)
-
-    def receive(self, timeout: float) -> AgentMessage:
-        """Wait at most ``timeout`` seconds for the agent's next message.
-
-        Raises:
-            AgentCrashedError: End of output, or nothing within the timeout.
-            ProtocolError: The agent wrote a malformed, oversized or wrong message.
-        """
-        msg = self.poll(timeout)
-        if msg is None:
-            raise AgentCrashedError(f"the agent process sent nothing for {timeout:g} s")
-        return msg
-
-    def poll(self, timeout: float) -> AgentMessage | None:
-        """Like :meth:`receive`, but return None when nothing came within ``timeout``.
-
-        Raises:
-            AgentCrashedError: End of output.
-            ProtocolError: The agent wrote a malformed, oversized or wrong message.
-        """
-        try:
-            item = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is None:
-            self._lines.put(None)  # stay at end of output for later readers
-            raise AgentCrashedError(self.exit_reason())
-        if isinstance(item, BaseException):
-            raise ProtocolError(str(item)) from item
-        if self._transcript is not None:
-            self._transcript("received", item)
-        msg = decode(item, sender="agent")
-        return msg  # type: ignore[return-value]  # decode(sender="agent") only returns agent messages
-
-    def stop(self, *, grace: float = 2.0) -> int | None:
-        """Close stdin, then terminate and kill if the process lingers; return its status."""
-        try:
-            self._stdin.close()
-        except OSError:
-            log.debug("agent stdin already closed")
-        try:
-            return self._proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self._proc.terminate()
-        try:
-            return self._proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            return self._proc.wait()
-
-    def exit_reason(self) -> str:
-        """Why the agent is gone ("was killed (signal 9)", "exited with status 3").
-
-        Waits briefly for an agent that closed its output but lingers, then kills it.
-        """
-        try:
-            code = self._proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return "the agent process closed its output and was killed"
-        if code < 0:
-            return f"the agent process was killed (signal {-code})"
-        if self._wrapped and code > 128:
-            # bubblewrap reports its child's death by signal N as 128+N.
-            return f"the agent process was killed (signal {code - 128})"
-        return f"the agent process exited with status {code}"
-
-    def _set_gone(self) -> None:
-        with self._gone_lock:
-            if self.gone.is_set():
-                return
-            self.gone.set()
-        if self._on_gone is not None:
-            try:
-                self._on_gone(self)
-            except Exception:  # a watcher thread has no one to report to but the log
-                log.exception("reacting to the agent's exit failed")
-
-    def _watch_exit(self) -> None:
-        # WNOWAIT: notice the exit without reaping, so Popen still gets the status.
-        try:
-            os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            pass  # already reaped by kill()/stop()
-        except (OSError, AttributeError) as e:  # no waitid (macOS): end of output still tells
-            log.debug("cannot watch the agent process: %s", e)
-            return
-        self._set_gone()
-
-    def kill(self) -> None:
-        """Kill the process at once (after garbage or a hang)."""
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        try:
-            self._stdin.close()
-        except OSError:
-            log.debug("agent stdin already closed")
-        # Its last log lines explain the crash: let the reader reach end of file.
-        self._stderr_reader.join(timeout=2.0)
-
-    def _read_stdout(self, stream: IO[bytes]) -> None:
-        try:
-            while True:
-                line = stream.readline(MAX_LINE + 1)
-                if not line:
-                    break
-                if len(line) > MAX_LINE:
-                    raise ProtocolError(
-                        f"the agent wrote a line over the {MAX_LINE}-byte limit"
-                    )
-                self._lines.put(line)
-        except (OSError, ValueError, ProtocolError) as e:
-            self._lines.put(e)
-        finally:
-            self._lines.put(None)
-            self._set_gone()
-
-    def _read_stderr(self, stream: IO[bytes]) -> None:
-        # Bounded lines: an agent flooding stderr costs the host no more than the tail.
-        for raw in iter(lambda: stream.readline(STDERR_LINE_BYTES), b""):
-            text = raw.decode("utf-8", "replace").rstrip()
-            self.stderr_tail.append(text)
-            log.debug("agent: %s", text)
-
-
 # --------------------------------------------------------------------------- the host
 
 
-class AgentHost:
+class AgentHost(ToolDispatch, ModelRelay):
     """Runs errands in an agent process and decides every tool call it makes.
 
     Args:
@@ -788,19 +269,6 @@ class AgentHost:
         """
         self._cancel.cancel()
 
-    def redact(self, text: str) -> str:
-        """``text`` as the user may be shown it: every secret the broker knows replaced.
-
-        For everything a terminal or a log shows of an errand (tool arguments,
-        summaries), through the same redactor as the results the agent gets.
-        When redaction cannot run (the vault locked with grants in the
-        session) the text is withheld, not shown unchecked.
-        """
-        try:
-            return self._redact(text)[0]
-        except RedactionError:
-            return "[withheld: it could not be checked for secrets]"
-
     def clear_taint(self) -> None:
         """The user cleared the untrusted content: network use follows the rules again."""
         self.tainted = False
@@ -843,7 +311,7 @@ class AgentHost:
 
     def _unredactable(self, error: RedactionError, calls: list[ToolCallRecord]) -> ErrandResult:
         """End the errand because redaction failed; say what to do."""
-        message = _redaction_message(error)
+        message = redaction_message(error)
         self._emit(AgentEvent("error", text=message, data={"kind": "redaction"}))
         self._record("errand_failed", reason=message)
         return ErrandResult(outcome="error", text="", tool_calls=calls, error=message)
@@ -944,300 +412,6 @@ class AgentHost:
 
     # ----------------------------------------------------------------- tools
 
-    def _handle_tool(self, req: ToolRequest) -> tuple[ToolResult, ToolCallRecord]:
-        args_text = self._redact(json.dumps(req.arguments, sort_keys=True))[0]
-        self._emit(
-            AgentEvent(
-                "tool_call", tool=req.tool, call_id=req.call_id, data={"arguments": args_text}
-            )
-        )
-        spec = ALL_TOOLS.get(req.tool)
-        if spec is None or req.tool not in self._tools:
-            return self._refuse(req, "invalid", f"no tool named {req.tool!r} is available")
-        try:
-            args = spec.args_model.model_validate(req.arguments)
-        except ValidationError as e:
-            return self._refuse(req, "invalid", _validation_message(req.tool, e))
-        arguments = args.model_dump(mode="json", exclude_defaults=True)
-        call = ToolCallRequest(
-            tool=req.tool,
-            arguments=req.arguments,
-            workspace=self.workspace,
-            sandbox_available=self._sandbox.available,
-        )
-        decision = self._policy.decide(call, tainted=self.tainted)
-        if decision.action == "deny":
-            self._decided(req, "deny", decision.reason, by="policy")
-            return self._refuse(req, "denied", f"denied: {decision.reason}", audited=True)
-        if decision.action == "ask":
-            answer = self._ask(call, spec.effect, decision, arguments)
-            # The agent may have died while the user was asked: nothing runs for it.
-            self._check_agent()
-            if answer.choice == "deny":
-                reason = answer.reason or "the user denied this call"
-                self._decided(req, "deny", reason, by="user", choice="deny")
-                return self._refuse(req, "denied", f"denied by the user: {reason}", audited=True)
-            reason = f"allowed by the user ({answer.choice})"
-            self._decided(
-                req, "allow", reason, by="user", choice=answer.choice,
-                unsandboxed=decision.unsandboxed,
-            )
-        else:
-            self._decided(
-                req, "allow", decision.reason, by="policy", unsandboxed=decision.unsandboxed
-            )
-        if self._cancel.cancelled:
-            return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
-        output, ok = self._run(req, unsandboxed_approved=decision.unsandboxed)
-        self._check_agent()  # a command stopped because the agent died is not delivered
-        return self._deliver(req, output, ok)
-
-    def _ask(
-        self,
-        call: ToolCallRequest,
-        effect: str,
-        decision: Decision,
-        arguments: dict[str, Any],
-    ) -> PermissionAnswer:
-        suggested = suggest_rule(call)
-        request = PermissionRequest(
-            tool=call.tool,
-            arguments=arguments,
-            effect=effect,
-            reason=decision.reason,
-            tainted=self.tainted,
-            suggested_rule=suggested,
-            unsandboxed=decision.unsandboxed,
-            runs_code=request_host_code_reasons(call.tool, arguments),
-        )
-        answer = self._prompt.ask(request)
-        if decision.unsandboxed and answer.choice in ("session", "always"):
-            # An unsandboxed run is approved one call at a time, never by a rule.
-            answer = PermissionAnswer(choice="once", reason=answer.reason)
-        if answer.choice in ("session", "always"):
-            rule = (answer.rule or suggested).model_copy(update={"action": "allow"})
-            if answer.choice == "session":
-                rule = rule.model_copy(update={"scope": "session"})
-            elif rule.scope == "session":
-                rule = rule.model_copy(update={"scope": "workspace"})
-            self._policy.add_rule(rule)
-            if answer.choice == "always" and self._rule_store is not None:
-                try:
-                    self._rule_store.add(rule)
-                except PolicyError as e:
-                    # It still holds for this session; the user hears why it was not saved.
-                    self._emit(AgentEvent("error", text=f"the rule {rule} was not saved: {e}"))
-            self._record(
-                "rule_added",
-                tool=call.tool,
-                decision="allow",
-                reason=answer.choice,
-                details={"rule": str(rule), "scope": rule.scope},
-            )
-        return answer
-
-    def _run(self, req: ToolRequest, unsandboxed_approved: bool) -> tuple[ToolOutput, bool]:
-        ctx = ToolContext(
-            workspace=self.workspace,
-            session_id=self.session_id,
-            sandbox=self._sandbox,
-            broker=self._broker,
-            memory=self._memory,
-            unsandboxed_approved=unsandboxed_approved,
-            hidden_paths=tuple(self._hidden),
-            tainted=self.tainted,
-            may_read=self._policy.read_filter(),
-        )
-        proc = self._proc
-        try:
-            # A command still running when the agent dies is killed at once.
-            with stop_when(proc.gone if proc is not None else threading.Event()):
-                return run_tool(req.tool, req.arguments, ctx), True
-        except (ToolError, SandboxError, VaultError, MemoryErrorBase) as e:
-            # The message names the problem for the model (path refused, connection
-            # failed, secret in memory, ...); none of these messages carries a secret.
-            log.info("%s failed: %s", req.tool, e)
-            # A network tool's error may quote the server (a redirect target, a
-            # protocol error): that is outside data, like a response body.
-            untrusted = ALL_TOOLS[req.tool].effect == "network"
-            return ToolOutput(content=f"error: {e}", untrusted=untrusted), False
-
-    def _deliver(
-        self, req: ToolRequest, output: ToolOutput, ok: bool
-    ) -> tuple[ToolResult, ToolCallRecord]:
-        content, names = self._redact(output.content)
-        redacted = sorted(set(output.redacted) | set(names))
-        content, found = self._withhold(req, content)
-        content, cut = truncate_text(content, HOST_RESULT_BYTES, what="tool result")
-        result = ToolResult(
-            call_id=req.call_id,
-            ok=ok,
-            content=content,
-            truncated=output.truncated or cut,
-            redacted=redacted,
-            untrusted=output.untrusted,
-        )
-        if result.untrusted:
-            self.tainted = True
-        self._record(
-            "tool_result",
-            tool=req.tool,
-            decision="allow",
-            details={
-                "call_id": req.call_id,
-                "ok": ok,
-                "bytes": len(content.encode()),
-                "truncated": result.truncated,
-                "redacted": redacted,
-                "withheld": [f.describe() for f in found],
-                "untrusted": result.untrusted,
-            },
-            secret_values=[f.value for f in found],
-        )
-        for f in found:
-            # The value travels only in the offer object, never in the text.
-            self._emit(
-                AgentEvent(
-                    "secret_found",
-                    text=f"{f.kind} at {f.location}",
-                    tool=req.tool,
-                    call_id=req.call_id,
-                    data={**f.describe(), "offer": f},
-                )
-            )
-        self._emit_result(req, result)
-        return result, ToolCallRecord(
-            call_id=req.call_id,
-            tool=req.tool,
-            arguments=req.arguments,
-            decision="allow",
-            ok=ok,
-            summary=_summary(content),
-        )
-
-    def _withhold(self, req: ToolRequest, content: str) -> tuple[str, list[Finding]]:
-        """``content`` with credentials the vault does not know withheld (fails closed)."""
-        source, first_line = _scan_source(req)
-        try:
-            return withhold(content, source=source, first_line=first_line)
-        except SecretScanError as e:
-            log.warning("%s result withheld: %s", req.tool, e)
-            return f"[WITHHELD: the result could not be checked for credentials: {e}]", []
-
-    def _refuse(
-        self, req: ToolRequest, decision: str, message: str, *, audited: bool = False
-    ) -> tuple[ToolResult, ToolCallRecord]:
-        if not audited:
-            self._decided(req, decision, message, by="host")
-        result = ToolResult(call_id=req.call_id, ok=False, content=message, untrusted=False)
-        self._emit_result(req, result)
-        return result, ToolCallRecord(
-            call_id=req.call_id,
-            tool=req.tool,
-            arguments=req.arguments,
-            decision=decision,
-            ok=False,
-            summary=_summary(message),
-        )
-
-    def _decided(
-        self,
-        req: ToolRequest,
-        action: str,
-        reason: str,
-        *,
-        by: str,
-        unsandboxed: bool = False,
-        **extra: str,
-    ) -> None:
-        self._emit(
-            AgentEvent(
-                "decision",
-                tool=req.tool,
-                call_id=req.call_id,
-                text=action,
-                data={"action": action, "reason": reason, "by": by, **extra},
-            )
-        )
-        self._record(
-            "tool_decision",
-            tool=req.tool,
-            decision=action,
-            reason=reason,
-            details={
-                "call_id": req.call_id,
-                "by": by,
-                "arguments": self._redact(json.dumps(req.arguments, sort_keys=True))[0],
-                "tainted": self.tainted,
-                # An approved run without the OS sandbox says so in its entry.
-                **({"sandboxed": False} if unsandboxed else {}),
-                **extra,
-            },
-        )
-
-    def _emit_result(self, req: ToolRequest, result: ToolResult) -> None:
-        self._emit(
-            AgentEvent(
-                "tool_result",
-                tool=req.tool,
-                call_id=req.call_id,
-                text=result.content,
-                data={
-                    "ok": result.ok,
-                    "truncated": result.truncated,
-                    "redacted": list(result.redacted),
-                    "untrusted": result.untrusted,
-                },
-            )
-        )
-
-    # ----------------------------------------------------------------- model relay
-
-    def _serve_model(self, proc: WorkerProcess, req: ModelRequest) -> None:
-        model = self._relay()
-        if model is None:
-            from agent.protocol import ModelFailed
-
-            proc.send(ModelFailed(request_id=req.request_id, message="the host relays no model"))
-            return
-        serve_model_request(model, req, self._relay_sender(proc), self._cancel)
-
-    def _relay_sender(self, proc: WorkerProcess) -> Callable[[AnyMessage], None]:
-        """``proc.send``, withholding a relayed error that quotes a vault secret.
-
-        A remote server's error text (a 401 page, say) may echo the API key
-        the host sent; the key need not be granted to this session, so the
-        whole vault is scanned, not just the session's redaction set.
-        """
-        from agent.protocol import ModelFailed
-
-        def send(msg: AnyMessage) -> None:
-            if isinstance(msg, ModelFailed):
-                msg = msg.model_copy(update={"message": self._relay_error_text(msg.message)})
-            proc.send(msg)
-
-        return send
-
-    def _relay_error_text(self, text: str) -> str:
-        withheld = "the remote model failed; its error message quoted a secret and is withheld"
-        scan = getattr(self._broker, "scan", None)
-        if scan is not None:
-            try:
-                found = scan(text)
-            except VaultError:  # cannot check (vault locked): fail closed
-                return "the remote model failed; its error message could not be checked"
-            if found:
-                self._record("relay_error_withheld", details={"secrets": list(found)})
-                return withheld
-        return self._redact(text)[0]
-
-    def _relay(self) -> ChatModel | None:
-        if self._relay_model is None and self._spec is not None and _is_remote(self._spec):
-            from models.factory import open_model
-
-            self._relay_model = open_model(self._spec)
-        return self._relay_model
-
     # ----------------------------------------------------------------- helpers
 
     def _default_argv(self) -> list[str]:
@@ -1258,7 +432,7 @@ class AgentHost:
             return Hello(), [self._scripted]
         if self._spec is None and self._worker_argv is not None:
             return Hello(), []  # a custom worker brings its own model
-        if self._relay_model is not None or _is_remote(self._spec):
+        if self._relay_model is not None or is_remote(self._spec):
             model = self._relay()
             assert model is not None
             return Hello(relayed_model=model.info), []
@@ -1327,32 +501,6 @@ class AgentHost:
             return "a custom agent command runs without the sandbox"
         return "bubblewrap is not available: the agent runs as a plain process"
 
-    def _redact(self, text: str) -> tuple[str, list[str]]:
-        if self._broker is None:
-            return text, []
-        return self._broker.redact(text, session_id=self.session_id)
-
-    def _emit(self, event: AgentEvent) -> None:
-        if self._listener is not None:
-            self._listener(event)
-
-    def _record(self, kind: str, **kwargs: Any) -> None:
-        """Append an audit entry; fail closed.
-
-        Raises:
-            AuditWriteError: The entry was not written (disk full, database
-                locked or corrupt): what it would record must not happen.
-        """
-        if self._audit is None:
-            return
-        try:
-            self._audit.record(kind, session_id=self.session_id, **kwargs)
-        except Exception as e:  # any failure of the sink means "not recorded"
-            raise AuditWriteError(
-                f"the audit log cannot be written ({e}); the errand stopped so that "
-                "nothing runs unaudited"
-            ) from e
-
     def _audit_failed(self, error: AuditWriteError, calls: list[ToolCallRecord]) -> ErrandResult:
         # The agent waits for an answer that will not come: stop it, and start
         # afresh next errand.
@@ -1360,16 +508,6 @@ class AgentHost:
         log.error("%s", error)
         self._emit(AgentEvent("error", text=str(error), data={"kind": "audit"}))
         return ErrandResult(outcome="error", text="", tool_calls=calls, error=str(error))
-
-    def _check_agent(self) -> None:
-        """Raise when the agent process died during a tool call or a prompt.
-
-        Raises:
-            AgentCrashedError: It is gone; the message says how (the signal, the status).
-        """
-        proc = self._proc
-        if proc is not None and proc.gone.is_set():
-            raise AgentCrashedError(proc.exit_reason())
 
     def _worker_gone(self, proc: WorkerProcess) -> None:
         """The agent process died (watcher thread): withdraw a prompt asked for it.
@@ -1408,43 +546,6 @@ class AgentHost:
         proc.stop()
 
 
-def _scan_source(req: ToolRequest) -> tuple[str, int]:
-    """What a withheld-credential stub names for ``req``'s result, and its first line."""
-    args = req.arguments
-    if req.tool == "read_file":
-        start = args.get("start_line", 1)
-        return str(args.get("path", "the file")), start if isinstance(start, int) else 1
-    if req.tool == "shell":
-        return "the command's output", 1
-    if req.tool == "http_request":
-        return "the HTTP response", 1
-    return f"the {req.tool} result", 1
-
-
-def _is_remote(spec: ModelSpec | None) -> bool:
-    return spec is not None and spec.backend == "openai"
-
-
-def _redaction_message(error: RedactionError) -> str:
-    cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, VaultLockedError):
-        cause = cause.__cause__
-    if cause is not None:
-        return (
-            "unlock the vault to run with capabilities: this session has capabilities, "
-            "and while the vault is locked their secrets cannot be kept out of what the "
-            "agent sees"
-        )
-    return f"the errand was stopped: {error}"
-
-
-def _validation_message(tool: str, e: ValidationError) -> str:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}"
-        for err in e.errors()[:5]
-    )
-    return f"invalid arguments for {tool}: {problems}"
-
 
 def recent_turns(history: Sequence[Message], max_chars: int) -> list[Message]:
     """The latest whole user/assistant pairs of ``history`` within ``max_chars``."""
@@ -1459,54 +560,9 @@ def recent_turns(history: Sequence[Message], max_chars: int) -> list[Message]:
     return kept
 
 
-def _is_tty(stream: IO[str]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def terminal_text(text: str) -> str:
-    r"""``text`` with control and format characters shown as escapes (``ESC`` as ``\x1b``).
-
-    Model and tool text written to a terminal must not drive it: an escape
-    sequence could erase or rewrite the permission prompt, hide a command
-    (also with bidi overrides) or set the clipboard (OSC 52). Newlines and
-    tabs stay.
-    """
-    if text.isprintable():
-        return text
-    out: list[str] = []
-    for ch in text:
-        if ch in "\n\t" or unicodedata.category(ch)[0] != "C":
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
-
-
-def _summary(text: str, limit: int = 120) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
 
 def new_session_id() -> str:
     """Return a fresh session id."""
     return uuid.uuid4().hex
 
 
-__all__ = [
-    "AgentEvent",
-    "AgentHost",
-    "AgentListener",
-    "ErrandResult",
-    "PermissionAnswer",
-    "PermissionPrompt",
-    "PermissionRequest",
-    "TerminalPrompt",
-    "ToolCallRecord",
-    "WorkerProcess",
-    "new_session_id",
-    "terminal_text",
-    "recent_turns",
-]

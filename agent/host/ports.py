@@ -99,3 +99,42 @@ class MemoryPort(Protocol):
     def forget(self, level: Any, name: str, *, reason: str) -> Any:
         """Archive the topic ``name`` at ``level`` (never deletes it silently)."""
         ...
+
+
+class AuditSink(Protocol):
+    """The audit log as the host uses it (vault.audit.AuditLog satisfies it)."""
+
+    def record(
+        self,
+        kind: str,
+        *,
+        session_id: str | None = None,
+        tool: str | None = None,
+        decision: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        secret_values: Sequence[bytes | bytearray | str] = (),
+    ) -> Any:
+        """Append one entry.
+
+        Raises:
+            Exception: Any error when the entry was not written; the host then
+                stops the errand rather than act unaudited.
+        """
+        ...
+
+
+class HostBroker(BrokerPort, Protocol):
+    """What the host needs of vault.broker.Broker: the tools' port plus redaction."""
+
+    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
+        """Remove every secret value from ``text``; return it and the names removed."""
+        ...
+
+
+class HostMemory(MemoryPort, Protocol):
+    """What the host needs of memory.service.MemoryService: the tools' port plus loading."""
+
+    def load_context(self) -> Any:
+        """The memory to show the agent (an object with ``.text``)."""
+        ...

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agent.host.delivery import ResultDelivery
+from agent.host.supervisor import WorkerProcess
 from agent.protocol import AnyMessage, ModelChunk, ModelDone, ModelFailed, ModelRequest
 from models.errors import ModelError
+from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Finished, Token
+from vault.errors import VaultError
 
 
 def serve_model_request(
@@ -52,3 +56,58 @@ def serve_model_request(
         send(ModelFailed(request_id=request.request_id, message=str(e) or type(e).__name__))
         return
     send(ModelFailed(request_id=request.request_id, message="the model's stream ended early"))
+
+
+class ModelRelay(ResultDelivery):
+    """The part of :class:`agent.host.errand.AgentHost` that serves relayed generations."""
+
+    _relay_model: ChatModel | None
+    _spec: ModelSpec | None
+    _cancel: CancelToken
+
+    def _serve_model(self, proc: WorkerProcess, req: ModelRequest) -> None:
+        model = self._relay()
+        if model is None:
+            proc.send(ModelFailed(request_id=req.request_id, message="the host relays no model"))
+            return
+        serve_model_request(model, req, self._relay_sender(proc), self._cancel)
+
+    def _relay_sender(self, proc: WorkerProcess) -> Callable[[AnyMessage], None]:
+        """``proc.send``, withholding a relayed error that quotes a vault secret.
+
+        A remote server's error text (a 401 page, say) may echo the API key
+        the host sent; the key need not be granted to this session, so the
+        whole vault is scanned, not just the session's redaction set.
+        """
+
+        def send(msg: AnyMessage) -> None:
+            if isinstance(msg, ModelFailed):
+                msg = msg.model_copy(update={"message": self._relay_error_text(msg.message)})
+            proc.send(msg)
+
+        return send
+
+    def _relay_error_text(self, text: str) -> str:
+        withheld = "the remote model failed; its error message quoted a secret and is withheld"
+        scan = getattr(self._broker, "scan", None)
+        if scan is not None:
+            try:
+                found = scan(text)
+            except VaultError:  # cannot check (vault locked): fail closed
+                return "the remote model failed; its error message could not be checked"
+            if found:
+                self._record("relay_error_withheld", details={"secrets": list(found)})
+                return withheld
+        return self._redact(text)[0]
+
+    def _relay(self) -> ChatModel | None:
+        if self._relay_model is None and self._spec is not None and is_remote(self._spec):
+            from models.factory import open_model
+
+            self._relay_model = open_model(self._spec)
+        return self._relay_model
+
+
+def is_remote(spec: ModelSpec | None) -> bool:
+    """Whether ``spec`` names a remote model, which the host opens and relays."""
+    return spec is not None and spec.backend == "openai"

@@ -90,7 +90,7 @@ class HostPrompt:
     def ask(self, request: Any) -> Any:
         """Ask the user (blocks this worker thread) and return a ``PermissionAnswer``."""
         from agent.errors import PolicyError
-        from agent.host.errand import PermissionAnswer
+        from agent.host.permission import PermissionAnswer
         from agent.host.policy import Rule
 
         self._count += 1
@@ -106,7 +106,6 @@ class HostPrompt:
             except PolicyError as e:
                 return PermissionAnswer(choice="deny", reason=f"the edited rule was refused: {e}")
         return PermissionAnswer(choice=reply.choice, rule=rule, reason=reply.reason)
-
 
     def withdraw(self, reason: str) -> None:
         """The agent process died: release the question the user still sees (any thread)."""
@@ -245,6 +244,7 @@ def agent_host_factory(
     def factory(ctx: RunnerContext) -> ErrandRunner:
         from agent.host.errand import AgentHost
         from agent.host.policy import PolicyEngine
+
         spec = model_spec()
 
         try:

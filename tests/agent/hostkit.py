@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.host.errand import AgentEvent, AgentHost, PermissionAnswer, PermissionRequest
+from agent.host.errand import AgentHost
+from agent.host.events import AgentEvent
+from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.policy import PolicyEngine, Rule
 from vault.audit import AuditLog
 

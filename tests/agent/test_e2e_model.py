@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.errand import AgentEvent, AgentHost
+from agent.host.errand import AgentHost
+from agent.host.events import AgentEvent
 from agent.host.policy import PolicyEngine
 from agent.protocol import ErrandLimits
 from models.factory import ModelSpec

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.errand import PermissionAnswer, PermissionRequest
+from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.sandbox import Sandbox
 from agent.protocol import ErrandLimits
 from tests.agent.hostkit import call, final, make_rig

@@ -34,10 +34,12 @@ from urllib.parse import quote, urlsplit
 import pytest
 import trustme
 
-from agent.host.errand import ErrandResult, PermissionAnswer, PermissionRequest, TerminalPrompt
+from agent.host.events import ErrandResult
+from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.sandbox import Sandbox
 from agent.protocol import ErrandLimits
 from app.cli_run import EventPrinter, print_result
+from app.terminal_prompt import TerminalPrompt
 from tests.agent.hostkit import Rig, call, final, make_rig
 from tests.agent.test_e2e_http import (  # noqa: F401 - fixtures used by name
     SECRET,

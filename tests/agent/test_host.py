@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
-from agent.host.errand import AgentHost, PermissionAnswer, PermissionRequest, TerminalPrompt
+from agent.host.errand import AgentHost
+from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.policy import Rule, RuleStore
 from agent.host.sandbox import Sandbox
 from agent.host.tools.registry import ALL_TOOLS
 from agent.protocol import MAX_LINE, ErrandLimits
+from app.terminal_prompt import TerminalPrompt
 from models.fake import ScriptedModel
 from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
 from vault.audit import AuditLog
@@ -571,8 +573,8 @@ def test_agent_process_has_its_own_session() -> None:
     # user's terminal session: TIOCSTI on /dev/tty would type commands there.
     import sys
 
-    from agent.host.errand import WorkerProcess
     from agent.host.sandbox import scrubbed_env
+    from agent.host.supervisor import WorkerProcess
 
     proc = WorkerProcess([sys.executable, "-c", "import sys; sys.stdin.read()"], scrubbed_env())
     try:
