@@ -44,7 +44,7 @@ from agent.host.ports import AuditSink, HostBroker, HostMemory
 from agent.host.relay import ModelRelay, is_remote
 from agent.host.sandbox import Sandbox, scrubbed_env
 from agent.host.supervisor import WRITE_TIMEOUT_S, WorkerProcess
-from agent.host.tools.registry import ALL_TOOLS, offers
+from agent.host.tools.registry import ALL_TOOLS, default_tools, offers
 from agent.protocol import (
     AgentErrorMsg,
     AgentMessage,
@@ -70,19 +70,6 @@ from vault.errors import RedactionError, VaultError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOOLS: tuple[str, ...] = (
-    "list_dir",
-    "read_file",
-    "search_files",
-    "write_file",
-    "edit_file",
-    "shell",
-    "http_request",
-    "remember",
-    "recall",
-    "forget",
-)
-"""Tools offered to the model when the caller does not choose (those registered)."""
 
 CANCEL_GRACE_S = 10.0
 """How long the agent may take to stop after a cancel before it is killed."""
@@ -113,7 +100,8 @@ class AgentHost(ToolDispatch, ModelRelay):
         sandbox: The sandbox launcher; detected when None.
         relay_model: The model to serve relayed requests with; when None and
             the spec's backend is remote, opened with models.factory.open_model.
-        tools: The tools offered to the model.
+        tools: The tools offered to the model (``finish`` always is); by
+            default every registered tool (:func:`agent.host.tools.registry.default_tools`).
         limits: Step and token limits of each errand.
         scripted_model: A JSON file of scripted replies (``--scripted-model``).
         isolate: Run the agent in bubblewrap when available.
@@ -171,7 +159,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         self._rule_store = rule_store
         self._sandbox = sandbox if sandbox is not None else Sandbox.detect()
         self._relay_model = relay_model
-        self._tools = tuple(t for t in (tools or DEFAULT_TOOLS) if t in ALL_TOOLS)
+        self._tools = tuple(t for t in (tools or default_tools()) if t in ALL_TOOLS)
         self._limits = limits or ErrandLimits()
         self._scripted = scripted_model
         self._isolate = isolate

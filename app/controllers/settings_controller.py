@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.host.tools.registry import default_tools
 from app.controllers.jobs import SerialWorker
 from app.paths import AppPaths
 from app.qt import QObject, Signal
@@ -20,20 +21,6 @@ from app.settings import AppSettings, MemoryCapacities, save_settings
 
 if TYPE_CHECKING:
     from agent.host.policy import RuleStore, StoredRule
-
-TOOL_NAMES = (
-    "list_dir",
-    "read_file",
-    "search_files",
-    "write_file",
-    "edit_file",
-    "shell",
-    "http_request",
-    "remember",
-    "recall",
-    "forget",
-)
-
 
 @dataclass(frozen=True)
 class SandboxStatus:
@@ -61,12 +48,8 @@ class RuleRow:
 
 
 def tool_names() -> tuple[str, ...]:
-    """The tools rules can name (from the registry when it can be imported)."""
-    try:
-        from agent.host.tools.registry import ALL_TOOLS
-    except ImportError:
-        return TOOL_NAMES
-    return tuple(name for name in ALL_TOOLS if name != "finish")
+    """The tools rules can name: every registered tool but ``finish``."""
+    return default_tools()
 
 
 def detect_sandbox() -> SandboxStatus:

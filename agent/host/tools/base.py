@@ -24,6 +24,11 @@ from agent.host.tools.paths import Workspace
 #: workspace, everything else asks unless a rule decides.
 Effect = Literal["read", "write", "execute", "network", "memory_read", "memory_write", "final"]
 
+#: How a rule's pattern matches the tool's main argument: a workspace path glob
+#: (``src/**``), a shell command (split on separators, prefix matches), an
+#: HTTP host (``domain:*.example.com``), or a plain glob (memory topics).
+PatternKind = Literal["path", "command", "domain", "glob"]
+
 #: How large a tool result may be before it is cut (bytes of UTF-8).
 DEFAULT_OUTPUT_BYTES = 32 * 1024
 #: Bytes kept free for the "[truncated …]" marker.
@@ -119,7 +124,14 @@ class ToolSpec:
         args_model: The pydantic model its arguments validate against.
         effect: What the call does, for the policy's defaults.
         run: ``run(args, ctx) -> ToolOutput``; raises ``ToolError`` subclasses.
-        main_argument: The argument policy patterns match (path, command, url).
+        main_argument: The argument rule patterns match (``path``, ``command``,
+            ``url``); None when rules name the tool only (``finish(*)``).
+        pattern: How a rule's pattern matches ``main_argument``.
+        capability_argument: The argument that may carry a ``cap_`` handle;
+            a call that passes one asks once untrusted content is in the context.
+        reads_content: The tool shows a file's content: files that usually
+            hold credentials ask by default, and its deny rules also keep
+            those files out of tools that read many (``search_files``).
     """
 
     name: str
@@ -128,6 +140,9 @@ class ToolSpec:
     effect: Effect
     run: ToolRun
     main_argument: str | None = None
+    pattern: PatternKind = "glob"
+    capability_argument: str | None = None
+    reads_content: bool = False
 
     def schema(self) -> dict[str, Any]:
         """The generated JSON schema of the arguments."""

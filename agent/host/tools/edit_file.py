@@ -68,4 +68,5 @@ TOOL = ToolSpec(
     effect="write",
     run=run,
     main_argument="path",
+    pattern="path",
 )

@@ -104,4 +104,6 @@ TOOL = ToolSpec(
     effect="network",
     run=run,
     main_argument="url",
+    pattern="domain",
+    capability_argument="capability",
 )

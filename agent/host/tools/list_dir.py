@@ -60,4 +60,5 @@ TOOL = ToolSpec(
     effect="read",
     run=run,
     main_argument="path",
+    pattern="path",
 )

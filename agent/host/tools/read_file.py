@@ -48,4 +48,6 @@ TOOL = ToolSpec(
     effect="read",
     run=run,
     main_argument="path",
+    pattern="path",
+    reads_content=True,
 )

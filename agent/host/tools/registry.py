@@ -1,4 +1,12 @@
-"""All tools, the grammar schema the model is decoded against, and the host's entry point."""
+"""The one list of tools, what the agent process is offered of them, and the host's entry point.
+
+Adding a tool is one module under ``agent/host/tools/`` (its ``Args`` model
+and ``TOOL = ToolSpec(...)``, with the policy's data: effect, main argument,
+pattern kind, capability argument) plus one line in :data:`ALL_TOOLS` below.
+The grammar, the prompt, the policy, the permission prompt, the host's
+defaults and the settings screen all read the tool from here; a tool from
+elsewhere (a test) joins through :func:`register`.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +48,29 @@ ALL_TOOLS: dict[str, ToolSpec] = {
         finish,
     )
 }
+
+
+def register(spec: ToolSpec) -> ToolSpec:
+    """Add ``spec`` to :data:`ALL_TOOLS` (the path a tool from outside this package takes).
+
+    Returns:
+        ``spec``, so a module may write ``TOOL = register(ToolSpec(...))``.
+
+    Raises:
+        ValueError: A tool of that name is already registered.
+    """
+    if spec.name in ALL_TOOLS:
+        raise ValueError(f"a tool named {spec.name!r} is already registered")
+    ALL_TOOLS[spec.name] = spec
+    return spec
+
+
+def default_tools() -> tuple[str, ...]:
+    """The tools offered when the caller does not choose, and the ones a rule names.
+
+    Every registered tool but ``finish``, which is always offered and needs no rule.
+    """
+    return tuple(name for name, spec in ALL_TOOLS.items() if spec.effect != "final")
 
 
 def offer(name: str) -> ToolOffer:

@@ -115,4 +115,5 @@ TOOL = ToolSpec(
     effect="read",
     run=run,
     main_argument="path",
+    pattern="path",
 )

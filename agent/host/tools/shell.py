@@ -91,4 +91,5 @@ TOOL = ToolSpec(
     effect="execute",
     run=run,
     main_argument="command",
+    pattern="command",
 )

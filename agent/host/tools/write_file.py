@@ -42,4 +42,5 @@ TOOL = ToolSpec(
     effect="write",
     run=run,
     main_argument="path",
+    pattern="path",
 )
