@@ -1,4 +1,4 @@
-"""Agent pipe benchmarks (issue 4), measured side by side in one run.
+"""Agent pipe benchmarks, measured side by side in one run.
 
 1. Tool round trip, timed inside the agent process: ToolRequest for
    ``read_file`` of a 100-byte file → host (decode, validate, policy allows,

@@ -126,3 +126,12 @@ def test_vault_and_memory_do_not_import_the_model_runtime(package: str) -> None:
     for path in (ROOT / package).rglob("*.py"):
         bad = {m for m in _imports(path) if m.split(".")[0] in ("llama_cpp", "agent", "app")}
         assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _files("agent"), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_a_long_agent_module_says_why(path: Path) -> None:
+    lines = path.read_text().count("\n")
+    if lines <= 550:
+        return
+    docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert "Why" in docstring, f"{path.name} has {lines} lines and its docstring gives no reason"

@@ -17,6 +17,11 @@ session's capability handles, and answers each tool request:
 The agent process is untrusted: whatever it writes is validated, and when it
 crashes, hangs or writes garbage the host reports ``agent_crashed``, kills it
 and stays usable: the next errand starts a fresh worker.
+
+Why about 600 lines: :class:`AgentHost` is the errand's state machine (start,
+task, the message loop, cancel and crash handling); the parts that stand on
+their own are in :mod:`agent.host.supervisor`, :mod:`agent.host.dispatch`,
+:mod:`agent.host.delivery` and :mod:`agent.host.relay`.
 """
 
 from __future__ import annotations

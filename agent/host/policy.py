@@ -28,6 +28,10 @@ workspace allowed, except files that usually hold credentials, see
 context holds untrusted content) makes every network call and every use of a
 capability ask, whatever the rules say. A shell command that cannot be
 sandboxed always asks, with its own "run unsandboxed" label.
+
+Why one module of about 750 lines: the rule language, the matching of each
+pattern kind (most of it the shell splitter that deny rules depend on) and
+the rule store are one contract, tested together in ``tests/agent/test_policy.py``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ alone cannot outrun a fork bomb.
 :meth:`Sandbox.agent_command` builds the bwrap command line for the agent
 worker: read-only system and Python, no workspace, no data dir, no D-Bus
 socket, no network, a scrubbed environment.
+
+Why one module of about 1,000 lines: it is the OS boundary, read as a whole
+in a security review; the bwrap argv, the limits, the cgroup and the
+watchdog depend on each other's details, and splitting them would spread one
+argument (what the command can reach) over several files.
 """
 
 from __future__ import annotations
