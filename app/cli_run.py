@@ -1,7 +1,7 @@
 """``keyless run "TASK" --workspace DIR``: one errand from the terminal.
 
-The headless host: the same :class:`agent.host.AgentHost` as the GUI, with a
-:class:`agent.host.TerminalPrompt` for permissions. Progress (the model's
+The headless host: the same :class:`agent.host.errand.AgentHost` as the GUI, with a
+:class:`app.terminal_prompt.TerminalPrompt` for permissions. Progress (the model's
 streamed steps, each tool call, decision and result) goes to stderr; the final
 answer and a summary of the tool calls go to stdout, so a script can keep
 them. ``--yes-read-only`` answers "once" for reads without asking; deny rules
@@ -53,7 +53,8 @@ from app.cli_common import (
 from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
-    from agent.host import AgentEvent, AgentHost, ErrandResult
+    from agent.host.errand import AgentHost
+    from agent.host.events import AgentEvent, ErrandResult
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,12 @@ def run_errand_cli(
     from pydantic import ValidationError
 
     from agent.errors import AgentError
-    from agent.host import AgentHost, TerminalPrompt
-    from agent.policy import PolicyEngine
+    from agent.host.errand import AgentHost
+    from agent.host.policy import PolicyEngine
     from agent.protocol import ErrandLimits
     from app.services import AppServices, ServiceUnavailableError
     from app.sessions import ErrandRecorder, SessionStoreError, run_recorded
+    from app.terminal_prompt import TerminalPrompt
     from models.errors import ModelError
     from vault.errors import VaultError
 
@@ -296,7 +298,7 @@ def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
 class EventPrinter:
     """Writes the host's events as terminal lines.
 
-    Every line goes through ``redact`` (the host's, :meth:`agent.host.AgentHost.redact`)
+    Every line goes through ``redact`` (the host's, :meth:`agent.host.errand.AgentHost.redact`)
     and is shown with escapes instead of control characters. Streamed tokens
     are shown a line at a time, so a secret split across tokens is redacted whole.
 
@@ -323,7 +325,7 @@ class EventPrinter:
         self._offers = offers
 
     def __call__(self, event: AgentEvent) -> None:
-        """Print one :class:`agent.host.AgentEvent`."""
+        """Print one :class:`agent.host.events.AgentEvent`."""
         kind = event.kind
         if kind == "token":
             if self._stream:
@@ -476,14 +478,12 @@ def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:
 
 def _shown(text: str) -> str:
     """Model text made safe for a terminal (escape sequences shown, not obeyed)."""
-    from agent.host import terminal_text
+    from app.terminal_prompt import terminal_text
 
     return terminal_text(text)
 
 
-def print_result(
-    result: ErrandResult, out: IO[str], *, redact: Callable[[str], str]
-) -> None:
+def print_result(result: ErrandResult, out: IO[str], *, redact: Callable[[str], str]) -> None:
     """Write the answer and the tool-call summary, each line redacted and escaped."""
 
     def shown(text: str) -> str:

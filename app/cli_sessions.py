@@ -63,7 +63,7 @@ def _store() -> SessionStore:
 
 
 def _shown(text: str) -> str:
-    from agent.host import terminal_text
+    from app.terminal_prompt import terminal_text
 
     return terminal_text(text)
 

@@ -89,8 +89,9 @@ def _check_vault(tmp: Path) -> str:
 def _check_agent(tmp: Path) -> str:
     import json
 
-    from agent.host import AgentHost, PermissionAnswer, PermissionRequest
-    from agent.policy import PolicyEngine, Rule
+    from agent.host.errand import AgentHost
+    from agent.host.permission import PermissionAnswer, PermissionRequest
+    from agent.host.policy import PolicyEngine, Rule
     from vault.audit import AuditLog
 
     workspace = tmp / "workspace"
@@ -106,6 +107,7 @@ def _check_agent(tmp: Path) -> str:
         ),
         encoding="utf-8",
     )
+
     class RefuseEverything:
         """The permission prompt of a self-test: nobody is there to ask."""
 

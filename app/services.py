@@ -93,7 +93,7 @@ class AppServices:
         """Paths no tool may touch wherever they lie: Keyless's data and config dirs, the keyring's.
 
         The host hides them from every sandbox and the file tools refuse them
-        by canonical path (see ``agent.tools.paths.Workspace``).
+        by canonical path (see ``agent.host.tools.paths.Workspace``).
         """
         paths = [self.paths.data_dir, self.paths.config_dir, *keyring_paths()]
         unique: list[Path] = []
@@ -263,7 +263,7 @@ class AppServices:
         return self._service("broker", build)
 
     def rule_store(self, workspace: Path | None = None) -> Any:
-        """Open the persisted permission rules (a new ``agent.policy.RuleStore``).
+        """Open the persisted permission rules (a new ``agent.host.policy.RuleStore``).
 
         A new store each call, because its SQLite connection belongs to the
         thread that opens it: call this in the thread that will use it, and
@@ -272,7 +272,7 @@ class AppServices:
         Raises:
             ServiceUnavailableError: The policy engine is missing or broken.
         """
-        mod = self._require("agent.policy", "the permission policy")
+        mod = self._require("agent.host.policy", "the permission policy")
         try:
             store = mod.RuleStore(self.paths.database, workspace=workspace)
         except Exception as e:
@@ -385,7 +385,7 @@ class AppServices:
 
     def sandbox_status(self) -> tuple[bool, str]:
         """Return whether OS isolation (bubblewrap) is available, and a sentence saying so."""
-        mod = optional_module("agent.sandbox")
+        mod = optional_module("agent.host.sandbox")
         if mod is None:
             return False, "the sandbox module is not available in this build"
         try:

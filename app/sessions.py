@@ -648,7 +648,7 @@ class ErrandRecorder:
         self.errand_id: str | None = None
 
     def __call__(self, event: Any) -> None:
-        """Record one ``agent.host.AgentEvent`` (during an errand), then pass it on."""
+        """Record one ``agent.host.events.AgentEvent`` (during an errand), then pass it on."""
         if self.errand_id is not None:
             self._record(self.errand_id, event)
         if self._then is not None:
@@ -734,7 +734,7 @@ def resume_plan(store: SessionStore, errand_id: str) -> ResumePlan:
         UnknownSessionError: No errand has this id.
         NotResumableError: The errand is not interrupted.
     """
-    from agent.tools.registry import ALL_TOOLS
+    from agent.host.tools.registry import ALL_TOOLS
 
     errand = store.errand(errand_id)
     if errand.state != "interrupted":
@@ -820,7 +820,7 @@ def resume_turns(plan: ResumePlan, choice: ResumeChoice) -> tuple[tuple[str, str
 
 
 def seed_history(host: Any, turns: Sequence[tuple[str, str]]) -> None:
-    """Give ``host`` (an ``agent.host.AgentHost``) the session's earlier turns.
+    """Give ``host`` (an ``agent.host.errand.AgentHost``) the session's earlier turns.
 
     The host keeps the turns it ran itself; a session continued in a fresh
     process (after a restart, ``keyless run --session``) gets them from the
@@ -853,7 +853,7 @@ def run_recorded(
     history turn and the task says to go on.
 
     Args:
-        host: The ``agent.host.AgentHost`` (its listener chain includes ``recorder``).
+        host: The ``agent.host.errand.AgentHost`` (its listener chain includes ``recorder``).
         store: The session store.
         recorder: The host's recorder.
         session_id: The session (it must exist).

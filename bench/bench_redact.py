@@ -10,7 +10,7 @@
 2. One brokered call on a 64 KiB response (scope checks, atomic use count,
    injection, streaming redaction, audit row) against the same request made
    with plain httpx, both through an in-process transport so the network is
-   excluded. Issue 3's target: overhead p50 < 1 ms.
+   excluded. The target: overhead p50 < 1 ms.
 3. Audit log append rate with and without secret values to redact.
 
     .venv/bin/python bench/bench_redact.py      (or: .venv/bin/python -m bench bench_redact)

@@ -1,4 +1,4 @@
-"""Adapts :class:`agent.host.AgentHost` to the errand controller.
+"""Adapts :class:`agent.host.errand.AgentHost` to the errand controller.
 
 The controller knows runners (``run_errand`` / ``cancel`` / ``close``), an
 events sink and a permission asker; the agent host knows ``AgentEvent`` s, a
@@ -40,13 +40,13 @@ log = logging.getLogger(__name__)
 
 
 def rule_to_text(rule: Any) -> str:
-    """Write an ``agent.policy.Rule`` as ``tool(pattern)``."""
+    """Write an ``agent.host.policy.Rule`` as ``tool(pattern)``."""
     pattern = getattr(rule, "pattern", None) or "*"
     return f"{rule.tool}({pattern})"
 
 
 def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
-    """Turn an ``agent.host.PermissionRequest`` into what the dialog shows."""
+    """Turn an ``agent.host.permission.PermissionRequest`` into what the dialog shows."""
     why: WhyAsked
     reason = str(getattr(request, "reason", "") or "")
     if getattr(request, "unsandboxed", False):
@@ -78,7 +78,7 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
 def check_rule_text(text: str) -> str | None:
     """Say why ``text`` is not a valid allow rule, or return None when it is."""
     from agent.errors import PolicyError
-    from agent.policy import Rule
+    from agent.host.policy import Rule
 
     try:
         Rule.parse(text, action="allow", scope="workspace")
@@ -98,8 +98,8 @@ class HostPrompt:
     def ask(self, request: Any) -> Any:
         """Ask the user (blocks this worker thread) and return a ``PermissionAnswer``."""
         from agent.errors import PolicyError
-        from agent.host import PermissionAnswer
-        from agent.policy import Rule
+        from agent.host.permission import PermissionAnswer
+        from agent.host.policy import Rule
 
         self._count += 1
         call_id = self.current_call_id or f"ask-{self._count}"
@@ -115,7 +115,6 @@ class HostPrompt:
                 return PermissionAnswer(choice="deny", reason=f"the edited rule was refused: {e}")
         return PermissionAnswer(choice=reply.choice, rule=rule, reason=reply.reason)
 
-
     def withdraw(self, reason: str) -> None:
         """The agent process died: release the question the user still sees (any thread)."""
         withdraw = getattr(self._asker, "withdraw", None)
@@ -124,7 +123,7 @@ class HostPrompt:
 
 
 class HostListener:
-    """Turns ``agent.host.AgentEvent`` s into :class:`ErrandEvents` calls."""
+    """Turns ``agent.host.events.AgentEvent`` s into :class:`ErrandEvents` calls."""
 
     def __init__(self, events: ErrandEvents, prompt: HostPrompt) -> None:
         self._events = events
@@ -202,7 +201,7 @@ class WorkspaceRuleSaver:
 
 
 class AgentHostRunner:
-    """An :class:`ErrandRunner` backed by an ``agent.host.AgentHost``.
+    """An :class:`ErrandRunner` backed by an ``agent.host.errand.AgentHost``.
 
     With a session store (and the host's :class:`app.sessions.ErrandRecorder`),
     every errand is recorded in its session, which the runner creates on
@@ -291,8 +290,9 @@ def agent_host_factory(
     """
 
     def factory(ctx: RunnerContext) -> ErrandRunner:
-        from agent.host import AgentHost
-        from agent.policy import PolicyEngine
+        from agent.host.errand import AgentHost
+        from agent.host.policy import PolicyEngine
+
         spec = model_spec()
 
         try:

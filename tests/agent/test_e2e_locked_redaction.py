@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import AgentHost, PermissionAnswer, PermissionRequest
-from agent.policy import PolicyEngine
+from agent.host.errand import AgentHost
+from agent.host.permission import PermissionAnswer, PermissionRequest
+from agent.host.policy import PolicyEngine
+from agent.host.sandbox import Sandbox
 from agent.protocol import ErrandLimits
-from agent.sandbox import Sandbox
 from models.fake import ScriptedModel
 from tests.agent.hostkit import ScriptedAnswerer, Transcript, call, final, make_rig
 from vault._crypto import Argon2Params

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from agent.host.ports import StreamRedaction
+from agent.host.relay import serve_model_request
 from agent.protocol import (
     AnyMessage,
     HostMessage,
@@ -18,7 +20,7 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.relay import RelayedModel, StreamRedaction, serve_model_request
+from agent.worker.relay import RelayedModel
 from models.errors import GenerationError
 from models.fake import ScriptedModel
 from models.interface import (

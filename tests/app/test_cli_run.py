@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy import Rule, RuleStore
+from agent.host.policy import Rule, RuleStore
 from app.cli import build_parser
 from app.cli_common import ExitStatus
 from app.cli_run import EXIT_FAILED, EXIT_LIMIT, EXIT_OK, run_errand_cli
@@ -225,7 +225,7 @@ def test_memory_withheld_while_the_vault_is_locked_is_said_on_stderr(
 
 
 def test_every_line_the_terminal_shows_is_redacted(tmp_path: Path, ws: Path) -> None:
-    from agent.policy import Rule
+    from agent.host.policy import Rule
     from app.cli_run import EventPrinter, print_result
     from tests.agent.hostkit import make_rig
     from vault._crypto import Argon2Params

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import PermissionAnswer
+from agent.host.permission import PermissionAnswer
 from app.sessions import (
     MIGRATIONS,
     ErrandRecorder,

@@ -977,9 +977,9 @@ def test_secrets_generated_at_random_never_come_back(denv: Env) -> None:
 def test_agent_http_tool_through_the_broker(denv: Env, tmp_path: Path) -> None:
     """The host-side http_request tool drives this broker end to end."""
     from agent.errors import ToolDeniedError
-    from agent.ports import BrokerPort
-    from agent.tools import http_request
-    from agent.tools.base import ToolContext
+    from agent.host.ports import BrokerPort
+    from agent.host.tools import http_request
+    from agent.host.tools.base import ToolContext
 
     assert isinstance(denv.broker, BrokerPort)
     handle = denv.grant()

@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field
 
 from agent.errors import ToolError
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
-from agent.tools.remember import describe_change
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.remember import describe_change
 
 
 class Args(ArgsModel):

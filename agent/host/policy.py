@@ -28,6 +28,10 @@ workspace allowed, except files that usually hold credentials, see
 context holds untrusted content) makes every network call and every use of a
 capability ask, whatever the rules say. A shell command that cannot be
 sandboxed always asks, with its own "run unsandboxed" label.
+
+Why one module of about 750 lines: the rule language, the matching of each
+pattern kind (most of it the shell splitter that deny rules depend on) and
+the rule store are one contract, tested together in ``tests/agent/test_policy.py``.
 """
 
 from __future__ import annotations
@@ -46,9 +50,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import PolicyError, ToolError
-from agent.tools.base import Effect
-from agent.tools.paths import Workspace
-from agent.tools.registry import ALL_TOOLS
+from agent.host.tools.base import Effect
+from agent.host.tools.paths import Workspace
+from agent.host.tools.registry import ALL_TOOLS
 
 Action = Literal["allow", "ask", "deny"]
 Scope = Literal["user", "workspace", "session"]
@@ -82,7 +86,6 @@ CREDENTIAL_FILES: tuple[str, ...] = (
     "*.kdbx",
 )
 
-_FILE_TOOLS = frozenset({"list_dir", "read_file", "search_files", "write_file", "edit_file"})
 _SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "|&", ";;", "(", ")", "{", "}"})
 _WRAPPERS = frozenset(
     {
@@ -130,25 +133,26 @@ class Rule(BaseModel):
             if self.pattern != "*":
                 raise ValueError("a rule for every tool ('*') must have the pattern '*'")
             return self
-        if self.tool not in ALL_TOOLS:
+        spec = ALL_TOOLS.get(self.tool)
+        if spec is None:
             raise ValueError(f"unknown tool {self.tool!r}; known: {', '.join(ALL_TOOLS)}")
         if self.pattern == "*":
             return self
-        if self.tool == "http_request":
+        if spec.main_argument is None:
+            raise ValueError(f"{self.tool} takes no pattern; use {self.tool}(*)")
+        if spec.pattern == "domain":
             if not self.pattern.startswith("domain:"):
-                raise ValueError("http_request patterns look like 'domain:api.example.com'")
+                raise ValueError(f"{self.tool} patterns look like 'domain:api.example.com'")
             host = self.pattern.removeprefix("domain:").lower()
             if not _HOST_PATTERN.match(host):
                 raise ValueError(f"{host!r} is not a host name (wildcard only as '*.' prefix)")
-        elif self.tool == "shell":
+        elif spec.pattern == "command":
             try:
                 tokens = shlex.split(self.pattern)
             except ValueError as e:
                 raise ValueError(f"shell pattern does not parse: {e}") from e
             if not tokens:
                 raise ValueError("shell pattern has no words")
-        elif self.tool == "finish":
-            raise ValueError("finish takes no pattern; use finish(*)")
         return self
 
     def __str__(self) -> str:
@@ -424,21 +428,24 @@ class PolicyEngine:
                     break
             if "deny" in matched:
                 break
-        if "deny" not in matched and "allow" not in matched and request.tool == "shell":
+        command = spec.pattern == "command"
+        if "deny" not in matched and "allow" not in matched and command:
             chained = self._chain_allowed(request)
             if chained is not None:
                 matched["allow"] = chained
         if "deny" in matched:
             rule = matched["deny"]
             return Decision(action="deny", rule=rule, reason=f"denied by rule {rule}")
-        if request.tool == "shell" and not request.sandbox_available:
+        if command and not request.sandbox_available:
             return Decision(
                 action="ask",
                 rule=matched.get("ask") or matched.get("allow"),
                 reason="bubblewrap is unavailable: the command would run WITHOUT a sandbox",
                 unsandboxed=True,
             )
-        uses_capability = bool(request.arguments.get("capability"))
+        uses_capability = spec.capability_argument is not None and bool(
+            request.arguments.get(spec.capability_argument)
+        )
         if tainted and (spec.effect == "network" or uses_capability):
             what = "uses a capability" if uses_capability else "goes to the network"
             return Decision(
@@ -449,7 +456,7 @@ class PolicyEngine:
         if "ask" in matched:
             rule = matched["ask"]
             return Decision(action="ask", rule=rule, reason=f"rule {rule} asks")
-        if "allow" in matched and request.tool == "shell" and self._deny_blind(request):
+        if "allow" in matched and command and self._deny_blind(request):
             return Decision(
                 action="ask",
                 rule=matched["allow"],
@@ -459,7 +466,7 @@ class PolicyEngine:
         if "allow" in matched:
             rule = matched["allow"]
             return Decision(action="allow", rule=rule, reason=f"allowed by rule {rule}")
-        if request.tool == "read_file":
+        if spec.reads_content:
             pattern = self._credential_file(request)
             if pattern is not None:
                 return Decision(
@@ -476,14 +483,16 @@ class PolicyEngine:
         return next((str(r.pattern) for r in probe if self._matches(r, request)), None)
 
     def read_filter(self) -> Callable[[str], bool]:
-        """A predicate for :attr:`agent.tools.base.ToolContext.may_read`.
+        """A predicate for :attr:`agent.host.tools.base.ToolContext.may_read`.
 
-        A workspace-relative path may be read unless a deny rule for
-        ``read_file`` (or every tool) matches it, so ``search_files`` skips
-        what ``read_file`` would refuse.
+        A workspace-relative path may be read unless a deny rule for a tool
+        that shows file content (``read_file``; or every tool) matches it, so
+        ``search_files`` skips what ``read_file`` would refuse.
         """
         denies = [
-            r for r in self.rules if r.action == "deny" and r.tool in ("*", "read_file")
+            r
+            for r in self.rules
+            if r.action == "deny" and (r.tool == "*" or _reads_content(r.tool))
         ]
 
         def may_read(path: str) -> bool:
@@ -493,14 +502,14 @@ class PolicyEngine:
 
     def _deny_blind(self, request: ToolCallRequest) -> bool:
         """Shell deny rules exist but the command hides what it runs."""
-        has_deny = any(r.action == "deny" and r.tool in ("*", "shell") for r in self.rules)
+        has_deny = any(r.action == "deny" and r.tool in ("*", request.tool) for r in self.rules)
         if not has_deny:
             return False
-        return _split_shell(str(request.arguments.get("command", ""))).strict is None
+        return _split_shell(_main(request)).strict is None
 
     def _chain_allowed(self, request: ToolCallRequest) -> Rule | None:
         """A chained command whose parts are each allowed by *some* allow rule."""
-        split = _split_shell(str(request.arguments.get("command", "")))
+        split = _split_shell(_main(request))
         if not split.strict or len(split.strict) < 2:
             return None
         first: Rule | None = None
@@ -510,7 +519,7 @@ class PolicyEngine:
                     r
                     for r in self.rules
                     if r.action == "allow"
-                    and r.tool in ("*", "shell")
+                    and r.tool in ("*", request.tool)
                     and (r.pattern == "*" or _shell_allow_matches(r.pattern, segment))
                 ),
                 None,
@@ -525,17 +534,17 @@ class PolicyEngine:
             return False
         if rule.pattern == "*":
             return True
-        tool = request.tool
-        if tool == "shell":
-            split = _split_shell(str(request.arguments.get("command", "")))
+        pattern = ALL_TOOLS[request.tool].pattern
+        if pattern == "command":
+            split = _split_shell(_main(request))
             if rule.action == "allow":
                 if split.strict is None or not split.strict:
                     return False
                 return all(_shell_allow_matches(rule.pattern, seg) for seg in split.strict)
             return any(_shell_prefix_matches(rule.pattern, seg) for seg in split.loose)
-        if tool == "http_request":
-            return _host_matches(rule.pattern, _url_host(str(request.arguments.get("url", ""))))
-        if tool in _FILE_TOOLS:
+        if pattern == "domain":
+            return _host_matches(rule.pattern, _url_host(_main(request)))
+        if pattern == "path":
             if request.workspace is None and self.workspace is not None:
                 request = request.model_copy(update={"workspace": self.workspace})
             subject, resolved = _path_subject(request)
@@ -553,13 +562,22 @@ class PolicyEngine:
                 path_matches(rule.pattern, PurePosixPath(*parts[i:]).as_posix())
                 for i in range(len(parts))
             )
-        spec = ALL_TOOLS[tool]
-        subject = str(request.arguments.get(spec.main_argument or "", ""))
-        return fnmatch.fnmatchcase(subject, rule.pattern)
+        return fnmatch.fnmatchcase(_main(request), rule.pattern)
+
+def _main(request: ToolCallRequest, default: str = "") -> str:
+    """The call's main argument as text (see :attr:`ToolSpec.main_argument`)."""
+    argument = ALL_TOOLS[request.tool].main_argument
+    return str(request.arguments.get(argument, default)) if argument else default
+
+
+def _reads_content(tool: str) -> bool:
+    spec = ALL_TOOLS.get(tool)
+    return spec is not None and spec.reads_content
+
 
 def _path_subject(request: ToolCallRequest) -> tuple[str, bool]:
     """The path a file rule matches, and whether it was resolved in the workspace."""
-    raw = str(request.arguments.get("path", "."))
+    raw = _main(request, ".")
     if request.workspace is not None:
         try:
             where = Workspace(request.workspace).resolve(raw, must_exist=False)
@@ -576,19 +594,18 @@ def suggest_rule(request: ToolCallRequest, *, action: Action = "allow") -> Rule:
 
     Exact, never broader than the call: the command, the resolved path, the host.
     """
-    args = request.arguments
-    if request.tool == "shell":
-        pattern = str(args.get("command", "*")).strip() or "*"
-    elif request.tool == "http_request":
-        host = _url_host(str(args.get("url", "")))
-        pattern = f"domain:{host}" if host else "*"
-    elif request.tool in _FILE_TOOLS:
-        pattern = _path_subject(request)[0]
-    elif request.tool == "finish":
+    spec = ALL_TOOLS[request.tool]
+    if spec.main_argument is None:
         pattern = "*"
+    elif spec.pattern == "command":
+        pattern = _main(request, "*").strip() or "*"
+    elif spec.pattern == "domain":
+        host = _url_host(_main(request))
+        pattern = f"domain:{host}" if host else "*"
+    elif spec.pattern == "path":
+        pattern = _path_subject(request)[0]
     else:
-        spec = ALL_TOOLS[request.tool]
-        pattern = str(args.get(spec.main_argument or "", "*")) or "*"
+        pattern = _main(request, "*") or "*"
     return Rule(tool=request.tool, pattern=pattern, action=action, scope="workspace")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
 
 
 class Args(ArgsModel):
@@ -48,4 +48,6 @@ TOOL = ToolSpec(
     effect="read",
     run=run,
     main_argument="path",
+    pattern="path",
+    reads_content=True,
 )

@@ -1,10 +1,10 @@
 """The errand loop that runs in the agent process.
 
 Each step the executor asks the model for one JSON object under the schema
-:func:`agent.tools.registry.tool_call_schema` builds from the allowed tools,
+:func:`agent.protocol.step_schema` builds from the tools the host offered,
 so a small model's reply always parses: either a tool call, handed to the host
 through a :class:`ToolCaller`, or a final answer. Tool results come back as
-untrusted data (see :mod:`agent.prompt`). The loop stops at a final answer, the
+untrusted data (see :mod:`agent.worker.prompt`). The loop stops at a final answer, the
 ``finish`` tool, the step limit, the token limit, or a cancel.
 
 The executor knows nothing about pipes: the worker gives it a
@@ -19,15 +19,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agent.errors import ErrandCancelledError, UnknownToolError
-from agent.prompt import (
-    ToolDescription,
-    correction_message,
-    initial_messages,
-    repeat_message,
-    wrap_tool_result,
-)
+from agent.errors import ErrandCancelledError
 from agent.protocol import (
+    FINISH_TOOL,
     AgentMessage,
     ErrandStats,
     FinalAnswer,
@@ -37,16 +31,18 @@ from agent.protocol import (
     TokenChunk,
     ToolRequest,
     ToolResult,
+    step_schema,
 )
-from agent.tools.finish import Args as FinishArgs
-from agent.tools.registry import ALL_TOOLS, tool_call_schema
+from agent.worker.prompt import (
+    correction_message,
+    initial_messages,
+    repeat_message,
+    wrap_tool_result,
+)
 from models.errors import GenerationError, ModelError
 from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
 
 log = logging.getLogger(__name__)
-
-FINISH_TOOL = "finish"
-
 
 class ToolCaller(Protocol):
     """Carries a tool call to the host and returns its result."""
@@ -58,27 +54,6 @@ class ToolCaller(Protocol):
             agent.errors.ErrandCancelledError: ``cancel`` fired while waiting.
         """
         ...
-
-
-def describe_tools(names: Sequence[str]) -> list[ToolDescription]:
-    """Return the prompt descriptions of the named tools, from their pydantic models.
-
-    Raises:
-        agent.errors.UnknownToolError: A name is not a registered tool.
-    """
-    out = []
-    for name in names:
-        spec = ALL_TOOLS.get(name)
-        if spec is None:
-            raise UnknownToolError(f"no tool named {name!r}")
-        out.append(
-            ToolDescription(
-                name=spec.name,
-                description=spec.description,
-                parameters=spec.args_model.model_json_schema(),
-            )
-        )
-    return out
 
 
 class Executor:
@@ -109,12 +84,10 @@ class Executor:
 
         Raises:
             models.errors.ModelError: The model failed.
-            agent.errors.UnknownToolError: The task allows a tool that does not exist.
         """
         limits = task.limits
-        names = list(dict.fromkeys([*task.tools, FINISH_TOOL]))
-        schema = tool_call_schema(names)
-        messages: list[Message] = initial_messages(task, describe_tools(names))
+        schema = step_schema(task.tools)
+        messages: list[Message] = initial_messages(task, task.tools)
         generated = 0
         evaluated = 0
         tool_calls = 0
@@ -231,12 +204,15 @@ def _parse_action(reply: str) -> dict[str, Any]:
 
 
 def _finish_text(arguments: dict[str, Any]) -> str:
-    """The user-facing text of a ``finish`` call, validated by the tool's own model.
+    """The user-facing text of a ``finish`` call: its ``answer`` argument.
 
     Raises:
-        ValueError: The arguments do not validate (the grammar makes this rare).
+        ValueError: There is no string ``answer`` (the grammar makes this rare).
     """
-    return FinishArgs.model_validate(arguments).answer
+    answer = arguments.get("answer")
+    if not isinstance(answer, str):
+        raise ValueError("the answer argument must be a string")
+    return answer
 
 
 def _limit_text(what: str, limit: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
 
 
 class Args(ArgsModel):

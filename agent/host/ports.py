@@ -1,33 +1,15 @@
 """What the host-side tools need from the vault broker and the memory service.
 
-The tools are importable in the agent process (which only needs their
-argument schemas), so they must not import ``vault.broker`` or ``memory`` at
-module import. They talk to those services through these structural
-protocols instead; the real ``vault.broker.Broker`` and
+The tools talk to those services through these structural protocols, so a
+test can hand them a small fake; the real ``vault.broker.Broker`` and
 ``memory.service.MemoryService`` satisfy them without inheriting from them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
-
-
-@dataclass(frozen=True)
-class OutboundCall:
-    """One HTTP request the agent asked for, before the broker injects anything.
-
-    Field for field the same as ``vault.broker.HttpCall``; the http tool builds
-    the broker's own type when the vault package is installed and falls back
-    to this one (tests with a fake broker) when it is not.
-    """
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: str | None = None
 
 
 class BrokeredResponseLike(Protocol):
@@ -105,7 +87,7 @@ class MemoryPort(Protocol):
 
         ``level`` and ``source`` are the memory package's own types
         (``"project"``-like level names and a ``Provenance``); the tools pass
-        what :attr:`agent.tools.base.ToolContext.memory_source` builds, so this
+        what :attr:`agent.host.tools.base.ToolContext.memory_source` builds, so this
         module never imports ``memory``. The result is shown to the model as text.
         """
         ...
@@ -116,4 +98,75 @@ class MemoryPort(Protocol):
 
     def forget(self, level: Any, name: str, *, reason: str) -> Any:
         """Archive the topic ``name`` at ``level`` (never deletes it silently)."""
+        ...
+
+
+class AuditSink(Protocol):
+    """The audit log as the host uses it (vault.audit.AuditLog satisfies it)."""
+
+    def record(
+        self,
+        kind: str,
+        *,
+        session_id: str | None = None,
+        tool: str | None = None,
+        decision: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        secret_values: Sequence[bytes | bytearray | str] = (),
+    ) -> Any:
+        """Append one entry.
+
+        Raises:
+            Exception: Any error when the entry was not written; the host then
+                stops the errand rather than act unaudited.
+        """
+        ...
+
+
+class StreamRedaction(Protocol):
+    """A streaming redactor (:class:`vault.redact.StreamRedactor`'s interface).
+
+    Both methods raise :class:`vault.errors.VaultError` when redaction cannot
+    run; the stream is unusable afterwards.
+    """
+
+    def feed(self, chunk: str) -> str:
+        """Add a chunk; return the text that is now safe to release."""
+        ...
+
+    def finish(self) -> str:
+        """Release everything still held back, redacted."""
+        ...
+
+
+class HostBroker(BrokerPort, Protocol):
+    """What the host needs of vault.broker.Broker: the tools' port plus redaction."""
+
+    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
+        """Remove every secret value from ``text``; return it and the names removed."""
+        ...
+
+    def redact_stream(self, *, session_id: str) -> StreamRedaction:
+        """A streaming redactor over the same secrets as :meth:`redact`.
+
+        Raises:
+            vault.errors.VaultError: Redaction cannot run (fail closed).
+        """
+        ...
+
+    def check_capabilities_usable(self, session_id: str) -> None:
+        """Refuse a session whose capabilities cannot be used right now.
+
+        Raises:
+            vault.errors.VaultLockedError: It has grants and the vault is locked.
+        """
+        ...
+
+
+class HostMemory(MemoryPort, Protocol):
+    """What the host needs of memory.service.MemoryService: the tools' port plus loading."""
+
+    def load_context(self) -> Any:
+        """The memory to show the agent (an object with ``.text``)."""
         ...

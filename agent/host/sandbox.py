@@ -2,7 +2,7 @@
 
 Each ``shell`` command runs in its own sandbox: the workspace bound
 read-write with the protected paths (every git directory's config, hooks and
-the other entries of :data:`agent.protected.GIT_DIR_ENTRIES`, existing or
+the other entries of :data:`agent.host.protected.GIT_DIR_ENTRIES`, existing or
 not, and ``.keyless``) bound read-only over it, the system read-only, no network, a
 private ``/tmp`` and ``$HOME`` (size-limited tmpfs), a fresh PID namespace,
 all capabilities dropped, and CPU-time, address-space, file-size,
@@ -20,6 +20,11 @@ alone cannot outrun a fork bomb.
 :meth:`Sandbox.agent_command` builds the bwrap command line for the agent
 worker: read-only system and Python, no workspace, no data dir, no D-Bus
 socket, no network, a scrubbed environment.
+
+Why one module of about 1,000 lines: it is the OS boundary, read as a whole
+in a security review; the bwrap argv, the limits, the cgroup and the
+watchdog depend on each other's details, and splitting them would spread one
+argument (what the command can reach) over several files.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import SandboxError
-from agent.protected import GIT_DIR_ENTRIES, GIT_DIR_NAMES, normalise_name
+from agent.host.protected import GIT_DIR_ENTRIES, GIT_DIR_NAMES, normalise_name
 
 #: ``$HOME`` inside every sandbox: an empty directory on the private tmpfs ``/tmp``.
 SANDBOX_HOME = "/tmp/home"
@@ -321,7 +326,7 @@ class Sandbox:
 
         Every git directory in the workspace (``.git`` at any depth, and one
         a ``.git`` file or symlink points to inside it) is pinned, and each of
-        its entries in :data:`agent.protected.GIT_DIR_ENTRIES` is bound
+        its entries in :data:`agent.host.protected.GIT_DIR_ENTRIES` is bound
         read-only *whether or not it exists*: a missing one gets an empty
         placeholder first (see :class:`GitGuard`), otherwise a command could
         create it. ``.keyless`` is created if missing and bound read-only.
@@ -419,7 +424,7 @@ class Sandbox:
         if self.bwrap is None:
             raise SandboxError("bubblewrap is not available")
         home = Path(os.path.realpath(Path.home()))
-        package_root = Path(__file__).resolve().parent.parent
+        package_root = Path(__file__).resolve().parents[2]  # the directory holding agent/
         visible: list[Path] = []
         roots = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix), package_root]
         if getattr(sys, "frozen", False):
@@ -523,7 +528,7 @@ class GitGuard:
     depth) and the git directory each names inside the workspace (a ``.git``
     file's ``gitdir:``, a ``.git`` symlink's target). For each git directory
     it lists binds that pin it (a mount point cannot be renamed or removed)
-    and bind every entry of :data:`agent.protected.GIT_DIR_ENTRIES`
+    and bind every entry of :data:`agent.host.protected.GIT_DIR_ENTRIES`
     read-only, with the directories on the way pinned too; an entry that does
     not exist yet gets an empty placeholder first, because only an existing
     path can be bound. ``core.hooksPath`` directories inside the workspace

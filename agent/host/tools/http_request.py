@@ -8,14 +8,14 @@ marked untrusted (web content steers the model).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from agent.errors import ToolDeniedError, ToolError
-from agent.ports import OutboundCall
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from vault.broker import HttpCall
+from vault.errors import BrokerRequestError, GrantRefused, RedactionError, VaultError
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
 
@@ -44,15 +44,8 @@ class Args(ArgsModel):
         return value
 
 
-def _http_call(args: Args) -> Any:
-    headers = dict(args.headers)
-    try:
-        # Host side only, and only at call time: the agent process imports this
-        # module for the schema and must not load the broker.
-        http_call = importlib.import_module("vault.broker").HttpCall
-    except (ImportError, AttributeError):
-        return OutboundCall(method=args.method, url=args.url, headers=headers, body=args.body)
-    return http_call(method=args.method, url=args.url, headers=headers, body=args.body)
+def _http_call(args: Args) -> HttpCall:
+    return HttpCall(method=args.method, url=args.url, headers=dict(args.headers), body=args.body)
 
 
 def run(args: Args, ctx: ToolContext) -> ToolOutput:
@@ -67,8 +60,6 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
     """
     if ctx.broker is None:
         raise ToolError("http_request is unavailable: no vault broker in this session")
-    from vault.errors import BrokerRequestError, GrantRefused, RedactionError, VaultError
-
     try:
         response = ctx.broker.call(
             args.capability, _http_call(args), session_id=ctx.session_id, now=ctx.now()
@@ -113,4 +104,6 @@ TOOL = ToolSpec(
     effect="network",
     run=run,
     main_argument="url",
+    pattern="domain",
+    capability_argument="capability",
 )

@@ -3,7 +3,7 @@
 Every path the model names goes through :meth:`Workspace.resolve`, which
 refuses ``..``, absolute paths elsewhere, symlinks pointing out, device files,
 FIFOs, sockets, the protected paths (the git-directory entries of
-:mod:`agent.protected` at any depth, ``.keyless/``) and the refused
+:mod:`agent.host.protected` at any depth, ``.keyless/``) and the refused
 directories (Keyless's data and config dirs, the keyring's files) wherever
 they lie, compared by canonical path. Resolution alone is not enough: a symlink could be swapped in
 between the check and the open. So files are then opened by walking the
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agent.errors import PathRefusedError, ToolError
-from agent.protected import GIT_DIR_NAMES, git_dir_entry, normalise_name
+from agent.host.protected import GIT_DIR_NAMES, git_dir_entry, normalise_name
 
 #: Paths inside the workspace that no tool may read or write, besides the
-#: git-directory entries of :data:`agent.protected.GIT_DIR_ENTRIES` (at any
+#: git-directory entries of :data:`agent.host.protected.GIT_DIR_ENTRIES` (at any
 #: depth): ``.keyless`` holds the workspace's rules and memory.
 PROTECTED: tuple[PurePosixPath, ...] = (PurePosixPath(".keyless"),)
 
@@ -53,7 +53,7 @@ def _kind(mode: int) -> str:
 def protected_reason(relative: PurePosixPath) -> str | None:
     """Name the protected path ``relative`` lies in, or ``None``.
 
-    Compared after :func:`agent.protected.normalise_name` (case folded,
+    Compared after :func:`agent.host.protected.normalise_name` (case folded,
     ignorable characters removed), so ``.GIT/Hooks`` on a case-insensitive
     file system is caught as well; a git directory's entries are protected at
     any depth (a nested repository's config runs code too).

@@ -7,8 +7,8 @@ import stat
 
 from pydantic import Field
 
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
-from agent.tools.paths import protected_reason
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.host.tools.paths import protected_reason
 
 MAX_ENTRIES = 500
 
@@ -60,4 +60,5 @@ TOOL = ToolSpec(
     effect="read",
     run=run,
     main_argument="path",
+    pattern="path",
 )

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from agent.errors import AgentError, ErrandCancelledError, ProtocolError
-from agent.executor import Executor
 from agent.protocol import (
     AgentErrorMsg,
     AnyMessage,
@@ -43,7 +42,8 @@ from agent.protocol import (
     encode,
     read_line,
 )
-from agent.relay import RelayedModel
+from agent.worker.executor import Executor
+from agent.worker.relay import RelayedModel
 from models.errors import ModelError
 from models.interface import CancelToken, ChatModel
 
@@ -275,12 +275,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             outfile.flush()
         except OSError:
             log.info("stdout was already closed by the host")
-
-
-if __name__ == "__main__":
-    status = main()
-    logging.shutdown()
-    sys.stderr.flush()
-    # The reader thread may still be blocked reading stdin; a normal interpreter
-    # exit would then abort on the buffered reader's lock (SIGABRT), so leave now.
-    os._exit(status)

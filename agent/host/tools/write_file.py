@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
 
 MAX_WRITE_BYTES = 1024 * 1024
 
@@ -42,4 +42,5 @@ TOOL = ToolSpec(
     effect="write",
     run=run,
     main_argument="path",
+    pattern="path",
 )

@@ -15,9 +15,9 @@ from pathlib import PurePosixPath
 from pydantic import Field, field_validator
 
 from agent.errors import ToolError
-from agent.protected import GIT_DIR_NAMES, normalise_name
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
-from agent.tools.paths import Workspace, protected_reason
+from agent.host.protected import GIT_DIR_NAMES, normalise_name
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.host.tools.paths import Workspace, protected_reason
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_SCANNED_BYTES = 64 * 1024 * 1024
@@ -115,4 +115,5 @@ TOOL = ToolSpec(
     effect="read",
     run=run,
     main_argument="path",
+    pattern="path",
 )

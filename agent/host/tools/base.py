@@ -3,7 +3,7 @@
 A tool is one module defining an ``Args`` pydantic model (a described field
 each, so the JSON schema the model is decoded against is generated, never
 written by hand) and ``TOOL = ToolSpec(...)``. The host runs tools through
-:func:`agent.tools.registry.run_tool`, which validates the arguments first.
+:func:`agent.host.tools.registry.run_tool`, which validates the arguments first.
 """
 
 from __future__ import annotations
@@ -12,19 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.ports import BrokerPort, MemoryPort
-from agent.tools.paths import Workspace
-
-if TYPE_CHECKING:
-    from agent.sandbox import Limits, Sandbox
+from agent.host.ports import BrokerPort, MemoryPort
+from agent.host.sandbox import Limits, Sandbox
+from agent.host.tools.paths import Workspace
 
 #: What a call does, for the policy defaults: reads are allowed inside the
 #: workspace, everything else asks unless a rule decides.
 Effect = Literal["read", "write", "execute", "network", "memory_read", "memory_write", "final"]
+
+#: How a rule's pattern matches the tool's main argument: a workspace path glob
+#: (``src/**``), a shell command (split on separators, prefix matches), an
+#: HTTP host (``domain:*.example.com``), or a plain glob (memory topics).
+PatternKind = Literal["path", "command", "domain", "glob"]
 
 #: How large a tool result may be before it is cut (bytes of UTF-8).
 DEFAULT_OUTPUT_BYTES = 32 * 1024
@@ -34,12 +37,6 @@ MARKER_RESERVE = 100
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _default_limits() -> Limits:
-    from agent.sandbox import Limits
-
-    return Limits()
 
 
 class ArgsModel(BaseModel):
@@ -90,7 +87,7 @@ class ToolContext:
         may_read: Whether a workspace-relative path may be read; tools that
             read many files (``search_files``) skip the others, so a deny rule
             on ``read_file`` cannot be dodged by searching
-            (:meth:`agent.policy.PolicyEngine.read_filter`).
+            (:meth:`agent.host.policy.PolicyEngine.read_filter`).
         now: The clock (a parameter so tests can fix time).
     """
 
@@ -100,7 +97,7 @@ class ToolContext:
     broker: BrokerPort | None = None
     memory: MemoryPort | None = None
     unsandboxed_approved: bool = False
-    limits: Limits = field(default_factory=_default_limits)
+    limits: Limits = field(default_factory=Limits)
     output_bytes: int = DEFAULT_OUTPUT_BYTES
     read_bytes: int = 64 * 1024
     hidden_paths: tuple[Path, ...] = ()
@@ -127,7 +124,14 @@ class ToolSpec:
         args_model: The pydantic model its arguments validate against.
         effect: What the call does, for the policy's defaults.
         run: ``run(args, ctx) -> ToolOutput``; raises ``ToolError`` subclasses.
-        main_argument: The argument policy patterns match (path, command, url).
+        main_argument: The argument rule patterns match (``path``, ``command``,
+            ``url``); None when rules name the tool only (``finish(*)``).
+        pattern: How a rule's pattern matches ``main_argument``.
+        capability_argument: The argument that may carry a ``cap_`` handle;
+            a call that passes one asks once untrusted content is in the context.
+        reads_content: The tool shows a file's content: files that usually
+            hold credentials ask by default, and its deny rules also keep
+            those files out of tools that read many (``search_files``).
     """
 
     name: str
@@ -136,6 +140,9 @@ class ToolSpec:
     effect: Effect
     run: ToolRun
     main_argument: str | None = None
+    pattern: PatternKind = "glob"
+    capability_argument: str | None = None
+    reads_content: bool = False
 
     def schema(self) -> dict[str, Any]:
         """The generated JSON schema of the arguments."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from agent.errors import ToolDeniedError, ToolError
-from agent.sandbox import run_unsandboxed
-from agent.tools.base import (
+from agent.host.sandbox import run_unsandboxed
+from agent.host.tools.base import (
     MARKER_RESERVE,
     ArgsModel,
     ToolContext,
@@ -91,4 +91,5 @@ TOOL = ToolSpec(
     effect="execute",
     run=run,
     main_argument="command",
+    pattern="command",
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from agent.errors import ToolError
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
-from agent.tools.write_file import MAX_WRITE_BYTES
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.write_file import MAX_WRITE_BYTES
 
 
 class Args(ArgsModel):
@@ -68,4 +68,5 @@ TOOL = ToolSpec(
     effect="write",
     run=run,
     main_argument="path",
+    pattern="path",
 )

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from agent.errors import ToolError
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec, truncate_text
 
 
 class Args(ArgsModel):

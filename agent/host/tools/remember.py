@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from agent.errors import ToolError
-from agent.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from memory.frontmatter import Provenance
 
 
 class Args(ArgsModel):
@@ -33,9 +33,7 @@ def provenance(ctx: ToolContext, tool: str) -> Any:
     if ctx.memory_source is not None:
         return ctx.memory_source()
     trust = "untrusted" if ctx.tainted else "model"
-    # Imported at call time: the agent process imports this module for the schema only.
-    provenance_type = importlib.import_module("memory.frontmatter").Provenance
-    return provenance_type(session=ctx.session_id, tool=tool, trust=trust)
+    return Provenance(session=ctx.session_id, tool=tool, trust=trust)
 
 
 def describe_change(change: Any) -> str:
