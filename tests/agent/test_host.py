@@ -1042,8 +1042,8 @@ def test_streamed_tokens_are_redacted_even_when_a_secret_is_split_across_them(
     plan = [
         {"op": "ready"},
         {"op": "read"},
-        *[{"op": "send", "msg": {"v": 1, "type": "token", "text": p, "step": 1}} for p in pieces],
-        {"op": "send", "msg": {"v": 1, "type": "final", "text": "done", "stats": stats}},
+        *[{"op": "send", "msg": {"v": 2, "type": "token", "text": p, "step": 1}} for p in pieces],
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "done", "stats": stats}},
         {"op": "hang"},
     ]
     rig = rig_for(
