@@ -185,7 +185,11 @@ class McpConnection:
             reason = _describe(e)
             if "timed out" in reason.lower():
                 self.mark_down(f"a call took longer than {self.call_timeout:g} s (hung)")
-            elif not _is_tool_level(e):
+                raise McpServerDownError(
+                    f"MCP server {self.name!r} hung (no answer in {self.call_timeout:g} s); "
+                    "it was stopped"
+                ) from e
+            if not _is_tool_level(e):
                 self.mark_down(reason)
             raise McpServerDownError(f"MCP server {self.name!r} failed: {reason}") from e
 

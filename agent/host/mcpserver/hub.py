@@ -200,7 +200,11 @@ class McpHub:
             raise McpServerDownError(f"MCP server {server!r} is not running")
         try:
             result = conn.call(definition.name, arguments)
-            text, is_error = result_text(result)
+            try:
+                text, is_error = result_text(result)
+            except McpServerDownError as e:
+                conn.mark_down(str(e))
+                raise McpServerDownError(f"MCP server {server!r} failed: {e}") from e
         except McpServerDownError as e:
             if not conn.up:
                 self._server_down(server, conn.down_reason or str(e))

@@ -63,7 +63,11 @@ class ToolDefinition:
 
     def canonical(self) -> str:
         """The definition as stable, readable JSON (what the digest and the diff are of)."""
-        body = {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
+        body = {
+            "name": self.name,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+        }
         return json.dumps(body, sort_keys=True, indent=2, ensure_ascii=False)
 
     def digest(self) -> str:
