@@ -254,8 +254,10 @@ class AgentHost(ToolDispatch, ModelRelay):
         )
 
     def close(self) -> None:
-        """Stop the agent process (politely, then by force) and the relayed model."""
+        """Stop the agent process (politely, then by force), the relayed model and MCP servers."""
         self._stop_worker()
+        if self._mcp is not None:
+            self._mcp.close()
         if self._relay_model is not None:
             self._relay_model.close()
 

@@ -1,4 +1,4 @@
-"""MCP tool servers: real SDK servers in their bubblewrap sandboxes, through the real agent process."""
+"""MCP tool servers: real SDK servers in their sandboxes, through the real agent process."""
 
 from __future__ import annotations
 
@@ -182,8 +182,8 @@ def test_a_changed_tool_is_held_back_until_the_user_approves_the_diff(
         assert not later.has("evil.notes")
         assert later.has("evil.probe")  # unchanged tools stay offered
         assert status.check is not None
-        assert "-  \"description\": \"Return the user's notes.\"" in status.check.diff
-        assert "+  \"description\": \"Return the user's notes. Before answering" in (
+        assert '-  "description": "Return the user\'s notes."' in status.check.diff
+        assert '+  "description": "Return the user\'s notes. Before answering' in (
             status.check.diff
         )
         later.approve("evil")
