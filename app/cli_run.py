@@ -50,6 +50,7 @@ from app.cli_common import (
     set_command,
     valid_session_id,
 )
+from app.cli_mcp import mcp_hub
 from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
@@ -252,6 +253,7 @@ def run_errand_cli(
         isolate=not args.no_isolation,
         hidden_paths=services.protected_paths(),
         relay_model=relay,
+        mcp=mcp_hub(services, workspace),
     )
     # Every line the terminal shows goes through the redactor the agent's results do.
     printer.redact = host.redact

@@ -19,12 +19,15 @@ from pydantic import ValidationError
 
 from agent.errors import (
     AgentCrashedError,
+    McpServerDownError,
     PolicyError,
     SandboxError,
     ToolError,
+    ToolValidationError,
 )
 from agent.host.delivery import ResultDelivery
 from agent.host.events import AgentEvent, ToolCallRecord
+from agent.host.mcpserver.hub import McpHub
 from agent.host.permission import PermissionAnswer, PermissionPrompt, PermissionRequest, RuleSaver
 from agent.host.policy import Decision, PolicyEngine, ToolCallRequest, suggest_rule
 from agent.host.ports import HostMemory
@@ -57,6 +60,7 @@ class ToolDispatch(ResultDelivery):
     _memory: HostMemory | None
     _cancel: CancelToken
     _proc: WorkerProcess | None
+    _mcp: McpHub | None
 
     def _handle_tool(self, req: ToolRequest) -> tuple[ToolResult, ToolCallRecord]:
         args_text = self._redact(json.dumps(req.arguments, sort_keys=True))[0]
@@ -65,6 +69,9 @@ class ToolDispatch(ResultDelivery):
                 "tool_call", tool=req.tool, call_id=req.call_id, data={"arguments": args_text}
             )
         )
+        mcp = self._mcp
+        if mcp is not None and mcp.has(req.tool):
+            return self._handle_mcp(req, mcp)
         spec = ALL_TOOLS.get(req.tool)
         if spec is None or req.tool not in self._tools:
             return self._refuse(req, "invalid", f"no tool named {req.tool!r} is available")
@@ -108,6 +115,46 @@ class ToolDispatch(ResultDelivery):
             return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
         output, ok = self._run(req, unsandboxed_approved=decision.unsandboxed)
         self._check_agent()  # a command stopped because the agent died is not delivered
+        return self._deliver(req, output, ok)
+
+    def _handle_mcp(self, req: ToolRequest, mcp: McpHub) -> tuple[ToolResult, ToolCallRecord]:
+        """An MCP server's tool: the same policy, prompt and delivery as a built-in one."""
+        try:
+            mcp.validate(req.tool, req.arguments)
+        except ToolValidationError as e:
+            return self._refuse(req, "invalid", str(e))
+        server = mcp.server_of(req.tool)
+        call = ToolCallRequest(tool=req.tool, arguments=req.arguments, workspace=self.workspace)
+        decision = self._policy.decide(call, tainted=self.tainted)
+        if decision.action == "deny":
+            self._decided(req, "deny", decision.reason, by="policy", server=server)
+            return self._refuse(req, "denied", f"denied: {decision.reason}", audited=True)
+        if decision.action == "ask":
+            shown = decision.model_copy(
+                update={"reason": f"{decision.reason}; from the MCP server {server!r}"}
+            )
+            answer = self._ask(call, "execute", shown, dict(req.arguments))
+            self._check_agent()
+            if answer.choice == "deny":
+                reason = answer.reason or "the user denied this call"
+                self._decided(req, "deny", reason, by="user", choice="deny", server=server)
+                return self._refuse(req, "denied", f"denied by the user: {reason}", audited=True)
+            reason = f"allowed by the user ({answer.choice})"
+            self._decided(req, "allow", reason, by="user", choice=answer.choice, server=server)
+        else:
+            self._decided(req, "allow", decision.reason, by="policy", server=server)
+        if self._cancel.cancelled:
+            return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
+        try:
+            output, ok = mcp.call(req.tool, dict(req.arguments))
+        except McpServerDownError as e:
+            # The errand goes on without the server; the user hears it is down.
+            self._emit(AgentEvent("error", text=str(e), tool=req.tool, call_id=req.call_id))
+            self._record(
+                "mcp_server_down", tool=req.tool, reason=str(e), details={"server": server}
+            )
+            output, ok = ToolOutput(content=f"error: {e}", untrusted=True), False
+        self._check_agent()
         return self._deliver(req, output, ok)
 
     def _ask(

@@ -43,6 +43,7 @@ from agent.errors import (
 from agent.host.delivery import redaction_message
 from agent.host.dispatch import ToolDispatch
 from agent.host.events import AgentEvent, AgentListener, ErrandResult, ToolCallRecord
+from agent.host.mcpserver.hub import McpHub
 from agent.host.permission import PermissionPrompt, RuleSaver
 from agent.host.policy import PolicyEngine
 from agent.host.ports import AuditSink, HostBroker, HostMemory
@@ -64,6 +65,7 @@ from agent.protocol import (
     Shutdown,
     Task,
     TokenChunk,
+    ToolOffer,
     ToolRequest,
 )
 from memory.errors import MemoryErrorBase
@@ -120,6 +122,8 @@ class AgentHost(ToolDispatch, ModelRelay):
             before it is killed (the errand then ends "cancelled").
         write_timeout: Seconds a write may wait for the agent to read its
             input before it counts as hung.
+        mcp: The MCP servers whose approved tools are offered too (started,
+            or restarted when down, at each errand), or None.
     """
 
     def __init__(
@@ -148,7 +152,9 @@ class AgentHost(ToolDispatch, ModelRelay):
         hidden_paths: Sequence[Path] = (),
         cancel_grace: float = CANCEL_GRACE_S,
         write_timeout: float = WRITE_TIMEOUT_S,
+        mcp: McpHub | None = None,
     ) -> None:
+        self._mcp = mcp
         self._spec = model_spec
         self._hidden = [Path(p) for p in hidden_paths]
         self._cancel_grace = cancel_grace
@@ -248,8 +254,10 @@ class AgentHost(ToolDispatch, ModelRelay):
         )
 
     def close(self) -> None:
-        """Stop the agent process (politely, then by force) and the relayed model."""
+        """Stop the agent process (politely, then by force), the relayed model and MCP servers."""
         self._stop_worker()
+        if self._mcp is not None:
+            self._mcp.close()
         if self._relay_model is not None:
             self._relay_model.close()
 
@@ -481,9 +489,21 @@ class AgentHost(ToolDispatch, ModelRelay):
             memory_context=memory_text,
             capabilities=caps,
             history=recent_turns(self._history, HISTORY_CHARS),
-            tools=offers(self._tools),
+            tools=offers(self._tools) + self._mcp_offers(),
             limits=self._limits,
         )
+
+    def _mcp_offers(self) -> list[ToolOffer]:
+        """The MCP tools of this errand; servers that are down are restarted first."""
+        if self._mcp is None:
+            return []
+        for status in self._mcp.connect():
+            if status.state != "up":
+                text = f"MCP server {status.name!r} is {status.state}: {status.reason}"
+                self._emit(AgentEvent("error", text=text))
+                self._record(f"mcp_server_{status.state}", reason=status.reason,
+                             details={"server": status.name})
+        return self._mcp.offers()
 
     def _memory_problems(self, problems: list[str]) -> None:
         """Tell the user which memory was left out of the prompt, and what to do."""

@@ -421,6 +421,61 @@ class Sandbox:
             SandboxError: No bwrap, or an extra bind that is ``/`` or the home directory.
         """
         del workspace
+        args, visible = self._python_sandbox(extra_ro_binds, who="the agent process")
+        for device in ("/dev/dri", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/kfd"):
+            args += ["--dev-bind-try", device, device]
+        for path in visible:
+            args += ["--ro-bind", str(path), str(path)]
+        args += _hide_flags(hide, visible)
+        args += _env_flags(scrubbed_env())
+        args += ["--chdir", "/", "--", *argv]
+        return args
+
+    def server_command(
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: Path,
+        writable: bool = False,
+        extra_ro_binds: Sequence[Path] = (),
+        hide: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The bwrap command line of a long-lived tool server (an MCP stdio server).
+
+        As :meth:`agent_command` (system, Python and Keyless read-only, no
+        network, no home, no ``/run``, dies with the host), plus the workspace,
+        bound read-only unless ``writable``, as the working directory. The data
+        and config dirs in ``hide`` are covered even inside a bound directory.
+
+        Args:
+            argv: The server's command line.
+            workspace: The errand's workspace.
+            writable: Bind the workspace read-write (the user chose so).
+            extra_ro_binds: More files or directories the server needs, read-only.
+            hide: Paths covered even when inside a bound directory.
+            env: Variables added to the scrubbed environment (never secrets).
+
+        Returns:
+            The full command line.
+
+        Raises:
+            SandboxError: No bwrap, or an extra bind that is ``/`` or the home directory.
+        """
+        ws = Path(os.path.realpath(workspace))
+        args, visible = self._python_sandbox(extra_ro_binds, who="a tool server")
+        for path in visible:
+            args += ["--ro-bind", str(path), str(path)]
+        args += ["--bind" if writable else "--ro-bind", str(ws), str(ws)]
+        args += _hide_flags(hide, [*visible, ws])
+        args += _env_flags(scrubbed_env(extra=env))
+        args += ["--chdir", str(ws), "--", *argv]
+        return args
+
+    def _python_sandbox(
+        self, extra_ro_binds: Sequence[Path], *, who: str
+    ) -> tuple[list[str], list[Path]]:
+        """The isolation flags and the paths a Python process needs to see, read-only."""
         if self.bwrap is None:
             raise SandboxError("bubblewrap is not available")
         home = Path(os.path.realpath(Path.home()))
@@ -437,20 +492,13 @@ class Sandbox:
         for extra in extra_ro_binds:
             real = Path(os.path.realpath(extra))
             if real == Path("/") or real == home or real in home.parents:
-                raise SandboxError(f"refusing to expose {real} to the agent process")
+                raise SandboxError(f"refusing to expose {real} to {who}")
             if not real.exists():
                 raise SandboxError(f"{extra} does not exist")
             visible.append(real)
         args = [self.bwrap, *_system_binds(), *_isolation_flags()]
         args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
-        for device in ("/dev/dri", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/kfd"):
-            args += ["--dev-bind-try", device, device]
-        for path in visible:
-            args += ["--ro-bind", str(path), str(path)]
-        args += _hide_flags(hide, visible)
-        args += _env_flags(scrubbed_env())
-        args += ["--chdir", "/", "--", *argv]
-        return args
+        return args, visible
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
