@@ -561,6 +561,11 @@ class ErrandController(QObject):
         return self._busy
 
     @property
+    def store(self) -> SessionStore | None:
+        """The session store (None: sessions are not recorded); closed by :meth:`shutdown`."""
+        return self._store
+
+    @property
     def workspace(self) -> Path | None:
         """The workspace the next errand runs in."""
         return self._workspace
