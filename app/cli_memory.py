@@ -138,15 +138,19 @@ def _open(
     )
 
 
-def _secret_scanner() -> Scanner:
+def _secret_scanner(services: Any = None) -> Scanner:
     """The vault's scanner (unlocking it), or one that finds nothing when there is no vault.
+
+    Args:
+        services: The ``app.services.AppServices`` whose vault to unlock
+            (default: new ones).
 
     Raises:
         CliError: A vault exists but cannot be opened or unlocked (fail closed).
     """
     from app.services import AppServices, ServiceUnavailableError
 
-    services = AppServices()
+    services = services if services is not None else AppServices()
     try:
         vault = services.vault
         if vault is None:
