@@ -138,7 +138,7 @@ def _open(
     )
 
 
-def _secret_scanner(services: Any = None) -> Scanner:
+def secret_scanner(services: Any = None) -> Scanner:
     """The vault's scanner (unlocking it), or one that finds nothing when there is no vault.
 
     Args:
@@ -194,7 +194,12 @@ def _counter() -> tuple[Callable[[str], int], bool]:
     return counter, counter is not approximate_tokens
 
 
-def _open_model() -> Any:
+def open_memory_model() -> Any:
+    """The model memory consolidation uses, in its own process (a crash ends it, not us).
+
+    Raises:
+        app.cli_common.CliError: It cannot be opened.
+    """
     from models.errors import ModelError
     from models.process import open_isolated
 
@@ -255,7 +260,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    scan = _secret_scanner() if args.approve is not None else _viewing_only
+    scan = secret_scanner() if args.approve is not None else _viewing_only
     svc = _open(args, scan=scan)
     try:
         if args.approve is not None:
@@ -282,8 +287,8 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def _consolidate(args: argparse.Namespace) -> int:
-    scan = _secret_scanner()
-    model = _open_model()
+    scan = secret_scanner()
+    model = open_memory_model()
     try:
         svc = _open(args, count_tokens=model.count_tokens, scan=scan)
         try:

@@ -197,7 +197,7 @@ def _close(args: argparse.Namespace, out: IO[str]) -> int:
         try:
             # Promotion scans the notes for vault secrets too: unlock the vault
             # now (keyring, else passphrase) rather than fail in the middle.
-            cli_memory._secret_scanner(services)
+            cli_memory.secret_scanner(services)
             model, why_not = (None, "--no-model") if args.no_model else _open_model()
             try:
                 report = close_session(
@@ -226,6 +226,6 @@ def _open_model() -> tuple[Any, str]:
         The model, or None and why it could not be opened.
     """
     try:
-        return cli_memory._open_model(), ""  # noqa: SLF001  # the one way the CLI opens it
+        return cli_memory.open_memory_model(), ""  # the one way the CLI opens it
     except CliError as e:
         return None, str(e)
