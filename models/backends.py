@@ -158,7 +158,9 @@ def register(spec: BackendSpec[Any], *, replace: bool = False) -> BackendSpec[An
         caller = sys._getframe(1).f_globals.get("__name__", "")  # noqa: SLF001 - who registers
         spec = dataclasses.replace(spec, module=str(caller))
     with _lock:
-        if spec.name in _backends and not replace and _backends[spec.name] != spec:
+        known = _backends.get(spec.name)
+        # The same module registering again (a reload) replaces its own entry.
+        if known is not None and not replace and known.module != spec.module:
             raise BackendError(f"a model backend named {spec.name!r} is already registered")
         _backends[spec.name] = spec
     return spec
