@@ -175,11 +175,12 @@ def _model_spec() -> Any:
     from models.factory import ModelSpec
 
     app = _settings()
-    return ModelSpec(
-        path=Path(app.model.path) if app.model.path else None,
-        n_ctx=app.model.n_ctx,
-        n_gpu_layers=app.model.n_gpu_layers,
-    )
+    options = {
+        "path": Path(app.model.path) if app.model.path else None,
+        "n_ctx": app.model.n_ctx,
+        "n_gpu_layers": app.model.n_gpu_layers,
+    }
+    return ModelSpec.from_options("llama.cpp", options)
 
 
 def _counter() -> tuple[Callable[[str], int], bool]:

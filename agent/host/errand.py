@@ -70,6 +70,7 @@ from agent.protocol import (
 )
 from memory.errors import MemoryErrorBase
 from memory.loader import UNCHECKED
+from models.backends import backend_for, runs_in_host, source_arguments, source_for
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
@@ -93,8 +94,9 @@ class AgentHost(ToolDispatch, ModelRelay):
 
     Args:
         model_spec: The model (None with ``scripted_model``). A local
-            backend is opened by the agent process; an "openai" backend is
-            opened here (the API key never leaves the host) and relayed.
+            backend is opened by the agent process; a backend that runs in the
+            host (``openai``: the API key never leaves the host) is opened
+            here and relayed.
         workspace: The directory the errand works in.
         broker: The vault broker (capabilities, http_request, redaction), or None.
         memory: The memory service, or None.
@@ -442,7 +444,16 @@ class AgentHost(ToolDispatch, ModelRelay):
             argv = [sys.executable, "-I", "-m", "agent.worker"]
         if self._scripted is not None:
             argv += ["--scripted-model", str(self._scripted)]
-        return argv
+        return argv + self._backend_source()[0]
+
+    def _backend_source(self) -> tuple[list[str], list[Path]]:
+        """The worker arguments and binds that let it load a backend registered at run time."""
+        if self._scripted is not None or self._spec is None or runs_in_host(self._spec):
+            return [], []
+        source = source_for(self._spec.backend)
+        if source is None:
+            return [], []
+        return source_arguments([source]), [source.file]
 
     def _hello(self) -> tuple[Hello, list[Path]]:
         """The Hello for the worker, and the files it must be able to read."""
@@ -457,15 +468,13 @@ class AgentHost(ToolDispatch, ModelRelay):
         if self._spec is None:
             raise ModelError("no model was chosen")
         spec = self._spec
-        if spec.backend == "llama.cpp" and spec.path is None:
-            # Verify the embedded model here, where the digest cache is writable,
-            # and send the agent a plain path: it cannot see the data dir.
-            from models.catalog import embedded_default, verify
-
-            checked = verify(embedded_default(), cache_file=spec.verified_cache)
-            spec = spec.model_copy(update={"path": checked.path, "verified_cache": None})
-        binds = [p for p in (spec.path, spec.scripted_file) if p is not None]
-        return Hello(model_spec=spec), [Path(p) for p in binds]
+        backend = backend_for(spec)
+        if backend.prepare is not None:
+            # E.g. verify the embedded model here, where the digest cache is
+            # writable: the agent cannot see the data dir.
+            spec = spec.model_copy(update={"settings": backend.prepare(spec.settings)})
+        binds = [Path(p) for p in backend.agent_files(spec.settings)]
+        return Hello(model_spec=spec), binds + self._backend_source()[1]
 
     def _task(self, task: str) -> Task:
         memory_text = ""

@@ -35,6 +35,7 @@ from app.sessions import (
     run_recorded,
 )
 from app.withheld import offer_from_event
+from models.backends import runs_in_host
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def agent_host_factory(
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
         options: dict[str, Any] = {"hidden_paths": services.protected_paths()}
-        if spec is not None and getattr(spec, "backend", None) == "openai":
+        if runs_in_host(spec):
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.
             options["relay_model"] = services.remote_model(spec)
@@ -352,7 +353,7 @@ def agent_host_factory(
         )
         owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
         model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
-            f"{getattr(spec, 'backend', '?')}:{getattr(spec, 'model_name', None) or 'local'}"
+            spec.label() if spec is not None else "unknown"
         )
         return AgentHostRunner(
             host, owned=owned, sessions=sessions, recorder=recorder, model=model
