@@ -171,6 +171,15 @@ def _lower_escapes(encoded: str) -> str:
 _UNIT = re.compile(r"\s+|\\u[0-9a-fA-F]{4}")
 _ESCAPE_WIDTH = 6
 _ESCAPE = re.compile(r"\\u[0-9a-fA-F]{4}")
+# The str.isspace() characters (what \s means), deleted by str.translate. None
+# lies above U+3000 (a test checks it against every code point).
+_DROP_SPACE: dict[int, None] = {c: None for c in range(0x3001) if chr(c).isspace()}
+# The only characters whose str.lower() is not one context-free character:
+# U+0130 lowers to two characters (it is kept), U+03A3 by its context (σ always).
+_DOTTED_I = "\u0130"
+_SIGMA = "\u03a3"
+_BLOCK = 2048
+"""Original characters per block of the position map (built only where asked)."""
 
 
 @lru_cache(maxsize=4096)
@@ -180,60 +189,181 @@ def _fold_char(ch: str) -> str:
 
 
 def _lower(segment: str) -> str:
-    # Per character, never str.lower() on a mixed segment: it lower-cases a
-    # Greek capital sigma by its context, and the result must not depend on
-    # where a stream was cut.
+    # Per character, as _fold_char, never context-dependent: the result must
+    # not depend on where a stream was cut. str.lower() is exactly that but
+    # for the two characters handled here.
     if segment.isascii():
         return segment.lower()
-    return "".join(_fold_char(ch) for ch in segment)
+    if _SIGMA in segment:
+        segment = segment.replace(_SIGMA, "\u03c3")
+    if _DOTTED_I in segment:
+        return _DOTTED_I.join(part.lower() for part in segment.split(_DOTTED_I))
+    return segment.lower()
 
 
-@dataclass(frozen=True)
-class FoldedText:
-    r"""The folded view of a text and the way back to the original's positions.
+def _fold_text(text: str) -> str:
+    """The folded text alone, with C-speed string operations (no position map)."""
+    if "\\u" not in text:
+        return _lower(text.translate(_DROP_SPACE))
+    pieces: list[str] = []
+    last = 0
+    for m in _ESCAPE.finditer(text):
+        s, e = m.span()
+        pieces.append(_lower(text[last:s].translate(_DROP_SPACE)))
+        pieces.append(_fold_char(chr(int(text[s + 2 : e], 16))))
+        last = e
+    pieces.append(_lower(text[last:].translate(_DROP_SPACE)))
+    return "".join(pieces)
 
-    Attributes:
-        text: The folded text.
-        starts: For each segment, its first folded index (ascending).
-        origins: For each segment, its first original index.
-        widths: For each segment, 1 (kept characters, one for one) or 6 (one
-            decoded ``\uXXXX`` escape).
-        length: The original text's length.
+
+_ASCII_SPACE = tuple(chr(c) for c in _DROP_SPACE if c < 128)
+
+
+def _folded_length(text: str, spaces: tuple[str, ...] = _ASCII_SPACE) -> int:
+    """``len(_fold_text(text))``, without building it.
+
+    ``spaces``: the ASCII whitespace characters that may occur in ``text``.
     """
+    if text.isascii():
+        n = len(text) - sum([text.count(c) for c in spaces])
+    else:
+        n = sum(map(len, text.split()))
+    if "\\u" in text:
+        n -= (_ESCAPE_WIDTH - 1) * len(_ESCAPE.findall(text))
+    return n
 
-    text: str
-    starts: list[int]
-    origins: list[int]
-    widths: list[int]
-    length: int
+
+class _Segments:
+    """The position map of one block: kept runs and decoded escapes."""
+
+    def __init__(self, text: str) -> None:
+        self.starts: list[int] = []  # first folded index of each segment
+        self.origins: list[int] = []  # its first original index
+        self.widths: list[int] = []  # 1 (kept, one for one) or 6 (an escape)
+        n = last = 0
+        for m in _UNIT.finditer(text):
+            s, e = m.span()
+            if s > last:
+                self._add(n, last, 1)
+                n += s - last
+            if text[s] == "\\":
+                self._add(n, s, _ESCAPE_WIDTH)
+                n += 1
+            last = e
+        if last < len(text):
+            self._add(n, last, 1)
+            n += len(text) - last
+        self.length = n
+
+    def _add(self, start: int, origin: int, width: int) -> None:
+        self.starts.append(start)
+        self.origins.append(origin)
+        self.widths.append(width)
 
     def origin(self, j: int) -> int:
-        """Original index where folded character ``j`` starts (``length`` past the end)."""
-        if j >= len(self.text):
-            return self.length
         i = bisect.bisect_right(self.starts, j) - 1
         if self.widths[i] == 1:
             return self.origins[i] + (j - self.starts[i])
         return self.origins[i]
 
-    def span(self, a: int, b: int) -> tuple[int, int]:
-        """The original span that folded characters ``a`` to ``b`` (exclusive) come from."""
-        i = bisect.bisect_right(self.starts, b - 1) - 1
+    def end(self, j: int) -> int:
+        """Original index just past folded character ``j``."""
+        i = bisect.bisect_right(self.starts, j) - 1
         if self.widths[i] == 1:
-            end = self.origins[i] + (b - 1 - self.starts[i]) + 1
-        else:
-            end = self.origins[i] + self.widths[i]
-        return self.origin(a), end
+            return self.origins[i] + (j - self.starts[i]) + 1
+        return self.origins[i] + self.widths[i]
 
     def count_before(self, limit: int) -> int:
-        """Number of folded characters whose original start is before ``limit``."""
         i = bisect.bisect_left(self.origins, limit) - 1
         if i < 0:
             return 0
         if self.widths[i] == 1:
-            seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else len(self.text)
+            seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else self.length
             return min(self.starts[i] + (limit - self.origins[i]), seg_end)
         return self.starts[i] + 1
+
+
+class FoldedText:
+    r"""The folded view of a text and the way back to the original's positions.
+
+    The folded text is built at once with string operations; the map back to
+    the original is built only when a position is asked for, and then only
+    for the blocks of :data:`_BLOCK` original characters that hold it (most
+    texts hold no secret and never need it).
+
+    Attributes:
+        text: The folded text.
+        length: The original text's length.
+    """
+
+    def __init__(self, source: str) -> None:
+        """Fold ``source`` (see :func:`fold`)."""
+        self.text = _fold_text(source)
+        self.length = len(source)
+        self._source = source
+        self._bounds: list[int] = []  # original index where each block starts
+        self._firsts: list[int] = []  # folded index where each block starts
+        self._blocks: dict[int, _Segments] = {}
+        # Nothing dropped or decoded: every position maps to itself.
+        self._identity = len(self.text) == self.length
+
+    def _index(self) -> None:
+        if self._bounds:
+            return
+        src, b, f = self._source, 0, 0
+        spaces = tuple(c for c in _ASCII_SPACE if c in src)
+        while True:
+            self._bounds.append(b)
+            self._firsts.append(f)
+            if b >= self.length:
+                break
+            # Never cut an escape: its halves would fold differently.
+            nxt = self.length if b + _BLOCK >= self.length else _unit_start(src, b + _BLOCK)
+            if nxt <= b:  # a block narrower than the escape that starts it
+                nxt = b + _ESCAPE_WIDTH
+            f += _folded_length(src[b:nxt], spaces)
+            b = nxt
+
+    def _block(self, i: int) -> _Segments:
+        seg = self._blocks.get(i)
+        if seg is None:
+            seg = _Segments(self._source[self._bounds[i] : self._bounds[i + 1]])
+            self._blocks[i] = seg
+        return seg
+
+    def _locate(self, j: int) -> tuple[int, int]:
+        """The block holding folded character ``j`` and ``j`` within it."""
+        self._index()
+        i = bisect.bisect_right(self._firsts, j) - 1
+        return i, j - self._firsts[i]
+
+    def origin(self, j: int) -> int:
+        """Original index where folded character ``j`` starts (``length`` past the end)."""
+        if j >= len(self.text):
+            return self.length
+        if self._identity:
+            return j
+        i, k = self._locate(j)
+        return self._bounds[i] + self._block(i).origin(k)
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        """The original span that folded characters ``a`` to ``b`` (exclusive) come from."""
+        if self._identity:
+            return a, b
+        i, k = self._locate(b - 1)
+        return self.origin(a), self._bounds[i] + self._block(i).end(k)
+
+    def count_before(self, limit: int) -> int:
+        """Number of folded characters whose original start is before ``limit``."""
+        if limit <= 0:
+            return 0
+        if limit >= self.length:
+            return len(self.text)
+        if self._identity:
+            return limit
+        self._index()
+        i = bisect.bisect_right(self._bounds, limit - 1) - 1
+        return self._firsts[i] + self._block(i).count_before(limit - self._bounds[i])
 
 
 def fold(text: str) -> FoldedText:
@@ -242,34 +372,7 @@ def fold(text: str) -> FoldedText:
     Lower-casing is per character and only where it keeps one character
     (``str.lower`` of it); the mapping back to the original is exact.
     """
-    pieces: list[str] = []
-    starts: list[int] = []
-    origins: list[int] = []
-    widths: list[int] = []
-    n = last = 0
-    for m in _UNIT.finditer(text):
-        s, e = m.span()
-        if s > last:
-            seg = _lower(text[last:s])
-            pieces.append(seg)
-            starts.append(n)
-            origins.append(last)
-            widths.append(1)
-            n += len(seg)
-        if text[s] == "\\":
-            pieces.append(_fold_char(chr(int(text[s + 2 : e], 16))))
-            starts.append(n)
-            origins.append(s)
-            widths.append(_ESCAPE_WIDTH)
-            n += 1
-        last = e
-    if last < len(text):
-        seg = _lower(text[last:])
-        pieces.append(seg)
-        starts.append(n)
-        origins.append(last)
-        widths.append(1)
-    return FoldedText("".join(pieces), starts, origins, widths, len(text))
+    return FoldedText(text)
 
 
 def _near_copy_length(n: int) -> int:
@@ -287,18 +390,38 @@ def variant_patterns(value: SecretValue) -> set[str]:
     Raises:
         TypeError: ``value`` is not bytes or text.
     """
+    return _variant_table(value)[0]
+
+
+_PROBE_MAX = 16
+"""The longest probe: longer needles skip no faster and match fewer patterns."""
+
+
+def _variant_table(value: SecretValue) -> tuple[set[str], set[str]]:
+    """:func:`variant_patterns` and its *probes*: every pattern holds one of them.
+
+    A text in which no probe occurs (a ``str.find`` each) holds no pattern,
+    so the automaton need not run over it. A folded form's probe is its first
+    :data:`_PROBE_MAX` characters; a base's windows of ``w`` characters share
+    the probes of ``q = min(_PROBE_MAX, w // 2)`` characters at every
+    ``w - q + 1``-th offset, so each window holds one whole.
+    """
     forms = secret_forms(value)
-    patterns = {f for f in (fold(form).text for form in forms) if len(f) >= MIN_DERIVED_LENGTH}
+    patterns = {f for f in (_fold_text(form) for form in forms) if len(f) >= MIN_DERIVED_LENGTH}
+    probes = {p[:_PROBE_MAX] for p in patterns}
     raw_bytes = value.encode("utf-8") if isinstance(value, str) else bytes(value)
     bases = [raw_bytes.hex(), *_b64_cores(raw_bytes)]
     if isinstance(value, str) or _utf8_or_none(raw_bytes) is not None:
         bases.append(raw_bytes.decode("utf-8"))
     for base in bases:
-        folded = fold(base).text
+        folded = _fold_text(base)
         width = _near_copy_length(len(folded))
         if len(folded) > width:
             patterns.update(folded[i : i + width] for i in range(len(folded) - width + 1))
-    return patterns
+            q = min(_PROBE_MAX, width // 2)
+            last = len(folded) - width  # the last window's offset
+            probes.update(folded[k : k + q] for k in range(0, last + width - q + 1, width - q + 1))
+    return patterns, probes
 
 
 def _utf8_or_none(raw: bytes) -> str | None:
@@ -348,6 +471,20 @@ def _merge(found: list[tuple[int, int, str, int]]) -> list[_Interval]:
     return merged
 
 
+_MAX_PROBES = 256
+_MAX_REGIONS = 1024
+"""Past this many probe occurrences the automaton runs over the whole text."""
+
+
+def _minimal(probes: set[str]) -> list[str]:
+    """``probes`` less those that hold another (where that one occurs, so do they)."""
+    kept: list[str] = []
+    for probe in sorted(probes, key=len):
+        if not any(k in probe for k in kept):
+            kept.append(probe)
+    return kept
+
+
 class Redactor:
     """Replaces every form, variant and near-copy of a set of named secrets.
 
@@ -375,6 +512,7 @@ class Redactor:
         """
         patterns: dict[str, str] = {}
         folded: dict[str, str] = {}
+        probes: set[str] = set()
         failure = None
         try:
             items = secrets.items() if isinstance(secrets, Mapping) else secrets
@@ -384,8 +522,10 @@ class Redactor:
                 for form in secret_forms(value):
                     patterns.setdefault(form, name)
                 if variants:
-                    for pattern in variant_patterns(value):
+                    found, more = _variant_table(value)
+                    for pattern in found:
                         folded.setdefault(pattern, name)
+                    probes |= more
             automaton = None
             if folded:
                 automaton = ahocorasick.Automaton()
@@ -401,6 +541,8 @@ class Redactor:
         self.names = sorted(set(patterns.values()) | set(folded.values()))
         self.max_pattern_length = max((len(p) for p in patterns), default=0)
         self.max_folded_length = max((len(p) for p in folded), default=0)
+        # Past this many probes, one automaton pass costs less than the finds.
+        self._probes = _minimal(probes) if len(probes) <= _MAX_PROBES else None
 
     aligned = False
 
@@ -418,10 +560,39 @@ class Redactor:
                 pos = text.find(pattern, pos + 1)
         if self._automaton is not None:
             view = fold(text)
-            for last, (length, name) in self._automaton.iter(view.text):
-                start, end = view.span(last - length + 1, last + 1)
-                found.append((start, start - end, name, end))
+            for a, b in self._regions(view.text):
+                # A slice: the automaton copies the whole string it is given.
+                for last, (length, name) in self._automaton.iter(view.text[a:b]):
+                    start, end = view.span(a + last - length + 1, a + last + 1)
+                    found.append((start, start - end, name, end))
         return _merge(found)
+
+    def _regions(self, folded: str) -> list[tuple[int, int]]:
+        """Folded spans that hold every occurrence of a folded pattern.
+
+        Each occurrence holds a probe, so it lies within the longest pattern's
+        length of a probe's occurrence; where probes occur nowhere, no span.
+        """
+        n = len(folded)
+        if self._probes is None:
+            return [(0, n)]
+        reach = self.max_folded_length
+        spans: list[tuple[int, int]] = []
+        for probe in self._probes:
+            pos = folded.find(probe)
+            while pos >= 0:
+                spans.append((max(pos + len(probe) - reach, 0), min(pos + reach, n)))
+                if len(spans) > _MAX_REGIONS:
+                    return [(0, n)]
+                pos = folded.find(probe, pos + 1)
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
 
     def _marker(self, name: str) -> str:
         return MARKER.format(name=name)
