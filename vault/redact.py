@@ -201,22 +201,29 @@ def _lower(segment: str) -> str:
     return segment.lower()
 
 
+def _drop_space(text: str) -> str:
+    if text.isascii():  # bytes.translate deletes faster than str.translate
+        return text.encode("ascii").translate(None, _ASCII_SPACE_BYTES).decode("ascii")
+    return text.translate(_DROP_SPACE)
+
+
 def _fold_text(text: str) -> str:
     """The folded text alone, with C-speed string operations (no position map)."""
     if "\\u" not in text:
-        return _lower(text.translate(_DROP_SPACE))
+        return _lower(_drop_space(text))
     pieces: list[str] = []
     last = 0
     for m in _ESCAPE.finditer(text):
         s, e = m.span()
-        pieces.append(_lower(text[last:s].translate(_DROP_SPACE)))
+        pieces.append(_lower(_drop_space(text[last:s])))
         pieces.append(_fold_char(chr(int(text[s + 2 : e], 16))))
         last = e
-    pieces.append(_lower(text[last:].translate(_DROP_SPACE)))
+    pieces.append(_lower(_drop_space(text[last:])))
     return "".join(pieces)
 
 
 _ASCII_SPACE = tuple(chr(c) for c in _DROP_SPACE if c < 128)
+_ASCII_SPACE_BYTES = "".join(_ASCII_SPACE).encode("ascii")
 
 
 def _folded_length(text: str, spaces: tuple[str, ...] = _ASCII_SPACE) -> int:
@@ -390,38 +397,85 @@ def variant_patterns(value: SecretValue) -> set[str]:
     Raises:
         TypeError: ``value`` is not bytes or text.
     """
-    return _variant_table(value)[0]
+    forms, bases = _variants(value, secret_forms(value))
+    return forms | {w for base, width in bases for w in _windows(base, width)}
+
+
+def _windows(base: str, width: int) -> list[str]:
+    return [base[i : i + width] for i in range(len(base) - width + 1)]
+
+
+def _variants(value: SecretValue, forms: set[str]) -> tuple[set[str], list[tuple[str, int]]]:
+    """The folded forms of ``value`` and its folded bases whose windows are near-copies.
+
+    Returns:
+        The folded forms (:data:`MIN_DERIVED_LENGTH` characters or more) and
+        ``(base, width)`` for each base longer than its near-copy width.
+    """
+    folded = {f for f in (_fold_text(form) for form in forms) if len(f) >= MIN_DERIVED_LENGTH}
+    raw_bytes = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    bases = [raw_bytes.hex(), *_b64_cores(raw_bytes)]
+    if isinstance(value, str) or _utf8_or_none(raw_bytes) is not None:
+        bases.append(raw_bytes.decode("utf-8"))
+    windowed: list[tuple[str, int]] = []
+    for base in dict.fromkeys(_fold_text(b) for b in bases):
+        width = _near_copy_length(len(base))
+        if len(base) > width:
+            windowed.append((base, width))
+    return folded, windowed
 
 
 _PROBE_MAX = 16
 """The longest probe: longer needles skip no faster and match fewer patterns."""
 
 
-def _variant_table(value: SecretValue) -> tuple[set[str], set[str]]:
-    """:func:`variant_patterns` and its *probes*: every pattern holds one of them.
+def _form_probe(form: str) -> str:
+    return form[:_PROBE_MAX]
 
-    A text in which no probe occurs (a ``str.find`` each) holds no pattern,
-    so the automaton need not run over it. A folded form's probe is its first
-    :data:`_PROBE_MAX` characters; a base's windows of ``w`` characters share
-    the probes of ``q = min(_PROBE_MAX, w // 2)`` characters at every
-    ``w - q + 1``-th offset, so each window holds one whole.
+
+def _base_probes(base: str, width: int) -> list[tuple[str, int]]:
+    """Probes ``(text, offset)`` of a base such that every window holds one whole.
+
+    They are ``q = min(_PROBE_MAX, width // 2)`` characters long, every
+    ``width - q + 1`` characters: a window starting at ``i`` holds the first
+    probe at or after ``i``.
     """
-    forms = secret_forms(value)
-    patterns = {f for f in (_fold_text(form) for form in forms) if len(f) >= MIN_DERIVED_LENGTH}
-    probes = {p[:_PROBE_MAX] for p in patterns}
-    raw_bytes = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    bases = [raw_bytes.hex(), *_b64_cores(raw_bytes)]
-    if isinstance(value, str) or _utf8_or_none(raw_bytes) is not None:
-        bases.append(raw_bytes.decode("utf-8"))
-    for base in bases:
-        folded = _fold_text(base)
-        width = _near_copy_length(len(folded))
-        if len(folded) > width:
-            patterns.update(folded[i : i + width] for i in range(len(folded) - width + 1))
-            q = min(_PROBE_MAX, width // 2)
-            last = len(folded) - width  # the last window's offset
-            probes.update(folded[k : k + q] for k in range(0, last + width - q + 1, width - q + 1))
-    return patterns, probes
+    q = min(_PROBE_MAX, width // 2)
+    step = width - q + 1
+    last = len(base) - width  # the last window's offset
+    return [(base[k : k + q], k) for k in range(0, last + step, step)]
+
+
+def _variant_table(value: SecretValue) -> tuple[set[str], set[str]]:
+    """:func:`variant_patterns` and its *probes*: every pattern holds one of them."""
+    forms, bases = _variants(value, secret_forms(value))
+    probes = {_form_probe(f) for f in forms}
+    probes.update(p for base, width in bases for p, _ in _base_probes(base, width))
+    return variant_patterns(value), probes
+
+
+def _common_prefix(a: str, i: int, b: str, j: int) -> int:
+    """Length of the longest common prefix of ``a[i:]`` and ``b[j:]`` (slice compares)."""
+    lo, hi = 0, min(len(a) - i, len(b) - j)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[i : i + mid] == b[j : j + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: str, i: int, b: str, j: int) -> int:
+    """Length of the longest common suffix of ``a[:i]`` and ``b[:j]``."""
+    lo, hi = 0, min(i, j)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[i - mid : i] == b[j - mid : j]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _utf8_or_none(raw: bytes) -> str | None:
@@ -449,7 +503,9 @@ class _Matcher(Protocol):
     aligned: bool
     """Whether matches depend on the folded offset of the text (see ``origin``)."""
 
-    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]: ...
+    def _intervals(
+        self, text: str, origin: int = 0, view: FoldedText | None = None
+    ) -> list[_Interval]: ...
 
     def _marker(self, name: str) -> str: ...
 
@@ -472,17 +528,9 @@ def _merge(found: list[tuple[int, int, str, int]]) -> list[_Interval]:
 
 
 _MAX_PROBES = 256
-_MAX_REGIONS = 1024
-"""Past this many probe occurrences the automaton runs over the whole text."""
-
-
-def _minimal(probes: set[str]) -> list[str]:
-    """``probes`` less those that hold another (where that one occurs, so do they)."""
-    kept: list[str] = []
-    for probe in sorted(probes, key=len):
-        if not any(k in probe for k in kept):
-            kept.append(probe)
-    return kept
+"""Past this many probes one automaton pass over the text costs less than the
+probes' ``str.find`` passes: the table is then an Aho-Corasick automaton of
+every pattern instead."""
 
 
 class Redactor:
@@ -512,87 +560,118 @@ class Redactor:
         """
         patterns: dict[str, str] = {}
         folded: dict[str, str] = {}
-        probes: set[str] = set()
+        bases: list[tuple[str, int, str]] = []
         failure = None
         try:
             items = secrets.items() if isinstance(secrets, Mapping) else secrets
             for name, value in items:
                 if not isinstance(name, str) or not name:
                     raise TypeError("secret names must be non-empty strings")
-                for form in secret_forms(value):
+                forms = secret_forms(value)
+                for form in forms:
                     patterns.setdefault(form, name)
                 if variants:
-                    found, more = _variant_table(value)
-                    for pattern in found:
-                        folded.setdefault(pattern, name)
-                    probes |= more
+                    found, windowed = _variants(value, forms)
+                    for form in found:
+                        folded.setdefault(form, name)
+                    bases += [(base, width, name) for base, width in windowed]
+            form_probes: dict[str, list[tuple[str, str]]] = {}
+            for form, name in folded.items():
+                form_probes.setdefault(_form_probe(form), []).append((form, name))
+            base_probes: dict[str, list[tuple[int, int]]] = {}
+            for n, (base, width, _) in enumerate(bases):
+                for probe, k in _base_probes(base, width):
+                    base_probes.setdefault(probe, []).append((n, k))
             automaton = None
-            if folded:
+            if len(form_probes.keys() | base_probes.keys()) > _MAX_PROBES:
+                every = dict(folded)
+                for base, width, name in bases:
+                    for window in _windows(base, width):
+                        every.setdefault(window, name)
                 automaton = ahocorasick.Automaton()
-                for pattern, name in folded.items():
+                for pattern, name in every.items():
                     automaton.add_word(pattern, (len(pattern), name))
                 automaton.make_automaton()
+                form_probes, base_probes = {}, {}
         except Exception as e:  # fail closed: re-raised as RedactionError below
             failure = _failure(e)
         if failure is not None:
             raise failure
-        self._patterns = sorted(patterns.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+        # Forms that share their first _PROBE_MAX characters share one find.
+        exact: dict[str, list[tuple[str, str]]] = {}
+        for form, name in patterns.items():
+            exact.setdefault(form[:_PROBE_MAX], []).append((form, name))
+        self._exact = sorted(exact.items())
         self._automaton = automaton
-        self.names = sorted(set(patterns.values()) | set(folded.values()))
+        self._bases = bases
+        self._form_probes = form_probes
+        self._base_probes = base_probes
+        self._probes = sorted(form_probes.keys() | base_probes.keys())
+        self.names = sorted(
+            set(patterns.values()) | set(folded.values()) | {name for *_, name in bases}
+        )
         self.max_pattern_length = max((len(p) for p in patterns), default=0)
-        self.max_folded_length = max((len(p) for p in folded), default=0)
-        # Past this many probes, one automaton pass costs less than the finds.
-        self._probes = _minimal(probes) if len(probes) <= _MAX_PROBES else None
+        self.max_folded_length = max(
+            [len(p) for p in folded] + [width for _, width, _ in bases], default=0
+        )
 
     aligned = False
 
-    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]:
+    def _intervals(
+        self, text: str, origin: int = 0, view: FoldedText | None = None
+    ) -> list[_Interval]:
         """Merged runs of characters covered by some occurrence, in order.
 
         ``origin`` (the folded length of the text before ``text``) is unused:
-        every position is searched.
+        every position is searched. ``view``: ``fold(text)``, where the caller
+        has it already.
         """
         found: list[tuple[int, int, str, int]] = []
-        for pattern, name in self._patterns:
-            pos = text.find(pattern)
+        for probe, forms in self._exact:
+            pos = text.find(probe)
             while pos >= 0:
-                found.append((pos, -len(pattern), name, pos + len(pattern)))
-                pos = text.find(pattern, pos + 1)
+                for pattern, name in forms:
+                    if text.startswith(pattern, pos):
+                        found.append((pos, -len(pattern), name, pos + len(pattern)))
+                pos = text.find(probe, pos + 1)
         if self._automaton is not None:
-            view = fold(text)
-            for a, b in self._regions(view.text):
-                # A slice: the automaton copies the whole string it is given.
-                for last, (length, name) in self._automaton.iter(view.text[a:b]):
-                    start, end = view.span(a + last - length + 1, a + last + 1)
-                    found.append((start, start - end, name, end))
+            view = view or fold(text)
+            for last, (length, name) in self._automaton.iter(view.text):
+                start, end = view.span(last - length + 1, last + 1)
+                found.append((start, start - end, name, end))
+        elif self._probes:
+            view = view or fold(text)
+            for a, b, name in self._variant_spans(view.text):
+                start, end = view.span(a, b)
+                found.append((start, start - end, name, end))
         return _merge(found)
 
-    def _regions(self, folded: str) -> list[tuple[int, int]]:
-        """Folded spans that hold every occurrence of a folded pattern.
+    def _variant_spans(self, folded: str) -> list[tuple[int, int, str]]:
+        """Folded spans of the folded forms and near-copies in ``folded``.
 
-        Each occurrence holds a probe, so it lies within the longest pattern's
-        length of a probe's occurrence; where probes occur nowhere, no span.
+        Each occurrence holds a probe (:func:`_base_probes`): where one occurs,
+        a folded form is checked in place, and a base is compared on both
+        sides as far as it agrees. A run of ``width`` characters or more is the
+        union of the windows that occur there, what the automaton would find.
         """
-        n = len(folded)
-        if self._probes is None:
-            return [(0, n)]
-        reach = self.max_folded_length
-        spans: list[tuple[int, int]] = []
+        spans: list[tuple[int, int, str]] = []
         for probe in self._probes:
+            forms = self._form_probes.get(probe, ())
+            bases = self._base_probes.get(probe, ())
+            q = len(probe)
             pos = folded.find(probe)
             while pos >= 0:
-                spans.append((max(pos + len(probe) - reach, 0), min(pos + reach, n)))
-                if len(spans) > _MAX_REGIONS:
-                    return [(0, n)]
+                for form, name in forms:
+                    if folded.startswith(form, pos):
+                        spans.append((pos, pos + len(form), name))
+                for n, k in bases:
+                    base, width, name = self._bases[n]
+                    left = _common_suffix(folded, pos, base, k)
+                    right = _common_prefix(folded, pos + q, base, k + q)
+                    if left + q + right >= width:
+                        spans.append((pos - left, pos + q + right, name))
                 pos = folded.find(probe, pos + 1)
-        spans.sort()
-        merged: list[tuple[int, int]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        return merged
+        return spans
 
     def _marker(self, name: str) -> str:
         return MARKER.format(name=name)
@@ -709,12 +788,11 @@ class StreamRedactor:
             failure = _failure(e)
         raise failure
 
-    def _decidable(self, buf: str) -> int:
-        """How far into ``buf`` every occurrence that starts there is wholly known."""
+    def _decidable(self, buf: str, view: FoldedText | None) -> int:
+        """How far into ``buf`` (folded: ``view``) every occurrence that starts there is known."""
         decide = len(buf) - self._keep
-        if self._folded_keep < 0:
+        if view is None:
             return decide
-        view = fold(buf)
         # A folded character is settled once a \uXXXX escape starting at it
         # would be complete; one cut at the end may still change.
         settled = view.count_before(len(buf) - _ESCAPE_WIDTH + 1)
@@ -726,13 +804,14 @@ class StreamRedactor:
     def _step(self, chunk: str, *, final: bool) -> str:
         base = len(self._context)
         buf = self._context + self._pending + chunk
-        decide = len(buf) if final else self._decidable(buf)
+        view = fold(buf) if self._folded_keep >= 0 else None
+        decide = len(buf) if final else self._decidable(buf, view)
         if decide <= base:
             self._pending = buf[base:]
             return ""
         out: list[str] = []
         pos = base
-        for iv in self._redactor._intervals(buf, self._origin):
+        for iv in self._redactor._intervals(buf, self._origin, view):
             if iv.end <= base:
                 continue
             if iv.start >= decide:

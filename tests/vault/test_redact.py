@@ -446,8 +446,8 @@ def test_text_without_a_secret_never_builds_the_position_map(
     monkeypatch.setattr("vault.redact._Segments", _CountingSegments)
     r = Redactor({"K": TEXT_KEY, "P": "correct horse battery staple"})
     prose = "The key is stored in the vault;\n the agent sees only a handle. \\u0041 " * 2000
-    # No probe occurs in it: the automaton has nowhere to run.
-    assert r._regions(fold(prose).text) == []
+    # No probe occurs in it: nothing to check.
+    assert r._automaton is None and r._variant_spans(fold(prose).text) == []
     assert r.redact(prose) == (prose, [])
     assert r.scan(prose) == []
     stream = r.stream()
@@ -463,3 +463,32 @@ def test_text_without_a_secret_never_builds_the_position_map(
     # A secret in it does build the map, where the secret is.
     assert r.redact(prose + TEXT_KEY.upper())[0].endswith("[REDACTED:K]")
     assert 1 <= _CountingSegments.built <= 2
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=text_secrets_st,
+    kinds=st.lists(variant_st, min_size=0, max_size=3),
+    filler=st.lists(filler_st, min_size=4, max_size=4),
+    cut=st.integers(min_value=0, max_value=40),
+)
+def test_property_probes_find_what_the_automaton_finds(
+    value: str, kinds: list[str], filler: list[str], cut: int
+) -> None:
+    # Few secrets are matched through probes, many through one automaton of
+    # every pattern: the same spans either way.
+    variants = _variants(TEXT_KEY)
+    text = (
+        filler[0]
+        + "".join(variants[k] + f for k, f in zip(kinds, filler[1:], strict=False))
+        + value[cut:]
+        + filler[-1]
+        + value.upper()[: len(value) - cut]
+    )
+    table = {"K": TEXT_KEY, "V": value}
+    probed = Redactor(table)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("vault.redact._MAX_PROBES", 0)
+        automaton = Redactor(table)
+    assert probed._automaton is None and automaton._automaton is not None
+    assert probed.redact(text) == automaton.redact(text)
