@@ -130,6 +130,9 @@ class Rule(BaseModel):
             if self.pattern != "*":
                 raise ValueError("a rule for every tool ('*') must have the pattern '*'")
             return self
+        if self.tool == NET_RULE:
+            _net_pattern(self.pattern)  # raises ValueError naming the problem
+            return self
         if self.tool not in ALL_TOOLS:
             raise ValueError(f"unknown tool {self.tool!r}; known: {', '.join(ALL_TOOLS)}")
         if self.pattern == "*":
@@ -413,6 +416,8 @@ class PolicyEngine:
         Raises:
             PolicyError: The tool is unknown.
         """
+        if request.tool == NET_RULE:
+            return self._decide_net(request, tainted=tainted)
         spec = ALL_TOOLS.get(request.tool)
         if spec is None:
             raise PolicyError(f"no policy for unknown tool {request.tool!r}")
@@ -469,6 +474,32 @@ class PolicyEngine:
                 )
         default = DEFAULT_ACTIONS[spec.effect]
         return Decision(action=default, rule=None, reason=f"default for {spec.effect} calls")
+
+    def _decide_net(self, request: ToolCallRequest, *, tainted: bool) -> Decision:
+        """A request a sandboxed command sends through the egress proxy.
+
+        ``request.arguments``: ``host``, ``method``, ``path``, ``command`` and
+        ``capability`` (whether it carries a handle). Deny > ask > allow over
+        ``net(...)`` rules; a request with a capability asks once the context
+        is tainted, whatever the rules; no match asks.
+        """
+        host = str(request.arguments.get("host", "")).lower()
+        method = str(request.arguments.get("method", "")).upper()
+        for action in ("deny", "ask", "allow"):
+            for rule in self.rules:
+                if rule.action != action or rule.tool not in ("*", NET_RULE):
+                    continue
+                if rule.tool == "*" or _net_matches(rule.pattern, host, method):
+                    if action == "allow" and tainted and request.arguments.get("capability"):
+                        return Decision(
+                            action="ask",
+                            rule=None,
+                            reason="untrusted content is in the context and this request "
+                            "uses a capability",
+                        )
+                    verb = {"deny": "denied by", "ask": "asked by", "allow": "allowed by"}[action]
+                    return Decision(action=action, rule=rule, reason=f"{verb} rule {rule}")
+        return Decision(action="ask", rule=None, reason="default for network requests")
 
     def _credential_file(self, request: ToolCallRequest) -> str | None:
         """The :data:`CREDENTIAL_FILES` pattern the call's path matches, if any."""
@@ -557,6 +588,31 @@ class PolicyEngine:
         subject = str(request.arguments.get(spec.main_argument or "", ""))
         return fnmatch.fnmatchcase(subject, rule.pattern)
 
+NET_RULE = "net"
+"""The rule kind for requests of sandboxed commands through the egress proxy:
+``net(github.com)``, ``net(*.pypi.org, GET)``, ``net(api.x.com, GET, POST)``."""
+
+
+def _net_pattern(pattern: str) -> tuple[str, frozenset[str]]:
+    """Split ``host[, METHOD...]``; raises ValueError naming what is wrong."""
+    host, *methods = [part.strip() for part in pattern.split(",")]
+    host = host.lower()
+    if host != "*" and not _HOST_PATTERN.match(host):
+        raise ValueError(f"{host!r} is not a host name (wildcard only as '*.' prefix)")
+    wanted = frozenset(m.upper() for m in methods if m)
+    unknown = sorted(m for m in wanted if not re.fullmatch(r"[A-Z]+", m))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} is not an HTTP method")
+    return host, wanted
+
+
+def _net_matches(pattern: str, host: str, method: str) -> bool:
+    want, methods = _net_pattern(pattern)
+    if methods and method not in methods:
+        return False
+    return _host_matches(want, host)
+
+
 def _path_subject(request: ToolCallRequest) -> tuple[str, bool]:
     """The path a file rule matches, and whether it was resolved in the workspace."""
     raw = str(request.arguments.get("path", "."))
@@ -577,6 +633,9 @@ def suggest_rule(request: ToolCallRequest, *, action: Action = "allow") -> Rule:
     Exact, never broader than the call: the command, the resolved path, the host.
     """
     args = request.arguments
+    if request.tool == NET_RULE:
+        return Rule(tool=NET_RULE, pattern=str(args.get("host", "*")) or "*", action=action,
+                    scope="workspace")
     if request.tool == "shell":
         pattern = str(args.get("command", "*")).strip() or "*"
     elif request.tool == "http_request":

@@ -1,0 +1,62 @@
+"""``net(...)`` rules and the host hooks that decide proxied requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.egress.hooks import PolicyEgressHooks
+from agent.egress.proxy import EgressRequest
+from agent.errors import PolicyError
+from agent.policy import PolicyEngine, Rule
+
+
+def _request(host: str, method: str = "GET", capability: str | None = None) -> EgressRequest:
+    return EgressRequest("git push", "https", host, 443, method, "/x", capability)
+
+
+def _hooks(rules: list[Rule], *, answer: bool = False, tainted: bool = False) -> tuple[
+    PolicyEgressHooks, list[dict[str, Any]], list[str]
+]:
+    asked: list[dict[str, Any]] = []
+    kinds: list[str] = []
+
+    def ask(arguments: dict[str, Any], reason: str, rule: Any) -> bool:
+        asked.append({**arguments, "reason": reason, "rule": str(rule)})
+        return answer
+
+    hooks = PolicyEgressHooks(
+        PolicyEngine(rules), ask=ask, record=lambda kind, **_: kinds.append(kind),
+        tainted=lambda: tainted,
+    )
+    return hooks, asked, kinds
+
+
+def test_net_rules_parse_and_refuse_bad_patterns() -> None:
+    assert str(Rule.parse("net(*.pypi.org, GET)", action="allow")) == "net(*.pypi.org, GET)"
+    with pytest.raises(PolicyError, match="not a host name"):
+        Rule.parse("net(http://x)", action="allow")
+    with pytest.raises(PolicyError, match="not an HTTP method"):
+        Rule.parse("net(x.com, G3T)", action="allow")
+
+
+def test_deny_beats_allow_and_methods_narrow_a_rule() -> None:
+    rules = [
+        Rule.parse("net(*.pypi.org, GET)", action="allow"),
+        Rule.parse("net(evil.pypi.org)", action="deny"),
+    ]
+    hooks, asked, kinds = _hooks(rules)
+    assert hooks.decide(_request("files.pypi.org")).allowed
+    assert not hooks.decide(_request("evil.pypi.org")).allowed
+    # POST is not in the rule: the default asks; the user says no.
+    assert not hooks.decide(_request("files.pypi.org", "POST")).allowed
+    assert asked and asked[0]["method"] == "POST" and asked[0]["command"] == "git push"
+    assert kinds == ["egress_decision"] * 3
+
+
+def test_taint_makes_a_capability_ask_even_when_a_rule_allows() -> None:
+    hooks, asked, _ = _hooks([Rule.parse("net(github.com)", action="allow")], tainted=True)
+    assert hooks.decide(_request("github.com")).allowed  # no capability: the rule holds
+    assert not hooks.decide(_request("github.com", capability="cap_" + "0" * 32)).allowed
+    assert "untrusted content" in asked[0]["reason"]
