@@ -36,10 +36,11 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.egress.settings import EgressSettings
 from agent.errors import (
     AgentCrashedError,
     AuditWriteError,
@@ -84,6 +85,9 @@ from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
 from vault.errors import RedactionError, SecretScanError, VaultError, VaultLockedError
 from vault.secretscan import Finding, withhold
+
+if TYPE_CHECKING:
+    from agent.egress.proxy import EgressProxy
 
 log = logging.getLogger(__name__)
 
@@ -646,6 +650,9 @@ class AgentHost:
             before it is killed (the errand then ends "cancelled").
         write_timeout: Seconds a write may wait for the agent to read its
             input before it counts as hung.
+        egress: Give sandboxed shell commands the network through the
+            session's egress proxy (started on the first shell call, stopped
+            by :meth:`close`), built with these settings; None: no network.
     """
 
     def __init__(
@@ -674,6 +681,7 @@ class AgentHost:
         hidden_paths: Sequence[Path] = (),
         cancel_grace: float = CANCEL_GRACE_S,
         write_timeout: float = WRITE_TIMEOUT_S,
+        egress: EgressSettings | None = None,
     ) -> None:
         self._spec = model_spec
         self._hidden = [Path(p) for p in hidden_paths]
@@ -706,6 +714,10 @@ class AgentHost:
         self._redaction_failed: RedactionError | None = None
         self.tainted = False
         self.os_isolation = False
+        # Egress proxy (begin): one per session, started by the first shell call.
+        self._egress_settings = egress
+        self._egress: EgressProxy | None = None
+        # Egress proxy (end)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -774,8 +786,9 @@ class AgentHost:
         )
 
     def close(self) -> None:
-        """Stop the agent process (politely, then by force) and the relayed model."""
+        """Stop the agent process (politely, then by force), the egress proxy, the relayed model."""
         self._stop_worker()
+        self._close_egress()  # Egress proxy
         if self._relay_model is not None:
             self._relay_model.close()
 
@@ -1047,6 +1060,7 @@ class AgentHost:
             hidden_paths=tuple(self._hidden),
             tainted=self.tainted,
             may_read=self._policy.read_filter(),
+            egress=self._egress_for(req.tool),  # Egress proxy
         )
         proc = self._proc
         try:
@@ -1174,6 +1188,59 @@ class AgentHost:
                 **extra,
             },
         )
+
+    # ----------------------------------------------------------------- egress proxy (begin)
+
+    def _egress_for(self, tool: str) -> EgressProxy | None:
+        """The session's egress proxy for a sandboxed ``shell`` call, started on first use.
+
+        Raises:
+            SandboxError: The proxy did not start (the call fails with the reason).
+        """
+        settings = self._egress_settings
+        if settings is None or tool != "shell" or not self._sandbox.available:
+            return None
+        if self._egress is None:
+            from agent.egress.hooks import PolicyEgressHooks  # noqa: PLC0415 (mitmproxy on demand)
+            from agent.egress.proxy import EgressProxy  # noqa: PLC0415
+
+            hooks = PolicyEgressHooks(
+                self._policy, ask=self._ask_net, record=self._record, tainted=lambda: self.tainted
+            )
+            # The broker redeems handles and redacts; one without those methods
+            # (a test double) means no capability can be used through the proxy.
+            broker = self._broker if hasattr(self._broker, "redeem_egress") else None
+            proxy = EgressProxy(
+                hooks,
+                broker,  # type: ignore[arg-type]  # checked just above
+                session_id=self.session_id,
+                pinned_hosts=settings.pinned_hosts,
+                local_hosts=settings.local_hosts,
+                upstream_ca=settings.upstream_ca,
+                resolver=settings.resolver,
+            )
+            proxy.start()
+            self._egress = proxy
+            self._record("egress_started", details={"pinned": list(settings.pinned_hosts)})
+        return self._egress
+
+    def _ask_net(self, call: ToolCallRequest, decision: Decision) -> bool:
+        """Ask the user about one proxied request (on a proxy thread), as a ``net`` call.
+
+        "Session" and "always" add the suggested ``net(host)`` rule, as for a
+        tool call. A cancelled errand asks nothing and refuses.
+        """
+        if self._cancel.cancelled:
+            return False
+        answer = self._ask(call, "network", decision, dict(call.arguments))
+        return answer.choice != "deny"
+
+    def _close_egress(self) -> None:
+        proxy, self._egress = self._egress, None
+        if proxy is not None:
+            proxy.close()
+
+    # ----------------------------------------------------------------- egress proxy (end)
 
     def _emit_result(self, req: ToolRequest, result: ToolResult) -> None:
         self._emit(

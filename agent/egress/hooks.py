@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.egress.proxy import EgressRequest, EgressVerdict
-from agent.policy import NET_RULE, PolicyEngine, ToolCallRequest, suggest_rule
+from agent.policy import NET_RULE, Decision, PolicyEngine, ToolCallRequest
 
 
 class PolicyEgressHooks:
@@ -20,7 +20,9 @@ class PolicyEgressHooks:
 
     Args:
         policy: The session's rules (``net(...)`` rules decide; deny > ask > allow).
-        ask: Asks the user: ``(arguments, reason, suggested rule) -> allowed``;
+        ask: Asks the user: ``(call, decision) -> allowed``, where ``call`` is
+            the ``net`` request (its arguments: command, host, method, path,
+            capability) and ``decision`` the policy's "ask" with its reason;
             called on a proxy thread, one at a time. None: "ask" refuses.
         record: Appends an audit entry (the host's fail-closed recorder).
         tainted: Whether untrusted content is in the agent's context now.
@@ -30,7 +32,7 @@ class PolicyEgressHooks:
         self,
         policy: PolicyEngine,
         *,
-        ask: Callable[[dict[str, Any], str, Any], bool] | None,
+        ask: Callable[[ToolCallRequest, Decision], bool] | None,
         record: Callable[..., None],
         tainted: Callable[[], bool],
     ) -> None:
@@ -54,9 +56,7 @@ class PolicyEgressHooks:
         action, reason, by = decision.action, decision.reason, "policy"
         if action == "ask":
             with self._lock:
-                allowed = self._ask is not None and self._ask(
-                    arguments, decision.reason, suggest_rule(call)
-                )
+                allowed = self._ask is not None and self._ask(call, decision)
             action, by = ("allow" if allowed else "deny"), "user"
             reason = f"{'allowed' if allowed else 'denied'} by the user ({decision.reason})"
         self.record(

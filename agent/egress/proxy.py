@@ -231,7 +231,7 @@ class _Addon:
             method="CONNECT",
             path="",
         )
-        verdict = await asyncio.to_thread(self.proxy.hooks.decide, request)
+        verdict = await asyncio.to_thread(self.proxy._decide, request)
         if verdict.allowed:
             data.ignore_connection = True  # a tunnel: the bytes go through untouched
         else:
@@ -480,6 +480,14 @@ class EgressProxy:
 
     # ------------------------------------------------------------------ requests
 
+    def _decide(self, request: EgressRequest) -> EgressVerdict:
+        """The host's verdict; a host that cannot decide (its audit log failed) refuses."""
+        try:
+            return self.hooks.decide(request)
+        except Exception as e:  # fail closed: nothing leaves undecided or unaudited
+            log.warning("egress decision failed: %s", type(e).__name__)
+            return EgressVerdict(False, f"the host could not decide this request: {e}")
+
     async def _on_request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         host = req.pretty_host.lower().rstrip(".")
@@ -504,7 +512,7 @@ class EgressProxy:
             path=req.path.split("?", 1)[0],
             capability=handle,
         )
-        verdict = await asyncio.to_thread(self.hooks.decide, request)
+        verdict = await asyncio.to_thread(self._decide, request)
         if not verdict.allowed:
             self._refuse(flow, verdict.reason)
             return

@@ -20,6 +20,7 @@ from agent.ports import BrokerPort, MemoryPort
 from agent.tools.paths import Workspace
 
 if TYPE_CHECKING:
+    from agent.egress.proxy import EgressProxy
     from agent.sandbox import Limits, Sandbox
 
 #: What a call does, for the policy defaults: reads are allowed inside the
@@ -91,6 +92,8 @@ class ToolContext:
             read many files (``search_files``) skip the others, so a deny rule
             on ``read_file`` cannot be dodged by searching
             (:meth:`agent.policy.PolicyEngine.read_filter`).
+        egress: The session's egress proxy: a sandboxed ``shell`` command
+            reaches the network only through it; ``None``: no network.
         now: The clock (a parameter so tests can fix time).
     """
 
@@ -107,6 +110,7 @@ class ToolContext:
     tainted: bool = False
     memory_source: Callable[[], Any] | None = None
     may_read: Callable[[str], bool] | None = None
+    egress: EgressProxy | None = None
     now: Callable[[], datetime] = _utc_now
 
     def files(self) -> Workspace:

@@ -344,3 +344,12 @@ def test_a_process_outside_the_sandbox_cannot_use_the_proxy_port(rig: Rig) -> No
             answer = b""
         assert answer == b""  # closed without an answer
     assert rig.hooks.seen == []
+
+
+def test_a_host_that_cannot_decide_refuses(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(request: EgressRequest) -> EgressVerdict:
+        raise OSError("audit log is full")
+
+    monkeypatch.setattr(rig.hooks, "decide", broken)
+    out = rig.run(f"curl -sS https://localhost:{rig.port}/hello")
+    assert "could not decide" in out and '"path"' not in out

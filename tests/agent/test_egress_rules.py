@@ -9,7 +9,7 @@ import pytest
 from agent.egress.hooks import PolicyEgressHooks
 from agent.egress.proxy import EgressRequest
 from agent.errors import PolicyError
-from agent.policy import PolicyEngine, Rule
+from agent.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
 
 
 def _request(host: str, method: str = "GET", capability: str | None = None) -> EgressRequest:
@@ -22,8 +22,9 @@ def _hooks(rules: list[Rule], *, answer: bool = False, tainted: bool = False) ->
     asked: list[dict[str, Any]] = []
     kinds: list[str] = []
 
-    def ask(arguments: dict[str, Any], reason: str, rule: Any) -> bool:
-        asked.append({**arguments, "reason": reason, "rule": str(rule)})
+    def ask(call: ToolCallRequest, decision: Decision) -> bool:
+        asked.append({**call.arguments, "reason": decision.reason,
+                      "rule": str(suggest_rule(call))})
         return answer
 
     hooks = PolicyEgressHooks(
