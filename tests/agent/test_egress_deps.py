@@ -1,4 +1,4 @@
-"""mitmproxy is installed without its dependencies (see the Makefile): what it needs is ours to list.
+"""mitmproxy is installed without its dependencies (see the Makefile): we list what it needs.
 
 Its metadata pins h11<=0.14 (request smuggling) and cryptography<44.1, so
 ``make`` installs it with ``--no-deps`` and pyproject.toml lists, with safe
