@@ -719,13 +719,19 @@ class GitGuard:
 
 
 def egress_binds(channel: EgressChannel, forwarder: Path) -> list[str]:
-    """Bwrap flags binding the proxy socket, the CA bundle and the forwarder into a sandbox."""
-    from agent.egress.proxy import SANDBOX_CA_BUNDLE, SANDBOX_FORWARDER, SANDBOX_SOCKET
+    """Bwrap flags binding the proxy socket, the CA bundle, the forwarder and the askpass shim."""
+    from agent.egress.proxy import (
+        SANDBOX_ASKPASS,
+        SANDBOX_CA_BUNDLE,
+        SANDBOX_FORWARDER,
+        SANDBOX_SOCKET,
+    )
 
     return [
         "--bind", str(channel.socket_path), SANDBOX_SOCKET,
         "--ro-bind", str(channel.ca_bundle), SANDBOX_CA_BUNDLE,
         "--ro-bind", str(forwarder), SANDBOX_FORWARDER,
+        "--ro-bind", str(forwarder.with_name("askpass")), SANDBOX_ASKPASS,
     ]  # fmt: skip
 
 

@@ -69,6 +69,9 @@ SANDBOX_SOCKET = f"{SANDBOX_DIR}/egress.sock"
 SANDBOX_CA_BUNDLE = f"{SANDBOX_DIR}/ca-bundle.pem"
 SANDBOX_FORWARDER = f"{SANDBOX_DIR}/forwarder.py"
 FORWARDER_SOURCE = Path(__file__).with_name("forwarder.py")
+#: git's GIT_ASKPASS in the sandbox: answers with ``KEYLESS_GIT_PASSWORD`` (a handle).
+SANDBOX_ASKPASS = f"{SANDBOX_DIR}/askpass"
+ASKPASS_SOURCE = Path(__file__).with_name("askpass.sh")
 _HANDLE_RE = re.compile(rb"cap_[0-9a-f]{32}")
 _HANDLE_TEXT_RE = re.compile(r"cap_[0-9a-f]{32}")
 _CA_VARS = (
@@ -329,6 +332,8 @@ class EgressProxy:
         bundle = self._dir / "ca-bundle.pem"
         bundle.write_bytes(_system_bundle() + b"\n" + self._ca.cert_pem)
         shutil.copyfile(FORWARDER_SOURCE, self._dir / "forwarder.py")
+        shutil.copyfile(ASKPASS_SOURCE, self._dir / "askpass")
+        os.chmod(self._dir / "askpass", 0o755)
         ready = threading.Event()
         failure: list[BaseException] = []
         self._thread = threading.Thread(
@@ -691,6 +696,10 @@ def proxy_env() -> dict[str, str]:
     env.update({name.lower(): url for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")})
     env["NO_PROXY"] = env["no_proxy"] = ""
     env.update({name: SANDBOX_CA_BUNDLE for name in _CA_VARS})
+    # git over HTTPS asks the shim, never a terminal: the password is the handle
+    # the command put in KEYLESS_GIT_PASSWORD.
+    env["GIT_ASKPASS"] = SANDBOX_ASKPASS
+    env["GIT_TERMINAL_PROMPT"] = "0"
     return env
 
 
