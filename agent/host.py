@@ -49,7 +49,7 @@ from agent.errors import (
     SandboxError,
     ToolError,
 )
-from agent.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
+from agent.policy import NET_RULE, Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
 from agent.ports import BrokerPort, MemoryPort
 from agent.protected import request_host_code_reasons
 from agent.protocol import (
@@ -244,9 +244,17 @@ class TerminalPrompt:
             return PermissionAnswer(choice="once", reason="--yes-read-only")
         self._say("")
         self._say(f"Permission needed: {request.tool} ({request.effect})")
-        for name, value in request.arguments.items():
-            text = value if isinstance(value, str) else json.dumps(value)
-            self._say(f"    {name}: {_summary(text, 300)}")
+        if request.tool == NET_RULE:  # Egress proxy: a sandboxed command's request
+            args = request.arguments
+            self._say(f"    {args.get('method', '?')} {args.get('host', '?')}"
+                      f"{_summary(str(args.get('path', '')), 200)}")
+            if args.get("capability"):
+                self._say("    carries a capability handle (the proxy swaps in the secret)")
+            self._say(f"    asked by: {_summary(str(args.get('command', '?')), 300)}")
+        else:
+            for name, value in request.arguments.items():
+                text = value if isinstance(value, str) else json.dumps(value)
+                self._say(f"    {name}: {_summary(text, 300)}")
         self._say(f"  why: {request.reason}")
         if request.tainted:
             self._say("  ! untrusted content (files, web, output) is in the agent's context")

@@ -141,3 +141,24 @@ def test_without_egress_settings_a_shell_command_has_no_network(
     assert rig.host._egress is None
     assert "hello" not in _results(rig)[0]
 
+
+
+def test_the_terminal_prompt_shows_a_net_request_and_the_command_that_asked() -> None:
+    import io
+
+    from agent.host import PermissionRequest, TerminalPrompt
+    from agent.policy import Rule as PolicyRule
+
+    out = io.StringIO()
+    prompt = TerminalPrompt(io.StringIO("o\n"), out)
+    answer = prompt.ask(PermissionRequest(
+        tool="net", effect="network", reason="default for network requests", tainted=False,
+        arguments={"command": "git push origin main", "host": "github.com", "method": "POST",
+                   "path": "/me/repo.git/git-receive-pack", "capability": True},
+        suggested_rule=PolicyRule.parse("net(github.com)", action="allow"),
+    ))
+    text = out.getvalue()
+    assert answer.choice == "once"
+    assert "POST github.com/me/repo.git/git-receive-pack" in text
+    assert "asked by: git push origin main" in text
+    assert "capability handle" in text and "net(github.com)" in text
