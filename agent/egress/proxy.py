@@ -246,6 +246,12 @@ class _Addon:
     async def server_connect(self, data: ServerConnectionHookData) -> None:
         await self.proxy._on_connect(data)
 
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        self.proxy._on_connected(data)
+
+    def server_connect_error(self, data: ServerConnectionHookData) -> None:
+        self.proxy._named.pop(data.server.id, None)
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.proxy._on_response_headers(flow)
 
@@ -310,6 +316,7 @@ class EgressProxy:
         self._ca: SessionCA | None = None
         self._count = 0
         self._redactor: Any = None
+        self._named: dict[str, tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -583,8 +590,20 @@ class EgressProxy:
         except GrantRefused as e:
             data.server.error = f"refused: {e.reason}"
             return
-        # Connect to the address checked, never to a second DNS answer.
+        # Connect to the address checked, never to a second DNS answer; the name
+        # comes back once connected (:meth:`_on_connected`), or mitmproxy would
+        # never reuse the connection (it matches by address) and would stall a
+        # kept-alive client at its per-address limit of 5 open connections.
+        self._named[data.server.id] = (host, port)
         data.server.address = (str(addresses[0]), port)
+
+    def _on_connected(self, data: ServerConnectionHookData) -> None:
+        name = self._named.pop(data.server.id, None)
+        if name is not None:
+            # mitmproxy refuses a new address on an open connection (a guard for
+            # addons that would redirect it); this one only gets its name back,
+            # and the peer stays in ``peername``. Pinned to mitmproxy 11.0.2.
+            object.__setattr__(data.server, "address", name)
 
     def _on_response_headers(self, flow: http.HTTPFlow) -> None:
         response = flow.response

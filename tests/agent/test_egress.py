@@ -32,6 +32,7 @@ import trustme
 
 from agent.egress.proxy import EgressProxy, EgressRequest, EgressVerdict
 from agent.sandbox import Limits, Sandbox
+from tests.agent.egresskit import https_server
 from vault.audit import AuditLog
 from vault.broker import Broker
 from vault.grants import BasicAuthInjection, CapabilityGrant, GrantStore, HeaderInjection
@@ -353,3 +354,20 @@ def test_a_host_that_cannot_decide_refuses(rig: Rig, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(rig.hooks, "decide", broken)
     out = rig.run(f"curl -sS https://localhost:{rig.port}/hello")
     assert "could not decide" in out and '"path"' not in out
+
+
+
+class KeepAliveEcho(Echo):
+    """Echo over HTTP/1.1: the server keeps each connection open between requests."""
+
+    protocol_version = "HTTP/1.1"
+
+
+def test_a_kept_alive_connection_serves_many_requests(rig: Rig, ca: trustme.CA) -> None:
+    # curl reuses its tunnel for every URL; mitmproxy must reuse its upstream
+    # connection too: it stalled at its limit of 5 open connections per address.
+    with https_server(ca, KeepAliveEcho) as httpd:
+        port = httpd.server_address[1]
+        urls = " ".join(f"https://localhost:{port}/n{i}" for i in range(8))
+        out = rig.run(f"curl -sS --max-time 10 {urls}")
+    assert all(f'"path": "/n{i}"' in out for i in range(8)), out
