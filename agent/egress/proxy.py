@@ -263,6 +263,13 @@ class _Addon:
             await self.proxy._on_done(flow, failed=flow.error.msg)
 
 
+# mitmproxy keeps its master and options in module globals (``mitmproxy.ctx``):
+# a second master in the process takes them over from the first, which then
+# fails its clients. So one proxy runs at a time, and a second start says why.
+_active_lock = threading.Lock()
+_active: EgressProxy | None = None
+
+
 def _system_bundle() -> bytes:
     for path in ("/etc/ssl/certs/ca-certificates.crt", certifi.where()):
         with contextlib.suppress(OSError):
@@ -333,6 +340,14 @@ class EgressProxy:
         """
         if self.running:
             return
+        global _active
+        with _active_lock:
+            if _active is not None and _active is not self and _active.running:
+                raise SandboxError(
+                    "the egress proxy did not start: another session's proxy is running in "
+                    "this process (mitmproxy keeps one master per process)"
+                )
+            _active = self
         self._ca = mint_ca()
         self._dir = Path(tempfile.mkdtemp(prefix="keyless-egress-"))
         os.chmod(self._dir, 0o700)
@@ -417,6 +432,10 @@ class EgressProxy:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        global _active
+        with _active_lock:
+            if _active is self:
+                _active = None
 
     # ------------------------------------------------------------------ channels
 

@@ -371,3 +371,13 @@ def test_a_kept_alive_connection_serves_many_requests(rig: Rig, ca: trustme.CA) 
         urls = " ".join(f"https://localhost:{port}/n{i}" for i in range(8))
         out = rig.run(f"curl -sS --max-time 10 {urls}")
     assert all(f'"path": "/n{i}"' in out for i in range(8)), out
+
+
+def test_a_second_proxy_in_the_process_is_refused_while_one_runs(rig: Rig) -> None:
+    from agent.errors import SandboxError
+
+    other = EgressProxy(Hooks(), None, session_id="other")
+    with pytest.raises(SandboxError, match="another session's proxy is running"):
+        other.start()
+    # The first one still serves its clients.
+    assert '"path": "/still"' in rig.run(f"curl -sS https://localhost:{rig.port}/still")
