@@ -63,10 +63,12 @@ class RuleRow:
 def tool_names() -> tuple[str, ...]:
     """The tools rules can name (from the registry when it can be imported)."""
     try:
+        from agent.policy import NET_RULE
         from agent.tools.registry import ALL_TOOLS
     except ImportError:
         return TOOL_NAMES
-    return tuple(name for name in ALL_TOOLS if name != "finish")
+    # ``net``: requests of sandboxed commands through the egress proxy.
+    return (*(name for name in ALL_TOOLS if name != "finish"), NET_RULE)
 
 
 def detect_sandbox() -> SandboxStatus:
