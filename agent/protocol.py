@@ -10,7 +10,12 @@ hostile input: a line longer than :data:`MAX_LINE`, not JSON, of another
 protocol version, of an unknown type, or sent in the wrong direction raises
 :class:`agent.errors.ProtocolError` with a message that names the problem.
 
-Remote models (issue 8) are relayed: the agent process has no network and
+The host offers the tools: each :class:`Task` carries one :class:`ToolOffer`
+per tool (name, description, generated argument schema), and both sides derive
+the grammar of a model step from them with :func:`step_schema`, so the agent
+process imports no tool code.
+
+Remote models are relayed: the agent process has no network and
 never sees an API key, so it sends a :class:`ModelRequest` and the host answers
 with :class:`ModelChunk` events and one :class:`ModelDone` or
 :class:`ModelFailed`.
@@ -18,7 +23,9 @@ with :class:`ModelChunk` events and one :class:`ModelDone` or
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterable
 from typing import Annotated, Any, BinaryIO, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -28,8 +35,11 @@ from models.factory import ModelSpec
 from models.interface import ContextState, GenerationStats, Message, ModelInfo
 from vault.handle import CapabilityInfo
 
-PROTOCOL_VERSION = 1
-"""Bumped whenever a message changes incompatibly."""
+PROTOCOL_VERSION = 2
+"""Bumped whenever a message changes incompatibly (2: tasks carry :class:`ToolOffer` s)."""
+
+FINISH_TOOL = "finish"
+"""The tool that ends an errand with its ``answer`` argument; the host always offers it."""
 
 MAX_LINE = 4 * 1024 * 1024
 """The longest line (bytes, newline included) either side accepts."""
@@ -65,6 +75,23 @@ class ErrandLimits(BaseModel):
     )
 
 
+class ToolOffer(BaseModel):
+    """One tool the model may call in an errand, as the host describes it.
+
+    The agent process learns the tools only from these: it shows the name,
+    description and arguments in the prompt, and decodes each step under
+    :func:`step_schema` of the offers.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="The name the model calls.")
+    description: str = Field(description="What the tool is for, shown to the model.")
+    parameters: dict[str, Any] = Field(
+        description="The JSON schema of its arguments, generated from the tool's pydantic model."
+    )
+
+
 class Hello(_Msg):
     """First message of the host: which model the agent process should run.
 
@@ -93,7 +120,7 @@ class Task(_Msg):
     history: list[Message] = Field(
         default_factory=list, description="Earlier turns of this session (user/assistant)."
     )
-    tools: list[str] = Field(description="Names of the tools the model may call.")
+    tools: list[ToolOffer] = Field(description="The tools the model may call.")
     limits: ErrandLimits = Field(default_factory=ErrandLimits)
 
 
@@ -201,7 +228,9 @@ class ErrandStats(BaseModel):
     generated_tokens: int
     stop_reason: StopReason
     evaluated_tokens: int = Field(
-        default=0, ge=0, description="Prompt tokens the model evaluated (not reused from its cache)."
+        default=0,
+        ge=0,
+        description="Prompt tokens the model evaluated (not reused from its cache).",
     )
 
 
@@ -240,6 +269,74 @@ class ModelCancel(_Msg):
 
     type: Literal["model_cancel"] = "model_cancel"
     request_id: str
+
+
+def step_schema(offers: Iterable[ToolOffer]) -> dict[str, Any]:
+    """The JSON schema of one model step: a call of one of ``offers``, or a final answer.
+
+    ``anyOf`` over ``{"tool": <const name>, "arguments": <the offer's schema>}``
+    for each offer, and ``{"final": <string>}``. The executor passes it as
+    ``json_schema`` so the grammar makes every step parse. Each offer's
+    ``$defs`` move to one shared table under ``<tool>__<name>``.
+
+    Args:
+        offers: The tools offered (order kept, later duplicates of a name dropped).
+
+    Returns:
+        The schema (a fresh dict; callers may modify it).
+    """
+    options: list[dict[str, Any]] = []
+    defs: dict[str, Any] = {}
+    seen: set[str] = set()
+    for offer in offers:
+        if offer.name in seen:
+            continue
+        seen.add(offer.name)
+        arguments = _inline_defs(copy.deepcopy(offer.parameters), offer.name, defs)
+        options.append(
+            {
+                "type": "object",
+                "properties": {"tool": {"const": offer.name}, "arguments": arguments},
+                "required": ["tool", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    options.append(
+        {
+            "type": "object",
+            "properties": {"final": {"type": "string"}},
+            "required": ["final"],
+            "additionalProperties": False,
+        }
+    )
+    schema: dict[str, Any] = {"anyOf": options}
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+def _inline_defs(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """Move ``$defs`` of one tool's schema to the shared table, renaming their refs."""
+    local = schema.pop("$defs", {})
+    renames = {name: f"{prefix}__{name}" for name in local}
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+                    out[key] = "#/$defs/" + renames[value.removeprefix("#/$defs/")]
+                else:
+                    out[key] = fix(value)
+            return out
+        if isinstance(node, list):
+            return [fix(item) for item in node]
+        return node
+
+    for name, definition in local.items():
+        defs[renames[name]] = fix(definition)
+    fixed: dict[str, Any] = fix(schema)
+    return fixed
 
 
 HostMessage = Hello | Task | ToolResult | Cancel | Shutdown | ModelChunk | ModelDone | ModelFailed

@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.cli_common import (
+    CliError,
+    Handler,
+    add_workspace_option,
+    positive_int,
+    set_command,
+    valid_session_id,
+)
 from app.paths import default_paths
 from app.settings import AppSettings, SettingsError, load_settings
 from memory.errors import MemoryErrorBase
@@ -28,10 +35,6 @@ from memory.settings import MemorySettings
 from memory.store import LEVELS
 
 Scanner = Callable[[str], list[str]]
-
-
-class _CommandError(Exception):
-    """A problem to report in one line (exit status 1)."""
 
 
 def approx_tokens(text: str) -> int:
@@ -46,50 +49,45 @@ def register(subparsers: Any) -> None:
         description="Hierarchical markdown memory: user, project and session levels.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workspace", type=Path, help="workspace (default: the app's, else .)")
-    common.add_argument("--session", default="cli", help="session id (default: cli)")
+    add_workspace_option(common, required=False, help="workspace (default: the app's, else .)")
+    common.add_argument(
+        "--session", type=valid_session_id, default="cli", help="session id (default: cli)"
+    )
     commands = parser.add_subparsers(dest="memory_command", metavar="COMMAND", required=True)
 
     show = commands.add_parser("show", parents=[common], help="print what loads into prompts")
     show.add_argument("--level", choices=LEVELS, help="only this level's files and usage")
-    show.set_defaults(func=_wrap(_show))
+    _set_command(show, _show)
 
     search = commands.add_parser("search", parents=[common], help="search every level")
     search.add_argument("query", help="words to look for (any of them)")
-    search.add_argument("--limit", type=int, default=10)
-    search.set_defaults(func=_wrap(_search))
+    search.add_argument("--limit", type=positive_int, default=10)
+    _set_command(search, _search)
 
     review = commands.add_parser("review", parents=[common], help="memory waiting for review")
     decide = review.add_mutually_exclusive_group()
     decide.add_argument("--approve", type=int, metavar="ID", help="write this item")
     decide.add_argument("--reject", type=int, metavar="ID", help="drop this item")
-    review.set_defaults(func=_wrap(_review))
+    _set_command(review, _review)
 
     consolidate = commands.add_parser(
         "consolidate", parents=[common], help="distill with the model and keep capacities"
     )
     consolidate.add_argument("--level", choices=LEVELS, help="only this level")
-    consolidate.set_defaults(func=_wrap(_consolidate))
+    _set_command(consolidate, _consolidate)
 
     history = commands.add_parser("history", parents=[common], help="recent memory changes")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=positive_int, default=20)
     history.add_argument("--diff", action="store_true", help="print each change's diff")
-    history.set_defaults(func=_wrap(_history))
+    _set_command(history, _history)
 
     undo = commands.add_parser("undo", parents=[common], help="undo one change by its id")
     undo.add_argument("change_id", type=int, metavar="ID")
-    undo.set_defaults(func=_wrap(_undo))
+    _set_command(undo, _undo)
 
 
-def _wrap(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (MemoryErrorBase, _CommandError, SettingsError) as e:
-            print(f"keyless memory: error: {e}", file=sys.stderr)
-            return 1
-
-    return run
+def _set_command(parser: argparse.ArgumentParser, handler: Handler) -> None:
+    set_command(parser, handler, converts=(MemoryErrorBase, SettingsError))
 
 
 def _settings() -> AppSettings:
@@ -108,7 +106,7 @@ def _workspace(args: argparse.Namespace, app: AppSettings) -> Path:
     ws = args.workspace or (Path(app.workspace) if app.workspace else Path.cwd())
     ws = ws.expanduser().resolve()
     if not ws.is_dir():
-        raise _CommandError(f"workspace {ws} is not a directory")
+        raise CliError(f"workspace {ws} is not a directory")
     return ws
 
 
@@ -144,7 +142,7 @@ def _secret_scanner() -> Scanner:
     """The vault's scanner (unlocking it), or one that finds nothing when there is no vault.
 
     Raises:
-        _CommandError: A vault exists but cannot be opened or unlocked (fail closed).
+        CliError: A vault exists but cannot be opened or unlocked (fail closed).
     """
     from app.services import AppServices, ServiceUnavailableError
 
@@ -160,9 +158,9 @@ def _secret_scanner() -> Scanner:
                 vault.unlock(getpass.getpass("Vault passphrase (to check memory for secrets): "))
         broker = services.broker
     except ServiceUnavailableError as e:
-        raise _CommandError(f"cannot check memory for secrets, so nothing is written: {e}") from e
+        raise CliError(f"cannot check memory for secrets, so nothing is written: {e}") from e
     except Exception as e:  # the vault's own errors: wrong passphrase, corrupt file
-        raise _CommandError(
+        raise CliError(
             f"cannot unlock the vault to check memory for secrets, so nothing is written: {e}"
         ) from e
     scan: Scanner = broker.scan
@@ -186,10 +184,8 @@ def _counter() -> tuple[Callable[[str], int], bool]:
     Returns:
         The counter, and whether it is the model's own (else an estimate).
     """
-    try:
-        from models.tokenizer import approximate_tokens, counter_for_spec
-    except ModuleNotFoundError:  # a build without the tokenizer module
-        return approx_tokens, False
+    from models.tokenizer import approximate_tokens, counter_for_spec
+
     counter = counter_for_spec(_model_spec())
     return counter, counter is not approximate_tokens
 
@@ -201,7 +197,7 @@ def _open_model() -> Any:
     try:
         return open_isolated(_model_spec())
     except ModelError as e:
-        raise _CommandError(f"cannot open the model: {e}") from e
+        raise CliError(f"cannot open the model: {e}") from e
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """``keyless run "TASK" --workspace DIR``: one errand from the terminal.
 
-The headless host: the same :class:`agent.host.AgentHost` as the GUI, with a
-:class:`agent.host.TerminalPrompt` for permissions. Progress (the model's
+The headless host: the same :class:`agent.host.errand.AgentHost` as the GUI, with a
+:class:`app.terminal_prompt.TerminalPrompt` for permissions. Progress (the model's
 streamed steps, each tool call, decision and result) goes to stderr; the final
 answer and a summary of the tool calls go to stdout, so a script can keep
 them. ``--yes-read-only`` answers "once" for reads without asking; deny rules
@@ -14,8 +14,16 @@ a terminal, once the errand is over, each one (once per value) is offered:
 ``keyless vault add`` does and prints the ``keyless vault grant`` command that
 makes it a capability. Without a terminal the line says which commands to run.
 
-Exit status: 0 answered, 1 failed (model error, agent crash, bad input),
-3 stopped by the step or token limit, 130 cancelled.
+Every errand is recorded in the session store (``keyless sessions``) as it
+runs. ``--session ID`` continues a session: the errand joins its transcript
+and its earlier answers are the agent's history. ``--resume ERRAND`` goes on
+with an interrupted errand from its last completed tool step; a write, shell,
+network or memory call that was allowed but never reported a result may have
+run, so it is shown and you choose: run it again, skip it, or stop.
+
+Exit status (:class:`app.cli_common.ExitStatus`): OK answered, ERROR failed
+(model error, agent crash), USAGE a bad argument, LIMIT stopped by the step or
+token limit, INTERRUPTED cancelled.
 """
 
 from __future__ import annotations
@@ -26,23 +34,35 @@ import logging
 import signal
 import sys
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+from app.cli_common import (
+    CliError,
+    ExitStatus,
+    add_workspace_option,
+    existing_file,
+    fail,
+    new_session_id,
+    positive_int,
+    set_command,
+    valid_session_id,
+)
 from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
-    from agent.host import AgentEvent, AgentHost, ErrandResult
+    from agent.host.errand import AgentHost
+    from agent.host.events import AgentEvent, ErrandResult
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_LIMIT = 3
-EXIT_CANCELLED = 130
+# ExitStatus's members under the names this command's callers use.
+EXIT_OK = ExitStatus.OK
+EXIT_FAILED = ExitStatus.ERROR
+EXIT_LIMIT = ExitStatus.LIMIT
+EXIT_CANCELLED = ExitStatus.INTERRUPTED
 
 
 def register(subparsers: Any) -> None:
@@ -53,9 +73,11 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("task", help="what the agent should do")
-    parser.add_argument(
-        "--workspace", "-w", type=Path, required=True, help="the directory the errand works in"
+    parser.add_argument("task", nargs="?", help="what the agent should do (not with --resume)")
+    add_workspace_option(
+        parser,
+        required=False,
+        help="the directory the errand works in (default with --session/--resume: the session's)",
     )
     parser.add_argument(
         "--yes-read-only",
@@ -64,11 +86,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--scripted-model",
-        type=Path,
+        type=existing_file,
         metavar="FILE",
         help="run the scripted fake model (a JSON list of replies) instead of the real one",
     )
-    parser.add_argument("--max-steps", type=int, default=12, help="model turns allowed (12)")
+    parser.add_argument(
+        "--max-steps", type=positive_int, default=12, help="model turns allowed (12)"
+    )
     parser.add_argument(
         "--no-isolation",
         action="store_true",
@@ -77,11 +101,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="do not stream the model")
     parser.add_argument(
         "--session",
+        type=valid_session_id,
         metavar="ID",
-        help="session id (grants made with `keyless vault grant --session ID` are offered "
-        "to this errand); a fresh one by default",
+        help="continue this session (its earlier errands are the agent's history; grants "
+        "made with `keyless vault grant --session ID` are offered); a fresh one by default",
     )
-    parser.set_defaults(func=run_command)
+    parser.add_argument(
+        "--resume",
+        metavar="ERRAND",
+        help="resume an interrupted errand from its last completed tool step "
+        "(see `keyless sessions show`)",
+    )
+    set_command(parser, run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -105,30 +136,70 @@ def run_errand_cli(
     from pydantic import ValidationError
 
     from agent.errors import AgentError
-    from agent.host import AgentHost, TerminalPrompt
-    from agent.policy import PolicyEngine
+    from agent.host.errand import AgentHost
+    from agent.host.policy import PolicyEngine
     from agent.protocol import ErrandLimits
     from app.services import AppServices, ServiceUnavailableError
+    from app.sessions import ErrandRecorder, SessionStoreError, run_recorded
+    from app.terminal_prompt import TerminalPrompt
     from models.errors import ModelError
     from vault.errors import VaultError
 
-    workspace = args.workspace.expanduser().resolve()
-    if not workspace.is_dir():
-        err.write(f"keyless run: workspace {workspace} is not a directory\n")
-        return EXIT_FAILED
-    if args.scripted_model is not None and not args.scripted_model.is_file():
-        err.write(f"keyless run: scripted model {args.scripted_model} does not exist\n")
-        return EXIT_FAILED
-    try:
-        limits = ErrandLimits(max_steps=args.max_steps)
-    except ValidationError as e:
-        err.write(f"keyless run: --max-steps: {e.errors()[0]['msg']}\n")
-        return EXIT_FAILED
+    if args.resume is not None and args.task is not None:
+        usage = CliError("give a task or --resume ERRAND, not both", ExitStatus.USAGE)
+        return fail("run", usage, err)
+    if args.resume is None and not (args.task or "").strip():
+        usage = CliError(
+            "what should the agent do? (give a task, or --resume ERRAND)", ExitStatus.USAGE
+        )
+        return fail("run", usage, err)
+    opened = _open_session(args, err)
+    if isinstance(opened, int):
+        return opened
+    sessions, known, plan = opened
+    workspace = (
+        args.workspace.expanduser().resolve() if args.workspace is not None
+        else Path(known.workspace) if known is not None else Path()
+    )
+    choice = "skip"
+    problem: CliError | None = None
+    limits = None
+    if known is not None and workspace != Path(known.workspace):
+        problem = CliError(f"session {known.id} works in {known.workspace}, not {workspace}")
+    elif plan is not None and plan.maybe_ran is not None:
+        choice = _ask_maybe_ran(plan.describe_maybe_ran(), stdin, err)
+        if choice == "stop":
+            problem = CliError(
+                f"errand {plan.errand.id} stays interrupted", ExitStatus.INTERRUPTED
+            )
+    if problem is None and not workspace.is_dir():
+        problem = CliError(f"workspace {workspace} is not a directory")
+    if problem is None:
+        try:
+            limits = ErrandLimits(max_steps=args.max_steps)
+        except ValidationError as e:
+            problem = CliError(f"--max-steps: {e.errors()[0]['msg']}", ExitStatus.USAGE)
+    if problem is not None:
+        if sessions is not None:
+            sessions.close()
+        return fail("run", problem, err)
     services = AppServices()
     warning = services.workspace_warning(workspace)
     if warning is not None:
         err.write(f"warning: {warning}\n")
-    session_id = args.session or uuid.uuid4().hex
+    session_id = args.session or new_session_id()
+    if sessions is not None:
+        try:
+            sessions.ensure_session(
+                session_id,
+                workspace=workspace,
+                title=args.task or "",
+                model=_model_identity(args.scripted_model, services),
+            )
+        except SessionStoreError as e:
+            err.write(f"note: this errand is not recorded ({e})\n")
+            sessions.close()
+            sessions = None
     store = None
     rules: list[Any] = []
     try:
@@ -156,13 +227,15 @@ def run_errand_cli(
         try:
             relay = remote_model_with_key(spec, services, broker)
         except (ModelError, VaultError) as e:
-            err.write(f"keyless run: cannot use the remote model: {e}\n")
             services.close()
-            return EXIT_FAILED
+            if sessions is not None:
+                sessions.close()
+            return fail("run", CliError(f"cannot use the remote model: {e}"), err)
     if interactive is None:
         interactive = stdin.isatty()
     offers = OfferBook() if interactive else None
     printer = EventPrinter(err, stream_tokens=not args.quiet, offers=offers)
+    recorder = ErrandRecorder(sessions, then=printer) if sessions is not None else printer
     host = AgentHost(
         spec,
         workspace=workspace,
@@ -172,7 +245,7 @@ def run_errand_cli(
         prompt=TerminalPrompt(stdin, err, allow_reads=args.yes_read_only),
         audit=audit,
         session_id=session_id,
-        listener=printer,
+        listener=recorder,
         rule_store=store,
         scripted_model=args.scripted_model.resolve() if args.scripted_model else None,
         limits=limits,
@@ -183,10 +256,22 @@ def run_errand_cli(
     # Every line the terminal shows goes through the redactor the agent's results do.
     printer.redact = host.redact
     try:
-        result = _run_cancellable(host, args.task, err)
+        if sessions is not None and isinstance(recorder, ErrandRecorder):
+            result = run_recorded(
+                host,
+                sessions,
+                recorder,
+                session_id=session_id,
+                task=args.task or "",
+                run=lambda task: _run_cancellable(host, task, err),
+                resume=plan,
+                choice="again" if choice == "again" else "skip",
+            )
+        else:
+            result = _run_cancellable(host, args.task, err)
     finally:
         host.close()
-        for owned in (store, memory):
+        for owned in (store, memory, sessions):
             if owned is not None and callable(getattr(owned, "close", None)):
                 owned.close()
         services.close()
@@ -213,7 +298,7 @@ def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
 class EventPrinter:
     """Writes the host's events as terminal lines.
 
-    Every line goes through ``redact`` (the host's, :meth:`agent.host.AgentHost.redact`)
+    Every line goes through ``redact`` (the host's, :meth:`agent.host.errand.AgentHost.redact`)
     and is shown with escapes instead of control characters. Streamed tokens
     are shown a line at a time, so a secret split across tokens is redacted whole.
 
@@ -240,7 +325,7 @@ class EventPrinter:
         self._offers = offers
 
     def __call__(self, event: AgentEvent) -> None:
-        """Print one :class:`agent.host.AgentEvent`."""
+        """Print one :class:`agent.host.events.AgentEvent`."""
         kind = event.kind
         if kind == "token":
             if self._stream:
@@ -321,7 +406,7 @@ def offer_to_vault(
         session_id: The errand's session, named in the grant command.
         vault_file: The vault (default: the data dir's ``vault.kls``).
     """
-    from app.cli_vault import _UsageError, store_secret
+    from app.cli_vault import store_secret
     from vault.errors import VaultError, VaultNotFoundError
 
     answered_all = False
@@ -352,7 +437,7 @@ def offer_to_vault(
                 f"`keyless vault add {name}`\n"
             )
             continue
-        except (VaultError, _UsageError) as e:
+        except (VaultError, CliError) as e:
             err.write(_shown(f"   not stored: {e}") + "\n")
             continue
         finally:
@@ -393,14 +478,12 @@ def _run_cancellable(host: AgentHost, task: str, err: IO[str]) -> ErrandResult:
 
 def _shown(text: str) -> str:
     """Model text made safe for a terminal (escape sequences shown, not obeyed)."""
-    from agent.host import terminal_text
+    from app.terminal_prompt import terminal_text
 
     return terminal_text(text)
 
 
-def print_result(
-    result: ErrandResult, out: IO[str], *, redact: Callable[[str], str]
-) -> None:
+def print_result(result: ErrandResult, out: IO[str], *, redact: Callable[[str], str]) -> None:
     """Write the answer and the tool-call summary, each line redacted and escaped."""
 
     def shown(text: str) -> str:
@@ -467,3 +550,88 @@ def _unlocked_broker(services: Any, err: IO[str]) -> Any:
     except (ServiceUnavailableError, VaultError) as e:
         err.write(f"note: the vault stays locked ({e}); http_request is unavailable\n")
         return None
+
+
+def _open_session(args: argparse.Namespace, err: IO[str]) -> Any:
+    """The session store, the session continued (or None) and the resume plan (or None).
+
+    Marks errands left running by a dead process as interrupted (and says
+    so). Returns an exit status instead when the session or errand asked for
+    cannot be used. Without ``--session``/``--resume``, a store that cannot be
+    opened only means this errand is not recorded.
+    """
+    from app.paths import default_paths
+    from app.sessions import SessionStore, SessionStoreError, UnknownSessionError, resume_plan
+
+    wanted = args.session is not None or args.resume is not None
+    try:
+        sessions = SessionStore(default_paths().database)
+    except SessionStoreError as e:
+        if wanted:
+            err.write(f"keyless run: {e}\n")
+            return EXIT_FAILED
+        err.write(f"note: this errand is not recorded ({e})\n")
+        return None, None, None
+    try:
+        for errand_id in sessions.recover():
+            err.write(
+                f"note: errand {errand_id} was interrupted; resume it with "
+                f"`keyless run --resume {errand_id}`\n"
+            )
+        plan = None
+        if args.resume is not None:
+            plan = resume_plan(sessions, args.resume)
+            args.session = plan.errand.session_id
+        known = None
+        if args.session is not None:
+            try:
+                known = sessions.session(args.session)
+            except UnknownSessionError:
+                # A new session under the id given (grants may have been made for it already).
+                if args.workspace is None:
+                    raise
+    except SessionStoreError as e:
+        sessions.close()
+        err.write(f"keyless run: {e}\n")
+        return EXIT_FAILED
+    if known is None and args.workspace is None:
+        sessions.close()
+        err.write("keyless run: --workspace DIR is needed for a new session\n")
+        return EXIT_FAILED
+    return sessions, known, plan
+
+
+def _ask_maybe_ran(what: str, stdin: IO[str], err: IO[str]) -> str:
+    """Ask what to do with a call that may have run: "again", "skip" or "stop".
+
+    End of input answers "stop": nothing is repeated without a yes.
+    """
+    err.write(_shown(f"The errand was interrupted during: {what}\n"))
+    err.write("It may have run. [r]un it again / [s]kip it / s[t]op here: ")
+    err.flush()
+    while True:
+        line = stdin.readline()
+        if not line:
+            err.write("\n")
+            return "stop"
+        answer = line.strip().lower()
+        if answer in ("r", "run", "again"):
+            return "again"
+        if answer in ("s", "skip"):
+            return "skip"
+        if answer in ("t", "stop"):
+            return "stop"
+        err.write("Answer r, s or t: ")
+        err.flush()
+
+
+def _model_identity(scripted: Path | None, services: Any) -> str:
+    """What the session's model is, in a line (kept with the session)."""
+    if scripted is not None:
+        return f"scripted:{scripted.name}"
+    try:
+        spec = services.model_spec()
+    except Exception as e:  # noqa: BLE001  # only a label: the errand reports model problems
+        return f"unknown ({type(e).__name__})"
+    name = spec.model_name or (Path(spec.path).name if spec.path else "embedded default")
+    return f"{spec.backend}:{name}"

@@ -8,38 +8,40 @@ newline dropped), so scripts can feed both without an argument.
 
 Subcommands: ``init``, ``unlock-check`` (alias ``unlock``), ``add NAME``,
 ``update NAME``, ``list``, ``delete NAME`` (alias ``rm``), ``passwd``,
-``rotate``, ``backup PATH``, ``keyring on|off``. Other packages may add
-commands to the same group: a module listed in :data:`EXTENSION_MODULES`
-exposing ``register_vault_commands(subparsers)`` is picked up if present.
+``rotate``, ``backup PATH``, ``keyring on|off``, and from
+:mod:`app.cli_vault_grants` ``grant``, ``grants``, ``revoke`` and ``audit``.
+Errors are reported as :mod:`app.cli_common` prints them; Ctrl-C at a prompt
+exits with ``ExitStatus.INTERRUPTED`` and changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.cli_common import CliError, ExitStatus, set_command
+from vault.errors import VaultError
+
 if TYPE_CHECKING:
-    from vault._crypto import Argon2Params
-    from vault.keystore import KeyStore
+    from vault.keystore import Argon2Params, KeyStore
     from vault.store import Vault
 
-EXTENSION_MODULES: tuple[str, ...] = ("app.cli_vault_grants",)
+VaultHandler = Callable[[argparse.Namespace, "Terminal"], int]
+"""A ``keyless vault`` command: the parsed arguments and the terminal to prompt on."""
 
-Handler = Callable[[argparse.Namespace, "_Terminal"], int]
 
-
-class _Terminal:
+class Terminal:
     """Where prompts go and where secrets come from (a TTY without echo, or a pipe)."""
 
     def __init__(self) -> None:
         self.interactive = sys.stdin.isatty()
 
     def say(self, message: str) -> None:
+        """Tell the user something (a note, a prompt's context) on stderr."""
         print(message, file=sys.stderr)
 
     def passphrase(self, prompt: str, *, confirm: bool = False) -> str:
@@ -48,14 +50,14 @@ class _Terminal:
             # The binary layer only: a text-layer read-ahead would swallow the value.
             raw = sys.stdin.buffer.readline()
             if not raw:
-                raise _UsageError("expected a passphrase on standard input")
+                raise CliError("expected a passphrase on standard input")
             try:
                 return raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
-                raise _UsageError("the passphrase on standard input is not UTF-8") from e
+                raise CliError("the passphrase on standard input is not UTF-8") from e
         first = getpass.getpass(prompt)
         if confirm and getpass.getpass("Repeat it: ") != first:
-            raise _UsageError("the two passphrases differ")
+            raise CliError("the two passphrases differ")
         return first
 
     def value(self, name: str) -> bytearray:
@@ -69,10 +71,6 @@ class _Terminal:
                     del data[-len(ending) :]
                     break
         return data
-
-
-class _UsageError(Exception):
-    """A problem with what the user typed (not a vault error)."""
 
 
 def register(subparsers: Any) -> None:
@@ -99,7 +97,7 @@ def register(subparsers: Any) -> None:
         help="also protect the vault with a passphrase (default: yes; the recovery path)",
     )
     _add_kdf_options(init)
-    init.set_defaults(func=_wrap(_init))
+    set_vault_command(init, _init)
 
     check = commands.add_parser(
         "unlock-check", aliases=["unlock"], help="unlock the vault to check it opens"
@@ -109,50 +107,46 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="accept a vault file older than the keyring expects (you restored an old copy)",
     )
-    check.set_defaults(func=_wrap(_unlock_check))
+    set_vault_command(check, _unlock_check)
 
     add = commands.add_parser("add", help="store a new secret (value prompted or from stdin)")
     add.add_argument("name")
-    add.set_defaults(func=_wrap(_add))
+    set_vault_command(add, _add)
 
     update = commands.add_parser("update", help="replace a secret's value")
     update.add_argument("name")
-    update.set_defaults(func=_wrap(_update))
+    set_vault_command(update, _update)
 
     listing = commands.add_parser("list", help="list the secret names (never values)")
-    listing.set_defaults(func=_wrap(_list))
+    set_vault_command(listing, _list)
 
     delete = commands.add_parser("delete", aliases=["rm"], help="delete a secret")
     delete.add_argument("name")
-    delete.set_defaults(func=_wrap(_delete))
+    set_vault_command(delete, _delete)
 
     passwd = commands.add_parser("passwd", help="set or change the passphrase")
     passwd.add_argument(
         "--remove", action="store_true", help="remove the passphrase (keyring must stay enabled)"
     )
     _add_kdf_options(passwd)
-    passwd.set_defaults(func=_wrap(_passwd))
+    set_vault_command(passwd, _passwd)
 
     rotate = commands.add_parser("rotate", help="replace the data key and re-encrypt everything")
-    rotate.set_defaults(func=_wrap(_rotate))
+    set_vault_command(rotate, _rotate)
 
     backup = commands.add_parser("backup", help="export an encrypted copy under its own passphrase")
     backup.add_argument("path", type=Path)
     _add_kdf_options(backup)
-    backup.set_defaults(func=_wrap(_backup))
+    set_vault_command(backup, _backup)
 
     keyring_cmd = commands.add_parser("keyring", help="enable or disable the OS keyring method")
     keyring_cmd.add_argument("state", choices=["on", "off"])
-    keyring_cmd.set_defaults(func=_wrap(_keyring))
+    set_vault_command(keyring_cmd, _keyring)
 
-    for name in EXTENSION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register_vault_commands(commands)
+    # Imported here: app.cli_vault_grants builds on this module.
+    from app.cli_vault_grants import register_vault_commands
+
+    register_vault_commands(commands)
 
 
 def _add_kdf_options(parser: argparse.ArgumentParser) -> None:
@@ -167,8 +161,7 @@ def _add_kdf_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _kdf(args: argparse.Namespace) -> Argon2Params | None:
-    from vault._crypto import Argon2Params
-    from vault.keystore import DEFAULT_ARGON2, calibrate_argon2
+    from vault.keystore import DEFAULT_ARGON2, Argon2Params, calibrate_argon2
 
     memory = getattr(args, "kdf_memory_mib", None)
     iterations = getattr(args, "kdf_iterations", None)
@@ -184,25 +177,23 @@ def _kdf(args: argparse.Namespace) -> Argon2Params | None:
     try:
         params.validate()
     except ValueError as e:
-        raise _UsageError(f"invalid key derivation settings: {e}") from e
+        raise CliError(f"invalid key derivation settings: {e}", ExitStatus.USAGE) from e
     return params
 
 
-def _wrap(handler: Handler) -> Callable[[argparse.Namespace], int]:
+def set_vault_command(parser: argparse.ArgumentParser, handler: VaultHandler) -> None:
+    """Make ``handler`` the command ``parser`` runs, with a :class:`Terminal`.
+
+    A vault error becomes a :class:`~app.cli_common.CliError`; Ctrl-C at a
+    prompt (vault writes are atomic) is reported as changing nothing.
+    """
     def run(args: argparse.Namespace) -> int:
-        from vault.errors import VaultError
-
-        terminal = _Terminal()
         try:
-            return handler(args, terminal)
-        except (VaultError, _UsageError) as e:
-            terminal.say(f"keyless vault: {e}")
-            return 1
+            return handler(args, Terminal())
         except KeyboardInterrupt:
-            terminal.say("keyless vault: interrupted, nothing changed")
-            return 130
+            raise CliError("interrupted, nothing changed", ExitStatus.INTERRUPTED) from None
 
-    return run
+    set_command(parser, run, converts=(VaultError,))
 
 
 def _vault_path(args: argparse.Namespace) -> Path:
@@ -219,10 +210,10 @@ def _keystore() -> KeyStore:
     return default_keystore()
 
 
-def _open_unlocked(
-    args: argparse.Namespace, terminal: _Terminal, *, accept_rollback: bool = False
+def open_unlocked(
+    args: argparse.Namespace, terminal: Terminal, *, accept_rollback: bool = False
 ) -> tuple[Vault, str | None]:
-    """Open and unlock the vault: the keyring first, then the passphrase.
+    """Open and unlock the vault ``args.vault`` names: the keyring first, then the passphrase.
 
     Returns:
         The vault and the passphrase typed, if one was (for ``rotate``).
@@ -249,7 +240,7 @@ def _open_unlocked(
 # ------------------------------------------------------------------ commands
 
 
-def _init(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _init(args: argparse.Namespace, terminal: Terminal) -> int:
     from vault.errors import KeyringUnavailableError
     from vault.keystore import NO_KEYRING_MESSAGE
     from vault.store import Vault
@@ -262,12 +253,12 @@ def _init(args: argparse.Namespace, terminal: _Terminal) -> int:
         if not use_keyring:
             terminal.say(NO_KEYRING_MESSAGE + ".")
     elif use_keyring and not keystore.available():
-        raise _UsageError(NO_KEYRING_MESSAGE + "; run again without --keyring")
+        raise CliError(NO_KEYRING_MESSAGE + "; run again without --keyring")
     want_passphrase = args.passphrase or not use_keyring
     if not args.passphrase and not use_keyring:
-        raise _UsageError("without an OS keyring the vault needs a passphrase")
+        raise CliError("without an OS keyring the vault needs a passphrase")
     if path.exists():  # before asking for a passphrase that would be wasted
-        raise _UsageError(f"a vault already exists at {path}")
+        raise CliError(f"a vault already exists at {path}")
     passphrase = (
         terminal.passphrase("New vault passphrase: ", confirm=True) if want_passphrase else None
     )
@@ -295,8 +286,8 @@ def _init(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _unlock_check(args: argparse.Namespace, terminal: _Terminal) -> int:
-    vault, _ = _open_unlocked(args, terminal, accept_rollback=args.accept_rollback)
+def _unlock_check(args: argparse.Namespace, terminal: Terminal) -> int:
+    vault, _ = open_unlocked(args, terminal, accept_rollback=args.accept_rollback)
     count = len(vault.names())
     rollback = "on" if vault.rollback_protected else "off (no OS keyring)"
     vault.lock()
@@ -307,15 +298,15 @@ def _unlock_check(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _add(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _add(args: argparse.Namespace, terminal: Terminal) -> int:
     return _store_value(args, terminal, update=False)
 
 
-def _update(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _update(args: argparse.Namespace, terminal: Terminal) -> int:
     return _store_value(args, terminal, update=True)
 
 
-def _store_value(args: argparse.Namespace, terminal: _Terminal, *, update: bool) -> int:
+def _store_value(args: argparse.Namespace, terminal: Terminal, *, update: bool) -> int:
     store_secret(
         args.name, lambda: terminal.value(args.name), update=update, vault_file=args.vault,
         terminal=terminal,
@@ -330,7 +321,7 @@ def store_secret(
     *,
     update: bool = False,
     vault_file: Path | None = None,
-    terminal: _Terminal | None = None,
+    terminal: Terminal | None = None,
 ) -> None:
     """Store a secret the way ``keyless vault add`` / ``update`` do.
 
@@ -348,18 +339,18 @@ def store_secret(
 
     Raises:
         VaultError: The vault is missing, would not unlock, or refused the value.
-        _UsageError: A new secret's name is taken, or the input is unusable.
+        CliError: A new secret's name is taken, or the input is unusable.
     """
-    from vault import _crypto
+    from app.withheld import zero
 
-    terminal = terminal or _Terminal()
+    terminal = terminal or Terminal()
     read = value if callable(value) else None
     data = None if callable(value) else value
     try:
-        vault, _ = _open_unlocked(argparse.Namespace(vault=vault_file), terminal)
+        vault, _ = open_unlocked(argparse.Namespace(vault=vault_file), terminal)
         try:
             if not update and name in vault:
-                raise _UsageError(f"a secret named {name!r} already exists; use 'update'")
+                raise CliError(f"a secret named {name!r} already exists; use 'update'")
             if read is not None:
                 data = read()
             assert data is not None
@@ -371,11 +362,11 @@ def store_secret(
             vault.lock()
     finally:
         if data is not None:
-            _crypto.zero(data)
+            zero(data)
 
 
-def _list(args: argparse.Namespace, terminal: _Terminal) -> int:
-    vault, _ = _open_unlocked(args, terminal)
+def _list(args: argparse.Namespace, terminal: Terminal) -> int:
+    vault, _ = open_unlocked(args, terminal)
     names = vault.names()
     vault.lock()
     for name in names:
@@ -383,8 +374,8 @@ def _list(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _delete(args: argparse.Namespace, terminal: _Terminal) -> int:
-    vault, _ = _open_unlocked(args, terminal)
+def _delete(args: argparse.Namespace, terminal: Terminal) -> int:
+    vault, _ = open_unlocked(args, terminal)
     try:
         vault.delete(args.name)
     finally:
@@ -393,8 +384,8 @@ def _delete(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _passwd(args: argparse.Namespace, terminal: _Terminal) -> int:
-    vault, _ = _open_unlocked(args, terminal)
+def _passwd(args: argparse.Namespace, terminal: Terminal) -> int:
+    vault, _ = open_unlocked(args, terminal)
     try:
         if args.remove:
             vault.remove_passphrase()
@@ -408,8 +399,8 @@ def _passwd(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _rotate(args: argparse.Namespace, terminal: _Terminal) -> int:
-    vault, passphrase = _open_unlocked(args, terminal)
+def _rotate(args: argparse.Namespace, terminal: Terminal) -> int:
+    vault, passphrase = open_unlocked(args, terminal)
     try:
         if "passphrase" in vault.unlock_methods and passphrase is None:
             passphrase = terminal.passphrase("Vault passphrase (to re-wrap the new key): ")
@@ -421,11 +412,11 @@ def _rotate(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _backup(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _backup(args: argparse.Namespace, terminal: Terminal) -> int:
     target = Path(args.path)
     if target.exists():
-        raise _UsageError(f"a file already exists at {target}")
-    vault, _ = _open_unlocked(args, terminal)
+        raise CliError(f"a file already exists at {target}")
+    vault, _ = open_unlocked(args, terminal)
     try:
         passphrase = terminal.passphrase("Backup passphrase: ", confirm=True)
         vault.export_backup(target, passphrase, kdf=_kdf(args))
@@ -435,8 +426,8 @@ def _backup(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _keyring(args: argparse.Namespace, terminal: _Terminal) -> int:
-    vault, _ = _open_unlocked(args, terminal)
+def _keyring(args: argparse.Namespace, terminal: Terminal) -> int:
+    vault, _ = open_unlocked(args, terminal)
     try:
         if args.state == "on":
             vault.enable_keyring()

@@ -1,8 +1,7 @@
 """``keyless vault grant | grants | revoke | audit``: capability grants and the audit log.
 
 These commands join the ``keyless vault`` group through
-:func:`register_vault_commands`, which :mod:`app.cli_vault` calls when this
-module is importable.
+:func:`register_vault_commands`, which :mod:`app.cli_vault` calls.
 
 - ``grant NAME --host H --path P --inject SPEC [--methods M,M] [--ttl 1h]
   [--uses N] [--session ID] [--port N] [--allow-local]`` unlocks the vault (to
@@ -14,7 +13,10 @@ module is importable.
   grant of a session; no unlock needed.
 - ``audit [--kind K] [--limit N] [--verify]`` prints the latest audit entries,
   oldest first; with ``--verify`` also the hash-chain check, and the exit
-  status is 1 when the chain is broken.
+  status is ``ExitStatus.ERROR`` (1) when the chain is broken.
+
+An argument that is wrong, whether argparse or the grant's own checks find it,
+is a usage error (``ExitStatus.USAGE``) named before the vault is unlocked.
 
 Every change goes through :class:`vault.broker.Broker`, so the audit log
 records grants and revocations exactly as it does for the app.
@@ -29,7 +31,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli_vault import _open_unlocked, _Terminal, _UsageError, _wrap
+from app.cli_common import (
+    CliError,
+    ExitStatus,
+    non_negative_int,
+    positive_int,
+    valid_session_id,
+    whole_number,
+)
+from app.cli_vault import Terminal, open_unlocked, set_vault_command
 
 if TYPE_CHECKING:
     from vault.audit import AuditEntry, AuditLog
@@ -85,7 +95,7 @@ def register_vault_commands(subparsers: Any) -> None:
     grant.add_argument("name", metavar="NAME", help="the vault secret to grant")
     grant.add_argument("--host", required=True, help="the exact https host (no wildcards)")
     grant.add_argument(
-        "--port", type=_port, default=443, help="the exact port (default: 443)"
+        "--port", type=port, default=443, help="the exact port (default: 443)"
     )
     grant.add_argument(
         "--path",
@@ -106,16 +116,17 @@ def register_vault_commands(subparsers: Any) -> None:
     )
     grant.add_argument(
         "--ttl",
-        type=_ttl,
+        type=ttl,
         default=DEFAULT_TTL,
         help=f"lifetime such as 90s, 30m, 1h, 7d or 1h30m; 'none' = until revoked "
         f"(default: {DEFAULT_TTL})",
     )
     grant.add_argument(
-        "--uses", type=_positive_int, default=None, help="maximum uses (default: unlimited)"
+        "--uses", type=positive_int, default=None, help="maximum uses (default: unlimited)"
     )
     grant.add_argument(
         "--session",
+        type=valid_session_id,
         default=DEFAULT_SESSION,
         help=f"the agent session the grant belongs to (default: {DEFAULT_SESSION!r})",
     )
@@ -125,7 +136,7 @@ def register_vault_commands(subparsers: Any) -> None:
         help="allow a loopback or private address (a local service); off by default",
     )
     _add_db_option(grant)
-    grant.set_defaults(func=_wrap(_grant))
+    set_vault_command(grant, _grant)
 
     grants = subparsers.add_parser("grants", help="list capability grants and their state")
     grants.add_argument("--session", help="only this session's grants")
@@ -133,22 +144,24 @@ def register_vault_commands(subparsers: Any) -> None:
         "--active", action="store_true", help="only grants that can still be used"
     )
     _add_db_option(grants)
-    grants.set_defaults(func=_wrap(_grants))
+    set_vault_command(grants, _grants)
 
     revoke = subparsers.add_parser(
         "revoke", help="revoke a grant (or every grant of a session)"
     )
     target = revoke.add_mutually_exclusive_group(required=True)
-    target.add_argument("handle", nargs="?", metavar="HANDLE", help="the cap_... handle")
+    target.add_argument(
+        "handle", nargs="?", type=capability_handle, metavar="HANDLE", help="the cap_... handle"
+    )
     target.add_argument("--session", help="revoke every live grant of this session")
     _add_db_option(revoke)
-    revoke.set_defaults(func=_wrap(_revoke))
+    set_vault_command(revoke, _revoke)
 
     audit = subparsers.add_parser("audit", help="show the audit log and check its hash chain")
     audit.add_argument("--kind", help="only entries of this kind (grant, redeem, refuse, ...)")
     audit.add_argument(
         "--limit",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_AUDIT_LIMIT,
         help=f"show at most this many of the latest entries (default: {DEFAULT_AUDIT_LIMIT})",
     )
@@ -158,7 +171,7 @@ def register_vault_commands(subparsers: Any) -> None:
         help="recompute the hash chain; exit status 1 if a row was edited or deleted",
     )
     _add_db_option(audit)
-    audit.set_defaults(func=_wrap(_audit))
+    set_vault_command(audit, _audit)
 
 
 def _add_db_option(parser: argparse.ArgumentParser) -> None:
@@ -170,8 +183,8 @@ def _add_db_option(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------ argument types
 
 
-def _ttl(text: str) -> timedelta | None:
-    """Parse ``90s``, ``30m``, ``1h``, ``7d``, ``1h30m`` or ``none``."""
+def ttl(text: str) -> timedelta | None:
+    """Parse ``90s``, ``30m``, ``1h``, ``7d``, ``1h30m`` or ``none`` (None: until revoked)."""
     if text.strip().lower() == "none":
         return None
     if not _TTL_RE.fullmatch(text):
@@ -186,39 +199,30 @@ def _ttl(text: str) -> timedelta | None:
     return timedelta(seconds=seconds)
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _int(text)
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    value = whole_number(text)
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
     return value
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+def capability_handle(text: str) -> str:
+    """A ``cap_`` handle (``cap_`` and 32 hex digits), shown escaped when it is not one."""
+    from vault.handle import is_handle
+
+    if not is_handle(text):
+        raise argparse.ArgumentTypeError(
+            f"{_clean(text[:80])!r} is not a capability handle ('cap_' and 32 hex digits)"
+        )
+    return text
 
 
 def _injection(spec: str) -> HeaderInjection | QueryInjection | BasicAuthInjection:
     """Parse ``--inject``: ``header:Name: template``, ``query:PARAM`` or ``basic:USER``.
 
     Raises:
-        _UsageError: The text names no known kind or the kind's value is invalid.
+        CliError: The text names no known kind or the kind's value is invalid (usage).
     """
     from pydantic import ValidationError
 
@@ -234,12 +238,13 @@ def _injection(spec: str) -> HeaderInjection | QueryInjection | BasicAuthInjecti
         if sep and kind == "basic":
             return BasicAuthInjection(username=rest)
     except ValidationError as e:
-        raise _UsageError(f"--inject: {_first_problem(e)}") from None
+        raise CliError(f"--inject: {_first_problem(e)}", ExitStatus.USAGE) from None
     except ValueError as e:
-        raise _UsageError(f"--inject: {e}") from None
-    raise _UsageError(
+        raise CliError(f"--inject: {e}", ExitStatus.USAGE) from None
+    raise CliError(
         f"--inject: expected 'header:Name: template with {{}}', 'query:PARAM' or "
-        f"'basic:USER', got {spec!r}"
+        f"'basic:USER', got {spec!r}",
+        ExitStatus.USAGE,
     )
 
 
@@ -252,7 +257,7 @@ def _build_grant(args: argparse.Namespace, now: datetime) -> Any:
     """The :class:`vault.grants.CapabilityGrant` the arguments describe.
 
     Raises:
-        _UsageError: An argument is invalid; the message names it.
+        CliError: An argument is invalid (usage); the message names it.
     """
     from pydantic import ValidationError
 
@@ -260,9 +265,10 @@ def _build_grant(args: argparse.Namespace, now: datetime) -> Any:
 
     injection = _injection(args.inject)
     if any(not m.strip() for m in args.methods.split(",")):
-        raise _UsageError(
+        raise CliError(
             f"--methods: expected comma-separated method names such as GET,POST, "
-            f"got {args.methods!r}"
+            f"got {args.methods!r}",
+            ExitStatus.USAGE,
         )
     try:
         return CapabilityGrant(
@@ -284,7 +290,7 @@ def _build_grant(args: argparse.Namespace, now: datetime) -> Any:
         loc = problem["loc"]
         # The host is checked by a model-level validator, which has no field.
         option = _FIELD_OPTIONS.get(str(loc[0]), "--host") if loc else "--host"
-        raise _UsageError(f"{option}: {_first_problem(e)}") from None
+        raise CliError(f"{option}: {_first_problem(e)}", ExitStatus.USAGE) from None
 
 
 # ------------------------------------------------------------------ storage
@@ -387,7 +393,7 @@ def _entry_line(entry: AuditEntry) -> str:
 # ----------------------------------------------------------------- commands
 
 
-def _grant(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _grant(args: argparse.Namespace, terminal: Terminal) -> int:
     from vault.broker import Broker
     from vault.errors import SecretNotFoundError
 
@@ -396,12 +402,12 @@ def _grant(args: argparse.Namespace, terminal: _Terminal) -> int:
     grant = _build_grant(args, now)
     grants, audit = _open_stores(args)
     try:
-        vault, _ = _open_unlocked(args, terminal)
+        vault, _ = open_unlocked(args, terminal)
         try:
             with Broker(vault, grants, audit) as broker:
                 info = broker.grant(grant, now=now)
         except SecretNotFoundError as e:
-            raise _UsageError(f"NAME: {e}") from None
+            raise CliError(f"NAME: {e}") from None
         finally:
             vault.lock()
     finally:
@@ -415,7 +421,7 @@ def _grant(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _grants(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _grants(args: argparse.Namespace, terminal: Terminal) -> int:
     now = datetime.now(UTC)
     grants, audit = _open_stores(args)
     try:
@@ -445,15 +451,9 @@ def _grants(args: argparse.Namespace, terminal: _Terminal) -> int:
     return 0
 
 
-def _revoke(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _revoke(args: argparse.Namespace, terminal: Terminal) -> int:
     from vault.broker import Broker
-    from vault.handle import is_handle
 
-    if args.handle is not None and not is_handle(args.handle):
-        raise _UsageError(
-            f"HANDLE: {_clean(args.handle[:80])!r} is not a capability handle "
-            "('cap_' and 32 hex digits)"
-        )
     grants, audit = _open_stores(args)
     try:
         with Broker(_NoSecrets(), grants, audit) as broker:
@@ -467,7 +467,7 @@ def _revoke(args: argparse.Namespace, terminal: _Terminal) -> int:
                     print(handle)
                 return 0
             if grants.get(args.handle) is None:
-                raise _UsageError(f"HANDLE: no grant with handle {args.handle}")
+                raise CliError(f"HANDLE: no grant with handle {args.handle}")
             if broker.revoke(args.handle):
                 print(f"revoked {args.handle}")
             else:
@@ -478,7 +478,7 @@ def _revoke(args: argparse.Namespace, terminal: _Terminal) -> int:
         audit.close()
 
 
-def _audit(args: argparse.Namespace, terminal: _Terminal) -> int:
+def _audit(args: argparse.Namespace, terminal: Terminal) -> int:
     from vault.audit import AuditLog
 
     audit = AuditLog(_db_path(args))
@@ -500,4 +500,4 @@ def _audit(args: argparse.Namespace, terminal: _Terminal) -> int:
         f"audit chain: BROKEN at entry #{check.first_bad_id}: {_clean(check.problem)} "
         f"({check.n_entries} entries)"
     )
-    return 1
+    return ExitStatus.ERROR

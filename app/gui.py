@@ -128,14 +128,23 @@ def build_main_window(
             scripted model when ``$KEYLESS_SCRIPTED_MODEL`` names a file).
         with_extra_pages: Build the vault, memory, audit and settings screens.
     """
+    from app.sessions import SessionStore, SessionStoreError
+
+    sessions: SessionStore | None
+    try:
+        sessions = SessionStore(services.paths.database)
+    except SessionStoreError as e:
+        log.error("sessions are not recorded: %s", e)
+        sessions = None
     if runner_factory is None:
         scripted = os.environ.get(SCRIPTED_MODEL_ENV)
         runner_factory = agent_host_factory(
             services,
             lambda: model_spec_for(services),
             scripted_model=Path(scripted) if scripted else None,
+            sessions=sessions,
         )
-    errands = ErrandController(runner_factory, workspace=services.workspace)
+    errands = ErrandController(runner_factory, workspace=services.workspace, sessions=sessions)
     model = ModelController(services)
     pages = extra_pages(services, errands) if with_extra_pages else []
     window = MainWindow(services, errands, model, pages)

@@ -4,7 +4,8 @@ What an installer's smoke test and a user who wonders "does it work on this
 machine?" both need: load the embedded model, generate past a small ``n_ctx``
 through the sink cache, round-trip a vault in passphrase mode, start the
 sandboxed agent process and run one tool call through the host's policy. Each
-step prints one line; the first failure prints what failed and exits 1.
+step prints one line; the first failure prints what failed and exits with
+``ExitStatus.ERROR`` (1).
 Everything happens in a temporary directory; the user's files are not touched.
 """
 
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
+
+from app.cli_common import ExitStatus, new_session_id
 
 N_CTX = 256
 GENERATE = 2 * N_CTX
@@ -83,11 +86,29 @@ def _check_vault(tmp: Path) -> str:
     return "passphrase vault: created, locked, wrong passphrase refused, value round-tripped"
 
 
+def _check_redaction(tmp: Path) -> str:
+    """The redactor and the credential scanner load and work (a bundle may lack a plugin)."""
+    from vault.redact import Redactor
+    from vault.secretscan import withhold
+
+    secret = "selftest-" + time.time_ns().to_bytes(8, "big").hex()
+    text = f"echo {secret.upper()[:10]} {secret.upper()[10:]} done"
+    redacted, names = Redactor([("SELFTEST", secret)]).redact(text)
+    if names != ["SELFTEST"] or secret.upper()[10:] in redacted:
+        raise SelfTestError("the redactor let a case-changed, split copy of a secret through")
+    token = "ghp_" + "Zq3Vb8Nm1Lk4Jh7Gf2Ds5Ap9Ow6Ie0Ru3Ty8"
+    shown, findings = withhold(f"x = 1\nGITHUB_TOKEN={token}\n", source="selftest.env")
+    if token in shown or [f.line for f in findings] != [2]:
+        raise SelfTestError("the credential scanner missed a GitHub token")
+    return "redactor (variants) and credential scanner work"
+
+
 def _check_agent(tmp: Path) -> str:
     import json
 
-    from agent.host import AgentHost, PermissionAnswer, PermissionRequest, new_session_id
-    from agent.policy import PolicyEngine, Rule
+    from agent.host.errand import AgentHost
+    from agent.host.permission import PermissionAnswer, PermissionRequest
+    from agent.host.policy import PolicyEngine, Rule
     from vault.audit import AuditLog
 
     workspace = tmp / "workspace"
@@ -103,6 +124,7 @@ def _check_agent(tmp: Path) -> str:
         ),
         encoding="utf-8",
     )
+
     class RefuseEverything:
         """The permission prompt of a self-test: nobody is there to ask."""
 
@@ -142,12 +164,13 @@ def _check_agent(tmp: Path) -> str:
 STEPS: tuple[tuple[str, Callable[[Path], str]], ...] = (
     ("model", _check_model),
     ("vault", _check_vault),
+    ("redaction", _check_redaction),
     ("agent", _check_agent),
 )
 
 
 def run_self_test(out: TextIO | None = None) -> int:
-    """Run every step; return 0 when all pass, 1 at the first failure."""
+    """Run every step; return ``ExitStatus.OK`` when all pass, ``ERROR`` at the first failure."""
     out = out or sys.stdout
     with tempfile.TemporaryDirectory(prefix="keyless-selftest-") as name:
         tmp = Path(name)
@@ -157,7 +180,7 @@ def run_self_test(out: TextIO | None = None) -> int:
                 detail = step(tmp)
             except Exception as e:  # noqa: BLE001 - report any failure and exit 1
                 print(f"FAIL {label}: {type(e).__name__}: {e}", file=out, flush=True)
-                return 1
+                return ExitStatus.ERROR
             print(f"ok   {label} ({time.perf_counter() - started:.1f} s): {detail}", file=out)
     print("self-test passed", file=out, flush=True)
-    return 0
+    return ExitStatus.OK

@@ -93,7 +93,7 @@ class AppServices:
         """Paths no tool may touch wherever they lie: Keyless's data and config dirs, the keyring's.
 
         The host hides them from every sandbox and the file tools refuse them
-        by canonical path (see ``agent.tools.paths.Workspace``).
+        by canonical path (see ``agent.host.tools.paths.Workspace``).
         """
         paths = [self.paths.data_dir, self.paths.config_dir, *keyring_paths()]
         unique: list[Path] = []
@@ -263,7 +263,7 @@ class AppServices:
         return self._service("broker", build)
 
     def rule_store(self, workspace: Path | None = None) -> Any:
-        """Open the persisted permission rules (a new ``agent.policy.RuleStore``).
+        """Open the persisted permission rules (a new ``agent.host.policy.RuleStore``).
 
         A new store each call, because its SQLite connection belongs to the
         thread that opens it: call this in the thread that will use it, and
@@ -272,7 +272,7 @@ class AppServices:
         Raises:
             ServiceUnavailableError: The policy engine is missing or broken.
         """
-        mod = self._require("agent.policy", "the permission policy")
+        mod = self._require("agent.host.policy", "the permission policy")
         try:
             store = mod.RuleStore(self.paths.database, workspace=workspace)
         except Exception as e:
@@ -341,6 +341,7 @@ class AppServices:
             n_sink=m.n_sink,
             rope_scaling=m.rope_scaling,
             rope_factor=m.rope_factor,
+            eviction=m.eviction,
             base_url=m.base_url,
             model_name=m.remote_model,
             allow_local=m.allow_local_remote,
@@ -384,7 +385,7 @@ class AppServices:
 
     def sandbox_status(self) -> tuple[bool, str]:
         """Return whether OS isolation (bubblewrap) is available, and a sentence saying so."""
-        mod = optional_module("agent.sandbox")
+        mod = optional_module("agent.host.sandbox")
         if mod is None:
             return False, "the sandbox module is not available in this build"
         try:
@@ -442,6 +443,12 @@ class LiveBroker:
         broker = self._broker()
         return broker.capabilities(session_id) if broker is not None else []
 
+    def check_capabilities_usable(self, session_id: str) -> None:
+        """Raise VaultLockedError when ``session_id`` has grants and the vault is locked."""
+        broker = self._broker()
+        if broker is not None:
+            broker.check_capabilities_usable(session_id)
+
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         """Remove every secret value from ``text`` (nothing to remove without a vault)."""
         broker = self._broker()
@@ -449,6 +456,13 @@ class LiveBroker:
             return text, []
         result: tuple[str, list[str]] = broker.redact(text, session_id=session_id)
         return result
+
+    def redact_stream(self, *, session_id: str) -> Any:
+        """A streaming redactor over the same secrets as :meth:`redact`."""
+        broker = self._broker()
+        if broker is None:
+            return _NothingToRedact()
+        return broker.redact_stream(session_id=session_id)
 
     def call(self, handle: str | None, call: Any, *, session_id: str, now: Any) -> Any:
         """Perform a brokered HTTP call.
@@ -485,6 +499,16 @@ def keyring_paths() -> list[Path]:
     except ImportError:
         return paths
     return [*paths, Path(platform_.data_root()), Path(platform_.config_root())]
+
+
+class _NothingToRedact:
+    """The token stream without a vault: every chunk passes as it is."""
+
+    def feed(self, chunk: str) -> str:
+        return chunk
+
+    def finish(self) -> str:
+        return ""
 
 
 def _scan_nothing(text: str) -> list[str]:

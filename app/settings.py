@@ -16,10 +16,27 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.paths import AppPaths
+from models.eviction import EvictionMode
 
 
 class SettingsError(Exception):
     """The settings file could not be read or written."""
+
+
+class ModelProfile(BaseModel):
+    """The runtime options remembered for one model file."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    n_ctx: int = Field(default=2048, ge=256, le=1_048_576)
+    n_gpu_layers: int | None = None
+    n_sink: int = Field(default=4, ge=0, le=256)
+    rope_scaling: Literal["none", "linear", "yarn"] = "none"
+    rope_factor: float = Field(default=1.0, ge=1.0, le=64.0)
+
+
+#: The fields of :class:`ModelSettings` that are remembered per model.
+PROFILE_FIELDS = tuple(ModelProfile.model_fields)
 
 
 class ModelSettings(BaseModel):
@@ -36,10 +53,24 @@ class ModelSettings(BaseModel):
     n_sink: int = Field(default=4, ge=0, le=256)
     rope_scaling: Literal["none", "linear", "yarn"] = "none"
     rope_factor: float = Field(default=1.0, ge=1.0, le=64.0)
+    eviction: EvictionMode = Field(
+        default="sinks",
+        description="Experimental: KV-cache eviction. sinks (StreamingLLM) is the default; "
+        "h2o and sinks+h2o keep the most-attended tokens (slower; see docs/benchmarks.md).",
+    )
     base_url: str | None = None
     remote_model: str | None = None
     remote_key_secret: str | None = Field(default=None, description="Vault secret name.")
     allow_local_remote: bool = False
+    profiles: dict[str, ModelProfile] = Field(
+        default_factory=dict,
+        description="Runtime options per model, keyed by path ('embedded' for the default).",
+    )
+
+    @property
+    def profile_key(self) -> str:
+        """The key of the chosen model in :attr:`profiles`."""
+        return self.path or "embedded"
 
 
 class MemoryCapacities(BaseModel):

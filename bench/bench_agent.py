@@ -1,4 +1,4 @@
-"""Agent pipe benchmarks (issue 4), measured side by side in one run.
+"""Agent pipe benchmarks, measured side by side in one run.
 
 1. Tool round trip, timed inside the agent process: ToolRequest for
    ``read_file`` of a 100-byte file → host (decode, validate, policy allows,
@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.host import AgentHost, PermissionAnswer, PermissionRequest
-from agent.policy import PolicyEngine
+from agent.host.errand import AgentHost
+from agent.host.permission import PermissionAnswer, PermissionRequest
+from agent.host.policy import PolicyEngine
+from agent.host.sandbox import Sandbox, scrubbed_env
 from agent.protocol import FinalAnswer, ToolResult, decode, encode
-from agent.sandbox import Sandbox, scrubbed_env
 from vault.audit import AuditLog
 
 AGENT = r"""
@@ -91,7 +92,7 @@ def echo_round_trips(ws: Path, n: int) -> list[float]:
     )
     assert proc.stdin is not None and proc.stdout is not None
     content = (ws / "small.txt").read_text()
-    proc.stdin.write(b'{"v":1,"type":"hello"}\n{"v":1,"type":"task","task":"b","tools":[]}\n')
+    proc.stdin.write(b'{"v":2,"type":"hello"}\n{"v":2,"type":"task","task":"b","tools":[]}\n')
     proc.stdin.flush()
     proc.stdout.readline()  # ready
     for _ in range(n):

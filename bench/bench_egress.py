@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trustme  # noqa: E402
 
-from agent.egress.proxy import EgressProxy, EgressRequest, EgressVerdict  # noqa: E402
-from agent.sandbox import Limits, Sandbox  # noqa: E402
+from agent.host.egress.proxy import EgressProxy, EgressRequest, EgressVerdict  # noqa: E402
+from agent.host.sandbox import Limits, Sandbox  # noqa: E402
 from vault.audit import AuditLog  # noqa: E402
 from vault.broker import Broker  # noqa: E402
 from vault.grants import GrantStore  # noqa: E402

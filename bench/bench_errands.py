@@ -14,7 +14,7 @@ workspace as its directory and a time limit, never in the harness.
 
 Each task of :data:`bench.errand_tasks.TASKS` gets a fresh workspace (its
 fixture files), a fresh data dir (vault, grants, audit log, memory) and a
-fresh :class:`agent.host.AgentHost` that starts the real agent process
+fresh :class:`agent.host.errand.AgentHost` that starts the real agent process
 (in bubblewrap where available) with the model under test. The policy allows
 every tool call (file tools are confined to the workspace anyway); what still
 asks (network calls once untrusted content is in the context) is answered
@@ -66,8 +66,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.host import AgentEvent, AgentHost, ErrandResult, PermissionAnswer, PermissionRequest
-from agent.policy import PolicyEngine, Rule
+from agent.host.errand import AgentHost
+from agent.host.events import AgentEvent, ErrandResult
+from agent.host.permission import PermissionAnswer, PermissionRequest
+from agent.host.policy import PolicyEngine, Rule
 from agent.protocol import ErrandLimits
 from models.factory import ModelSpec
 

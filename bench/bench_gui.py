@@ -247,8 +247,8 @@ class _NeverAsked:
 
 def run_rss() -> list[tuple[str, float]]:
     """Resident memory: the GUI host with every screen built, and the agent with the model."""
-    from agent.host import AgentHost
-    from agent.policy import PolicyEngine
+    from agent.host.errand import AgentHost
+    from agent.host.policy import PolicyEngine
     from app.controllers.agent_runner import HostPrompt
     from app.gui import build_main_window, model_spec_for
     from app.qt import QtWidgets

@@ -14,12 +14,19 @@
    public text (verbatim free-software licenses, bench/data/licenses.txt)
    with a 256-token cache: 4 sinks + 252 window vs 0 + 256 (window only) vs
    1, 2, 8 sinks, vs a sliding window with re-computation, vs dense attention.
+3e. Eviction policies (experimental H2O): perplexity and per-token cost of
+   full cache, sinks + window, H2O + window, sinks + H2O + window (and H2O
+   reading 5 of 30 layers, and H2O scoring mean rather than accumulated
+   attention) at cache budgets of 20 % and 50 % of the text, on
+   licenses.txt and a second text (bench/data/python_reference.txt), the
+   variants of one text interleaved token by token.
 4. Positional Interpolation: perplexity at 1.5 x n_ctx_train with linear RoPE
    scaling (factor 2) vs none.
 5. Model load time and time to first token.
 
     .venv/bin/python -m bench models            # everything, default sizes
     .venv/bin/python bench/bench_models.py --only 1,2 --threads 2
+    .venv/bin/python -m bench.bench_models --only 3e --evict-tokens 1024
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from models.runtime import Runtime, RuntimeConfig
 from models.sinkcache import SinkCache
 
 TEXT = Path(__file__).parent / "data" / "licenses.txt"
+# A second public text of another kind: sections of the Python Language Reference.
+TEXT2 = Path(__file__).parent / "data" / "python_reference.txt"
 CHAT = [Message(role="user", content="Tell a very long story about a lighthouse keeper.")]
 
 
@@ -392,6 +401,79 @@ def bench_quality(threads: int, n_tokens: int, stride: int) -> None:
     )  # fmt: skip
 
 
+# -- 3e. eviction policies: sinks vs heavy hitters (H2O) -------------------------------------------
+
+
+def _eviction_variants(budget: int, n_full: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """(label, n_ctx, runtime settings) of each variant at one budget."""
+    few = tuple(range(0, 30, 6))
+    return [
+        ("full cache", n_full, {}),
+        ("sinks 4 + window", budget, {}),
+        ("H2O + window", budget, {"n_sink": 0, "eviction": "h2o"}),
+        ("sinks 4 + H2O + window", budget, {"eviction": "sinks+h2o"}),
+        ("sinks 4 + H2O (5 of 30 layers) + window", budget,
+         {"eviction": "sinks+h2o", "h2o_layers": few}),
+        ("sinks 4 + H2O mean score + window", budget,
+         {"eviction": "sinks+h2o", "h2o_score": "mean"}),
+    ]  # fmt: skip
+
+
+def bench_eviction(threads: int, n_tokens: int, fractions: Sequence[float]) -> None:
+    """Perplexity and per-token cost of each eviction policy, at budgets of the text length."""
+    print(f"### 3e. Eviction policies: {n_tokens} tokens per text, budgets "
+          f"{', '.join(f'{f:.0%}' for f in fractions)} of the text, evicting one token at a "
+          f"time, {threads} thread(s)\n")  # fmt: skip
+    rows = []
+    for text in (TEXT, TEXT2):
+        variants: dict[tuple[str, int], Runtime] = {}
+        for fraction in fractions:
+            budget = int(n_tokens * fraction)
+            for label, n_ctx, kw in _eviction_variants(budget, n_tokens + 16):
+                if label == "full cache" and variants:
+                    continue  # one full-cache run serves every budget
+                variants[(label, budget)] = runtime(n_ctx, threads, evict_chunk=1, **kw)
+        first = next(iter(variants.values()))
+        tokens: list[int] = first.llama.tokenize(text.read_bytes(), add_bos=False, special=False)
+        tokens = tokens[:n_tokens]
+        nll = {key: np.zeros(len(tokens) - 1) for key in variants}
+        wall = {key: 0.0 for key in variants}
+        cpu = {key: 0.0 for key in variants}
+        for rt in variants.values():
+            rt.cache.clear()
+        t0 = time.perf_counter()
+        # Token by token, every variant in turn: the box's drifting load lands on all alike.
+        for i in range(len(tokens) - 1):
+            for key, rt in variants.items():
+                t, c = time.perf_counter(), time.thread_time()
+                rt.cache.feed([tokens[i]])
+                wall[key] += time.perf_counter() - t
+                cpu[key] += time.thread_time() - c
+                nll[key][i] = _nll(_logits_last(rt.llama), tokens[i + 1])
+        took = time.perf_counter() - t0
+        print(f"  ({text.name}: {len(variants)} variants, {took:.0f} s)", flush=True)
+        full_key = next(k for k in variants if k[0] == "full cache")
+        n = len(tokens) - 1
+        for fraction in fractions:
+            budget = int(n_tokens * fraction)
+            full_ppl = ppl(nll[full_key][budget:])
+            sink_cpu = cpu[("sinks 4 + window", budget)]
+            for label, *_ in _eviction_variants(budget, 0):
+                key = full_key if label == "full cache" else (label, budget)
+                evicted = variants[key].cache.total_evicted
+                rows.append([text.name, f"{fraction:.0%} ({budget})", label,
+                             ppl(nll[key][budget:]), ppl(nll[key][budget:]) / full_ppl,
+                             ms(wall[key] / n), ms(cpu[key] / n), cpu[key] / sink_cpu,
+                             evicted])  # fmt: skip
+        for rt in variants.values():
+            rt.close()
+    table(
+        ["text", "budget (tokens)", "variant", "PPL after the budget fills", "vs full cache",
+         "ms/token (wall)", "CPU ms/token", "CPU vs sinks", "evicted"],
+        rows,
+    )  # fmt: skip
+
+
 # -- 4. Positional Interpolation ------------------------------------------------------------------
 
 
@@ -459,7 +541,9 @@ def bench_load(threads: int, reps: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated benchmark numbers")
+    parser.add_argument(
+        "--only", default="1,2,3,3e,4,5", help="comma-separated benchmark numbers"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--flat-n-ctx", type=int, default=512)
@@ -468,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ppl-tokens", type=int, default=2048)
     parser.add_argument("--ppl-stride", type=int, default=8)
     parser.add_argument("--pi-multiple", type=float, default=1.5)
+    parser.add_argument("--evict-tokens", type=int, default=1024, help="tokens per text in 3e")
+    parser.add_argument("--evict-budgets", default="0.2,0.5", help="cache budgets / text in 3e")
     args = parser.parse_args(argv)
     only = {s.strip() for s in args.only.split(",")}
     info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
@@ -479,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         ("2", lambda: bench_turns(args.threads, args.flat_n_ctx,
                                   [int(x) for x in args.turn_lengths.split(",")], args.reps)),
         ("3", lambda: bench_quality(args.threads, args.ppl_tokens, args.ppl_stride)),
+        ("3e", lambda: bench_eviction(args.threads, args.evict_tokens,
+                                      [float(x) for x in args.evict_budgets.split(",")])),
         ("4", lambda: bench_pi(args.threads, args.pi_multiple)),
     ]  # fmt: skip
     for key, step in steps:

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python -m bench.bench_sandbox [--runs N]`` (or ``python bench/bench_sandbox.py``).
 
 The variants run interleaved (one of each per round) so machine noise hits all
-of them alike. Target (issue 4): sandboxed spawn ≤ plain subprocess + 25 ms at p50.
+of them alike. Target: sandboxed spawn ≤ plain subprocess + 25 ms at p50.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.sandbox import Limits, Sandbox, run_unsandboxed, scrubbed_env  # noqa: E402
+from agent.host.sandbox import Limits, Sandbox, run_unsandboxed, scrubbed_env  # noqa: E402
 
 COMMAND = "echo hi"
 

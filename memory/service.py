@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory.db import open_database
-from memory.distill import DistillReport, LevelDistill, LevelDistiller, topic_tokens
+from memory.distill import DistillReport, LevelDistill, LevelDistiller, score, topic_tokens
 from memory.editor import TopicCache, TopicEditor, now_utc
 from memory.errors import (
     InvalidMemoryError,
@@ -284,10 +284,44 @@ class MemoryService:
                 )
             clean = " ".join(topic.split())[:120]  # a title is one line
             title = clean if clean != name else None
+
+            def write(ed: TopicEditor) -> None:
+                ed.put(lv, name, body=body, source=source, title=title)
+                self._fit_capacity(ed, lv, keep=name)
+
             return self._change(
-                "remember", lv, name, f"remember {lv} topic {name}", source,
-                lambda ed: ed.put(lv, name, body=body, source=source, title=title),
+                "remember", lv, name, f"remember {lv} topic {name}", source, write
             )
+
+    def _fit_capacity(self, editor: TopicEditor, level: Level, *, keep: str) -> list[str]:
+        """Archive the level's lowest-scoring topics (never ``keep``) until it fits.
+
+        Runs in the same edit as the write, so the write and what it pushed
+        out are one change (one undo). Archived topics stay on disk, searchable.
+
+        Raises:
+            InvalidMemoryError: ``keep`` alone is over the level's capacity.
+        """
+        capacity = self.settings.capacities.of(level)
+        active = editor.topics(level, active_only=True)
+        sizes = {t.name: topic_tokens(t, self._count_tokens) for t in active}
+        used = sum(sizes.values())
+        if sizes.get(keep, 0) > capacity:
+            raise InvalidMemoryError(
+                f"memory topic {keep!r} is {sizes[keep]} tokens; the {level} level holds "
+                f"{capacity}: write it shorter"
+            )
+        now = now_utc()
+        archived: list[str] = []
+        for topic in sorted(active, key=lambda t: (score(t, now), t.meta.updated, t.name)):
+            if used <= capacity:
+                break
+            if topic.name == keep:
+                continue
+            editor.set_status(level, topic.name, archived=True, reason="over capacity")
+            used -= sizes[topic.name]
+            archived.append(topic.name)
+        return archived
 
     def forget(self, level: str, name: str, *, reason: str) -> Change:
         """Archive a topic: it leaves the prompt but stays on disk, searchable.

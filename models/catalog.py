@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.errors import (
     ChecksumError,
@@ -73,6 +73,14 @@ class GGUFHeader(BaseModel):
     chat_template: str | None = None
     n_tensors: int
     file_size: int
+    hparams: dict[str, int] = Field(
+        default_factory=dict,
+        description="The architecture's integer hyperparameters, without the arch prefix "
+        "(block_count, embedding_length, attention.head_count_kv, ...).",
+    )
+    tensors: tuple[tuple[str, int], ...] = Field(
+        default=(), description="(name, bytes) of every tensor, in file order."
+    )
 
 
 # -- the embedded default ---------------------------------------------------------
@@ -224,7 +232,7 @@ def read_header(path: Path) -> GGUFHeader:
                     f"{path} is not a GGUF model file (starts with {magic!r}, expected b'GGUF')"
                 )
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                fields, tensor_end, n_tensors = _walk_gguf(buf, path)
+                fields, tensor_end, table = _walk_gguf(buf, path)
     except IsADirectoryError as e:
         raise ModelFileError(f"model path {path} is a directory, not a file") from e
     except OSError as e:
@@ -233,6 +241,7 @@ def read_header(path: Path) -> GGUFHeader:
         raise ModelFileError(
             f"{path} is truncated: its tensors need {tensor_end} bytes, the file has {size}"
         )
+    n_tensors = len(table)
     if n_tensors == 0:
         raise ModelFileError(f"{path} holds no tensors; it is not a usable model")
     arch = fields.get("general.architecture")
@@ -241,6 +250,12 @@ def read_header(path: Path) -> GGUFHeader:
     n_ctx_train = fields.get(f"{arch}.context_length")
     name = fields.get("general.name")
     template = fields.get("tokenizer.chat_template")
+    prefix = f"{arch}."
+    hparams = {
+        k.removeprefix(prefix): v
+        for k, v in fields.items()
+        if k.startswith(prefix) and isinstance(v, int) and not isinstance(v, bool)
+    }
     return GGUFHeader(
         architecture=arch,
         name=name if isinstance(name, str) else None,
@@ -248,6 +263,8 @@ def read_header(path: Path) -> GGUFHeader:
         chat_template=template if isinstance(template, str) else None,
         n_tensors=n_tensors,
         file_size=size,
+        hparams=hparams,
+        tensors=tuple((t_name, n) for t_name, _, _, n in table),
     )
 
 
@@ -308,8 +325,13 @@ class _Cursor:
         return self.unpack(fmt)
 
 
-def _walk_gguf(buf: mmap.mmap, path: Path) -> tuple[dict[str, Any], int, int]:
-    """Return (scalar and string fields, end of the tensor data, tensor count)."""
+def _walk_gguf(
+    buf: mmap.mmap, path: Path
+) -> tuple[dict[str, Any], int, list[tuple[str, int, int, int]]]:
+    """Return (scalar and string fields, end of the tensor data, tensor table).
+
+    Each tensor is ``(name, ggml type, offset in the data section, bytes)``.
+    """
     import gguf  # the authority on tensor types and block sizes
 
     cur = _Cursor(buf)
@@ -329,9 +351,9 @@ def _walk_gguf(buf: mmap.mmap, path: Path) -> tuple[dict[str, Any], int, int]:
             value = cur.value(vtype, True)
             if key is not None and value is not None:
                 fields[key] = value
-        tensors: list[tuple[int, int]] = []
+        tensors: list[tuple[str, int, int, int]] = []
         for _ in range(n_tensors):
-            cur.string(False)
+            tensor_name = cur.string(True) or ""
             n_dims = cur.unpack("<I")
             if n_dims > _MAX_DIMS:
                 raise ValueError(f"a tensor with {n_dims} dimensions")
@@ -341,7 +363,7 @@ def _walk_gguf(buf: mmap.mmap, path: Path) -> tuple[dict[str, Any], int, int]:
             ggml_type = gguf.GGMLQuantizationType(cur.unpack("<I"))
             block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
             offset = cur.unpack("<Q")
-            tensors.append((offset, n_elements * type_size // block))
+            tensors.append((tensor_name, int(ggml_type), offset, n_elements * type_size // block))
     except _Truncated as e:
         raise ModelFileError(f"{path} is truncated: its GGUF header is incomplete") from e
     except (ValueError, KeyError, UnicodeDecodeError, struct.error) as e:
@@ -350,8 +372,8 @@ def _walk_gguf(buf: mmap.mmap, path: Path) -> tuple[dict[str, Any], int, int]:
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise ModelFileError(f"{path} has an invalid general.alignment {alignment!r}")
     data_start = -(-cur.off // alignment) * alignment
-    end = max((data_start + off + n for off, n in tensors), default=data_start)
-    return fields, end, len(tensors)
+    end = max((data_start + off + n for _, _, off, n in tensors), default=data_start)
+    return fields, end, tensors
 
 
 def local_file(path: Path | str) -> ModelFile:

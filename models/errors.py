@@ -45,3 +45,11 @@ class DownloadCancelledError(DownloadError):
 
 class DownloadChecksumError(DownloadError, ChecksumError):
     """A downloaded file's sha256 does not match; the download was deleted."""
+
+
+class CatalogError(ModelError):
+    """The curated catalog is invalid, or names no such model."""
+
+
+class PinMismatchError(DownloadChecksumError):
+    """A download differs from the digest pinned on its first download."""

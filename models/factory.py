@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.errors import ModelError
+from models.eviction import EvictionMode
 from models.interface import ChatModel
 
 Backend = Literal["llama.cpp", "fake", "openai"]
@@ -34,6 +35,10 @@ class ModelSpec(BaseModel):
     n_sink: int = Field(default=4, ge=0)
     rope_scaling: Literal["none", "linear", "yarn"] = "none"
     rope_factor: float = Field(default=1.0, ge=1.0)
+    eviction: EvictionMode = Field(
+        default="sinks",
+        description="KV eviction: sinks (default), h2o or sinks+h2o (experimental).",
+    )
     base_url: str | None = None
     model_name: str | None = None
     allow_local: bool = False
@@ -90,5 +95,6 @@ def open_model(spec: ModelSpec) -> ChatModel:
             n_threads=spec.n_threads,
             n_sink=spec.n_sink,
             rope_scaling=RopeScaling(kind=spec.rope_scaling, factor=spec.rope_factor),
+            eviction=spec.eviction,
         )
     )

@@ -8,7 +8,7 @@ own server. Only the chat-completions API is used, streamed over SSE.
 Trust: this object lives in the **host**. The API key comes from the vault
 through ``api_key_provider`` at the moment of each request and is never
 stored on the object; the agent process reaches the model only through the
-host's relay (``agent/relay.py``), so it needs no network and never sees the
+host's relay (``agent/worker/relay.py``), so it needs no network and never sees the
 key.
 
 Context overflow is the server's business. ``llama-server`` should run with

@@ -19,17 +19,19 @@ from __future__ import annotations
 import codecs
 import ctypes
 import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.catalog import GGUFHeader, read_header
 from models.errors import GenerationError, ModelError, ModelLoadError
+from models.eviction import EvictionMode, EvictionPolicy
 from models.interface import (
     CancelToken,
     ContextState,
@@ -42,6 +44,9 @@ from models.interface import (
     Token,
 )
 from models.sinkcache import SinkCache
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # GGML tensor types for the KV cache (ggml.h: GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1).
 _GGML_TYPE_F32 = 0
@@ -84,6 +89,16 @@ class RuntimeConfig(BaseModel):
     )
     n_sink: int = Field(default=4, ge=0)
     evict_chunk: int | None = Field(default=None, ge=1)
+    eviction: EvictionMode = Field(
+        default="sinks",
+        description="sinks: StreamingLLM. h2o, sinks+h2o: heavy hitters (experimental, slower).",
+    )
+    h2o_layers: tuple[int, ...] | None = Field(
+        default=None, description="Layers whose attention H2O reads (None: all)."
+    )
+    h2o_score: Literal["sum", "mean"] = Field(
+        default="sum", description="H2O's score: accumulated (the paper) or mean attention."
+    )
     rope_scaling: RopeScaling = RopeScaling()
     kv_f16: bool = True
     seed: int = 0
@@ -108,7 +123,7 @@ def llama_kwargs(config: RuntimeConfig, header: GGUFHeader) -> dict[str, Any]:
 
     n_gpu_layers = config.n_gpu_layers
     if n_gpu_layers is None:
-        n_gpu_layers = -1 if gpu_offload_supported() else 0
+        n_gpu_layers = auto_gpu_layers(config, header) if gpu_offload_supported() else 0
     kv_type = _GGML_TYPE_F16 if config.kv_f16 else _GGML_TYPE_F32
     kwargs: dict[str, Any] = {
         "model_path": str(config.model_path),
@@ -142,6 +157,64 @@ def llama_kwargs(config: RuntimeConfig, header: GGUFHeader) -> dict[str, Any]:
     return kwargs
 
 
+def auto_gpu_layers(config: RuntimeConfig, header: GGUFHeader) -> int:
+    """Choose how many layers to offload for the free VRAM (see :mod:`models.fit`).
+
+    Returns -1 (every layer; the load fallback catches a failure) when the
+    free VRAM or the model's shape cannot be read.
+    """
+    from models import devices, fit
+
+    try:
+        found, _ = devices.gpus()
+        shape = fit.shape_from_header(header)
+    except (OSError, AttributeError, fit.FitError):
+        return -1
+    free = max((g.free for g in found if not g.integrated), default=None)
+    if free is None:
+        return -1
+    plan = fit.plan_offload(
+        shape, n_ctx=config.n_ctx, vram_free=free, kv_bytes=2 if config.kv_f16 else 4,
+        n_ubatch=min(config.n_batch, config.n_ctx),
+    )
+    return plan.n_gpu_layers
+
+
+def load_with_fallback(
+    load: Callable[[int], _T], n_gpu_layers: int, n_layer: int
+) -> tuple[_T, int]:
+    """Load with ``n_gpu_layers``, retrying with fewer layers, then the CPU, on failure.
+
+    llama-cpp-python reports an out-of-memory load as the same ``ValueError``
+    as any other failed load, so every failure with layers on the GPU is
+    retried with fewer (:func:`models.fit.fallback_layers`); a failure on the
+    CPU alone is final.
+
+    Args:
+        load: Loads with the given layer count; raises :class:`ModelLoadError`.
+        n_gpu_layers: The planned count; -1 means every layer.
+        n_layer: The model's layer count (to resolve -1).
+
+    Returns:
+        The loaded object and the layer count that worked.
+
+    Raises:
+        ModelLoadError: Even the CPU could not load it; names every try.
+    """
+    from models.fit import fallback_layers
+
+    start = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
+    tried: list[str] = []
+    for n in fallback_layers(start):
+        try:
+            return load(n), n
+        except ModelLoadError as e:
+            tried.append(f"{n} GPU layers: {e}")
+            if n > 0:
+                _log.warning("loading with %d GPU layers failed (%s); trying fewer", n, e)
+    raise ModelLoadError("; ".join(tried))
+
+
 def _default_threads() -> int:
     # Physical cores are what decode scales with; count the ones we may use.
     try:
@@ -168,19 +241,39 @@ class Runtime:
         self.config = config
         self.header = read_header(config.model_path)
         kwargs = llama_kwargs(config, self.header)
-        try:
-            import llama_cpp
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            llm = llama_cpp.Llama(**kwargs)
-        except (ValueError, RuntimeError, OSError) as e:
-            raise ModelLoadError(f"llama.cpp could not load {config.model_path}: {e}") from e
+        def load(n_gpu_layers: int) -> Any:
+            try:
+                return llama_cpp.Llama(**(kwargs | {"n_gpu_layers": n_gpu_layers}))
+            except (ValueError, RuntimeError, OSError) as e:
+                raise ModelLoadError(
+                    f"llama.cpp could not load {config.model_path}: {e}"
+                ) from e
+
+        n_layer = self.header.hparams.get("block_count", 0)
+        llm, kwargs["n_gpu_layers"] = load_with_fallback(load, kwargs["n_gpu_layers"], n_layer)
         self._llm: Any = llm
         self._closed = False
         self._lock = threading.Lock()
         try:
+            n_sink = config.n_sink
+            policy: EvictionPolicy | None = None
+            if config.eviction != "sinks":
+                from models.h2o import HeavyHitters
+
+                # "h2o" alone keeps no sinks: whatever attention favours stays.
+                n_sink = config.n_sink if config.eviction == "sinks+h2o" else 0
+                policy = HeavyHitters(
+                    llm, recent=None, layers=config.h2o_layers, score=config.h2o_score
+                )
             self._cache = SinkCache(
-                llm, n_sink=config.n_sink, evict_chunk=config.evict_chunk, can_shift=can_shift
+                llm,
+                n_sink=n_sink,
+                evict_chunk=config.evict_chunk,
+                can_shift=can_shift,
+                policy=policy,
             )
             template = self.header.chat_template or llm.metadata.get("tokenizer.chat_template")
             eos_id = llm.token_eos()

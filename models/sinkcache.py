@@ -18,17 +18,27 @@ plus the recent window: slower, but never a crash.
 Invariant: :attr:`SinkCache.history` is every token fed since the last reset
 (the logical conversation); the cache holds ``history[:n_sink]`` followed by
 ``history[n_sink + n_evicted:]``.
+
+With an :class:`~models.eviction.EvictionPolicy` (experimental) the policy
+picks which positions after the sinks to evict, not necessarily the oldest:
+each run of chosen positions is removed with ``seq_rm`` and everything after
+it moved down with ``seq_add``, so positions stay contiguous; the cache then
+holds ``history[i] for i in kept`` (:attr:`SinkCache.kept`, ascending).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
 from models.errors import ContextTooSmallError, GenerationError
 from models.interface import ContextState
+
+if TYPE_CHECKING:
+    from models.eviction import EvictionPolicy
 
 #: The smallest rolling window (``n_ctx - n_sink``) the cache accepts.
 MIN_WINDOW = 32
@@ -45,6 +55,8 @@ class SinkCache:
             ones keep more context.
         can_shift: Override the ``llama_memory_can_shift`` probe (tests force
             the fallback path with False).
+        policy: Chooses which tokens after the sinks to evict (None: the
+            oldest, StreamingLLM).
 
     Raises:
         ContextTooSmallError: ``n_ctx`` cannot hold the sinks plus a window of
@@ -58,6 +70,7 @@ class SinkCache:
         n_sink: int = 4,
         evict_chunk: int | None = None,
         can_shift: bool | None = None,
+        policy: EvictionPolicy | None = None,
     ) -> None:
         self._llm = llm
         # Llama.input_ids was sized with the n_ctx we asked for; llama.cpp may
@@ -91,6 +104,11 @@ class SinkCache:
         # Lifetime totals (never reset), for per-generation deltas.
         self.total_evicted = 0
         self.total_shifts = 0
+        self.policy = policy
+        # With a policy: the history index of each cached position, and the
+        # end of the region where tokens were evicted.
+        self._kept: list[int] | None = None if policy is None else []
+        self._evicted_end = 0
 
     # -- what the cache holds -------------------------------------------------
 
@@ -134,6 +152,18 @@ class SinkCache:
         self.n_evicted = 0
         self.n_shifts = 0
         self.n_reprefills = 0
+        self._truncated(0)
+        self._evicted_end = 0
+
+    @property
+    def kept(self) -> list[int]:
+        """History index of each cached token, in position order."""
+        if self._kept is not None:
+            return list(self._kept)
+        n = self.n_cached
+        sinks = min(self.n_sink, n)
+        start = sinks + self.n_evicted
+        return list(range(sinks)) + list(range(start, start + n - sinks))
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Keep the part of the cache that ``tokens`` starts with.
@@ -153,6 +183,8 @@ class SinkCache:
             n += 1
         if n == len(self.history):
             return n
+        if self._kept is not None:
+            return self._reuse_kept(n)
         if self.n_evicted and n < self.n_sink + self.n_evicted:
             self.clear()
             return 0
@@ -162,6 +194,21 @@ class SinkCache:
             self.clear()
             return 0
         self._llm.n_tokens = pos
+        del self.history[n:]
+        return n
+
+    def _reuse_kept(self, n: int) -> int:
+        """:meth:`reuse_prefix` when a policy evicts non-contiguous tokens."""
+        assert self._kept is not None
+        if self.n_evicted and n < self._evicted_end:
+            self.clear()
+            return 0
+        pos = bisect.bisect_left(self._kept, n)
+        if not llama_cpp.llama_memory_seq_rm(self._mem, 0, pos, -1):
+            self.clear()
+            return 0
+        self._llm.n_tokens = pos
+        self._truncated(pos)
         del self.history[n:]
         return n
 
@@ -208,6 +255,7 @@ class SinkCache:
             skip = len(rest) - keep
             self._drop_window()
             self.history.extend(rest[:skip])
+            self._evicted_end = len(self.history)
             self.n_evicted += skip
             self.total_evicted += skip
             rest = rest[skip:]
@@ -226,7 +274,9 @@ class SinkCache:
         k = min(self.evict_chunk, self.n_cached - self.n_sink)
         if k <= 0:
             raise GenerationError("the KV cache is full of sink tokens; nothing can be evicted")
-        if self.shift_supported:
+        if self.policy is not None:
+            self._evict_chosen(k)
+        elif self.shift_supported:
             self._shift(k)
         else:
             self._reprefill_without(k)
@@ -242,6 +292,8 @@ class SinkCache:
             self._llm.eval(piece)
         except RuntimeError as e:  # llama_decode returned non-zero
             raise GenerationError(f"llama.cpp failed to evaluate {len(piece)} tokens: {e}") from e
+        if self._kept is not None:
+            self._kept.extend(range(len(self.history), len(self.history) + len(piece)))
         self.history.extend(piece)
         self.n_evaluated += len(piece)
 
@@ -262,6 +314,8 @@ class SinkCache:
             raise GenerationError(f"llama.cpp failed to evaluate a token (llama_decode {code})")
         llm.input_ids[n] = token
         llm.n_tokens = n + 1
+        if self._kept is not None:
+            self._kept.append(len(self.history))
         self.history.append(token)
         self.n_evaluated += 1
 
@@ -294,9 +348,13 @@ class SinkCache:
             sinks = self.history[: self.n_sink]
             llama_cpp.llama_memory_clear(self._mem, True)
             self._llm.n_tokens = 0
+            self._truncated(0)
             self._llm.eval(sinks)
             self.n_reprefills += 1
         self._llm.n_tokens = self.n_sink
+        self._truncated(self.n_sink)
+        if self._kept is not None:
+            self._kept.extend(range(len(self._kept), self.n_sink))
         self.n_evicted += n - self.n_sink
         self.total_evicted += n - self.n_sink
 
@@ -311,3 +369,62 @@ class SinkCache:
             raise GenerationError(f"llama.cpp failed to re-prefill the window: {e}") from e
         self.n_evaluated += len(keep)
         self._count(k, reprefill=True)
+
+    # -- eviction chosen by a policy ------------------------------------------------
+
+    def _truncated(self, n: int) -> None:
+        """Keep the policy's and the kept list's view of the cache to ``n`` positions."""
+        if self.policy is not None:
+            self.policy.truncated(n)
+        if self._kept is not None:
+            del self._kept[n:]
+
+    def _evict_chosen(self, k: int) -> None:
+        """Evict the ``k`` positions the policy picks (after the sinks)."""
+        assert self.policy is not None and self._kept is not None
+        n = self.n_cached
+        positions = sorted(self.policy.choose(n, self.n_sink, k))
+        if len(set(positions)) != k or positions[0] < self.n_sink or positions[-1] >= n:
+            raise GenerationError(
+                f"the eviction policy chose invalid positions {positions[:8]} "
+                f"(need {k} distinct in {self.n_sink}..{n - 1})"
+            )
+        gone = set(positions)
+        keep_pos = [p for p in range(n) if p not in gone]
+        self._evicted_end = max(self._evicted_end, self._kept[positions[-1]] + 1)
+        if not self.shift_supported:
+            keep = [self.history[self._kept[p]] for p in keep_pos]
+            kept = [self._kept[p] for p in keep_pos]
+            llama_cpp.llama_memory_clear(self._mem, True)
+            self._llm.n_tokens = 0
+            self._truncated(0)
+            try:
+                self._llm.eval(keep)
+            except RuntimeError as e:
+                raise GenerationError(f"llama.cpp failed to re-prefill the cache: {e}") from e
+            self._kept[:] = kept
+            self.n_evaluated += len(keep)
+            self._count(k, reprefill=True)
+            return
+        # Highest run first: each shift moves only tokens after its own run.
+        for start, end in reversed(_runs(positions)):
+            if not llama_cpp.llama_memory_seq_rm(self._mem, 0, start, end):
+                raise GenerationError("llama.cpp refused to evict tokens from the KV cache")
+            llama_cpp.llama_memory_seq_add(self._mem, 0, end, -1, start - end)
+        ids = self._llm.input_ids
+        ids[: n - k] = ids[keep_pos].copy()
+        self._llm.n_tokens = n - k
+        self._kept[:] = [self._kept[p] for p in keep_pos]
+        self.policy.evicted(positions)
+        self._count(k, reprefill=False)
+
+
+def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """Split ascending positions into ``[start, end)`` runs of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for p in positions:
+        if runs and runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    return runs

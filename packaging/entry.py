@@ -15,7 +15,7 @@ import sys
 
 def _main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--agent-worker":
-        from agent.worker import main as worker_main
+        from agent.worker.main import main as worker_main
 
         return int(worker_main(sys.argv[2:]) or 0)
     if len(sys.argv) > 1 and sys.argv[1] == "--model-server":

@@ -202,7 +202,7 @@ def audit_screen(paths: Any, session: str) -> QtWidgets.QWidget:
 
 
 def settings_screen(paths: Any, workspace: Path) -> QtWidgets.QWidget:
-    from agent.policy import Rule, RuleStore
+    from agent.host.policy import Rule, RuleStore
     from app.controllers.settings_controller import SettingsController
     from app.settings import AppSettings, save_settings
     from app.views.settings_view import SettingsView

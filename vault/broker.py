@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urljoin
@@ -47,7 +48,9 @@ from vault.errors import (
     RedactionError,
     SecretNotFoundError,
     VaultError,
+    VaultLockedError,
 )
+from vault.fingerprints import SecretFingerprints, WithholdingRedactor, index_path
 from vault.grants import (
     KNOWN_METHODS,
     BasicAuthInjection,
@@ -290,6 +293,7 @@ class Broker:
         max_redirects: int = 5,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        fingerprints: Path | None = None,
     ) -> None:
         """Create a broker.
 
@@ -312,8 +316,21 @@ class Broker:
                 read) and, in total, for reading one response body, so a server
                 trickling bytes cannot hold the call forever.
             clock: Monotonic seconds, for that total deadline.
+            fingerprints: Where the locked redactor's index of the secrets
+                lives (:mod:`vault.fingerprints`); default: beside the vault
+                file (``<vault>.fingerprints``), or none for a source without
+                a ``path``.
         """
         self._vault = vault
+        if fingerprints is None:
+            vault_path = getattr(vault, "path", None)
+            if isinstance(vault_path, Path):
+                fingerprints = index_path(vault_path)
+        self._fingerprints_path = fingerprints
+        self._indexed_generation: int | None = None
+        # The last index loaded and its file's (inode, mtime, size): a long
+        # secret's index runs to megabytes, and a locked errand redacts often.
+        self._loaded_index: tuple[tuple[int, int, int], SecretFingerprints] | None = None
         self._grants = grants
         self._audit = audit
         self._resolver = resolver
@@ -389,6 +406,22 @@ class Broker:
         """What the agent of ``session_id`` may currently use."""
         return [r.info() for r in self._grants.active(session_id, now=now)]
 
+    def check_capabilities_usable(self, session_id: str, *, now: datetime | None = None) -> None:
+        """Refuse a session whose grants cannot be redeemed now.
+
+        Raises:
+            VaultLockedError: ``session_id`` has active grants and the vault is locked.
+        """
+        active = self._grants.active(session_id, now=now)
+        if not active:
+            return
+        try:
+            _zero(self._vault.get(active[0].grant.secret_name))
+        except VaultLockedError as e:
+            raise VaultLockedError("the vault is locked; the session's capabilities need it") from e
+        except SecretNotFoundError:
+            pass  # redeeming says so, for that one grant
+
     # --------------------------------------------------------------- redaction
 
     def _session_secrets(self, session_id: str) -> list[tuple[str, bytearray]]:
@@ -398,51 +431,142 @@ class Broker:
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         """Redact the secrets the agent must never see from ``text``.
 
-        Always every secret granted to ``session_id`` (in any state): if they
-        cannot be read, redaction fails. While the vault is unlocked, also
-        every other secret in it and the canaries, so a key that sits in a
-        workspace file (a ``.env``) or a server's answer is caught too. A
-        secret spelled with NULs between its characters (UTF-16 or UTF-32
-        text read as UTF-8) is caught as well; the NULs are then dropped.
+        While the vault is unlocked: every secret in it (those granted to
+        ``session_id`` and every other one, so a key that sits in a workspace
+        ``.env`` or a server's answer is caught too) and the canaries, in every
+        form, variant and near-copy. While it is locked: every region that
+        matches the secrets' fingerprints is withheld
+        (:mod:`vault.fingerprints`); where there is no current index, redaction
+        fails rather than let a secret through. A secret spelled with NULs
+        between its characters (UTF-16 or UTF-32 text read as UTF-8) is caught
+        as well; the NULs are then dropped.
 
         Returns:
             The redacted text and the names found.
 
         Raises:
-            RedactionError: Redaction could not run (the vault is locked, ...).
+            RedactionError: Redaction could not run (the vault is locked and
+                its secrets were never indexed, ...).
         """
+        redactor = self._redactor(session_id)
+        redacted, names = redactor.redact(text)
+        if "\x00" in redacted:
+            # A secret in UTF-16 or UTF-32 (a file the shell printed) reads
+            # as the secret with NULs between its characters: where that
+            # hides one, the NULs go (elsewhere they may be data: -print0).
+            squeezed, hidden = redactor.redact(_without_nul(redacted))
+            if hidden:
+                redacted, names = squeezed, sorted(set(names) | set(hidden))
+        return redacted, names
+
+    def redact_stream(self, *, session_id: str) -> StreamRedactor:
+        """A streaming redactor over the same secrets as :meth:`redact`.
+
+        For text that reaches a screen piece by piece (model tokens): the
+        stream holds back what may still turn out to be a secret.
+
+        Raises:
+            RedactionError: As :meth:`redact`.
+        """
+        return self._redactor(session_id).stream()
+
+    def _redactor(self, session_id: str) -> Redactor | WithholdingRedactor:
         try:
             pairs: list[tuple[str, bytearray | str]] = list(self._session_secrets(session_id))
         except VaultError as e:
+            locked = self._locked_redactor()
+            if locked is not None:
+                return locked
             raise RedactionError(f"cannot read the session's secrets to redact: {e}") from e
         try:
-            pairs += self._other_secrets({name for name, _ in pairs})
-            redactor = Redactor(pairs)
-            redacted, names = redactor.redact(text)
-            if "\x00" in redacted:
-                # A secret in UTF-16 or UTF-32 (a file the shell printed) reads
-                # as the secret with NULs between its characters: where that
-                # hides one, the NULs go (elsewhere they may be data: -print0).
-                squeezed, hidden = redactor.redact(_without_nul(redacted))
-                if hidden:
-                    redacted, names = squeezed, sorted(set(names) | set(hidden))
-            return redacted, names
+            others = self._other_secrets({name for name, _ in pairs})
+            if others is None:
+                locked = self._locked_redactor()
+                if locked is not None:
+                    return locked
+                others = [("canary", c) for c in self._canaries]
+            else:
+                self._refresh_fingerprints([v for n, v in pairs + others if n != "canary"])
+            pairs += others
+            return Redactor(pairs)
         finally:
             for _, value in pairs:
                 if isinstance(value, bytearray):
                     _zero(value)
 
-    def _other_secrets(self, have: set[str]) -> list[tuple[str, bytearray | str]]:
-        """Every other readable vault secret and the canaries; nothing while locked."""
+    def _generation(self) -> int | None:
+        generation = getattr(self._vault, "generation", None)
+        return generation if isinstance(generation, int) else None
+
+    def _refresh_fingerprints(self, values: list[bytearray | str]) -> None:
+        """Re-index the secrets when the vault changed since the stored index."""
+        path = self._fingerprints_path
+        if path is None:
+            return
+        generation = self._generation()
+        if generation is not None and generation == self._indexed_generation:
+            return
+        current = SecretFingerprints.load(path)
+        if current is None or generation is None or current.generation != generation:
+            SecretFingerprints.build(values, generation=generation).save(path)
+        self._indexed_generation = generation
+
+    def _locked_redactor(self) -> WithholdingRedactor | None:
+        """The fingerprints' redactor while locked; None without an index path.
+
+        Raises:
+            RedactionError: No index, or one older than the vault.
+        """
+        path = self._fingerprints_path
+        if path is None:
+            return None
+        index = self._load_index(path)
+        if index is None:
+            raise RedactionError(
+                "the vault is locked and its secrets were never indexed; unlock it once"
+            )
+        generation = self._generation()
+        if generation is not None and index.generation != generation:
+            raise RedactionError(
+                "the vault changed since its secrets were last indexed; unlock it to continue"
+            )
+        canaries = Redactor([("canary", c) for c in self._canaries])
+        return index.redactor(canaries)
+
+    def _load_index(self, path: Path) -> SecretFingerprints | None:
+        """:meth:`SecretFingerprints.load`, reusing the last load while the file is the same.
+
+        The index is always replaced by a rename, so a new index is a new inode.
+        """
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RedactionError(f"cannot read the secret fingerprints {path}: {e}") from e
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        loaded = self._loaded_index
+        if loaded is not None and loaded[0] == key:
+            return loaded[1]
+        index = SecretFingerprints.load(path)
+        if index is not None:
+            self._loaded_index = (key, index)
+        return index
+
+    def _other_secrets(self, have: set[str]) -> list[tuple[str, bytearray | str]] | None:
+        """Every other vault secret and the canaries; None while locked."""
         found: list[tuple[str, bytearray | str]] = []
         try:
             for name in self._vault.names():
                 if name not in have:
                     found.append((name, self._vault.get(name)))
         except VaultError:
-            # Locked (or locked while reading): the granted secrets above are
-            # the ones a call can put in play; keep what was read.
-            pass
+            # Locked (or locked while reading): the caller falls back to the
+            # fingerprints, or to the granted secrets it holds.
+            for _, value in found:
+                if isinstance(value, bytearray):
+                    _zero(value)
+            return None
         found.extend(("canary", c) for c in self._canaries)
         return found
 
@@ -481,7 +605,10 @@ class Broker:
         """
         pairs: list[tuple[str, bytearray | str]] = list(self._session_secrets_or_refuse(session_id))
         try:
-            pairs += self._other_secrets({name for name, _ in pairs})
+            others = self._other_secrets({name for name, _ in pairs})
+            # Locked since the session's secrets were read: those are the ones
+            # the proxy can put in play; the canaries still go.
+            pairs += others if others is not None else [("canary", c) for c in self._canaries]
             extra = [
                 (name, bytes(value).decode("latin-1"))
                 for name, value in pairs

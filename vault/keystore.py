@@ -29,7 +29,7 @@ import unicodedata
 from typing import Protocol
 
 from vault import _crypto
-from vault._crypto import Argon2Params
+from vault._crypto import Argon2Params as Argon2Params  # re-exported: the KDF settings callers pass
 from vault.errors import KeyringKeyMissingError, KeyringUnavailableError
 
 SERVICE = "keyless"

@@ -1,4 +1,4 @@
-"""Redaction of secrets from text that flows back to the agent.
+r"""Redaction of secrets from text that flows back to the agent.
 
 A :class:`Redactor` knows, for each secret, every textual form in which it is
 likely to come back: raw, standard and URL-safe base64 (with and without
@@ -9,9 +9,19 @@ cases, JSON string escaping and HTML character references. Combinations
 an occurrence of any form is replaced; a run of overlapping occurrences
 becomes one ``[REDACTED:NAME]`` marker.
 
+Beyond these exact forms the redactor matches *variants* over a folded view of
+the text (see :func:`fold`): whitespace removed, JSON ``\uXXXX`` escapes
+decoded, letters lower-cased. So a secret copied in another case, wrapped over
+lines, spaced out or escaped character by character is found, and the span it
+occupies in the original text is replaced. It also redacts *near-copies*: any
+run of at least ``max(NEAR_COPY_MIN, ceil(NEAR_COPY_FRACTION * n))``
+consecutive characters of the folded secret (``n`` characters long), of its hex
+or of its base64, so a long prefix or suffix of a secret is itself secret.
+
 :class:`StreamRedactor` gives the same output as :meth:`Redactor.redact` on the
 concatenated text, however the text is cut into chunks: it holds back the last
-``max_pattern_length - 1`` undecided characters until more text or the end
+``max_pattern_length - 1`` undecided characters, and as many folded
+characters as the longest folded pattern needs, until more text or the end
 arrives.
 
 Redaction fails closed: any internal failure raises
@@ -21,26 +31,43 @@ Redaction fails closed: any internal failure raises
 from __future__ import annotations
 
 import base64
+import bisect
 import html
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
 from urllib.parse import quote, quote_from_bytes, quote_plus
+
+import ahocorasick  # type: ignore[import-not-found]  # pyahocorasick ships no stubs
 
 from vault.errors import RedactionError
 
 __all__ = [
     "MARKER",
     "MIN_DERIVED_LENGTH",
+    "NEAR_COPY_FRACTION",
+    "NEAR_COPY_MIN",
+    "FoldedText",
     "Redactor",
     "StreamRedactor",
+    "fold",
     "secret_forms",
+    "variant_patterns",
 ]
 
 MARKER = "[REDACTED:{name}]"
 MIN_DERIVED_LENGTH = 6
 """Encoded forms shorter than this are not redacted: they would match ordinary
 text everywhere. The raw form is always redacted, whatever its length."""
+
+NEAR_COPY_MIN = 12
+"""A near-copy is at least this many consecutive characters of a secret's form."""
+NEAR_COPY_FRACTION = 0.75
+"""... and at least this fraction of the form's (folded) length."""
 
 SecretValue = bytes | bytearray | str
 
@@ -137,6 +164,153 @@ def _lower_escapes(encoded: str) -> str:
     return parts[0] + "".join("%" + p[:2].lower() + p[2:] for p in parts[1:])
 
 
+# ------------------------------------------------------------------ folding
+
+# A folded unit: a run of whitespace (dropped) or a JSON \uXXXX escape (one
+# character). Everything else is kept, one character for one.
+_UNIT = re.compile(r"\s+|\\u[0-9a-fA-F]{4}")
+_ESCAPE_WIDTH = 6
+_ESCAPE = re.compile(r"\\u[0-9a-fA-F]{4}")
+
+
+@lru_cache(maxsize=4096)
+def _fold_char(ch: str) -> str:
+    low = ch.lower()
+    return low if len(low) == 1 else ch
+
+
+def _lower(segment: str) -> str:
+    # Per character, never str.lower() on a mixed segment: it lower-cases a
+    # Greek capital sigma by its context, and the result must not depend on
+    # where a stream was cut.
+    if segment.isascii():
+        return segment.lower()
+    return "".join(_fold_char(ch) for ch in segment)
+
+
+@dataclass(frozen=True)
+class FoldedText:
+    r"""The folded view of a text and the way back to the original's positions.
+
+    Attributes:
+        text: The folded text.
+        starts: For each segment, its first folded index (ascending).
+        origins: For each segment, its first original index.
+        widths: For each segment, 1 (kept characters, one for one) or 6 (one
+            decoded ``\uXXXX`` escape).
+        length: The original text's length.
+    """
+
+    text: str
+    starts: list[int]
+    origins: list[int]
+    widths: list[int]
+    length: int
+
+    def origin(self, j: int) -> int:
+        """Original index where folded character ``j`` starts (``length`` past the end)."""
+        if j >= len(self.text):
+            return self.length
+        i = bisect.bisect_right(self.starts, j) - 1
+        if self.widths[i] == 1:
+            return self.origins[i] + (j - self.starts[i])
+        return self.origins[i]
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        """The original span that folded characters ``a`` to ``b`` (exclusive) come from."""
+        i = bisect.bisect_right(self.starts, b - 1) - 1
+        if self.widths[i] == 1:
+            end = self.origins[i] + (b - 1 - self.starts[i]) + 1
+        else:
+            end = self.origins[i] + self.widths[i]
+        return self.origin(a), end
+
+    def count_before(self, limit: int) -> int:
+        """Number of folded characters whose original start is before ``limit``."""
+        i = bisect.bisect_left(self.origins, limit) - 1
+        if i < 0:
+            return 0
+        if self.widths[i] == 1:
+            seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else len(self.text)
+            return min(self.starts[i] + (limit - self.origins[i]), seg_end)
+        return self.starts[i] + 1
+
+
+def fold(text: str) -> FoldedText:
+    r"""Fold ``text``: whitespace dropped, ``\uXXXX`` decoded, letters lower-cased.
+
+    Lower-casing is per character and only where it keeps one character
+    (``str.lower`` of it); the mapping back to the original is exact.
+    """
+    pieces: list[str] = []
+    starts: list[int] = []
+    origins: list[int] = []
+    widths: list[int] = []
+    n = last = 0
+    for m in _UNIT.finditer(text):
+        s, e = m.span()
+        if s > last:
+            seg = _lower(text[last:s])
+            pieces.append(seg)
+            starts.append(n)
+            origins.append(last)
+            widths.append(1)
+            n += len(seg)
+        if text[s] == "\\":
+            pieces.append(_fold_char(chr(int(text[s + 2 : e], 16))))
+            starts.append(n)
+            origins.append(s)
+            widths.append(_ESCAPE_WIDTH)
+            n += 1
+        last = e
+    if last < len(text):
+        seg = _lower(text[last:])
+        pieces.append(seg)
+        starts.append(n)
+        origins.append(last)
+        widths.append(1)
+    return FoldedText("".join(pieces), starts, origins, widths, len(text))
+
+
+def _near_copy_length(n: int) -> int:
+    return max(NEAR_COPY_MIN, math.ceil(NEAR_COPY_FRACTION * n))
+
+
+def variant_patterns(value: SecretValue) -> set[str]:
+    """The folded patterns that find variants and near-copies of ``value``.
+
+    Every form of :func:`secret_forms`, folded (those of at least
+    :data:`MIN_DERIVED_LENGTH` characters), and every window of
+    ``max(NEAR_COPY_MIN, ceil(NEAR_COPY_FRACTION * n))`` characters of the
+    folded raw text, hex and base64 cores (``n`` their folded length).
+
+    Raises:
+        TypeError: ``value`` is not bytes or text.
+    """
+    forms = secret_forms(value)
+    patterns = {f for f in (fold(form).text for form in forms) if len(f) >= MIN_DERIVED_LENGTH}
+    raw_bytes = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    bases = [raw_bytes.hex(), *_b64_cores(raw_bytes)]
+    if isinstance(value, str) or _utf8_or_none(raw_bytes) is not None:
+        bases.append(raw_bytes.decode("utf-8"))
+    for base in bases:
+        folded = fold(base).text
+        width = _near_copy_length(len(folded))
+        if len(folded) > width:
+            patterns.update(folded[i : i + width] for i in range(len(folded) - width + 1))
+    return patterns
+
+
+def _utf8_or_none(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# ----------------------------------------------------------------- matching
+
+
 @dataclass(frozen=True)
 class _Interval:
     start: int
@@ -144,25 +318,63 @@ class _Interval:
     name: str
 
 
+class _Matcher(Protocol):
+    """What a :class:`StreamRedactor` needs of the table it redacts with."""
+
+    max_pattern_length: int
+    max_folded_length: int
+    aligned: bool
+    """Whether matches depend on the folded offset of the text (see ``origin``)."""
+
+    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]: ...
+
+    def _marker(self, name: str) -> str: ...
+
+
+def _merge(found: list[tuple[int, int, str, int]]) -> list[_Interval]:
+    """Merge (start, -length, name, end) occurrences into runs; earliest, longest names a run."""
+    if not found:
+        return []
+    found.sort()
+    merged: list[_Interval] = []
+    start, _, name, end = found[0]
+    for s, _, n, e in found[1:]:
+        if s < end:
+            end = max(end, e)
+        else:
+            merged.append(_Interval(start, end, name))
+            start, name, end = s, n, e
+    merged.append(_Interval(start, end, name))
+    return merged
+
+
 class Redactor:
-    """Replaces every form of a set of named secrets.
+    """Replaces every form, variant and near-copy of a set of named secrets.
 
     The redactor holds the secrets' encoded forms for its lifetime; create one
     per call (or per scan) and drop it, rather than keeping one around.
     """
 
-    def __init__(self, secrets: Mapping[str, SecretValue] | Iterable[tuple[str, SecretValue]]):
+    def __init__(
+        self,
+        secrets: Mapping[str, SecretValue] | Iterable[tuple[str, SecretValue]],
+        *,
+        variants: bool = True,
+    ):
         """Build the pattern table.
 
         Args:
             secrets: ``name -> value`` (or pairs). Names appear in markers, so
                 they must not themselves be secret. When two secrets share a
                 form, the first one's name is used.
+            variants: Also match folded variants and near-copies (the
+                default); False matches the exact forms only.
 
         Raises:
             RedactionError: The table could not be built.
         """
         patterns: dict[str, str] = {}
+        folded: dict[str, str] = {}
         failure = None
         try:
             items = secrets.items() if isinstance(secrets, Mapping) else secrets
@@ -171,37 +383,48 @@ class Redactor:
                     raise TypeError("secret names must be non-empty strings")
                 for form in secret_forms(value):
                     patterns.setdefault(form, name)
+                if variants:
+                    for pattern in variant_patterns(value):
+                        folded.setdefault(pattern, name)
+            automaton = None
+            if folded:
+                automaton = ahocorasick.Automaton()
+                for pattern, name in folded.items():
+                    automaton.add_word(pattern, (len(pattern), name))
+                automaton.make_automaton()
         except Exception as e:  # fail closed: re-raised as RedactionError below
             failure = _failure(e)
         if failure is not None:
             raise failure
-        # Longest first: at one start position the longest form names the marker.
         self._patterns = sorted(patterns.items(), key=lambda kv: (-len(kv[0]), kv[0]))
-        self.names = sorted(set(patterns.values()))
+        self._automaton = automaton
+        self.names = sorted(set(patterns.values()) | set(folded.values()))
         self.max_pattern_length = max((len(p) for p in patterns), default=0)
+        self.max_folded_length = max((len(p) for p in folded), default=0)
 
-    def _intervals(self, text: str) -> list[_Interval]:
-        """Merged runs of characters covered by some occurrence, in order."""
-        found: list[tuple[int, int, int]] = []
-        for rank, (pattern, _name) in enumerate(self._patterns):
+    aligned = False
+
+    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]:
+        """Merged runs of characters covered by some occurrence, in order.
+
+        ``origin`` (the folded length of the text before ``text``) is unused:
+        every position is searched.
+        """
+        found: list[tuple[int, int, str, int]] = []
+        for pattern, name in self._patterns:
             pos = text.find(pattern)
             while pos >= 0:
-                found.append((pos, rank, pos + len(pattern)))
+                found.append((pos, -len(pattern), name, pos + len(pattern)))
                 pos = text.find(pattern, pos + 1)
-        if not found:
-            return []
-        # Earliest start first; at equal start the lowest rank is the longest form.
-        found.sort()
-        merged: list[_Interval] = []
-        start, rank, end = found[0]
-        for s, r, e in found[1:]:
-            if s < end:
-                end = max(end, e)
-            else:
-                merged.append(_Interval(start, end, self._patterns[rank][1]))
-                start, rank, end = s, r, e
-        merged.append(_Interval(start, end, self._patterns[rank][1]))
-        return merged
+        if self._automaton is not None:
+            view = fold(text)
+            for last, (length, name) in self._automaton.iter(view.text):
+                start, end = view.span(last - length + 1, last + 1)
+                found.append((start, start - end, name, end))
+        return _merge(found)
+
+    def _marker(self, name: str) -> str:
+        return MARKER.format(name=name)
 
     def redact(self, text: str) -> tuple[str, list[str]]:
         """Redact a whole text.
@@ -212,22 +435,7 @@ class Redactor:
         Raises:
             RedactionError: Redaction could not run; nothing is returned.
         """
-        try:
-            if not isinstance(text, str):
-                raise TypeError("redact() takes str")
-            out: list[str] = []
-            found: set[str] = set()
-            pos = 0
-            for iv in self._intervals(text):
-                out.append(text[pos : iv.start])
-                out.append(MARKER.format(name=iv.name))
-                found.add(iv.name)
-                pos = iv.end
-            out.append(text[pos:])
-            return "".join(out), sorted(found)
-        except Exception as e:  # fail closed: re-raised as RedactionError below
-            failure = _failure(e)
-        raise failure
+        return _redact_whole(self, text)
 
     def scan(self, text: str) -> list[str]:
         """Sorted names of the secrets that occur in ``text`` in any form.
@@ -246,14 +454,43 @@ class Redactor:
         return StreamRedactor(self)
 
 
+def _redact_whole(matcher: _Matcher, text: str) -> tuple[str, list[str]]:
+    try:
+        if not isinstance(text, str):
+            raise TypeError("redact() takes str")
+        out: list[str] = []
+        found: set[str] = set()
+        pos = 0
+        for iv in matcher._intervals(text):
+            out.append(text[pos : iv.start])
+            out.append(matcher._marker(iv.name))
+            found.add(iv.name)
+            pos = iv.end
+        out.append(text[pos:])
+        return "".join(out), sorted(found)
+    except Exception as e:  # fail closed: re-raised as RedactionError below
+        failure = _failure(e)
+    raise failure
+
+
+def _unit_start(buf: str, pos: int) -> int:
+    r"""``pos``, moved back to the start of a ``\uXXXX`` escape it would cut."""
+    for m in _ESCAPE.finditer(buf, max(pos - _ESCAPE_WIDTH + 1, 0), pos + _ESCAPE_WIDTH - 1):
+        if m.start() < pos < m.end():
+            return m.start()
+    return pos
+
+
 class StreamRedactor:
     """Redacts text arriving in chunks; output equals one-shot redaction."""
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: _Matcher) -> None:
         self._redactor = redactor
         self._keep = max(redactor.max_pattern_length - 1, 0)
+        self._folded_keep = redactor.max_folded_length - 1
         self._context = ""  # decided text an occurrence may still start in
         self._pending = ""  # undecided text
+        self._origin = 0  # folded characters before the context
         self._found: set[str] = set()
         self._broken = False
         self._finished = False
@@ -301,31 +538,50 @@ class StreamRedactor:
             failure = _failure(e)
         raise failure
 
+    def _decidable(self, buf: str) -> int:
+        """How far into ``buf`` every occurrence that starts there is wholly known."""
+        decide = len(buf) - self._keep
+        if self._folded_keep < 0:
+            return decide
+        view = fold(buf)
+        # A folded character is settled once a \uXXXX escape starting at it
+        # would be complete; one cut at the end may still change.
+        settled = view.count_before(len(buf) - _ESCAPE_WIDTH + 1)
+        first_open = settled - self._folded_keep
+        if first_open <= 0:
+            return 0
+        return min(decide, view.origin(first_open))
+
     def _step(self, chunk: str, *, final: bool) -> str:
         base = len(self._context)
         buf = self._context + self._pending + chunk
-        decide = len(buf) if final else len(buf) - self._keep
+        decide = len(buf) if final else self._decidable(buf)
         if decide <= base:
             self._pending = buf[base:]
             return ""
         out: list[str] = []
         pos = base
-        for iv in self._redactor._intervals(buf):
+        for iv in self._redactor._intervals(buf, self._origin):
             if iv.end <= base:
                 continue
             if iv.start >= decide:
                 break
             if iv.start >= pos:
                 out.append(buf[pos : iv.start])
-                out.append(MARKER.format(name=iv.name))
+                out.append(self._redactor._marker(iv.name))
                 self._found.add(iv.name)
             # else: the run started in already-decided text and its marker is out.
             pos = max(pos, iv.end)
         if pos < decide:
             out.append(buf[pos:decide])
             pos = decide
-        # Text up to `pos` is decided (a run may end past `decide`).
-        self._context = buf[max(pos - self._keep, 0) : pos]
+        # Text up to `pos` is decided (a run may end past `decide`). The context
+        # reaches back over every start that was not yet decided, and never
+        # cuts an escape (its tail would fold differently).
+        keep_from = _unit_start(buf, max(min(pos - self._keep, decide), 0))
+        if self._redactor.aligned:
+            self._origin += len(fold(buf[:keep_from]).text)
+        self._context = buf[keep_from:pos]
         self._pending = buf[pos:]
         return "".join(out)
 

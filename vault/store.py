@@ -12,6 +12,13 @@ Every change is written atomically and durably (a 0600 temp file in the same
 directory, fsync, rename, fsync of the directory), so a crash at any instant
 leaves either the old or the new vault.
 
+Whenever the unlocked vault is created, unlocked or saved, it rewrites the
+index of its secrets' fingerprints beside the file (``<vault>.fingerprints``,
+:mod:`vault.fingerprints`) at the new generation, so a redactor can withhold
+the secrets while the vault is locked, whoever changed them (the GUI,
+``keyless vault``). If the index cannot be written the old one stays, older
+than the vault, and the locked redactor refuses it (fails closed).
+
 Time is a parameter: every operation takes an optional ``now`` (seconds on
 the vault's clock, ``time.monotonic`` by default) and the vault locks itself
 when it has been idle for longer than ``idle_timeout`` seconds.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -61,6 +69,7 @@ from vault.errors import (
     VaultSaveError,
     WrongPassphraseError,
 )
+from vault.fingerprints import SecretFingerprints, index_path
 from vault.keystore import (
     DEFAULT_ARGON2,
     KeyStore,
@@ -72,6 +81,8 @@ from vault.keystore import (
     read_generation,
     write_generation,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 """Seconds without use after which an unlocked vault locks itself."""
@@ -207,6 +218,7 @@ class Vault:
         vault._file, vault._raw, vault._keys = vf, raw, keys
         vault._rollback_protected = write_generation(store, vault_id, 1)
         vault._last_used = vault._now(now)
+        vault._index_secrets()
         return vault
 
     @classmethod
@@ -244,6 +256,11 @@ class Vault:
     def path(self) -> Path:
         """The vault file."""
         return self._path
+
+    @property
+    def fingerprints_path(self) -> Path:
+        """The index of the secrets' fingerprints beside the file (:mod:`vault.fingerprints`)."""
+        return index_path(self._path)
 
     @property
     def vault_id(self) -> str:
@@ -323,6 +340,7 @@ class Vault:
             self._wipe()
             self._file, self._raw, self._keys, self._names = vf, raw, keys, names
             self._last_used = self._now(now)
+            self._index_secrets()
 
     def lock(self) -> None:
         """Forget the key material (zeroing it); records stay encrypted in memory."""
@@ -763,6 +781,33 @@ class Vault:
         if keys is not self._keys:
             self._keys = keys
         self._rollback_protected = write_generation(self._keystore, new.vault_id, new.generation)
+        self._index_secrets()
+
+    def _index_secrets(self) -> None:
+        """Rewrite the fingerprints of every secret at the current generation.
+
+        The vault itself is already saved; a failure here leaves the older
+        index, which the locked redactor refuses, so it is only logged.
+        Written under the vault's file lock, as the next save removes the
+        temp files of writers killed mid-save, the index's included.
+        """
+        keys, vf = self._keys, self._file
+        if keys is None or vf is None:  # pragma: no cover - callers hold the keys
+            return
+        values: list[bytearray] = []
+        try:
+            for name, record in self._named_records(vf):
+                values.append(_decrypt_value(vf, keys, record, name))
+            index = SecretFingerprints.build(values, generation=vf.generation)
+            with _file_lock(self._path):
+                index.save(self.fingerprints_path)
+        except VaultError as e:
+            log.warning(
+                "the secrets' fingerprints were not updated (locked redaction stops): %s", e
+            )
+        finally:
+            for value in values:
+                _crypto.zero(value)
 
 
 # ------------------------------------------------------------------ helpers

@@ -1,4 +1,4 @@
-"""Adapts :class:`agent.host.AgentHost` to the errand controller.
+"""Adapts :class:`agent.host.errand.AgentHost` to the errand controller.
 
 The controller knows runners (``run_errand`` / ``cancel`` / ``close``), an
 events sink and a permission asker; the agent host knows ``AgentEvent`` s, a
@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.host.tools.net import NET_RULE
 from app.controllers.errand_controller import (
     ErrandEvents,
     ErrandRunner,
@@ -26,19 +27,27 @@ from app.controllers.errand_controller import (
     WhyAsked,
 )
 from app.services import AppServices, ServiceUnavailableError
+from app.sessions import (
+    ErrandRecorder,
+    ResumeChoice,
+    SessionStore,
+    SessionStoreError,
+    resume_plan,
+    run_recorded,
+)
 from app.withheld import offer_from_event
 
 log = logging.getLogger(__name__)
 
 
 def rule_to_text(rule: Any) -> str:
-    """Write an ``agent.policy.Rule`` as ``tool(pattern)``."""
+    """Write an ``agent.host.policy.Rule`` as ``tool(pattern)``."""
     pattern = getattr(rule, "pattern", None) or "*"
     return f"{rule.tool}({pattern})"
 
 
 def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
-    """Turn an ``agent.host.PermissionRequest`` into what the dialog shows."""
+    """Turn an ``agent.host.permission.PermissionRequest`` into what the dialog shows."""
     why: WhyAsked
     reason = str(getattr(request, "reason", "") or "")
     if getattr(request, "unsandboxed", False):
@@ -53,7 +62,7 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
         why = "no_rule"
     effect = getattr(request, "effect", "")
     parts = [f"Effect: {effect}." if effect else "", f"Policy: {reason}." if reason else ""]
-    if str(request.tool) == "net":  # a sandboxed command's request through the egress proxy
+    if str(request.tool) == NET_RULE:  # a sandboxed command's request through the egress proxy
         args = request.arguments
         parts.insert(0, f"Network request {args.get('method', '?')} {args.get('host', '?')}"
                         f"{args.get('path', '')} — asked by: {args.get('command', '?')}.")
@@ -74,7 +83,7 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
 def check_rule_text(text: str) -> str | None:
     """Say why ``text`` is not a valid allow rule, or return None when it is."""
     from agent.errors import PolicyError
-    from agent.policy import Rule
+    from agent.host.policy import Rule
 
     try:
         Rule.parse(text, action="allow", scope="workspace")
@@ -94,8 +103,8 @@ class HostPrompt:
     def ask(self, request: Any) -> Any:
         """Ask the user (blocks this worker thread) and return a ``PermissionAnswer``."""
         from agent.errors import PolicyError
-        from agent.host import PermissionAnswer
-        from agent.policy import Rule
+        from agent.host.permission import PermissionAnswer
+        from agent.host.policy import Rule
 
         self._count += 1
         call_id = self.current_call_id or f"ask-{self._count}"
@@ -111,7 +120,6 @@ class HostPrompt:
                 return PermissionAnswer(choice="deny", reason=f"the edited rule was refused: {e}")
         return PermissionAnswer(choice=reply.choice, rule=rule, reason=reply.reason)
 
-
     def withdraw(self, reason: str) -> None:
         """The agent process died: release the question the user still sees (any thread)."""
         withdraw = getattr(self._asker, "withdraw", None)
@@ -120,7 +128,7 @@ class HostPrompt:
 
 
 class HostListener:
-    """Turns ``agent.host.AgentEvent`` s into :class:`ErrandEvents` calls."""
+    """Turns ``agent.host.events.AgentEvent`` s into :class:`ErrandEvents` calls."""
 
     def __init__(self, events: ErrandEvents, prompt: HostPrompt) -> None:
         self._events = events
@@ -198,15 +206,53 @@ class WorkspaceRuleSaver:
 
 
 class AgentHostRunner:
-    """An :class:`ErrandRunner` backed by an ``agent.host.AgentHost``."""
+    """An :class:`ErrandRunner` backed by an ``agent.host.errand.AgentHost``.
 
-    def __init__(self, host: Any, *, owned: tuple[Any, ...] = ()) -> None:
+    With a session store (and the host's :class:`app.sessions.ErrandRecorder`),
+    every errand is recorded in its session, which the runner creates on
+    the first errand.
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        *,
+        owned: tuple[Any, ...] = (),
+        sessions: SessionStore | None = None,
+        recorder: ErrandRecorder | None = None,
+        model: str = "",
+    ) -> None:
         self.host = host
         self._owned = owned
+        self._sessions = sessions
+        self._recorder = recorder
+        self._model = model
 
     def run_errand(self, task: str) -> Any:
         """Run one errand; the host reports through the listener."""
-        return self.host.run_errand(task)
+        if self._sessions is None or self._recorder is None:
+            return self.host.run_errand(task)
+        session_id = self.host.session_id
+        self._sessions.ensure_session(
+            session_id, workspace=self.host.workspace, title=task, model=self._model
+        )
+        return run_recorded(
+            self.host, self._sessions, self._recorder, session_id=session_id, task=task
+        )
+
+    def resume_errand(self, errand_id: str, choice: ResumeChoice) -> Any:
+        """Resume an interrupted errand of this session (see :func:`app.sessions.resume_plan`).
+
+        Raises:
+            SessionStoreError: No store, or the errand cannot be resumed.
+        """
+        if self._sessions is None or self._recorder is None:
+            raise SessionStoreError("sessions are not recorded, so nothing can be resumed")
+        plan = resume_plan(self._sessions, errand_id)
+        return run_recorded(
+            self.host, self._sessions, self._recorder, session_id=plan.errand.session_id,
+            task="", resume=plan, choice=choice,
+        )
 
     def cancel(self) -> None:
         """Cancel the running errand."""
@@ -233,6 +279,7 @@ def agent_host_factory(
     scripted_model: Path | None = None,
     broker: Callable[[], Any] | None = None,
     host_options: Mapping[str, Any] | None = None,
+    sessions: SessionStore | None = None,
 ) -> RunnerFactory:
     """Build a runner factory that starts a real agent host for each session.
 
@@ -244,11 +291,13 @@ def agent_host_factory(
         broker: Returns the broker to use (the vault screen's, once unlocked);
             defaults to the services' own.
         host_options: Extra keyword arguments for ``AgentHost`` (tests).
+        sessions: Where errands are recorded (None: not recorded).
     """
 
     def factory(ctx: RunnerContext) -> ErrandRunner:
-        from agent.host import AgentHost
-        from agent.policy import PolicyEngine
+        from agent.host.errand import AgentHost
+        from agent.host.policy import PolicyEngine
+
         spec = model_spec()
 
         try:
@@ -287,6 +336,11 @@ def agent_host_factory(
             # process gets relayed generations only.
             options["relay_model"] = services.remote_model(spec)
         options.update(host_options or {})
+        listener: Any = HostListener(ctx.events, prompt)
+        recorder = None
+        if sessions is not None:
+            recorder = ErrandRecorder(sessions, then=listener)
+            listener = recorder
         host = AgentHost(
             spec,
             workspace=ctx.workspace,
@@ -296,12 +350,17 @@ def agent_host_factory(
             prompt=prompt,
             audit=audit,
             session_id=ctx.session_id,
-            listener=HostListener(ctx.events, prompt),
+            listener=listener,
             rule_store=WorkspaceRuleSaver(store, ctx.workspace) if store is not None else None,
             scripted_model=scripted_model,
             **options,
         )
         owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
-        return AgentHostRunner(host, owned=owned)
+        model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
+            f"{getattr(spec, 'backend', '?')}:{getattr(spec, 'model_name', None) or 'local'}"
+        )
+        return AgentHostRunner(
+            host, owned=owned, sessions=sessions, recorder=recorder, model=model
+        )
 
     return factory

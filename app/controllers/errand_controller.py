@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from app.qt import QObject, Qt, QtCore, QThread, Signal, Slot
+from app.sessions import SessionStore, SessionStoreError, gui_transcript, resume_plan
 from app.withheld import CredentialNotice, CredentialOffer, OfferBook
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ class SessionInfo:
     title: str = "New session"
     created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     transcript: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    workspace: Path | None = None
 
 
 def new_session_id(now: dt.datetime | None = None) -> str:
@@ -340,6 +342,27 @@ class _ErrandWorker(QObject):
         finally:
             self.done.emit(session_id)
 
+    @Slot(str, str, str, str)
+    def resume(self, session_id: str, workspace: str, errand_id: str, choice: str) -> None:
+        self._cancelled.clear()
+        try:
+            if self._runner is None or self._runner_session != session_id:
+                self._close_runner()
+                runner = self._factory(RunnerContext(session_id, Path(workspace), self, self))
+                with self._lock:
+                    self._runner = runner
+                    self._runner_session = session_id
+            resume = getattr(self._runner, "resume_errand", None)
+            if resume is None:
+                self.errorOut.emit("this runner cannot resume errands")
+                return
+            resume(errand_id, choice)
+        except Exception as e:
+            log.exception("resuming failed")
+            self.errorOut.emit(_describe(e))
+        finally:
+            self.done.emit(session_id)
+
     def _close_runner(self) -> None:
         with self._lock:
             runner, self._runner, self._runner_session = self._runner, None, None
@@ -372,6 +395,8 @@ class ErrandController(QObject):
         runner_factory: Builds the runner for a session (the real agent host, or a
             test double); called in the worker thread.
         workspace: The workspace errands run in (changeable with :meth:`set_workspace`).
+        sessions: The recorded sessions to list (they survive restarts); errands
+            left running by a process that died are marked interrupted.
         parent: The Qt parent.
     """
 
@@ -395,6 +420,7 @@ class ErrandController(QObject):
     currentSessionChanged = Signal(str)
 
     _runRequested = Signal(str, str, str)
+    _resumeRequested = Signal(str, str, str, str)
     _endSessionRequested = Signal()
     _shutdownRequested = Signal()
 
@@ -403,10 +429,12 @@ class ErrandController(QObject):
         runner_factory: RunnerFactory,
         *,
         workspace: Path | None = None,
+        sessions: SessionStore | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self._workspace = workspace
+        self._store = sessions
         self._busy = False
         self._closed = False
         self._thread = QThread()
@@ -415,6 +443,7 @@ class ErrandController(QObject):
         self._worker.moveToThread(self._thread)
         w = self._worker
         self._runRequested.connect(w.run)
+        self._resumeRequested.connect(w.resume)
         self._endSessionRequested.connect(w.end_session)
         self._shutdownRequested.connect(w.shutdown)
         w.tokenOut.connect(self._on_token)
@@ -439,7 +468,61 @@ class ErrandController(QObject):
         self._t_first: float | None = None
         self._n_tokens = 0
         self._last_stats_emit = 0.0
+        self._load_sessions()
         self.new_session()
+
+    def _load_sessions(self) -> None:
+        """Read the recorded sessions (the store's problems are reported, not raised)."""
+        if self._store is None:
+            return
+        try:
+            self._store.recover()
+            for record in self._store.sessions():
+                self._sessions[record.id] = SessionInfo(
+                    record.id,
+                    record.title or "New session",
+                    record.updated,
+                    gui_transcript(self._store.messages(record.id)),
+                    workspace=Path(record.workspace),
+                )
+        except SessionStoreError as e:
+            log.error("the recorded sessions could not be read: %s", e)
+
+    def interrupted_errands(self, session_id: str) -> list[str]:
+        """Ids of the session's interrupted errands (resumable), oldest first."""
+        if self._store is None:
+            return []
+        try:
+            return [e.id for e in self._store.errands(session_id) if e.state == "interrupted"]
+        except SessionStoreError as e:
+            log.error("the session's errands could not be read: %s", e)
+            return []
+
+    def maybe_ran(self, errand_id: str) -> str:
+        """The call of an interrupted errand that may have run ("" when none)."""
+        if self._store is None:
+            return ""
+        return resume_plan(self._store, errand_id).describe_maybe_ran()
+
+    def resume(self, errand_id: str, choice: str = "skip") -> None:
+        """Resume an interrupted errand of the current session ("again" or "skip").
+
+        Problems are reported through :attr:`errandFailed`.
+        """
+        if self._busy:
+            self.errandFailed.emit("an errand is already running; stop it first")
+            return
+        session = self._sessions.get(self._current)
+        workspace = session.workspace if session and session.workspace else self._workspace
+        if workspace is None:
+            self.errandFailed.emit("choose a workspace folder for the errand first")
+            return
+        self._record("notice", f"resuming errand {errand_id}")
+        self._t_start = time.monotonic()
+        self._t_first = None
+        self._n_tokens = 0
+        self._set_busy(True)
+        self._resumeRequested.emit(self._current, str(workspace), errand_id, choice)
 
     # -- state -----------------------------------------------------------------------
 
@@ -541,8 +624,11 @@ class ErrandController(QObject):
         self._n_tokens = 0
         self._last_stats_emit = 0.0
         self._set_busy(True)
+        # A recorded session goes on in the workspace it was started in.
+        workspace = session.workspace or self._workspace
+        session.workspace = workspace
         self.errandStarted.emit(self._current, task)
-        self._runRequested.emit(self._current, str(self._workspace), task)
+        self._runRequested.emit(self._current, str(workspace), task)
 
     def cancel(self) -> None:
         """Stop the running errand (within a token); a pending prompt is denied."""

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from app.background import JobRunner, Progress
 from app.qt import QObject, Signal, Slot
 from app.services import AppServices
-from app.settings import ModelSettings, SettingsError
+from app.settings import PROFILE_FIELDS, ModelSettings, SettingsError
 from app.widgets.context_gauge import GaugeState
 from models.interface import CancelToken
 
@@ -82,12 +82,44 @@ def _probe_gpu(_: Progress) -> tuple[bool, str]:
     return False, "this llama.cpp build is CPU-only: every layer runs on the CPU"
 
 
+def _probe_memory(_: Progress) -> Any:
+    """Free RAM and VRAM (:class:`models.devices.MachineMemory`), asked in a child process."""
+    from models.devices import MachineMemory, probe
+
+    if not getattr(sys, "frozen", False):
+        try:
+            done = subprocess.run(
+                [sys.executable, "-I", "-m", "models.devices"],
+                capture_output=True, text=True, timeout=120, check=True,
+            )
+            return MachineMemory.model_validate_json(done.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            log.info("memory probe in a child process failed (%s); asking in-process", e)
+    return probe()
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """One curated model as the Model panel shows it."""
+
+    id: str
+    name: str
+    size: int
+    size_estimated: bool
+    fit: str
+    plan: str
+    installed: bool
+    note: str
+
+
 class ModelController(QObject):
     """The model screen's controller.
 
     Args:
         services: The host's services (settings and paths).
         gpu_probe: Finds out whether llama.cpp can offload to a GPU (tests pass a fake).
+        memory_probe: Returns free RAM/VRAM as ``models.devices.MachineMemory`` (tests pass
+            a fake).
         parent: The Qt parent.
     """
 
@@ -102,18 +134,26 @@ class ModelController(QObject):
     statsUpdated = Signal(object)
     contextUpdated = Signal(object)
     errorOccurred = Signal(str)
+    catalogUpdated = Signal(object)
+    installedUpdated = Signal(object)
+    offloadPlanned = Signal(str)
+    downloadNotice = Signal(str)
 
     def __init__(
         self,
         services: AppServices,
         *,
         gpu_probe: Callable[[Progress], tuple[bool, str]] = _probe_gpu,
+        memory_probe: Callable[[Progress], Any] = _probe_memory,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.services = services
         self._jobs = JobRunner(max_threads=2, parent=self)
         self._gpu_probe = gpu_probe
+        self._memory_probe = memory_probe
+        self.memory: Any = None
+        self.catalog_rows: list[CatalogRow] = []
         self._download_cancel: CancelToken | None = None
         self._download_started = 0.0
         self._download_base = 0
@@ -216,6 +256,16 @@ class ModelController(QObject):
 
     def _apply(self, changes: Mapping[str, Any], *, describe: bool = True) -> bool:
         merged = self.settings.model_dump() | dict(changes)
+        old_key = self.settings.profile_key
+        new_key = merged["path"] or "embedded"
+        if new_key != old_key:
+            # Remember the runtime options per model: keep the old one's, restore the new one's.
+            profiles = dict(merged.get("profiles") or {})
+            profiles[old_key] = {k: merged[k] for k in PROFILE_FIELDS}
+            restored = profiles.get(new_key)
+            if restored is not None:
+                merged |= {k: v for k, v in dict(restored).items() if k in PROFILE_FIELDS}
+            merged["profiles"] = profiles
         try:
             new = ModelSettings.model_validate(merged)
         except ValidationError as e:
@@ -237,7 +287,146 @@ class ModelController(QObject):
         self.contextUpdated.emit(self.context)
         if describe and old.path != new.path:
             self.refresh()
+        if old.path != new.path or old.n_ctx != new.n_ctx or old.n_gpu_layers != new.n_gpu_layers:
+            self._publish_catalog()
         return True
+
+    # -- the curated catalog -----------------------------------------------------------
+
+    def probe_memory(self) -> None:
+        """Probe free RAM/VRAM in the background, then publish the catalog with its fit."""
+        self._jobs.submit(
+            "memory-probe",
+            self._memory_probe,
+            on_success=self._on_memory,
+            on_error=lambda e: self.errorOccurred.emit(f"Cannot measure free memory: {e}"),
+        )
+
+    def _on_memory(self, memory: object) -> None:
+        self.memory = memory
+        self._publish_catalog()
+
+    def _publish_catalog(self) -> None:
+        """Compute the catalog rows and the current model's offload plan (background)."""
+        memory = self.memory
+        if memory is None:
+            return
+        settings = self.settings
+        models_dir = self.services.paths.models_dir
+
+        def work(_: Progress) -> tuple[list[CatalogRow], list[Any], str]:
+            from models import catalog, curated, fit
+            from models.errors import ModelError
+
+            cat = curated.load_curated()
+            found = curated.installed(models_dir, cat)
+            files = {m.path.name for m in found}
+            rows = [
+                CatalogRow(
+                    id=e.id, name=e.name, size=e.download_size, size_estimated=e.size_estimated,
+                    fit=a.fit.value, plan=a.plan.describe(), installed=e.file in files,
+                    note=e.note,
+                )
+                for e, a in curated.iter_assessments(
+                    cat, n_ctx=settings.n_ctx, ram_available=memory.ram_available,
+                    vram_available=memory.vram_free,
+                )
+            ]
+            path = Path(settings.path) if settings.path else catalog.embedded_default().path
+            try:
+                shape = fit.shape_from_header(catalog.read_header(path))
+            except fit.FitError:
+                return rows, found, "Offload: unknown for this architecture"
+            except ModelError as e:
+                return rows, found, f"Offload: cannot read the model ({e})"
+            vram = memory.vram_free
+            if settings.n_gpu_layers is not None and vram is not None:
+                n = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else shape.n_layer + 1
+                plan = fit.OffloadPlan(
+                    n_layer=shape.n_layer, n_gpu_layers=n,
+                    vram_bytes=fit.vram_needed(shape, settings.n_ctx, n),
+                    ram_bytes=fit.ram_needed(shape, settings.n_ctx, n),
+                )
+                how = "manual"
+            else:
+                plan = fit.plan_offload(shape, n_ctx=settings.n_ctx, vram_free=vram)
+                how = "automatic"
+            verdict = fit.verdict(plan.ram_bytes, memory.ram_available).value
+            return rows, found, f"Offload ({how}): {plan.describe()} · {verdict}"
+
+        def done(result: object) -> None:
+            assert isinstance(result, tuple)
+            rows, found, plan = result
+            self.catalog_rows = rows
+            self.catalogUpdated.emit(rows)
+            self.installedUpdated.emit(found)
+            self.offloadPlanned.emit(plan)
+
+        self._jobs.submit(
+            "catalog", work, on_success=done,
+            on_error=lambda e: self.errorOccurred.emit(f"Cannot read the model catalog: {e}"),
+        )
+
+    def download_catalog(self, model_id: str) -> None:
+        """Download a curated model (resumable, verified) and switch to it."""
+        if self.downloading:
+            self.errorOccurred.emit("a download is already running")
+            return
+        cancel = CancelToken()
+        self._download_cancel = cancel
+        self._download_started = time.monotonic()
+        self._download_base = -1
+        dest = self.services.paths.models_dir
+
+        def fetch(report: Progress) -> str:
+            from models import curated
+
+            entry = curated.load_curated().get(model_id)
+            result = curated.pull(
+                entry, dest, progress=lambda done, total: report((done, total)), cancel=cancel
+            )
+            if result.trust == "first-use":
+                report(
+                    f"No published sha256 for {entry.file}: the download's sha256 "
+                    f"{result.sha256} is now pinned; a later download that differs is refused."
+                )
+            return str(result.model.path)
+
+        def progressed(value: object) -> None:
+            if isinstance(value, str):
+                self.downloadNotice.emit(value)
+            else:
+                self._download_progress(value)
+
+        self.downloadStarted.emit(model_id)
+        self._jobs.submit(
+            "download", fetch, on_success=self._download_done, on_error=self._download_error,
+            on_progress=progressed,
+        )
+
+    def remove_installed(self, filename: str) -> None:
+        """Delete an installed model; the embedded default takes over if it was in use."""
+        models_dir = self.services.paths.models_dir
+
+        def work(_: Progress) -> str:
+            from models import curated
+
+            return str(curated.remove(models_dir, curated.load_curated(), filename).path)
+
+        def removed(path: object) -> None:
+            if self.settings.path == str(path):
+                self.use_embedded()
+            else:
+                self._publish_catalog()
+
+        self._jobs.submit(
+            "remove", work, on_success=removed,
+            on_error=lambda e: self.errorOccurred.emit(f"Cannot remove {filename}: {e}"),
+        )
+
+    def use_installed(self, path: str) -> None:
+        """Use an installed model file."""
+        self.use_local_file(path)
 
     # -- downloading -----------------------------------------------------------------
 

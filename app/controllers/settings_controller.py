@@ -1,6 +1,6 @@
 """The settings screen's controller: permission rules, capacities, sandbox status, paths.
 
-Rules are kept by :class:`agent.policy.RuleStore` (in ``keyless.db``), the
+Rules are kept by :class:`agent.host.policy.RuleStore` (in ``keyless.db``), the
 capacities in the app's settings file; both are read and written on the
 controller's worker thread.
 """
@@ -13,27 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.host.tools.registry import rule_names
 from app.controllers.jobs import SerialWorker
 from app.paths import AppPaths
 from app.qt import QObject, Signal
 from app.settings import AppSettings, MemoryCapacities, save_settings
 
 if TYPE_CHECKING:
-    from agent.policy import RuleStore, StoredRule
-
-TOOL_NAMES = (
-    "list_dir",
-    "read_file",
-    "search_files",
-    "write_file",
-    "edit_file",
-    "shell",
-    "http_request",
-    "remember",
-    "recall",
-    "forget",
-)
-
+    from agent.host.policy import RuleStore, StoredRule
 
 @dataclass(frozen=True)
 class SandboxStatus:
@@ -61,19 +48,13 @@ class RuleRow:
 
 
 def tool_names() -> tuple[str, ...]:
-    """The tools rules can name (from the registry when it can be imported)."""
-    try:
-        from agent.policy import NET_RULE
-        from agent.tools.registry import ALL_TOOLS
-    except ImportError:
-        return TOOL_NAMES
-    # ``net``: requests of sandboxed commands through the egress proxy.
-    return (*(name for name in ALL_TOOLS if name != "finish"), NET_RULE)
+    """What rules can name: every registered tool but ``finish``, and the rule kinds (``net``)."""
+    return rule_names()
 
 
 def detect_sandbox() -> SandboxStatus:
-    """Ask :class:`agent.sandbox.Sandbox` whether bubblewrap works here."""
-    from agent.sandbox import Sandbox
+    """Ask :class:`agent.host.sandbox.Sandbox` whether bubblewrap works here."""
+    from agent.host.sandbox import Sandbox
 
     sandbox = Sandbox.detect()
     available = sandbox.available
@@ -155,7 +136,7 @@ class SettingsController(QObject):
         return self._worker.wait(msecs)
 
     def _default_rule_store(self, workspace: Path | None = None) -> RuleStore:
-        from agent.policy import RuleStore
+        from agent.host.policy import RuleStore
 
         return RuleStore(self.paths.database, workspace=workspace)
 
@@ -200,7 +181,7 @@ class SettingsController(QObject):
             return
         from pydantic import ValidationError
 
-        from agent.policy import Rule
+        from agent.host.policy import Rule
 
         try:
             rule = Rule(tool=tool, pattern=pattern.strip() or "*", action=action, scope=scope)

@@ -204,11 +204,19 @@ class ChatView(QtWidgets.QWidget):
         self.stop_button.setObjectName("stopButton")
         self.stop_button.setToolTip("Stop the errand now (Esc)")
         self.stop_button.setEnabled(False)
+        self.resume_button = QtWidgets.QPushButton("Res&ume")
+        self.resume_button.setObjectName("resumeButton")
+        self.resume_button.setToolTip(
+            "Go on with the errand that was interrupted (by a quit or a crash) "
+            "from its last completed tool step"
+        )
+        self.resume_button.setVisible(False)
         self.status_label = QtWidgets.QLabel("Ready")
         self.status_label.setObjectName("chatStatus")
         buttons = QtWidgets.QVBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.resume_button)
         buttons.addStretch(1)
         task_row = QtWidgets.QHBoxLayout()
         task_row.addWidget(self.task_edit, 1)
@@ -261,6 +269,7 @@ class ChatView(QtWidgets.QWidget):
         new_shortcut.activated.connect(self._new_session)
 
         self.run_button.clicked.connect(self.run_task)
+        self.resume_button.clicked.connect(self.resume_errand)
         self.stop_button.clicked.connect(self.controller.cancel)
         self.new_session_button.clicked.connect(self._new_session)
         self.browse_button.clicked.connect(self._browse_workspace)
@@ -398,6 +407,36 @@ class ChatView(QtWidgets.QWidget):
             elif kind == "withheld":
                 self._append_withheld(args[0])
         self._refresh_sessions()
+        self._update_resume()
+
+    def _update_resume(self) -> None:
+        waiting = self.controller.interrupted_errands(self.controller.current_session)
+        self.resume_button.setVisible(bool(waiting) and not self.controller.busy)
+        self.resume_button.setProperty("errandId", waiting[-1] if waiting else "")
+
+    @Slot()
+    def resume_errand(self) -> None:
+        """Resume the session's interrupted errand, asking about a call that may have run."""
+        errand_id = str(self.resume_button.property("errandId") or "")
+        if not errand_id:
+            return
+        choice = "skip"
+        what = self.controller.maybe_ran(errand_id)
+        if what:
+            box = QtWidgets.QMessageBox(self)
+            box.setWindowTitle("Resume the errand")
+            box.setText(f"The errand was interrupted during:\n{what}\n\nIt may have run.")
+            again = box.addButton("Run it again", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+            skip = box.addButton("Skip it", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+            box.addButton("Stop", QtWidgets.QMessageBox.ButtonRole.RejectRole)
+            box.exec()
+            clicked = box.clickedButton()
+            if clicked is again:
+                choice = "again"
+            elif clicked is not skip:
+                return
+        self.resume_button.setVisible(False)
+        self.controller.resume(errand_id, choice)
 
     # -- running ---------------------------------------------------------------------
 
@@ -417,6 +456,7 @@ class ChatView(QtWidgets.QWidget):
     @Slot(bool)
     def _on_busy(self, busy: bool) -> None:
         self.run_button.setEnabled(not busy)
+        self._update_resume()
         self.stop_button.setEnabled(busy)
         self.task_edit.setReadOnly(busy)
         self.new_session_button.setEnabled(not busy)

@@ -11,6 +11,7 @@ rolling KV cache). Everything goes through a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from app.controllers.model_controller import DownloadProgress, ModelController
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Slot
@@ -94,6 +95,56 @@ class ModelView(QtWidgets.QWidget):
         use_row.addWidget(self.use_button)
         source_layout.addLayout(use_row)
 
+        # -- the curated catalog ----------------------------------------------------------
+        catalog_box = QtWidgets.QGroupBox("Recommended models")
+        self.demo_note = QtWidgets.QLabel(
+            "The embedded model is a 135M-parameter demo: it shows how Keyless works but "
+            "cannot do real errands. Pick a larger model below."
+        )
+        self.demo_note.setObjectName("demoNote")
+        self.demo_note.setWordWrap(True)
+        self.catalog_table = QtWidgets.QTableWidget(0, 4)
+        self.catalog_table.setObjectName("catalogTable")
+        self.catalog_table.setAccessibleName("Recommended models")
+        self.catalog_table.setHorizontalHeaderLabels(["Model", "Download", "This machine", "Runs"])
+        self.catalog_table.setSelectionBehavior(
+            QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows
+        )
+        self.catalog_table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+        self.catalog_table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.catalog_table.verticalHeader().setVisible(False)
+        header = self.catalog_table.horizontalHeader()
+        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.catalog_table.setMinimumHeight(150)
+        self.catalog_download_button = QtWidgets.QPushButton("Download and &use")
+        self.catalog_download_button.setObjectName("catalogDownload")
+        self.catalog_download_button.setEnabled(False)
+        self.installed_list = QtWidgets.QListWidget()
+        self.installed_list.setObjectName("installedModels")
+        self.installed_list.setAccessibleName("Installed models")
+        self.installed_list.setMaximumHeight(80)
+        self.installed_use_button = QtWidgets.QPushButton("Us&e")
+        self.installed_use_button.setObjectName("useInstalled")
+        self.installed_remove_button = QtWidgets.QPushButton("&Remove")
+        self.installed_remove_button.setObjectName("removeInstalled")
+        catalog_buttons = QtWidgets.QHBoxLayout()
+        catalog_buttons.addStretch(1)
+        catalog_buttons.addWidget(self.catalog_download_button)
+        installed_row = QtWidgets.QHBoxLayout()
+        installed_row.addWidget(self.installed_list, 1)
+        installed_buttons = QtWidgets.QVBoxLayout()
+        installed_buttons.addWidget(self.installed_use_button)
+        installed_buttons.addWidget(self.installed_remove_button)
+        installed_buttons.addStretch(1)
+        installed_row.addLayout(installed_buttons)
+        catalog_layout = QtWidgets.QVBoxLayout(catalog_box)
+        catalog_layout.addWidget(self.demo_note)
+        catalog_layout.addWidget(self.catalog_table, 1)
+        catalog_layout.addLayout(catalog_buttons)
+        catalog_layout.addWidget(QtWidgets.QLabel("Installed:"))
+        catalog_layout.addLayout(installed_row)
+
         # -- Hugging Face download ------------------------------------------------------
         hf_box = QtWidgets.QGroupBox("Download from Hugging Face")
         self.repo_edit = QtWidgets.QLineEdit()
@@ -140,6 +191,9 @@ class ModelView(QtWidgets.QWidget):
         self.gpu_label.setObjectName("gpuState")
         self.gpu_label.setWordWrap(True)
         self.gpu_label.setMinimumWidth(200)
+        self.offload_label = QtWidgets.QLabel("Offload: measuring free memory…")
+        self.offload_label.setObjectName("offloadPlan")
+        self.offload_label.setWordWrap(True)
         self.gpu_auto = QtWidgets.QCheckBox("&Automatic GPU layers")
         self.gpu_auto.setObjectName("gpuAuto")
         self.gpu_layers = QtWidgets.QSpinBox()
@@ -189,6 +243,7 @@ class ModelView(QtWidgets.QWidget):
         rope_row.addWidget(self.rope_factor)
         runtime_form = QtWidgets.QFormLayout(runtime_box)
         runtime_form.addRow(self.gpu_label)
+        runtime_form.addRow(self.offload_label)
         gpu_layers_label = QtWidgets.QLabel("&GPU layers:")
         gpu_layers_label.setBuddy(self.gpu_layers)
         runtime_form.addRow(gpu_layers_label, gpu_row)
@@ -231,6 +286,7 @@ class ModelView(QtWidgets.QWidget):
         columns = QtWidgets.QHBoxLayout()
         left = QtWidgets.QVBoxLayout()
         left.addWidget(source_box)
+        left.addWidget(catalog_box, 1)
         left.addWidget(hf_box)
         left.addStretch(1)
         right = QtWidgets.QVBoxLayout()
@@ -287,6 +343,18 @@ class ModelView(QtWidgets.QWidget):
         c.statsUpdated.connect(self._on_stats)
         c.contextUpdated.connect(self._on_context)
         c.errorOccurred.connect(lambda m: self.banner.show_message(m, "error"))
+        c.catalogUpdated.connect(self._on_catalog)
+        c.installedUpdated.connect(self._on_installed)
+        c.offloadPlanned.connect(self.offload_label.setText)
+        c.downloadNotice.connect(lambda m: self.banner.show_message(m, "warning"))
+        self.catalog_table.itemSelectionChanged.connect(
+            lambda: self.catalog_download_button.setEnabled(
+                bool(self.catalog_table.selectedItems()) and not c.downloading
+            )
+        )
+        self.catalog_download_button.clicked.connect(self.download_selected)
+        self.installed_use_button.clicked.connect(self._use_installed)
+        self.installed_remove_button.clicked.connect(self._remove_installed)
 
         self._show_settings(controller.settings)
         self._on_context(controller.context)
@@ -296,7 +364,67 @@ class ModelView(QtWidgets.QWidget):
         if self.controller.gpu_supported is None and not self._probed:
             self._probed = True
             self.controller.probe_gpu()
+            self.controller.probe_memory()
         super().showEvent(event)
+
+    # -- the curated catalog --------------------------------------------------------------
+
+    def _on_catalog(self, rows: object) -> None:
+        assert isinstance(rows, list)
+        table = self.catalog_table
+        table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            size = _human_bytes(row.size) + (" (estimate)" if row.size_estimated else "")
+            fit = {"fits": "fits", "tight": "tight", "too big": "too big"}[row.fit]
+            cells = [
+                row.name + ("  ✓ installed" if row.installed else ""),
+                size,
+                fit,
+                row.plan,
+            ]
+            for j, text in enumerate(cells):
+                item = QtWidgets.QTableWidgetItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, row.id)
+                item.setToolTip(row.note)
+                if j == 2:
+                    color = {"fits": "#1b7a2e", "tight": "#8a5a00", "too big": "#b00020"}[row.fit]
+                    item.setForeground(QtGui.QColor(color))
+                table.setItem(i, j, item)
+
+    def _on_installed(self, found: object) -> None:
+        assert isinstance(found, list)
+        self.installed_list.clear()
+        for m in found:
+            item = QtWidgets.QListWidgetItem(f"{m.name} · {_human_bytes(m.size)}")
+            item.setData(Qt.ItemDataRole.UserRole, str(m.path))
+            self.installed_list.addItem(item)
+        self.installed_use_button.setEnabled(bool(found))
+        self.installed_remove_button.setEnabled(bool(found))
+
+    def download_selected(self) -> None:
+        """Download the selected catalog model and switch to it."""
+        items = self.catalog_table.selectedItems()
+        if items:
+            self.controller.download_catalog(str(items[0].data(Qt.ItemDataRole.UserRole)))
+
+    def _selected_installed(self) -> str | None:
+        item = self.installed_list.currentItem()
+        return str(item.data(Qt.ItemDataRole.UserRole)) if item else None
+
+    def _use_installed(self) -> None:
+        path = self._selected_installed()
+        if path:
+            self.controller.use_installed(path)
+
+    def _remove_installed(self) -> None:
+        path = self._selected_installed()
+        if not path:
+            return
+        answer = QtWidgets.QMessageBox.question(
+            self, "Remove model", f"Delete {path} from disk?"
+        )
+        if answer == QtWidgets.QMessageBox.StandardButton.Yes:
+            self.controller.remove_installed(Path(path).name)
 
     # -- settings ----------------------------------------------------------------------
 
@@ -308,6 +436,7 @@ class ModelView(QtWidgets.QWidget):
         else:
             self.local_radio.setChecked(True)
             self.local_path.setText(settings.path)
+        self.demo_note.setVisible(settings.path is None)
         self.gpu_auto.setChecked(settings.n_gpu_layers is None)
         self.gpu_layers.setValue(settings.n_gpu_layers or 0)
         self.gpu_layers.setEnabled(settings.n_gpu_layers is not None)

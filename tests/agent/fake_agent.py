@@ -33,7 +33,7 @@ def main(plan_file: str) -> int:
         op = step["op"]
         if op == "ready":
             inp.readline()
-            out.write(json.dumps({"v": 1, "type": "ready", "pid": os.getpid()}).encode() + b"\n")
+            out.write(json.dumps({"v": 2, "type": "ready", "pid": os.getpid()}).encode() + b"\n")
         elif op == "read":
             inp.readline()
         elif op == "send":
@@ -55,7 +55,7 @@ def main(plan_file: str) -> int:
             out.flush()
             threading.Event().wait()
         elif op == "spam":
-            token = json.dumps({"v": 1, "type": "token", "text": "more", "step": 1}).encode()
+            token = json.dumps({"v": 2, "type": "token", "text": "more", "step": 1}).encode()
             while True:
                 out.write(token + b"\n")
                 out.flush()

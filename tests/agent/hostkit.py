@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.host import AgentEvent, AgentHost, PermissionAnswer, PermissionRequest
-from agent.policy import PolicyEngine, Rule
+from agent.host.errand import AgentHost
+from agent.host.events import AgentEvent
+from agent.host.permission import PermissionAnswer, PermissionRequest
+from agent.host.policy import PolicyEngine, Rule
 from vault.audit import AuditLog
 
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trustme
 
-from agent.host import PermissionAnswer
+from agent.host.permission import PermissionAnswer
 from tests.agent.hostkit import Rig, call, final, make_rig
 from vault._crypto import Argon2Params
 from vault.audit import AuditLog

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import AgentHost
-from agent.policy import PolicyEngine
-from agent.sandbox import Sandbox, scrubbed_env
+from agent.host.errand import AgentHost
+from agent.host.policy import PolicyEngine
+from agent.host.sandbox import Sandbox, scrubbed_env
 from tests.agent.hostkit import ScriptedAnswerer, final, make_rig
 
 PROBE = r"""

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import AgentEvent, AgentHost
-from agent.policy import PolicyEngine
+from agent.host.errand import AgentHost
+from agent.host.events import AgentEvent
+from agent.host.policy import PolicyEngine
 from agent.protocol import ErrandLimits
 from models.factory import ModelSpec
 from tests.agent.hostkit import ScriptedAnswerer, Transcript

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import PermissionAnswer, PermissionRequest
+from agent.host.permission import PermissionAnswer, PermissionRequest
+from agent.host.sandbox import Sandbox
 from agent.protocol import ErrandLimits
-from agent.sandbox import Sandbox
 from tests.agent.hostkit import call, final, make_rig
 from tests.agent.test_e2e_http import (  # noqa: F401 - fixtures used by name
     SECRET,

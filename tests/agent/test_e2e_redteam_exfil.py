@@ -2,7 +2,7 @@
 
 Each scenario runs one errand of a hostile scripted model in the real agent
 process, with the real broker, the real sandbox and a careless user at a real
-:class:`agent.host.TerminalPrompt` who allows everything but an unsandboxed
+:class:`app.terminal_prompt.TerminalPrompt` who allows everything but an unsandboxed
 shell. A hostile HTTPS server on loopback echoes the vault secret back in the
 ways a server can (escape sequences, NULs, other charsets, 50 MB bodies,
 headers, cookies, gzip, one byte per chunk, split JSON fields, a redirect,
@@ -34,10 +34,12 @@ from urllib.parse import quote, urlsplit
 import pytest
 import trustme
 
-from agent.host import ErrandResult, PermissionAnswer, PermissionRequest, TerminalPrompt
+from agent.host.events import ErrandResult
+from agent.host.permission import PermissionAnswer, PermissionRequest
+from agent.host.sandbox import Sandbox
 from agent.protocol import ErrandLimits
-from agent.sandbox import Sandbox
 from app.cli_run import EventPrinter, print_result
+from app.terminal_prompt import TerminalPrompt
 from tests.agent.hostkit import Rig, call, final, make_rig
 from tests.agent.test_e2e_http import (  # noqa: F401 - fixtures used by name
     SECRET,

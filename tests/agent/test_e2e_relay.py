@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import AgentHost
-from agent.policy import PolicyEngine
+from agent.host.errand import AgentHost
+from agent.host.policy import PolicyEngine
 from agent.protocol import ErrandLimits
 from models.remote import OpenAIChatModel
 from tests.agent.hostkit import ScriptedAnswerer, Transcript

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import PermissionAnswer
-from agent.policy import Rule
-from agent.sandbox import Sandbox
+from agent.host.permission import PermissionAnswer
+from agent.host.policy import Rule
+from agent.host.sandbox import Sandbox
 from tests.agent.hostkit import Rig, call, final, make_rig
 from tests.agent.test_e2e_http import LEAKY_TOKEN, broker, ca, grant, server  # noqa: F401 - fixtures
 from vault.broker import Broker
@@ -142,7 +142,7 @@ def test_an_http_body_quoting_an_unknown_token_is_withheld(
 
 
 def test_ordinary_code_passes_untouched(tmp_path: Path, workspace: Path) -> None:
-    source = Path(__file__).resolve().parents[2] / "agent" / "host.py"
+    source = Path(__file__).resolve().parents[2] / "agent" / "host" / "errand.py"
     (workspace / "host.py").write_text(source.read_text()[:12000])
     rig = make_rig(tmp_path, workspace, [call("read_file", path="host.py"), final("done")])
     rig.host.run_errand("read host.py")
@@ -161,7 +161,7 @@ def test_a_scanner_failure_withholds_the_whole_result(
         raise SecretScanError("the credential scan failed (RuntimeError)")
 
     # The real detector cannot be made to fail on demand; its failure is stood in for.
-    monkeypatch.setattr("agent.host.withhold", broken)
+    monkeypatch.setattr("agent.host.delivery.withhold", broken)
     rig = make_rig(tmp_path, workspace, [call("read_file", path="notes.txt"), final("done")])
     rig.host.run_errand("read notes")
     rig.host.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from agent.egress.proxy import EgressProxy, EgressRequest, EgressVerdict
+from agent.host.egress.proxy import EgressProxy, EgressRequest, EgressVerdict
 
 ROOT = Path(__file__).resolve().parents[2]
 

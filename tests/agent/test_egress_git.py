@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import trustme
 
-from agent.egress.proxy import EgressProxy, EgressRequest, EgressVerdict
-from agent.sandbox import Limits, Sandbox
+from agent.host.egress.proxy import EgressProxy, EgressRequest, EgressVerdict
+from agent.host.sandbox import Limits, Sandbox
 from tests.agent.egresskit import https_server
 from vault.audit import AuditLog
 from vault.broker import Broker

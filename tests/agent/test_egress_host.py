@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import trustme
 
-from agent.egress.settings import EgressSettings
-from agent.host import PermissionAnswer
-from agent.policy import Rule
-from agent.sandbox import Sandbox
+from agent.host.egress.settings import EgressSettings
+from agent.host.permission import PermissionAnswer
+from agent.host.policy import Rule
+from agent.host.sandbox import Sandbox
 from tests.agent.egresskit import https_server
 from tests.agent.hostkit import Rig, call, final, make_rig
 
@@ -146,8 +146,9 @@ def test_without_egress_settings_a_shell_command_has_no_network(
 def test_the_terminal_prompt_shows_a_net_request_and_the_command_that_asked() -> None:
     import io
 
-    from agent.host import PermissionRequest, TerminalPrompt
-    from agent.policy import Rule as PolicyRule
+    from agent.host.permission import PermissionRequest
+    from agent.host.policy import Rule as PolicyRule
+    from app.terminal_prompt import TerminalPrompt
 
     out = io.StringIO()
     prompt = TerminalPrompt(io.StringIO("o\n"), out)

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from agent.egress.hooks import PolicyEgressHooks
-from agent.egress.proxy import EgressRequest
 from agent.errors import PolicyError
-from agent.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
+from agent.host.egress.hooks import PolicyEgressHooks
+from agent.host.egress.proxy import EgressRequest
+from agent.host.policy import Decision, PolicyEngine, Rule, ToolCallRequest, suggest_rule
 
 
 def _request(host: str, method: str = "GET", capability: str | None = None) -> EgressRequest:

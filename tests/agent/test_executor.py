@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.errors import ErrandCancelledError
-from agent.executor import Executor
+from agent.host.tools.registry import offers
 from agent.protocol import (
     AgentMessage,
     ErrandLimits,
@@ -20,6 +20,7 @@ from agent.protocol import (
     ToolRequest,
     ToolResult,
 )
+from agent.worker.executor import Executor
 from models.errors import GenerationError
 from models.fake import ScriptedModel
 from models.interface import CancelToken
@@ -70,7 +71,7 @@ def execute(run: Run, task: Task, cancel: CancelToken | None = None) -> FinalAns
     return executor.run(task, cancel or CancelToken())
 
 
-TASK = Task(task="what is in notes.txt?", tools=["list_dir", "read_file"])
+TASK = Task(task="what is in notes.txt?", tools=offers(["list_dir", "read_file"]))
 
 
 def test_a_final_answer_ends_the_errand_and_streams_its_tokens() -> None:

@@ -12,13 +12,17 @@ from typing import Any
 
 import pytest
 
-from agent.host import AgentHost, PermissionAnswer, PermissionRequest, TerminalPrompt
-from agent.policy import Rule, RuleStore
+from agent.host.errand import AgentHost
+from agent.host.permission import PermissionAnswer, PermissionRequest
+from agent.host.policy import Rule, RuleStore
+from agent.host.sandbox import Sandbox
+from agent.host.tools.registry import ALL_TOOLS
 from agent.protocol import MAX_LINE, ErrandLimits
-from agent.sandbox import Sandbox
+from app.terminal_prompt import TerminalPrompt
 from models.fake import ScriptedModel
 from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
 from vault.audit import AuditLog
+from vault.fingerprints import index_path
 
 
 @pytest.fixture
@@ -178,7 +182,7 @@ def test_a_tool_error_is_a_result_not_a_crash(tmp_path: Path, ws: Path, rigs: li
 
 def test_tools_not_offered_are_refused(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
     request = {
-        "v": 1,
+        "v": 2,
         "type": "tool_request",
         "call_id": "c1",
         "tool": "shell",
@@ -190,7 +194,7 @@ def test_tools_not_offered_are_refused(tmp_path: Path, ws: Path, rigs: list[Rig]
         {"op": "read"},
         {"op": "send", "msg": request},
         {"op": "read"},
-        {"op": "send", "msg": {"v": 1, "type": "final", "text": "x", "stats": stats}},
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
         {"op": "hang"},
     ]
     rig = rig_for(rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan))
@@ -283,7 +287,7 @@ HANG = {"op": "hang"}
             "protocol version 7",
         ),
         (
-            [*STARTED, {"op": "send", "msg": {"v": 1, "type": "task", "task": "x", "tools": []}}],
+            [*STARTED, {"op": "send", "msg": {"v": 2, "type": "task", "task": "x", "tools": []}}],
             "agent may not send a 'task'",
         ),
         ([*STARTED, {"op": "big", "size": MAX_LINE + 5}, HANG], "over the"),
@@ -339,7 +343,11 @@ def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[R
     result = rig.host.run_errand("loop")
     assert result.outcome == "max_steps"
     [task] = rig.transcript.sent_of("task")
-    assert task["tools"] == ["list_dir"] and task["limits"]["max_steps"] == 2
+    # Each offer carries the schema and description: the agent imports no tool code.
+    assert [offer["name"] for offer in task["tools"]] == ["list_dir", "finish"]
+    assert task["tools"][0]["parameters"] == ALL_TOOLS["list_dir"].schema()
+    assert task["tools"][0]["description"] == ALL_TOOLS["list_dir"].description
+    assert task["limits"]["max_steps"] == 2
 
 
 def test_a_relayed_model_is_served_by_the_host(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
@@ -453,7 +461,7 @@ def test_terminal_prompt_denies_at_end_of_input_and_auto_allows_reads_only() -> 
 def test_an_agent_that_ignores_cancel_is_killed_and_the_errand_ends_cancelled(
     tmp_path: Path, ws: Path, rigs: list[Rig]
 ) -> None:
-    token = {"v": 1, "type": "token", "text": "thinking", "step": 1}
+    token = {"v": 2, "type": "token", "text": "thinking", "step": 1}
     plan = [*STARTED, {"op": "send", "msg": token}, HANG]
     hosts: list[AgentHost] = []
     rig = rig_for(
@@ -474,7 +482,7 @@ def test_an_agent_that_ignores_cancel_is_killed_and_the_errand_ends_cancelled(
 
 
 def test_history_sent_with_a_task_keeps_the_latest_turns_within_the_budget() -> None:
-    from agent.host import recent_turns
+    from agent.host.errand import recent_turns
     from models.interface import Message
 
     turns = []
@@ -526,7 +534,7 @@ def test_an_agent_that_stops_reading_cannot_block_the_host(
     tmp_path: Path, ws: Path, rigs: list[Rig]
 ) -> None:
     (ws / "big.txt").write_text("y" * 15_000)
-    request = {"v": 1, "type": "tool_request", "tool": "read_file"}
+    request = {"v": 2, "type": "tool_request", "tool": "read_file"}
     request["arguments"] = {"path": "big.txt"}
     # Ten results of ~15 KiB each are more than a pipe buffer holds.
     sends = [{"op": "send", "msg": {**request, "call_id": f"c{i}"}} for i in range(10)]
@@ -542,7 +550,7 @@ def test_an_agent_that_stops_reading_cannot_block_the_host(
 def test_a_protocol_refusal_from_the_agent_restarts_it(
     tmp_path: Path, ws: Path, rigs: list[Rig]
 ) -> None:
-    refusal = {"v": 1, "type": "error", "message": "refused a message: x", "kind": "protocol"}
+    refusal = {"v": 2, "type": "error", "message": "refused a message: x", "kind": "protocol"}
     plan = [*STARTED, {"op": "send", "msg": refusal}, HANG]
     rig = rig_for(rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan))
     result = rig.host.run_errand("anything")
@@ -566,8 +574,8 @@ def test_agent_process_has_its_own_session() -> None:
     # user's terminal session: TIOCSTI on /dev/tty would type commands there.
     import sys
 
-    from agent.host import WorkerProcess
-    from agent.sandbox import scrubbed_env
+    from agent.host.sandbox import scrubbed_env
+    from agent.host.supervisor import WorkerProcess
 
     proc = WorkerProcess([sys.executable, "-c", "import sys; sys.stdin.read()"], scrubbed_env())
     try:
@@ -604,8 +612,16 @@ class _RedirectingBroker:
     def capabilities(self, session_id: str) -> list[object]:
         return []
 
+    def check_capabilities_usable(self, session_id: str) -> None:
+        pass
+
     def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
         return text, []
+
+    def redact_stream(self, *, session_id: str) -> object:
+        from vault.redact import Redactor
+
+        return Redactor({}).stream()
 
 
 def test_a_network_error_quoting_the_server_taints_the_context(
@@ -647,7 +663,7 @@ def test_a_relayed_model_error_holding_a_vault_secret_is_withheld(
 ) -> None:
     stats = {"steps": 1, "tool_calls": 0, "generated_tokens": 1, "stop_reason": "final"}
     relay_request = {
-        "v": 1, "type": "model_request", "request_id": "r1",
+        "v": 2, "type": "model_request", "request_id": "r1",
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
     }
     plan = [
@@ -655,7 +671,7 @@ def test_a_relayed_model_error_holding_a_vault_secret_is_withheld(
         {"op": "read"},
         {"op": "send", "msg": relay_request},
         {"op": "read"},
-        {"op": "send", "msg": {"v": 1, "type": "final", "text": "x", "stats": stats}},
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
         {"op": "hang"},
     ]
     rig = rig_for(
@@ -795,7 +811,7 @@ def _state(pid: int) -> str:
 
 
 def _sandbox_or_skip() -> None:
-    from agent.sandbox import Sandbox
+    from agent.host.sandbox import Sandbox
 
     if not Sandbox.detect().available:
         pytest.skip("bubblewrap is not available or cannot create namespaces here")
@@ -964,9 +980,16 @@ def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable
     )
     rig.host.start()
     pid = rig.host.worker_pid
-    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and vault.lock())
+    index = index_path(vault.path)
+
+    def lock_unindexed() -> None:
+        # Locked with no fingerprint index to redact through: redaction fails.
+        vault.lock()
+        index.unlink(missing_ok=True)
+
+    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and lock_unindexed())
     result = rig.host.run_errand("read the notes")
-    assert result.outcome == "error" and UNLOCK in (result.error or "")
+    assert result.outcome == "error" and "unlock it" in (result.error or "")
     assert [e.text for e in rig.events if e.kind == "error"] == [result.error]
     [sent] = rig.transcript.sent_of("tool_result")
     assert sent["ok"] is False and "buy milk" not in sent["content"]
@@ -975,3 +998,57 @@ def test_the_vault_locking_mid_errand_ends_it_cleanly_and_the_agent_stays_usable
     again = rig.host.run_errand("again")
     assert again.outcome == "final"
     assert rig.host.worker_pid == pid
+
+
+def test_the_vault_locking_mid_errand_redacts_through_the_fingerprints_and_goes_on(
+    tmp_path: Path, ws: Path, rigs: list[Rig], granted: tuple[Any, Any]
+) -> None:
+    vault, broker = granted
+    (ws / "token.txt").write_text("sk-locked-Zx81Qp0Lm4 is the key\n")
+    rig = rig_for(
+        rigs,
+        tmp_path,
+        ws,
+        [call("read_file", path="token.txt"), final("read it")],
+        broker=broker,
+        isolate=False,
+    )
+    rig.host._listener = lambda e: (rig.events.append(e), e.kind == "progress" and vault.lock())
+    result = rig.host.run_errand("read the token file")
+    assert result.outcome == "final"
+    [sent] = rig.transcript.sent_of("tool_result")
+    assert "Zx81Qp0Lm4" not in sent["content"] and "WITHHELD" in sent["content"]
+
+
+class _SecretBroker(_RedirectingBroker):
+    """Redacts one secret through the real redactor, whole and streamed."""
+
+    def redact(self, text: str, *, session_id: str) -> tuple[str, list[str]]:
+        from vault.redact import Redactor
+
+        return Redactor({"KEY": REMOTE_KEY}).redact(text)
+
+    def redact_stream(self, *, session_id: str) -> object:
+        from vault.redact import Redactor
+
+        return Redactor({"KEY": REMOTE_KEY}).stream()
+
+
+def test_streamed_tokens_are_redacted_even_when_a_secret_is_split_across_them(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    stats = {"steps": 1, "tool_calls": 0, "generated_tokens": 4, "stop_reason": "final"}
+    pieces = ["the key is ", REMOTE_KEY[:7], REMOTE_KEY[7:18].upper(), REMOTE_KEY[18:], " ok"]
+    plan = [
+        {"op": "ready"},
+        {"op": "read"},
+        *[{"op": "send", "msg": {"v": 2, "type": "token", "text": p, "step": 1}} for p in pieces],
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "done", "stats": stats}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(
+        rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan), broker=_SecretBroker()
+    )
+    rig.host.run_errand("leak it")
+    shown = "".join(e.text for e in rig.events if e.kind == "token")
+    assert shown == "the key is [REDACTED:KEY] ok"

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import PolicyError
-from agent.policy import (
+from agent.host.policy import (
     Action,
     PolicyEngine,
     Rule,
@@ -404,8 +404,8 @@ def test_unopenable_store_is_a_policy_error(tmp_path: Path) -> None:
 
 
 def test_read_filter_carries_read_denials_to_search(workspace: Path) -> None:
-    from agent.tools.base import ToolContext
-    from agent.tools.registry import run_tool
+    from agent.host.tools.base import ToolContext
+    from agent.host.tools.registry import run_tool
 
     (workspace / "secrets").mkdir()
     (workspace / "secrets" / "db.txt").write_text("password = hunter2\n")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.errors import ProtocolError
+from agent.host.tools.registry import offers
 from agent.protocol import (
     MAX_LINE,
     PROTOCOL_VERSION,
@@ -55,7 +56,7 @@ HOST_MESSAGES = [
             )
         ],
         history=[Message(role="user", content="hi"), Message(role="assistant", content="hello")],
-        tools=["list_dir", "read_file"],
+        tools=offers(["list_dir", "read_file"]),
     ),
     ToolResult(call_id="c1", ok=True, content="a.txt\nb.txt", redacted=["TOKEN"]),
     Cancel(),
@@ -115,11 +116,11 @@ def test_newlines_in_content_stay_inside_one_line() -> None:
         (b"\xff\xfe\x00\n", "not UTF-8"),
         (b"[1, 2]\n", "not a JSON object"),
         (b'{"type": "ready", "pid": 1}\n', "protocol version None"),
-        (b'{"v": 2, "type": "ready", "pid": 1}\n', "protocol version 2"),
-        (b'{"v": 1, "type": "launch_missiles"}\n', "unknown message type 'launch_missiles'"),
-        (b'{"v": 1, "type": "task", "task": "x", "tools": []}\n', "may not send a 'task'"),
-        (b'{"v": 1, "type": "tool_request", "call_id": "c1"}\n', "tool: Field required"),
-        (b'{"v": 1, "type": "ready", "pid": 1, "extra": true}\n', "extra: Extra inputs"),
+        (b'{"v": 1, "type": "ready", "pid": 1}\n', "protocol version 1 is not"),
+        (b'{"v": 2, "type": "launch_missiles"}\n', "unknown message type 'launch_missiles'"),
+        (b'{"v": 2, "type": "task", "task": "x", "tools": []}\n', "may not send a 'task'"),
+        (b'{"v": 2, "type": "tool_request", "call_id": "c1"}\n', "tool: Field required"),
+        (b'{"v": 2, "type": "ready", "pid": 1, "extra": true}\n', "extra: Extra inputs"),
     ],
 )
 def test_host_refuses_bad_agent_lines_with_a_clear_message(line: bytes, expected: str) -> None:

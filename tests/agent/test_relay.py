@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 
+from agent.host.ports import StreamRedaction
+from agent.host.relay import serve_model_request
 from agent.protocol import (
     AnyMessage,
     HostMessage,
@@ -18,7 +20,7 @@ from agent.protocol import (
     decode,
     encode,
 )
-from agent.relay import RelayedModel, serve_model_request
+from agent.worker.relay import RelayedModel
 from models.errors import GenerationError
 from models.fake import ScriptedModel
 from models.interface import (
@@ -44,6 +46,7 @@ class Loopback:
         self.to_agent: queue.Queue[HostMessage] = queue.Queue()
         self.to_host: list[AnyMessage] = []
         self.serve = True
+        self.redaction: Callable[[], StreamRedaction] | None = None
 
     def _deliver(self, msg: AnyMessage) -> None:
         self.to_agent.put(decode(encode(msg), sender="host"))  # type: ignore[arg-type]
@@ -52,7 +55,9 @@ class Loopback:
         msg = decode(encode(msg), sender="agent")
         self.to_host.append(msg)
         if isinstance(msg, ModelRequest) and self.serve:
-            serve_model_request(self.host_model, msg, self._deliver, self.host_cancel)
+            serve_model_request(
+                self.host_model, msg, self._deliver, self.host_cancel, redaction=self.redaction
+            )
 
     def receive(self, cancel: CancelToken) -> HostMessage | None:
         if cancel.cancelled or self.to_agent.empty():
@@ -171,3 +176,68 @@ def test_token_counts_are_estimates_and_state_reports_the_remote_context() -> No
     relayed = RelayedModel(Loopback(ScriptedModel()), INFO)
     assert relayed.count_tokens("abcdefgh") == 2
     assert relayed.context_state().n_ctx == INFO.n_ctx
+
+
+SECRET = "sk-relay-" + "Zm9vYmFyYmF6cXV4"
+
+
+def test_relayed_chunks_and_the_final_text_go_through_the_redactor() -> None:
+    from vault.redact import Redactor
+
+    # The server echoes the secret split across two of its tokens.
+    host = ScriptedModel([f"you sent {SECRET[:8]} {SECRET[8:]} to us"])
+    loop = Loopback(host)
+    loop.redaction = Redactor({"KEY": SECRET}).stream
+    events = list(RelayedModel(loop, INFO).stream_chat(MESSAGES, max_tokens=20))
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    shown = "".join(e.text for e in events if isinstance(e, Token))
+    assert shown == finished.text == "you sent [REDACTED:KEY] to us"
+
+
+class _FailingAfter:
+    """A stream redactor that cannot go on after ``n`` chunks (as when its index breaks)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def feed(self, chunk: str) -> str:
+        from vault.errors import RedactionError
+
+        self.n -= 1
+        if self.n < 0:
+            raise RedactionError("redaction failed: broken index")
+        return chunk
+
+    def finish(self) -> str:
+        return ""
+
+
+def test_a_redactor_that_cannot_run_withholds_the_generation() -> None:
+    from vault.errors import RedactionError
+
+    def unavailable() -> StreamRedaction:
+        raise RedactionError("the vault is locked and its secrets were never indexed")
+
+    host = ScriptedModel(["never asked"])
+    loop = Loopback(host)
+    loop.redaction = unavailable
+    with pytest.raises(GenerationError, match="could not be checked for secrets.*never indexed"):
+        list(RelayedModel(loop, INFO).stream_chat(MESSAGES, max_tokens=5))
+    assert host.calls == []  # the remote model was not asked at all
+
+    host = ScriptedModel(["one two three four"])
+    loop = Loopback(host)
+    loop.redaction = lambda: _FailingAfter(2)
+    stream = RelayedModel(loop, INFO).stream_chat(MESSAGES, max_tokens=10)
+    assert [next(stream).text, next(stream).text] == ["one", " two"]
+    with pytest.raises(GenerationError, match="withheld: redaction failed"):
+        next(stream)
+    assert [type(m).__name__ for m in _drain(loop)] == []  # nothing after the failure
+
+
+def _drain(loop: Loopback) -> list[HostMessage]:
+    out = []
+    while not loop.to_agent.empty():
+        out.append(loop.to_agent.get_nowait())
+    return out

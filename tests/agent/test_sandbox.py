@@ -1,4 +1,4 @@
-"""The bubblewrap sandboxes (agent/sandbox.py): what a command or the agent can and cannot do."""
+"""The bubblewrap sandboxes (agent/host/sandbox.py): what a command or the agent can do."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import SandboxError
-from agent.sandbox import SANDBOX_HOME, Limits, Sandbox, check_workspace, scrubbed_env
+from agent.host.sandbox import SANDBOX_HOME, Limits, Sandbox, check_workspace, scrubbed_env
 
 HAS_PY = shutil.which("python3", path="/usr/bin:/bin") is not None
 FAST = Limits(cpu_seconds=2, wall_seconds=20, output_bytes=4096, max_processes=32)
@@ -258,7 +258,7 @@ def attempt(fn):
         return repr(fn())[:80]
     except Exception as e:
         return "refused: " + type(e).__name__
-import agent.tools.registry
+import agent.host.tools.registry
 out = {{
     "env": dict(os.environ),
     "vault": attempt(lambda: open({str(data / "vault.kls")!r}).read()),
@@ -269,7 +269,7 @@ out = {{
     "run": attempt(lambda: os.listdir("/run")),
     "net": attempt(lambda: socket.create_connection(("127.0.0.1", {listener}), timeout=2)),
     "write_prefix": attempt(lambda: open({sys.prefix!r} + "/planted", "w")),
-    "tools": len(agent.tools.registry.ALL_TOOLS),
+    "tools": len(agent.host.tools.registry.ALL_TOOLS),
 }}
 print(json.dumps(out))
 """
@@ -322,7 +322,7 @@ def test_submodule_git_dirs_are_read_only(sandbox: Sandbox, repo: Path) -> None:
 def _root_without_pids_cgroup() -> bool:
     if os.geteuid() != 0:
         return False
-    from agent.sandbox import _PidsCgroup
+    from agent.host.sandbox import _PidsCgroup
 
     probe = _PidsCgroup.create(8)
     if probe is None:
@@ -373,7 +373,7 @@ def test_dev_is_sealed_after_the_device_binds(sandbox: Sandbox) -> None:
 def test_root_fork_bomb_is_stopped_by_the_kernel_pids_limit(
     sandbox: Sandbox, workspace: Path
 ) -> None:
-    from agent.sandbox import _PidsCgroup
+    from agent.host.sandbox import _PidsCgroup
 
     probe = _PidsCgroup.create(8)
     if probe is None:
@@ -439,7 +439,7 @@ def test_existing_git_commondir_is_read_only(sandbox: Sandbox, repo: Path) -> No
 def test_unsandboxed_home_is_private_and_fresh(workspace: Path) -> None:
     # Outside bubblewrap /tmp is shared with every local user: a fixed
     # HOME=/tmp/home there could hold someone else's .gitconfig (core.fsmonitor).
-    from agent.sandbox import run_unsandboxed
+    from agent.host.sandbox import run_unsandboxed
 
     cmd = 'echo "$HOME"; stat -c %a "$HOME"; ls -A "$HOME" | wc -l'
     first = run_unsandboxed(cmd, workspace, FAST).output.split()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import PathRefusedError, ToolError, ToolValidationError
-from agent.tools.base import ToolContext
-from agent.tools.registry import run_tool
+from agent.host.tools.base import ToolContext
+from agent.host.tools.registry import run_tool
 
 
 @pytest.fixture
@@ -207,7 +207,7 @@ def test_full_disk_during_write_keeps_the_old_file(
 
 
 def test_search_stops_at_the_file_limit(ctx: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.tools import search_files
+    from agent.host.tools import search_files
 
     monkeypatch.setattr(search_files, "MAX_FILES", 1)
     out = run_tool("search_files", {"query": "zzz-not-there"}, ctx)

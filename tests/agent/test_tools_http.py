@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from agent.errors import ToolDeniedError, ToolError, ToolValidationError
-from agent.ports import BrokerPort
-from agent.tools.base import ToolContext
-from agent.tools.registry import run_tool
+from agent.host.ports import BrokerPort
+from agent.host.tools.base import ToolContext
+from agent.host.tools.registry import run_tool
 from vault._crypto import Argon2Params
 from vault.audit import AuditLog
 from vault.broker import Broker, BrokeredResponse, HttpCall

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ToolError
-from agent.ports import MemoryPort
-from agent.tools.base import ToolContext
-from agent.tools.registry import run_tool
+from agent.host.ports import MemoryPort
+from agent.host.tools.base import ToolContext
+from agent.host.tools.registry import run_tool
 from memory.service import MemoryService
 
 

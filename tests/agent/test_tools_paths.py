@@ -1,4 +1,4 @@
-"""Workspace confinement of the file tools (agent/tools/paths.py)."""
+"""Workspace confinement of the file tools (agent/host/tools/paths.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import PathRefusedError, ToolError
-from agent.tools.paths import Workspace, protected_reason
+from agent.host.tools.paths import Workspace, protected_reason
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from agent.errors import ToolError, ToolValidationError, UnknownToolError
-from agent.tools.base import ToolContext, truncate_text
-from agent.tools.registry import run_tool
+from agent.host.tools.base import ToolContext, truncate_text
+from agent.host.tools.registry import run_tool
 
 
 def test_unknown_tool_lists_the_known_ones(workspace: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.errors import UnknownToolError
-from agent.tools.registry import ALL_TOOLS, tool_call_schema
+from agent.host.tools.registry import ALL_TOOLS, tool_call_schema
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("KEYLESS_UPDATE_SNAPSHOTS") == "1"

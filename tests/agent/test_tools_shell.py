@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ToolDeniedError, ToolError, ToolValidationError
-from agent.sandbox import Limits, Sandbox
-from agent.tools.base import ToolContext
-from agent.tools.registry import run_tool
+from agent.host.sandbox import Limits, Sandbox
+from agent.host.tools.base import ToolContext
+from agent.host.tools.registry import run_tool
 
 
 def _ctx(workspace: Path, sandbox: Sandbox | None, **kw: object) -> ToolContext:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.host.tools.registry import offers
 from agent.protocol import (
+    PROTOCOL_VERSION,
     AgentErrorMsg,
     AgentMessage,
     Cancel,
@@ -121,7 +123,7 @@ def spawn() -> Iterator[StartWorker]:
         w.kill()
 
 
-TASK = Task(task="list the workspace", tools=["list_dir"])
+TASK = Task(task="list the workspace", tools=offers(["list_dir"]))
 
 
 def test_a_whole_errand_over_the_pipe(tmp_path: Path, spawn: StartWorker) -> None:
@@ -177,7 +179,7 @@ def test_malformed_lines_are_refused_with_a_clear_error(tmp_path: Path, spawn: S
     w.send_raw(b'{"v": 99, "type": "hello"}\n')
     error = w.receive()
     assert isinstance(error, AgentErrorMsg)
-    assert "protocol version 99 is not the supported version 1" in error.message
+    assert f"protocol version 99 is not the supported version {PROTOCOL_VERSION}" in error.message
     w.send_raw(encode(ToolRequest(call_id="c1", tool="shell", arguments={})))
     error = w.receive()
     assert isinstance(error, AgentErrorMsg)

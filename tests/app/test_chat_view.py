@@ -280,7 +280,7 @@ class FindingRunner:
         self.listener = HostListener(KeepBuffers(ctx.events, buffers), HostPrompt(ctx.asker))
 
     def run_errand(self, task: str) -> None:
-        from agent.host import AgentEvent
+        from agent.host.events import AgentEvent
         from vault.secretscan import withhold
 
         for _ in range(2):  # the same value twice: offered once

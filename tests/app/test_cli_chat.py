@@ -103,3 +103,90 @@ def test_with_a_server_model_names_the_served_model() -> None:
     )  # fmt: skip
     spec = spec_from_args(args)
     assert spec.backend == "openai" and spec.model_name == "qwen2.5-7b" and spec.path is None
+
+
+CHAT_KEY = "sk-chat-" + "9Jq2Lx7Vb4Nm8Rt1Wz6Y"
+
+
+def _vault_with_the_key(*, index: bool = True) -> None:
+    """The app's vault (locked, as a fresh process opens it) holding CHAT_KEY."""
+    from app.paths import default_paths
+    from vault._crypto import Argon2Params
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    vault = Vault.create(
+        default_paths().vault_file, passphrase="pw", use_keyring=False, keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+    )  # fmt: skip
+    vault.add("CHAT_KEY", CHAT_KEY.encode())
+    vault.lock()
+    if not index:
+        vault.fingerprints_path.unlink()
+
+
+def test_a_vault_secret_split_across_tokens_is_not_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _vault_with_the_key()
+    answer = (
+        f"Here is the key from your notes: {CHAT_KEY[:11]} {CHAT_KEY[11:]} "
+        "- please keep it somewhere safe and private."
+    )
+    script = _script(tmp_path, [answer])
+    status = main(["chat", "--backend", "fake", "--scripted", str(script), "--prompt", "key?"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    folded = "".join(out.split())
+    assert CHAT_KEY[:14] not in folded and CHAT_KEY[-14:] not in folded
+    assert out.startswith("Here is the ") and "[WITHHELD: matches a vault secret" in out
+    assert out.endswith("somewhere safe and private.\n")
+
+
+def test_chat_stops_before_the_model_when_the_output_cannot_be_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _vault_with_the_key(index=False)
+    script = _script(tmp_path, [f"the key is {CHAT_KEY}"])
+    status = main(["chat", "--backend", "fake", "--scripted", str(script), "--prompt", "key?"])
+    out, err = capsys.readouterr()
+    assert status == 1 and out == ""
+    assert "cannot check the model's output for vault secrets" in err and "never indexed" in err
+    assert CHAT_KEY not in err
+
+
+@pytest.mark.keyring
+def test_with_the_keyring_chat_redacts_every_secret_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    if os.environ.get("KEYLESS_SECRET_SERVICE") != "1":
+        pytest.skip("needs a real Secret Service (KEYLESS_SECRET_SERVICE=1)")
+    from app.paths import default_paths
+    from vault.store import Vault
+
+    vault = Vault.create(default_paths().vault_file, use_keyring=True)
+    vault.add("CHAT_KEY", CHAT_KEY.encode())
+    vault.lock()
+    vault.fingerprints_path.unlink()  # the unlocked redactor needs no index
+    script = _script(tmp_path, [f"Your key: {CHAT_KEY[:11]} {CHAT_KEY[11:]} - keep it safe."])
+    status = main(["chat", "--backend", "fake", "--scripted", str(script), "--prompt", "key?"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert out == "Your key: [REDACTED:CHAT_KEY] - keep it safe.\n"
+
+
+def test_eviction_option_reaches_the_spec_and_rejects_unknown_policies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.cli import build_parser
+    from app.cli_chat import spec_from_args
+
+    parser = build_parser()
+    assert spec_from_args(parser.parse_args(["chat"])).eviction == "sinks"
+    args = parser.parse_args(["chat", "--eviction", "sinks+h2o"])
+    assert spec_from_args(args).eviction == "sinks+h2o"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["chat", "--eviction", "lru"])
+    assert "invalid choice: 'lru'" in capsys.readouterr().err

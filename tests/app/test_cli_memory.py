@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from app.cli_common import ExitStatus
 from app.cli_memory import approx_tokens
 from app.paths import default_paths
 from memory.frontmatter import Provenance
@@ -100,8 +101,29 @@ def test_consolidate_runs_the_model_and_reports(
     assert "session -> project" in out and "ARCHIVE session/old" in out
 
 
-def test_bad_workspace_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status, _, err = run(capsys, "show", "--workspace", str(tmp_path / "nope"))
-    assert status == 1 and "is not a directory" in err
-    status, _, err = run(capsys, "show", "--workspace", str(tmp_path), "--session", "../x")
-    assert status == 1 and "invalid session id" in err
+def test_bad_workspace_and_session_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Argument types (app.cli_common) check both before anything opens, as usage errors.
+    with pytest.raises(SystemExit) as info:
+        run(capsys, "show", "--workspace", str(tmp_path / "nope"))
+    err = capsys.readouterr().err
+    assert info.value.code == ExitStatus.USAGE
+    assert "keyless memory show: error: argument --workspace/-w: workspace " in err
+    assert "is not a directory" in err
+    with pytest.raises(SystemExit) as info:
+        run(capsys, "show", "--workspace", str(tmp_path), "--session", "../x")
+    assert info.value.code == ExitStatus.USAGE
+    assert "argument --session: invalid session id '../x'" in capsys.readouterr().err
+
+
+def test_a_configured_workspace_that_is_gone_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.paths import default_paths
+    from app.settings import AppSettings, save_settings
+
+    save_settings(default_paths().ensure(), AppSettings(workspace=str(tmp_path / "gone")))
+    status, _, err = run(capsys, "show")
+    assert status == ExitStatus.ERROR
+    assert err.startswith("keyless memory show: error: workspace ") and "not a directory" in err

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy import Rule, RuleStore
+from agent.host.policy import Rule, RuleStore
 from app.cli import build_parser
+from app.cli_common import ExitStatus
 from app.cli_run import EXIT_FAILED, EXIT_LIMIT, EXIT_OK, run_errand_cli
 from app.paths import default_paths
 from tests.agent.hostkit import call, final, write_script
@@ -101,9 +102,22 @@ def test_the_step_limit_gives_its_own_status(tmp_path: Path, ws: Path) -> None:
     assert status == EXIT_LIMIT and "step limit (2)" in out
 
 
-def test_a_missing_workspace_is_a_clear_error(tmp_path: Path) -> None:
-    status, _out, err = keyless_run(tmp_path, tmp_path / "nope", [final("x")])
-    assert status == EXIT_FAILED and "is not a directory" in err
+def test_a_missing_workspace_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Checked as the arguments are parsed (app.cli_common.workspace_dir): nothing starts.
+    with pytest.raises(SystemExit) as info:
+        keyless_run(tmp_path, tmp_path / "nope", [final("x")])
+    assert info.value.code == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    assert "keyless run: error: argument --workspace/-w: workspace " in err
+    assert "is not a directory" in err
+
+
+def test_too_many_steps_are_a_usage_error(tmp_path: Path, ws: Path) -> None:
+    status, _out, err = keyless_run(tmp_path, ws, [final("x")], "", "--max-steps", "201")
+    assert status == ExitStatus.USAGE
+    assert err.startswith("keyless run: error: --max-steps: ") and "200" in err
 
 
 def test_a_model_failure_fails_the_run(tmp_path: Path, ws: Path) -> None:
@@ -211,7 +225,7 @@ def test_memory_withheld_while_the_vault_is_locked_is_said_on_stderr(
 
 
 def test_every_line_the_terminal_shows_is_redacted(tmp_path: Path, ws: Path) -> None:
-    from agent.policy import Rule
+    from agent.host.policy import Rule
     from app.cli_run import EventPrinter, print_result
     from tests.agent.hostkit import make_rig
     from vault._crypto import Argon2Params

@@ -145,7 +145,7 @@ def test_wrong_passphrase_and_bad_name(
     init(monkeypatch, vault_file)
     capsys.readouterr()
     assert run(monkeypatch, vault_file, "list", stdin=b"nope\n") == 1
-    assert capsys.readouterr().err.strip() == "keyless vault: wrong passphrase"
+    assert capsys.readouterr().err.strip() == "keyless vault list: error: wrong passphrase"
     assert run(monkeypatch, vault_file, "add", "bad name", stdin=f"{PASS}\nv\n".encode()) == 1
     assert "invalid secret name" in capsys.readouterr().err
     assert run(monkeypatch, vault_file, "add", "empty", stdin=f"{PASS}\n".encode()) == 1
@@ -239,3 +239,45 @@ def test_keyring_init_and_unlock_without_typing(
     assert run(monkeypatch, vault_file, "keyring", "off") == 0
     assert run(monkeypatch, vault_file, "list", stdin=b"pw\n") == 0
     assert capsys.readouterr().out.split()[-1] == "k"
+
+
+def _locked_redaction(vault_file: Path, tmp_path: Path, text: str) -> tuple[str, list[str]]:
+    """Redact ``text`` through a broker over the vault, opened (so locked) afresh."""
+    from vault.audit import AuditLog
+    from vault.broker import Broker
+    from vault.grants import GrantStore
+
+    vault = Vault.open(vault_file, keystore=NoKeyring())
+    assert vault.is_locked
+    db = tmp_path / "keyless.db"
+    grants, audit = GrantStore(db), AuditLog(db)
+    try:
+        with Broker(vault, grants, audit) as broker:
+            return broker.redact(text, session_id="s1")
+    finally:
+        grants.close()
+        audit.close()
+
+
+def test_every_cli_change_reindexes_the_secrets_for_the_locked_redactor(
+    monkeypatch: pytest.MonkeyPatch, vault_file: Path, tmp_path: Path
+) -> None:
+    init(monkeypatch, vault_file)
+    key = SECRET.decode()
+    assert run(monkeypatch, vault_file, "add", "k", stdin=f"{PASS}\n".encode() + SECRET) == 0
+    # No unlock since the add, no broker ever saw it unlocked: the add itself indexed it.
+    text, names = _locked_redaction(vault_file, tmp_path, f"API_KEY={key}\n")
+    assert key not in text and names == ["vault secret (locked)"]
+
+    other = "sk-second-secret-9876543210zyx"
+    assert run(monkeypatch, vault_file, "update", "k", stdin=f"{PASS}\n{other}".encode()) == 0
+    both = f"old {key}; and after plenty of plain words, new {other}\n"
+    text, _ = _locked_redaction(vault_file, tmp_path, both)
+    assert other not in text and key in text  # the old value is no longer a secret
+    for command in (["passwd", *FAST], ["rotate"]):
+        stdin = f"{PASS}\n{PASS}\n".encode() if command[0] == "passwd" else f"{PASS}\n".encode()
+        assert run(monkeypatch, vault_file, *command, stdin=stdin) == 0
+        text, _ = _locked_redaction(vault_file, tmp_path, f"value: {other}\n")
+        assert other not in text  # a new generation, indexed again
+    assert run(monkeypatch, vault_file, "rm", "k", stdin=f"{PASS}\n".encode()) == 0
+    assert _locked_redaction(vault_file, tmp_path, f"value: {other}\n") == (f"value: {other}\n", [])

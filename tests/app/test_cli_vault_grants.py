@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from app.cli import main
-from app.cli_vault_grants import _ttl
+from app.cli_common import ExitStatus
+from app.cli_vault_grants import ttl
 from app.paths import default_paths
 from vault._crypto import Argon2Params
 from vault.audit import AuditLog
@@ -182,7 +183,6 @@ def test_a_cli_grant_is_redeemed_by_the_broker_inside_its_scope_only(
         ({"--inject": "header:X-Key: {} {}"}, "--inject: a header template holds exactly one"),
         ({"--inject": "query:a=b"}, "--inject: not a usable query parameter name"),
         ({"--inject": "basic:a:b"}, "--inject: a basic-auth user name cannot contain ':'"),
-        ({"--session": ""}, "--session: String should have at least 1 character"),
     ],
 )
 def test_bad_grant_arguments_are_named_before_any_unlock(
@@ -197,9 +197,11 @@ def test_bad_grant_arguments_are_named_before_any_unlock(
     for option, value in change.items():
         args[args.index(option) + 1] = value
     # No passphrase on stdin: had the command tried to unlock, it would say so.
-    assert run(monkeypatch, vault_file, "grant", "GITHUB_TOKEN", *args, db=db) == 1
+    # A wrong argument is a usage error, whether argparse or the grant's checks find it.
+    status = run(monkeypatch, vault_file, "grant", "GITHUB_TOKEN", *args, db=db)
+    assert status == ExitStatus.USAGE
     err = capsys.readouterr().err
-    assert f"keyless vault: {message}" in err
+    assert f"keyless vault grant: error: {message}" in err
     assert "passphrase" not in err
     assert GrantStore(db).all() == []
     assert AuditLog(db).entries() == []
@@ -227,6 +229,8 @@ def test_unknown_secret_and_wrong_passphrase_store_nothing(
         (["--uses", "0"], "argument --uses: expected a whole number of at least 1"),
         (["--uses", "ten"], "argument --uses: expected a whole number, got 'ten'"),
         (["--port", "70000"], "argument --port: expected a port from 1 to 65535"),
+        (["--session", ""], "argument --session: invalid session id ''"),
+        (["--session", "a/b"], "argument --session: invalid session id 'a/b'"),
     ],
 )
 def test_malformed_numbers_and_durations_are_usage_errors(
@@ -239,16 +243,16 @@ def test_malformed_numbers_and_durations_are_usage_errors(
 ) -> None:
     with pytest.raises(SystemExit) as info:
         grant(monkeypatch, vault_file, db, *GITHUB, *args)
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert info.value.code == ExitStatus.USAGE
+    assert f"keyless vault grant: error: {message}" in capsys.readouterr().err
     assert not db.exists()
 
 
 def test_ttl_parsing() -> None:
-    assert _ttl("90s") == timedelta(seconds=90)
-    assert _ttl("1h30m") == timedelta(minutes=90)
-    assert _ttl("7d") == timedelta(days=7)
-    assert _ttl("None") is None
+    assert ttl("90s") == timedelta(seconds=90)
+    assert ttl("1h30m") == timedelta(minutes=90)
+    assert ttl("7d") == timedelta(days=7)
+    assert ttl("None") is None
 
 
 def test_grant_uses_the_data_dir_database_by_default(
@@ -354,8 +358,10 @@ def test_revoke_a_handle_then_the_broker_refuses_it(
 def test_revoke_errors_name_the_handle(
     monkeypatch: pytest.MonkeyPatch, vault_file: Path, db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(monkeypatch, vault_file, "revoke", "cap_nothex", db=db) == 1
-    assert "HANDLE: 'cap_nothex' is not a capability handle" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a malformed handle is a usage error
+        run(monkeypatch, vault_file, "revoke", "cap_nothex", db=db)
+    assert info.value.code == ExitStatus.USAGE
+    assert "argument HANDLE: 'cap_nothex' is not a capability handle" in capsys.readouterr().err
     unknown = "cap_" + "0" * 32
     assert run(monkeypatch, vault_file, "revoke", unknown, db=db) == 1
     assert f"HANDLE: no grant with handle {unknown}" in capsys.readouterr().err

@@ -156,7 +156,12 @@ def test_unknown_level_is_an_error_not_a_crash(factory: Factory, qtbot: QtBot) -
 def test_hostile_distill_proposal_still_ends_under_capacity(
     factory: Factory, qtbot: QtBot
 ) -> None:
+    # remember keeps a level within its capacity: write roomy, as before a
+    # settings change lowered it to the factory's 50.
     service = factory()
+    service.settings = service.settings.model_copy(
+        update={"capacities": LevelTokens(user=10_000, project=10_000, session=10_000)}
+    )
     words = " ".join(["word"] * 30)
     for name in ("a", "b", "c"):
         service.remember(name, words, level="project", source=Provenance(trust="user"))

@@ -258,10 +258,23 @@ def test_index_files_open_read_only(view: MemoryView, qtbot: QtBot) -> None:
     assert "read-only here" in view.topic_label.text()
 
 
+def roomy(seeded) -> MemoryService:  # type: ignore[no-untyped-def]
+    """A service on the same files with a large project capacity.
+
+    ``remember`` keeps a level within its capacity, so a level over it is made
+    as after a settings change: written roomy, reopened with the test's 60.
+    """
+    made: MemoryService = seeded()
+    made.settings = made.settings.model_copy(
+        update={"capacities": LevelTokens(user=200, project=10_000, session=200)}
+    )
+    return made
+
+
 def test_distill_now_brings_the_level_under_capacity(
     qtbot: QtBot, seeded  # type: ignore[no-untyped-def]
 ) -> None:
-    service = seeded()
+    service = roomy(seeded)
     long_text = " ".join(["word"] * 40)
     service.remember("notes-a", long_text, level="project", source=Provenance(trust="user"))
     service.remember("notes-b", long_text, level="project", source=Provenance(trust="user"))
@@ -342,7 +355,7 @@ def test_distill_now_with_the_embedded_model_keeps_the_gui_live(
     from app.qt import QTimer
     from models.factory import ModelSpec, open_model
 
-    service = seeded()
+    service = roomy(seeded)
     for i in range(4):
         service.remember(f"notes-{i}", " ".join([f"fact{i}"] * 25), level="project",
                          source=Provenance(trust="user"))

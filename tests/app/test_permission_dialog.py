@@ -182,8 +182,8 @@ def test_a_write_that_runs_code_on_the_machine_is_marked(qtbot: Any) -> None:
 
 
 def test_the_runner_carries_runs_code_into_the_question() -> None:
-    from agent.host import PermissionRequest
-    from agent.policy import Rule
+    from agent.host.permission import PermissionRequest
+    from agent.host.policy import Rule
     from app.controllers.agent_runner import question_from_request
 
     request = PermissionRequest(
@@ -201,8 +201,8 @@ def test_the_runner_carries_runs_code_into_the_question() -> None:
 
 
 def test_a_net_question_names_the_request_and_the_command_that_asked(qtbot: Any) -> None:
-    from agent.host import PermissionRequest
-    from agent.policy import Rule
+    from agent.host.permission import PermissionRequest
+    from agent.host.policy import Rule
     from app.controllers.agent_runner import question_from_request
 
     request = PermissionRequest(

@@ -38,8 +38,32 @@ def test_without_a_vault_the_live_broker_offers_nothing_and_refuses_calls() -> N
     assert broker.capabilities("s1") == []
     assert broker.redact("nothing secret", session_id="s1") == ("nothing secret", [])
     assert broker.scan("text") == []
+    stream = broker.redact_stream(session_id="s1")
+    assert stream.feed("nothing ") + stream.feed("secret") + stream.finish() == "nothing secret"
     with pytest.raises(GrantRefused, match="no vault exists yet"):
         broker.call("cap_x", object(), session_id="s1", now=None)
+
+
+def test_the_live_broker_streams_tokens_through_the_vaults_redactor() -> None:
+    from vault._crypto import Argon2Params
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    services = AppServices()
+    key = "sk-live-" + "5d41402abc4b2a76b9719d91"
+    vault = Vault.create(
+        services.paths.vault_file, passphrase="pw", use_keyring=False, keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+    )  # fmt: skip
+    vault.add("API_KEY", key.encode())
+    vault.lock()
+    broker = services.live_broker()  # over the vault as opened from disk: locked
+    assert services.vault is not None and services.vault.is_locked
+    stream = broker.redact_stream(session_id="s1")
+    pieces = ["here is the key you asked for: ", key[:9], key[9:20], key[20:], " (keep it safe)."]
+    shown = "".join(stream.feed(p) for p in pieces) + stream.finish()
+    assert key[:15] not in shown and key[-15:] not in shown and "WITHHELD" in shown
+    assert shown.startswith("here is the ")
 
 
 def test_rule_store_is_opened_per_caller(workspace: Path) -> None:
@@ -137,3 +161,14 @@ def test_protected_paths_and_the_workspace_warning(tmp_path: Path, workspace: Pa
     assert "lies inside" in (services.workspace_warning(inside) or "")
     holder = Path(os.path.commonpath([services.paths.data_dir, services.paths.config_dir]))
     assert "contains" in (services.workspace_warning(holder) or "")
+
+
+def test_the_experimental_eviction_setting_reaches_the_model_spec() -> None:
+    services = AppServices()
+    assert services.model_spec().eviction == "sinks"
+    services.paths.settings_file.write_text('{"model": {"eviction": "h2o"}}')
+    assert AppServices().model_spec().eviction == "h2o"
+    services.paths.settings_file.write_text('{"model": {"eviction": "lru"}}')
+    again = AppServices()
+    assert again.model_spec().eviction == "sinks"
+    assert "eviction" in again.problems["settings"]

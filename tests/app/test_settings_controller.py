@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from agent.policy import RuleStore
+from agent.host.policy import RuleStore
 from app.controllers.settings_controller import SettingsController
 from app.paths import AppPaths, default_paths
 from app.qt import QObject

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from agent.policy import RuleStore
-from agent.sandbox import Sandbox
+from agent.host.policy import RuleStore
+from agent.host.sandbox import Sandbox
 from app.controllers.settings_controller import SettingsController
 from app.paths import default_paths
 from app.qt import Qt, QtWidgets

@@ -83,15 +83,21 @@ class UngrammaticalModel:
 
 @pytest.fixture
 def crowded(make_service: ServiceFactory) -> MemoryService:
-    """A project level over its capacity of 40 tokens, with near-duplicates."""
-    svc = make_service(capacities=(1500, 40, 1000))
-    svc.remember("Python style", "Use ruff. Line length 100.", level="project", source=USER)
-    svc.remember("Code style", "Lint with ruff; lines up to 100 chars.", level="project",
+    """A project level over its capacity of 40 tokens, with near-duplicates.
+
+    Written while the capacity was larger (``remember`` keeps a level within
+    its capacity), then opened with the capacity lowered to 40, as after a
+    change of the setting.
+    """
+    writer = make_service(capacities=(1500, 1500, 1000))
+    writer.remember("Python style", "Use ruff. Line length 100.", level="project", source=USER)
+    writer.remember("Code style", "Lint with ruff; lines up to 100 chars.", level="project",
                  source=MODEL)
-    svc.remember("Old CI", "CI used Travis until 2019, replaced later by other things.",
+    writer.remember("Old CI", "CI used Travis until 2019, replaced later by other things.",
                  level="project", source=MODEL)
-    svc.remember("Deploy", "Deploy with the release script from the main branch only.",
+    writer.remember("Deploy", "Deploy with the release script from the main branch only.",
                  level="project", source=USER)
+    svc = make_service(capacities=(1500, 40, 1000))
     assert usage(svc, "project") > 40
     return svc
 
@@ -198,9 +204,10 @@ def test_a_model_failure_is_reported_and_capacity_still_kept(crowded: MemoryServ
 
 
 def test_capacity_archives_least_used_and_oldest_first(make_service: ServiceFactory) -> None:
-    svc = make_service(capacities=(1500, 40, 1000))
+    writer = make_service(capacities=(1500, 1500, 1000))  # remember keeps within capacity
     for name in ("alpha", "beta", "gamma"):
-        svc.remember(name, f"{name} " * 15, level="project", source=MODEL)
+        writer.remember(name, f"{name} " * 15, level="project", source=MODEL)
+    svc = make_service(capacities=(1500, 40, 1000))
     for _ in range(3):
         svc.read_topic("project", "alpha")
     svc.read_topic("project", "gamma")
@@ -234,10 +241,11 @@ def test_session_notes_become_project_topics(make_service: ServiceFactory, works
 
 
 def test_distill_none_only_touches_levels_over_capacity(make_service: ServiceFactory) -> None:
+    writer = make_service(capacities=(1500, 1500, 1000))  # remember keeps within capacity
+    writer.remember("pref one", "word " * 30, level="user", source=USER)
+    writer.remember("pref two", "word " * 30, level="user", source=USER)
+    writer.remember("proj", "small", level="project", source=USER)
     svc = make_service(capacities=(40, 1500, 1000))
-    svc.remember("pref one", "word " * 30, level="user", source=USER)
-    svc.remember("pref two", "word " * 30, level="user", source=USER)
-    svc.remember("proj", "small", level="project", source=USER)
     model = ScriptedModel([plan({"op": "NONE", "target": "x"})])
     report = svc.distill(model)
     # no session notes and the project fits: only the user level is distilled
@@ -276,14 +284,15 @@ def test_capacity_holds_whatever_the_model_proposes(
     ops: list[dict[str, Any]], capacity: int, level: str,
 ) -> None:
     root = tmp_path_factory.mktemp("d")
-    svc = make_service(user_dir=root / "u", workspace=root / "ws", db_path=root / "k.db",
-                       capacities=(1500, capacity, 1000))
-    svc.remember("Python style", "Use ruff. Line length 100.", level="project", source=USER)
-    svc.remember("Code style", "Lint with ruff.", level="project", source=MODEL)
-    svc.remember("Old CI", "Travis " * 40, level="project", source=MODEL)
-    svc.remember("Deploy", "Release script.", level="project", source=USER)
-    svc.remember("New", "A session finding " * 5, level="session", source=MODEL)
-    svc.remember("Ghost", "Another note.", level="session", source=MODEL)
+    where = {"user_dir": root / "u", "workspace": root / "ws", "db_path": root / "k.db"}
+    writer = make_service(**where, capacities=(1500, 1500, 1000))  # type: ignore[arg-type]
+    writer.remember("Python style", "Use ruff. Line length 100.", level="project", source=USER)
+    writer.remember("Code style", "Lint with ruff.", level="project", source=MODEL)
+    writer.remember("Old CI", "Travis " * 40, level="project", source=MODEL)
+    writer.remember("Deploy", "Release script.", level="project", source=USER)
+    writer.remember("New", "A session finding " * 5, level="session", source=MODEL)
+    writer.remember("Ghost", "Another note.", level="session", source=MODEL)
+    svc = make_service(**where, capacities=(1500, capacity, 1000))  # type: ignore[arg-type]
     before = all_topic_bodies(root / "ws")
     report = svc.distill(ScriptedModel([plan(*ops)]), level=level)
     assert usage(svc, "project") <= capacity

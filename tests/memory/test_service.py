@@ -249,3 +249,27 @@ def test_a_body_quoting_the_index_markers_cannot_break_the_index(
     index = (workspace / ".keyless" / "memory" / "MEMORY.md").read_text()
     assert index.count(INDEX_END) == 1
     assert "topics/quote.md" in index and "topics/second.md" in index
+
+
+def test_remember_keeps_the_level_within_capacity_at_write_time(
+    make_service: ServiceFactory,
+) -> None:
+    """Fails before remember enforced capacity: the level grew past it until a consolidate."""
+    svc = make_service(capacities=(1500, 40, 1000))
+    for i in range(4):
+        svc.remember(f"topic {i}", " ".join(["word"] * 15), level="project", source=MODEL)
+    usage = {u.level: u for u in svc.capacity_usage()}
+    assert usage["project"].tokens <= 40 and not usage["project"].over
+    topics = [f for f in svc.list_files() if f.level == "project" and f.kind == "topic"]
+    active = {f.name for f in topics if f.status == "active"}
+    assert "topic-3" in active  # the note just written is never the one pushed out
+    change = svc.history(1)[0]
+    assert change.op == "remember"
+    assert usage["project"].archived > 0, "older topics are archived (kept on disk), not deleted"
+
+
+def test_remember_refuses_a_note_bigger_than_its_level(make_service: ServiceFactory) -> None:
+    svc = make_service(capacities=(1500, 32, 1000))
+    with pytest.raises(InvalidMemoryError, match="holds 32"):
+        svc.remember("huge", " ".join(["word"] * 60), level="project", source=MODEL)
+    assert not [f for f in svc.list_files() if f.level == "project" and f.kind == "topic"]

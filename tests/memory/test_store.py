@@ -111,14 +111,17 @@ WRITER = textwrap.dedent(
     from pathlib import Path
     from memory.frontmatter import Provenance
     from memory.service import MemoryService
-    from memory.settings import MemorySettings
+    from memory.settings import LevelTokens, MemorySettings
     from memory.store import TEMP_PREFIX
 
     root = Path(sys.argv[1])
     svc = MemoryService(
         user_dir=root / "u", workspace=root / "ws", db_path=root / "k.db", session_id="s1",
         count_tokens=lambda t: len(t.split()), scan_secrets=lambda t: [],
-        settings=MemorySettings(max_content_chars=1_000_000),
+        settings=MemorySettings(
+            max_content_chars=1_000_000,
+            capacities=LevelTokens(user=1500, project=1_000_000, session=1000),
+        ),
     )
     armed = False
     real_fsync = os.fsync

@@ -977,9 +977,9 @@ def test_secrets_generated_at_random_never_come_back(denv: Env) -> None:
 def test_agent_http_tool_through_the_broker(denv: Env, tmp_path: Path) -> None:
     """The host-side http_request tool drives this broker end to end."""
     from agent.errors import ToolDeniedError
-    from agent.ports import BrokerPort
-    from agent.tools import http_request
-    from agent.tools.base import ToolContext
+    from agent.host.ports import BrokerPort
+    from agent.host.tools import http_request
+    from agent.host.tools.base import ToolContext
 
     assert isinstance(denv.broker, BrokerPort)
     handle = denv.grant()
@@ -1062,3 +1062,73 @@ def test_a_session_without_grants_still_never_sees_a_vault_secret(
         assert isinstance(source, DictSource)
         source.locked = True  # nothing granted, nothing readable: the text passes as is
         assert env.broker.redact("plain text", session_id="no-grants") == ("plain text", [])
+
+
+# ------------------------------------------------------- redaction while locked
+
+
+def test_locked_vault_withholds_a_workspace_copy_of_a_secret(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    vault = _make_source("vault", tmp_path)
+    assert isinstance(vault, Vault)
+    key = SECRET.decode()
+    dotenv = (
+        "# settings for the deploy script\n"
+        f"API_KEY={key}\n"
+        f"API_KEY_B64={base64.b64encode(SECRET).decode()}\n"
+        f"API_KEY_SPLIT={key[:12]}\n    {key[12:]}\n"
+        "# end of the settings file, nothing secret here\n"
+    )
+    for env in _env(vault, server, ca, tmp_path):
+        # Unlocked: redacted by name, and the fingerprints are written.
+        text, names = env.broker.redact(dotenv, session_id="no-grants")
+        assert "API_KEY" in names and key not in text
+        vault.lock()
+        text, names = env.broker.redact(dotenv, session_id="no-grants")
+        assert names == ["vault secret (locked)"]
+        assert key not in text and base64.b64encode(SECRET).decode() not in text
+        assert key[:12] not in text and key[12:] not in text
+        assert text.startswith("# settings for") and text.endswith("nothing secret here\n")
+        stream = env.broker.redact_stream(session_id="no-grants")
+        assert "".join(stream.feed(c) for c in dotenv) + stream.finish() == text
+
+
+def test_locked_vault_without_an_index_fails_closed(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    vault = _make_source("vault", tmp_path)
+    assert isinstance(vault, Vault)
+    index = vault.fingerprints_path
+    for env in _env(vault, server, ca, tmp_path):
+        older = index.read_bytes()  # the vault indexes itself on every save
+        index.unlink()
+        vault.lock()
+        with pytest.raises(RedactionError, match="never indexed"):
+            env.broker.redact("anything", session_id="s1")
+        vault.unlock("correct horse")  # unlocking indexes again
+        vault.lock()
+        assert env.broker.redact("anything", session_id="s1") == ("anything", [])
+        vault.unlock("correct horse")
+        vault.add("NEW", b"a-new-secret-added-later-0123456789")
+        vault.lock()
+        index.write_bytes(older)  # an index older than the vault (a failed write)
+        with pytest.raises(RedactionError, match="changed since"):
+            env.broker.redact("anything", session_id="s1")
+
+
+def test_a_locked_broker_sees_each_new_index(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    vault = _make_source("vault", tmp_path)
+    assert isinstance(vault, Vault)
+    later = "a-secret-added-after-the-first-load-0123456789"
+    text = f"first line of prose here, then {later} and more prose after it\n"
+    for env in _env(vault, server, ca, tmp_path):
+        vault.lock()
+        assert env.broker.redact(text, session_id="s1") == (text, [])  # index loaded
+        vault.unlock("correct horse")
+        vault.add("LATER", later.encode())
+        vault.lock()
+        redacted, names = env.broker.redact(text, session_id="s1")  # the new index
+        assert later not in redacted and names == ["vault secret (locked)"]

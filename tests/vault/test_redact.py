@@ -119,12 +119,23 @@ def test_scan_reports_names_without_changing_text() -> None:
 
 
 def test_stream_holds_back_less_than_the_longest_pattern() -> None:
-    r = Redactor({"K": KEY})
+    r = Redactor({"K": KEY}, variants=False)
     stream = r.stream()
     released = stream.feed("x" * 1000)
     assert stream.held_back == r.max_pattern_length - 1
     assert released == "x" * (1000 - stream.held_back)
     assert stream.finish() == "x" * (r.max_pattern_length - 1)
+
+
+def test_stream_with_variants_holds_back_the_longest_folded_pattern_and_an_escape() -> None:
+    r = Redactor({"K": KEY})
+    stream = r.stream()
+    released = stream.feed("x" * 1000)
+    # The longest folded pattern less one, and five characters an escape may still claim.
+    expected = max(r.max_pattern_length - 1, r.max_folded_length - 1 + 5)
+    assert stream.held_back == expected
+    assert released == "x" * (1000 - expected)
+    assert stream.finish() == "x" * expected
 
 
 def test_empty_table_passes_text_through() -> None:
@@ -241,3 +252,106 @@ def test_html_entity_forms_are_replaced() -> None:
         assert form != KEY.decode()
         out, names = r.redact(f"<input value=\"{form}\">")
         assert names == ["K"] and out == '<input value="[REDACTED:K]">', form
+
+
+# ------------------------------------------------------- variants and near-copies
+
+TEXT_KEY = KEY.decode()
+
+
+def _json_escape_all(text: str) -> str:
+    return "".join(f"\\u{ord(ch):04x}" for ch in text)
+
+
+def _variants(secret: str) -> dict[str, str]:
+    """The simple variants the exact forms miss."""
+    return {
+        "lower": secret.lower(),
+        "upper": secret.upper(),
+        "newline": secret[:10] + "\n" + secret[10:],
+        "spaced": " ".join(secret),
+        "wrapped": "\n  ".join(secret[i : i + 8] for i in range(0, len(secret), 8)),
+        "json_dash": secret.replace("-", "\\u002d"),
+        "json_all": _json_escape_all(secret),
+        "json_upper_hex": _json_escape_all(secret).upper().replace("\\U", "\\u"),
+        "minus_last": secret[:-1],
+        "minus_first": secret[1:],
+        "b64_wrapped": "\n".join(
+            base64.b64encode(secret.encode()).decode()[i : i + 16] for i in range(0, 56, 16)
+        ),
+        "hex_spaced": " ".join(secret.encode().hex()[i : i + 2] for i in range(0, 80, 2)),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_variants(TEXT_KEY)))
+def test_simple_variants_are_redacted(kind: str) -> None:
+    variant = _variants(TEXT_KEY)[kind]
+    r = Redactor({"K": TEXT_KEY})
+    text, names = r.redact(f"before <{variant}> after")
+    assert text == "before <[REDACTED:K]> after"
+    assert names == ["K"]
+    # The exact forms alone miss it: this is what the variants add.
+    assert Redactor({"K": TEXT_KEY}, variants=False).scan(f"<{variant}>") == []
+
+
+def test_near_copy_rule_is_max_of_twelve_and_three_quarters() -> None:
+    secret = "abcdefghijklmnopqrstuvwxyz0123456789ABCD"  # 40 characters: 30 needed
+    r = Redactor({"K": secret})
+    assert r.scan("x" + secret[5:35] + "x") == ["K"]
+    assert r.scan("x" + secret[5:34] + "x") == []
+    short = "Zq8-w3Lp-9Xv"  # 12 characters: only the whole secret
+    assert Redactor({"K": short}).scan(short[:11]) == []
+
+
+def test_near_copy_keeps_the_surrounding_text() -> None:
+    r = Redactor({"K": TEXT_KEY})
+    assert r.redact(f"key={TEXT_KEY[:-1]};") == ("key=[REDACTED:K];", ["K"])
+
+
+def test_ordinary_prose_is_not_redacted_by_variants() -> None:
+    r = Redactor({"K": TEXT_KEY, "P": "correct horse battery staple"})
+    prose = "The key is stored in the vault; the agent sees only a handle. Proj notes."
+    assert r.redact(prose) == (prose, [])
+
+
+def test_fold_maps_escapes_and_whitespace_back_to_the_original() -> None:
+    from vault.redact import fold
+
+    view = fold("A b\\u002DC\n d")
+    assert view.text == "ab-cd"
+    assert view.span(2, 3) == (3, 9)  # the escape, all six characters
+    assert view.span(0, 5) == (0, 13)
+
+
+variant_st = st.sampled_from(sorted(_variants(TEXT_KEY)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kinds=st.lists(variant_st, min_size=1, max_size=3),
+    filler=st.lists(filler_st, min_size=2, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+)
+def test_property_variants_stream_equals_one_shot(
+    kinds: list[str], filler: list[str], cuts: list[int]
+) -> None:
+    variants = _variants(TEXT_KEY)
+    text = filler[0] + "".join(variants[k] + f for k, f in zip(kinds, filler[1:], strict=False))
+    r = Redactor({"K": TEXT_KEY})
+    whole, names = r.redact(text)
+    assert "K" in names
+    for k in kinds:
+        assert variants[k] not in whole
+    assert stream_redact(r, chunks(text, cuts)) == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from("ab \n\\u0061Ab-"), max_size=120),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+)
+def test_property_escapes_cut_anywhere_stream_equals_one_shot(text: str, cuts: list[int]) -> None:
+    # Secrets made of the same few characters, so escapes, whitespace and case
+    # changes fall across chunk boundaries in every way.
+    r = Redactor({"A": "abab-abab", "B": "Ab\\u0061b aaaa"})
+    assert stream_redact(r, chunks(text, cuts)) == r.redact(text)[0]

@@ -72,7 +72,8 @@ def test_ordinary_lines_pass(line: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["agent/host.py", "agent/policy.py", "vault/redact.py", "vault/secretscan.py"]
+    "module",
+    ["agent/host/errand.py", "agent/host/policy.py", "vault/redact.py", "vault/secretscan.py"],
 )
 def test_no_false_positive_on_this_repositorys_code(module: str) -> None:
     text = (ROOT / module).read_text()

@@ -148,7 +148,16 @@ def test_file_is_private_and_reveals_neither_names_nor_values(path: Path) -> Non
         assert needle not in raw
         assert base64.b64encode(needle) not in raw
         assert needle.hex().encode() not in raw
-    assert list(path.parent.iterdir()) == [path, path.with_name("vault.kls.lock")]
+    # Beside it: the lock and the secrets' fingerprints, owner-only and without plaintext.
+    index = v.fingerprints_path
+    assert sorted(path.parent.iterdir()) == sorted(
+        [path, path.with_name("vault.kls.lock"), index]
+    )
+    assert stat.S_IMODE(index.stat().st_mode) == 0o600
+    indexed = index.read_bytes()
+    for needle in (SECRET, SECRET[:12], b"OPENAI_API_KEY", PASSPHRASE.encode()):
+        for form in (needle, base64.b64encode(needle), needle.hex().encode()):
+            assert form not in indexed
 
 
 def test_update_delete_and_versions(path: Path) -> None:
@@ -455,7 +464,12 @@ def test_export_backup_is_an_independent_passphrase_vault(
     assert {n: bytes(b.get(n)) for n in b.names()} == {"a": SECRET, "b": b"other"}
     assert b.vault_id != v.vault_id
     assert sorted(p.name for p in backup.parent.iterdir()) == [
-        "backup.kls", "vault.kls", "vault.kls.lock"
+        "backup.kls",
+        "backup.kls.fingerprints",  # written when the backup was unlocked
+        "backup.kls.lock",
+        "vault.kls",
+        "vault.kls.fingerprints",
+        "vault.kls.lock",
     ]
 
 
@@ -742,12 +756,33 @@ def test_failed_save_keeps_the_old_vault(
     monkeypatch.undo()
     assert calls["n"] >= 1
     assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["vault.kls", "vault.kls.lock"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "vault.kls", "vault.kls.fingerprints", "vault.kls.lock"
+    ]
     assert v.names() == ["a"]  # in-memory state unchanged too
     v.add("b", b"2")  # and the next save works
     w = reopen(path)
     w.unlock(PASSPHRASE)
     assert w.names() == ["a", "b"]
+
+
+def test_a_failed_index_write_keeps_the_save_and_the_locked_redactor_fails_closed(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vault.errors import RedactionError
+    from vault.fingerprints import SecretFingerprints
+
+    v = make(path)
+    v.fingerprints_path.unlink()  # written at creation
+    v.fingerprints_path.mkdir()  # now the index cannot be written there
+    v.add("a", SECRET)
+    assert "fingerprints were not updated" in caplog.text
+    assert SECRET.decode() not in caplog.text
+    w = reopen(path)
+    w.unlock(PASSPHRASE)
+    assert w.names() == ["a"]  # the vault itself was saved
+    with pytest.raises(RedactionError, match="cannot read the secret fingerprints"):
+        SecretFingerprints.load(v.fingerprints_path)
 
 
 def test_next_save_removes_temp_files_of_a_killed_writer(path: Path) -> None:
@@ -773,7 +808,7 @@ def test_save_fsyncs_file_and_directory(path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(os, "fsync", spy)
     v.add("a", b"1")
-    assert kinds == ["file", "dir"]
+    assert kinds == ["file", "dir", "file"]  # the vault, its directory, then the index
 
 
 def test_concurrent_writer_is_detected(path: Path) -> None:
@@ -821,7 +856,9 @@ def test_sigkill_during_saves_leaves_old_or_new_vault(path: Path) -> None:
     assert last_saved > 0
     # Temp files of killed writers are cleaned up by the next save.
     w.add("final", b"x")
-    assert sorted(p.name for p in path.parent.iterdir()) == ["vault.kls", "vault.kls.lock"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "vault.kls", "vault.kls.fingerprints", "vault.kls.lock"
+    ]
 
 
 # ------------------------------------------------------------- no leaks
@@ -873,9 +910,12 @@ def test_no_secret_in_any_repr_message_or_log(
 # --------------------------------------------------------- known answer
 
 
-def test_known_answer_vault_opens_with_expected_content() -> None:
+def test_known_answer_vault_opens_with_expected_content(tmp_path: Path) -> None:
     spec = json.loads((VECTORS / "vault_v1.json").read_text())
-    v = Vault.open(VECTORS / "vault_v1.kls", keystore=NoKeyring())
+    # A copy: unlocking writes the secrets' fingerprints beside the vault file.
+    copy = tmp_path / "vault_v1.kls"
+    copy.write_bytes((VECTORS / "vault_v1.kls").read_bytes())
+    v = Vault.open(copy, keystore=NoKeyring())
     assert v.unlock_methods == ("passphrase",)
     with pytest.raises(WrongPassphraseError):
         v.unlock(spec["passphrase"] + "!")

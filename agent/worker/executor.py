@@ -1,0 +1,219 @@
+"""The errand loop that runs in the agent process.
+
+Each step the executor asks the model for one JSON object under the schema
+:func:`agent.protocol.step_schema` builds from the tools the host offered,
+so a small model's reply always parses: either a tool call, handed to the host
+through a :class:`ToolCaller`, or a final answer. Tool results come back as
+untrusted data (see :mod:`agent.worker.prompt`). The loop stops at a final answer, the
+``finish`` tool, the step limit, the token limit, or a cancel.
+
+The executor knows nothing about pipes: the worker gives it a
+:class:`ToolCaller` that talks to the host, tests give it one that answers in
+process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from agent.errors import ErrandCancelledError
+from agent.protocol import (
+    FINISH_TOOL,
+    AgentMessage,
+    ErrandStats,
+    FinalAnswer,
+    Progress,
+    StopReason,
+    Task,
+    TokenChunk,
+    ToolRequest,
+    ToolResult,
+    step_schema,
+)
+from agent.worker.prompt import (
+    correction_message,
+    initial_messages,
+    repeat_message,
+    wrap_tool_result,
+)
+from models.errors import GenerationError, ModelError
+from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
+
+log = logging.getLogger(__name__)
+
+class ToolCaller(Protocol):
+    """Carries a tool call to the host and returns its result."""
+
+    def call(self, request: ToolRequest, cancel: CancelToken) -> ToolResult:
+        """Run ``request`` on the host side.
+
+        Raises:
+            agent.errors.ErrandCancelledError: ``cancel`` fired while waiting.
+        """
+        ...
+
+
+class Executor:
+    """Runs errands with one model.
+
+    Args:
+        model: The model that chooses each step.
+        tools: Carries tool calls to the host.
+        emit: Receives :class:`TokenChunk` and :class:`Progress` messages for the host.
+    """
+
+    def __init__(
+        self,
+        model: ChatModel,
+        tools: ToolCaller,
+        emit: Callable[[AgentMessage], None],
+    ) -> None:
+        self._model = model
+        self._tools = tools
+        self._emit = emit
+
+    def run(self, task: Task, cancel: CancelToken) -> FinalAnswer:
+        """Run one errand to its end.
+
+        Returns:
+            The final answer; its ``stats.stop_reason`` says whether the model
+            answered, or a limit or a cancel stopped it.
+
+        Raises:
+            models.errors.ModelError: The model failed.
+        """
+        limits = task.limits
+        schema = step_schema(task.tools)
+        messages: list[Message] = initial_messages(task, task.tools)
+        generated = 0
+        evaluated = 0
+        tool_calls = 0
+        last_ok_call: tuple[str, str] | None = None
+
+        def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
+            stats = ErrandStats(
+                steps=steps,
+                tool_calls=tool_calls,
+                generated_tokens=generated,
+                evaluated_tokens=evaluated,
+                stop_reason=reason,
+            )
+            return FinalAnswer(text=text, stats=stats, context=self._context())
+
+        for step in range(1, limits.max_steps + 1):
+            if cancel.cancelled:
+                return done("", "cancelled", step - 1)
+            budget = min(limits.max_tokens_per_step, limits.max_total_tokens - generated)
+            if budget <= 0:
+                return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
+            self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
+            finished = self._generate(messages, budget, schema, cancel, step)
+            generated += finished.stats.n_generated
+            evaluated += finished.stats.n_prompt_tokens
+            if cancel.cancelled or finished.stats.stop_reason == "cancelled":
+                return done("", "cancelled", step)
+            reply = finished.text.strip()
+            messages.append(Message(role="assistant", content=reply))
+            try:
+                action = _parse_action(reply)
+            except ValueError as e:
+                log.info("step %d: unusable reply: %s", step, e)
+                problem = str(e)
+                if finished.stats.stop_reason == "max_tokens":
+                    problem = f"it was cut off at {budget} tokens; keep replies short"
+                messages.append(correction_message(problem))
+                continue
+            if "final" in action:
+                return done(str(action["final"]), "final", step)
+            tool, arguments = action["tool"], action["arguments"]
+            if tool == FINISH_TOOL:
+                try:
+                    return done(_finish_text(arguments), "finish", step)
+                except ValueError as e:
+                    messages.append(correction_message(f"finish needs an answer ({e})"))
+                    continue
+            signature = (tool, json.dumps(arguments, sort_keys=True))
+            if signature == last_ok_call:
+                # Small models loop on a call that already worked; the answer is
+                # in the context, so say so instead of running it again.
+                messages.append(repeat_message(tool))
+                continue
+            tool_calls += 1
+            request = ToolRequest(call_id=f"c{step}", tool=tool, arguments=arguments)
+            try:
+                result = self._tools.call(request, cancel)
+            except ErrandCancelledError:
+                return done("", "cancelled", step)
+            last_ok_call = signature if result.ok else None
+            messages.append(
+                wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
+            )
+        return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
+
+    def _context(self) -> ContextState | None:
+        try:
+            return self._model.context_state()
+        except ModelError as e:  # the gauge is optional; the errand goes on
+            log.info("no context state: %s", e)
+            return None
+
+    def _generate(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int,
+        schema: dict[str, Any],
+        cancel: CancelToken,
+        step: int,
+    ) -> Finished:
+        for event in self._model.stream_chat(
+            messages, max_tokens=max_tokens, json_schema=schema, temperature=0.0, cancel=cancel
+        ):
+            if isinstance(event, Token):
+                if event.text:
+                    self._emit(TokenChunk(text=event.text, step=step))
+            elif isinstance(event, Finished):
+                return event
+        raise GenerationError("the model's stream ended without a final event")
+
+
+def _parse_action(reply: str) -> dict[str, Any]:
+    """Return ``{"final": str}`` or ``{"tool": str, "arguments": dict}``.
+
+    Raises:
+        ValueError: The reply is not one of those (named in the message).
+    """
+    try:
+        obj = json.loads(reply)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"it is not valid JSON ({e.msg} at character {e.pos})") from e
+    if not isinstance(obj, dict):
+        raise ValueError("it is not a JSON object")
+    if "final" in obj:
+        if not isinstance(obj["final"], str):
+            raise ValueError('"final" must be a string')
+        return {"final": obj["final"]}
+    tool, arguments = obj.get("tool"), obj.get("arguments", {})
+    if not isinstance(tool, str) or not tool:
+        raise ValueError('it has neither "final" nor a "tool" name')
+    if not isinstance(arguments, dict):
+        raise ValueError('"arguments" must be a JSON object')
+    return {"tool": tool, "arguments": arguments}
+
+
+def _finish_text(arguments: dict[str, Any]) -> str:
+    """The user-facing text of a ``finish`` call: its ``answer`` argument.
+
+    Raises:
+        ValueError: There is no string ``answer`` (the grammar makes this rare).
+    """
+    answer = arguments.get("answer")
+    if not isinstance(answer, str):
+        raise ValueError("the answer argument must be a string")
+    return answer
+
+
+def _limit_text(what: str, limit: int) -> str:
+    return f"Stopped: the errand reached its {what} limit ({limit}) without a final answer."
