@@ -82,7 +82,7 @@ def test_a_request_no_rule_decides_asks_as_net_and_runs_once_allowed(
         rig.host.close()
     assert not proxy.running  # closing the host stops the session's proxy
     [asked] = rig.prompt.asked
-    assert asked.tool == "net" and asked.effect == "network"
+    assert asked.tool == "net" and asked.effect == "egress"
     assert asked.arguments["host"] == "localhost" and asked.arguments["method"] == "GET"
     assert asked.arguments["path"] == "/hi"
     assert asked.arguments["command"].startswith("curl -sS https://localhost:")
@@ -153,7 +153,7 @@ def test_the_terminal_prompt_shows_a_net_request_and_the_command_that_asked() ->
     out = io.StringIO()
     prompt = TerminalPrompt(io.StringIO("o\n"), out)
     answer = prompt.ask(PermissionRequest(
-        tool="net", effect="network", reason="default for network requests", tainted=False,
+        tool="net", effect="egress", reason="default for egress calls", tainted=False,
         arguments={"command": "git push origin main", "host": "github.com", "method": "POST",
                    "path": "/me/repo.git/git-receive-pack", "capability": True},
         suggested_rule=PolicyRule.parse("net(github.com)", action="allow"),

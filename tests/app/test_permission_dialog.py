@@ -209,8 +209,8 @@ def test_a_net_question_names_the_request_and_the_command_that_asked(qtbot: Any)
         tool="net",
         arguments={"command": "git push origin main", "host": "github.com", "method": "POST",
                    "path": "/me/repo.git/git-receive-pack", "capability": True},
-        effect="network",
-        reason="default for network requests",
+        effect="egress",
+        reason="default for egress calls",
         tainted=False,
         suggested_rule=Rule.parse("net(github.com)", action="allow"),
     )
