@@ -11,6 +11,7 @@ machine.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tomllib
 from importlib import metadata
@@ -18,8 +19,6 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.version import Version
-
-from agent.host.egress.proxy import EgressProxy, EgressRequest, EgressVerdict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,21 +41,35 @@ def _mitmproxy_requirements() -> set[str]:
     return names
 
 
-class _Hooks:
-    def decide(self, request: EgressRequest) -> EgressVerdict:
+# In a fresh interpreter: in the suite's own process, modules other tests
+# loaded (hypothesis loads sortedcontainers) would count as the proxy's.
+_PROBE = """
+import sys
+from agent.host.egress.proxy import EgressProxy, EgressVerdict
+
+class Hooks:
+    def decide(self, request):
         return EgressVerdict(False, "test")
 
-    def record(self, kind: str, **fields: object) -> None:
+    def record(self, kind, **fields):
         return None
+
+proxy = EgressProxy(Hooks(), None, session_id="deps")
+proxy.start()
+try:
+    print("\\n".join(sorted(sys.modules)))
+finally:
+    proxy.close()
+"""
 
 
 def test_every_mitmproxy_dependency_the_proxy_loads_is_listed() -> None:
-    proxy = EgressProxy(_Hooks(), None, session_id="deps")
-    proxy.start()
-    try:
-        loaded = {name.partition(".")[0] for name in list(sys.modules)}
-    finally:
-        proxy.close()
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _PROBE], cwd=ROOT, capture_output=True, text=True,
+        check=True, timeout=60,
+    )
+    loaded = {name.partition(".")[0] for name in result.stdout.split()}
+    assert "mitmproxy" in loaded  # the probe itself worked
     owners = metadata.packages_distributions()
     used = {_canonical(dist) for top in loaded for dist in owners.get(top, [])}
     needed = used & _mitmproxy_requirements()
