@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -35,7 +35,8 @@ from agent.host.protected import request_host_code_reasons
 from agent.host.sandbox import Sandbox, stop_when
 from agent.host.supervisor import WorkerProcess
 from agent.host.tools.base import ToolContext, ToolOutput
-from agent.host.tools.registry import ALL_TOOLS, run_tool
+from agent.host.tools.net import NET_RULE
+from agent.host.tools.registry import ALL_TOOLS, RULE_KINDS, run_tool
 from agent.protocol import (
     ToolRequest,
     ToolResult,
@@ -43,6 +44,10 @@ from agent.protocol import (
 from memory.errors import MemoryErrorBase
 from models.interface import CancelToken
 from vault.errors import VaultError
+
+if TYPE_CHECKING:
+    from agent.host.egress.proxy import EgressProxy
+    from agent.host.egress.settings import EgressSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class ToolDispatch(ResultDelivery):
     _cancel: CancelToken
     _proc: WorkerProcess | None
     _mcp: McpHub | None
+    _egress_settings: EgressSettings | None
+    _egress: EgressProxy | None
 
     def _handle_tool(self, req: ToolRequest) -> tuple[ToolResult, ToolCallRecord]:
         args_text = self._redact(json.dumps(req.arguments, sort_keys=True))[0]
@@ -212,6 +219,7 @@ class ToolDispatch(ResultDelivery):
             hidden_paths=tuple(self._hidden),
             tainted=self.tainted,
             may_read=self._policy.read_filter(),
+            egress=self._egress_for(req.tool),  # Egress proxy
         )
         proc = self._proc
         try:
@@ -226,6 +234,60 @@ class ToolDispatch(ResultDelivery):
             # protocol error): that is outside data, like a response body.
             untrusted = ALL_TOOLS[req.tool].effect == "network"
             return ToolOutput(content=f"error: {e}", untrusted=untrusted), False
+
+    # ----------------------------------------------------------------- egress proxy (begin)
+
+    def _egress_for(self, tool: str) -> EgressProxy | None:
+        """The session's egress proxy for a sandboxed ``shell`` call, started on first use.
+
+        Raises:
+            SandboxError: The proxy did not start (the call fails with the reason).
+        """
+        settings = self._egress_settings
+        if settings is None or tool != "shell" or not self._sandbox.available:
+            return None
+        if self._egress is None:
+            from agent.host.egress.hooks import PolicyEgressHooks  # noqa: PLC0415 (mitmproxy on demand)
+            from agent.host.egress.proxy import EgressProxy  # noqa: PLC0415
+
+            hooks = PolicyEgressHooks(
+                self._policy, ask=self._ask_net, record=self._record, tainted=lambda: self.tainted
+            )
+            # The broker redeems handles and redacts; one without those methods
+            # (a test double) means no capability can be used through the proxy.
+            broker = self._broker if hasattr(self._broker, "redeem_egress") else None
+            proxy = EgressProxy(
+                hooks,
+                broker,  # type: ignore[arg-type]  # checked just above
+                session_id=self.session_id,
+                pinned_hosts=settings.pinned_hosts,
+                local_hosts=settings.local_hosts,
+                upstream_ca=settings.upstream_ca,
+                resolver=settings.resolver,
+            )
+            proxy.start()
+            self._egress = proxy
+            self._record("egress_started", details={"pinned": list(settings.pinned_hosts)})
+        return self._egress
+
+    def _ask_net(self, call: ToolCallRequest, decision: Decision) -> bool:
+        """Ask the user about one proxied request (on a proxy thread), as a ``net`` call.
+
+        "Session" and "always" add the suggested ``net(host)`` rule, as for a
+        tool call. A cancelled errand asks nothing and refuses.
+        """
+        if self._cancel.cancelled:
+            return False
+        effect = RULE_KINDS[NET_RULE].effect
+        answer = self._ask(call, effect, decision, dict(call.arguments))
+        return answer.choice != "deny"
+
+    def _close_egress(self) -> None:
+        proxy, self._egress = self._egress, None
+        if proxy is not None:
+            proxy.close()
+
+    # ----------------------------------------------------------------- egress proxy (end)
 
     def _check_agent(self) -> None:
         """Raise when the agent process died during a tool call or a prompt.

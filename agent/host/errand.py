@@ -42,6 +42,7 @@ from agent.errors import (
 )
 from agent.host.delivery import redaction_message
 from agent.host.dispatch import ToolDispatch
+from agent.host.egress.settings import EgressSettings
 from agent.host.events import AgentEvent, AgentListener, ErrandResult, ToolCallRecord
 from agent.host.mcpserver.hub import McpHub
 from agent.host.permission import PermissionPrompt, RuleSaver
@@ -126,6 +127,9 @@ class AgentHost(ToolDispatch, ModelRelay):
             input before it counts as hung.
         mcp: The MCP servers whose approved tools are offered too (started,
             or restarted when down, at each errand), or None.
+        egress: Give sandboxed shell commands the network through the
+            session's egress proxy (started on the first shell call, stopped
+            by :meth:`close`), built with these settings; None: no network.
     """
 
     def __init__(
@@ -155,6 +159,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         cancel_grace: float = CANCEL_GRACE_S,
         write_timeout: float = WRITE_TIMEOUT_S,
         mcp: McpHub | None = None,
+        egress: EgressSettings | None = None,
     ) -> None:
         self._mcp = mcp
         self._spec = model_spec
@@ -188,6 +193,10 @@ class AgentHost(ToolDispatch, ModelRelay):
         self._redaction_failed: RedactionError | None = None
         self.tainted = False
         self.os_isolation = False
+        # Egress proxy (begin): one per session, started by the first shell call.
+        self._egress_settings = egress
+        self._egress = None
+        # Egress proxy (end)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -256,8 +265,9 @@ class AgentHost(ToolDispatch, ModelRelay):
         )
 
     def close(self) -> None:
-        """Stop the agent process (politely, then by force), the relayed model and MCP servers."""
+        """Stop the agent process (politely, then by force), egress proxy, relay and MCP."""
         self._stop_worker()
+        self._close_egress()  # Egress proxy
         if self._mcp is not None:
             self._mcp.close()
         if self._relay_model is not None:

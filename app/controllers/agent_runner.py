@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.host.tools.net import NET_RULE
 from app.controllers.errand_controller import (
     ErrandEvents,
     ErrandRunner,
@@ -62,6 +63,10 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
         why = "no_rule"
     effect = getattr(request, "effect", "")
     parts = [f"Effect: {effect}." if effect else "", f"Policy: {reason}." if reason else ""]
+    if str(request.tool) == NET_RULE:  # a sandboxed command's request through the egress proxy
+        args = request.arguments
+        parts.insert(0, f"Network request {args.get('method', '?')} {args.get('host', '?')}"
+                        f"{args.get('path', '')} — asked by: {args.get('command', '?')}.")
     detail = " ".join(p for p in parts if p)
     suggested = getattr(request, "suggested_rule", None)
     return PermissionQuestion(
