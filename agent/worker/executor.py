@@ -31,7 +31,6 @@ from agent.protocol import (
     TokenChunk,
     ToolRequest,
     ToolResult,
-    step_schema,
 )
 from agent.worker.prompt import (
     correction_message,
@@ -39,6 +38,7 @@ from agent.worker.prompt import (
     repeat_message,
     wrap_tool_result,
 )
+from agent.worker.repeats import RepeatGuard
 from models.errors import GenerationError, ModelError
 from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
 
@@ -86,12 +86,12 @@ class Executor:
             models.errors.ModelError: The model failed.
         """
         limits = task.limits
-        schema = step_schema(task.tools)
+        # Each step's grammar leaves out the calls made since the last write.
+        repeats = RepeatGuard(task.tools)
         messages: list[Message] = initial_messages(task, task.tools)
         generated = 0
         evaluated = 0
         tool_calls = 0
-        last_ok_call: tuple[str, str] | None = None
 
         def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
             stats = ErrandStats(
@@ -110,6 +110,7 @@ class Executor:
             if budget <= 0:
                 return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
             self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
+            schema = repeats.step_schema()
             finished = self._generate(messages, budget, schema, cancel, step)
             generated += finished.stats.n_generated
             evaluated += finished.stats.n_prompt_tokens
@@ -135,10 +136,9 @@ class Executor:
                 except ValueError as e:
                     messages.append(correction_message(f"finish needs an answer ({e})"))
                     continue
-            signature = (tool, json.dumps(arguments, sort_keys=True))
-            if signature == last_ok_call:
-                # Small models loop on a call that already worked; the answer is
-                # in the context, so say so instead of running it again.
+            if repeats.is_repeat(tool, arguments):
+                # Only a model without grammar (a remote one) gets here: the
+                # result is already in the context, so say so instead of running it.
                 messages.append(repeat_message(tool))
                 continue
             tool_calls += 1
@@ -147,9 +147,12 @@ class Executor:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:
                 return done("", "cancelled", step)
-            last_ok_call = signature if result.ok else None
+            if result.ok:  # a failed call may be retried (the host may have been busy)
+                repeats.record(tool, arguments)
             messages.append(
-                wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
+                wrap_tool_result(
+                    tool, result, max_chars=limits.max_result_chars, reminder=task.task
+                )
             )
         return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
 

@@ -1,0 +1,148 @@
+"""Keep a model from repeating a tool call whose result it already has.
+
+Small models loop: they call ``list_dir(".")``, then the same call again
+until the step limit, and no message in the context talks them out of it. The
+cure is in the grammar: :class:`RepeatGuard` remembers the calls made since
+the last one that could change anything (a tool not offered as read-only),
+and :meth:`RepeatGuard.step_schema` builds the next step's schema so those
+exact calls cannot be produced.
+
+llama.cpp's JSON-schema grammar has no ``not``, so the exclusion is written
+with what it has: a tool's *main argument* (its first required string, else
+its first string with a default, such as ``list_dir``'s ``path``) is made
+required and given a ``pattern`` that matches every string but the values
+already used (:func:`excluding_pattern`). That is stricter than "this exact
+call": ``read_file`` of the same path with another ``start_line`` is excluded
+too until something is written. A tool without a string argument is left out
+of the step instead. Calls are compared with the schema's defaults filled in,
+so ``list_dir({})`` and ``list_dir({"path": "."})`` are one call.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agent.protocol import FINISH_TOOL, ToolOffer, step_schema
+
+_JSON_SPECIAL = '"\\'
+"""Characters a pattern-constrained value never contains (they would need JSON escapes)."""
+
+
+def main_argument(parameters: Mapping[str, Any]) -> str | None:
+    """The argument whose value tells one call of a tool from another, or None.
+
+    The first required string property, else the first string property with a
+    default.
+    """
+    properties: Mapping[str, Any] = parameters.get("properties", {})
+    required = parameters.get("required", ())
+    strings = [
+        name for name, prop in properties.items()
+        if prop.get("type") == "string" and "enum" not in prop
+    ]  # fmt: skip
+    for name in strings:
+        if name in required:
+            return name
+    return next((name for name in strings if "default" in properties[name]), None)
+
+
+def canonical_call(offer: ToolOffer | None, arguments: Mapping[str, Any]) -> str:
+    """The call as canonical JSON, with the schema's defaults filled in."""
+    full: dict[str, Any] = {}
+    if offer is not None:
+        for name, prop in offer.parameters.get("properties", {}).items():
+            if "default" in prop:
+                full[name] = prop["default"]
+    full.update(arguments)
+    return json.dumps(full, sort_keys=True)
+
+
+def excluding_pattern(values: Sequence[str]) -> str:
+    """A regular expression matching every string free of quotes and backslashes but ``values``.
+
+    Written for llama.cpp's pattern-to-grammar converter: anchors, groups,
+    ``?``, ``*`` and character classes only (no lookahead, no ``.``, and
+    every literal character inside a class, where GBNF accepts it).
+    """
+    return "^" + _node(set(values)) + "$"
+
+
+def _char_class(chars: set[str], *, negate: bool = False) -> str:
+    body = "".join("\\" + c if c in "]\\^-[" else c for c in sorted(chars))
+    return "[" + ("^" if negate else "") + body + "]"
+
+
+def _node(suffixes: set[str]) -> str:
+    """The strings that differ from every one of ``suffixes`` (a trie, walked)."""
+    firsts = {s[0] for s in suffixes if s}
+    anything = _char_class(set(_JSON_SPECIAL), negate=True) + "*"
+    alternatives = [_char_class(set(_JSON_SPECIAL) | firsts, negate=True) + anything]
+    for c in sorted(firsts):
+        alternatives.append(_char_class({c}) + _node({s[1:] for s in suffixes if s and s[0] == c}))
+    group = "(" + "|".join(alternatives) + ")"
+    # The empty rest is allowed unless it would complete one of the values.
+    return group if "" in suffixes else group + "?"
+
+
+class RepeatGuard:
+    """Remembers the calls of one errand and excludes repeats from the next step.
+
+    Args:
+        offers: The tools offered in the errand (``read_only`` says which
+            calls leave the workspace as it was).
+    """
+
+    def __init__(self, offers: Sequence[ToolOffer]) -> None:
+        self._offers = list(offers)
+        self._by_name = {offer.name: offer for offer in self._offers}
+        self._done: dict[str, list[dict[str, Any]]] = {}
+        self._signatures: set[tuple[str, str]] = set()
+
+    def is_repeat(self, tool: str, arguments: Mapping[str, Any]) -> bool:
+        """Whether this call was made since the last write (it would tell nothing new)."""
+        return (tool, canonical_call(self._by_name.get(tool), arguments)) in self._signatures
+
+    def record(self, tool: str, arguments: Mapping[str, Any]) -> None:
+        """Note a call that reached the host.
+
+        A read-only call joins the calls not to repeat; any other call may
+        have changed what a read would show, so it starts the list afresh,
+        with itself as the one call not to repeat.
+        """
+        offer = self._by_name.get(tool)
+        if offer is None or not offer.read_only:
+            self._done.clear()
+            self._signatures.clear()
+        self._done.setdefault(tool, []).append(dict(arguments))
+        self._signatures.add((tool, canonical_call(offer, arguments)))
+
+    def step_schema(self) -> dict[str, Any]:
+        """The next step's schema: :func:`agent.protocol.step_schema` without the repeats."""
+        offers = []
+        for offer in self._offers:
+            calls = self._done.get(offer.name)
+            if not calls or offer.name == FINISH_TOOL:
+                offers.append(offer)
+                continue
+            narrowed = _narrowed(offer, calls)
+            if narrowed is not None:
+                offers.append(narrowed)
+        return step_schema(offers)
+
+
+def _narrowed(offer: ToolOffer, calls: Sequence[Mapping[str, Any]]) -> ToolOffer | None:
+    """``offer`` with its main argument kept from the values of ``calls``; None to drop it."""
+    main = main_argument(offer.parameters)
+    if main is None:
+        return None
+    prop = offer.parameters["properties"][main]
+    used = sorted({str(call.get(main, prop.get("default", ""))) for call in calls})
+    parameters = copy.deepcopy(offer.parameters)
+    narrowed_prop = parameters["properties"][main]
+    narrowed_prop.pop("default", None)
+    narrowed_prop["pattern"] = excluding_pattern(used)
+    parameters["required"] = sorted({*parameters.get("required", ()), main})
+    return offer.model_copy(update={"parameters": parameters})

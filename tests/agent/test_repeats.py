@@ -1,0 +1,112 @@
+"""The repeat guard: a call made since the last write cannot be produced again."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from agent.host.tools.registry import default_tools, offers
+from agent.worker.repeats import RepeatGuard, canonical_call, excluding_pattern, main_argument
+
+OFFERS = offers(default_tools())
+BY_NAME = {offer.name: offer for offer in OFFERS}
+
+
+def options(schema: dict) -> dict[str, dict]:
+    return {
+        o["properties"]["tool"]["const"]: o["properties"]["arguments"]
+        for o in schema["anyOf"]
+        if "tool" in o["properties"]
+    }
+
+
+@pytest.mark.parametrize(
+    "values", [["."], [".", "./"], ["calc.py", "a]b\\c-^"], ["src/a.py", "src/b.py", "src"]]
+)
+def test_excluding_pattern_matches_all_but_the_values(values: list[str]) -> None:
+    pattern = re.compile(excluding_pattern(values))
+    for value in values:
+        if '"' not in value and "\\" not in value:
+            assert pattern.fullmatch(value) is None, value
+    for other in ["", "x", "calc.py2", "ca", ".git", "src/", "src/c.py", "./x", "a]b"]:
+        if other not in values:
+            assert pattern.fullmatch(other), other
+
+
+def test_main_argument_is_the_first_required_string_else_a_defaulted_one() -> None:
+    assert main_argument(BY_NAME["list_dir"].parameters) == "path"
+    assert main_argument(BY_NAME["read_file"].parameters) == "path"
+    assert main_argument(BY_NAME["search_files"].parameters) == "query"
+    assert main_argument(BY_NAME["shell"].parameters) == "command"
+
+
+def test_defaults_make_calls_equal() -> None:
+    offer = BY_NAME["list_dir"]
+    assert canonical_call(offer, {}) == canonical_call(offer, {"path": "."})
+
+
+def test_read_calls_accumulate_and_a_write_starts_afresh() -> None:
+    guard = RepeatGuard(OFFERS)
+    guard.record("list_dir", {"path": "."})
+    guard.record("read_file", {"path": "calc.py"})
+    assert guard.is_repeat("list_dir", {})
+    assert guard.is_repeat("read_file", {"path": "calc.py"})
+    assert not guard.is_repeat("read_file", {"path": "other.py"})
+    guard.record("write_file", {"path": "calc.py", "content": "x"})
+    assert not guard.is_repeat("read_file", {"path": "calc.py"})
+    # Writing the very same content again would change nothing.
+    assert guard.is_repeat("write_file", {"path": "calc.py", "content": "x"})
+
+
+def test_the_step_schema_excludes_the_used_values() -> None:
+    guard = RepeatGuard(OFFERS)
+    assert options(guard.step_schema())["list_dir"] == BY_NAME["list_dir"].parameters
+    guard.record("list_dir", {})
+    guard.record("list_dir", {"path": "src"})
+    narrowed = options(guard.step_schema())["list_dir"]
+    assert "path" in narrowed["required"]
+    pattern = re.compile(narrowed["properties"]["path"]["pattern"])
+    assert not pattern.fullmatch(".") and not pattern.fullmatch("src")
+    assert pattern.fullmatch("docs")
+    # The other tools are offered as they were.
+    assert options(guard.step_schema())["read_file"] == BY_NAME["read_file"].parameters
+
+
+def test_the_narrowed_schema_compiles_to_a_llama_grammar() -> None:
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    guard = RepeatGuard(OFFERS)
+    guard.record("list_dir", {"path": "."})
+    guard.record("read_file", {"path": "calc.py"})
+    gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(guard.step_schema()))
+    llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_embedded_model_cannot_repeat_an_excluded_call() -> None:
+    from agent.protocol import step_schema
+    from models.factory import ModelSpec, open_model
+    from models.interface import Message, complete_chat
+
+    ask = [
+        Message(role="system", content="Reply with one JSON object."),
+        Message(
+            role="user",
+            content='Reply with exactly this: {"tool": "list_dir", "arguments": {"path": "."}}',
+        ),
+    ]
+    offered = offers(["list_dir", "read_file"])
+    guard = RepeatGuard(offered)
+    guard.record("list_dir", {"path": "."})
+    model = open_model(ModelSpec(n_ctx=1024))
+    try:
+        free = complete_chat(model, ask, max_tokens=48, json_schema=step_schema(offered)).text
+        narrowed = complete_chat(model, ask, max_tokens=48, json_schema=guard.step_schema()).text
+    finally:
+        model.close()
+    # Unconstrained, the model does produce the call; excluded, it cannot.
+    assert guard.is_repeat(**json.loads(free))
+    reply = json.loads(narrowed)
+    assert "final" in reply or not guard.is_repeat(reply["tool"], reply["arguments"])
