@@ -147,8 +147,7 @@ class Executor:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:
                 return done("", "cancelled", step)
-            if result.ok:  # a failed call may be retried (the host may have been busy)
-                repeats.record(tool, arguments)
+            repeats.record(tool, arguments, ok=result.ok)
             messages.append(
                 wrap_tool_result(
                     tool, result, max_chars=limits.max_result_chars, reminder=task.task

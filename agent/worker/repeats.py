@@ -105,15 +105,20 @@ class RepeatGuard:
         """Whether this call was made since the last write (it would tell nothing new)."""
         return (tool, canonical_call(self._by_name.get(tool), arguments)) in self._signatures
 
-    def record(self, tool: str, arguments: Mapping[str, Any]) -> None:
-        """Note a call that reached the host.
+    def record(self, tool: str, arguments: Mapping[str, Any], *, ok: bool = True) -> None:
+        """Note a call that reached the host, and whether it succeeded.
 
-        A read-only call joins the calls not to repeat; any other call may
-        have changed what a read would show, so it starts the list afresh,
-        with itself as the one call not to repeat.
+        A read-only call joins the calls not to repeat, failed or not (a read
+        that failed fails again: small models retry a missing path forever).
+        Any other call may have changed what a read would show, so it starts
+        the list afresh, with itself as the one call not to repeat; one that
+        failed is left out of the list (the network or a command may do
+        better on a second try).
         """
         offer = self._by_name.get(tool)
         if offer is None or not offer.read_only:
+            if not ok:
+                return
             self._done.clear()
             self._signatures.clear()
         self._done.setdefault(tool, []).append(dict(arguments))

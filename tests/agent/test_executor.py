@@ -289,13 +289,26 @@ def test_each_tool_result_ends_with_the_task() -> None:
     assert result.rstrip().splitlines()[-2] == "Your task: what is in notes.txt?"
 
 
-def test_a_failed_call_may_be_retried() -> None:
-    same = call("read_file", path="notes.txt")
+def test_a_failed_write_may_be_retried() -> None:
+    task = Task(task="save notes", tools=offers(["write_file"]))
+    same = call("write_file", path="notes.txt", content="x")
     run = make(
         same,
         same,
         final("done"),
         answers=[ToolResult(call_id="?", ok=False, content="busy", untrusted=False)],
     )
-    execute(run, TASK)
+    execute(run, task)
     assert len(run.tools.requests) == 2
+
+
+def test_a_failed_read_is_excluded_like_a_successful_one() -> None:
+    same = call("list_dir", path="app.ini")
+    run = make(
+        same,
+        same,
+        answers=[ToolResult(call_id="?", ok=False, content="not a directory", untrusted=False)],
+    )
+    with pytest.raises(GenerationError, match="schema"):
+        execute(run, TASK)
+    assert len(run.tools.requests) == 1
