@@ -63,6 +63,9 @@ class Executor:
         model: The model that chooses each step.
         tools: Carries tool calls to the host.
         emit: Receives :class:`TokenChunk` and :class:`Progress` messages for the host.
+        closed_paths: Whether ``list_dir`` and ``read_file`` take only paths the
+            errand has seen (:class:`agent.worker.repeats.RepeatGuard`); by default
+            for a local llama.cpp model, whose small sizes need it.
     """
 
     def __init__(
@@ -70,10 +73,13 @@ class Executor:
         model: ChatModel,
         tools: ToolCaller,
         emit: Callable[[AgentMessage], None],
+        *,
+        closed_paths: bool | None = None,
     ) -> None:
         self._model = model
         self._tools = tools
         self._emit = emit
+        self._closed_paths = closed_paths
 
     def run(self, task: Task, cancel: CancelToken) -> FinalAnswer:
         """Run one errand to its end.
@@ -87,7 +93,10 @@ class Executor:
         """
         limits = task.limits
         # Each step's grammar leaves out the calls made since the last write.
-        repeats = RepeatGuard(task.tools)
+        closed = self._closed_paths
+        if closed is None:
+            closed = self._model.info.backend == "llama.cpp"
+        repeats = RepeatGuard(task.tools, closed_paths=closed)
         messages: list[Message] = initial_messages(task, task.tools)
         generated = 0
         evaluated = 0
@@ -147,7 +156,7 @@ class Executor:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:
                 return done("", "cancelled", step)
-            repeats.record(tool, arguments, ok=result.ok)
+            repeats.record(tool, arguments, ok=result.ok, content=result.content)
             messages.append(
                 wrap_tool_result(
                     tool, result, max_chars=limits.max_result_chars, reminder=task.task

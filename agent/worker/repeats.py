@@ -16,16 +16,30 @@ call": ``read_file`` of the same path with another ``start_line`` is excluded
 too until something is written. A tool without a string argument is left out
 of the step instead. Calls are compared with the schema's defaults filled in,
 so ``list_dir({})`` and ``list_dir({"path": "."})`` are one call.
+
+Excluding the exact value is not enough for the embedded 135M model: it
+drifts to the next string (``app.ini``, ``app.ini.txt``, ``app.ini.txt.txt``
+...). So the guard also keeps the paths the errand has seen (listings,
+search hits, files it wrote), and with ``closed_paths`` :data:`PATH_KINDS`
+tools take only those once the errand has looked around: ``list_dir`` a
+directory seen and not yet listed (the workspace itself after a failed first
+try), ``read_file`` a file seen once anything was listed or searched. The
+worker closes the paths for local models (the small ones need it; a listing
+costs a large one one step); scripted and remote models keep free paths.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.protocol import FINISH_TOOL, ToolOffer, step_schema
+
+PATH_KINDS = {"list_dir": "directory", "read_file": "file"}
+"""Tools whose ``path`` takes only paths the errand has seen, and which kind."""
 
 _JSON_SPECIAL = '"\\'
 """Characters a pattern-constrained value never contains (they would need JSON escapes)."""
@@ -93,19 +107,26 @@ class RepeatGuard:
     Args:
         offers: The tools offered in the errand (``read_only`` says which
             calls leave the workspace as it was).
+        closed_paths: Path arguments of :data:`PATH_KINDS` tools take only
+            the paths the errand has seen.
     """
 
-    def __init__(self, offers: Sequence[ToolOffer]) -> None:
+    def __init__(self, offers: Sequence[ToolOffer], *, closed_paths: bool = False) -> None:
+        self._closed_paths = closed_paths
         self._offers = list(offers)
         self._by_name = {offer.name: offer for offer in self._offers}
         self._done: dict[str, list[dict[str, Any]]] = {}
         self._signatures: set[tuple[str, str]] = set()
+        self._seen: dict[str, set[str]] = {"directory": {"."}, "file": set()}
+        self._looked = False  # anything listed or searched: the files seen are all there is
 
     def is_repeat(self, tool: str, arguments: Mapping[str, Any]) -> bool:
         """Whether this call was made since the last write (it would tell nothing new)."""
         return (tool, canonical_call(self._by_name.get(tool), arguments)) in self._signatures
 
-    def record(self, tool: str, arguments: Mapping[str, Any], *, ok: bool = True) -> None:
+    def record(
+        self, tool: str, arguments: Mapping[str, Any], *, ok: bool = True, content: str = ""
+    ) -> None:
         """Note a call that reached the host, and whether it succeeded.
 
         A read-only call joins the calls not to repeat, failed or not (a read
@@ -116,6 +137,8 @@ class RepeatGuard:
         better on a second try).
         """
         offer = self._by_name.get(tool)
+        if ok:
+            self._observe(tool, arguments, content)
         if offer is None or not offer.read_only:
             if not ok:
                 return
@@ -128,7 +151,14 @@ class RepeatGuard:
         """The next step's schema: :func:`agent.protocol.step_schema` without the repeats."""
         offers = []
         for offer in self._offers:
-            calls = self._done.get(offer.name)
+            calls = self._done.get(offer.name, [])
+            kind = PATH_KINDS.get(offer.name) if self._closed_paths else None
+            if kind is not None and (self._looked or (kind == "directory" and calls)):
+                used = {_norm(str(c.get("path", "."))) for c in calls}
+                choices = sorted(self._seen[kind] - used)
+                if choices:
+                    offers.append(_with_choices(offer, "path", choices))
+                continue
             if not calls or offer.name == FINISH_TOOL:
                 offers.append(offer)
                 continue
@@ -136,6 +166,55 @@ class RepeatGuard:
             if narrowed is not None:
                 offers.append(narrowed)
         return step_schema(offers)
+
+    def _observe(self, tool: str, arguments: Mapping[str, Any], content: str) -> None:
+        """Learn the paths a successful call showed or made."""
+        if tool == "list_dir":
+            self._looked = True
+            base = _norm(str(arguments.get("path", ".")))
+            for line in content.splitlines()[1:]:
+                if line.startswith("["):
+                    continue
+                name, _, rest = line.partition("  ")
+                if " -> " in name:
+                    continue  # a symlink: not followed
+                if name.endswith("/") or (not rest and "/ (" in line):
+                    self._seen["directory"].add(_join(base, name.split("/")[0]))
+                elif rest:
+                    self._seen["file"].add(_join(base, name))
+        elif tool == "search_files":
+            self._looked = True
+            for line in content.splitlines():
+                path, sep, _ = line.partition(":")
+                if sep and not line.startswith("["):
+                    self._add_file(_norm(path))
+        elif tool in ("write_file", "edit_file") and isinstance(arguments.get("path"), str):
+            self._add_file(_norm(arguments["path"]))
+
+    def _add_file(self, path: str) -> None:
+        self._seen["file"].add(path)
+        parent = posixpath.dirname(path)
+        while parent:
+            self._seen["directory"].add(parent)
+            parent = posixpath.dirname(parent)
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath(path.strip() or ".")
+
+
+def _join(base: str, name: str) -> str:
+    return name if base == "." else _norm(posixpath.join(base, name))
+
+
+def _with_choices(offer: ToolOffer, argument: str, choices: Sequence[str]) -> ToolOffer:
+    """``offer`` whose ``argument`` is required and one of ``choices``."""
+    parameters = copy.deepcopy(offer.parameters)
+    prop = parameters["properties"][argument]
+    prop.pop("default", None)
+    prop["enum"] = list(choices)
+    parameters["required"] = sorted({*parameters.get("required", ()), argument})
+    return offer.model_copy(update={"parameters": parameters})
 
 
 def _narrowed(offer: ToolOffer, calls: Sequence[Mapping[str, Any]]) -> ToolOffer | None:

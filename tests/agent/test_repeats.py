@@ -110,3 +110,32 @@ def test_the_embedded_model_cannot_repeat_an_excluded_call() -> None:
     assert guard.is_repeat(**json.loads(free))
     reply = json.loads(narrowed)
     assert "final" in reply or not guard.is_repeat(reply["tool"], reply["arguments"])
+
+
+LISTING = "workspace: 4 entries\nsrc/\nVERSION  7 bytes\nlink -> (symlink)\nREADME.md  20 bytes"
+
+
+def test_closed_paths_take_only_what_the_errand_has_seen() -> None:
+    guard = RepeatGuard(OFFERS, closed_paths=True)
+    # Before anything is listed, paths are free.
+    assert "enum" not in options(guard.step_schema())["read_file"]["properties"]["path"]
+    guard.record("list_dir", {"path": "app.ini"}, ok=False, content="not a directory")
+    assert options(guard.step_schema())["list_dir"]["properties"]["path"]["enum"] == ["."]
+    guard.record("list_dir", {"path": "."}, content=LISTING)
+    step = options(guard.step_schema())
+    assert step["list_dir"]["properties"]["path"]["enum"] == ["src"]
+    assert step["read_file"]["properties"]["path"]["enum"] == ["README.md", "VERSION"]
+    guard.record("list_dir", {"path": "src"}, content="src: 1 entries\nmain.py  3 bytes")
+    guard.record("read_file", {"path": "VERSION"}, content="3.1\n")
+    step = options(guard.step_schema())
+    assert "list_dir" not in step  # every directory seen is listed
+    assert step["read_file"]["properties"]["path"]["enum"] == ["README.md", "src/main.py"]
+
+
+def test_search_hits_and_written_files_are_seen() -> None:
+    guard = RepeatGuard(OFFERS, closed_paths=True)
+    guard.record("search_files", {"query": "TODO"}, content="docs/a.md:3: TODO x\nb.py:1: TODO")
+    guard.record("write_file", {"path": "out/c.txt", "content": "x"})
+    step = options(guard.step_schema())
+    assert step["read_file"]["properties"]["path"]["enum"] == ["b.py", "docs/a.md", "out/c.txt"]
+    assert step["list_dir"]["properties"]["path"]["enum"] == [".", "docs", "out"]
