@@ -38,7 +38,7 @@ from agent.worker.prompt import (
     repeat_message,
     wrap_tool_result,
 )
-from agent.worker.repeats import RepeatGuard
+from agent.worker.repeats import RepeatGuard, is_question
 from models.errors import GenerationError, ModelError
 from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
 
@@ -96,7 +96,11 @@ class Executor:
         closed = self._closed_paths
         if closed is None:
             closed = self._model.info.backend == "llama.cpp"
-        repeats = RepeatGuard(task.tools, closed_paths=closed)
+        # A small model writes the answer to a question into a file: with closed
+        # paths, a question gets the read tools only, and the answer once they run out.
+        repeats = RepeatGuard(
+            task.tools, closed_paths=closed, answer_only=closed and is_question(task.task)
+        )
         messages: list[Message] = initial_messages(task, task.tools)
         generated = 0
         evaluated = 0

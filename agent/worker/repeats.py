@@ -26,6 +26,12 @@ directory seen and not yet listed (the workspace itself after a failed first
 try), ``read_file`` a file seen once anything was listed or searched. The
 worker closes the paths for local models (the small ones need it; a listing
 costs a large one one step); scripted and remote models keep free paths.
+
+The same small model, once it has read the answer to a question, writes it
+into a file instead of answering. A task that reads as a question
+(:func:`is_question`) is therefore offered only the read-only tools (with
+closed paths): when there is nothing new left to read, the grammar leaves
+only the answer.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +50,18 @@ PATH_KINDS = {"list_dir": "directory", "read_file": "file"}
 
 _JSON_SPECIAL = '"\\'
 """Characters a pattern-constrained value never contains (they would need JSON escapes)."""
+
+
+_CHANGE_WORDS = re.compile(
+    r"\b(fix|change|edit|write|create|add|remove|delete|rename|update|set|save|replace|make|"
+    r"run|move|copy|install|commit|send|post|fetch|call|remember|forget)\b",
+    re.IGNORECASE,
+)
+
+
+def is_question(task: str) -> bool:
+    """Whether ``task`` asks only for an answer: it ends with "?" and names no change."""
+    return task.rstrip().endswith("?") and _CHANGE_WORDS.search(task) is None
 
 
 def main_argument(parameters: Mapping[str, Any]) -> str | None:
@@ -109,10 +128,20 @@ class RepeatGuard:
             calls leave the workspace as it was).
         closed_paths: Path arguments of :data:`PATH_KINDS` tools take only
             the paths the errand has seen.
+        answer_only: Offer only the read-only tools (and ``finish``): the
+            task asks a question.
     """
 
-    def __init__(self, offers: Sequence[ToolOffer], *, closed_paths: bool = False) -> None:
+    def __init__(
+        self,
+        offers: Sequence[ToolOffer],
+        *,
+        closed_paths: bool = False,
+        answer_only: bool = False,
+    ) -> None:
         self._closed_paths = closed_paths
+        if answer_only:
+            offers = [o for o in offers if o.read_only or o.name == FINISH_TOOL]
         self._offers = list(offers)
         self._by_name = {offer.name: offer for offer in self._offers}
         self._done: dict[str, list[dict[str, Any]]] = {}
@@ -129,19 +158,15 @@ class RepeatGuard:
     ) -> None:
         """Note a call that reached the host, and whether it succeeded.
 
-        A read-only call joins the calls not to repeat, failed or not (a read
-        that failed fails again: small models retry a missing path forever).
-        Any other call may have changed what a read would show, so it starts
-        the list afresh, with itself as the one call not to repeat; one that
-        failed is left out of the list (the network or a command may do
-        better on a second try).
+        A read-only call joins the calls not to repeat. Any other call may
+        have changed what a read would show, so it starts the list afresh,
+        with itself as the one call not to repeat. Failed calls count too: the
+        embedded model retried a failing edit, word for word, to the step limit.
         """
         offer = self._by_name.get(tool)
         if ok:
             self._observe(tool, arguments, content)
         if offer is None or not offer.read_only:
-            if not ok:
-                return
             self._done.clear()
             self._signatures.clear()
         self._done.setdefault(tool, []).append(dict(arguments))

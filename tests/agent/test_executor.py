@@ -289,17 +289,17 @@ def test_each_tool_result_ends_with_the_task() -> None:
     assert result.rstrip().splitlines()[-2] == "Your task: what is in notes.txt?"
 
 
-def test_a_failed_write_may_be_retried() -> None:
+def test_a_failed_write_is_not_repeated_word_for_word() -> None:
     task = Task(task="save notes", tools=offers(["write_file"]))
     same = call("write_file", path="notes.txt", content="x")
     run = make(
         same,
         same,
-        final("done"),
         answers=[ToolResult(call_id="?", ok=False, content="busy", untrusted=False)],
     )
-    execute(run, task)
-    assert len(run.tools.requests) == 2
+    with pytest.raises(GenerationError, match="schema"):
+        execute(run, task)
+    assert len(run.tools.requests) == 1
 
 
 def test_a_failed_read_is_excluded_like_a_successful_one() -> None:

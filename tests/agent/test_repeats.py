@@ -139,3 +139,30 @@ def test_search_hits_and_written_files_are_seen() -> None:
     step = options(guard.step_schema())
     assert step["read_file"]["properties"]["path"]["enum"] == ["b.py", "docs/a.md", "out/c.txt"]
     assert step["list_dir"]["properties"]["path"]["enum"] == [".", "docs", "out"]
+
+
+@pytest.mark.parametrize(
+    ("task", "question"),
+    [
+        ("What version number is written in the file VERSION?", True),
+        ("How many items are on the list in todo.md?", True),
+        ("Can you fix the bug in calc.py?", False),
+        ("List the names of the .txt files in the workspace.", False),
+        ("Could you call the status API and tell me the status?", False),
+    ],
+)
+def test_a_question_is_a_task_that_asks_and_changes_nothing(task: str, question: bool) -> None:
+    from agent.worker.repeats import is_question
+
+    assert is_question(task) is question
+
+
+def test_a_question_is_answered_from_reads_and_then_only_the_answer_is_left() -> None:
+    guard = RepeatGuard(offers(["list_dir", "read_file", "write_file"]), closed_paths=True,
+                        answer_only=True)  # fmt: skip
+    assert set(options(guard.step_schema())) == {"list_dir", "read_file", "finish"}
+    guard.record("list_dir", {"path": "."}, content="ws: 1 entries\nVERSION  7 bytes")
+    guard.record("read_file", {"path": "VERSION"}, content="3.14.2\n")
+    schema = guard.step_schema()
+    assert set(options(schema)) == {"finish"}
+    assert any("final" in o["properties"] for o in schema["anyOf"])
