@@ -31,7 +31,10 @@ The same small model, once it has read the answer to a question, writes it
 into a file instead of answering. A task that reads as a question
 (:func:`is_question`) is therefore offered only the read-only tools (with
 closed paths): when there is nothing new left to read, the grammar leaves
-only the answer.
+only the answer. Free-text arguments drift the same way (``search_files``
+for ``list_dir``, ``list_dir_2``, ``list_dir_2_2`` ...): with closed paths,
+a tool other than those is left out of the step after :data:`RUN_CAP` calls
+in a row.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ from agent.protocol import FINISH_TOOL, ToolOffer, step_schema
 
 PATH_KINDS = {"list_dir": "directory", "read_file": "file"}
 """Tools whose ``path`` takes only paths the errand has seen, and which kind."""
+
+RUN_CAP = 2
+"""With closed paths, calls in a row of one free-text tool before it sits out a step."""
 
 _JSON_SPECIAL = '"\\'
 """Characters a pattern-constrained value never contains (they would need JSON escapes)."""
@@ -148,6 +154,7 @@ class RepeatGuard:
         self._signatures: set[tuple[str, str]] = set()
         self._seen: dict[str, set[str]] = {"directory": {"."}, "file": set()}
         self._looked = False  # anything listed or searched: the files seen are all there is
+        self._run: tuple[str, int] = ("", 0)  # the last tool called and how many times in a row
 
     def is_repeat(self, tool: str, arguments: Mapping[str, Any]) -> bool:
         """Whether this call was made since the last write (it would tell nothing new)."""
@@ -164,6 +171,8 @@ class RepeatGuard:
         embedded model retried a failing edit, word for word, to the step limit.
         """
         offer = self._by_name.get(tool)
+        last, count = self._run
+        self._run = (tool, count + 1 if tool == last else 1)
         if ok:
             self._observe(tool, arguments, content)
         if offer is None or not offer.read_only:
@@ -184,7 +193,12 @@ class RepeatGuard:
                 if choices:
                     offers.append(_with_choices(offer, "path", choices))
                 continue
-            if not calls or offer.name == FINISH_TOOL:
+            if offer.name == FINISH_TOOL:
+                offers.append(offer)
+                continue
+            if self._closed_paths and self._run == (offer.name, RUN_CAP):
+                continue
+            if not calls:
                 offers.append(offer)
                 continue
             narrowed = _narrowed(offer, calls)

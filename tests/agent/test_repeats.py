@@ -166,3 +166,18 @@ def test_a_question_is_answered_from_reads_and_then_only_the_answer_is_left() ->
     schema = guard.step_schema()
     assert set(options(schema)) == {"finish"}
     assert any("final" in o["properties"] for o in schema["anyOf"])
+
+
+def test_with_closed_paths_a_free_text_tool_sits_out_a_step_after_a_run() -> None:
+    guard = RepeatGuard(OFFERS, closed_paths=True)
+    guard.record("search_files", {"query": "list_dir"}, content="no match")
+    assert "search_files" in options(guard.step_schema())
+    guard.record("search_files", {"query": "list_dir_2"}, content="no match")
+    assert "search_files" not in options(guard.step_schema())
+    guard.record("list_dir", {"path": "."}, content="ws: 0 entries")
+    assert "search_files" in options(guard.step_schema())
+    # Free paths (a scripted or remote model): no cap.
+    free = RepeatGuard(OFFERS)
+    free.record("search_files", {"query": "a"})
+    free.record("search_files", {"query": "b"})
+    assert "search_files" in options(free.step_schema())
