@@ -32,9 +32,9 @@ into a file instead of answering. A task that reads as a question
 (:func:`is_question`) is therefore offered only the read-only tools (with
 closed paths): when there is nothing new left to read, the grammar leaves
 only the answer. Free-text arguments drift the same way (``search_files``
-for ``list_dir``, ``list_dir_2``, ``list_dir_2_2`` ...): with closed paths,
-a tool other than those is left out of the step after :data:`RUN_CAP` calls
-in a row.
+for ``list_dir``, ``list_dir_2``, ``list_dir_2_2`` ...): with closed paths, a
+tool other than those is offered at most :data:`RUN_CAP` times until the next
+write, and a question gets none of them once a file has been read.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ PATH_KINDS = {"list_dir": "directory", "read_file": "file"}
 """Tools whose ``path`` takes only paths the errand has seen, and which kind."""
 
 RUN_CAP = 2
-"""With closed paths, calls in a row of one free-text tool before it sits out a step."""
+"""With closed paths, calls of one free-text tool allowed until the next write."""
 
 _JSON_SPECIAL = '"\\'
 """Characters a pattern-constrained value never contains (they would need JSON escapes)."""
@@ -154,7 +154,8 @@ class RepeatGuard:
         self._signatures: set[tuple[str, str]] = set()
         self._seen: dict[str, set[str]] = {"directory": {"."}, "file": set()}
         self._looked = False  # anything listed or searched: the files seen are all there is
-        self._run: tuple[str, int] = ("", 0)  # the last tool called and how many times in a row
+        self._answer_only = answer_only
+        self._read_a_file = False
 
     def is_repeat(self, tool: str, arguments: Mapping[str, Any]) -> bool:
         """Whether this call was made since the last write (it would tell nothing new)."""
@@ -171,8 +172,6 @@ class RepeatGuard:
         embedded model retried a failing edit, word for word, to the step limit.
         """
         offer = self._by_name.get(tool)
-        last, count = self._run
-        self._run = (tool, count + 1 if tool == last else 1)
         if ok:
             self._observe(tool, arguments, content)
         if offer is None or not offer.read_only:
@@ -196,7 +195,9 @@ class RepeatGuard:
             if offer.name == FINISH_TOOL:
                 offers.append(offer)
                 continue
-            if self._closed_paths and self._run == (offer.name, RUN_CAP):
+            if self._closed_paths and (
+                len(calls) >= RUN_CAP or (self._answer_only and self._read_a_file)
+            ):
                 continue
             if not calls:
                 offers.append(offer)
@@ -221,6 +222,8 @@ class RepeatGuard:
                     self._seen["directory"].add(_join(base, name.split("/")[0]))
                 elif rest:
                     self._seen["file"].add(_join(base, name))
+        elif tool == "read_file":
+            self._read_a_file = True
         elif tool == "search_files":
             self._looked = True
             for line in content.splitlines():

@@ -168,16 +168,25 @@ def test_a_question_is_answered_from_reads_and_then_only_the_answer_is_left() ->
     assert any("final" in o["properties"] for o in schema["anyOf"])
 
 
-def test_with_closed_paths_a_free_text_tool_sits_out_a_step_after_a_run() -> None:
+def test_with_closed_paths_a_free_text_tool_is_offered_twice_until_a_write() -> None:
     guard = RepeatGuard(OFFERS, closed_paths=True)
     guard.record("search_files", {"query": "list_dir"}, content="no match")
     assert "search_files" in options(guard.step_schema())
     guard.record("search_files", {"query": "list_dir_2"}, content="no match")
-    assert "search_files" not in options(guard.step_schema())
     guard.record("list_dir", {"path": "."}, content="ws: 0 entries")
+    assert "search_files" not in options(guard.step_schema())
+    guard.record("write_file", {"path": "a", "content": "x"})
     assert "search_files" in options(guard.step_schema())
     # Free paths (a scripted or remote model): no cap.
     free = RepeatGuard(OFFERS)
     free.record("search_files", {"query": "a"})
     free.record("search_files", {"query": "b"})
     assert "search_files" in options(free.step_schema())
+
+
+def test_a_question_gets_no_free_text_tool_once_a_file_was_read() -> None:
+    guard = RepeatGuard(OFFERS, closed_paths=True, answer_only=True)
+    guard.record("list_dir", {"path": "."}, content="ws: 2 entries\nA  1 bytes\nB  1 bytes")
+    assert "search_files" in options(guard.step_schema())
+    guard.record("read_file", {"path": "A"}, content="a")
+    assert set(options(guard.step_schema())) == {"read_file", "finish"}
