@@ -33,6 +33,7 @@ from agent.protocol import (
     ToolResult,
 )
 from agent.worker.prompt import (
+    answer_message,
     correction_message,
     initial_messages,
     repeat_message,
@@ -124,12 +125,19 @@ class Executor:
                 return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
             self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
             schema = repeats.step_schema()
-            finished = self._generate(messages, budget, schema, cancel, step)
+            plain = repeats.only_answer_left(schema)
+            if plain:
+                # A small model writes a better answer as text than inside a JSON string.
+                messages.append(answer_message(task.task))
+            finished = self._generate(messages, budget, None if plain else schema, cancel, step)
             generated += finished.stats.n_generated
             evaluated += finished.stats.n_prompt_tokens
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":
                 return done("", "cancelled", step)
             reply = finished.text.strip()
+            if plain:
+                messages.append(Message(role="assistant", content=reply))
+                return done(_plain_answer(reply), "final", step)
             messages.append(Message(role="assistant", content=reply))
             try:
                 action = _parse_action(reply)
@@ -179,7 +187,7 @@ class Executor:
         self,
         messages: Sequence[Message],
         max_tokens: int,
-        schema: dict[str, Any],
+        schema: dict[str, Any] | None,
         cancel: CancelToken,
         step: int,
     ) -> Finished:
@@ -216,6 +224,18 @@ def _parse_action(reply: str) -> dict[str, Any]:
     if not isinstance(arguments, dict):
         raise ValueError('"arguments" must be a JSON object')
     return {"tool": tool, "arguments": arguments}
+
+
+def _plain_answer(reply: str) -> str:
+    """The answer in a plain-text reply (the model may still have written the JSON)."""
+    try:
+        action = _parse_action(reply)
+    except ValueError:
+        return reply
+    if "final" in action:
+        return str(action["final"])
+    answer = action["arguments"].get("answer") if action["tool"] == FINISH_TOOL else None
+    return answer if isinstance(answer, str) else reply
 
 
 def _finish_text(arguments: dict[str, Any]) -> str:

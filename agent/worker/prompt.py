@@ -191,6 +191,14 @@ def correction_message(problem: str) -> Message:
     )
 
 
+def answer_message(task: str) -> Message:
+    """Ask for the final answer as plain text (the grammar left nothing else to do)."""
+    return Message(
+        role="user",
+        content=f"Your task: {task}\nAnswer it now in one short sentence, from the results above.",
+    )
+
+
 def repeat_message(tool: str) -> Message:
     """Tell the model it repeated a call whose result it already has."""
     return Message(

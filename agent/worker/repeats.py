@@ -207,6 +207,14 @@ class RepeatGuard:
                 offers.append(narrowed)
         return step_schema(offers)
 
+    @staticmethod
+    def only_answer_left(schema: Mapping[str, Any]) -> bool:
+        """Whether ``schema`` (from :meth:`step_schema`) offers no tool but ``finish``."""
+        tools = {
+            o["properties"]["tool"]["const"] for o in schema["anyOf"] if "tool" in o["properties"]
+        }
+        return tools <= {FINISH_TOOL}
+
     def _observe(self, tool: str, arguments: Mapping[str, Any], content: str) -> None:
         """Learn the paths a successful call showed or made."""
         if tool == "list_dir":

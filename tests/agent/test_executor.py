@@ -312,3 +312,17 @@ def test_a_failed_read_is_excluded_like_a_successful_one() -> None:
     with pytest.raises(GenerationError, match="schema"):
         execute(run, TASK)
     assert len(run.tools.requests) == 1
+
+
+def test_when_only_the_answer_is_left_it_is_asked_for_as_text() -> None:
+    task = Task(task="What is in VERSION?", tools=offers(["list_dir", "read_file"]))
+    run = make(call("list_dir", path="."), call("read_file", path="VERSION"), "It is 3.14.2.")
+    run.tools.answers = [
+        ToolResult(call_id="?", ok=True, content="ws: 1 entries\nVERSION  7 bytes"),
+        ToolResult(call_id="?", ok=True, content="3.14.2\n"),
+    ]
+    executor = Executor(run.model, run.tools, run.emitted.append, closed_paths=True)
+    answer = executor.run(task, CancelToken())
+    stats = answer.stats
+    assert (answer.text, stats.stop_reason, stats.steps) == ("It is 3.14.2.", "final", 3)
+    assert run.model.calls[2][-1].content.startswith("Your task: What is in VERSION?\nAnswer it")
