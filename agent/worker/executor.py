@@ -33,7 +33,7 @@ from agent.protocol import (
     ToolResult,
 )
 from agent.worker.prompt import (
-    answer_message,
+    answer_messages,
     correction_message,
     initial_messages,
     repeat_message,
@@ -127,9 +127,13 @@ class Executor:
             schema = repeats.step_schema()
             plain = repeats.only_answer_left(schema)
             if plain:
-                # A small model writes a better answer as text than inside a JSON string.
-                messages.append(answer_message(task.task))
-            finished = self._generate(messages, budget, None if plain else schema, cancel, step)
+                # A small model answers as plain text from a short context (the files
+                # it read and the question) where, in the whole errand, it echoes.
+                finished = self._generate(
+                    answer_messages(task.task, repeats.files_read()), budget, None, cancel, step
+                )
+            else:
+                finished = self._generate(messages, budget, schema, cancel, step)
             generated += finished.stats.n_generated
             evaluated += finished.stats.n_prompt_tokens
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":

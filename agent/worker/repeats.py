@@ -155,7 +155,7 @@ class RepeatGuard:
         self._seen: dict[str, set[str]] = {"directory": {"."}, "file": set()}
         self._looked = False  # anything listed or searched: the files seen are all there is
         self._answer_only = answer_only
-        self._read_a_file = False
+        self._files_read: list[tuple[str, str]] = []
 
     def is_repeat(self, tool: str, arguments: Mapping[str, Any]) -> bool:
         """Whether this call was made since the last write (it would tell nothing new)."""
@@ -196,7 +196,7 @@ class RepeatGuard:
                 offers.append(offer)
                 continue
             if self._closed_paths and (
-                len(calls) >= RUN_CAP or (self._answer_only and self._read_a_file)
+                len(calls) >= RUN_CAP or (self._answer_only and self._files_read)
             ):
                 continue
             if not calls:
@@ -206,6 +206,10 @@ class RepeatGuard:
             if narrowed is not None:
                 offers.append(narrowed)
         return step_schema(offers)
+
+    def files_read(self) -> list[tuple[str, str]]:
+        """``(path, content)`` of each successful ``read_file``, oldest first."""
+        return list(self._files_read)
 
     @staticmethod
     def only_answer_left(schema: Mapping[str, Any]) -> bool:
@@ -231,7 +235,7 @@ class RepeatGuard:
                 elif rest:
                     self._seen["file"].add(_join(base, name))
         elif tool == "read_file":
-            self._read_a_file = True
+            self._files_read.append((str(arguments.get("path", "")), content))
         elif tool == "search_files":
             self._looked = True
             for line in content.splitlines():
