@@ -120,6 +120,9 @@ class AgentHost(ToolDispatch, ModelRelay):
             before it is killed (the errand then ends "cancelled").
         write_timeout: Seconds a write may wait for the agent to read its
             input before it counts as hung.
+        confidence_floor: A write, command, network or capability call whose
+            confidence is below this asks even where a rule allows it; None
+            never asks for that reason.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         hidden_paths: Sequence[Path] = (),
         cancel_grace: float = CANCEL_GRACE_S,
         write_timeout: float = WRITE_TIMEOUT_S,
+        confidence_floor: float | None = None,
     ) -> None:
         self._spec = model_spec
         self._hidden = [Path(p) for p in hidden_paths]
@@ -157,6 +161,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         self._broker = broker
         self._memory = memory
         self._policy = policy
+        self._confidence_floor = confidence_floor
         self._prompt = prompt
         self._audit = audit
         self.session_id = session_id

@@ -11,7 +11,8 @@ llama.cpp's JSON-schema grammar has no ``not``, so the exclusion is written
 with what it has: a tool's *main argument* (its first required string, else
 its first string with a default, such as ``list_dir``'s ``path``) is made
 required and given a ``pattern`` that matches every string but the values
-already used (:func:`excluding_pattern`). That is stricter than "this exact
+already used (:func:`excluding_pattern`), for read-only tools (a write's
+exact repeat is refused by the executor instead). That is stricter than "this exact
 call": ``read_file`` of the same path with another ``start_line`` is excluded
 too until something is written. A tool without a string argument is left out
 of the step instead. Calls are compared with the schema's defaults filled in,
@@ -199,7 +200,9 @@ class RepeatGuard:
                 len(calls) >= RUN_CAP or (self._answer_only and self._files_read)
             ):
                 continue
-            if not calls:
+            if not calls or not offer.read_only:
+                # A write is told apart by more than its main argument (the content):
+                # its exact repeat is caught by is_repeat, not by the grammar.
                 offers.append(offer)
                 continue
             narrowed = _narrowed(offer, calls)

@@ -60,7 +60,12 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
     else:
         why = "no_rule"
     effect = getattr(request, "effect", "")
-    parts = [f"Effect: {effect}." if effect else "", f"Policy: {reason}." if reason else ""]
+    confidence = getattr(request, "confidence", None)
+    parts = [
+        f"Effect: {effect}." if effect else "",
+        f"Policy: {reason}." if reason else "",
+        f"Model confidence: {confidence:.2f}." if confidence is not None else "",
+    ]
     detail = " ".join(p for p in parts if p)
     suggested = getattr(request, "suggested_rule", None)
     return PermissionQuestion(
