@@ -200,10 +200,12 @@ class RepeatGuard:
                 len(calls) >= RUN_CAP or (self._answer_only and self._files_read)
             ):
                 continue
-            if not calls or not offer.read_only:
-                # A write is told apart by more than its main argument (the content):
-                # its exact repeat is caught by is_repeat, not by the grammar.
+            if not calls:
                 offers.append(offer)
+                continue
+            if not offer.read_only:
+                # A write is told apart by more than its main argument (the content).
+                offers.append(_not_this_call(offer, calls[-1]))
                 continue
             narrowed = _narrowed(offer, calls)
             if narrowed is not None:
@@ -272,6 +274,36 @@ def _with_choices(offer: ToolOffer, argument: str, choices: Sequence[str]) -> To
     prop["enum"] = list(choices)
     parameters["required"] = sorted({*parameters.get("required", ()), argument})
     return offer.model_copy(update={"parameters": parameters})
+
+
+def _not_this_call(offer: ToolOffer, call: Mapping[str, Any]) -> ToolOffer:
+    """``offer`` whose arguments differ from ``call`` in at least one required string.
+
+    One alternative per required string argument, each excluding the call's
+    value by a pattern. A value with a quote, a backslash or a control
+    character cannot be written in that pattern alphabet: then the offer is
+    left as it is, and :meth:`RepeatGuard.is_repeat` refuses the exact repeat.
+    """
+    parameters = offer.parameters
+    props: Mapping[str, Any] = parameters.get("properties", {})
+    names = [
+        n for n in parameters.get("required", ())
+        if props.get(n, {}).get("type") == "string" and "enum" not in props[n]
+    ]  # fmt: skip
+    values = [call.get(n) for n in names]
+    simple = all(
+        isinstance(v, str) and not any(c in _JSON_SPECIAL or ord(c) < 0x20 for c in v)
+        for v in values
+    )
+    if not names or not simple or "$defs" in parameters:
+        return offer
+    variants = []
+    for name, value in zip(names, values, strict=True):
+        variant = copy.deepcopy(dict(parameters))
+        variant["properties"][name]["pattern"] = excluding_pattern([str(value)])
+        variants.append(variant)
+    arguments = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return offer.model_copy(update={"parameters": arguments})
 
 
 def _narrowed(offer: ToolOffer, calls: Sequence[Mapping[str, Any]]) -> ToolOffer | None:

@@ -289,15 +289,25 @@ def test_each_tool_result_ends_with_the_task() -> None:
     assert result.rstrip().splitlines()[-2] == "Your task: what is in notes.txt?"
 
 
-def test_a_failed_write_is_not_run_again_word_for_word() -> None:
+def test_the_exact_repeat_of_a_failed_write_cannot_be_produced() -> None:
     task = Task(task="save notes", tools=offers(["write_file"]))
     same = call("write_file", path="notes.txt", content="x")
     run = make(
         same,
         same,
+        answers=[ToolResult(call_id="?", ok=False, content="busy", untrusted=False)],
+    )
+    with pytest.raises(GenerationError, match="schema"):
+        execute(run, task)
+    assert len(run.tools.requests) == 1
+
+
+def test_a_write_of_new_content_to_the_same_file_is_run() -> None:
+    task = Task(task="save notes", tools=offers(["write_file"]))
+    run = make(
+        call("write_file", path="notes.txt", content="x"),
         call("write_file", path="notes.txt", content="y"),
         final("done"),
-        answers=[ToolResult(call_id="?", ok=False, content="busy", untrusted=False)],
     )
     execute(run, task)
     assert [r.arguments["content"] for r in run.tools.requests] == ["x", "y"]

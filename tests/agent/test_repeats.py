@@ -190,3 +190,21 @@ def test_a_question_gets_no_free_text_tool_once_a_file_was_read() -> None:
     assert "search_files" in options(guard.step_schema())
     guard.record("read_file", {"path": "A"}, content="a")
     assert set(options(guard.step_schema())) == {"read_file", "finish"}
+
+
+def test_the_exact_repeat_of_a_write_is_excluded_and_a_new_content_is_not() -> None:
+    import jsonschema
+
+    guard = RepeatGuard(OFFERS)
+    guard.record("write_file", {"path": "calc.py", "content": "1.0.0"})
+    schema = guard.step_schema()
+    check = jsonschema.Draft202012Validator(schema).is_valid
+    assert not check({"tool": "write_file", "arguments": {"path": "calc.py", "content": "1.0.0"}})
+    assert check({"tool": "write_file", "arguments": {"path": "calc.py", "content": "2"}})
+    assert check({"tool": "write_file", "arguments": {"path": "b.py", "content": "1.0.0"}})
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
+    # A value the pattern alphabet cannot hold leaves the write as offered.
+    guard.record("write_file", {"path": "calc.py", "content": "line\n"})
+    assert options(guard.step_schema())["write_file"] == BY_NAME["write_file"].parameters
