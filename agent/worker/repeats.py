@@ -277,31 +277,42 @@ def _with_choices(offer: ToolOffer, argument: str, choices: Sequence[str]) -> To
 
 
 def _not_this_call(offer: ToolOffer, call: Mapping[str, Any]) -> ToolOffer:
-    """``offer`` whose arguments differ from ``call`` in at least one required string.
+    """``offer`` whose arguments differ from ``call`` in at least one argument.
 
-    One alternative per required string argument, each excluding the call's
-    value by a pattern. A value with a quote, a backslash or a control
-    character cannot be written in that pattern alphabet: then the offer is
-    left as it is, and :meth:`RepeatGuard.is_repeat` refuses the exact repeat.
+    One alternative per argument, each requiring it and excluding the call's
+    value: a string by a pattern, a boolean by the other constant, an enum by
+    the other members. Where an argument cannot be so written (a number, an
+    object, a string with a quote, a backslash or a control character), the
+    offer is left as it is, and :meth:`RepeatGuard.is_repeat` refuses the
+    exact repeat instead.
     """
     parameters = offer.parameters
     props: Mapping[str, Any] = parameters.get("properties", {})
-    names = [
-        n for n in parameters.get("required", ())
-        if props.get(n, {}).get("type") == "string" and "enum" not in props[n]
-    ]  # fmt: skip
-    values = [call.get(n) for n in names]
-    simple = all(
-        isinstance(v, str) and not any(c in _JSON_SPECIAL or ord(c) < 0x20 for c in v)
-        for v in values
-    )
-    if not names or not simple or "$defs" in parameters:
+    if not props or "$defs" in parameters:
         return offer
     variants = []
-    for name, value in zip(names, values, strict=True):
+    for name, prop in props.items():
+        value = call.get(name, prop.get("default"))
         variant = copy.deepcopy(dict(parameters))
-        variant["properties"][name]["pattern"] = excluding_pattern([str(value)])
+        narrowed = variant["properties"][name]
+        narrowed.pop("default", None)
+        if "enum" in prop:
+            others = [v for v in prop["enum"] if v != value]
+            if not others:
+                continue
+            narrowed["enum"] = others
+        elif prop.get("type") == "boolean" and isinstance(value, bool):
+            narrowed["const"] = not value
+        elif prop.get("type") == "string" and isinstance(value, str) and not any(
+            c in _JSON_SPECIAL or ord(c) < 0x20 for c in value
+        ):
+            narrowed["pattern"] = excluding_pattern([value])
+        else:
+            return offer
+        variant["required"] = sorted({*variant.get("required", ()), name})
         variants.append(variant)
+    if not variants:
+        return offer
     arguments = variants[0] if len(variants) == 1 else {"anyOf": variants}
     return offer.model_copy(update={"parameters": arguments})
 

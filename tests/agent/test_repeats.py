@@ -205,6 +205,11 @@ def test_the_exact_repeat_of_a_write_is_excluded_and_a_new_content_is_not() -> N
     llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
     gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
     llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
+    assert check({"tool": "write_file",
+                  "arguments": {"path": "calc.py", "content": "1.0.0", "create_dirs": False}})
+    # An argument that cannot be excluded (a number, an object) leaves the call as offered.
+    guard.record("http_request", {"url": "https://x.example/"})
+    assert options(guard.step_schema())["http_request"] == BY_NAME["http_request"].parameters
     # A value the pattern alphabet cannot hold leaves the write as offered.
     guard.record("write_file", {"path": "calc.py", "content": "line\n"})
     assert options(guard.step_schema())["write_file"] == BY_NAME["write_file"].parameters

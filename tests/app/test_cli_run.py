@@ -102,7 +102,7 @@ def test_end_of_input_denies(tmp_path: Path, ws: Path) -> None:
 
 
 def test_the_step_limit_gives_its_own_status(tmp_path: Path, ws: Path) -> None:
-    replies = [call("list_dir"), call("list_dir"), call("list_dir")]
+    replies = [call("list_dir"), call("list_dir", path="a"), call("list_dir", path="b")]
     status, out, _err = keyless_run(tmp_path, ws, replies, "", "--max-steps", "2")
     assert status == EXIT_LIMIT and "step limit (2)" in out
 

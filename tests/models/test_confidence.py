@@ -37,3 +37,17 @@ def test_the_lowest_group_is_the_weakest_window() -> None:
     assert lowest_group_confidence(values, window=4) == 5.0
     assert lowest_group_confidence([3.0, 5.0], window=8) == 4.0
     assert lowest_group_confidence([]) is None
+
+
+@pytest.mark.model
+def test_the_llama_runtime_reports_the_confidence_of_a_generation() -> None:
+    from models.factory import ModelSpec, open_model
+    from models.interface import Message, complete_chat
+
+    model = open_model(ModelSpec(n_ctx=512))
+    try:
+        done = complete_chat(model, [Message(role="user", content="Say hi.")], max_tokens=12)
+    finally:
+        model.close()
+    assert done.stats.n_generated > 0
+    assert done.stats.confidence is not None and done.stats.confidence > 0
