@@ -21,7 +21,6 @@ from bench.bench_errands import (
     classify,
     run_all,
     select_tasks,
-    tier_table,
 )
 
 
