@@ -343,8 +343,7 @@ def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
     server the settings name: one given on the command line gets none.
     """
     configured = model_spec_from_settings(services)
-    url = getattr(spec.settings, "base_url", None)
-    if configured.backend != spec.backend or getattr(configured.settings, "base_url", None) != url:
+    if configured.backend != "openai" or configured.base_url != spec.base_url:
         from models.factory import open_model
 
         return open_model(spec)

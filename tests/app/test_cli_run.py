@@ -553,4 +553,4 @@ def test_model_file_builds_the_spec_as_chat_does(tmp_path: Path) -> None:
     gguf.write_bytes(b"GGUF")
     args = build_parser().parse_args(["run", "x", "--model", str(gguf), "--n-ctx", "2048"])
     spec = model_spec(args, services=None)
-    assert (spec.backend, spec.settings.path, spec.settings.n_ctx) == ("llama.cpp", gguf, 2048)
+    assert (spec.backend, spec.path, spec.n_ctx) == ("llama.cpp", gguf, 2048)
