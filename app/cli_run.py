@@ -39,7 +39,6 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from app.cli_chat import add_model_options, spec_from_args
 from app.cli_common import (
     CliError,
     ExitStatus,
@@ -95,13 +94,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-steps", type=positive_int, default=12, help="model turns allowed (12)"
     )
-    model = parser.add_argument_group(
-        "model",
-        "The model the settings choose, unless --model FILE names a GGUF file or "
-        "--backend openai --base-url URL --model-name NAME a compatible server "
-        "(which gets no API key from the settings unless it is the configured server).",
-    )
-    add_model_options(model, fake=False, default_backend=None)
     parser.add_argument(
         "--no-isolation",
         action="store_true",
@@ -158,9 +150,6 @@ def run_errand_cli(
     if args.resume is not None and args.task is not None:
         usage = CliError("give a task or --resume ERRAND, not both", ExitStatus.USAGE)
         return fail("run", usage, err)
-    model_problem = _model_options_problem(args)
-    if model_problem is not None:
-        return fail("run", CliError(model_problem, ExitStatus.USAGE), err)
     if args.resume is None and not (args.task or "").strip():
         usage = CliError(
             "what should the agent do? (give a task, or --resume ERRAND)", ExitStatus.USAGE
@@ -207,7 +196,7 @@ def run_errand_cli(
                 session_id,
                 workspace=workspace,
                 title=args.task or "",
-                model=_model_identity(args, services),
+                model=_model_identity(args.scripted_model, services),
             )
         except SessionStoreError as e:
             err.write(f"note: this errand is not recorded ({e})\n")
@@ -222,7 +211,7 @@ def run_errand_cli(
         err.write(f"note: saved permission rules unavailable ({e}); using the defaults\n")
     broker = _unlocked_broker(services, err)
     audit = _optional(lambda: services.audit, "audit log", err)
-    spec = None if args.scripted_model is not None else model_spec(args, services)
+    spec = None if args.scripted_model is not None else model_spec_from_settings(services)
     from models.tokenizer import counter_for_spec
 
     # A scripted model gets the same services as a real one (it is how the
@@ -309,44 +298,12 @@ def model_spec_from_settings(services: Any) -> Any:
         raise CliError(f"the model settings are not usable: {e}") from e
 
 
-def model_chosen_on_command_line(args: argparse.Namespace) -> bool:
-    """Whether ``--model`` or ``--backend`` chose the model (else the settings do)."""
-    return args.model is not None or args.backend is not None
-
-
-def model_spec(args: argparse.Namespace, services: Any) -> Any:
-    """The ``models.factory.ModelSpec`` of the errand: the options' or the settings'."""
-    if model_chosen_on_command_line(args):
-        return spec_from_args(args)
-    return model_spec_from_settings(services)
-
-
-def _model_options_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the model options, or None."""
-    if args.scripted_model is not None and model_chosen_on_command_line(args):
-        return "--scripted-model replaces the model: not with --model or --backend"
-    if args.backend == "openai":
-        if not args.base_url or not (args.model_name or args.model):
-            return "--backend openai needs --base-url URL and --model-name NAME"
-    elif args.base_url or args.model_name or args.allow_local:
-        return "--base-url, --model-name and --allow-local go with --backend openai"
-    if args.backend != "openai" and args.model is not None and not args.model.is_file():
-        return f"--model {args.model}: no such file"
-    return None
-
-
 def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
     """Open the remote model in the host with its API key from the vault.
 
     See :meth:`app.services.AppServices.remote_model`; ``broker`` None means
-    no vault is available here. The settings' API key goes only to the
-    server the settings name: one given on the command line gets none.
+    no vault is available here.
     """
-    configured = model_spec_from_settings(services)
-    if configured.backend != "openai" or configured.base_url != spec.base_url:
-        from models.factory import open_model
-
-        return open_model(spec)
     return services.remote_model(spec, vault_available=broker is not None)
 
 
@@ -680,12 +637,12 @@ def _ask_maybe_ran(what: str, stdin: IO[str], err: IO[str]) -> str:
         err.flush()
 
 
-def _model_identity(args: argparse.Namespace, services: Any) -> str:
+def _model_identity(scripted: Path | None, services: Any) -> str:
     """What the session's model is, in a line (kept with the session)."""
-    if args.scripted_model is not None:
-        return f"scripted:{args.scripted_model.name}"
+    if scripted is not None:
+        return f"scripted:{scripted.name}"
     try:
-        spec = model_spec(args, services)
+        spec = services.model_spec()
     except Exception as e:  # noqa: BLE001  # only a label: the errand reports model problems
         return f"unknown ({type(e).__name__})"
     return str(spec.label())

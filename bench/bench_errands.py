@@ -845,7 +845,6 @@ def _judge(
                 "decision": c.decision,
                 "ok": c.ok,
                 "result": c.summary,
-                "confidence": c.confidence,
             }
             for c in result.tool_calls
         ],

@@ -110,7 +110,6 @@ class ResultDelivery:
             arguments=req.arguments,
             decision="allow",
             ok=ok,
-            confidence=req.confidence,
             summary=summary_line(content),
         )
 
@@ -136,7 +135,6 @@ class ResultDelivery:
             arguments=req.arguments,
             decision=decision,
             ok=False,
-            confidence=req.confidence,
             summary=summary_line(message),
         )
 

@@ -31,15 +31,14 @@ from agent.protocol import (
     TokenChunk,
     ToolRequest,
     ToolResult,
+    step_schema,
 )
 from agent.worker.prompt import (
-    answer_messages,
     correction_message,
     initial_messages,
     repeat_message,
     wrap_tool_result,
 )
-from agent.worker.repeats import RepeatGuard, is_question
 from models.errors import GenerationError, ModelError
 from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
 
@@ -64,9 +63,6 @@ class Executor:
         model: The model that chooses each step.
         tools: Carries tool calls to the host.
         emit: Receives :class:`TokenChunk` and :class:`Progress` messages for the host.
-        closed_paths: Whether ``list_dir`` and ``read_file`` take only paths the
-            errand has seen (:class:`agent.worker.repeats.RepeatGuard`); by default
-            for a local llama.cpp model, whose small sizes need it.
     """
 
     def __init__(
@@ -74,13 +70,10 @@ class Executor:
         model: ChatModel,
         tools: ToolCaller,
         emit: Callable[[AgentMessage], None],
-        *,
-        closed_paths: bool | None = None,
     ) -> None:
         self._model = model
         self._tools = tools
         self._emit = emit
-        self._closed_paths = closed_paths
 
     def run(self, task: Task, cancel: CancelToken) -> FinalAnswer:
         """Run one errand to its end.
@@ -93,19 +86,12 @@ class Executor:
             models.errors.ModelError: The model failed.
         """
         limits = task.limits
-        # Each step's grammar leaves out the calls made since the last write.
-        closed = self._closed_paths
-        if closed is None:
-            closed = self._model.info.backend == "llama.cpp"
-        # A small model writes the answer to a question into a file: with closed
-        # paths, a question gets the read tools only, and the answer once they run out.
-        repeats = RepeatGuard(
-            task.tools, closed_paths=closed, answer_only=closed and is_question(task.task)
-        )
+        schema = step_schema(task.tools)
         messages: list[Message] = initial_messages(task, task.tools)
         generated = 0
         evaluated = 0
         tool_calls = 0
+        last_ok_call: tuple[str, str] | None = None
 
         def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
             stats = ErrandStats(
@@ -124,24 +110,12 @@ class Executor:
             if budget <= 0:
                 return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
             self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
-            schema = repeats.step_schema()
-            plain = repeats.only_answer_left(schema)
-            if plain:
-                # A small model answers as plain text from a short context (the files
-                # it read and the question) where, in the whole errand, it echoes.
-                finished = self._generate(
-                    answer_messages(task.task, repeats.files_read()), budget, None, cancel, step
-                )
-            else:
-                finished = self._generate(messages, budget, schema, cancel, step)
+            finished = self._generate(messages, budget, schema, cancel, step)
             generated += finished.stats.n_generated
             evaluated += finished.stats.n_prompt_tokens
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":
                 return done("", "cancelled", step)
             reply = finished.text.strip()
-            if plain:
-                messages.append(Message(role="assistant", content=reply))
-                return done(_plain_answer(reply), "final", step)
             messages.append(Message(role="assistant", content=reply))
             try:
                 action = _parse_action(reply)
@@ -161,27 +135,21 @@ class Executor:
                 except ValueError as e:
                     messages.append(correction_message(f"finish needs an answer ({e})"))
                     continue
-            if repeats.is_repeat(tool, arguments):
-                # Only a model without grammar (a remote one) gets here: the
-                # result is already in the context, so say so instead of running it.
+            signature = (tool, json.dumps(arguments, sort_keys=True))
+            if signature == last_ok_call:
+                # Small models loop on a call that already worked; the answer is
+                # in the context, so say so instead of running it again.
                 messages.append(repeat_message(tool))
                 continue
             tool_calls += 1
-            request = ToolRequest(
-                call_id=f"c{step}",
-                tool=tool,
-                arguments=arguments,
-                confidence=finished.stats.confidence,
-            )
+            request = ToolRequest(call_id=f"c{step}", tool=tool, arguments=arguments)
             try:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:
                 return done("", "cancelled", step)
-            repeats.record(tool, arguments, ok=result.ok, content=result.content)
+            last_ok_call = signature if result.ok else None
             messages.append(
-                wrap_tool_result(
-                    tool, result, max_chars=limits.max_result_chars, reminder=task.task
-                )
+                wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
             )
         return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
 
@@ -196,7 +164,7 @@ class Executor:
         self,
         messages: Sequence[Message],
         max_tokens: int,
-        schema: dict[str, Any] | None,
+        schema: dict[str, Any],
         cancel: CancelToken,
         step: int,
     ) -> Finished:
@@ -233,18 +201,6 @@ def _parse_action(reply: str) -> dict[str, Any]:
     if not isinstance(arguments, dict):
         raise ValueError('"arguments" must be a JSON object')
     return {"tool": tool, "arguments": arguments}
-
-
-def _plain_answer(reply: str) -> str:
-    """The answer in a plain-text reply (the model may still have written the JSON)."""
-    try:
-        action = _parse_action(reply)
-    except ValueError:
-        return reply
-    if "final" in action:
-        return str(action["final"])
-    answer = action["arguments"].get("answer") if action["tool"] == FINISH_TOOL else None
-    return answer if isinstance(answer, str) else reply
 
 
 def _finish_text(arguments: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from bench.bench_errands import (
     classify,
     run_all,
     select_tasks,
+    tier_table,
 )
 
 
@@ -75,13 +76,13 @@ def test_a_model_that_answers_without_fixing_fails_the_checker() -> None:
     assert "calc.add(2, 3) is not 5" in r.reason
 
 
-def test_a_model_repeating_one_call_is_stopped_by_the_step_grammar() -> None:
-    # The scripted model checks its replies against each step's schema, as the
-    # grammar constrains a real model: the repeat cannot be produced at all.
+def test_a_model_repeating_one_call_until_the_step_limit_is_a_loop() -> None:
     model = scripted(version=[call("list_dir", path=".")] * 4)
     [r] = run("version", model, max_steps=4)
-    assert (r.success, r.ending, r.tool_calls) == (False, "error", 1)
-    assert "does not match the JSON schema" in r.reason
+    assert (r.success, r.ending, r.outcome, r.steps) == (False, "loop", "max_steps", 4)
+    # The executor ran the call once and refused the repeats.
+    assert r.tool_calls == 1
+    assert "loop 1" in tier_table([r])[-1]
 
 
 def test_the_capability_task_reaches_the_local_api_through_the_broker() -> None:
