@@ -1117,6 +1117,27 @@ def test_locked_vault_without_an_index_fails_closed(
             env.broker.redact("anything", session_id="s1")
 
 
+def test_an_index_of_an_older_version_is_rebuilt_by_an_unlocked_broker(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    vault = _make_source("vault", tmp_path)
+    assert isinstance(vault, Vault)
+    index = vault.fingerprints_path
+    for env in _env(vault, server, ca, tmp_path):
+        data = json.loads(index.read_text())
+        data["window"] = 12  # written by a version with wider near-copy windows
+        index.write_text(json.dumps(data))
+        vault.lock()
+        with pytest.raises(RedactionError, match="another version of Keyless"):
+            env.broker.redact("anything", session_id="s1")
+        vault.unlock("correct horse")
+        index.write_text(json.dumps(data))  # still there after the unlock
+        text, names = env.broker.redact(SECRET.decode(), session_id="no-grants")
+        assert SECRET.decode() not in text and names  # the unlocked broker redacts...
+        vault.lock()
+        assert env.broker.redact("anything", session_id="s1") == ("anything", [])  # reindexed
+
+
 def test_a_locked_broker_sees_each_new_index(
     server: ServerState, ca: trustme.CA, tmp_path: Path
 ) -> None:
