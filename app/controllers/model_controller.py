@@ -138,6 +138,7 @@ class ModelController(QObject):
     installedUpdated = Signal(object)
     offloadPlanned = Signal(str)
     downloadNotice = Signal(str)
+    modelLoaded = Signal(str)
 
     def __init__(
         self,
@@ -159,6 +160,7 @@ class ModelController(QObject):
         self._download_base = 0
         self.gpu_supported: bool | None = None
         self.last_stats: dict[str, Any] = {}
+        self.loaded: dict[str, Any] = {}
         self.context = GaugeState(n_ctx=services.settings.model.n_ctx)
 
     @property
@@ -576,6 +578,14 @@ class ModelController(QObject):
             self._set_context({"n_evicted": evicted, "n_shifts": stats.get("n_shifts", 0)})
 
     @Slot(object)
+    def update_loaded(self, info: object) -> None:
+        """Take the loaded model's description (``models.interface.ModelInfo`` or its fields)."""
+        fields = info.model_dump() if hasattr(info, "model_dump") else info
+        if isinstance(fields, Mapping):
+            self.loaded = dict(fields)
+            self.modelLoaded.emit(describe_loaded(self.loaded))
+
+    @Slot(object)
     def update_context(self, state: object) -> None:
         """Take what the KV cache holds (``ContextState`` fields)."""
         if isinstance(state, Mapping):
@@ -593,6 +603,24 @@ class ModelController(QObject):
         """Cancel a download and wait for background work."""
         self.cancel_download()
         return self._jobs.wait(timeout_ms)
+
+
+def describe_loaded(info: Mapping[str, Any]) -> str:
+    """One line on the model as it was loaded: where its layers really are.
+
+    Args:
+        info: ``models.interface.ModelInfo`` fields, from the loaded model.
+    """
+    name = str(info.get("name") or "the model")
+    if info.get("backend") != "llama.cpp":
+        return f"Loaded: {name} (runs on its server; nothing offloaded here)"
+    on_gpu = int(info.get("n_layers_offloaded") or 0)
+    total = info.get("n_layers")
+    of = f" of {total}" if isinstance(total, int) else ""
+    text = f"Loaded: {name} · {on_gpu}{of} layers on the GPU"
+    if not info.get("gpu_offload_supported"):
+        return text + " (this llama.cpp build is CPU-only)"
+    return text
 
 
 def _describe_remote(settings: ModelSettings) -> tuple[str, str]:

@@ -401,6 +401,7 @@ class ModelView(QtWidgets.QWidget):
         c.catalogUpdated.connect(self._on_catalog)
         c.installedUpdated.connect(self._on_installed)
         c.offloadPlanned.connect(self.offload_label.setText)
+        c.modelLoaded.connect(self.loaded_label.setText)
         c.downloadNotice.connect(lambda m: self.banner.show_message(m, "warning"))
         self.catalog_table.itemSelectionChanged.connect(
             lambda: self.catalog_download_button.setEnabled(

@@ -394,3 +394,32 @@ def test_agent_killed_while_the_user_is_asked_ends_the_errand_and_writes_nothing
         assert not c.busy
     finally:
         assert c.shutdown(10_000)
+
+
+class LoadingRunner(SyntheticRunner):
+    """Reports the loaded model through the host's listener, as the agent host does at start."""
+
+    def run_errand(self, task: str) -> None:
+        from agent.host.events import AgentEvent
+        from app.controllers.agent_runner import HostListener, HostPrompt
+        from models.interface import ModelInfo
+
+        listener = HostListener(self.ctx.events, HostPrompt(self.ctx.asker))
+        info = ModelInfo(
+            name="tiny", backend="llama.cpp", n_ctx=256, n_gpu_layers=99, n_layers_offloaded=0,
+            n_layers=31,
+        )  # fmt: skip
+        listener(AgentEvent("model_loaded", text="tiny", data=info.model_dump()))
+        self.ctx.events.final("done", {"stop_reason": "eos"})
+
+
+def test_the_loaded_model_is_reported_to_the_gui_thread(qtbot: Any, workspace: Path) -> None:
+    c = ErrandController(lambda ctx: LoadingRunner(ctx), workspace=workspace)
+    try:
+        with qtbot.wait_signal(c.modelLoaded, timeout=5000) as blocker:
+            c.start("hello")
+        assert blocker.args[0]["n_layers_offloaded"] == 0
+        assert blocker.args[0]["n_layers"] == 31
+        qtbot.wait_until(lambda: not c.busy, timeout=5000)
+    finally:
+        assert c.shutdown(5000)
