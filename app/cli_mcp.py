@@ -123,10 +123,19 @@ def _hub(args: argparse.Namespace) -> McpHub:
     services = AppServices()
     store = _store(services)
     store.server(args.name)
-    workspace = args.workspace or services.workspace or Path.cwd()
+    return hub_for(services, store, Path(args.workspace) if args.workspace else None)
+
+
+def hub_for(services: AppServices, store: McpStore, workspace: Path | None) -> McpHub:
+    """The hub over ``store`` for ``workspace`` (default: the app's, else the current dir).
+
+    Stdio servers run in their sandboxes with the data and config dirs hidden;
+    URL servers are reached under the saved ``net(...)`` rules.
+    """
+    where = Path(workspace or services.workspace or Path.cwd())
     return McpHub(
-        store, Sandbox.detect(), workspace=workspace, hidden=services.protected_paths(),
-        net_decider=policy_net_decider(stored_policy(services, Path(workspace))),
+        store, Sandbox.detect(), workspace=where, hidden=services.protected_paths(),
+        net_decider=policy_net_decider(stored_policy(services, where)),
     )  # fmt: skip
 
 

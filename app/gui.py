@@ -103,13 +103,14 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
         return view
 
     def settings() -> QtWidgets.QWidget:
+        from app.controllers.mcp_controller import McpController
         from app.controllers.settings_controller import SettingsController
         from app.views.settings_view import SettingsView
 
         controller = SettingsController(
             paths, services.settings, rule_store_factory=services.rule_store
         )
-        return SettingsView(controller)
+        return SettingsView(controller, mcp=McpController(services))
 
     return [("Vault", vault), ("Memory", memory), ("Audit", audit), ("Settings", settings)]
 
