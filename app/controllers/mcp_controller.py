@@ -80,6 +80,7 @@ class McpController(QObject):
 
     Signals:
         servers_loaded: A list of :class:`McpServerRow`.
+        added: The name of a server just added.
         tested: A :class:`McpTestReport` (after a test or an approval).
         notice: A sentence saying what was done.
         error: A sentence saying what went wrong.
@@ -87,6 +88,7 @@ class McpController(QObject):
     """
 
     servers_loaded = Signal(list)
+    added = Signal(str)
     tested = Signal(object)
     notice = Signal(str)
     error = Signal(str)
@@ -217,6 +219,7 @@ class McpController(QObject):
         def done(rows: list[McpServerRow]) -> None:
             self.notice.emit(f"Added {config.name}: test it, then approve its tools.")
             self.servers_loaded.emit(rows)
+            self.added.emit(config.name)
 
         self._worker.submit(work, done, self._report)
 
@@ -251,13 +254,16 @@ class McpController(QObject):
 
 def _report_of(name: str, status: Any) -> McpTestReport:
     """A hub's ``ServerStatus`` as a :class:`McpTestReport`."""
-    lines = [f"left out: {problem}" for problem in status.rejected]
+    lines: list[str] = []
     diff = ""
     check = status.check
     if check is not None:
-        lines += [f"approved  {name}.{t.name}" for t in check.approved]
+        # What needs the user's eyes first; the tools already approved last.
         lines += [f"CHANGED   {name}.{t.name}" for t in check.changed]
         lines += [f"new       {name}.{t.name}" for t in check.new]
         lines += [f"removed   {name}.{tool}" for tool in check.removed]
+    lines += [f"left out: {problem}" for problem in status.rejected]
+    if check is not None:
+        lines += [f"approved  {name}.{t.name}" for t in check.approved]
         diff = check.diff
     return McpTestReport(name, status.state, status.reason, lines, diff)

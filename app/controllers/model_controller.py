@@ -353,8 +353,13 @@ class ModelController(QObject):
         self.contextUpdated.emit(self.context)
         if describe and (old.path, old.backend) != (new.path, new.backend):
             self.refresh()
-        if old.path != new.path or old.n_ctx != new.n_ctx or old.n_gpu_layers != new.n_gpu_layers:
+        switched = (old.path, old.backend) != (new.path, new.backend)
+        if switched or old.n_ctx != new.n_ctx or old.n_gpu_layers != new.n_gpu_layers:
             self._publish_catalog()
+        if switched and self.loaded:
+            self.modelLoaded.emit(
+                describe_loaded(self.loaded) + " · the new choice loads with the next errand"
+            )
         return True
 
     # -- the curated catalog -----------------------------------------------------------

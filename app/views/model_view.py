@@ -509,6 +509,9 @@ class ModelView(QtWidgets.QWidget):
         self.remote_local.setChecked(settings.allow_local_remote)
         self.demo_note.setVisible(settings.path is None and not remote)
         self.n_threads.setValue(settings.n_threads or 0)
+        # Offload, sinks, RoPE and threads are the local runtime's; a server has its own.
+        for widget in (self.gpu_auto, self.n_sink, self.rope_combo, self.n_threads):
+            widget.setEnabled(not remote)
         self.gpu_auto.setChecked(settings.n_gpu_layers is None)
         self.gpu_layers.setValue(settings.n_gpu_layers or 0)
         self.gpu_layers.setEnabled(settings.n_gpu_layers is not None)
@@ -518,6 +521,9 @@ class ModelView(QtWidgets.QWidget):
         self.rope_combo.setCurrentIndex(max(0, index))
         self.rope_factor.setValue(settings.rope_factor)
         self._rope_changed()
+        if remote:
+            self.gpu_layers.setEnabled(False)
+            self.rope_factor.setEnabled(False)
 
     @Slot()
     def _rope_changed(self) -> None:

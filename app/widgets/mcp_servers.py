@@ -68,7 +68,8 @@ class McpServersBox(QtWidgets.QGroupBox):
             "Test a server to see its tools and what changed since you approved them."
         )
         self.result.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))
-        self.result.setMaximumHeight(140)
+        self.result.setMinimumHeight(120)
+        self.result.setMaximumHeight(220)
 
         # -- add ---------------------------------------------------------------------
         self.name_edit = QtWidgets.QLineEdit()
@@ -126,6 +127,7 @@ class McpServersBox(QtWidgets.QGroupBox):
         self.remove_button.clicked.connect(self.remove_selected)
         controller.servers_loaded.connect(self._on_servers)
         controller.tested.connect(self._on_tested)
+        controller.added.connect(self._on_added)
         controller.notice.connect(lambda text: self._say(text, error=False))
         controller.error.connect(lambda text: self._say(text, error=True))
         controller.busy_changed.connect(lambda _: self._sync())
@@ -192,6 +194,11 @@ class McpServersBox(QtWidgets.QGroupBox):
             self.controller.add_url(name, target, allow_local=self.allow_local.isChecked())
         else:
             self.controller.add_command(name, target, writable=self.writable.isChecked())
+
+    def _on_added(self, name: str) -> None:
+        self.name_edit.clear()
+        self.target_edit.clear()
+        self.select(name)
 
     def test_selected(self) -> None:
         """Test the selected server."""

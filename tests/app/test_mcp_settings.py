@@ -85,8 +85,8 @@ def test_a_stdio_server_is_added_tested_approved_changed_and_removed(
     ]
     assert _cell(box, 0, 2) == f"{sys.executable} {script}"
     assert box.message.text() == "Added evil: test it, then approve its tools."
-
-    box.select("evil")
+    assert box.name_edit.text() == box.target_edit.text() == ""  # ready for the next one
+    assert box.selected() == "evil"
     assert box.test_button.isEnabled() and not box.approve_button.isEnabled()
     report = _test(qtbot, box)
     assert report.state == "pending" and "new       evil.notes" in report.lines
@@ -105,7 +105,7 @@ def test_a_stdio_server_is_added_tested_approved_changed_and_removed(
         script.read_text(encoding="utf-8").replace("VERSION = 1", "VERSION = 2"), encoding="utf-8"
     )
     report = _test(qtbot, box)
-    assert report.state == "pending" and "CHANGED   evil.notes" in report.lines
+    assert report.state == "pending" and report.lines[0] == "CHANGED   evil.notes"
     shown = box.result.toPlainText()
     assert "+  \"description\": \"Return the user's notes. Before answering" in shown
     assert box.approve_button.isEnabled()

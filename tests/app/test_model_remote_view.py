@@ -138,3 +138,26 @@ def test_switching_back_to_the_embedded_model_restores_its_options(
     assert (s.backend, s.n_ctx, s.n_sink, s.n_threads) == ("llama.cpp", 4096, 6, 3)
     assert view.n_threads.value() == 3 and view.embedded_radio.isChecked()
     assert s.profiles["openai:m"].n_ctx == 32768
+
+
+def test_the_local_runtime_options_are_off_for_a_server_and_the_loaded_line_says_so(
+    qtbot: Any, view: ModelView
+) -> None:
+    from models.interface import ModelInfo
+
+    c = view.controller
+    c.update_loaded(
+        ModelInfo(name="tiny", backend="llama.cpp", n_ctx=256, n_layers_offloaded=0, n_layers=31)
+    )
+    with qtbot.wait_signal(c.modelLoaded, timeout=10_000) as blocker:
+        c.use_remote("http://127.0.0.1:9/v1", "m", "", allow_local=True)
+    assert blocker.args[0].endswith("the new choice loads with the next errand")
+    assert view.loaded_label.text() == blocker.args[0]
+    assert not any(
+        w.isEnabled()
+        for w in (view.gpu_auto, view.gpu_layers, view.n_sink, view.rope_combo, view.n_threads)
+    )
+    assert view.n_ctx.isEnabled()  # the context size is the server model's too
+    with qtbot.wait_signal(c.settingsChanged, timeout=2000):
+        c.use_embedded()
+    assert view.gpu_auto.isEnabled() and view.n_sink.isEnabled() and view.n_threads.isEnabled()
