@@ -270,6 +270,19 @@ class AgentHostRunner:
                 thing.close()
 
 
+def _mcp_hub(services: AppServices, workspace: Path, rules: list[Any]) -> Any:
+    """The configured MCP servers for an errand (None when there are none or the store fails)."""
+    from agent.errors import McpError
+    from agent.host.policy import PolicyEngine
+    from app.cli_mcp import mcp_hub
+
+    try:
+        return mcp_hub(services, workspace, policy=PolicyEngine(rules))
+    except McpError as e:
+        log.warning("errand runs without MCP servers: %s", e)
+        return None
+
+
 def approximate_tokens(text: str) -> int:
     """Estimate a text's tokens without the model's tokenizer (~4 characters each)."""
     return max(1, len(text) // 4)
@@ -334,6 +347,9 @@ def agent_host_factory(
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
         options: dict[str, Any] = {"hidden_paths": services.protected_paths()}
+        hub = _mcp_hub(services, ctx.workspace, rules)
+        if hub is not None:
+            options["mcp"] = hub  # the servers configured in Settings or with `keyless mcp`
         if runs_in_host(spec):
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.
@@ -358,7 +374,10 @@ def agent_host_factory(
             scripted_model=scripted_model,
             **options,
         )
-        owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
+        mcp_store = hub.store if hub is not None else None
+        owned = tuple(
+            x for x in (store, memory, mcp_store) if callable(getattr(x, "close", None))
+        )
         model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
             spec.label() if spec is not None else "unknown"
         )

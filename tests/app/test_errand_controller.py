@@ -16,6 +16,9 @@ from app.controllers.errand_controller import (
     RunnerContext,
     parse_rule_text,
 )
+from tests.agent.test_mcp_http import port
+
+__all__ = ["port"]  # the loopback streamable-HTTP MCP server, a fixture
 
 pytestmark = pytest.mark.gui
 
@@ -423,3 +426,41 @@ def test_the_loaded_model_is_reported_to_the_gui_thread(qtbot: Any, workspace: P
         qtbot.wait_until(lambda: not c.busy, timeout=5000)
     finally:
         assert c.shutdown(5000)
+
+
+def test_an_app_errand_calls_a_url_mcp_server_configured_in_settings(
+    qtbot: Any, tmp_path: Path, workspace: Path, port: int
+) -> None:
+    from agent.host.mcpserver.store import McpServerConfig, McpStore
+    from agent.host.policy import Rule
+    from app.cli_mcp import hub_for
+    from app.services import AppServices
+
+    services = AppServices()
+    store = McpStore(services.paths.database)
+    rules = services.rule_store(None)
+    try:
+        store.add(
+            McpServerConfig(name="weather", url=f"http://127.0.0.1:{port}/mcp", allow_local=True)
+        )
+        for text in ("net(127.0.0.1)", "mcp(weather.*)"):
+            rules.add(Rule.parse(text, action="allow", scope="user"))
+        hub = hub_for(services, store, workspace)
+        try:
+            hub.approve("weather")
+        finally:
+            hub.close()
+    finally:
+        rules.close()
+        store.close()
+    call = {"tool": "weather.forecast", "arguments": {"city": "Oslo"}}
+    c, _ = _host_controller(tmp_path, workspace, call, {"final": "sunny"})
+    try:
+        results: list[tuple[Any, ...]] = []
+        c.toolResultReceived.connect(lambda *a: results.append(a))
+        with qtbot.wait_signal(c.answerReady, timeout=60_000) as blocker:
+            c.start("weather in Oslo?")
+        assert blocker.args[0] == "sunny"
+        assert [(r[1], r[2]) for r in results] == [(True, "Oslo: sunny, 21 °C")]
+    finally:
+        assert c.shutdown(10_000)
