@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from pydantic import ValidationError
 
 from agent.host.mcpserver.http import NetRequest, policy_net_decider
@@ -150,3 +152,46 @@ def test_bad_url_configs_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(ValidationError, match=problem):
         McpServerConfig(name="s", **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """The server over https, its certificate for weather.test from a test CA."""
+    ca = trustme.CA()
+    pem = tmp_path_factory.mktemp("tls") / "weather.pem"
+    ca.issue_cert("weather.test").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), str(pem)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+    try:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline()), trust
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_https_is_verified_against_the_name_while_connecting_to_the_checked_address(
+    tls_server: tuple[int, ssl.SSLContext], hub_for: HubMaker
+) -> None:
+    tls_port, trust = tls_server
+
+    def local(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    good = McpServerConfig(
+        name="weather", url=f"https://weather.test:{tls_port}/mcp", allow_local=True
+    )
+    hub = hub_for(good, [allow("weather.test")], resolver=local, tls=trust)
+    (status,) = hub.connect()
+    assert status.state == "pending", status.reason
+    # Another name at the same address: the certificate does not match it.
+    other = McpServerConfig(
+        name="other", url=f"https://other.test:{tls_port}/mcp", allow_local=True
+    )
+    hub = hub_for(other, [allow("other.test")], resolver=local, tls=trust)
+    (status,) = hub.connect(["other"])  # the store is shared: weather is there too
+    assert status.state == "down" and "certificate" in status.reason.lower()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,6 +182,8 @@ class McpHttpConnection(McpConnection):
         decide: The ``net`` decider.
         allow_local: Whether the URL may reach this machine or the LAN.
         resolver: Host name to addresses (tests); None: the system's.
+        tls: The TLS context to verify https servers with (tests trust their
+            own CA); None: the system's trust store.
         start_timeout: Seconds to connect and list tools.
         call_timeout: Seconds one call may take.
     """
@@ -193,6 +196,7 @@ class McpHttpConnection(McpConnection):
         decide: NetDecider,
         allow_local: bool = False,
         resolver: Resolver | None = None,
+        tls: ssl.SSLContext | None = None,
         start_timeout: float = START_TIMEOUT_S,
         call_timeout: float = CALL_TIMEOUT_S,
     ) -> None:
@@ -200,8 +204,9 @@ class McpHttpConnection(McpConnection):
             name, [], env={}, start_timeout=start_timeout, call_timeout=call_timeout
         )
         self.url = url
+        inner = httpx.AsyncHTTPTransport(verify=tls) if tls is not None else None
         self.transport = CheckedTransport(
-            name, decide, allow_local=allow_local, resolver=resolver
+            name, decide, allow_local=allow_local, resolver=resolver, inner=inner
         )
 
     @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class McpHub:
             rules (:func:`agent.host.mcpserver.http.policy_net_decider`);
             None refuses them all.
         resolver: Host name to addresses for URL servers (tests); None: the system's.
+        tls: The TLS context URL servers are verified with (tests); None: the system's.
     """
 
     def __init__(
@@ -99,8 +101,10 @@ class McpHub:
         call_timeout: float = CALL_TIMEOUT_S,
         net_decider: NetDecider | None = None,
         resolver: Resolver | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
+        self._tls = tls
         self._net_decider = net_decider or refuse_all
         self._resolver = resolver
         self._sandbox = sandbox
@@ -233,6 +237,7 @@ class McpHub:
                 decide=self._net_decider,
                 allow_local=config.allow_local,
                 resolver=self._resolver,
+                tls=self._tls,
                 start_timeout=self._start_timeout,
                 call_timeout=self._call_timeout,
             )

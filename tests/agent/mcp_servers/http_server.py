@@ -1,7 +1,8 @@
 """A streamable-HTTP MCP server on loopback: prints its port, then serves until killed.
 
-Run as ``python http_server.py``; the first line on stdout is the port it
-listens on (127.0.0.1, chosen by the system).
+Run as ``python http_server.py [PEM]``; the first line on stdout is the port it
+listens on (127.0.0.1, chosen by the system). With ``PEM`` (a private key and
+certificate chain in one file) it serves https.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ server = FastMCP(
     "weather",
     transport_security=TransportSecuritySettings(
         allowed_hosts=["127.0.0.1:*", "weather.test:*"],
-        allowed_origins=["http://127.0.0.1:*", "http://weather.test:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://weather.test:*", "https://weather.test:*"],
     ),
 )
 
@@ -42,7 +43,11 @@ def main() -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
     print(sock.getsockname()[1], flush=True)
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    pem = sys.argv[1] if len(sys.argv) > 1 else None
+    config = uvicorn.Config(
+        server.streamable_http_app(), log_level="warning", lifespan="on",
+        ssl_certfile=pem, ssl_keyfile=pem,
+    )  # fmt: skip
     uvicorn.Server(config).run(sockets=[sock])
 
 
