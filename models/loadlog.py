@@ -43,7 +43,6 @@ class LoadLog:
         import llama_cpp
         from llama_cpp import _logger
 
-        _lock.acquire()
         passed_on = _logger.llama_log_callback
 
         def heard(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
@@ -52,7 +51,12 @@ class LoadLog:
 
         # Kept on self: ctypes calls it until the old handler is restored.
         self._callback = llama_cpp.llama_log_callback(heard)
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        _lock.acquire()
+        try:
+            llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        except BaseException:
+            _lock.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

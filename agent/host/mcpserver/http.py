@@ -131,7 +131,6 @@ class CheckedTransport(httpx.AsyncBaseTransport):
         self._allow_local = allow_local
         self._resolver = resolver
         self._inner = inner or httpx.AsyncHTTPTransport()
-        self.refusal: str | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Check, decide, pin and send one request.
@@ -169,7 +168,6 @@ class CheckedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
     def _refused(self, reason: str) -> McpNetworkRefusedError:
-        self.refusal = reason
         return McpNetworkRefusedError(f"MCP server {self._server!r}: refused {reason}")
 
 
