@@ -110,7 +110,13 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
         controller = SettingsController(
             paths, services.settings, rule_store_factory=services.rule_store
         )
-        return SettingsView(controller, mcp=McpController(services))
+        # Scrolls rather than overflow a small screen (with the MCP servers it is ~900 px).
+        scroll = QtWidgets.QScrollArea()
+        scroll.setObjectName("settingsScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setWidget(SettingsView(controller, mcp=McpController(services)))
+        return scroll
 
     return [("Vault", vault), ("Memory", memory), ("Audit", audit), ("Settings", settings)]
 

@@ -342,9 +342,17 @@ class ModelView(QtWidgets.QWidget):
         right.addStretch(1)
         columns.addLayout(left, 1)
         columns.addLayout(right, 1)
+        # Scrolls rather than overflow a small screen (the panel is taller than 800 px).
+        content = QtWidgets.QWidget()
+        content.setLayout(columns)
+        scroll = QtWidgets.QScrollArea()
+        scroll.setObjectName("modelScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.banner)
-        layout.addLayout(columns, 1)
+        layout.addWidget(scroll, 1)
 
         order: list[QtWidgets.QWidget] = [
             self.embedded_radio,

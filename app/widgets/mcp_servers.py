@@ -98,17 +98,20 @@ class McpServersBox(QtWidgets.QGroupBox):
         add_row.addWidget(self.writable)
         add_row.addWidget(self.allow_local)
         add_row.addWidget(self.add_button)
+        # Two fixed lines, not word-wrapped: a wrapped label's height depends on
+        # its width, which the Settings page's layout underestimates.
         note = QtWidgets.QLabel(
             "A command runs in its own sandbox (no network, no home, the workspace read-only "
-            "unless writable). A URL is reached from this app; each request is decided by "
-            "your net(...) rules. Tools are offered to the agent as server.tool only once "
-            "approved, and asked about again when they change."
+            "unless writable);\na URL is reached from this app, each request decided by your "
+            "net(...) rules. Tools are offered as server.tool once approved, asked again on change."
         )
-        note.setWordWrap(True)
+        note.setToolTip(note.text())
 
         self.message = QtWidgets.QLabel()
         self.message.setObjectName("mcpMessage")
         self.message.setWordWrap(True)
+        self.message.setMinimumHeight(2 * self.message.fontMetrics().lineSpacing())
+        self.message.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(note)
@@ -133,6 +136,8 @@ class McpServersBox(QtWidgets.QGroupBox):
         controller.busy_changed.connect(lambda _: self._sync())
         self._kind_changed()
         self._sync()
+        # Held explicitly: the page's layout gave the group less than its hint.
+        self.setMinimumHeight(self.minimumSizeHint().height())
         controller.refresh()
 
     # -- list -----------------------------------------------------------------------------
