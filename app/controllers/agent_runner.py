@@ -345,15 +345,15 @@ def agent_host_factory(
             )
         except ServiceUnavailableError as e:
             log.warning("errand runs without memory: %s", e)
+        # The MCP servers configured in Settings or with `keyless mcp`.
+        hub = _mcp_hub(services, ctx.workspace, rules)
         prompt = HostPrompt(ctx.asker)
         options: dict[str, Any] = {"hidden_paths": services.protected_paths()}
-        hub = _mcp_hub(services, ctx.workspace, rules)
-        if hub is not None:
-            options["mcp"] = hub  # the servers configured in Settings or with `keyless mcp`
         if runs_in_host(spec):
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.
             options["relay_model"] = services.remote_model(spec)
+        options.update({"mcp": hub} if hub is not None else {})
         options.update(host_options or {})
         listener: Any = HostListener(ctx.events, prompt)
         recorder = None
