@@ -24,6 +24,7 @@ EventKind = Literal[
     "os_isolation",
     "memory_problems",
     "secret_found",
+    "model_loaded",
 ]
 
 

@@ -159,6 +159,9 @@ class ErrandEvents(Protocol):
     def context(self, state: Mapping[str, Any]) -> None:
         """What the model's KV cache holds (sink, window, evicted)."""
 
+    def model_loaded(self, info: Mapping[str, Any]) -> None:
+        """The agent's model is loaded (``models.interface.ModelInfo`` fields, as loaded)."""
+
     def secret_found(self, offer: CredentialOffer) -> None:
         """A credential was withheld from the agent; ``offer`` may move it into the vault."""
 
@@ -236,6 +239,7 @@ class _ErrandWorker(QObject):
     contextOut = Signal(object)
     permissionNeeded = Signal(object)
     secretFoundOut = Signal(object)
+    modelLoadedOut = Signal(object)
     done = Signal(str)
     closed = Signal()
 
@@ -283,6 +287,9 @@ class _ErrandWorker(QObject):
 
     def secret_found(self, offer: CredentialOffer) -> None:
         self.secretFoundOut.emit(offer)
+
+    def model_loaded(self, info: Mapping[str, Any]) -> None:
+        self.modelLoadedOut.emit(dict(info))
 
     # PermissionAsker, called by the runner in this thread.
     def ask(self, question: PermissionQuestion) -> PermissionReply:
@@ -433,6 +440,7 @@ class ErrandController(QObject):
     noticeReported = Signal(str)
     agentCrashed = Signal(str)
     isolationReported = Signal(bool, str)
+    modelLoaded = Signal(object)
     statsUpdated = Signal(object)
     contextUpdated = Signal(object)
     permissionRequested = Signal(object)
@@ -484,6 +492,7 @@ class ErrandController(QObject):
         w.noticeOut.connect(self._on_notice)
         w.isolationOut.connect(self.isolationReported)
         w.contextOut.connect(self.contextUpdated)
+        w.modelLoadedOut.connect(self.modelLoaded)
         w.permissionNeeded.connect(self._on_permission_needed)
         w.secretFoundOut.connect(self._on_secret_found)
         w.done.connect(self._on_done)
