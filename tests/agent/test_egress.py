@@ -441,3 +441,18 @@ def test_a_second_mitmproxy_master_in_the_process_is_refused(rig: Rig) -> None:
     with pytest.raises(SandboxError, match="another egress server is running"):
         EgressServer().start()
     assert '"path": "/still"' in rig.run(f"curl -sS https://localhost:{rig.port}/still")
+
+
+def test_a_redactor_that_cannot_be_built_breaks_the_response(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vault.errors import RedactionError
+
+    def broken(session_id: str) -> Any:
+        raise RedactionError("the session's secrets cannot be read")
+
+    monkeypatch.setattr(rig.broker, "egress_redactor", broken)
+    rig.proxy._redactor = None
+    out = rig.run(f"curl -sS https://localhost:{rig.port}/unredacted")
+    assert '"path"' not in out, out  # nothing unredacted reaches the sandbox
+    assert any(kind == "egress_failed" for kind, _ in rig.hooks.records)

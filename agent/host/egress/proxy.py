@@ -277,7 +277,12 @@ class _Addon:
         if route is None:
             flow.kill()  # type: ignore[no-untyped-call]
             return
-        route._on_response_headers(flow)
+        try:
+            route._on_response_headers(flow)
+        except Exception as e:  # fail closed: mitmproxy would log it and pass the body on
+            log.warning("egress response refused: %s", type(e).__name__)
+            flow.metadata["keyless_failed"] = f"the response could not be redacted: {e}"
+            flow.kill()  # type: ignore[no-untyped-call]
 
     async def response(self, flow: http.HTTPFlow) -> None:
         route = self.server._route_of(flow.client_conn, flow)
@@ -286,8 +291,10 @@ class _Addon:
 
     async def error(self, flow: http.HTTPFlow) -> None:
         route = self.server._route_of(flow.client_conn, flow)
-        if route is not None and flow.response is None and flow.error is not None:
-            await route._on_done(flow, failed=flow.error.msg)
+        if route is None or flow.error is None:
+            return
+        if flow.response is None or flow.metadata.get("keyless_failed"):
+            await route._on_done(flow, failed=flow.metadata.get("keyless_failed", flow.error.msg))
 
 
 def _system_bundle() -> bytes:
