@@ -13,8 +13,10 @@ work touches the disk, the keyring or the model.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -384,8 +386,32 @@ class AppServices:
             "'run unsandboxed' approval"
         )
 
+    def egress_settings(self) -> Any:
+        """How errands' shell commands reach the network: through the shared egress proxy.
+
+        Returns:
+            The :class:`agent.host.egress.settings.EgressSettings` every errand
+            and ``keyless run`` passes to its host (the user's pinned hosts),
+            or None where the proxy cannot run in this build (mitmproxy
+            missing): shell commands then have no network, and
+            :attr:`problems` says why.
+        """
+        mod = optional_module("agent.host.egress.settings")
+        if mod is None or importlib.util.find_spec("mitmproxy") is None:
+            self.problems["egress"] = (
+                "the egress proxy (mitmproxy) is not installed: shell commands have no network"
+            )
+            return None
+        return mod.EgressSettings(pinned_hosts=tuple(self.settings.egress_pinned_hosts))
+
     def close(self) -> None:
-        """Lock the vault and close whatever was opened. Safe to call twice."""
+        """Lock the vault, stop the shared egress proxy and close the rest. Safe to call twice."""
+        egress = sys.modules.get("agent.host.egress.proxy")  # never imported only to stop it
+        if egress is not None:
+            try:
+                egress.stop_shared_server()
+            except Exception:  # closing must go on; the failure is logged
+                log.exception("stopping the egress proxy on exit failed")
         with self._lock:
             vault = self._vault
             if vault is not None and hasattr(vault, "lock"):
@@ -460,6 +486,28 @@ class LiveBroker:
 
             raise GrantRefused("no vault exists yet: set one up on the Vault screen")
         return broker.call(handle, call, session_id=session_id, now=now)
+
+    def redeem_egress(
+        self, handle: str, *, method: str, url: str, session_id: str, command: str
+    ) -> Any:
+        """Redeem a handle a sandboxed command sent through the egress proxy.
+
+        Raises:
+            vault.errors.GrantRefused: No vault exists yet (or the broker refused).
+        """
+        broker = self._broker()
+        if broker is None:
+            from vault.errors import GrantRefused
+
+            raise GrantRefused("no vault exists yet: set one up on the Vault screen")
+        return broker.redeem_egress(
+            handle, method=method, url=url, session_id=session_id, command=command
+        )
+
+    def egress_redactor(self, session_id: str) -> Any:
+        """The egress proxy's redactor (None without a vault: no secret exists to redact)."""
+        broker = self._broker()
+        return broker.egress_redactor(session_id) if broker is not None else None
 
     def scan(self, text: str) -> list[str]:
         """Names of vault secrets found in ``text`` (none without a vault)."""

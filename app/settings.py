@@ -130,6 +130,8 @@ class AppSettings(BaseModel):
     workspace: str | None = None
     recent_workspaces: list[str] = Field(default_factory=list)
     auto_lock_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    #: Hosts the egress proxy passes through without interception (never with a capability).
+    egress_pinned_hosts: list[str] = Field(default_factory=list)
 
 
 def load_settings(paths: AppPaths) -> AppSettings:

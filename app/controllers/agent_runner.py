@@ -331,7 +331,10 @@ def agent_host_factory(
         except ServiceUnavailableError as e:
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
-        options: dict[str, Any] = {"hidden_paths": services.protected_paths()}
+        options: dict[str, Any] = {
+            "hidden_paths": services.protected_paths(),
+            "egress": services.egress_settings(),  # shell commands reach the network via the proxy
+        }
         if runs_in_host(spec):
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.

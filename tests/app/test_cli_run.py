@@ -442,3 +442,22 @@ def test_keyless_run_on_a_real_terminal_offers_the_credential(
     vault = Vault.open(path, keystore=NoKeyring())
     vault.unlock(PASS)
     assert bytes(vault.get("SECRET_TOKEN")) == TOKEN.encode()
+
+
+@pytest.mark.skipif(
+    not __import__("agent.host.sandbox", fromlist=["Sandbox"]).Sandbox.detect().available
+    or __import__("shutil").which("curl") is None,
+    reason="needs bubblewrap and curl",
+)
+def test_a_shell_command_reaches_the_network_only_through_the_egress_proxy(
+    tmp_path: Path, ws: Path
+) -> None:
+    replies = [
+        call("shell", command="curl -sS -o /dev/null -w '%{http_code}' http://localhost:9/x"),
+        final("tried"),
+    ]
+    # Once for the shell command, once for its request (no net rule decides it).
+    status, _out, err = keyless_run(tmp_path, ws, replies, "o\no\n")
+    assert status == EXIT_OK, err
+    assert "Permission needed: net" in err and "GET localhost/x" in err
+    assert "asked by: curl" in err

@@ -172,3 +172,36 @@ def test_the_experimental_eviction_setting_reaches_the_model_spec() -> None:
     again = AppServices()
     assert again.model_spec().settings.eviction == "sinks"
     assert "eviction" in again.problems["settings"]
+
+
+def test_errands_get_the_egress_proxy_with_the_users_pinned_hosts() -> None:
+    services = AppServices()
+    services.settings.egress_pinned_hosts = ["bank.example"]
+    settings = services.egress_settings()
+    assert settings is not None and settings.pinned_hosts == ("bank.example",)
+    broker = services.live_broker()  # no vault yet: nothing to redact, no handle usable
+    assert broker.egress_redactor("s1") is None
+    with pytest.raises(GrantRefused, match="no vault exists yet"):
+        broker.redeem_egress("cap_" + "0" * 32, method="GET", url="https://x.example/",
+                             session_id="s1", command="curl")
+
+
+def test_closing_the_services_stops_the_shared_egress_proxy() -> None:
+    from agent.host.egress.proxy import EgressProxy, EgressRequest, EgressVerdict
+
+    class Hooks:
+        def decide(self, request: EgressRequest) -> EgressVerdict:
+            return EgressVerdict(False, "test")
+
+        def record(self, kind: str, **fields: object) -> None:
+            return None
+
+    services = AppServices()
+    proxy = EgressProxy(Hooks(), services.live_broker(), session_id="s1")
+    proxy.start()
+    server = proxy._server
+    assert server is not None and server.running
+    proxy.close()
+    assert server.running  # kept for the next session
+    services.close()
+    assert not server.running
