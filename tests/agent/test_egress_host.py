@@ -96,6 +96,13 @@ def test_a_request_no_rule_decides_asks_as_net_and_runs_once_allowed(
     assert asked.arguments["path"] == "/hi"
     assert asked.arguments["command"].startswith("curl -sS https://localhost:")
     assert str(asked.suggested_rule) == "net(localhost)"
+    # The request is reported under the shell call that made it, with the decision.
+    [shown] = [e for e in rig.events if e.kind == "egress"]
+    [shell] = [e for e in rig.events if e.kind == "tool_call"]
+    assert shown.call_id == shell.call_id and shown.tool == "net"
+    request = (shown.data["method"], shown.data["host"], shown.data["path"])
+    assert request == ("GET", "localhost", "/hi")
+    assert shown.data["decision"] == "allow" and "by the user" in shown.data["reason"]
     assert any("hello from upstream" in text for text in _results(rig))
     kinds = rig.audit_kinds()
     assert "egress_started" in kinds and "egress_decision" in kinds and "egress_request" in kinds
