@@ -175,6 +175,8 @@ class HostListener:
             self._events.agent_crashed(event.text + (f"\n{tail}" if tail else ""))
         elif kind == "os_isolation":
             self._events.isolation(bool(data.get("isolated", False)), str(data.get("reason", "")))
+        elif kind == "egress":  # a request of the running shell command, through the proxy
+            self._events.egress(call_id, dict(data))
         elif kind == "secret_found":
             offer = offer_from_event(event.tool, data)
             if offer is not None:
