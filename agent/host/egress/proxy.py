@@ -44,7 +44,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import zlib
@@ -340,6 +339,8 @@ class EgressServer:
         self._port = 0
         self._dir: Path | None = None
         self._dhparams: Any = None
+        self._instance: Any = None
+        self._accepted = 0
 
     @property
     def running(self) -> bool:
@@ -408,6 +409,7 @@ class EgressServer:
                 await asyncio.sleep(0.01)
             if addrs:
                 self._port = int(addrs[0][1])
+                self._instance = next(iter(server.servers), None)
             ready.set()
             await run
 
@@ -473,45 +475,26 @@ class EgressServer:
         entry = self._clients.get(client.id)
         return entry[1] if entry is not None else "?"
 
-    async def _bridge(
+    async def _accept(
         self,
         route: EgressProxy,
         label: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self._bridges[port] = (route, label)  # before the proxy can see the connection
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, ("127.0.0.1", self._port))
-            up_r, up_w = await asyncio.open_connection(sock=sock, limit=_BRIDGE_READ)
-        except OSError:
-            self._bridges.pop(port, None)
-            sock.close()
+        """Hand one sandbox connection (its Unix socket) to mitmproxy, no TCP hop between."""
+        instance = self._instance
+        if instance is None:
             writer.close()
             return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(_BRIDGE_READ):
-                    dst.write(data)
-                    await dst.drain()
-                if dst.can_write_eof():
-                    dst.write_eof()
-            except (ConnectionError, OSError):
-                pass
-
+        self._accepted += 1
+        # A number no TCP peer can have, so no local process can pass for this sandbox.
+        port = _UNIX_PEERS + self._accepted
+        self._bridges[port] = (route, label)  # before mitmproxy sees the connection
         try:
-            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+            await instance.handle_stream(reader, _UnixPeer(writer, port, self._port))
         finally:
             self._bridges.pop(port, None)
-            for w in (writer, up_w):
-                with contextlib.suppress(OSError):
-                    w.close()
 
     def _on_connected(self, data: ServerConnectionHookData) -> None:
         name = self._named.pop(data.server.id, None)
@@ -522,8 +505,31 @@ class EgressServer:
             object.__setattr__(data.server, "address", name)
 
 
-#: How much one bridge read moves (the loopback socket buffers are larger).
-_BRIDGE_READ = 1 << 18
+#: Sandbox connections get peer "ports" from here on: above any TCP port.
+_UNIX_PEERS = 1 << 20
+#: How far a sandbox's Unix socket reads ahead.
+_UNIX_READ = 1 << 18
+
+
+class _UnixPeer:
+    """A sandbox's Unix-socket writer, as mitmproxy's TCP clients look (a numbered peer).
+
+    mitmproxy reads a client's ``peername`` and ``sockname`` from its writer
+    and formats them as addresses; everything else goes to the real writer.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, port: int, local_port: int) -> None:
+        self._writer = writer
+        self._names = {"peername": ("127.0.0.1", port), "sockname": ("127.0.0.1", local_port)}
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The numbered peer for ``peername``/``sockname``; the real writer's otherwise."""
+        if name in self._names:
+            return self._names[name]
+        return self._writer.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
 
 
 def _attach_shared(route: EgressProxy, upstream_ca: Path | None) -> EgressServer:
@@ -695,7 +701,7 @@ class EgressProxy:
         server_loop = server._loop
         unix = asyncio.run_coroutine_threadsafe(
             asyncio.start_unix_server(
-                lambda r, w: server._bridge(self, label, r, w), path=str(path), limit=_BRIDGE_READ
+                lambda r, w: server._accept(self, label, r, w), path=str(path), limit=_UNIX_READ
             ),
             server_loop,
         ).result(10)
