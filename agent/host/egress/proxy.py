@@ -664,8 +664,10 @@ class EgressProxy:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
             raise
+        # mitmproxy 11's annotations say RSA; it signs with any key cryptography does.
         self._certstore = certs.CertStore(
-            self._ca.key, certs.Cert(self._ca.cert), None, server._dhparams
+            self._ca.key,  # type: ignore[arg-type]  # an EC key (see ca.py)
+            certs.Cert(self._ca.cert), None, server._dhparams,
         )
         self._server = server
 
