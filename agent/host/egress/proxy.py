@@ -2,14 +2,14 @@
 
 One :class:`EgressServer` runs in the process (mitmproxy keeps its master in
 module globals): mitmproxy's :class:`~mitmproxy.master.Master` in its own
-asyncio loop on a host thread, listening on a loopback TCP port that only its
-Unix-socket bridges reach. Each session (an errand in the app, ``keyless
+asyncio loop on a host thread. Each session (an errand in the app, ``keyless
 run``) has an :class:`EgressProxy` attached to it, with its own rules, broker,
 CA and redactor; :meth:`EgressProxy.channel` opens one Unix socket per shell
-command, bound into that command's sandbox. Each bridge binds its source port
-and registers it with its session and command before it connects; the addon
-routes every client to that session and drops any client whose port no
-bridge registered (another local process reaching the port gets nothing).
+command, bound into that command's sandbox. Each connection on it is handed
+straight to mitmproxy with a numbered peer (above any TCP port) registered
+with its session and command first; the addon routes every client to that
+session and drops any other (mitmproxy must also listen on a loopback TCP
+port: another local process reaching it gets nothing).
 
 For every request (HTTP, or HTTPS intercepted with the per-session CA) the
 addon:
@@ -30,10 +30,11 @@ addon:
 Hosts the user pins pass through without interception and never carry a
 capability.
 
-Why one module of about 800 lines: the proxy's lifecycle (its loop, its
-listener, the bridges and their registered ports) and the addon's hooks share
-one state and one threat model (nothing unchecked leaves, nothing unredacted
-comes back), and are tested together in ``tests/agent/test_egress.py``.
+Why one module of about 1000 lines: the server's lifecycle (its loop, its
+listener, the sandbox connections and their numbered peers), the sessions'
+routes and the addon's hooks share one state and one threat model (nothing
+unchecked leaves, nothing unredacted comes back, no session reaches
+another's grants), and are tested together in ``tests/agent/test_egress.py``.
 """
 
 from __future__ import annotations
@@ -232,14 +233,14 @@ class _Addon:
     def __init__(self, server: EgressServer) -> None:
         self.server = server
 
-    # A client that did not come through one of our bridges is dropped at once.
+    # A client that is not a registered sandbox connection is dropped at once.
     def client_connected(self, client: Client) -> None:
         port = client.peername[1] if client.peername else None
-        bridge = self.server._bridges.get(port) if port is not None else None
-        if bridge is None:
+        peer = self.server._peers.get(port) if port is not None else None
+        if peer is None:
             client.error = "not a Keyless sandbox"
             return
-        self.server._clients[client.id] = bridge
+        self.server._clients[client.id] = peer
 
     def client_disconnected(self, client: Client) -> None:
         self.server._clients.pop(client.id, None)
@@ -314,11 +315,11 @@ _shared: EgressServer | None = None
 class EgressServer:
     """The process's one mitmproxy master, shared by every session's :class:`EgressProxy`.
 
-    It runs in its own asyncio loop on a host thread and listens on a loopback
-    port that only the sessions' Unix-socket bridges reach: each bridge binds
-    its source port and registers it with its session and command before it
-    connects; the addon maps each client to that session (its rules, broker,
-    CA, redactor) and drops any client whose port no bridge registered.
+    It runs in its own asyncio loop on a host thread. Sessions' Unix sockets
+    hand their connections to it directly (:meth:`_accept`), each registered
+    with its session and command under a peer number no TCP client can have;
+    the addon maps each client to that session (its rules, broker, CA,
+    redactor) and drops any other client.
 
     Args:
         upstream_ca: A CA file to verify upstream servers with instead of the
@@ -329,7 +330,7 @@ class EgressServer:
 
     def __init__(self, upstream_ca: Path | None = None) -> None:
         self.upstream_ca = upstream_ca
-        self._bridges: dict[int, tuple[EgressProxy, str]] = {}
+        self._peers: dict[int, tuple[EgressProxy, str]] = {}
         self._clients: dict[str, tuple[EgressProxy, str]] = {}
         self._routes: set[EgressProxy] = set()
         self._named: dict[str, tuple[str, int]] = {}
@@ -461,9 +462,9 @@ class EgressServer:
 
     def _detach(self, route: EgressProxy) -> None:
         self._routes.discard(route)
-        for port, (owner, _) in list(self._bridges.items()):
+        for port, (owner, _) in list(self._peers.items()):
             if owner is route:
-                self._bridges.pop(port, None)
+                self._peers.pop(port, None)
 
     def _route_of(self, client: Client, flow: http.HTTPFlow | None = None) -> EgressProxy | None:
         entry = self._clients.get(client.id)
@@ -490,11 +491,11 @@ class EgressServer:
         self._accepted += 1
         # A number no TCP peer can have, so no local process can pass for this sandbox.
         port = _UNIX_PEERS + self._accepted
-        self._bridges[port] = (route, label)  # before mitmproxy sees the connection
+        self._peers[port] = (route, label)  # before mitmproxy sees the connection
         try:
             await instance.handle_stream(reader, _UnixPeer(writer, port, self._port))
         finally:
-            self._bridges.pop(port, None)
+            self._peers.pop(port, None)
 
     def _on_connected(self, data: ServerConnectionHookData) -> None:
         name = self._named.pop(data.server.id, None)
