@@ -456,3 +456,8 @@ def test_a_redactor_that_cannot_be_built_breaks_the_response(
     out = rig.run(f"curl -sS https://localhost:{rig.port}/unredacted")
     assert '"path"' not in out, out  # nothing unredacted reaches the sandbox
     assert any(kind == "egress_failed" for kind, _ in rig.hooks.records)
+
+
+def test_the_forwarder_passes_on_the_commands_exit_status(rig: Rig) -> None:
+    assert rig.run("exit 7").startswith("exit status 7")
+    assert rig.run("kill -TERM $$").startswith("exit status 143")  # 128 + SIGTERM
