@@ -461,3 +461,34 @@ def test_a_redactor_that_cannot_be_built_breaks_the_response(
 def test_the_forwarder_passes_on_the_commands_exit_status(rig: Rig) -> None:
     assert rig.run("exit 7").startswith("exit status 7")
     assert rig.run("kill -TERM $$").startswith("exit status 143")  # 128 + SIGTERM
+
+
+def test_a_requests_audit_entry_does_not_hold_back_the_clients_next_request(
+    rig: Rig, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The entry for /hold is written only once /next reached the server: that
+    # needs the client to have had /hold's whole response first.
+    arrived = threading.Event()
+    released: list[bool] = []
+    record = rig.hooks.record
+
+    def slow_record(kind: str, **fields: Any) -> None:
+        if kind == "egress_request" and "/hold" in fields["details"]["url"]:
+            released.append(arrived.wait(10))
+        record(kind, **fields)
+
+    class Next(KeepAliveEcho):
+        def do_GET(self) -> None:  # noqa: D102 (http.server's contract)
+            if self.path == "/next":
+                arrived.set()
+            super().do_GET()
+
+    monkeypatch.setattr(rig.hooks, "record", slow_record)
+    with https_server(ca, Next) as httpd:
+        port = httpd.server_address[1]
+        out = rig.run(f"curl -sS --max-time 20 https://localhost:{port}/hold "
+                      f"https://localhost:{port}/next")
+    assert '"path": "/next"' in out, out
+    assert released == [True]  # not a 10 s wait
+    # The command returned only once its requests were audited.
+    assert [k for k, _ in rig.hooks.records].count("egress_request") == 2

@@ -40,6 +40,7 @@ another's grants), and are tested together in ``tests/agent/test_egress.py``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -625,6 +626,7 @@ class EgressProxy:
         self._certstore: certs.CertStore | None = None
         self._count = 0
         self._redactor: Any = None
+        self._audits: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -711,6 +713,9 @@ class EgressProxy:
         try:
             yield EgressChannel(path, self._dir / "ca-bundle.pem", proxy_env(), label)
         finally:
+            # The command is done: its requests' audit entries are written before it returns.
+            with contextlib.suppress(RuntimeError, TimeoutError, concurrent.futures.TimeoutError):
+                asyncio.run_coroutine_threadsafe(self._drain_audits(), server_loop).result(10)
             with contextlib.suppress(RuntimeError):
                 server_loop.call_soon_threadsafe(unix.close)
             with contextlib.suppress(OSError):
@@ -924,14 +929,27 @@ class EgressProxy:
             details["handle"] = flow.metadata["keyless_handle"]
             details["secret"] = flow.metadata["keyless_secret"]
         reason = failed or flow.metadata.get("keyless_failed")
-        await asyncio.to_thread(
+        # mitmproxy holds the response's last chunk until this hook returns, and
+        # the body is already out: so the entry is written beside the client's
+        # next request, not before it, and the command's channel waits for it.
+        audit = asyncio.ensure_future(asyncio.to_thread(
             self.hooks.record,
             "egress_request" if reason is None else "egress_failed",
             tool="shell",
             decision="allow",
             reason=reason,
             details=details,
-        )
+        ))
+        self._audits.add(audit)
+        audit.add_done_callback(self._audited)
+
+    def _audited(self, audit: asyncio.Future[None]) -> None:
+        self._audits.discard(audit)
+        if not audit.cancelled() and audit.exception() is not None:
+            log.warning("egress audit entry failed: %s", type(audit.exception()).__name__)
+
+    async def _drain_audits(self) -> None:
+        await asyncio.gather(*list(self._audits), return_exceptions=True)
 
     def _audit_refusal(self, flow: http.HTTPFlow, reason: str, handle: str | None) -> None:
         self.hooks.record(
