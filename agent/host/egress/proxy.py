@@ -484,7 +484,11 @@ class EgressServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        """Hand one sandbox connection (its Unix socket) to mitmproxy, no TCP hop between."""
+        """Hand one sandbox connection (its Unix socket) to mitmproxy, no TCP hop between.
+
+        ``ServerInstance.handle_stream`` is what mitmproxy's own listener calls
+        for each accepted connection; pinned to mitmproxy 11.0.2.
+        """
         instance = self._instance
         if instance is None:
             writer.close()
