@@ -1,6 +1,8 @@
 """``keyless mcp``: configure, check and approve Model Context Protocol tool servers.
 
-Subcommands: ``add NAME [--writable] -- COMMAND [ARG ...]``, ``list``,
+Subcommands: ``add NAME [--writable] -- COMMAND [ARG ...]`` (a stdio server),
+``add NAME --url URL [--allow-local]`` (a streamable-HTTP server, reached from
+the host under the ``net(...)`` rules), ``list``,
 ``rm NAME``, ``test NAME`` (start it in its sandbox, list its tools and show
 what changed since approval) and ``approve NAME`` (pin the tools as listed
 now). A server's tools are offered to the agent as ``NAME.tool`` only once
@@ -17,11 +19,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.errors import McpError
+from agent.host.mcpserver.http import policy_net_decider
 from agent.host.mcpserver.hub import McpHub
 from agent.host.mcpserver.store import McpServerConfig, McpStore
+from agent.host.policy import PolicyEngine
 from agent.host.sandbox import Sandbox
 from app.cli_common import CliError, Handler, add_workspace_option, set_command
-from app.services import AppServices
+from app.services import AppServices, ServiceUnavailableError
 
 
 def register(subparsers: Any) -> None:
@@ -33,10 +37,18 @@ def register(subparsers: Any) -> None:
     )
     commands = parser.add_subparsers(dest="mcp_command", metavar="COMMAND", required=True)
 
-    add = commands.add_parser("add", help="add a stdio server: add NAME -- COMMAND [ARG ...]")
+    add = commands.add_parser(
+        "add", help="add a server: add NAME -- COMMAND [ARG ...], or add NAME --url URL"
+    )
     add.add_argument("name", help="short name; its tools are offered as NAME.tool")
     add.add_argument("--writable", action="store_true", help="bind the workspace read-write")
-    add.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
+    add.add_argument("--url", help="a streamable-HTTP server's endpoint (https://host/mcp)")
+    add.add_argument(
+        "--allow-local", action="store_true",
+        help="let --url reach this machine or the LAN (refused otherwise)",
+    )  # fmt: skip
+    # "*", not REMAINDER: options (--url) may follow the name; a command goes after "--".
+    add.add_argument("argv", nargs="*", help="-- COMMAND [ARG ...]")
     _set_command(add, _add)
 
     listing = commands.add_parser("list", help="the configured servers")
@@ -66,12 +78,21 @@ def _store(services: AppServices) -> McpStore:
 
 def _add(args: argparse.Namespace) -> int:
     argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else list(args.argv)
-    if not argv:
-        raise CliError("name the server's command after '--': add NAME -- COMMAND [ARG ...]")
-    try:
-        config = McpServerConfig(
-            name=args.name, command=argv[0], args=argv[1:], workspace_writable=args.writable
+    if not argv and not args.url:
+        raise CliError(
+            "name the server's command after '--' (add NAME -- COMMAND [ARG ...]) "
+            "or its URL (add NAME --url URL)"
         )
+    try:
+        if args.url:
+            if argv:
+                raise CliError("give either --url or a command after '--', not both")
+            config = McpServerConfig(name=args.name, url=args.url, allow_local=args.allow_local)
+        else:
+            config = McpServerConfig(
+                name=args.name, command=argv[0], args=argv[1:], workspace_writable=args.writable,
+                allow_local=args.allow_local,
+            )  # fmt: skip
     except ValidationError as e:
         item = e.errors(include_url=False)[0]
         raise CliError(str(item["msg"]).removeprefix("Value error, ")) from e
@@ -84,9 +105,11 @@ def _list(args: argparse.Namespace) -> int:
     store = _store(AppServices())
     for config in store.servers():
         pinned = len(store.pins(config.name))
-        mode = "rw" if config.workspace_writable else "ro"
-        command = " ".join([config.command, *config.args])
-        print(f"{config.name}\tworkspace {mode}\t{pinned} tools approved\t{command}")
+        if config.url is not None:
+            mode = "http, local allowed" if config.allow_local else "http"
+        else:
+            mode = "workspace rw" if config.workspace_writable else "workspace ro"
+        print(f"{config.name}\t{mode}\t{pinned} tools approved\t{config.describe()}")
     return 0
 
 
@@ -100,10 +123,20 @@ def _hub(args: argparse.Namespace) -> McpHub:
     services = AppServices()
     store = _store(services)
     store.server(args.name)
-    workspace = args.workspace or services.workspace or Path.cwd()
+    return hub_for(services, store, Path(args.workspace) if args.workspace else None)
+
+
+def hub_for(services: AppServices, store: McpStore, workspace: Path | None) -> McpHub:
+    """The hub over ``store`` for ``workspace`` (default: the app's, else the current dir).
+
+    Stdio servers run in their sandboxes with the data and config dirs hidden;
+    URL servers are reached under the saved ``net(...)`` rules.
+    """
+    where = Path(workspace or services.workspace or Path.cwd())
     return McpHub(
-        store, Sandbox.detect(), workspace=workspace, hidden=services.protected_paths()
-    )
+        store, Sandbox.detect(), workspace=where, hidden=services.protected_paths(),
+        net_decider=policy_net_decider(stored_policy(services, where)),
+    )  # fmt: skip
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -141,10 +174,32 @@ def _approve(args: argparse.Namespace) -> int:
         hub.close()
 
 
-def mcp_hub(services: AppServices, workspace: Path) -> McpHub | None:
-    """The hub of the configured servers for an errand host, or None when there are none."""
+def stored_policy(services: AppServices, workspace: Path) -> PolicyEngine:
+    """The user's and the workspace's saved rules (the defaults alone when none can be read)."""
+    try:
+        store = services.rule_store(workspace)
+    except ServiceUnavailableError:
+        return PolicyEngine([])
+    try:
+        return PolicyEngine(list(store.rules(workspace)))
+    finally:
+        store.close()
+
+
+def mcp_hub(
+    services: AppServices, workspace: Path, *, policy: PolicyEngine | None = None
+) -> McpHub | None:
+    """The hub of the configured servers for an errand host, or None when there are none.
+
+    Requests to URL servers are decided by ``policy``'s ``net(...)`` rules (by
+    default the saved rules); a request the rules would ask about is refused,
+    naming the rule that allows it.
+    """
     store = _store(services)
     if not store.servers():
         store.close()
         return None
-    return McpHub(store, Sandbox.detect(), workspace=workspace, hidden=services.protected_paths())
+    return McpHub(
+        store, Sandbox.detect(), workspace=workspace, hidden=services.protected_paths(),
+        net_decider=policy_net_decider(policy or stored_policy(services, workspace)),
+    )  # fmt: skip

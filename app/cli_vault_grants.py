@@ -307,6 +307,10 @@ class _NoSecrets:
     def names(self) -> list[str]:
         return []
 
+    @property
+    def is_locked(self) -> bool:
+        return True
+
 
 def _db_path(args: argparse.Namespace) -> Path:
     if args.db is not None:

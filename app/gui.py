@@ -103,13 +103,20 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
         return view
 
     def settings() -> QtWidgets.QWidget:
+        from app.controllers.mcp_controller import McpController
         from app.controllers.settings_controller import SettingsController
         from app.views.settings_view import SettingsView
 
         controller = SettingsController(
             paths, services.settings, rule_store_factory=services.rule_store
         )
-        return SettingsView(controller)
+        # Scrolls rather than overflow a small screen (with the MCP servers it is ~900 px).
+        scroll = QtWidgets.QScrollArea()
+        scroll.setObjectName("settingsScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setWidget(SettingsView(controller, mcp=McpController(services)))
+        return scroll
 
     return [("Vault", vault), ("Memory", memory), ("Audit", audit), ("Settings", settings)]
 

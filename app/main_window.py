@@ -166,6 +166,7 @@ class MainWindow(QtWidgets.QMainWindow):
         errand_controller.isolationReported.connect(self._on_isolation)
         errand_controller.statsUpdated.connect(model_controller.update_stats)
         errand_controller.contextUpdated.connect(model_controller.update_context)
+        errand_controller.modelLoaded.connect(model_controller.update_loaded)
         model_controller.modelDescribed.connect(
             lambda name, detail: self.model_label.setText(f"Model: {name}")
         )

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.paths import AppPaths
 from models.eviction import EvictionMode
 
+#: A vault secret's name as the settings may name it (never a key's value).
+SECRET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
 
 class SettingsError(Exception):
     """The settings file could not be read or written."""
@@ -33,6 +36,7 @@ class ModelProfile(BaseModel):
     n_sink: int = Field(default=4, ge=0, le=256)
     rope_scaling: Literal["none", "linear", "yarn"] = "none"
     rope_factor: float = Field(default=1.0, ge=1.0, le=64.0)
+    n_threads: int | None = Field(default=None, ge=1, le=1024)
 
 
 #: The fields of :class:`ModelSettings` that are remembered per model.
@@ -57,6 +61,7 @@ class ModelSettings(BaseModel):
     n_sink: int = Field(default=4, ge=0, le=256)
     rope_scaling: Literal["none", "linear", "yarn"] = "none"
     rope_factor: float = Field(default=1.0, ge=1.0, le=64.0)
+    n_threads: int | None = Field(default=None, ge=1, le=1024, description="None = automatic.")
     eviction: EvictionMode = Field(
         default="sinks",
         description="Experimental: KV-cache eviction. sinks (StreamingLLM) is the default; "
@@ -64,7 +69,11 @@ class ModelSettings(BaseModel):
     )
     base_url: str | None = None
     remote_model: str | None = None
-    remote_key_secret: str | None = Field(default=None, description="Vault secret name.")
+    remote_key_secret: str | None = Field(
+        default=None,
+        pattern=SECRET_NAME_PATTERN,
+        description="The vault secret holding the API key (its name; never the key itself).",
+    )
     allow_local_remote: bool = False
     backend_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -78,7 +87,18 @@ class ModelSettings(BaseModel):
     @property
     def profile_key(self) -> str:
         """The key of the chosen model in :attr:`profiles`."""
-        return self.path or "embedded"
+        return profile_key(self.backend, self.path, self.remote_model)
+
+
+def profile_key(backend: str, path: str | None, remote_model: str | None) -> str:
+    """The key under which a model's runtime options are remembered.
+
+    A GGUF file by its path ('embedded' for the default); a model of another
+    backend by the backend and the model's name.
+    """
+    if backend == "llama.cpp":
+        return path or "embedded"
+    return f"{backend}:{remote_model or ''}"
 
 
 def model_spec_from_settings(m: ModelSettings, data_dir: Path) -> Any:
@@ -101,6 +121,7 @@ def model_spec_from_settings(m: ModelSettings, data_dir: Path) -> Any:
         "n_sink": m.n_sink,
         "rope_scaling": m.rope_scaling,
         "rope_factor": m.rope_factor,
+        "n_threads": m.n_threads,
         "eviction": m.eviction,
         "base_url": m.base_url,
         "model_name": m.remote_model,

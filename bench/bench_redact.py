@@ -49,6 +49,10 @@ class _Source:
     def get(self, name: str) -> bytearray:
         return bytearray(self.values[name])
 
+    @property
+    def is_locked(self) -> bool:
+        return False
+
 
 def _timeit(fn: Callable[[], object], repeats: int) -> list[float]:
     fn()  # warm up

@@ -97,7 +97,15 @@ class ModelInfo(BaseModel):
     n_ctx: int
     n_ctx_train: int | None = None
     gpu_offload_supported: bool = False
-    n_gpu_layers: int = 0
+    n_gpu_layers: int = Field(
+        default=0, description="The GPU layer count the model loaded with (asked; -1 = all)."
+    )
+    n_layers_offloaded: int = Field(
+        default=0, description="Layers llama.cpp actually put on a GPU (0 on a CPU build)."
+    )
+    n_layers: int | None = Field(
+        default=None, description="Layers that could be offloaded (repeating + output)."
+    )
     rope_scaling: str = "none"
 
 

@@ -205,14 +205,16 @@ def load_with_fallback(
 
     start = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
     tried: list[str] = []
+    last: ModelLoadError | None = None
     for n in fallback_layers(start):
         try:
             return load(n), n
         except ModelLoadError as e:
             tried.append(f"{n} GPU layers: {e}")
+            last = e
             if n > 0:
                 _log.warning("loading with %d GPU layers failed (%s); trying fewer", n, e)
-    raise ModelLoadError("; ".join(tried))
+    raise ModelLoadError("; ".join(tried)) from (last.__cause__ if last else None)
 
 
 def _default_threads() -> int:
@@ -244,16 +246,20 @@ class Runtime:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        def load(n_gpu_layers: int) -> Any:
-            try:
-                return llama_cpp.Llama(**(kwargs | {"n_gpu_layers": n_gpu_layers}))
-            except (ValueError, RuntimeError, OSError) as e:
-                raise ModelLoadError(
-                    f"llama.cpp could not load {config.model_path}: {e}"
-                ) from e
+        from models.loadlog import llama_loader
 
         n_layer = self.header.hparams.get("block_count", 0)
-        llm, kwargs["n_gpu_layers"] = load_with_fallback(load, kwargs["n_gpu_layers"], n_layer)
+        load = llama_loader(llama_cpp.Llama, kwargs, str(config.model_path))
+        (llm, load_log), kwargs["n_gpu_layers"] = load_with_fallback(
+            load, kwargs["n_gpu_layers"], n_layer
+        )
+        # What llama.cpp did, not what was asked: a CPU-only build offloads nothing.
+        offloaded = load_log.offloaded()
+        if offloaded is None:
+            asked = int(kwargs["n_gpu_layers"])
+            total = n_layer + 1
+            on_gpu = min(total if asked < 0 else asked, total) if gpu_offload_supported() else 0
+            offloaded = (on_gpu, total)
         self._llm: Any = llm
         self._closed = False
         self._lock = threading.Lock()
@@ -298,6 +304,8 @@ class Runtime:
             n_ctx_train=self.header.n_ctx_train,
             gpu_offload_supported=gpu_offload_supported(),
             n_gpu_layers=int(kwargs["n_gpu_layers"]),
+            n_layers_offloaded=offloaded[0],
+            n_layers=offloaded[1],
             rope_scaling=(
                 "none"
                 if config.rope_scaling.kind == "none"

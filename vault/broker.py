@@ -506,7 +506,10 @@ class Broker:
         generation = self._generation()
         if generation is not None and generation == self._indexed_generation:
             return
-        current = SecretFingerprints.load(path)
+        try:
+            current = SecretFingerprints.load(path)
+        except RedactionError:
+            current = None  # unreadable, or built by another version: the values are here
         if current is None or generation is None or current.generation != generation:
             SecretFingerprints.build(values, generation=generation).save(path)
         self._indexed_generation = generation

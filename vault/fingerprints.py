@@ -190,7 +190,11 @@ class SecretFingerprints:
             raise RedactionError(f"cannot read the secret fingerprints {path}: {e}") from e
         try:
             if data["format"] != _FORMAT or data["window"] != WINDOW:
-                raise ValueError("unknown format or window")
+                raise RedactionError(
+                    f"the secret fingerprints {path} were built by another version of Keyless "
+                    f"(format {data['format']}, window {data['window']}); unlock the vault once "
+                    "to rebuild them"
+                )
             generation = data["generation"]
             if generation is not None and not isinstance(generation, int):
                 raise ValueError("generation is not a number")

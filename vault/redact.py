@@ -64,9 +64,9 @@ MIN_DERIVED_LENGTH = 6
 """Encoded forms shorter than this are not redacted: they would match ordinary
 text everywhere. The raw form is always redacted, whatever its length."""
 
-NEAR_COPY_MIN = 12
+NEAR_COPY_MIN = 10
 """A near-copy is at least this many consecutive characters of a secret's form."""
-NEAR_COPY_FRACTION = 0.75
+NEAR_COPY_FRACTION = 0.4
 """... and at least this fraction of the form's (folded) length."""
 
 SecretValue = bytes | bytearray | str

@@ -249,6 +249,8 @@ class AgentHost(ToolDispatch, ModelRelay):
             self._crashed(error)
             raise error from e
         self._record("agent_started", details={"isolated": isolated, "pid": msg.pid})
+        if msg.model is not None:
+            self._emit(AgentEvent("model_loaded", text=msg.model.name, data=msg.model.model_dump()))
         return msg
 
     def agent_command(self, argv: Sequence[str], binds: Sequence[Path] = ()) -> list[str]:

@@ -25,6 +25,7 @@ EventKind = Literal[
     "memory_problems",
     "secret_found",
     "egress",
+    "model_loaded",
 ]
 
 

@@ -177,6 +177,8 @@ class HostListener:
             self._events.isolation(bool(data.get("isolated", False)), str(data.get("reason", "")))
         elif kind == "egress":  # a request of the running shell command, through the proxy
             self._events.egress(call_id, dict(data))
+        elif kind == "model_loaded":
+            self._events.model_loaded(dict(data))
         elif kind == "secret_found":
             offer = offer_from_event(event.tool, data)
             if offer is not None:
@@ -270,6 +272,19 @@ class AgentHostRunner:
                 thing.close()
 
 
+def _mcp_hub(services: AppServices, workspace: Path, rules: list[Any]) -> Any:
+    """The configured MCP servers for an errand (None when there are none or the store fails)."""
+    from agent.errors import McpError
+    from agent.host.policy import PolicyEngine
+    from app.cli_mcp import mcp_hub
+
+    try:
+        return mcp_hub(services, workspace, policy=PolicyEngine(rules))
+    except McpError as e:
+        log.warning("errand runs without MCP servers: %s", e)
+        return None
+
+
 def approximate_tokens(text: str) -> int:
     """Estimate a text's tokens without the model's tokenizer (~4 characters each)."""
     return max(1, len(text) // 4)
@@ -332,6 +347,8 @@ def agent_host_factory(
             )
         except ServiceUnavailableError as e:
             log.warning("errand runs without memory: %s", e)
+        # The MCP servers configured in Settings or with `keyless mcp`.
+        hub = _mcp_hub(services, ctx.workspace, rules)
         prompt = HostPrompt(ctx.asker)
         options: dict[str, Any] = {
             "hidden_paths": services.protected_paths(),
@@ -341,6 +358,7 @@ def agent_host_factory(
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.
             options["relay_model"] = services.remote_model(spec)
+        options.update({"mcp": hub} if hub is not None else {})
         options.update(host_options or {})
         listener: Any = HostListener(ctx.events, prompt)
         recorder = None
@@ -361,7 +379,10 @@ def agent_host_factory(
             scripted_model=scripted_model,
             **options,
         )
-        owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
+        mcp_store = hub.store if hub is not None else None
+        owned = tuple(
+            x for x in (store, memory, mcp_store) if callable(getattr(x, "close", None))
+        )
         model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
             spec.label() if spec is not None else "unknown"
         )

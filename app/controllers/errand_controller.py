@@ -159,6 +159,9 @@ class ErrandEvents(Protocol):
     def context(self, state: Mapping[str, Any]) -> None:
         """What the model's KV cache holds (sink, window, evicted)."""
 
+    def model_loaded(self, info: Mapping[str, Any]) -> None:
+        """The agent's model is loaded (``models.interface.ModelInfo`` fields, as loaded)."""
+
     def secret_found(self, offer: CredentialOffer) -> None:
         """A credential was withheld from the agent; ``offer`` may move it into the vault."""
 
@@ -243,6 +246,7 @@ class _ErrandWorker(QObject):
     permissionNeeded = Signal(object)
     secretFoundOut = Signal(object)
     egressOut = Signal(str, object)
+    modelLoadedOut = Signal(object)
     done = Signal(str)
     closed = Signal()
 
@@ -293,6 +297,9 @@ class _ErrandWorker(QObject):
 
     def egress(self, call_id: str, request: Mapping[str, Any]) -> None:
         self.egressOut.emit(call_id, dict(request))
+
+    def model_loaded(self, info: Mapping[str, Any]) -> None:
+        self.modelLoadedOut.emit(dict(info))
 
     # PermissionAsker, called by the runner in this thread.
     def ask(self, question: PermissionQuestion) -> PermissionReply:
@@ -444,6 +451,7 @@ class ErrandController(QObject):
     noticeReported = Signal(str)
     agentCrashed = Signal(str)
     isolationReported = Signal(bool, str)
+    modelLoaded = Signal(object)
     statsUpdated = Signal(object)
     contextUpdated = Signal(object)
     permissionRequested = Signal(object)
@@ -495,6 +503,7 @@ class ErrandController(QObject):
         w.noticeOut.connect(self._on_notice)
         w.isolationOut.connect(self.isolationReported)
         w.contextOut.connect(self.contextUpdated)
+        w.modelLoadedOut.connect(self.modelLoaded)
         w.permissionNeeded.connect(self._on_permission_needed)
         w.secretFoundOut.connect(self._on_secret_found)
         w.egressOut.connect(self._on_egress)

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from app.background import JobRunner, Progress
 from app.qt import QObject, Signal, Slot
-from app.services import AppServices
-from app.settings import PROFILE_FIELDS, ModelSettings, SettingsError
+from app.services import AppServices, ServiceUnavailableError
+from app.settings import PROFILE_FIELDS, ModelSettings, SettingsError, profile_key
 from app.widgets.context_gauge import GaugeState
 from models.interface import CancelToken
 
@@ -138,6 +138,7 @@ class ModelController(QObject):
     installedUpdated = Signal(object)
     offloadPlanned = Signal(str)
     downloadNotice = Signal(str)
+    modelLoaded = Signal(str)
 
     def __init__(
         self,
@@ -159,6 +160,7 @@ class ModelController(QObject):
         self._download_base = 0
         self.gpu_supported: bool | None = None
         self.last_stats: dict[str, Any] = {}
+        self.loaded: dict[str, Any] = {}
         self.context = GaugeState(n_ctx=services.settings.model.n_ctx)
 
     @property
@@ -188,7 +190,11 @@ class ModelController(QObject):
 
     def refresh(self) -> None:
         """Describe the chosen model, in the background."""
-        path = self.settings.path
+        settings = self.settings
+        if settings.backend != "llama.cpp":
+            self.modelDescribed.emit(*_describe_remote(settings))
+            return
+        path = settings.path
         self._jobs.submit(
             "describe",
             lambda _: _describe_model(path),
@@ -242,6 +248,7 @@ class ModelController(QObject):
         n_sink: int,
         rope_scaling: str,
         rope_factor: float,
+        n_threads: int | None = None,
     ) -> None:
         """Validate and save the runtime options (they apply to the next errand)."""
         self._apply(
@@ -251,13 +258,72 @@ class ModelController(QObject):
                 "n_sink": n_sink,
                 "rope_scaling": rope_scaling,
                 "rope_factor": rope_factor,
+                "n_threads": n_threads,
             }
+        )
+
+    def vault_secret_names(self) -> list[str]:
+        """The vault's secret names, to offer as the remote API key; empty while it is locked."""
+        try:
+            vault = self.services.vault
+        except ServiceUnavailableError:
+            return []
+        if vault is None or vault.is_locked:
+            return []
+        return sorted(vault.names())
+
+    def use_remote(
+        self, base_url: str, model_name: str, key_secret: str, *, allow_local: bool = False
+    ) -> None:
+        """Use a model behind an OpenAI-compatible server (checked in the background).
+
+        Args:
+            base_url: The server's API root (``https://host/v1``; ``http`` only
+                for a local server, with ``allow_local``).
+            model_name: The model the server serves.
+            key_secret: The *name* of the vault secret holding the API key, or
+                empty for a server that needs none. The key itself never
+                passes through the settings.
+            allow_local: Let the URL point at this machine or the LAN.
+        """
+        base_url, model_name, key_secret = base_url.strip(), model_name.strip(), key_secret.strip()
+        if not base_url or not model_name:
+            self.errorOccurred.emit("give the server's base URL and the model's name")
+            return
+        try:
+            vault = self.services.vault
+        except ServiceUnavailableError:
+            vault = None
+        if key_secret and vault is not None and not vault.is_locked:
+            if key_secret not in vault.names():
+                self.errorOccurred.emit(
+                    f"the vault has no secret named {key_secret!r}; add the API key "
+                    "on the Vault panel first"
+                )
+                return
+
+        def check(_: Progress) -> str:
+            from models.remote import check_base_url
+
+            return check_base_url(base_url, allow_local=allow_local)
+
+        def checked(url: object) -> None:
+            changes = {
+                "backend": "openai", "base_url": str(url), "remote_model": model_name,
+                "remote_key_secret": key_secret or None, "allow_local_remote": allow_local,
+            }
+            if self._apply(changes, describe=False):
+                self.modelDescribed.emit(*_describe_remote(self.settings))
+
+        self._jobs.submit(
+            "remote", check, on_success=checked,
+            on_error=lambda e: self.errorOccurred.emit(f"Cannot use {base_url}: {e}"),
         )
 
     def _apply(self, changes: Mapping[str, Any], *, describe: bool = True) -> bool:
         merged = self.settings.model_dump() | dict(changes)
         old_key = self.settings.profile_key
-        new_key = merged["path"] or "embedded"
+        new_key = profile_key(merged["backend"], merged["path"], merged["remote_model"])
         if new_key != old_key:
             # Remember the runtime options per model: keep the old one's, restore the new one's.
             profiles = dict(merged.get("profiles") or {})
@@ -285,10 +351,15 @@ class ModelController(QObject):
         self.context = GaugeState(n_ctx=new.n_ctx)
         self.settingsChanged.emit(new)
         self.contextUpdated.emit(self.context)
-        if describe and old.path != new.path:
+        if describe and (old.path, old.backend) != (new.path, new.backend):
             self.refresh()
-        if old.path != new.path or old.n_ctx != new.n_ctx or old.n_gpu_layers != new.n_gpu_layers:
+        switched = (old.path, old.backend) != (new.path, new.backend)
+        if switched or old.n_ctx != new.n_ctx or old.n_gpu_layers != new.n_gpu_layers:
             self._publish_catalog()
+        if switched and self.loaded:
+            self.modelLoaded.emit(
+                describe_loaded(self.loaded) + " · the new choice loads with the next errand"
+            )
         return True
 
     # -- the curated catalog -----------------------------------------------------------
@@ -332,6 +403,8 @@ class ModelController(QObject):
                     vram_available=memory.vram_free,
                 )
             ]
+            if settings.backend != "llama.cpp":
+                return rows, found, "Offload: none here; the model runs on its server"
             path = Path(settings.path) if settings.path else catalog.embedded_default().path
             try:
                 shape = fit.shape_from_header(catalog.read_header(path))
@@ -510,6 +583,14 @@ class ModelController(QObject):
             self._set_context({"n_evicted": evicted, "n_shifts": stats.get("n_shifts", 0)})
 
     @Slot(object)
+    def update_loaded(self, info: object) -> None:
+        """Take the loaded model's description (``models.interface.ModelInfo`` or its fields)."""
+        fields = info.model_dump() if hasattr(info, "model_dump") else info
+        if isinstance(fields, Mapping):
+            self.loaded = dict(fields)
+            self.modelLoaded.emit(describe_loaded(self.loaded))
+
+    @Slot(object)
     def update_context(self, state: object) -> None:
         """Take what the KV cache holds (``ContextState`` fields)."""
         if isinstance(state, Mapping):
@@ -527,6 +608,35 @@ class ModelController(QObject):
         """Cancel a download and wait for background work."""
         self.cancel_download()
         return self._jobs.wait(timeout_ms)
+
+
+def describe_loaded(info: Mapping[str, Any]) -> str:
+    """One line on the model as it was loaded: where its layers really are.
+
+    Args:
+        info: ``models.interface.ModelInfo`` fields, from the loaded model.
+    """
+    name = str(info.get("name") or "the model")
+    if info.get("backend") != "llama.cpp":
+        return f"Loaded: {name} (runs on its server; nothing offloaded here)"
+    on_gpu = int(info.get("n_layers_offloaded") or 0)
+    total = info.get("n_layers")
+    of = f" of {total}" if isinstance(total, int) else ""
+    text = f"Loaded: {name} · {on_gpu}{of} layers on the GPU"
+    if not info.get("gpu_offload_supported"):
+        return text + " (this llama.cpp build is CPU-only)"
+    return text
+
+
+def _describe_remote(settings: ModelSettings) -> tuple[str, str]:
+    key = (
+        f"API key: vault secret {settings.remote_key_secret!r}"
+        if settings.remote_key_secret else "no API key"
+    )
+    return (
+        settings.remote_model or "unnamed model",
+        f"{settings.backend} server · {settings.base_url or '(no URL)'} · {key}",
+    )
 
 
 def _describe_model(path: str | None) -> tuple[str, str]:

@@ -77,9 +77,41 @@ class ModelView(QtWidgets.QWidget):
         self.pick_button.setObjectName("pickModelFile")
         self.use_button = QtWidgets.QPushButton("&Use this model")
         self.use_button.setObjectName("useModel")
+        self.remote_radio = QtWidgets.QRadioButton("Remote &OpenAI-compatible server:")
+        self.remote_radio.setObjectName("useRemote")
+        self.remote_url = QtWidgets.QLineEdit()
+        self.remote_url.setObjectName("remoteUrl")
+        self.remote_url.setAccessibleName("Server base URL")
+        self.remote_url.setPlaceholderText("https://api.example.com/v1")
+        self.remote_model = QtWidgets.QLineEdit()
+        self.remote_model.setObjectName("remoteModel")
+        self.remote_model.setAccessibleName("Model name on the server")
+        self.remote_model.setPlaceholderText("the model's name, e.g. qwen2.5-7b-instruct")
+        # The key is named, never typed here: it lives in the vault.
+        self.remote_key = QtWidgets.QComboBox()
+        self.remote_key.setObjectName("remoteKeySecret")
+        self.remote_key.setEditable(True)
+        self.remote_key.setAccessibleName("Vault secret holding the API key")
+        key_edit = self.remote_key.lineEdit()
+        assert key_edit is not None  # editable combo boxes have one
+        key_edit.setPlaceholderText("vault secret name (empty: no key)")
+        self.remote_key.setToolTip(
+            "The name of the vault secret that holds the API key. The key stays in the "
+            "vault; the host reads it for each request and never shows it to the agent."
+        )
+        self.remote_local = QtWidgets.QCheckBox("Allow a server on this machine or the LAN")
+        self.remote_local.setObjectName("remoteAllowLocal")
+        self.remote_form = QtWidgets.QWidget()
+        remote_form = QtWidgets.QFormLayout(self.remote_form)
+        remote_form.setContentsMargins(24, 0, 0, 0)
+        remote_form.addRow("Base &URL:", self.remote_url)
+        remote_form.addRow("&Model name:", self.remote_model)
+        remote_form.addRow("API &key (vault):", self.remote_key)
+        remote_form.addRow(self.remote_local)
         source_group = QtWidgets.QButtonGroup(self)
         source_group.addButton(self.embedded_radio)
         source_group.addButton(self.local_radio)
+        source_group.addButton(self.remote_radio)
         local_row = QtWidgets.QHBoxLayout()
         local_row.addWidget(self.local_radio)
         local_row.addWidget(self.local_path, 1)
@@ -90,6 +122,8 @@ class ModelView(QtWidgets.QWidget):
         source_layout.addWidget(self.model_detail)
         source_layout.addWidget(self.embedded_radio)
         source_layout.addLayout(local_row)
+        source_layout.addWidget(self.remote_radio)
+        source_layout.addWidget(self.remote_form)
         use_row = QtWidgets.QHBoxLayout()
         use_row.addStretch(1)
         use_row.addWidget(self.use_button)
@@ -229,6 +263,15 @@ class ModelView(QtWidgets.QWidget):
         self.rope_factor.setSingleStep(0.5)
         self.rope_factor.setDecimals(2)
         self.rope_factor.setAccessibleName("RoPE scaling factor")
+        self.n_threads = QtWidgets.QSpinBox()
+        self.n_threads.setObjectName("nThreads")
+        self.n_threads.setRange(0, 1024)
+        self.n_threads.setSpecialValueText("automatic")
+        self.n_threads.setAccessibleName("CPU threads")
+        self.n_threads.setToolTip("CPU threads for generation; automatic uses every core allowed.")
+        self.loaded_label = QtWidgets.QLabel("Loaded: no model loaded yet")
+        self.loaded_label.setObjectName("loadedOffload")
+        self.loaded_label.setWordWrap(True)
         self.apply_button = QtWidgets.QPushButton("A&pply")
         self.apply_button.setObjectName("applyRuntime")
         gpu_row = QtWidgets.QHBoxLayout()
@@ -244,6 +287,7 @@ class ModelView(QtWidgets.QWidget):
         runtime_form = QtWidgets.QFormLayout(runtime_box)
         runtime_form.addRow(self.gpu_label)
         runtime_form.addRow(self.offload_label)
+        runtime_form.addRow(self.loaded_label)
         gpu_layers_label = QtWidgets.QLabel("&GPU layers:")
         gpu_layers_label.setBuddy(self.gpu_layers)
         runtime_form.addRow(gpu_layers_label, gpu_row)
@@ -256,6 +300,9 @@ class ModelView(QtWidgets.QWidget):
         rope_label = QtWidgets.QLabel("&RoPE scaling:")
         rope_label.setBuddy(self.rope_combo)
         runtime_form.addRow(rope_label, rope_row)
+        threads_label = QtWidgets.QLabel("CPU &threads:")
+        threads_label.setBuddy(self.n_threads)
+        runtime_form.addRow(threads_label, self.n_threads)
         apply_row = QtWidgets.QHBoxLayout()
         apply_row.addStretch(1)
         apply_row.addWidget(self.apply_button)
@@ -295,15 +342,28 @@ class ModelView(QtWidgets.QWidget):
         right.addStretch(1)
         columns.addLayout(left, 1)
         columns.addLayout(right, 1)
+        # Scrolls rather than overflow a small screen (the panel is taller than 800 px).
+        content = QtWidgets.QWidget()
+        content.setLayout(columns)
+        scroll = QtWidgets.QScrollArea()
+        scroll.setObjectName("modelScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.banner)
-        layout.addLayout(columns, 1)
+        layout.addWidget(scroll, 1)
 
         order: list[QtWidgets.QWidget] = [
             self.embedded_radio,
             self.local_radio,
             self.local_path,
             self.pick_button,
+            self.remote_radio,
+            self.remote_url,
+            self.remote_model,
+            self.remote_key,
+            self.remote_local,
             self.use_button,
             self.repo_edit,
             self.file_edit,
@@ -316,6 +376,7 @@ class ModelView(QtWidgets.QWidget):
             self.n_sink,
             self.rope_combo,
             self.rope_factor,
+            self.n_threads,
             self.apply_button,
             self.gauge,
         ]
@@ -325,6 +386,8 @@ class ModelView(QtWidgets.QWidget):
         self.pick_button.clicked.connect(self._pick_file)
         self.use_button.clicked.connect(self.use_selected)
         self.local_path.textEdited.connect(lambda _: self.local_radio.setChecked(True))
+        for edit in (self.remote_url, self.remote_model):
+            edit.textEdited.connect(lambda _: self.remote_radio.setChecked(True))
         self.download_button.clicked.connect(self._download)
         self.cancel_download_button.clicked.connect(controller.cancel_download)
         self.apply_button.clicked.connect(self.apply_runtime)
@@ -346,6 +409,7 @@ class ModelView(QtWidgets.QWidget):
         c.catalogUpdated.connect(self._on_catalog)
         c.installedUpdated.connect(self._on_installed)
         c.offloadPlanned.connect(self.offload_label.setText)
+        c.modelLoaded.connect(self.loaded_label.setText)
         c.downloadNotice.connect(lambda m: self.banner.show_message(m, "warning"))
         self.catalog_table.itemSelectionChanged.connect(
             lambda: self.catalog_download_button.setEnabled(
@@ -365,7 +429,14 @@ class ModelView(QtWidgets.QWidget):
             self._probed = True
             self.controller.probe_gpu()
             self.controller.probe_memory()
+        self._offer_secret_names()
         super().showEvent(event)
+
+    def _offer_secret_names(self) -> None:
+        chosen = self.remote_key.currentText()
+        self.remote_key.clear()
+        self.remote_key.addItems(self.controller.vault_secret_names())
+        self.remote_key.setEditText(chosen)
 
     # -- the curated catalog --------------------------------------------------------------
 
@@ -431,12 +502,24 @@ class ModelView(QtWidgets.QWidget):
     @Slot(object)
     def _show_settings(self, settings: object) -> None:
         assert isinstance(settings, ModelSettings)
-        if settings.path is None:
+        remote = settings.backend != "llama.cpp"
+        if remote:
+            self.remote_radio.setChecked(True)
+        elif settings.path is None:
             self.embedded_radio.setChecked(True)
         else:
             self.local_radio.setChecked(True)
+        if settings.path is not None:
             self.local_path.setText(settings.path)
-        self.demo_note.setVisible(settings.path is None)
+        self.remote_url.setText(settings.base_url or "")
+        self.remote_model.setText(settings.remote_model or "")
+        self.remote_key.setEditText(settings.remote_key_secret or "")
+        self.remote_local.setChecked(settings.allow_local_remote)
+        self.demo_note.setVisible(settings.path is None and not remote)
+        self.n_threads.setValue(settings.n_threads or 0)
+        # Offload, sinks, RoPE and threads are the local runtime's; a server has its own.
+        for widget in (self.gpu_auto, self.n_sink, self.rope_combo, self.n_threads):
+            widget.setEnabled(not remote)
         self.gpu_auto.setChecked(settings.n_gpu_layers is None)
         self.gpu_layers.setValue(settings.n_gpu_layers or 0)
         self.gpu_layers.setEnabled(settings.n_gpu_layers is not None)
@@ -446,6 +529,9 @@ class ModelView(QtWidgets.QWidget):
         self.rope_combo.setCurrentIndex(max(0, index))
         self.rope_factor.setValue(settings.rope_factor)
         self._rope_changed()
+        if remote:
+            self.gpu_layers.setEnabled(False)
+            self.rope_factor.setEnabled(False)
 
     @Slot()
     def _rope_changed(self) -> None:
@@ -457,6 +543,11 @@ class ModelView(QtWidgets.QWidget):
         self.banner.clear()
         if self.embedded_radio.isChecked():
             self.controller.use_embedded()
+        elif self.remote_radio.isChecked():
+            self.controller.use_remote(
+                self.remote_url.text(), self.remote_model.text(), self.remote_key.currentText(),
+                allow_local=self.remote_local.isChecked(),
+            )
         else:
             self.controller.use_local_file(self.local_path.text())
 
@@ -479,6 +570,7 @@ class ModelView(QtWidgets.QWidget):
             n_sink=self.n_sink.value(),
             rope_scaling=str(self.rope_combo.currentData()),
             rope_factor=self.rope_factor.value(),
+            n_threads=self.n_threads.value() or None,
         )
 
     @Slot(str, str)

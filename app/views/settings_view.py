@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.controllers.mcp_controller import McpController
 from app.controllers.settings_controller import (
     RuleRow,
     SandboxStatus,
@@ -10,6 +11,7 @@ from app.controllers.settings_controller import (
 )
 from app.qt import Qt, QtGui, QtWidgets
 from app.settings import AppSettings
+from app.widgets.mcp_servers import McpServersBox
 from app.widgets.network_rules import NetworkRulesBox
 
 ACTIONS = ("deny", "ask", "allow")
@@ -25,7 +27,11 @@ class SettingsView(QtWidgets.QWidget):
     """The settings page; changes go through its :class:`SettingsController`."""
 
     def __init__(
-        self, controller: SettingsController, parent: QtWidgets.QWidget | None = None
+        self,
+        controller: SettingsController,
+        parent: QtWidgets.QWidget | None = None,
+        *,
+        mcp: McpController | None = None,
     ) -> None:
         super().__init__(parent)
         self.controller = controller
@@ -165,6 +171,9 @@ class SettingsView(QtWidgets.QWidget):
         top.addLayout(right, 2)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(top, 1)
+        self.mcp_box = McpServersBox(mcp) if mcp is not None else None
+        if self.mcp_box is not None:
+            layout.addWidget(self.mcp_box, 1)
         layout.addWidget(paths_box)
         layout.addWidget(self.message)
 

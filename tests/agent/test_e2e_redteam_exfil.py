@@ -616,11 +616,6 @@ def test_the_secret_dribbled_one_byte_per_chunk(
     assert result["ok"] and result["redacted"] == ["API_TOKEN"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redaction matches whole forms of a secret: a server that returns it in two JSON "
-    "fields (13 + 13 characters) hands the agent both halves",
-)
 def test_the_secret_split_across_json_fields(
     tmp_path: Path, workspace: Path, broker: Broker, hostile: int  # noqa: F811
 ) -> None:

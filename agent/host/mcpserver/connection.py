@@ -11,10 +11,11 @@ process; the hub starts a fresh one on the next errand or on demand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
@@ -205,25 +206,30 @@ class McpConnection:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from mcp import ClientSession, StdioServerParameters
-        from mcp.client.stdio import stdio_client
+        from mcp import ClientSession
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        async with self._streams() as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            listed = await session.list_tools()
+            self.tools = list(listed.tools)
+            self._session = session
+            self._ready.set()
+            await self._stop.wait()
+
+    @contextlib.asynccontextmanager
+    async def _streams(self) -> AsyncIterator[tuple[Any, Any]]:
+        """The SDK's read and write streams to the server: here, its process's stdio."""
+        from mcp import StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
         params = StdioServerParameters(
             command=self._argv[0], args=self._argv[1:], env=self._env, cwd=self._cwd
         )
         with open(os.devnull, "w") as errlog:  # noqa: PTH123  # the server's stderr is not shown
-            async with (
-                stdio_client(params, errlog=errlog) as (read, write),
-                ClientSession(read, write) as session,
-            ):
-                await session.initialize()
-                listed = await session.list_tools()
-                self.tools = list(listed.tools)
-                self._session = session
-                self._ready.set()
-                await self._stop.wait()
+            async with stdio_client(params, errlog=errlog) as (read, write):
+                yield read, write
 
 
 def _is_tool_level(error: BaseException) -> bool:

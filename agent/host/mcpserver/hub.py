@@ -2,7 +2,9 @@
 
 :class:`McpHub` starts each server in its own sandbox
 (:meth:`agent.host.sandbox.Sandbox.server_command`: no network, no home, no
-data dir, the workspace read-only unless the user chose otherwise), compares
+data dir, the workspace read-only unless the user chose otherwise), or
+reaches a streamable-HTTP server from the host under the ``net(...)`` rules
+(:mod:`agent.host.mcpserver.http`), compares
 its tools with the pinned definitions, offers the approved ones to the agent
 as ``server.tool``, and runs calls. A server that is down is restarted by the
 next :meth:`connect` (each errand, or ``keyless mcp test``).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from agent.host.mcpserver.connection import (
     check_definition,
     result_text,
 )
+from agent.host.mcpserver.http import McpHttpConnection, NetDecider, Resolver, refuse_all
 from agent.host.mcpserver.store import McpServerConfig, McpStore, PinCheck, ToolDefinition
 from agent.host.sandbox import Sandbox, scrubbed_env
 from agent.host.tools.base import DEFAULT_OUTPUT_BYTES, ToolOutput, truncate_text
@@ -79,6 +83,11 @@ class McpHub:
         hidden: Paths covered in every server's sandbox (data and config dirs).
         start_timeout: Seconds a server may take to start and list its tools.
         call_timeout: Seconds one call may take.
+        net_decider: Decides each request to a URL server by the ``net(...)``
+            rules (:func:`agent.host.mcpserver.http.policy_net_decider`);
+            None refuses them all.
+        resolver: Host name to addresses for URL servers (tests); None: the system's.
+        tls: The TLS context URL servers are verified with (tests); None: the system's.
     """
 
     def __init__(
@@ -90,8 +99,14 @@ class McpHub:
         hidden: Sequence[Path] = (),
         start_timeout: float = START_TIMEOUT_S,
         call_timeout: float = CALL_TIMEOUT_S,
+        net_decider: NetDecider | None = None,
+        resolver: Resolver | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
+        self._tls = tls
+        self._net_decider = net_decider or refuse_all
+        self._resolver = resolver
         self._sandbox = sandbox
         self.workspace = Path(workspace).resolve()
         self._hidden = [Path(p) for p in hidden]
@@ -215,6 +230,23 @@ class McpHub:
     # ------------------------------------------------------------------ internals
 
     def _start(self, config: McpServerConfig) -> McpConnection:
+        if config.url is not None:
+            conn: McpConnection = McpHttpConnection(
+                config.name,
+                config.url,
+                decide=self._net_decider,
+                allow_local=config.allow_local,
+                resolver=self._resolver,
+                tls=self._tls,
+                start_timeout=self._start_timeout,
+                call_timeout=self._call_timeout,
+            )
+            try:
+                conn.start()
+            except McpServerDownError:
+                pass  # reported through its status
+            self._connections[config.name] = conn
+            return conn
         try:
             argv = self.server_argv(config)
         except (SandboxError, McpError) as e:
@@ -242,6 +274,8 @@ class McpHub:
             McpError: Without bubblewrap (a server never runs unsandboxed).
             SandboxError: A file it names cannot be exposed.
         """
+        if config.command is None:
+            raise McpError(f"MCP server {config.name!r} is a URL server; it has no command")
         if not self._sandbox.available:
             raise McpError("bubblewrap is not available: MCP servers only run sandboxed")
         # A script or program named by absolute path is bound read-only, alone.

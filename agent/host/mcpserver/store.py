@@ -1,6 +1,7 @@
 """The configured MCP servers and the tool definitions the user approved, in ``keyless.db``.
 
-A server is a stdio command (run in its own sandbox). Each approved tool is
+A server is a stdio command (run in its own sandbox) or a streamable-HTTP
+URL (reached from the host under the ``net(...)`` rules). Each approved tool is
 pinned by a digest of its name, description and input schema, with the text
 kept so a later change can be shown as a difference (the "rug pull": a server
 that changes a tool after it was approved is asked about again).
@@ -17,8 +18,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import McpError
 
@@ -27,21 +36,61 @@ SERVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,22}$")
 
 
 class McpServerConfig(BaseModel):
-    """One configured MCP server.
+    """One configured MCP server: a stdio command or a streamable-HTTP URL, not both.
 
     Attributes:
         name: Short name; its tools are offered as ``name.tool``.
         command: The program to start (stdio transport).
         args: Its arguments.
+        url: The endpoint of a streamable-HTTP server (``https://host/mcp``).
+        allow_local: Let ``url`` reach this machine or the LAN (refused otherwise,
+            as the broker and the egress proxy refuse them); plain ``http`` is
+            accepted only then.
         workspace_writable: Bind the workspace read-write (default read-only).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Short name; tools are offered as name.tool.")
-    command: str = Field(min_length=1, description="The program to start.")
+    command: str | None = Field(default=None, min_length=1, description="The program to start.")
     args: list[str] = Field(default_factory=list, description="Its arguments.")
+    url: str | None = Field(default=None, description="A streamable-HTTP endpoint.")
+    allow_local: bool = Field(default=False, description="url may be loopback or private.")
     workspace_writable: bool = Field(default=False, description="Workspace read-write.")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either a command (stdio) or a URL (streamable HTTP), not both")
+        if self.url is None:
+            if self.allow_local:
+                raise ValueError("allow_local applies to a URL server only")
+            return self
+        if self.args or self.workspace_writable:
+            raise ValueError("a URL server takes no arguments and no workspace")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"the URL must be http(s)://host[:port]/path, got {self.url[:100]!r}")
+        if parts.username or parts.password:
+            raise ValueError("the URL must not carry credentials")
+        try:
+            parts.port  # noqa: B018  # urlsplit checks the port only when asked
+        except ValueError as e:
+            raise ValueError(f"the URL has an invalid port: {self.url[:100]!r}") from e
+        if parts.scheme != "https" and not self.allow_local:
+            raise ValueError("a server that is not local needs https")
+        return self
+
+    @property
+    def transport(self) -> str:
+        """``"stdio"`` or ``"http"``."""
+        return "http" if self.url is not None else "stdio"
+
+    def describe(self) -> str:
+        """The command line or the URL, for lists."""
+        if self.url is not None:
+            return self.url
+        return " ".join([self.command or "", *self.args])
 
     @field_validator("name")
     @classmethod
