@@ -382,6 +382,9 @@ class EventPrinter:
                     f"   move it into the vault: keyless vault add {name}  "
                     f"(then grant it: keyless vault grant {name} ...)"
                 )
+        elif kind == "egress":  # a request the running shell command sent through the proxy
+            self._line(f"   net {data.get('method')} {data.get('host')}{data.get('path')}: "
+                       f"{data.get('decision')} ({data.get('reason', '')})")
         elif kind == "error":
             self._line(f"error: {event.text}")
         elif kind == "memory_problems":

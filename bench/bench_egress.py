@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import multiprocessing
+import random
 import socket
 import ssl
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trustme  # noqa: E402
 
-from agent.host.egress.proxy import EgressProxy, EgressRequest, EgressVerdict  # noqa: E402
+from agent.host.egress.proxy import (  # noqa: E402
+    EgressProxy,
+    EgressRequest,
+    EgressVerdict,
+    stop_shared_server,
+)
 from agent.host.sandbox import Limits, Sandbox  # noqa: E402
 from vault.audit import AuditLog  # noqa: E402
 from vault.broker import Broker  # noqa: E402
@@ -45,6 +51,7 @@ CHUNK = 1 << 20
 class _Upstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     big_bytes = 0
+    block = b"x" * CHUNK
 
     def log_message(self, *args: Any) -> None:
         return
@@ -54,7 +61,7 @@ class _Upstream(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(size))
         self.end_headers()
-        block = b"x" * CHUNK
+        block = self.block if size > 64 else b"x" * 64
         left = size
         while left > 0:
             self.wfile.write(block[: min(left, CHUNK)])
@@ -106,19 +113,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200, help="requests per variant")
     parser.add_argument("--mb", type=int, default=100, help="size of the download")
     parser.add_argument("--starts", type=int, default=30, help="sandbox starts per variant")
+    parser.add_argument(
+        "--body", choices=("random", "x"), default="random",
+        help="the download's bytes: random (a compressed archive's) or one repeated 'x' "
+        "(which str.find scans slowly: 'x' shares its bloom-filter bit with '8')",
+    )
     args = parser.parse_args(argv)
-    _Upstream.big_bytes = args.mb * CHUNK
-    with tempfile.TemporaryDirectory() as tmp_name:
+    # The upstream server and the clients run in processes of their own, as
+    # the internet and the sandboxed command do: in this one they would share
+    # the proxy thread's GIL and slow it down (and it them).
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp_name, spawn.Pool(1) as clients:
         tmp = Path(tmp_name)
         ca = trustme.CA()
         ca_file = tmp / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-        httpd.socket = server_ctx.wrap_socket(httpd.socket, server_side=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        port = httpd.server_address[1]
+        cert_file = tmp / "localhost.pem"
+        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(cert_file)
+        )
+        ports: Any = spawn.Queue()
+        upstream = spawn.Process(
+            target=_upstream_main, args=(str(cert_file), args.mb * CHUNK, args.body, ports),
+            daemon=True,
+        )
+        upstream.start()
+        port = int(ports.get(timeout=60))
         vault = Vault.create(tmp / "vault.kls", passphrase="bench", use_keyring=False,
                              keystore=NoKeyring(), idle_timeout=None,
                              kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64))
@@ -128,45 +148,61 @@ def main(argv: list[str] | None = None) -> int:
         proxy = EgressProxy(_AllowAll(), broker, session_id="bench", local_hosts=["localhost"],
                             upstream_ca=ca_file, resolver=lambda h, p: ["127.0.0.1"])
         started = time.perf_counter()
-        proxy.start()
+        proxy.start()  # the first session starts the process's shared server
         proxy_start_ms = (time.perf_counter() - started) * 1000
+        # A second session on the same server (no vault: nothing to redact).
+        plain = EgressProxy(_AllowAll(), None, session_id="bench-plain",
+                            local_hosts=["localhost"], upstream_ca=ca_file,
+                            resolver=lambda h, p: ["127.0.0.1"])
+        started = time.perf_counter()
+        plain.start()
+        attach_ms = (time.perf_counter() - started) * 1000
         try:
-            with proxy.channel("bench") as channel:
-                ctx_direct = ssl.create_default_context(cafile=str(ca_file))
-                ctx_proxy = ssl.create_default_context(cafile=str(channel.ca_bundle))
-                _requests(args.runs, port, channel.socket_path, ctx_direct, ctx_proxy)
-                rows = _download(args.mb, port, direct=ctx_direct, proxied=[
-                    ("proxied, vault open (redacted stream)", channel.socket_path, ctx_proxy),
-                ])
+            with proxy.channel("bench") as channel, plain.channel("bench") as bare:
+                clients.apply(_requests, (args.runs, port, str(channel.socket_path),
+                                          str(ca_file), str(channel.ca_bundle)))
+                rows = clients.apply(_download, (args.mb, port, str(ca_file), [
+                    ("proxied, vault open (redacted stream)", str(channel.socket_path),
+                     str(channel.ca_bundle)),
+                    ("proxied, no vault (nothing to redact)", str(bare.socket_path),
+                     str(bare.ca_bundle)),
+                ]))
             _starts(args.starts, tmp, proxy)
         finally:
             proxy.close()
-        # mitmproxy keeps its master in module globals: one proxy at a time.
-        plain = EgressProxy(_AllowAll(), None, session_id="bench", local_hosts=["localhost"],
-                            upstream_ca=ca_file, resolver=lambda h, p: ["127.0.0.1"])
-        plain.start()
-        try:
-            with plain.channel("bench") as bare:
-                ctx_bare = ssl.create_default_context(cafile=str(bare.ca_bundle))
-                rows += _download(args.mb, port, direct=None, proxied=[
-                    ("proxied, no vault (nothing to redact)", bare.socket_path, ctx_bare),
-                ])
-        finally:
             plain.close()
+            stop_shared_server()
             broker.close()
-            httpd.shutdown()
-            httpd.server_close()
-    print(f"\n{args.mb} MB download over loopback HTTPS\n")
+            upstream.terminate()
+            upstream.join(10)
+    print(f"\n{args.mb} MB download ({args.body} bytes) over loopback HTTPS\n")
     print("| variant | seconds | MB/s | vs direct |")
     print("|---|---:|---:|---:|")
     for name, seconds, rate in rows:
         print(f"| {name} | {seconds:.2f} | {rate:.0f} | {rate / rows[0][2]:.2f}x |")
-    print(f"\nproxy start (CA minted, mitmproxy up): {proxy_start_ms:.0f} ms, once per session")
+    print(f"\nfirst session's proxy start (shared server up, CA minted): {proxy_start_ms:.0f} ms"
+          f"\nnext session's proxy start (CA minted, server running): {attach_ms:.0f} ms")
     return 0
 
 
-def _requests(runs: int, port: int, sock: Path, direct: ssl.SSLContext,
-              proxied: ssl.SSLContext) -> None:
+def _upstream_main(cert_file: str, big_bytes: int, body: str, ports: Any) -> None:
+    """The upstream HTTPS server, in a process of its own; puts its port on ``ports``."""
+    _Upstream.big_bytes = big_bytes
+    if body == "random":
+        _Upstream.block = random.Random(0).randbytes(CHUNK)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    ports.put(httpd.server_address[1])
+    httpd.serve_forever()
+
+
+def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: str) -> None:
+    """Time the request variants (in the client process) and print their table."""
+    sock = Path(sock_name)
+    direct = ssl.create_default_context(cafile=direct_ca)
+    proxied = ssl.create_default_context(cafile=proxied_ca)
     keep_direct = http.client.HTTPSConnection("localhost", port, context=direct)
     keep_proxy = _tunnel(sock, port, proxied)
 
@@ -203,6 +239,7 @@ def _requests(runs: int, port: int, sock: Path, direct: ssl.SSLContext,
     print(f"GET of 64 bytes over loopback HTTPS, {runs} interleaved requests each\n")
     print("| variant | p50 ms | p95 ms | + ms vs direct (p50) |")
     print("|---|---:|---:|---:|")
+    sys.stdout.flush()
     for name, values in samples.items():
         base = samples["direct, " + name.split(", ", 1)[1]] if name.startswith("direct") else (
             samples["direct, kept-alive connection"] if "kept" in name
@@ -212,16 +249,17 @@ def _requests(runs: int, port: int, sock: Path, direct: ssl.SSLContext,
               f"{p50 - statistics.median(base):+.2f} |")
 
 
-def _download(mb: int, port: int, *, direct: ssl.SSLContext | None,
-              proxied: list[tuple[str, Path, ssl.SSLContext]]) -> list[tuple[str, float, float]]:
+def _download(mb: int, port: int, direct_ca: str,
+              proxied: list[tuple[str, str, str]]) -> list[tuple[str, float, float]]:
+    """Time the download direct, then through each proxied socket (in the client process)."""
     rows = []
-    makers: list[tuple[str, Callable[[], http.client.HTTPSConnection]]] = []
-    if direct is not None:
-        makers.append(
-            ("direct", lambda: http.client.HTTPSConnection("localhost", port, context=direct))
-        )
-    for name, sock, ctx in proxied:
-        makers.append((name, lambda sock=sock, ctx=ctx: _tunnel(sock, port, ctx)))  # type: ignore[misc]
+    direct = ssl.create_default_context(cafile=direct_ca)
+    makers: list[tuple[str, Callable[[], http.client.HTTPSConnection]]] = [
+        ("direct", lambda: http.client.HTTPSConnection("localhost", port, context=direct))
+    ]
+    for name, sock, ca in proxied:
+        ctx = ssl.create_default_context(cafile=ca)
+        makers.append((name, lambda sock=sock, ctx=ctx: _tunnel(Path(sock), port, ctx)))  # type: ignore[misc]
     for name, make in makers:
         conn = make()
         start = time.perf_counter()

@@ -204,7 +204,11 @@ def _lower(segment: str) -> str:
 def _drop_space(text: str) -> str:
     if text.isascii():  # bytes.translate deletes faster than str.translate
         return text.encode("ascii").translate(None, _ASCII_SPACE_BYTES).decode("ascii")
-    return text.translate(_DROP_SPACE)
+    try:  # latin-1 text (the egress proxy's bytes): bytes.translate too, ~50x faster
+        raw = text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.translate(_DROP_SPACE)
+    return raw.translate(None, _LATIN1_SPACE_BYTES).decode("latin-1")
 
 
 def _fold_text(text: str) -> str:
@@ -224,6 +228,7 @@ def _fold_text(text: str) -> str:
 
 _ASCII_SPACE = tuple(chr(c) for c in _DROP_SPACE if c < 128)
 _ASCII_SPACE_BYTES = "".join(_ASCII_SPACE).encode("ascii")
+_LATIN1_SPACE_BYTES = bytes(c for c in _DROP_SPACE if c < 256)
 
 
 def _folded_length(text: str, spaces: tuple[str, ...] = _ASCII_SPACE) -> int:

@@ -46,7 +46,7 @@ from models.interface import CancelToken
 from vault.errors import VaultError
 
 if TYPE_CHECKING:
-    from agent.host.egress.proxy import EgressProxy
+    from agent.host.egress.proxy import EgressProxy, EgressRequest
     from agent.host.egress.settings import EgressSettings
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class ToolDispatch(ResultDelivery):
     _mcp: McpHub | None
     _egress_settings: EgressSettings | None
     _egress: EgressProxy | None
+    _egress_call: str | None
 
     def _handle_tool(self, req: ToolRequest) -> tuple[ToolResult, ToolCallRecord]:
         args_text = self._redact(json.dumps(req.arguments, sort_keys=True))[0]
@@ -219,7 +220,7 @@ class ToolDispatch(ResultDelivery):
             hidden_paths=tuple(self._hidden),
             tainted=self.tainted,
             may_read=self._policy.read_filter(),
-            egress=self._egress_for(req.tool),  # Egress proxy
+            egress=self._egress_for(req.tool, req.call_id),  # Egress proxy
         )
         proc = self._proc
         try:
@@ -237,8 +238,10 @@ class ToolDispatch(ResultDelivery):
 
     # ----------------------------------------------------------------- egress proxy (begin)
 
-    def _egress_for(self, tool: str) -> EgressProxy | None:
+    def _egress_for(self, tool: str, call_id: str) -> EgressProxy | None:
         """The session's egress proxy for a sandboxed ``shell`` call, started on first use.
+
+        Its requests are shown under ``call_id`` (``egress`` events).
 
         Raises:
             SandboxError: The proxy did not start (the call fails with the reason).
@@ -246,12 +249,14 @@ class ToolDispatch(ResultDelivery):
         settings = self._egress_settings
         if settings is None or tool != "shell" or not self._sandbox.available:
             return None
+        self._egress_call = call_id
         if self._egress is None:
             from agent.host.egress.hooks import PolicyEgressHooks  # noqa: PLC0415 (mitmproxy on demand)
             from agent.host.egress.proxy import EgressProxy  # noqa: PLC0415
 
             hooks = PolicyEgressHooks(
-                self._policy, ask=self._ask_net, record=self._record, tainted=lambda: self.tainted
+                self._policy, ask=self._ask_net, record=self._record,
+                tainted=lambda: self.tainted, decided=self._egress_decided,
             )
             # The broker redeems handles and redacts; one without those methods
             # (a test double) means no capability can be used through the proxy.
@@ -281,6 +286,17 @@ class ToolDispatch(ResultDelivery):
         effect = RULE_KINDS[NET_RULE].effect
         answer = self._ask(call, effect, decision, dict(call.arguments))
         return answer.choice != "deny"
+
+    def _egress_decided(self, request: EgressRequest, action: str, reason: str) -> None:
+        """Show one proxied request under the shell call that made it (the GUI, the terminal)."""
+        self._emit(AgentEvent(
+            "egress",
+            tool=NET_RULE,
+            call_id=self._egress_call,
+            text=f"{request.method} {request.host}{request.path}",
+            data={"command": request.command, "host": request.host, "method": request.method,
+                  "path": request.path, "decision": action, "reason": reason},
+        ))
 
     def _close_egress(self) -> None:
         proxy, self._egress = self._egress, None

@@ -196,6 +196,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         # Egress proxy (begin): one per session, started by the first shell call.
         self._egress_settings = egress
         self._egress = None
+        self._egress_call = None
         # Egress proxy (end)
 
     # ----------------------------------------------------------------- lifecycle

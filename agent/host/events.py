@@ -24,6 +24,7 @@ EventKind = Literal[
     "os_isolation",
     "memory_problems",
     "secret_found",
+    "egress",
     "model_loaded",
 ]
 
@@ -39,7 +40,10 @@ class AgentEvent:
         tool: The tool concerned (tool_call, decision, tool_result).
         call_id: The call concerned.
         data: Details: arguments, decision action and reason, ok/truncated/
-            redacted flags, the isolation state, the memory problems.
+            redacted flags, the isolation state, the memory problems. For
+            ``egress`` (a request a sandboxed command sent through the egress
+            proxy; ``call_id`` is the shell call that made it): ``command``,
+            ``host``, ``method``, ``path``, ``decision`` and ``reason``.
     """
 
     kind: EventKind

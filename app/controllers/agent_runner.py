@@ -175,6 +175,8 @@ class HostListener:
             self._events.agent_crashed(event.text + (f"\n{tail}" if tail else ""))
         elif kind == "os_isolation":
             self._events.isolation(bool(data.get("isolated", False)), str(data.get("reason", "")))
+        elif kind == "egress":  # a request of the running shell command, through the proxy
+            self._events.egress(call_id, dict(data))
         elif kind == "model_loaded":
             self._events.model_loaded(dict(data))
         elif kind == "secret_found":

@@ -165,6 +165,12 @@ class ErrandEvents(Protocol):
     def secret_found(self, offer: CredentialOffer) -> None:
         """A credential was withheld from the agent; ``offer`` may move it into the vault."""
 
+    def egress(self, call_id: str, request: Mapping[str, Any]) -> None:
+        """A request the shell call ``call_id`` sent through the egress proxy, decided.
+
+        ``request`` holds ``method``, ``host``, ``path``, ``decision`` and ``reason``.
+        """
+
 
 class PermissionAsker(Protocol):
     """Asks the user about one tool call; blocks the calling (worker) thread."""
@@ -239,6 +245,7 @@ class _ErrandWorker(QObject):
     contextOut = Signal(object)
     permissionNeeded = Signal(object)
     secretFoundOut = Signal(object)
+    egressOut = Signal(str, object)
     modelLoadedOut = Signal(object)
     done = Signal(str)
     closed = Signal()
@@ -287,6 +294,9 @@ class _ErrandWorker(QObject):
 
     def secret_found(self, offer: CredentialOffer) -> None:
         self.secretFoundOut.emit(offer)
+
+    def egress(self, call_id: str, request: Mapping[str, Any]) -> None:
+        self.egressOut.emit(call_id, dict(request))
 
     def model_loaded(self, info: Mapping[str, Any]) -> None:
         self.modelLoadedOut.emit(dict(info))
@@ -434,6 +444,7 @@ class ErrandController(QObject):
     tokenReceived = Signal(str)
     toolCallStarted = Signal(str, str, object)
     decisionMade = Signal(str, str, str)
+    egressRequested = Signal(str, object)
     toolResultReceived = Signal(str, bool, str, object, bool)
     answerReady = Signal(str, object)
     errandFailed = Signal(str)
@@ -495,6 +506,7 @@ class ErrandController(QObject):
         w.modelLoadedOut.connect(self.modelLoaded)
         w.permissionNeeded.connect(self._on_permission_needed)
         w.secretFoundOut.connect(self._on_secret_found)
+        w.egressOut.connect(self._on_egress)
         w.done.connect(self._on_done)
         w.closed.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
         self._thread.start()
@@ -877,6 +889,11 @@ class ErrandController(QObject):
     def _on_decision(self, call_id: str, action: str, reason: str) -> None:
         self._record("decision", call_id, action, reason)
         self.decisionMade.emit(call_id, action, reason)
+
+    @Slot(str, object)
+    def _on_egress(self, call_id: str, request: object) -> None:
+        self._record("egress", call_id, request)
+        self.egressRequested.emit(call_id, request)
 
     @Slot(str, bool, str, object, bool)
     def _on_tool_result(

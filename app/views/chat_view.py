@@ -314,6 +314,7 @@ class ChatView(QtWidgets.QWidget):
         c.tokenReceived.connect(self._on_token)
         c.toolCallStarted.connect(self._on_tool_call)
         c.decisionMade.connect(self._on_decision)
+        c.egressRequested.connect(self._on_egress)
         c.toolResultReceived.connect(self._on_tool_result)
         c.answerReady.connect(self._on_answer)
         c.errandFailed.connect(self._on_error)
@@ -506,6 +507,8 @@ class ChatView(QtWidgets.QWidget):
                 self._on_tool_call(*args)
             elif kind == "decision":
                 self._on_decision(*args)
+            elif kind == "egress":
+                self._on_egress(*args)
             elif kind == "tool_result":
                 self._on_tool_result(*args)
             elif kind == "final":
@@ -646,6 +649,32 @@ class ChatView(QtWidgets.QWidget):
             item.setText(2, f"{action}: {reason}" if reason else action)
             item.setToolTip(2, reason or action)
             item.setForeground(2, QtGui.QBrush(QtGui.QColor(colour)))
+
+    @Slot(str, object)
+    def _on_egress(self, call_id: str, request: object) -> None:
+        """A request the shell call sent through the egress proxy: a row under that call."""
+        if not isinstance(request, Mapping):
+            return
+        target = f"{request.get('method', '?')} {request.get('host', '?')}{request.get('path', '')}"
+        decision, reason = str(request.get("decision", "?")), str(request.get("reason", ""))
+        allowed = decision == "allow"
+        colour = "#1b7f3b" if allowed else "#b00020"
+        self._append_html(
+            f'<p style="margin:0 0 0 24px;color:{colour}">↳ net <b>{html.escape(target)}</b>'
+            f" — {html.escape(decision)}{' (' + html.escape(reason) + ')' if reason else ''}</p>"
+        )
+        parent = self._tool_items.get(call_id)
+        row = ["net", target, f"{decision}: {reason}" if reason else decision, ""]
+        item = QtWidgets.QTreeWidgetItem(row)
+        item.setToolTip(1, target)
+        item.setToolTip(2, reason or decision)
+        item.setForeground(2, QtGui.QBrush(QtGui.QColor(colour)))
+        if parent is not None:
+            parent.addChild(item)
+            parent.setExpanded(True)
+        else:
+            self.tool_table.addTopLevelItem(item)
+        self.tool_table.scrollToItem(item)
 
     @Slot(str, bool, str, object, bool)
     def _on_tool_result(
@@ -791,6 +820,14 @@ class ChatView(QtWidgets.QWidget):
             assert item is not None
             rows.append(tuple(item.text(c) for c in range(len(TOOL_COLUMNS))))
         return rows
+
+    def request_rows(self, row: int) -> list[tuple[str, ...]]:
+        """The proxied requests listed under the tool table's ``row`` (net, target, decision)."""
+        item = self.tool_table.topLevelItem(row)
+        if item is None:
+            return []
+        children = (item.child(i) for i in range(item.childCount()))
+        return [tuple(c.text(col) for col in range(3)) for c in children if c is not None]
 
     def sizeHint(self) -> QtCore.QSize:
         """A comfortable default size."""

@@ -12,6 +12,7 @@ from app.controllers.settings_controller import (
 from app.qt import Qt, QtGui, QtWidgets
 from app.settings import AppSettings
 from app.widgets.mcp_servers import McpServersBox
+from app.widgets.network_rules import NetworkRulesBox
 
 ACTIONS = ("deny", "ask", "allow")
 _ROLE = Qt.ItemDataRole.UserRole
@@ -162,6 +163,8 @@ class SettingsView(QtWidgets.QWidget):
         right = QtWidgets.QVBoxLayout()
         right.addWidget(capacity_box)
         right.addWidget(sandbox_box)
+        self.network_rules = NetworkRulesBox()  # the net(...) rules, read-only
+        right.addWidget(self.network_rules, 1)
         right.addStretch(1)
         top = QtWidgets.QHBoxLayout()
         top.addWidget(rules_box, 3)
@@ -233,6 +236,7 @@ class SettingsView(QtWidgets.QWidget):
     def _on_rules(self, rows: list[RuleRow]) -> None:
         self._rules = list(rows)
         self._show_rules()
+        self.network_rules.show_rules(self._rules)
 
     def _show_rules(self) -> None:
         scope = self.current_scope()
@@ -292,6 +296,7 @@ class SettingsView(QtWidgets.QWidget):
         self.capacity["project"].setValue(settings.memory.project)
         self.capacity["session"].setValue(settings.memory.session)
         self.auto_lock.setValue(settings.auto_lock_minutes)
+        self.network_rules.show_pinned(settings.egress_pinned_hosts)
         if announce:
             self.message.setStyleSheet("")
             self.message.setText(f"Saved to {self.controller.paths.settings_file}.")

@@ -125,7 +125,7 @@ def make_rig(
         policy=policy,
         prompt=prompt,
         audit=audit,
-        session_id="session-1",
+        session_id=kwargs.pop("session_id", "session-1"),
         listener=listener,
         tools=tools,
         transcript=transcript,

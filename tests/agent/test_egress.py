@@ -41,6 +41,7 @@ from vault.store import Argon2Params, Vault
 
 SECRET = "sk-live-egress-0123456789abcdef"
 SESSION = "egress-session"
+BOTH = threading.Barrier(2)
 
 pytestmark = pytest.mark.skipif(
     not Sandbox.detect().available or shutil.which("curl") is None,
@@ -66,6 +67,8 @@ class Echo(BaseHTTPRequestHandler):
             self.send_header("Location", f"https://127.0.0.1:{port}/echo")
             self.end_headers()
             return
+        if self.path.startswith("/both"):
+            BOTH.wait(timeout=20)  # two sessions' requests in flight at once
         if self.path.startswith("/b64"):
             body = base64.b64encode(token.encode()).decode().encode()
             self._send(body)
@@ -373,11 +376,119 @@ def test_a_kept_alive_connection_serves_many_requests(rig: Rig, ca: trustme.CA) 
     assert all(f'"path": "/n{i}"' in out for i in range(8)), out
 
 
-def test_a_second_proxy_in_the_process_is_refused_while_one_runs(rig: Rig) -> None:
-    from agent.errors import SandboxError
+def test_two_sessions_share_the_server_at_once_each_with_its_own_grants(
+    rig: Rig, tmp_path: Path
+) -> None:
+    other_hooks = Hooks()
+    other = EgressProxy(other_hooks, rig.broker, session_id="other-session",
+                        local_hosts=["localhost"], upstream_ca=rig.proxy.upstream_ca,
+                        resolver=lambda host, port: ["127.0.0.1"])
+    other.start()
+    try:
+        assert other._server is rig.proxy._server  # one mitmproxy master for both
+        mine = rig.grant()
+        theirs = rig.broker.grant(
+            CapabilityGrant(
+                secret_name="API_TOKEN", session_id="other-session",
+                injection=HeaderInjection(header="Authorization", template="Bearer {}"),
+                methods=("GET",), host="localhost", port=rig.port, path_pattern="/*",
+                allow_local=True, approved_by="test", approved_at=datetime.now(UTC),
+            )
+        ).handle
+        other_ws = tmp_path / "other-ws"
+        other_ws.mkdir()
 
-    other = EgressProxy(Hooks(), None, session_id="other")
-    with pytest.raises(SandboxError, match="another session's proxy is running"):
-        other.start()
-    # The first one still serves its clients.
+        def curl(proxy: EgressProxy, ws: Path, handle: str, path: str) -> str:
+            return Sandbox.detect().run_shell(
+                f'curl -sS -H "Authorization: Bearer {handle}" https://localhost:{rig.port}{path}',
+                ws, Limits(wall_seconds=30), egress=proxy,
+            ).describe()
+
+        # /both answers only once two requests wait on it: the sessions overlap.
+        outs: dict[str, str] = {}
+        threads = [
+            threading.Thread(target=lambda: outs.__setitem__(
+                "mine", curl(rig.proxy, rig.ws, mine, "/both/mine"))),
+            threading.Thread(target=lambda: outs.__setitem__(
+                "theirs", curl(other, other_ws, theirs, "/both/theirs"))),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for name in ("mine", "theirs"):
+            assert f'"path": "/both/{name}"' in outs[name], outs
+            assert "[REDACTED" in outs[name] and SECRET not in outs[name]
+        # Each session's requests went to its own hooks (rules, prompt, audit).
+        assert [r.path for r in rig.hooks.seen] == ["/both/mine"]
+        assert [r.path for r in other_hooks.seen] == ["/both/theirs"]
+        # Neither session can use the other's handle.
+        crossed = curl(other, other_ws, mine, "/echo")
+        assert "403" in crossed or "capability refused" in crossed, crossed
+        assert "unknown capability handle" in crossed and SECRET not in crossed
+        crossed = curl(rig.proxy, rig.ws, theirs, "/echo")
+        assert "unknown capability handle" in crossed and SECRET not in crossed
+    finally:
+        other.close()
+    # The first session still works once the other is gone.
     assert '"path": "/still"' in rig.run(f"curl -sS https://localhost:{rig.port}/still")
+
+
+def test_a_second_mitmproxy_master_in_the_process_is_refused(rig: Rig) -> None:
+    from agent.errors import SandboxError
+    from agent.host.egress.proxy import EgressServer
+
+    with pytest.raises(SandboxError, match="another egress server is running"):
+        EgressServer().start()
+    assert '"path": "/still"' in rig.run(f"curl -sS https://localhost:{rig.port}/still")
+
+
+def test_a_redactor_that_cannot_be_built_breaks_the_response(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vault.errors import RedactionError
+
+    def broken(session_id: str) -> Any:
+        raise RedactionError("the session's secrets cannot be read")
+
+    monkeypatch.setattr(rig.broker, "egress_redactor", broken)
+    rig.proxy._redactor = None
+    out = rig.run(f"curl -sS https://localhost:{rig.port}/unredacted")
+    assert '"path"' not in out, out  # nothing unredacted reaches the sandbox
+    assert any(kind == "egress_failed" for kind, _ in rig.hooks.records)
+
+
+def test_the_forwarder_passes_on_the_commands_exit_status(rig: Rig) -> None:
+    assert rig.run("exit 7").startswith("exit status 7")
+    assert rig.run("kill -TERM $$").startswith("exit status 143")  # 128 + SIGTERM
+
+
+def test_a_requests_audit_entry_does_not_hold_back_the_clients_next_request(
+    rig: Rig, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The entry for /hold is written only once /next reached the server: that
+    # needs the client to have had /hold's whole response first.
+    arrived = threading.Event()
+    released: list[bool] = []
+    record = rig.hooks.record
+
+    def slow_record(kind: str, **fields: Any) -> None:
+        if kind == "egress_request" and "/hold" in fields["details"]["url"]:
+            released.append(arrived.wait(10))
+        record(kind, **fields)
+
+    class Next(KeepAliveEcho):
+        def do_GET(self) -> None:  # noqa: D102 (http.server's contract)
+            if self.path == "/next":
+                arrived.set()
+            super().do_GET()
+
+    monkeypatch.setattr(rig.hooks, "record", slow_record)
+    with https_server(ca, Next) as httpd:
+        port = httpd.server_address[1]
+        out = rig.run(f"curl -sS --max-time 20 https://localhost:{port}/hold "
+                      f"https://localhost:{port}/next")
+    assert '"path": "/next"' in out, out
+    assert released == [True]  # not a 10 s wait
+    # The command returned only once its requests were audited.
+    assert [k for k, _ in rig.hooks.records].count("egress_request") == 2

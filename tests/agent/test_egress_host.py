@@ -9,7 +9,9 @@ host's audit log; closing the host stops the proxy.
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+BOTH = threading.Barrier(2)
+SECRET = "sk-live-two-errands-0123456789abcdef"
+
+
 class Hello(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         return
 
     def do_GET(self) -> None:  # noqa: D102 (http.server's contract)
         body = b"hello from upstream"
+        if self.path.startswith("/both"):
+            BOTH.wait(timeout=30)  # answers once two errands' requests are in flight
+            body += b" auth=" + self.headers.get("Authorization", "").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -87,6 +96,13 @@ def test_a_request_no_rule_decides_asks_as_net_and_runs_once_allowed(
     assert asked.arguments["path"] == "/hi"
     assert asked.arguments["command"].startswith("curl -sS https://localhost:")
     assert str(asked.suggested_rule) == "net(localhost)"
+    # The request is reported under the shell call that made it, with the decision.
+    [shown] = [e for e in rig.events if e.kind == "egress"]
+    [shell] = [e for e in rig.events if e.kind == "tool_call"]
+    assert shown.call_id == shell.call_id and shown.tool == "net"
+    request = (shown.data["method"], shown.data["host"], shown.data["path"])
+    assert request == ("GET", "localhost", "/hi")
+    assert shown.data["decision"] == "allow" and "by the user" in shown.data["reason"]
     assert any("hello from upstream" in text for text in _results(rig))
     kinds = rig.audit_kinds()
     assert "egress_started" in kinds and "egress_decision" in kinds and "egress_request" in kinds
@@ -163,3 +179,64 @@ def test_the_terminal_prompt_shows_a_net_request_and_the_command_that_asked() ->
     assert "POST github.com/me/repo.git/git-receive-pack" in text
     assert "asked by: git push origin main" in text
     assert "capability handle" in text and "net(github.com)" in text
+
+
+def test_two_errands_at_once_each_with_its_own_grants_neither_can_use_the_others_handle(
+    tmp_path: Path, upstream: tuple[int, Path]
+) -> None:
+    from vault.audit import AuditLog
+    from vault.broker import Broker
+    from vault.grants import CapabilityGrant, GrantStore, HeaderInjection
+    from vault.keystore import NoKeyring
+    from vault.store import Argon2Params, Vault
+
+    port, _ = upstream
+    vault = Vault.create(tmp_path / "vault.kls", passphrase="pw", use_keyring=False,
+                         keystore=NoKeyring(), idle_timeout=None,
+                         kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64))
+    vault.add("API_TOKEN", SECRET.encode())
+    db = tmp_path / "keyless.db"
+    broker = Broker(vault, GrantStore(db), AuditLog(db), resolver=lambda h, p: ["127.0.0.1"])
+
+    def grant(session: str) -> str:
+        return broker.grant(CapabilityGrant(
+            secret_name="API_TOKEN", session_id=session,
+            injection=HeaderInjection(header="Authorization", template="Bearer {}"),
+            methods=("GET",), host="localhost", port=port, path_pattern="/*",
+            allow_local=True, approved_by="test", approved_at=datetime.now(UTC),
+        )).handle
+
+    handles = {"errand-a": grant("errand-a"), "errand-b": grant("errand-b")}
+    rigs = {}
+    for me, other in (("errand-a", "errand-b"), ("errand-b", "errand-a")):
+        bearer = 'curl -sS -H "Authorization: Bearer {h}" https://localhost:{{port}}/{p}'
+        d = tmp_path / me
+        d.mkdir()
+        rigs[me] = _rig(d, upstream, [bearer.format(h=handles[me], p=f"both/{me}"),
+                                      bearer.format(h=handles[other], p="crossed")],
+                        rules=[Rule.parse("net(localhost)", action="allow")],
+                        broker=broker, session_id=me,
+                        # The second request carries a handle after untrusted output: it asks.
+                        answers=[PermissionAnswer(choice="once")])
+    try:
+        for rig in rigs.values():
+            rig.host.start()
+        runs = [threading.Thread(target=rig.host.run_errand, args=("fetch",))
+                for rig in rigs.values()]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join(120)
+        a, b = (rigs[n].host._egress for n in ("errand-a", "errand-b"))
+        assert a is not None and b is not None and a._server is b._server  # one master
+    finally:
+        for rig in rigs.values():
+            rig.host.close()
+        broker.close()
+    for rig in rigs.values():
+        own, crossed = _results(rig)[:2]
+        # Its own handle worked, while the other errand's request was in flight.
+        assert "hello from upstream auth=Bearer [REDACTED" in own and SECRET not in own, own
+        # The other errand's handle is unknown to this session: refused, no secret sent.
+        assert "capability refused" in crossed and "unknown capability handle" in crossed
+        assert "hello" not in crossed

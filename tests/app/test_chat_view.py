@@ -367,3 +367,43 @@ def test_move_to_vault_hands_the_offer_on_and_forgets_it(
     assert bytes(value) == TOKEN.encode()
     offer.discard()
     assert offers_view.offer_banners == {} and offers_view.controller.pending_offers() == []
+
+
+class ShellRunner(Runner):
+    """A shell call whose command sent two requests through the egress proxy."""
+
+    def run_errand(self, task: str) -> None:
+        ev = self.ctx.events
+        ev.tool_call("c1", "shell", {"command": "git push"})
+        ev.decision("c1", "allow", "rule shell(git *)")
+        ev.egress("c1", {"method": "GET", "host": "github.com", "path": "/o/r/info/refs",
+                         "decision": "allow", "reason": "rule net(github.com)"})
+        ev.egress("c1", {"method": "POST", "host": "evil.example", "path": "/x",
+                         "decision": "deny", "reason": "denied by the user (no rule)"})
+        ev.tool_result("c1", True, "pushed", [], False)
+        ev.final("Pushed.", {"stop_reason": "eos"})
+
+
+def test_proxied_requests_are_listed_under_the_shell_call_that_made_them(
+    qtbot: Any, workspace: Path
+) -> None:
+    controller = ErrandController(lambda ctx: ShellRunner(ctx, False), workspace=workspace)
+    view = ChatView(controller, [str(workspace)])
+    qtbot.add_widget(view)
+    try:
+        view.task_edit.setPlainText("push it")
+        with qtbot.wait_signal(controller.errandFinished, timeout=5000):
+            view.run_task()
+        expected = [
+            ("net", "GET github.com/o/r/info/refs", "allow: rule net(github.com)"),
+            ("net", "POST evil.example/x", "deny: denied by the user (no rule)"),
+        ]
+        assert [r[0] for r in view.tool_rows()] == ["shell"]
+        assert view.request_rows(0) == expected
+        text = view.transcript.toPlainText()
+        assert "↳ net GET github.com/o/r/info/refs — allow (rule net(github.com))" in text
+        # The session's record re-renders them under the call.
+        view._show_session(controller.current_session)
+        assert view.request_rows(0) == expected
+    finally:
+        assert controller.shutdown(5000)

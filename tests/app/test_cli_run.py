@@ -461,3 +461,5 @@ def test_a_shell_command_reaches_the_network_only_through_the_egress_proxy(
     assert status == EXIT_OK, err
     assert "Permission needed: net" in err and "GET localhost/x" in err
     assert "asked by: curl" in err
+    # The request is listed under the command that made it, with the decision.
+    assert "   net GET localhost/x: allow (allowed by the user" in err

@@ -399,6 +399,23 @@ def test_agent_killed_while_the_user_is_asked_ends_the_errand_and_writes_nothing
         assert c.shutdown(10_000)
 
 
+def test_the_host_listener_passes_a_proxied_request_on_under_its_shell_call() -> None:
+    from agent.host.events import AgentEvent
+    from app.controllers.agent_runner import HostListener, HostPrompt
+
+    got: list[tuple[str, Any]] = []
+
+    class Events:
+        def egress(self, call_id: str, request: Any) -> None:
+            got.append((call_id, request))
+
+    request = {"command": "curl x", "host": "x.example", "method": "GET", "path": "/",
+               "decision": "deny", "reason": "rule net(x.example)"}
+    listener = HostListener(Events(), HostPrompt(None))  # type: ignore[arg-type]
+    listener(AgentEvent("egress", tool="net", call_id="c7", data=request))
+    assert got == [("c7", request)]
+
+
 class LoadingRunner(SyntheticRunner):
     """Reports the loaded model through the host's listener, as the agent host does at start."""
 

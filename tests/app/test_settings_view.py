@@ -189,3 +189,35 @@ def test_a_net_rule_is_added_listed_and_saved(view: SettingsView, qtbot: QtBot) 
     finally:
         store.close()
     assert saved == ["net(github.com, GET)"]
+
+
+def test_the_network_section_lists_net_rules_and_pinned_hosts(
+    qtbot: QtBot, workspace: Path
+) -> None:
+    paths = default_paths().ensure()
+    controller = SettingsController(
+        paths, AppSettings(workspace=str(workspace), egress_pinned_hosts=["bank.example"])
+    )
+    with qtbot.wait_signals([controller.rules_loaded, controller.sandbox_detected], timeout=20_000):
+        view = SettingsView(controller)
+        qtbot.add_widget(view)
+    try:
+        assert view.network_rules.rows() == []
+        assert view.network_rules.empty.isVisibleTo(view)
+        assert "bank.example" in view.network_rules.pinned.text()
+        for tool, pattern, action in (("net", "*.pypi.org, GET", "allow"),
+                                      ("shell", "git status", "allow"),
+                                      ("net", "evil.example", "deny")):
+            view.tool.setCurrentText(tool)
+            view.pattern.setText(pattern)
+            view.action.setCurrentIndex(view.action.findData(action))
+            with qtbot.wait_signal(controller.rules_loaded, timeout=10_000):
+                view.add_rule()
+        # Only the net rules, deny first; the shell rule stays in the editor's lists.
+        assert view.network_rules.rows() == [
+            ("evil.example", "any", "deny", "user"),
+            ("*.pypi.org", "GET", "allow", "user"),
+        ]
+        assert not view.network_rules.empty.isVisibleTo(view)
+    finally:
+        controller.wait()

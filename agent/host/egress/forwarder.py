@@ -6,51 +6,66 @@ network namespace (bubblewrap brings ``lo`` up there), starts ``ARGV`` once
 the port is open, relays every connection to the host's egress proxy through
 the Unix socket ``SOCKET`` (bound into the sandbox), and exits with the
 command's status. It never parses what it relays: the host decides.
+
+Blocking sockets and a thread per direction, not asyncio: importing asyncio
+(it pulls in ssl and concurrent.futures) took most of the sandbox's extra
+start time, and a command opens only a few connections.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import os
+import socket
 import sys
+import threading
 
 _CHUNK = 1 << 16
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    """Copy ``src`` to ``dst`` until end of stream, then half-close ``dst``."""
     try:
-        while data := await reader.read(_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
+        while data := src.recv(_CHUNK):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
         pass
 
 
-async def _relay(
-    socket_path: str, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
-) -> None:
+def _relay(client: socket.socket, socket_path: str) -> None:
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        host_r, host_w = await asyncio.open_unix_connection(socket_path)
+        host.connect(socket_path)
     except OSError:
-        client_w.close()
+        client.close()
+        host.close()
         return
-    try:
-        await asyncio.gather(_pipe(client_r, host_w), _pipe(host_r, client_w))
-    finally:
-        for writer in (client_w, host_w):
-            with contextlib.suppress(OSError):
-                writer.close()
+    upstream = threading.Thread(target=_pipe, args=(client, host), daemon=True)
+    upstream.start()
+    _pipe(host, client)
+    upstream.join()
+    client.close()
+    host.close()
 
 
-async def _main(port: int, socket_path: str, argv: list[str]) -> int:
-    server = await asyncio.start_server(
-        lambda r, w: _relay(socket_path, r, w), "127.0.0.1", port, reuse_address=True
-    )
-    async with server:
-        proc = await asyncio.create_subprocess_exec(*argv)
-        code = await proc.wait()
+def _serve(listener: socket.socket, socket_path: str) -> None:
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=_relay, args=(client, socket_path), daemon=True).start()
+
+
+def _run(port: int, socket_path: str, argv: list[str]) -> int:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    threading.Thread(target=_serve, args=(listener, socket_path), daemon=True).start()
+    pid = os.posix_spawnp(argv[0], argv, os.environ)  # the listener is not inherited
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
 
 
@@ -59,7 +74,7 @@ def main(args: list[str]) -> int:
     if len(args) < 4 or args[2] != "--":
         sys.stderr.write("usage: forwarder.py PORT SOCKET -- ARGV...\n")
         return 2
-    return asyncio.run(_main(int(args[0]), args[1], args[3:]))
+    return _run(int(args[0]), args[1], args[3:])
 
 
 if __name__ == "__main__":

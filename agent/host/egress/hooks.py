@@ -27,6 +27,9 @@ class PolicyEgressHooks:
             called on a proxy thread, one at a time. None: "ask" refuses.
         record: Appends an audit entry (the host's fail-closed recorder).
         tainted: Whether untrusted content is in the agent's context now.
+        decided: Told each decision once it is audited: ``(request, action,
+            reason)``, on the proxy thread (the host shows it under the
+            command that made the request).
     """
 
     def __init__(
@@ -36,11 +39,13 @@ class PolicyEgressHooks:
         ask: Callable[[ToolCallRequest, Decision], bool] | None,
         record: Callable[..., None],
         tainted: Callable[[], bool],
+        decided: Callable[[EgressRequest, str, str], None] | None = None,
     ) -> None:
         self._policy = policy
         self._ask = ask
         self._record = record
         self._tainted = tainted
+        self._decided = decided
         self._lock = threading.Lock()
 
     def decide(self, request: EgressRequest) -> EgressVerdict:
@@ -68,6 +73,8 @@ class PolicyEgressHooks:
             details={**arguments, "by": by, "url": f"{request.scheme}://{request.host}:"
                      f"{request.port}{request.path}"},
         )
+        if self._decided is not None:
+            self._decided(request, action, reason)
         return EgressVerdict(action == "allow", reason)
 
     def record(self, kind: str, **fields: Any) -> None:

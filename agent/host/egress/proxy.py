@@ -1,12 +1,15 @@
 """The host side of the egress proxy: mitmproxy, run as a library, with Keyless's addon.
 
-One :class:`EgressProxy` serves one session. It runs mitmproxy's
-:class:`~mitmproxy.master.Master` in its own asyncio loop on a host thread,
-listening on a loopback TCP port that only its own Unix-socket bridges reach:
-each bridge binds its source port before it connects and the addon drops any
-client whose port it did not register (another local process reaching the
-port gets nothing). :meth:`EgressProxy.channel` opens one Unix socket per
-shell command, bound into that command's sandbox.
+One :class:`EgressServer` runs in the process (mitmproxy keeps its master in
+module globals): mitmproxy's :class:`~mitmproxy.master.Master` in its own
+asyncio loop on a host thread. Each session (an errand in the app, ``keyless
+run``) has an :class:`EgressProxy` attached to it, with its own rules, broker,
+CA and redactor; :meth:`EgressProxy.channel` opens one Unix socket per shell
+command, bound into that command's sandbox. Each connection on it is handed
+straight to mitmproxy with a numbered peer (above any TCP port) registered
+with its session and command first; the addon routes every client to that
+session and drops any other (mitmproxy must also listen on a loopback TCP
+port: another local process reaching it gets nothing).
 
 For every request (HTTP, or HTTPS intercepted with the per-session CA) the
 addon:
@@ -27,21 +30,22 @@ addon:
 Hosts the user pins pass through without interception and never carry a
 capability.
 
-Why one module of about 800 lines: the proxy's lifecycle (its loop, its
-listener, the bridges and their registered ports) and the addon's hooks share
-one state and one threat model (nothing unchecked leaves, nothing unredacted
-comes back), and are tested together in ``tests/agent/test_egress.py``.
+Why one module of about 1000 lines: the server's lifecycle (its loop, its
+listener, the sandbox connections and their numbered peers), the sessions'
+routes and the addon's hooks share one state and one threat model (nothing
+unchecked leaves, nothing unredacted comes back, no session reaches
+another's grants), and are tested together in ``tests/agent/test_egress.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import zlib
@@ -196,83 +200,102 @@ def _decoder(encoding: str) -> Callable[[bytes], bytes] | None:
     return None
 
 
-class _SessionTls(tlsconfig.TlsConfig):
-    """mitmproxy's TLS addon with the session CA in memory (no confdir, nothing on disk)."""
+class _RoutingTls(tlsconfig.TlsConfig):
+    """mitmproxy's TLS addon, signing each client's leaf with its session's CA.
 
-    def __init__(self, ca: SessionCA, dhparam: Path) -> None:
+    The CAs stay in memory (no confdir, nothing on disk): each session's
+    :class:`EgressProxy` holds its own ``CertStore``, picked per connection.
+    """
+
+    def __init__(self, server: EgressServer) -> None:
         super().__init__()
-        # mitmproxy's stock DH parameters (public); it loads them from a file.
-        dhparam.write_bytes(certs.DEFAULT_DHPARAM)
-        self.certstore = certs.CertStore(
-            ca.key, certs.Cert(ca.cert), None, certs.CertStore.load_dhparam(dhparam)
-        )
+        self.server = server
 
     def configure(self, updated: Any) -> None:
-        """Keep the in-memory store: the stock addon would load or write a CA in confdir."""
+        """Keep the in-memory stores: the stock addon would load or write a CA in confdir."""
 
     def running(self) -> None:
         """As :meth:`configure`."""
 
+    def tls_start_client(self, tls_start: Any) -> None:
+        """Sign with the CA of the session whose sandbox this client is."""
+        route = self.server._route_of(tls_start.context.client)
+        if route is None or route._certstore is None:
+            tls_start.conn.error = "not a Keyless sandbox"
+            return
+        # Synchronous on the proxy's one loop: nothing else runs in between.
+        self.certstore = route._certstore
+        super().tls_start_client(tls_start)
+
 
 class _Addon:
-    """The mitmproxy addon: decisions, handle swaps, address checks, redaction."""
+    """The mitmproxy addon: routes each client to its session, which decides and redacts."""
 
-    def __init__(self, proxy: EgressProxy) -> None:
-        self.proxy = proxy
+    def __init__(self, server: EgressServer) -> None:
+        self.server = server
 
-    # A client that did not come through one of our bridges is dropped at once.
+    # A client that is not a registered sandbox connection is dropped at once.
     def client_connected(self, client: Client) -> None:
         port = client.peername[1] if client.peername else None
-        if port not in self.proxy._bridges:
+        peer = self.server._peers.get(port) if port is not None else None
+        if peer is None:
             client.error = "not a Keyless sandbox"
+            return
+        self.server._clients[client.id] = peer
+
+    def client_disconnected(self, client: Client) -> None:
+        self.server._clients.pop(client.id, None)
 
     async def tls_clienthello(self, data: ClientHelloData) -> None:
-        address = data.context.server.address or ("", 443)
-        host = (data.client_hello.sni or address[0] or "").lower()
-        if host not in self.proxy.pinned_hosts:
+        route = self.server._route_of(data.context.client)
+        if route is None:
+            data.context.client.error = "not a Keyless sandbox"
             return
-        request = EgressRequest(
-            command=self.proxy._label(data.context.client),
-            scheme="https",
-            host=host,
-            port=address[1],
-            method="CONNECT",
-            path="",
-        )
-        verdict = await asyncio.to_thread(self.proxy._decide, request)
-        if verdict.allowed:
-            data.ignore_connection = True  # a tunnel: the bytes go through untouched
-        else:
-            data.context.client.error = verdict.reason
+        await route._on_clienthello(data)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        await self.proxy._on_request(flow)
+        route = self.server._route_of(flow.client_conn)
+        if route is None:
+            flow.kill()  # type: ignore[no-untyped-call]
+            return
+        await route._on_request(flow)
 
     async def server_connect(self, data: ServerConnectionHookData) -> None:
-        await self.proxy._on_connect(data)
+        route = self.server._route_of(data.client)
+        if route is None:
+            data.server.error = "not a Keyless sandbox"
+            return
+        await route._on_connect(data)
 
     def server_connected(self, data: ServerConnectionHookData) -> None:
-        self.proxy._on_connected(data)
+        self.server._on_connected(data)
 
     def server_connect_error(self, data: ServerConnectionHookData) -> None:
-        self.proxy._named.pop(data.server.id, None)
+        self.server._named.pop(data.server.id, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self.proxy._on_response_headers(flow)
+        route = self.server._route_of(flow.client_conn)
+        if route is None:
+            flow.kill()  # type: ignore[no-untyped-call]
+            return
+        try:
+            route._on_response_headers(flow)
+        except Exception as e:  # fail closed: mitmproxy would log it and pass the body on
+            log.warning("egress response refused: %s", type(e).__name__)
+            flow.metadata["keyless_failed"] = f"the response could not be redacted: {e}"
+            flow.kill()  # type: ignore[no-untyped-call]
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        await self.proxy._on_done(flow, failed=None)
+        route = self.server._route_of(flow.client_conn, flow)
+        if route is not None:
+            await route._on_done(flow, failed=None)
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None and flow.error is not None:
-            await self.proxy._on_done(flow, failed=flow.error.msg)
-
-
-# mitmproxy keeps its master and options in module globals (``mitmproxy.ctx``):
-# a second master in the process takes them over from the first, which then
-# fails its clients. So one proxy runs at a time, and a second start says why.
-_active_lock = threading.Lock()
-_active: EgressProxy | None = None
+        route = self.server._route_of(flow.client_conn, flow)
+        if route is None or flow.error is None:
+            return
+        if flow.response is None or flow.metadata.get("keyless_failed"):
+            await route._on_done(flow, failed=flow.metadata.get("keyless_failed", flow.error.msg))
 
 
 def _system_bundle() -> bytes:
@@ -282,66 +305,61 @@ def _system_bundle() -> bytes:
     return b""
 
 
-class EgressProxy:
-    """The egress proxy of one session (see the module doc).
+# mitmproxy keeps its master and options in module globals (``mitmproxy.ctx``):
+# a second master in the process takes them over from the first, which then
+# fails its clients. So one server runs at a time, and every session shares it.
+_active_lock = threading.Lock()
+_active: EgressServer | None = None
+_shared: EgressServer | None = None
+
+
+class EgressServer:
+    """The process's one mitmproxy master, shared by every session's :class:`EgressProxy`.
+
+    It runs in its own asyncio loop on a host thread. Sessions' Unix sockets
+    hand their connections to it directly (:meth:`_accept`), each registered
+    with its session and command under a peer number no TCP client can have;
+    the addon maps each client to that session (its rules, broker, CA,
+    redactor) and drops any other client.
 
     Args:
-        hooks: The host: rules and prompt for each request, and the audit log.
-        broker: Redeems handles and redacts responses; None: no capability
-            can be used and responses are not redacted (no vault is open).
-        session_id: The session whose grants may be redeemed.
-        pinned_hosts: Hosts passed through without interception (never with a
-            capability).
-        local_hosts: Hosts that may resolve to loopback or private addresses.
-            Only the host builds this (a test server, a service the user
-            trusts); the agent never sets it.
         upstream_ca: A CA file to verify upstream servers with instead of the
-            system's (tests); None: the system bundle.
-        resolver: Host name to addresses (tests pin one).
+            system's (tests); None: the system bundle. mitmproxy reads it
+            from its process-wide options, so it is the server's, not a
+            session's.
     """
 
-    def __init__(
-        self,
-        hooks: EgressHooks,
-        broker: EgressBroker | None,
-        *,
-        session_id: str,
-        pinned_hosts: Iterable[str] = (),
-        local_hosts: Iterable[str] = (),
-        upstream_ca: Path | None = None,
-        resolver: Callable[[str, int], list[str]] | None = None,
-    ) -> None:
-        self.hooks = hooks
-        self.broker = broker
-        self.session_id = session_id
-        self.pinned_hosts = frozenset(h.lower().rstrip(".") for h in pinned_hosts)
-        self.local_hosts = frozenset(h.lower().rstrip(".") for h in local_hosts)
+    def __init__(self, upstream_ca: Path | None = None) -> None:
         self.upstream_ca = upstream_ca
-        self._resolver = resolver
-        self._bridges: dict[int, str] = {}
-        self._servers: list[asyncio.AbstractServer] = []
+        self._peers: dict[int, tuple[EgressProxy, str]] = {}
+        self._clients: dict[str, tuple[EgressProxy, str]] = {}
+        self._routes: set[EgressProxy] = set()
+        self._named: dict[str, tuple[str, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._master: Master | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
         self._dir: Path | None = None
-        self._ca: SessionCA | None = None
-        self._count = 0
-        self._redactor: Any = None
-        self._named: dict[str, tuple[str, int]] = {}
-
-    # ------------------------------------------------------------------ lifetime
+        self._dhparams: Any = None
+        self._instance: Any = None
+        self._accepted = 0
 
     @property
     def running(self) -> bool:
-        """Whether the proxy is up."""
+        """Whether the server is up."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def sessions(self) -> int:
+        """How many sessions' proxies are attached."""
+        return len(self._routes)
+
     def start(self, timeout: float = 15.0) -> None:
-        """Mint the session CA and start mitmproxy on its own thread.
+        """Start mitmproxy on its own thread.
 
         Raises:
-            SandboxError: The proxy did not come up.
+            SandboxError: Another server runs in this process, or this one did
+                not come up.
         """
         if self.running:
             return
@@ -349,18 +367,16 @@ class EgressProxy:
         with _active_lock:
             if _active is not None and _active is not self and _active.running:
                 raise SandboxError(
-                    "the egress proxy did not start: another session's proxy is running in "
+                    "the egress proxy did not start: another egress server is running in "
                     "this process (mitmproxy keeps one master per process)"
                 )
             _active = self
-        self._ca = mint_ca()
         self._dir = Path(tempfile.mkdtemp(prefix="keyless-egress-"))
         os.chmod(self._dir, 0o700)
-        bundle = self._dir / "ca-bundle.pem"
-        bundle.write_bytes(_system_bundle() + b"\n" + self._ca.cert_pem)
-        shutil.copyfile(FORWARDER_SOURCE, self._dir / "forwarder.py")
-        shutil.copyfile(ASKPASS_SOURCE, self._dir / "askpass")
-        os.chmod(self._dir / "askpass", 0o755)
+        # mitmproxy's stock DH parameters (public); it loads them from a file.
+        dhparam = self._dir / "dhparam.pem"
+        dhparam.write_bytes(certs.DEFAULT_DHPARAM)
+        self._dhparams = certs.CertStore.load_dhparam(dhparam)
         ready = threading.Event()
         failure: list[BaseException] = []
         self._thread = threading.Thread(
@@ -395,6 +411,7 @@ class EgressProxy:
                 await asyncio.sleep(0.01)
             if addrs:
                 self._port = int(addrs[0][1])
+                self._instance = next(iter(server.servers), None)
             ready.set()
             await run
 
@@ -408,12 +425,11 @@ class EgressProxy:
                 loop.close()
 
     def _build_master(self, loop: asyncio.AbstractEventLoop) -> Master:
-        assert self._ca is not None and self._dir is not None
         master = Master(Options(), event_loop=loop)
         # The few addons a proxy needs; options exist once their addons are in.
         master.addons.add(  # type: ignore[no-untyped-call]
             core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),  # type: ignore[no-untyped-call]
-            _SessionTls(self._ca, self._dir / "dhparam.pem"), _Addon(self),
+            _RoutingTls(self), _Addon(self),
         )
         master.options.update(  # type: ignore[no-untyped-call]
             mode=["regular@127.0.0.1:0"],
@@ -426,7 +442,7 @@ class EgressProxy:
         return master
 
     def close(self) -> None:
-        """Stop the proxy and remove its directory (sockets, CA bundle)."""
+        """Stop mitmproxy and remove the server's directory; attached proxies stop working."""
         loop, master = self._loop, self._master
         if loop is not None and master is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
@@ -442,6 +458,240 @@ class EgressProxy:
             if _active is self:
                 _active = None
 
+    def _attach(self, route: EgressProxy) -> None:
+        self._routes.add(route)
+
+    def _detach(self, route: EgressProxy) -> None:
+        self._routes.discard(route)
+        for port, (owner, _) in list(self._peers.items()):
+            if owner is route:
+                self._peers.pop(port, None)
+
+    def _route_of(self, client: Client, flow: http.HTTPFlow | None = None) -> EgressProxy | None:
+        entry = self._clients.get(client.id)
+        if entry is None and flow is not None:
+            return flow.metadata.get("keyless_route")
+        return entry[0] if entry is not None and entry[0] in self._routes else None
+
+    def _label(self, client: Client) -> str:
+        entry = self._clients.get(client.id)
+        return entry[1] if entry is not None else "?"
+
+    async def _accept(
+        self,
+        route: EgressProxy,
+        label: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Hand one sandbox connection (its Unix socket) to mitmproxy, no TCP hop between.
+
+        ``ServerInstance.handle_stream`` is what mitmproxy's own listener calls
+        for each accepted connection; pinned to mitmproxy 11.0.2.
+        """
+        instance = self._instance
+        if instance is None:
+            writer.close()
+            return
+        self._accepted += 1
+        # A number no TCP peer can have, so no local process can pass for this sandbox.
+        port = _UNIX_PEERS + self._accepted
+        self._peers[port] = (route, label)  # before mitmproxy sees the connection
+        try:
+            await instance.handle_stream(reader, _UnixPeer(writer, port, self._port))
+        finally:
+            self._peers.pop(port, None)
+
+    def _on_connected(self, data: ServerConnectionHookData) -> None:
+        name = self._named.pop(data.server.id, None)
+        if name is not None:
+            # mitmproxy refuses a new address on an open connection (a guard for
+            # addons that would redirect it); this one only gets its name back,
+            # and the peer stays in ``peername``. Pinned to mitmproxy 11.0.2.
+            object.__setattr__(data.server, "address", name)
+
+
+#: Sandbox connections get peer "ports" from here on: above any TCP port.
+_UNIX_PEERS = 1 << 20
+#: How far a sandbox's Unix socket reads ahead.
+_UNIX_READ = 1 << 18
+
+
+class _UnixPeer:
+    """A sandbox's Unix-socket writer, as mitmproxy's TCP clients look (a numbered peer).
+
+    mitmproxy reads a client's ``peername`` and ``sockname`` from its writer
+    and formats them as addresses; everything else goes to the real writer.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, port: int, local_port: int) -> None:
+        self._writer = writer
+        self._names = {"peername": ("127.0.0.1", port), "sockname": ("127.0.0.1", local_port)}
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The numbered peer for ``peername``/``sockname``; the real writer's otherwise."""
+        if name in self._names:
+            return self._names[name]
+        return self._writer.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+def _attach_shared(route: EgressProxy, upstream_ca: Path | None) -> EgressServer:
+    """Attach ``route`` to the process's shared server, starting it first if needed.
+
+    Raises:
+        SandboxError: The running server verifies upstream servers with
+            another CA while other sessions use it, or it did not start.
+    """
+    global _shared
+    with _active_lock:
+        shared = _shared
+    if shared is not None and shared.running:
+        if shared.upstream_ca == upstream_ca:
+            shared._attach(route)
+            return shared
+        if shared.sessions:
+            raise SandboxError(
+                "the egress proxy did not start: the shared egress server verifies upstream "
+                "servers with another CA while other sessions use it"
+            )
+        shared.close()
+    shared = EgressServer(upstream_ca)
+    shared.start()
+    shared._attach(route)
+    with _active_lock:
+        _shared = shared
+    return shared
+
+
+_shared_start_lock = threading.Lock()
+
+
+def stop_shared_server() -> None:
+    """Stop the process's shared egress server, if one runs (the app calls this at exit)."""
+    global _shared
+    with _shared_start_lock:
+        with _active_lock:
+            shared, _shared = _shared, None
+        if shared is not None:
+            shared.close()
+
+
+class EgressProxy:
+    """The egress proxy of one session: its rules, broker and CA on the shared server.
+
+    Several sessions (the app's errands, ``keyless run``) use the process's
+    one :class:`EgressServer` at once; each connection is routed to the
+    session whose command opened it, so a handle is only ever redeemed
+    against its own session's grants.
+
+    Args:
+        hooks: The host: rules and prompt for each request, and the audit log.
+        broker: Redeems handles and redacts responses; None: no capability
+            can be used and responses are not redacted (no vault is open).
+        session_id: The session whose grants may be redeemed.
+        pinned_hosts: Hosts passed through without interception (never with a
+            capability).
+        local_hosts: Hosts that may resolve to loopback or private addresses.
+            Only the host builds this (a test server, a service the user
+            trusts); the agent never sets it.
+        upstream_ca: A CA file to verify upstream servers with instead of the
+            system's (tests); None: the system bundle.
+        resolver: Host name to addresses (tests pin one).
+        server: The server to attach to; None: the process's shared one,
+            started on first use.
+    """
+
+    def __init__(
+        self,
+        hooks: EgressHooks,
+        broker: EgressBroker | None,
+        *,
+        session_id: str,
+        pinned_hosts: Iterable[str] = (),
+        local_hosts: Iterable[str] = (),
+        upstream_ca: Path | None = None,
+        resolver: Callable[[str, int], list[str]] | None = None,
+        server: EgressServer | None = None,
+    ) -> None:
+        self.hooks = hooks
+        self.broker = broker
+        self.session_id = session_id
+        self.pinned_hosts = frozenset(h.lower().rstrip(".") for h in pinned_hosts)
+        self.local_hosts = frozenset(h.lower().rstrip(".") for h in local_hosts)
+        self.upstream_ca = upstream_ca
+        self._resolver = resolver
+        self._given_server = server
+        self._server: EgressServer | None = None
+        self._dir: Path | None = None
+        self._ca: SessionCA | None = None
+        self._certstore: certs.CertStore | None = None
+        self._count = 0
+        self._redactor: Any = None
+        self._audits: set[asyncio.Future[None]] = set()
+
+    # ------------------------------------------------------------------ lifetime
+
+    @property
+    def running(self) -> bool:
+        """Whether this session's proxy is attached to a running server."""
+        return self._server is not None and self._server.running and self._certstore is not None
+
+    @property
+    def _port(self) -> int:
+        return self._server._port if self._server is not None else 0
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Mint the session CA and attach to the server (started first if it is not).
+
+        Raises:
+            SandboxError: The server did not come up.
+        """
+        if self.running:
+            return
+        self._ca = mint_ca()
+        self._dir = Path(tempfile.mkdtemp(prefix="keyless-egress-session-"))
+        os.chmod(self._dir, 0o700)
+        bundle = self._dir / "ca-bundle.pem"
+        bundle.write_bytes(_system_bundle() + b"\n" + self._ca.cert_pem)
+        shutil.copyfile(FORWARDER_SOURCE, self._dir / "forwarder.py")
+        shutil.copyfile(ASKPASS_SOURCE, self._dir / "askpass")
+        os.chmod(self._dir / "askpass", 0o755)
+        try:
+            if self._given_server is not None:
+                self._given_server.start(timeout)
+                self._given_server._attach(self)
+                server = self._given_server
+            else:
+                with _shared_start_lock:
+                    server = _attach_shared(self, self.upstream_ca)
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+            raise
+        # mitmproxy 11's annotations say RSA; it signs with any key cryptography does.
+        self._certstore = certs.CertStore(
+            self._ca.key,  # type: ignore[arg-type]  # an EC key (see ca.py)
+            certs.Cert(self._ca.cert), None, server._dhparams,
+        )
+        self._server = server
+
+    def close(self) -> None:
+        """Detach from the server and remove this session's directory (sockets, CA bundle).
+
+        The shared server keeps running for the other sessions (and the next
+        one); :func:`stop_shared_server` stops it.
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server._detach(self)
+        self._certstore = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
     # ------------------------------------------------------------------ channels
 
     @contextlib.contextmanager
@@ -451,68 +701,58 @@ class EgressProxy:
         Raises:
             SandboxError: The proxy is not running.
         """
-        if not self.running or self._loop is None or self._dir is None:
+        server = self._server
+        if not self.running or server is None or server._loop is None or self._dir is None:
             raise SandboxError("the egress proxy is not running")
         self._count += 1
         path = self._dir / f"egress-{self._count}.sock"
         label = command
-        server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_unix_server(lambda r, w: self._bridge(label, r, w), path=str(path)),
-            self._loop,
+        server_loop = server._loop
+        unix = asyncio.run_coroutine_threadsafe(
+            asyncio.start_unix_server(
+                lambda r, w: server._accept(self, label, r, w), path=str(path), limit=_UNIX_READ
+            ),
+            server_loop,
         ).result(10)
         try:
             yield EgressChannel(path, self._dir / "ca-bundle.pem", proxy_env(), label)
         finally:
-            server.close()
+            # The command is done: its requests' audit entries are written before it returns.
+            with contextlib.suppress(RuntimeError, TimeoutError, concurrent.futures.TimeoutError):
+                asyncio.run_coroutine_threadsafe(self._drain_audits(), server_loop).result(10)
+            with contextlib.suppress(RuntimeError):
+                server_loop.call_soon_threadsafe(unix.close)
             with contextlib.suppress(OSError):
                 path.unlink()
 
     @property
     def forwarder(self) -> Path:
-        """The forwarder script the sandbox runs (a copy in the proxy's directory)."""
+        """The forwarder script the sandbox runs (a copy in the session's directory)."""
         if self._dir is None:
             raise SandboxError("the egress proxy is not running")
         return self._dir / "forwarder.py"
 
-    async def _bridge(
-        self, label: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self._bridges[port] = label  # registered before the proxy can see the connection
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, ("127.0.0.1", self._port))
-            up_r, up_w = await asyncio.open_connection(sock=sock)
-        except OSError:
-            self._bridges.pop(port, None)
-            sock.close()
-            writer.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(1 << 16):
-                    dst.write(data)
-                    await dst.drain()
-                if dst.can_write_eof():
-                    dst.write_eof()
-            except (ConnectionError, OSError):
-                pass
-
-        try:
-            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
-        finally:
-            self._bridges.pop(port, None)
-            for w in (writer, up_w):
-                with contextlib.suppress(OSError):
-                    w.close()
-
     def _label(self, client: Client) -> str:
-        port = client.peername[1] if client.peername else -1
-        return self._bridges.get(port, "?")
+        return self._server._label(client) if self._server is not None else "?"
+
+    async def _on_clienthello(self, data: ClientHelloData) -> None:
+        address = data.context.server.address or ("", 443)
+        host = (data.client_hello.sni or address[0] or "").lower()
+        if host not in self.pinned_hosts:
+            return
+        request = EgressRequest(
+            command=self._label(data.context.client),
+            scheme="https",
+            host=host,
+            port=address[1],
+            method="CONNECT",
+            path="",
+        )
+        verdict = await asyncio.to_thread(self._decide, request)
+        if verdict.allowed:
+            data.ignore_connection = True  # a tunnel: the bytes go through untouched
+        else:
+            data.context.client.error = verdict.reason
 
     # ------------------------------------------------------------------ requests
 
@@ -530,6 +770,7 @@ class EgressProxy:
         handles = _handles(req)
         command = self._label(flow.client_conn)
         flow.metadata["keyless_command"] = command
+        flow.metadata["keyless_route"] = self
         if len(handles) > 1:
             self._refuse(flow, "more than one capability handle in one request")
             await asyncio.to_thread(self._audit_refusal, flow, "several handles", None)
@@ -618,16 +859,9 @@ class EgressProxy:
         # comes back once connected (:meth:`_on_connected`), or mitmproxy would
         # never reuse the connection (it matches by address) and would stall a
         # kept-alive client at its per-address limit of 5 open connections.
-        self._named[data.server.id] = (host, port)
+        if self._server is not None:
+            self._server._named[data.server.id] = (host, port)
         data.server.address = (str(addresses[0]), port)
-
-    def _on_connected(self, data: ServerConnectionHookData) -> None:
-        name = self._named.pop(data.server.id, None)
-        if name is not None:
-            # mitmproxy refuses a new address on an open connection (a guard for
-            # addons that would redirect it); this one only gets its name back,
-            # and the peer stays in ``peername``. Pinned to mitmproxy 11.0.2.
-            object.__setattr__(data.server, "address", name)
 
     def _on_response_headers(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -699,14 +933,27 @@ class EgressProxy:
             details["handle"] = flow.metadata["keyless_handle"]
             details["secret"] = flow.metadata["keyless_secret"]
         reason = failed or flow.metadata.get("keyless_failed")
-        await asyncio.to_thread(
+        # mitmproxy holds the response's last chunk until this hook returns, and
+        # the body is already out: so the entry is written beside the client's
+        # next request, not before it, and the command's channel waits for it.
+        audit = asyncio.ensure_future(asyncio.to_thread(
             self.hooks.record,
             "egress_request" if reason is None else "egress_failed",
             tool="shell",
             decision="allow",
             reason=reason,
             details=details,
-        )
+        ))
+        self._audits.add(audit)
+        audit.add_done_callback(self._audited)
+
+    def _audited(self, audit: asyncio.Future[None]) -> None:
+        self._audits.discard(audit)
+        if not audit.cancelled() and audit.exception() is not None:
+            log.warning("egress audit entry failed: %s", type(audit.exception()).__name__)
+
+    async def _drain_audits(self) -> None:
+        await asyncio.gather(*list(self._audits), return_exceptions=True)
 
     def _audit_refusal(self, flow: http.HTTPFlow, reason: str, handle: str | None) -> None:
         self.hooks.record(
