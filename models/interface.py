@@ -178,6 +178,15 @@ class ChatModel(Protocol):
         ...
 
 
+@runtime_checkable
+class PinnableModel(Protocol):
+    """A model whose KV cache can keep chosen messages from being evicted."""
+
+    def pin_messages(self, prefix: int, task: int | None = None) -> None:
+        """Never evict the first ``prefix`` messages nor message ``task`` of later prompts."""
+        ...
+
+
 def complete_chat(
     model: ChatModel,
     messages: Sequence[Message],

@@ -288,6 +288,7 @@ class Runtime:
             llm.close()
             raise
         self._vocab = llm._model.vocab
+        self._pin_messages: tuple[int, int | None] | None = None
         self._eog_ids: list[int] | None = None
         self._pieces: dict[int, bytes] = {}
         self._info = ModelInfo(
@@ -341,6 +342,41 @@ class Runtime:
         )
         return tokens
 
+    def pin_messages(self, prefix: int, task: int | None = None) -> None:
+        """Pin the first ``prefix`` messages and message ``task`` of later prompts.
+
+        Their tokens are never evicted from the KV cache (see
+        :meth:`models.sinkcache.SinkCache.pin`); it applies to every later
+        :meth:`stream_chat` until called again (``prefix=0``: only the sinks).
+        """
+        self._pin_messages = (prefix, task) if prefix > 0 else None
+
+    def _pins(
+        self, messages: Sequence[Message], prompt: Sequence[int]
+    ) -> tuple[int, tuple[int, int] | None] | None:
+        """Token indices of the pinned messages in ``prompt`` (see :meth:`pin_messages`)."""
+        if self._pin_messages is None:
+            return None
+        prefix, task = self._pin_messages
+
+        def end_of(n: int) -> int:
+            # Where the first n messages end: the common prefix of their
+            # rendering (which ends with a generation prompt) and the whole one.
+            if n >= len(messages):
+                return len(prompt)
+            part = self.render(messages[:n])
+            i = 0
+            for a, b in zip(part, prompt, strict=False):
+                if a != b:
+                    break
+                i += 1
+            return i
+
+        span = None
+        if task is not None and prefix <= task < len(messages):
+            span = (end_of(task), end_of(task + 1))
+        return end_of(min(prefix, len(messages))), span
+
     def stream_chat(
         self,
         messages: Sequence[Message],
@@ -355,14 +391,11 @@ class Runtime:
         if not messages:
             raise GenerationError("cannot generate from an empty conversation")
         prompt = self.render(messages)
-        return self.stream_tokens(
-            prompt,
-            max_tokens=max_tokens,
-            json_schema=json_schema,
-            temperature=temperature,
-            ignore_eos=ignore_eos,
-            cancel=cancel,
-        )
+        pins = self._pins(messages, prompt)
+        if max_tokens < 0:
+            raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
+        sampler = self._make_sampler(json_schema, temperature, ignore_eos and json_schema is None)
+        return self._generate(prompt, max_tokens, sampler, cancel, pins)
 
     def stream_tokens(
         self,
@@ -508,7 +541,12 @@ class Runtime:
         return self._eog_ids
 
     def _generate(
-        self, prompt: list[int], max_tokens: int, sampler: Any, cancel: CancelToken | None
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        sampler: Any,
+        cancel: CancelToken | None,
+        pins: tuple[int, tuple[int, int] | None] | None = None,
     ) -> Iterator[StreamEvent]:
         import llama_cpp
 
@@ -522,6 +560,10 @@ class Runtime:
                 def cancelled() -> bool:
                     return self._closed or (cancel is not None and cancel.cancelled)
 
+                if pins is not None:
+                    cache.pin(*pins)
+                elif cache.pinned != (cache.n_sink, None):
+                    cache.pin(cache.n_sink)
                 reused = cache.reuse_prefix(prompt)
                 fed = cache.feed(prompt[reused:], should_stop=cancelled)
                 run.n_prompt = cache.n_evaluated - run.evaluated0

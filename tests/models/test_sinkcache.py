@@ -235,3 +235,65 @@ def test_chunk_and_window_limits_are_checked(shifting: Runtime) -> None:
         SinkCache(shifting.llama, n_sink=4, evict_chunk=N_CTX)
     with pytest.raises(ContextTooSmallError, match="window"):
         SinkCache(shifting.llama, n_sink=N_CTX - 8)
+
+
+# -- the pinned prefix -----------------------------------------------------------------
+
+
+def assert_pinned(rt: Runtime, prefix: int, span: tuple[int, int]) -> None:
+    """The cache's own token history still holds every pinned token, in place."""
+    cache = rt.cache
+    kept = cache.kept
+    assert kept[:prefix] == list(range(prefix))
+    assert set(range(*span)) <= set(kept)
+    ids = list(rt.llama.input_ids[: cache.n_cached])
+    assert ids == [cache.history[i] for i in kept]
+    assert cache.seq_pos_max() == cache.n_cached - 1
+
+
+@pytest.mark.parametrize("can_shift", [True, False])
+def test_pinned_instructions_and_task_survive_output_far_past_n_ctx(
+    model_path: Path, can_shift: bool
+) -> None:
+    config = RuntimeConfig(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS)
+    with Runtime(config, can_shift=can_shift) as rt:
+        messages = [
+            Message(role="system", content="You are a careful assistant. Follow the task."),
+            Message(role="user", content="An earlier question " * 20),
+            Message(role="assistant", content="An earlier answer " * 20),
+            Message(role="user", content="Count the words in the file."),
+            Message(role="user", content="file contents " * 150),
+        ]
+        rt.pin_messages(1, 3)
+        prompt = rt.render(messages)
+        finished = [
+            e for e in rt.stream_chat(messages, max_tokens=8) if isinstance(e, Finished)
+        ]
+        assert finished
+        prefix, span = rt.cache.pinned
+        assert span is not None and prefix > rt.cache.n_sink
+        # The pins are the rendered system message and the task message.
+        assert rt.render(messages[:1])[: prefix - 1] == prompt[: prefix - 1]
+        assert len(prompt) > 3 * N_CTX and rt.cache.n_evicted > 0
+        assert_pinned(rt, prefix, span)
+        # Without pins the same prompt loses the instructions.
+        rt.pin_messages(0)
+        rt.reset()
+        list(rt.stream_chat(messages, max_tokens=1))
+        assert rt.cache.kept[: rt.cache.n_sink + 1] != list(range(rt.cache.n_sink + 1))
+
+
+def test_pins_too_large_for_the_window_are_cut(shifting: Runtime) -> None:
+    shifting.reset()
+    generate(shifting, STORY, 2 * N_CTX, ignore_eos=True)
+    cache = shifting.cache
+    pinned = cache.pin(N_CTX, (N_CTX + 1, N_CTX + 5))
+    try:
+        assert pinned == N_CTX - 2 * cache.evict_chunk
+        assert cache.pinned == (N_CTX - 2 * cache.evict_chunk, None)
+    finally:
+        cache.pin(cache.n_sink)
+    assert cache.kept == list(range(cache.n_sink)) + list(
+        range(cache.n_sink + cache.n_evicted, len(cache.history))
+    )
+    assert_consistent(shifting)
