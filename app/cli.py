@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from app import cli_chat, cli_memory, cli_models, cli_run, cli_sessions, cli_vault
+from app import cli_chat, cli_mcp, cli_memory, cli_models, cli_run, cli_sessions, cli_vault
 from app.cli_common import CliError, CommandParser, ExitStatus, fail
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     cli_run,
     cli_sessions,
     cli_models,
+    cli_mcp,
 )
 
 

@@ -34,6 +34,7 @@ from app.cli_common import (
     report_error,
     set_command,
 )
+from models.backends import backend_for, backend_names
 from models.errors import ModelError
 from models.eviction import EVICTION_MODES
 from models.factory import ModelSpec
@@ -90,8 +91,8 @@ def register(subparsers: Any) -> None:
         help="KV-cache eviction; h2o and sinks+h2o are experimental (heavy hitters, slower)",
     )  # fmt: skip
     parser.add_argument(
-        "--backend", choices=["llama.cpp", "openai", "fake"], default="llama.cpp",
-        help="llama.cpp (local), openai (a compatible server) or fake (scripted)",
+        "--backend", choices=backend_names(), default="llama.cpp",
+        help="; ".join(f"{b}: {backend_for(b).description}" for b in backend_names()),
     )  # fmt: skip
     parser.add_argument("--base-url", help="server URL for --backend openai")
     parser.add_argument("--model-name", help="model name for --backend openai")
@@ -103,27 +104,35 @@ def register(subparsers: Any) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
-    """Build the model spec the arguments describe."""
+    """Build the model spec the arguments describe.
+
+    Every option is offered to the chosen backend, which takes the ones it
+    has settings for (:meth:`models.factory.ModelSpec.from_options`).
+
+    Raises:
+        models.errors.ModelError: Unknown backend.
+        pydantic.ValidationError: An option is invalid for the backend.
+    """
     from app.paths import default_paths
 
-    remote = args.backend == "openai"
-    return ModelSpec(
-        backend=args.backend,
-        # `--backend openai --model NAME`: with a server, --model names the model.
-        path=None if remote else args.model,
-        n_ctx=args.n_ctx,
-        n_sink=args.n_sink,
-        n_threads=args.threads,
-        n_gpu_layers=args.n_gpu_layers,
-        rope_scaling=args.rope,
-        rope_factor=args.rope_factor,
-        eviction=args.eviction,
-        base_url=args.base_url,
-        model_name=args.model_name or (str(args.model) if remote and args.model else None),
-        allow_local=args.allow_local,
-        scripted_file=args.scripted,
-        verified_cache=default_paths().data_dir / "verified-models.json",
-    )
+    # `--backend openai --model NAME`: with a server, --model names the model.
+    model_named = "path" not in backend_for(args.backend).settings_model.model_fields
+    options = {
+        "path": None if model_named else args.model,
+        "n_ctx": args.n_ctx,
+        "n_sink": args.n_sink,
+        "n_threads": args.threads,
+        "n_gpu_layers": args.n_gpu_layers,
+        "rope_scaling": args.rope,
+        "rope_factor": args.rope_factor,
+        "eviction": args.eviction,
+        "base_url": args.base_url,
+        "model_name": args.model_name or (str(args.model) if model_named and args.model else None),
+        "allow_local": args.allow_local,
+        "scripted_file": args.scripted,
+        "verified_cache": default_paths().data_dir / "verified-models.json",
+    }
+    return ModelSpec.from_options(args.backend, options)
 
 
 def run_chat(args: argparse.Namespace) -> int:

@@ -138,15 +138,19 @@ def _open(
     )
 
 
-def _secret_scanner() -> Scanner:
+def secret_scanner(services: Any = None) -> Scanner:
     """The vault's scanner (unlocking it), or one that finds nothing when there is no vault.
+
+    Args:
+        services: The ``app.services.AppServices`` whose vault to unlock
+            (default: new ones).
 
     Raises:
         CliError: A vault exists but cannot be opened or unlocked (fail closed).
     """
     from app.services import AppServices, ServiceUnavailableError
 
-    services = AppServices()
+    services = services if services is not None else AppServices()
     try:
         vault = services.vault
         if vault is None:
@@ -171,11 +175,12 @@ def _model_spec() -> Any:
     from models.factory import ModelSpec
 
     app = _settings()
-    return ModelSpec(
-        path=Path(app.model.path) if app.model.path else None,
-        n_ctx=app.model.n_ctx,
-        n_gpu_layers=app.model.n_gpu_layers,
-    )
+    options = {
+        "path": Path(app.model.path) if app.model.path else None,
+        "n_ctx": app.model.n_ctx,
+        "n_gpu_layers": app.model.n_gpu_layers,
+    }
+    return ModelSpec.from_options("llama.cpp", options)
 
 
 def _counter() -> tuple[Callable[[str], int], bool]:
@@ -190,7 +195,12 @@ def _counter() -> tuple[Callable[[str], int], bool]:
     return counter, counter is not approximate_tokens
 
 
-def _open_model() -> Any:
+def open_memory_model() -> Any:
+    """The model memory consolidation uses, in its own process (a crash ends it, not us).
+
+    Raises:
+        app.cli_common.CliError: It cannot be opened.
+    """
     from models.errors import ModelError
     from models.process import open_isolated
 
@@ -251,7 +261,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    scan = _secret_scanner() if args.approve is not None else _viewing_only
+    scan = secret_scanner() if args.approve is not None else _viewing_only
     svc = _open(args, scan=scan)
     try:
         if args.approve is not None:
@@ -278,8 +288,8 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def _consolidate(args: argparse.Namespace) -> int:
-    scan = _secret_scanner()
-    model = _open_model()
+    scan = secret_scanner()
+    model = open_memory_model()
     try:
         svc = _open(args, count_tokens=model.count_tokens, scan=scan)
         try:

@@ -50,6 +50,7 @@ from app.cli_common import (
     set_command,
     valid_session_id,
 )
+from app.cli_mcp import mcp_hub
 from app.withheld import OfferBook, offer_from_event, vault_name
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def run_errand_cli(
     from app.services import AppServices, ServiceUnavailableError
     from app.sessions import ErrandRecorder, SessionStoreError, run_recorded
     from app.terminal_prompt import TerminalPrompt
+    from models.backends import runs_in_host
     from models.errors import ModelError
     from vault.errors import VaultError
 
@@ -223,7 +225,7 @@ def run_errand_cli(
         err,
     )
     relay = None
-    if spec is not None and spec.backend == "openai":
+    if runs_in_host(spec):
         try:
             relay = remote_model_with_key(spec, services, broker)
         except (ModelError, VaultError) as e:
@@ -252,6 +254,7 @@ def run_errand_cli(
         isolate=not args.no_isolation,
         hidden_paths=services.protected_paths(),
         relay_model=relay,
+        mcp=mcp_hub(services, workspace),
     )
     # Every line the terminal shows goes through the redactor the agent's results do.
     printer.redact = host.redact
@@ -282,8 +285,17 @@ def run_errand_cli(
 
 
 def model_spec_from_settings(services: Any) -> Any:
-    """The ``models.factory.ModelSpec`` the user's settings describe."""
-    return services.model_spec()
+    """The ``models.factory.ModelSpec`` the user's settings describe.
+
+    Raises:
+        CliError: The settings name an unknown backend or an invalid setting.
+    """
+    from models.errors import ModelError
+
+    try:
+        return services.model_spec()
+    except (ModelError, ValueError) as e:
+        raise CliError(f"the model settings are not usable: {e}") from e
 
 
 def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
@@ -633,5 +645,4 @@ def _model_identity(scripted: Path | None, services: Any) -> str:
         spec = services.model_spec()
     except Exception as e:  # noqa: BLE001  # only a label: the errand reports model problems
         return f"unknown ({type(e).__name__})"
-    name = spec.model_name or (Path(spec.path).name if spec.path else "embedded default")
-    return f"{spec.backend}:{name}"
+    return str(spec.label())

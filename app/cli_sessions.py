@@ -7,7 +7,9 @@ An interrupted errand is named with the command that resumes it
 (``keyless run --resume ERRAND``); ``keyless run --session ID`` continues a
 session. ``close`` ends a session: its session-level notes are distilled into
 the project's memory (untrusted notes go to the review queue) and it is
-marked closed.
+marked closed. The model merges them with the project's notes when it can be
+opened (in its own process, as ``keyless memory consolidate`` does);
+``--no-model``, or a model that cannot be opened, promotes them as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from app.cli_common import ExitStatus, set_command, valid_session_id
+from app import cli_memory
+from app.cli_common import CliError, ExitStatus, set_command, valid_session_id
 from app.paths import default_paths
 from app.services import AppServices
 from app.sessions import MessageRecord, SessionStore, SessionStoreError, close_session
@@ -47,6 +50,11 @@ def register(subparsers: Any) -> None:
         "close", help="end a session: distill its notes into the project's memory"
     )
     close.add_argument("session_id", metavar="ID", type=valid_session_id)
+    close.add_argument(
+        "--no-model",
+        action="store_true",
+        help="promote the notes as they are, without merging them with the model",
+    )
     _set_command(close, _close)
 
 
@@ -187,12 +195,37 @@ def _close(args: argparse.Namespace, out: IO[str]) -> int:
         s = store.session(args.session_id)
         services = AppServices()
         try:
-            report = close_session(store, services, s.id)
+            # Promotion scans the notes for vault secrets too: unlock the vault
+            # now (keyring, else passphrase) rather than fail in the middle.
+            cli_memory.secret_scanner(services)
+            model, why_not = (None, "--no-model") if args.no_model else _open_model()
+            try:
+                report = close_session(
+                    store, services, s.id, model=model,
+                    count_tokens=model.count_tokens if model is not None else None,
+                )
+            finally:
+                if model is not None:
+                    model.close()
         finally:
             services.close()
     finally:
         store.close()
     out.write(f"closed session {s.id}\n")
+    if model is None:
+        out.write(_shown(f"  notes promoted as they are, without the model ({why_not})") + "\n")
     for line in report:
         out.write(_shown(f"  {line}") + "\n")
     return ExitStatus.OK
+
+
+def _open_model() -> tuple[Any, str]:
+    """The model in its own process, as ``keyless memory consolidate`` opens it.
+
+    Returns:
+        The model, or None and why it could not be opened.
+    """
+    try:
+        return cli_memory.open_memory_model(), ""  # the one way the CLI opens it
+    except CliError as e:
+        return None, str(e)

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -114,6 +114,21 @@ def extra_pages(services: AppServices, errands: ErrandController) -> list[tuple[
     return [("Vault", vault), ("Memory", memory), ("Audit", audit), ("Settings", settings)]
 
 
+def session_closer(services: AppServices, sessions: Any) -> Callable[[str], list[str]]:
+    """Close a session as ``keyless sessions close --no-model`` does (on a job thread).
+
+    No model is opened: its notes are promoted into the project's memory as
+    they are, so "New session" and quitting never wait for a model to load
+    (the Memory screen's "Distill now" merges them with the model).
+    """
+    from app.sessions import close_session
+
+    def close(session_id: str) -> list[str]:
+        return list(close_session(sessions, services, session_id))
+
+    return close
+
+
 def build_main_window(
     services: AppServices,
     runner_factory: RunnerFactory | None = None,
@@ -127,6 +142,9 @@ def build_main_window(
         runner_factory: Runs errands; defaults to the real agent host (with the
             scripted model when ``$KEYLESS_SCRIPTED_MODEL`` names a file).
         with_extra_pages: Build the vault, memory, audit and settings screens.
+
+    The window's errand controller owns the session store: it closes the
+    current session and then the store when the window shuts down.
     """
     from app.sessions import SessionStore, SessionStoreError
 
@@ -136,6 +154,7 @@ def build_main_window(
     except SessionStoreError as e:
         log.error("sessions are not recorded: %s", e)
         sessions = None
+    closer = session_closer(services, sessions) if sessions is not None else None
     if runner_factory is None:
         scripted = os.environ.get(SCRIPTED_MODEL_ENV)
         runner_factory = agent_host_factory(
@@ -144,7 +163,9 @@ def build_main_window(
             scripted_model=Path(scripted) if scripted else None,
             sessions=sessions,
         )
-    errands = ErrandController(runner_factory, workspace=services.workspace, sessions=sessions)
+    errands = ErrandController(
+        runner_factory, workspace=services.workspace, sessions=sessions, session_closer=closer
+    )
     model = ModelController(services)
     pages = extra_pages(services, errands) if with_extra_pages else []
     window = MainWindow(services, errands, model, pages)

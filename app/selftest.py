@@ -86,6 +86,23 @@ def _check_vault(tmp: Path) -> str:
     return "passphrase vault: created, locked, wrong passphrase refused, value round-tripped"
 
 
+def _check_redaction(tmp: Path) -> str:
+    """The redactor and the credential scanner load and work (a bundle may lack a plugin)."""
+    from vault.redact import Redactor
+    from vault.secretscan import withhold
+
+    secret = "selftest-" + time.time_ns().to_bytes(8, "big").hex()
+    text = f"echo {secret.upper()[:10]} {secret.upper()[10:]} done"
+    redacted, names = Redactor([("SELFTEST", secret)]).redact(text)
+    if names != ["SELFTEST"] or secret.upper()[10:] in redacted:
+        raise SelfTestError("the redactor let a case-changed, split copy of a secret through")
+    token = "ghp_" + "Zq3Vb8Nm1Lk4Jh7Gf2Ds5Ap9Ow6Ie0Ru3Ty8"
+    shown, findings = withhold(f"x = 1\nGITHUB_TOKEN={token}\n", source="selftest.env")
+    if token in shown or [f.line for f in findings] != [2]:
+        raise SelfTestError("the credential scanner missed a GitHub token")
+    return "redactor (variants) and credential scanner work"
+
+
 def _check_agent(tmp: Path) -> str:
     import json
 
@@ -147,6 +164,7 @@ def _check_agent(tmp: Path) -> str:
 STEPS: tuple[tuple[str, Callable[[Path], str]], ...] = (
     ("model", _check_model),
     ("vault", _check_vault),
+    ("redaction", _check_redaction),
     ("agent", _check_agent),
 )
 

@@ -24,7 +24,13 @@ from typing import Any
 import platformdirs
 
 from app.paths import AppPaths, default_paths
-from app.settings import AppSettings, SettingsError, load_settings, save_settings
+from app.settings import (
+    AppSettings,
+    SettingsError,
+    load_settings,
+    model_spec_from_settings,
+    save_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -330,23 +336,7 @@ class AppServices:
 
     def model_spec(self) -> Any:
         """The ``models.factory.ModelSpec`` the user's settings describe."""
-        from models.factory import ModelSpec
-
-        m = self.settings.model
-        return ModelSpec(
-            backend=m.backend,
-            path=Path(m.path) if m.path else None,
-            n_ctx=m.n_ctx,
-            n_gpu_layers=m.n_gpu_layers,
-            n_sink=m.n_sink,
-            rope_scaling=m.rope_scaling,
-            rope_factor=m.rope_factor,
-            eviction=m.eviction,
-            base_url=m.base_url,
-            model_name=m.remote_model,
-            allow_local=m.allow_local_remote,
-            verified_cache=self.paths.data_dir / "verified-models.json",
-        )
+        return model_spec_from_settings(self.settings.model, self.paths.data_dir)
 
     def remote_model(self, spec: Any, *, vault_available: bool = True) -> Any:
         """Open the remote model here, in the host, with its API key from the vault.
@@ -358,12 +348,12 @@ class AppServices:
             models.errors.ModelError: The server cannot be reached or is refused.
             vault.errors.VaultLockedError: A key is configured but the vault is locked.
         """
+        from models.backends import backend_for
         from models.factory import open_model
-        from models.remote import OpenAIChatModel
         from vault.errors import VaultLockedError
 
         secret = self.settings.model.remote_key_secret
-        if not secret:
+        if not secret or not backend_for(spec).needs_key:
             return open_model(spec)
         vault = self.vault if vault_available else None
         if vault is None or vault.is_locked:
@@ -375,13 +365,7 @@ class AppServices:
             value: bytearray = vault.get(secret)
             return value
 
-        return OpenAIChatModel(
-            spec.base_url or "",
-            spec.model_name or "",
-            api_key_provider=api_key,
-            allow_local=spec.allow_local,
-            n_ctx=spec.n_ctx,
-        )
+        return open_model(spec, api_key=api_key)
 
     def sandbox_status(self) -> tuple[bool, str]:
         """Return whether OS isolation (bubblewrap) is available, and a sentence saying so."""

@@ -294,7 +294,9 @@ class SessionStore:
     ) -> SessionRecord:
         """Return the session, creating it (open) when it does not exist yet.
 
-        An existing session keeps its title; an empty one takes ``title``.
+        An existing session keeps its title; an empty one takes ``title``. A
+        closed session is opened again: an errand is being added to it, and
+        its new notes are distilled when it is next closed.
         """
         now = _iso(_now())
         with self._tx() as conn:
@@ -308,6 +310,10 @@ class SessionStore:
                     "UPDATE sessions SET title = ? WHERE id = ? AND title = ''",
                     (_title(title), session_id),
                 )
+            conn.execute(
+                "UPDATE sessions SET state = 'open', updated = ? WHERE id = ? AND state = 'closed'",
+                (now, session_id),
+            )
         return self.session(session_id)
 
     def session(self, session_id: str) -> SessionRecord:
@@ -899,7 +905,12 @@ def run_recorded(
 
 
 def close_session(
-    store: SessionStore, services: Any, session_id: str, *, model: Any = None
+    store: SessionStore,
+    services: Any,
+    session_id: str,
+    *,
+    model: Any = None,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> list[str]:
     """End a session: distill its notes into the project level, then mark it closed.
 
@@ -914,6 +925,8 @@ def close_session(
         services: The ``app.services.AppServices`` (memory, with the vault's scanner).
         session_id: The session.
         model: A ``models.interface.ChatModel`` to distill with, or None.
+        count_tokens: Counts tokens for the capacities (default: about 4
+            characters a token; pass the model's counter with a model).
 
     Returns:
         Lines saying what the distillation did.
@@ -924,6 +937,7 @@ def close_session(
     """
     from app.services import ServiceUnavailableError
     from memory.errors import MemoryErrorBase
+    from vault.errors import VaultError
 
     record = store.session(session_id)
     lines: list[str] = []
@@ -933,7 +947,7 @@ def close_session(
             memory = services.memory_service(
                 workspace=workspace,
                 session_id=session_id,
-                count_tokens=lambda text: max(1, len(text) // 4),
+                count_tokens=count_tokens or (lambda text: max(1, len(text) // 4)),
             )
         except ServiceUnavailableError as e:
             raise SessionStoreError(f"the session's notes cannot be distilled: {e}") from e
@@ -941,6 +955,11 @@ def close_session(
             report = memory.distill(model, level="session")
         except MemoryErrorBase as e:
             raise SessionStoreError(f"the session's notes were not distilled: {e}") from e
+        except VaultError as e:  # the secret scan cannot run (a locked vault): fail closed
+            raise SessionStoreError(
+                f"the session's notes were not distilled: they cannot be checked for "
+                f"secrets ({e}); unlock the vault and close the session again"
+            ) from e
         finally:
             memory.close()
         for level in report.levels:
@@ -949,6 +968,13 @@ def close_session(
                 f"{len(level.rejected)} refused, {len(level.archived_for_capacity)} archived "
                 f"for capacity ({level.tokens_after}/{level.capacity} tokens)"
             )
+            if level.model_error:
+                lines.append(f"  model: {level.model_error}")
+            lines += [
+                f"  {op.op} {op.level}/{op.target}{': ' + op.note if op.note else ''}"
+                for op in level.applied
+                if model is not None
+            ]
             lines += [
                 f"  refused {r.proposal.get('target', '')}: {r.reason}" for r in level.rejected
             ]

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -44,7 +44,11 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    backend: Literal["llama.cpp", "openai"] = "llama.cpp"
+    backend: str = Field(
+        default="llama.cpp",
+        min_length=1,
+        description="A registered model backend (models.backends); checked when the model opens.",
+    )
     path: str | None = Field(default=None, description="GGUF file; None = embedded default.")
     # 2048 keeps the default app (host + agent with the embedded model) under
     # 400 MB; the sink cache carries a conversation past it either way.
@@ -62,6 +66,10 @@ class ModelSettings(BaseModel):
     remote_model: str | None = None
     remote_key_secret: str | None = Field(default=None, description="Vault secret name.")
     allow_local_remote: bool = False
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of the chosen backend beyond the fields above (a plugin's own).",
+    )
     profiles: dict[str, ModelProfile] = Field(
         default_factory=dict,
         description="Runtime options per model, keyed by path ('embedded' for the default).",
@@ -71,6 +79,35 @@ class ModelSettings(BaseModel):
     def profile_key(self) -> str:
         """The key of the chosen model in :attr:`profiles`."""
         return self.path or "embedded"
+
+
+def model_spec_from_settings(m: ModelSettings, data_dir: Path) -> Any:
+    """The ``models.factory.ModelSpec`` that model settings describe.
+
+    The fields above are offered to every backend, which takes those it has
+    (:meth:`models.factory.ModelSpec.from_options`); ``backend_options``
+    add a plugin backend's own.
+
+    Raises:
+        models.errors.ModelError: The backend is not registered.
+        pydantic.ValidationError: A setting is invalid for the backend.
+    """
+    from models.factory import ModelSpec
+
+    options: dict[str, Any] = {
+        "path": Path(m.path) if m.path else None,
+        "n_ctx": m.n_ctx,
+        "n_gpu_layers": m.n_gpu_layers,
+        "n_sink": m.n_sink,
+        "rope_scaling": m.rope_scaling,
+        "rope_factor": m.rope_factor,
+        "eviction": m.eviction,
+        "base_url": m.base_url,
+        "model_name": m.remote_model,
+        "allow_local": m.allow_local_remote,
+        "verified_cache": data_dir / "verified-models.json",
+    }
+    return ModelSpec.from_options(m.backend, {**options, **m.backend_options})
 
 
 class MemoryCapacities(BaseModel):

@@ -12,6 +12,7 @@ from agent.errors import (
 from agent.host.delivery import summary_line
 from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.policy import Rule
+from agent.host.tools.net import NET_RULE
 
 
 class TerminalPrompt:
@@ -43,9 +44,17 @@ class TerminalPrompt:
             return PermissionAnswer(choice="once", reason="--yes-read-only")
         self._say("")
         self._say(f"Permission needed: {request.tool} ({request.effect})")
-        for name, value in request.arguments.items():
-            text = value if isinstance(value, str) else json.dumps(value)
-            self._say(f"    {name}: {summary_line(text, 300)}")
+        if request.tool == NET_RULE:  # Egress proxy: a sandboxed command's request
+            args = request.arguments
+            self._say(f"    {args.get('method', '?')} {args.get('host', '?')}"
+                      f"{summary_line(str(args.get('path', '')), 200)}")
+            if args.get("capability"):
+                self._say("    carries a capability handle (the proxy swaps in the secret)")
+            self._say(f"    asked by: {summary_line(str(args.get('command', '?')), 300)}")
+        else:
+            for name, value in request.arguments.items():
+                text = value if isinstance(value, str) else json.dumps(value)
+                self._say(f"    {name}: {summary_line(text, 300)}")
         self._say(f"  why: {request.reason}")
         if request.tainted:
             self._say("  ! untrusted content (files, web, output) is in the agent's context")

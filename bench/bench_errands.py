@@ -958,18 +958,18 @@ def model_from_args(args: argparse.Namespace) -> ModelChoice:
     if args.backend == "openai":
         if not args.base_url or not args.model_name:
             raise SystemExit("--backend openai needs --base-url and --model-name")
-        spec = ModelSpec(backend="openai", base_url=args.base_url, model_name=args.model_name,
-                         allow_local=args.allow_local, n_ctx=args.n_ctx)  # fmt: skip
+        spec = ModelSpec.of("openai", base_url=args.base_url, model_name=args.model_name,
+                            allow_local=args.allow_local, n_ctx=args.n_ctx)  # fmt: skip
         return ModelChoice(f"{args.model_name} at {args.base_url}", spec)
     if args.model is not None:
         path = args.model.expanduser().resolve()
         if not path.is_file():
             raise SystemExit(f"--model {path}: no such file")
-        spec = ModelSpec(path=path, n_ctx=args.n_ctx, n_threads=threads)
+        spec = ModelSpec.of("llama.cpp", path=path, n_ctx=args.n_ctx, n_threads=threads)
         return ModelChoice(path.name, spec)
     from models.catalog import embedded_default
 
-    spec = ModelSpec(n_ctx=args.n_ctx, n_threads=threads)
+    spec = ModelSpec.of("llama.cpp", n_ctx=args.n_ctx, n_threads=threads)
     return ModelChoice(f"embedded ({embedded_default().name})", spec)
 
 

@@ -2,99 +2,109 @@
 
 The agent worker and the app describe the model they want as a
 :class:`ModelSpec` (it travels over the agent pipe as JSON) and call
-:func:`open_model`. Backends are imported lazily, so opening the scripted
-fake never loads llama.cpp and the remote backend is optional.
+:func:`open_model`. A spec is a backend's name and that backend's own
+settings (:mod:`models.backends`); the backend decides how to open it, so
+opening the scripted fake never loads llama.cpp.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
+from models.backends import BackendSettings, KeyProvider, backend_for
 from models.errors import ModelError
-from models.eviction import EvictionMode
 from models.interface import ChatModel
 
-Backend = Literal["llama.cpp", "fake", "openai"]
+DEFAULT_BACKEND = "llama.cpp"
 
 
 class ModelSpec(BaseModel):
-    """Which model to open and how."""
+    """Which model to open and how: a backend and its settings.
+
+    ``settings`` is validated by the backend's own settings model (looked
+    up in the registry), so the spec round-trips through JSON in any
+    process that knows the backend. The flat form of older specs and
+    settings (``{"backend": "openai", "base_url": ..., "n_ctx": ...}``, one
+    set of fields for every backend) is still read: the fields the backend
+    has move into ``settings``, the others (they were ignored) are dropped.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    backend: Backend = "llama.cpp"
-    path: Path | None = Field(
-        default=None, description="GGUF file; None means the embedded default model."
-    )
-    n_ctx: int = Field(default=4096, ge=1)
-    n_gpu_layers: int | None = None
-    n_threads: int | None = Field(default=None, ge=1)
-    n_sink: int = Field(default=4, ge=0)
-    rope_scaling: Literal["none", "linear", "yarn"] = "none"
-    rope_factor: float = Field(default=1.0, ge=1.0)
-    eviction: EvictionMode = Field(
-        default="sinks",
-        description="KV eviction: sinks (default), h2o or sinks+h2o (experimental).",
-    )
-    base_url: str | None = None
-    model_name: str | None = None
-    allow_local: bool = False
-    scripted_file: Path | None = None
-    verified_cache: Path | None = Field(
-        default=None, description="JSON cache of verified sha256 digests (the host's data dir)."
+    backend: str = DEFAULT_BACKEND
+    settings: SerializeAsAny[BackendSettings] = Field(
+        description="The backend's own settings model."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_of_the_backend(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        name = data.get("backend", DEFAULT_BACKEND)
+        if not isinstance(name, str):
+            return data  # the field's own validation names the problem
+        try:
+            backend = backend_for(name)
+        except ModelError as e:
+            raise ValueError(str(e)) from e
+        settings = data.get("settings")
+        if "settings" not in data:
+            flat = {k: data.pop(k) for k in list(data) if k != "backend"}
+            settings = {k: v for k, v in flat.items() if k in backend.settings_model.model_fields}
+        if not isinstance(settings, backend.settings_model):
+            if isinstance(settings, BaseModel):
+                settings = settings.model_dump()
+            settings = backend.settings_model.model_validate(settings)
+        data["settings"] = settings
+        data["backend"] = name
+        return data
 
-def open_model(spec: ModelSpec) -> ChatModel:
-    """Open the model ``spec`` describes.
+    @classmethod
+    def of(cls, backend: str = DEFAULT_BACKEND, **settings: Any) -> ModelSpec:
+        """A spec for ``backend`` with these settings (validated by the backend).
 
-    ``llama.cpp`` loads ``spec.path`` (validated as GGUF) or, when None, the
-    embedded default after checking its sha256; ``fake`` loads the scripted
-    responses in ``spec.scripted_file``; ``openai`` connects to
-    ``spec.base_url``.
+        Raises:
+            pydantic.ValidationError: Unknown backend or an invalid setting.
+        """
+        return cls.model_validate({"backend": backend, "settings": settings})
+
+    @classmethod
+    def from_options(cls, backend: str, options: Mapping[str, Any]) -> ModelSpec:
+        """A spec for ``backend`` from a pool of options offered to every backend.
+
+        See :meth:`models.backends.BackendSpec.settings_from_options`: the
+        options the backend has no setting for, and None values, are ignored.
+
+        Raises:
+            models.backends.BackendError: Unknown backend.
+            pydantic.ValidationError: An invalid setting.
+        """
+        chosen = backend_for(backend)
+        return cls(backend=backend, settings=chosen.settings_from_options(options))
+
+    @property
+    def n_ctx(self) -> int:
+        """The context size, which every backend has."""
+        return self.settings.n_ctx
+
+    def label(self) -> str:
+        """``backend:what`` in a line (the session's model record)."""
+        return f"{self.backend}:{backend_for(self).label(self.settings)}"
+
+
+def open_model(spec: ModelSpec, *, api_key: KeyProvider | None = None) -> ChatModel:
+    """Open the model ``spec`` describes, through its backend.
+
+    Args:
+        spec: The backend and its settings.
+        api_key: The API key for a backend that ``needs_key`` (host side).
 
     Raises:
         ModelError: The spec is incomplete or the model cannot be opened.
     """
-    if spec.backend == "fake":
-        from models.fake import ScriptedModel
-
-        if spec.scripted_file is None:
-            return ScriptedModel(n_ctx=spec.n_ctx)
-        return ScriptedModel.from_file(spec.scripted_file, n_ctx=spec.n_ctx)
-    if spec.backend == "openai":
-        if not spec.base_url or not spec.model_name:
-            raise ModelError("the openai backend needs a base URL and a model name")
-        try:
-            from models.remote import OpenAIChatModel
-        except ModuleNotFoundError as e:
-            if e.name != "models.remote":
-                raise
-            raise ModelError("this build has no OpenAI-compatible backend") from e
-        remote: ChatModel = OpenAIChatModel(
-            spec.base_url, spec.model_name, allow_local=spec.allow_local, n_ctx=spec.n_ctx
-        )
-        return remote
-    from models.catalog import embedded_default, verify
-    from models.runtime import RopeScaling, Runtime, RuntimeConfig
-
-    if spec.path is None:
-        model_file = verify(embedded_default(), cache_file=spec.verified_cache)
-        path, name = model_file.path, model_file.name
-    else:
-        path, name = spec.path, None
-    return Runtime(
-        RuntimeConfig(
-            model_path=path,
-            name=name,
-            n_ctx=spec.n_ctx,
-            n_gpu_layers=spec.n_gpu_layers,
-            n_threads=spec.n_threads,
-            n_sink=spec.n_sink,
-            rope_scaling=RopeScaling(kind=spec.rope_scaling, factor=spec.rope_factor),
-            eviction=spec.eviction,
-        )
-    )
+    return backend_for(spec).open(spec.settings, api_key)

@@ -92,7 +92,7 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    backend: Literal["llama.cpp", "fake", "openai"]
+    backend: str = Field(description="The registered backend (models.backends) that serves it.")
     path: str | None = None
     n_ctx: int
     n_ctx_train: int | None = None

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
+from models.backends import runs_in_host, source_arguments, source_for
 from models.errors import (
     ContextTooSmallError,
     GenerationError,
@@ -65,7 +66,7 @@ class ProcessModel:
     """A :class:`~models.interface.ChatModel` served by a child process.
 
     Args:
-        spec: The local model to load (``llama.cpp`` or ``fake`` backend).
+        spec: The model to load: a backend that runs in the agent (a local one).
         start_timeout: Seconds to wait for the model to load.
         argv: Replace the server command (tests of crash handling).
 
@@ -81,8 +82,9 @@ class ProcessModel:
         start_timeout: float = 120.0,
         argv: Sequence[str] | None = None,
     ) -> None:
-        if spec.backend == "openai":
+        if runs_in_host(spec):
             raise ModelError("a remote model needs no model process; open it directly")
+        source = source_for(spec.backend)
         self._lock = threading.Lock()  # one request at a time on the pipe
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=30)
@@ -92,7 +94,11 @@ class ProcessModel:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-                [*(argv or server_argv()), spec.model_dump_json()],
+                [
+                    *(argv or server_argv()),
+                    *source_arguments([source] if source is not None else []),
+                    spec.model_dump_json(),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -309,7 +315,7 @@ def open_isolated(spec: ModelSpec) -> Any:
     Raises:
         ModelError: The model cannot be opened.
     """
-    if spec.backend == "openai":
+    if runs_in_host(spec):
         from models.factory import open_model
 
         return open_model(spec)

@@ -1,7 +1,9 @@
 """The child side of :class:`models.process.ProcessModel`: ``python -m models.serve SPEC``.
 
 Loads the model the JSON ``SPEC`` (a :class:`models.factory.ModelSpec`)
-describes, answers ``ready``, then serves one request at a time from stdin.
+describes (after loading each ``--backend-source JSON`` that precedes it: a
+backend the parent registered at run time, :mod:`models.backends`),
+answers ``ready``, then serves one request at a time from stdin.
 A reader thread turns a ``cancel`` line into the running generation's
 :class:`~models.interface.CancelToken`, so a cancel takes effect within one
 token. stdout carries only protocol lines: llama.cpp's own logging goes to
@@ -18,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO, Any
 
+from models.backends import BackendSource, load_source
 from models.errors import ModelError
 from models.factory import ModelSpec, open_model
 from models.interface import CancelToken, ChatModel, Finished, Message
@@ -107,10 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     out = _protocol_stdout()
     lock = threading.Lock()
+    sources: list[str] = []
+    while len(args) > 2 and args[0] == "--backend-source":
+        sources.append(args[1])
+        del args[:2]
     if len(args) != 1:
-        _emit(out, lock, ev="error", type="ModelError", message="usage: models.serve SPEC_JSON")
+        usage = "usage: models.serve [--backend-source JSON]... SPEC_JSON"
+        _emit(out, lock, ev="error", type="ModelError", message=usage)
         return 2
     try:
+        for source in sources:
+            load_source(BackendSource.model_validate_json(source))
         spec = ModelSpec.model_validate_json(args[0])
         model = open_model(spec)
     except (ModelError, ValueError) as e:

@@ -96,18 +96,15 @@ def _quiet_stderr() -> Iterator[None]:
 def counter_for_spec(spec: Any) -> Callable[[str], int]:
     """The best token counter for a ``models.factory.ModelSpec``.
 
-    A local GGUF (or the embedded default) gets its own vocabulary; a remote
-    or scripted model gets :func:`approximate_tokens`, as does a local file
-    whose vocabulary cannot be read (the agent process will report that
-    file's real problem when it loads it).
+    The backend's own counter where it ``counts_tokens_locally`` (a local
+    GGUF: its vocabulary); otherwise, or when it cannot count for these
+    settings (a file whose vocabulary cannot be read; the agent process will
+    report that file's real problem when it loads it), :func:`approximate_tokens`.
     """
-    if spec is None or getattr(spec, "backend", None) != "llama.cpp":
+    if spec is None:
         return approximate_tokens
-    from models.catalog import embedded_default
-    from models.errors import ModelError
+    from models.backends import backend_for
 
-    try:
-        path = spec.path if spec.path is not None else embedded_default().path
-        return counter_for(str(path))
-    except ModelError:
-        return approximate_tokens
+    backend = backend_for(spec)
+    counter = backend.counter(spec.settings) if backend.counter is not None else None
+    return counter if counter is not None else approximate_tokens

@@ -91,6 +91,20 @@ def test_the_host_imports_nothing_of_the_agent_process(path: Path) -> None:
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+def test_the_egress_proxy_is_host_code() -> None:
+    # It holds the session's CA key and swaps handles for secrets: host side only,
+    # so the agent-process checks above keep the worker away from it.
+    assert (ROOT / "agent/host/egress/proxy.py").is_file()
+    assert not (ROOT / "agent/egress").exists()
+    users = [
+        p.relative_to(ROOT).as_posix()
+        for p in _files("agent")
+        if any(m.startswith("agent.host.egress") for m in _imports(p))
+        and not p.relative_to(ROOT).as_posix().startswith("agent/host/")
+    ]
+    assert not users, f"outside agent/host: {users}"
+
+
 @pytest.mark.parametrize("name", ["agent/protocol.py", "agent/errors.py"])
 def test_the_shared_modules_belong_to_neither_side(name: str) -> None:
     bad = {m for m in _imports(ROOT / name) if _top(m) in ("agent.host", "agent.worker")}

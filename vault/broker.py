@@ -201,6 +201,22 @@ class _Hop:
     body: bytes | None
 
 
+@dataclass
+class EgressRedemption:
+    """A redeemed handle for the egress proxy: where the secret goes, and the secret.
+
+    The caller zeroes ``secret`` once it is injected.
+    """
+
+    secret_name: str
+    injection: HeaderInjection | QueryInjection | BasicAuthInjection
+    secret: bytearray
+    addresses: list[IPAddress]
+
+    def __repr__(self) -> str:
+        return f"EgressRedemption(secret_name={self.secret_name!r})"
+
+
 def _zero(buffer: bytearray) -> None:
     buffer[:] = bytes(len(buffer))
 
@@ -573,6 +589,90 @@ class Broker:
             for _, value in pairs:
                 if isinstance(value, bytearray):
                     _zero(value)
+
+    # ------------------------------------------------------------------ egress
+
+    def egress_redactor(self, session_id: str) -> Redactor:
+        """A redactor for what the egress proxy streams back to a sandbox.
+
+        The same secrets as :meth:`redact` (the session's grants, every other
+        readable secret, the canaries); bytes are redacted as latin-1 text, so
+        a secret that is not ASCII is also matched as its UTF-8 bytes seen
+        that way.
+
+        Raises:
+            RedactionError: The session's secrets cannot be read.
+        """
+        pairs: list[tuple[str, bytearray | str]] = list(self._session_secrets_or_refuse(session_id))
+        try:
+            others = self._other_secrets({name for name, _ in pairs})
+            # Locked since the session's secrets were read: those are the ones
+            # the proxy can put in play; the canaries still go.
+            pairs += others if others is not None else [("canary", c) for c in self._canaries]
+            extra = [
+                (name, bytes(value).decode("latin-1"))
+                for name, value in pairs
+                if isinstance(value, bytearray) and not value.isascii()
+            ]
+            return Redactor([*pairs, *extra])
+        finally:
+            for _, value in pairs:
+                if isinstance(value, bytearray):
+                    _zero(value)
+
+    def redeem_egress(
+        self,
+        handle: str,
+        *,
+        method: str,
+        url: str,
+        session_id: str,
+        command: str,
+        now: datetime | None = None,
+    ) -> EgressRedemption:
+        """Redeem ``handle`` for one request a sandboxed command sends through the proxy.
+
+        The same checks as :meth:`call` (session, state, method, scheme, host,
+        port, path, addresses), then one use is spent. The caller injects the
+        secret, zeroes it, and connects only to the addresses returned.
+
+        Raises:
+            GrantRefused: A scope check failed (audited as a refusal).
+            VaultError: The vault could not provide the secret.
+        """
+        at = now or _now()
+        details = {"handle": handle if is_handle(handle) else "(malformed)", "method": method,
+                   "url": url[:2000], "command": command[:500]}
+        try:
+            record = self._grants.get(handle) if is_handle(handle) else None
+            if record is None or record.grant.session_id != session_id:
+                raise _refused("handle: unknown capability handle")
+            state = record.refusal(at)
+            if state is not None:
+                raise _refused(state)
+            grant = record.grant
+            canonical = canonicalize(
+                url, schemes=("https",), allow_ip_literal=grant.allow_local, allow_any_port=True
+            )
+            addresses = self._check_scope(record, _Hop(method.upper(), canonical, None))
+        except GrantRefused as refusal:
+            self._audit.record("refuse", session_id=session_id, tool="egress", decision="deny",
+                               reason=refusal.reason, details=details, now=at)
+            raise
+        secret = self._vault.get(grant.secret_name)
+        try:
+            _check_injectable(grant.injection, secret)
+            uses_left = self._grants.consume(handle, session_id=session_id, now=at)
+        except BaseException:
+            _zero(secret)
+            raise
+        self._audit.record(
+            "redeem", session_id=session_id, tool="egress", decision="allow",
+            details={**details, "url": str(canonical), "secret": grant.secret_name,
+                     "uses_left": uses_left},
+            now=at,
+        )
+        return EgressRedemption(grant.secret_name, grant.injection, secret, addresses)
 
     # ------------------------------------------------------------------- calls
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from vault.errors import RedactionError
 from vault.redact import (
     NEAR_COPY_MIN,
+    FoldedText,
     Redactor,
     SecretValue,
     StreamRedactor,
@@ -257,14 +258,16 @@ class WithholdingRedactor:
 
     aligned = True
 
-    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]:
+    def _intervals(
+        self, text: str, origin: int = 0, view: FoldedText | None = None
+    ) -> list[_Interval]:
+        view = view or fold(text)
         found: list[tuple[int, int, str, int]] = []
         if self._also is not None:
             found += [
                 (iv.start, iv.start - iv.end, iv.name, iv.end)
-                for iv in self._also._intervals(text)
+                for iv in self._also._intervals(text, view=view)
             ]
-        view = fold(text)
         for a, b in self._index.matches(view.text, origin):
             start, end = view.span(a, b)
             found.append((start, start - end, WITHHELD_NAME, end))

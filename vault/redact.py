@@ -171,6 +171,15 @@ def _lower_escapes(encoded: str) -> str:
 _UNIT = re.compile(r"\s+|\\u[0-9a-fA-F]{4}")
 _ESCAPE_WIDTH = 6
 _ESCAPE = re.compile(r"\\u[0-9a-fA-F]{4}")
+# The str.isspace() characters (what \s means), deleted by str.translate. None
+# lies above U+3000 (a test checks it against every code point).
+_DROP_SPACE: dict[int, None] = {c: None for c in range(0x3001) if chr(c).isspace()}
+# The only characters whose str.lower() is not one context-free character:
+# U+0130 lowers to two characters (it is kept), U+03A3 by its context (σ always).
+_DOTTED_I = "\u0130"
+_SIGMA = "\u03a3"
+_BLOCK = 2048
+"""Original characters per block of the position map (built only where asked)."""
 
 
 @lru_cache(maxsize=4096)
@@ -180,60 +189,188 @@ def _fold_char(ch: str) -> str:
 
 
 def _lower(segment: str) -> str:
-    # Per character, never str.lower() on a mixed segment: it lower-cases a
-    # Greek capital sigma by its context, and the result must not depend on
-    # where a stream was cut.
+    # Per character, as _fold_char, never context-dependent: the result must
+    # not depend on where a stream was cut. str.lower() is exactly that but
+    # for the two characters handled here.
     if segment.isascii():
         return segment.lower()
-    return "".join(_fold_char(ch) for ch in segment)
+    if _SIGMA in segment:
+        segment = segment.replace(_SIGMA, "\u03c3")
+    if _DOTTED_I in segment:
+        return _DOTTED_I.join(part.lower() for part in segment.split(_DOTTED_I))
+    return segment.lower()
 
 
-@dataclass(frozen=True)
-class FoldedText:
-    r"""The folded view of a text and the way back to the original's positions.
+def _drop_space(text: str) -> str:
+    if text.isascii():  # bytes.translate deletes faster than str.translate
+        return text.encode("ascii").translate(None, _ASCII_SPACE_BYTES).decode("ascii")
+    return text.translate(_DROP_SPACE)
 
-    Attributes:
-        text: The folded text.
-        starts: For each segment, its first folded index (ascending).
-        origins: For each segment, its first original index.
-        widths: For each segment, 1 (kept characters, one for one) or 6 (one
-            decoded ``\uXXXX`` escape).
-        length: The original text's length.
+
+def _fold_text(text: str) -> str:
+    """The folded text alone, with C-speed string operations (no position map)."""
+    if "\\u" not in text:
+        return _lower(_drop_space(text))
+    pieces: list[str] = []
+    last = 0
+    for m in _ESCAPE.finditer(text):
+        s, e = m.span()
+        pieces.append(_lower(_drop_space(text[last:s])))
+        pieces.append(_fold_char(chr(int(text[s + 2 : e], 16))))
+        last = e
+    pieces.append(_lower(_drop_space(text[last:])))
+    return "".join(pieces)
+
+
+_ASCII_SPACE = tuple(chr(c) for c in _DROP_SPACE if c < 128)
+_ASCII_SPACE_BYTES = "".join(_ASCII_SPACE).encode("ascii")
+
+
+def _folded_length(text: str, spaces: tuple[str, ...] = _ASCII_SPACE) -> int:
+    """``len(_fold_text(text))``, without building it.
+
+    ``spaces``: the ASCII whitespace characters that may occur in ``text``.
     """
+    if text.isascii():
+        n = len(text) - sum([text.count(c) for c in spaces])
+    else:
+        n = sum(map(len, text.split()))
+    if "\\u" in text:
+        n -= (_ESCAPE_WIDTH - 1) * len(_ESCAPE.findall(text))
+    return n
 
-    text: str
-    starts: list[int]
-    origins: list[int]
-    widths: list[int]
-    length: int
+
+class _Segments:
+    """The position map of one block: kept runs and decoded escapes."""
+
+    def __init__(self, text: str) -> None:
+        self.starts: list[int] = []  # first folded index of each segment
+        self.origins: list[int] = []  # its first original index
+        self.widths: list[int] = []  # 1 (kept, one for one) or 6 (an escape)
+        n = last = 0
+        for m in _UNIT.finditer(text):
+            s, e = m.span()
+            if s > last:
+                self._add(n, last, 1)
+                n += s - last
+            if text[s] == "\\":
+                self._add(n, s, _ESCAPE_WIDTH)
+                n += 1
+            last = e
+        if last < len(text):
+            self._add(n, last, 1)
+            n += len(text) - last
+        self.length = n
+
+    def _add(self, start: int, origin: int, width: int) -> None:
+        self.starts.append(start)
+        self.origins.append(origin)
+        self.widths.append(width)
 
     def origin(self, j: int) -> int:
-        """Original index where folded character ``j`` starts (``length`` past the end)."""
-        if j >= len(self.text):
-            return self.length
         i = bisect.bisect_right(self.starts, j) - 1
         if self.widths[i] == 1:
             return self.origins[i] + (j - self.starts[i])
         return self.origins[i]
 
-    def span(self, a: int, b: int) -> tuple[int, int]:
-        """The original span that folded characters ``a`` to ``b`` (exclusive) come from."""
-        i = bisect.bisect_right(self.starts, b - 1) - 1
+    def end(self, j: int) -> int:
+        """Original index just past folded character ``j``."""
+        i = bisect.bisect_right(self.starts, j) - 1
         if self.widths[i] == 1:
-            end = self.origins[i] + (b - 1 - self.starts[i]) + 1
-        else:
-            end = self.origins[i] + self.widths[i]
-        return self.origin(a), end
+            return self.origins[i] + (j - self.starts[i]) + 1
+        return self.origins[i] + self.widths[i]
 
     def count_before(self, limit: int) -> int:
-        """Number of folded characters whose original start is before ``limit``."""
         i = bisect.bisect_left(self.origins, limit) - 1
         if i < 0:
             return 0
         if self.widths[i] == 1:
-            seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else len(self.text)
+            seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else self.length
             return min(self.starts[i] + (limit - self.origins[i]), seg_end)
         return self.starts[i] + 1
+
+
+class FoldedText:
+    r"""The folded view of a text and the way back to the original's positions.
+
+    The folded text is built at once with string operations; the map back to
+    the original is built only when a position is asked for, and then only
+    for the blocks of :data:`_BLOCK` original characters that hold it (most
+    texts hold no secret and never need it).
+
+    Attributes:
+        text: The folded text.
+        length: The original text's length.
+    """
+
+    def __init__(self, source: str) -> None:
+        """Fold ``source`` (see :func:`fold`)."""
+        self.text = _fold_text(source)
+        self.length = len(source)
+        self._source = source
+        self._bounds: list[int] = []  # original index where each block starts
+        self._firsts: list[int] = []  # folded index where each block starts
+        self._blocks: dict[int, _Segments] = {}
+        # Nothing dropped or decoded: every position maps to itself.
+        self._identity = len(self.text) == self.length
+
+    def _index(self) -> None:
+        if self._bounds:
+            return
+        src, b, f = self._source, 0, 0
+        spaces = tuple(c for c in _ASCII_SPACE if c in src)
+        while True:
+            self._bounds.append(b)
+            self._firsts.append(f)
+            if b >= self.length:
+                break
+            # Never cut an escape: its halves would fold differently.
+            nxt = self.length if b + _BLOCK >= self.length else _unit_start(src, b + _BLOCK)
+            if nxt <= b:  # a block narrower than the escape that starts it
+                nxt = b + _ESCAPE_WIDTH
+            f += _folded_length(src[b:nxt], spaces)
+            b = nxt
+
+    def _block(self, i: int) -> _Segments:
+        seg = self._blocks.get(i)
+        if seg is None:
+            seg = _Segments(self._source[self._bounds[i] : self._bounds[i + 1]])
+            self._blocks[i] = seg
+        return seg
+
+    def _locate(self, j: int) -> tuple[int, int]:
+        """The block holding folded character ``j`` and ``j`` within it."""
+        self._index()
+        i = bisect.bisect_right(self._firsts, j) - 1
+        return i, j - self._firsts[i]
+
+    def origin(self, j: int) -> int:
+        """Original index where folded character ``j`` starts (``length`` past the end)."""
+        if j >= len(self.text):
+            return self.length
+        if self._identity:
+            return j
+        i, k = self._locate(j)
+        return self._bounds[i] + self._block(i).origin(k)
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        """The original span that folded characters ``a`` to ``b`` (exclusive) come from."""
+        if self._identity:
+            return a, b
+        i, k = self._locate(b - 1)
+        return self.origin(a), self._bounds[i] + self._block(i).end(k)
+
+    def count_before(self, limit: int) -> int:
+        """Number of folded characters whose original start is before ``limit``."""
+        if limit <= 0:
+            return 0
+        if limit >= self.length:
+            return len(self.text)
+        if self._identity:
+            return limit
+        self._index()
+        i = bisect.bisect_right(self._bounds, limit - 1) - 1
+        return self._firsts[i] + self._block(i).count_before(limit - self._bounds[i])
 
 
 def fold(text: str) -> FoldedText:
@@ -242,34 +379,7 @@ def fold(text: str) -> FoldedText:
     Lower-casing is per character and only where it keeps one character
     (``str.lower`` of it); the mapping back to the original is exact.
     """
-    pieces: list[str] = []
-    starts: list[int] = []
-    origins: list[int] = []
-    widths: list[int] = []
-    n = last = 0
-    for m in _UNIT.finditer(text):
-        s, e = m.span()
-        if s > last:
-            seg = _lower(text[last:s])
-            pieces.append(seg)
-            starts.append(n)
-            origins.append(last)
-            widths.append(1)
-            n += len(seg)
-        if text[s] == "\\":
-            pieces.append(_fold_char(chr(int(text[s + 2 : e], 16))))
-            starts.append(n)
-            origins.append(s)
-            widths.append(_ESCAPE_WIDTH)
-            n += 1
-        last = e
-    if last < len(text):
-        seg = _lower(text[last:])
-        pieces.append(seg)
-        starts.append(n)
-        origins.append(last)
-        widths.append(1)
-    return FoldedText("".join(pieces), starts, origins, widths, len(text))
+    return FoldedText(text)
 
 
 def _near_copy_length(n: int) -> int:
@@ -287,18 +397,85 @@ def variant_patterns(value: SecretValue) -> set[str]:
     Raises:
         TypeError: ``value`` is not bytes or text.
     """
-    forms = secret_forms(value)
-    patterns = {f for f in (fold(form).text for form in forms) if len(f) >= MIN_DERIVED_LENGTH}
+    forms, bases = _variants(value, secret_forms(value))
+    return forms | {w for base, width in bases for w in _windows(base, width)}
+
+
+def _windows(base: str, width: int) -> list[str]:
+    return [base[i : i + width] for i in range(len(base) - width + 1)]
+
+
+def _variants(value: SecretValue, forms: set[str]) -> tuple[set[str], list[tuple[str, int]]]:
+    """The folded forms of ``value`` and its folded bases whose windows are near-copies.
+
+    Returns:
+        The folded forms (:data:`MIN_DERIVED_LENGTH` characters or more) and
+        ``(base, width)`` for each base longer than its near-copy width.
+    """
+    folded = {f for f in (_fold_text(form) for form in forms) if len(f) >= MIN_DERIVED_LENGTH}
     raw_bytes = value.encode("utf-8") if isinstance(value, str) else bytes(value)
     bases = [raw_bytes.hex(), *_b64_cores(raw_bytes)]
     if isinstance(value, str) or _utf8_or_none(raw_bytes) is not None:
         bases.append(raw_bytes.decode("utf-8"))
-    for base in bases:
-        folded = fold(base).text
-        width = _near_copy_length(len(folded))
-        if len(folded) > width:
-            patterns.update(folded[i : i + width] for i in range(len(folded) - width + 1))
-    return patterns
+    windowed: list[tuple[str, int]] = []
+    for base in dict.fromkeys(_fold_text(b) for b in bases):
+        width = _near_copy_length(len(base))
+        if len(base) > width:
+            windowed.append((base, width))
+    return folded, windowed
+
+
+_PROBE_MAX = 16
+"""The longest probe: longer needles skip no faster and match fewer patterns."""
+
+
+def _form_probe(form: str) -> str:
+    return form[:_PROBE_MAX]
+
+
+def _base_probes(base: str, width: int) -> list[tuple[str, int]]:
+    """Probes ``(text, offset)`` of a base such that every window holds one whole.
+
+    They are ``q = min(_PROBE_MAX, width // 2)`` characters long, every
+    ``width - q + 1`` characters: a window starting at ``i`` holds the first
+    probe at or after ``i``.
+    """
+    q = min(_PROBE_MAX, width // 2)
+    step = width - q + 1
+    last = len(base) - width  # the last window's offset
+    return [(base[k : k + q], k) for k in range(0, last + step, step)]
+
+
+def _variant_table(value: SecretValue) -> tuple[set[str], set[str]]:
+    """:func:`variant_patterns` and its *probes*: every pattern holds one of them."""
+    forms, bases = _variants(value, secret_forms(value))
+    probes = {_form_probe(f) for f in forms}
+    probes.update(p for base, width in bases for p, _ in _base_probes(base, width))
+    return variant_patterns(value), probes
+
+
+def _common_prefix(a: str, i: int, b: str, j: int) -> int:
+    """Length of the longest common prefix of ``a[i:]`` and ``b[j:]`` (slice compares)."""
+    lo, hi = 0, min(len(a) - i, len(b) - j)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[i : i + mid] == b[j : j + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: str, i: int, b: str, j: int) -> int:
+    """Length of the longest common suffix of ``a[:i]`` and ``b[:j]``."""
+    lo, hi = 0, min(i, j)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[i - mid : i] == b[j - mid : j]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _utf8_or_none(raw: bytes) -> str | None:
@@ -326,7 +503,9 @@ class _Matcher(Protocol):
     aligned: bool
     """Whether matches depend on the folded offset of the text (see ``origin``)."""
 
-    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]: ...
+    def _intervals(
+        self, text: str, origin: int = 0, view: FoldedText | None = None
+    ) -> list[_Interval]: ...
 
     def _marker(self, name: str) -> str: ...
 
@@ -346,6 +525,12 @@ def _merge(found: list[tuple[int, int, str, int]]) -> list[_Interval]:
             start, name, end = s, n, e
     merged.append(_Interval(start, end, name))
     return merged
+
+
+_MAX_PROBES = 256
+"""Past this many probes one automaton pass over the text costs less than the
+probes' ``str.find`` passes: the table is then an Aho-Corasick automaton of
+every pattern instead."""
 
 
 class Redactor:
@@ -375,53 +560,118 @@ class Redactor:
         """
         patterns: dict[str, str] = {}
         folded: dict[str, str] = {}
+        bases: list[tuple[str, int, str]] = []
         failure = None
         try:
             items = secrets.items() if isinstance(secrets, Mapping) else secrets
             for name, value in items:
                 if not isinstance(name, str) or not name:
                     raise TypeError("secret names must be non-empty strings")
-                for form in secret_forms(value):
+                forms = secret_forms(value)
+                for form in forms:
                     patterns.setdefault(form, name)
                 if variants:
-                    for pattern in variant_patterns(value):
-                        folded.setdefault(pattern, name)
+                    found, windowed = _variants(value, forms)
+                    for form in found:
+                        folded.setdefault(form, name)
+                    bases += [(base, width, name) for base, width in windowed]
+            form_probes: dict[str, list[tuple[str, str]]] = {}
+            for form, name in folded.items():
+                form_probes.setdefault(_form_probe(form), []).append((form, name))
+            base_probes: dict[str, list[tuple[int, int]]] = {}
+            for n, (base, width, _) in enumerate(bases):
+                for probe, k in _base_probes(base, width):
+                    base_probes.setdefault(probe, []).append((n, k))
             automaton = None
-            if folded:
+            if len(form_probes.keys() | base_probes.keys()) > _MAX_PROBES:
+                every = dict(folded)
+                for base, width, name in bases:
+                    for window in _windows(base, width):
+                        every.setdefault(window, name)
                 automaton = ahocorasick.Automaton()
-                for pattern, name in folded.items():
+                for pattern, name in every.items():
                     automaton.add_word(pattern, (len(pattern), name))
                 automaton.make_automaton()
+                form_probes, base_probes = {}, {}
         except Exception as e:  # fail closed: re-raised as RedactionError below
             failure = _failure(e)
         if failure is not None:
             raise failure
-        self._patterns = sorted(patterns.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+        # Forms that share their first _PROBE_MAX characters share one find.
+        exact: dict[str, list[tuple[str, str]]] = {}
+        for form, name in patterns.items():
+            exact.setdefault(form[:_PROBE_MAX], []).append((form, name))
+        self._exact = sorted(exact.items())
         self._automaton = automaton
-        self.names = sorted(set(patterns.values()) | set(folded.values()))
+        self._bases = bases
+        self._form_probes = form_probes
+        self._base_probes = base_probes
+        self._probes = sorted(form_probes.keys() | base_probes.keys())
+        self.names = sorted(
+            set(patterns.values()) | set(folded.values()) | {name for *_, name in bases}
+        )
         self.max_pattern_length = max((len(p) for p in patterns), default=0)
-        self.max_folded_length = max((len(p) for p in folded), default=0)
+        self.max_folded_length = max(
+            [len(p) for p in folded] + [width for _, width, _ in bases], default=0
+        )
 
     aligned = False
 
-    def _intervals(self, text: str, origin: int = 0) -> list[_Interval]:
+    def _intervals(
+        self, text: str, origin: int = 0, view: FoldedText | None = None
+    ) -> list[_Interval]:
         """Merged runs of characters covered by some occurrence, in order.
 
         ``origin`` (the folded length of the text before ``text``) is unused:
-        every position is searched.
+        every position is searched. ``view``: ``fold(text)``, where the caller
+        has it already.
         """
         found: list[tuple[int, int, str, int]] = []
-        for pattern, name in self._patterns:
-            pos = text.find(pattern)
+        for probe, forms in self._exact:
+            pos = text.find(probe)
             while pos >= 0:
-                found.append((pos, -len(pattern), name, pos + len(pattern)))
-                pos = text.find(pattern, pos + 1)
+                for pattern, name in forms:
+                    if text.startswith(pattern, pos):
+                        found.append((pos, -len(pattern), name, pos + len(pattern)))
+                pos = text.find(probe, pos + 1)
         if self._automaton is not None:
-            view = fold(text)
+            view = view or fold(text)
             for last, (length, name) in self._automaton.iter(view.text):
                 start, end = view.span(last - length + 1, last + 1)
                 found.append((start, start - end, name, end))
+        elif self._probes:
+            view = view or fold(text)
+            for a, b, name in self._variant_spans(view.text):
+                start, end = view.span(a, b)
+                found.append((start, start - end, name, end))
         return _merge(found)
+
+    def _variant_spans(self, folded: str) -> list[tuple[int, int, str]]:
+        """Folded spans of the folded forms and near-copies in ``folded``.
+
+        Each occurrence holds a probe (:func:`_base_probes`): where one occurs,
+        a folded form is checked in place, and a base is compared on both
+        sides as far as it agrees. A run of ``width`` characters or more is the
+        union of the windows that occur there, what the automaton would find.
+        """
+        spans: list[tuple[int, int, str]] = []
+        for probe in self._probes:
+            forms = self._form_probes.get(probe, ())
+            bases = self._base_probes.get(probe, ())
+            q = len(probe)
+            pos = folded.find(probe)
+            while pos >= 0:
+                for form, name in forms:
+                    if folded.startswith(form, pos):
+                        spans.append((pos, pos + len(form), name))
+                for n, k in bases:
+                    base, width, name = self._bases[n]
+                    left = _common_suffix(folded, pos, base, k)
+                    right = _common_prefix(folded, pos + q, base, k + q)
+                    if left + q + right >= width:
+                        spans.append((pos - left, pos + q + right, name))
+                pos = folded.find(probe, pos + 1)
+        return spans
 
     def _marker(self, name: str) -> str:
         return MARKER.format(name=name)
@@ -538,12 +788,11 @@ class StreamRedactor:
             failure = _failure(e)
         raise failure
 
-    def _decidable(self, buf: str) -> int:
-        """How far into ``buf`` every occurrence that starts there is wholly known."""
+    def _decidable(self, buf: str, view: FoldedText | None) -> int:
+        """How far into ``buf`` (folded: ``view``) every occurrence that starts there is known."""
         decide = len(buf) - self._keep
-        if self._folded_keep < 0:
+        if view is None:
             return decide
-        view = fold(buf)
         # A folded character is settled once a \uXXXX escape starting at it
         # would be complete; one cut at the end may still change.
         settled = view.count_before(len(buf) - _ESCAPE_WIDTH + 1)
@@ -555,13 +804,14 @@ class StreamRedactor:
     def _step(self, chunk: str, *, final: bool) -> str:
         base = len(self._context)
         buf = self._context + self._pending + chunk
-        decide = len(buf) if final else self._decidable(buf)
+        view = fold(buf) if self._folded_keep >= 0 else None
+        decide = len(buf) if final else self._decidable(buf, view)
         if decide <= base:
             self._pending = buf[base:]
             return ""
         out: list[str] = []
         pos = base
-        for iv in self._redactor._intervals(buf, self._origin):
+        for iv in self._redactor._intervals(buf, self._origin, view):
             if iv.end <= base:
                 continue
             if iv.start >= decide:

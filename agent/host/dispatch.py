@@ -13,18 +13,21 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from agent.errors import (
     AgentCrashedError,
+    McpServerDownError,
     PolicyError,
     SandboxError,
     ToolError,
+    ToolValidationError,
 )
 from agent.host.delivery import ResultDelivery
 from agent.host.events import AgentEvent, ToolCallRecord
+from agent.host.mcpserver.hub import McpHub
 from agent.host.permission import PermissionAnswer, PermissionPrompt, PermissionRequest, RuleSaver
 from agent.host.policy import Decision, PolicyEngine, ToolCallRequest, suggest_rule
 from agent.host.ports import HostMemory
@@ -32,7 +35,8 @@ from agent.host.protected import request_host_code_reasons
 from agent.host.sandbox import Sandbox, stop_when
 from agent.host.supervisor import WorkerProcess
 from agent.host.tools.base import ToolContext, ToolOutput
-from agent.host.tools.registry import ALL_TOOLS, run_tool
+from agent.host.tools.net import NET_RULE
+from agent.host.tools.registry import ALL_TOOLS, RULE_KINDS, run_tool
 from agent.protocol import (
     ToolRequest,
     ToolResult,
@@ -40,6 +44,10 @@ from agent.protocol import (
 from memory.errors import MemoryErrorBase
 from models.interface import CancelToken
 from vault.errors import VaultError
+
+if TYPE_CHECKING:
+    from agent.host.egress.proxy import EgressProxy
+    from agent.host.egress.settings import EgressSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,9 @@ class ToolDispatch(ResultDelivery):
     _memory: HostMemory | None
     _cancel: CancelToken
     _proc: WorkerProcess | None
+    _mcp: McpHub | None
+    _egress_settings: EgressSettings | None
+    _egress: EgressProxy | None
 
     def _handle_tool(self, req: ToolRequest) -> tuple[ToolResult, ToolCallRecord]:
         args_text = self._redact(json.dumps(req.arguments, sort_keys=True))[0]
@@ -65,6 +76,9 @@ class ToolDispatch(ResultDelivery):
                 "tool_call", tool=req.tool, call_id=req.call_id, data={"arguments": args_text}
             )
         )
+        mcp = self._mcp
+        if mcp is not None and mcp.has(req.tool):
+            return self._handle_mcp(req, mcp)
         spec = ALL_TOOLS.get(req.tool)
         if spec is None or req.tool not in self._tools:
             return self._refuse(req, "invalid", f"no tool named {req.tool!r} is available")
@@ -108,6 +122,46 @@ class ToolDispatch(ResultDelivery):
             return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
         output, ok = self._run(req, unsandboxed_approved=decision.unsandboxed)
         self._check_agent()  # a command stopped because the agent died is not delivered
+        return self._deliver(req, output, ok)
+
+    def _handle_mcp(self, req: ToolRequest, mcp: McpHub) -> tuple[ToolResult, ToolCallRecord]:
+        """An MCP server's tool: the same policy, prompt and delivery as a built-in one."""
+        try:
+            mcp.validate(req.tool, req.arguments)
+        except ToolValidationError as e:
+            return self._refuse(req, "invalid", str(e))
+        server = mcp.server_of(req.tool)
+        call = ToolCallRequest(tool=req.tool, arguments=req.arguments, workspace=self.workspace)
+        decision = self._policy.decide(call, tainted=self.tainted)
+        if decision.action == "deny":
+            self._decided(req, "deny", decision.reason, by="policy", server=server)
+            return self._refuse(req, "denied", f"denied: {decision.reason}", audited=True)
+        if decision.action == "ask":
+            shown = decision.model_copy(
+                update={"reason": f"{decision.reason}; from the MCP server {server!r}"}
+            )
+            answer = self._ask(call, "execute", shown, dict(req.arguments))
+            self._check_agent()
+            if answer.choice == "deny":
+                reason = answer.reason or "the user denied this call"
+                self._decided(req, "deny", reason, by="user", choice="deny", server=server)
+                return self._refuse(req, "denied", f"denied by the user: {reason}", audited=True)
+            reason = f"allowed by the user ({answer.choice})"
+            self._decided(req, "allow", reason, by="user", choice=answer.choice, server=server)
+        else:
+            self._decided(req, "allow", decision.reason, by="policy", server=server)
+        if self._cancel.cancelled:
+            return self._refuse(req, "cancelled", "the errand was cancelled", audited=True)
+        try:
+            output, ok = mcp.call(req.tool, dict(req.arguments))
+        except McpServerDownError as e:
+            # The errand goes on without the server; the user hears it is down.
+            self._emit(AgentEvent("error", text=str(e), tool=req.tool, call_id=req.call_id))
+            self._record(
+                "mcp_server_down", tool=req.tool, reason=str(e), details={"server": server}
+            )
+            output, ok = ToolOutput(content=f"error: {e}", untrusted=True), False
+        self._check_agent()
         return self._deliver(req, output, ok)
 
     def _ask(
@@ -165,6 +219,7 @@ class ToolDispatch(ResultDelivery):
             hidden_paths=tuple(self._hidden),
             tainted=self.tainted,
             may_read=self._policy.read_filter(),
+            egress=self._egress_for(req.tool),  # Egress proxy
         )
         proc = self._proc
         try:
@@ -179,6 +234,60 @@ class ToolDispatch(ResultDelivery):
             # protocol error): that is outside data, like a response body.
             untrusted = ALL_TOOLS[req.tool].effect == "network"
             return ToolOutput(content=f"error: {e}", untrusted=untrusted), False
+
+    # ----------------------------------------------------------------- egress proxy (begin)
+
+    def _egress_for(self, tool: str) -> EgressProxy | None:
+        """The session's egress proxy for a sandboxed ``shell`` call, started on first use.
+
+        Raises:
+            SandboxError: The proxy did not start (the call fails with the reason).
+        """
+        settings = self._egress_settings
+        if settings is None or tool != "shell" or not self._sandbox.available:
+            return None
+        if self._egress is None:
+            from agent.host.egress.hooks import PolicyEgressHooks  # noqa: PLC0415 (mitmproxy on demand)
+            from agent.host.egress.proxy import EgressProxy  # noqa: PLC0415
+
+            hooks = PolicyEgressHooks(
+                self._policy, ask=self._ask_net, record=self._record, tainted=lambda: self.tainted
+            )
+            # The broker redeems handles and redacts; one without those methods
+            # (a test double) means no capability can be used through the proxy.
+            broker = self._broker if hasattr(self._broker, "redeem_egress") else None
+            proxy = EgressProxy(
+                hooks,
+                broker,  # type: ignore[arg-type]  # checked just above
+                session_id=self.session_id,
+                pinned_hosts=settings.pinned_hosts,
+                local_hosts=settings.local_hosts,
+                upstream_ca=settings.upstream_ca,
+                resolver=settings.resolver,
+            )
+            proxy.start()
+            self._egress = proxy
+            self._record("egress_started", details={"pinned": list(settings.pinned_hosts)})
+        return self._egress
+
+    def _ask_net(self, call: ToolCallRequest, decision: Decision) -> bool:
+        """Ask the user about one proxied request (on a proxy thread), as a ``net`` call.
+
+        "Session" and "always" add the suggested ``net(host)`` rule, as for a
+        tool call. A cancelled errand asks nothing and refuses.
+        """
+        if self._cancel.cancelled:
+            return False
+        effect = RULE_KINDS[NET_RULE].effect
+        answer = self._ask(call, effect, decision, dict(call.arguments))
+        return answer.choice != "deny"
+
+    def _close_egress(self) -> None:
+        proxy, self._egress = self._egress, None
+        if proxy is not None:
+            proxy.close()
+
+    # ----------------------------------------------------------------- egress proxy (end)
 
     def _check_agent(self) -> None:
         """Raise when the agent process died during a tool call or a prompt.

@@ -42,7 +42,9 @@ from agent.errors import (
 )
 from agent.host.delivery import redaction_message
 from agent.host.dispatch import ToolDispatch
+from agent.host.egress.settings import EgressSettings
 from agent.host.events import AgentEvent, AgentListener, ErrandResult, ToolCallRecord
+from agent.host.mcpserver.hub import McpHub
 from agent.host.permission import PermissionPrompt, RuleSaver
 from agent.host.policy import PolicyEngine
 from agent.host.ports import AuditSink, HostBroker, HostMemory
@@ -64,10 +66,12 @@ from agent.protocol import (
     Shutdown,
     Task,
     TokenChunk,
+    ToolOffer,
     ToolRequest,
 )
 from memory.errors import MemoryErrorBase
 from memory.loader import UNCHECKED
+from models.backends import backend_for, runs_in_host, source_arguments, source_for
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
@@ -91,8 +95,9 @@ class AgentHost(ToolDispatch, ModelRelay):
 
     Args:
         model_spec: The model (None with ``scripted_model``). A local
-            backend is opened by the agent process; an "openai" backend is
-            opened here (the API key never leaves the host) and relayed.
+            backend is opened by the agent process; a backend that runs in the
+            host (``openai``: the API key never leaves the host) is opened
+            here and relayed.
         workspace: The directory the errand works in.
         broker: The vault broker (capabilities, http_request, redaction), or None.
         memory: The memory service, or None.
@@ -120,6 +125,11 @@ class AgentHost(ToolDispatch, ModelRelay):
             before it is killed (the errand then ends "cancelled").
         write_timeout: Seconds a write may wait for the agent to read its
             input before it counts as hung.
+        mcp: The MCP servers whose approved tools are offered too (started,
+            or restarted when down, at each errand), or None.
+        egress: Give sandboxed shell commands the network through the
+            session's egress proxy (started on the first shell call, stopped
+            by :meth:`close`), built with these settings; None: no network.
     """
 
     def __init__(
@@ -148,7 +158,10 @@ class AgentHost(ToolDispatch, ModelRelay):
         hidden_paths: Sequence[Path] = (),
         cancel_grace: float = CANCEL_GRACE_S,
         write_timeout: float = WRITE_TIMEOUT_S,
+        mcp: McpHub | None = None,
+        egress: EgressSettings | None = None,
     ) -> None:
+        self._mcp = mcp
         self._spec = model_spec
         self._hidden = [Path(p) for p in hidden_paths]
         self._cancel_grace = cancel_grace
@@ -183,6 +196,10 @@ class AgentHost(ToolDispatch, ModelRelay):
         self._redaction_failed: RedactionError | None = None
         self.tainted = False
         self.os_isolation = False
+        # Egress proxy (begin): one per session, started by the first shell call.
+        self._egress_settings = egress
+        self._egress = None
+        # Egress proxy (end)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -251,8 +268,11 @@ class AgentHost(ToolDispatch, ModelRelay):
         )
 
     def close(self) -> None:
-        """Stop the agent process (politely, then by force) and the relayed model."""
+        """Stop the agent process (politely, then by force), egress proxy, relay and MCP."""
         self._stop_worker()
+        self._close_egress()  # Egress proxy
+        if self._mcp is not None:
+            self._mcp.close()
         if self._relay_model is not None:
             self._relay_model.close()
 
@@ -454,7 +474,16 @@ class AgentHost(ToolDispatch, ModelRelay):
             argv = [sys.executable, "-I", "-m", "agent.worker"]
         if self._scripted is not None:
             argv += ["--scripted-model", str(self._scripted)]
-        return argv
+        return argv + self._backend_source()[0]
+
+    def _backend_source(self) -> tuple[list[str], list[Path]]:
+        """The worker arguments and binds that let it load a backend registered at run time."""
+        if self._scripted is not None or self._spec is None or runs_in_host(self._spec):
+            return [], []
+        source = source_for(self._spec.backend)
+        if source is None:
+            return [], []
+        return source_arguments([source]), [source.file]
 
     def _hello(self) -> tuple[Hello, list[Path]]:
         """The Hello for the worker, and the files it must be able to read."""
@@ -469,15 +498,13 @@ class AgentHost(ToolDispatch, ModelRelay):
         if self._spec is None:
             raise ModelError("no model was chosen")
         spec = self._spec
-        if spec.backend == "llama.cpp" and spec.path is None:
-            # Verify the embedded model here, where the digest cache is writable,
-            # and send the agent a plain path: it cannot see the data dir.
-            from models.catalog import embedded_default, verify
-
-            checked = verify(embedded_default(), cache_file=spec.verified_cache)
-            spec = spec.model_copy(update={"path": checked.path, "verified_cache": None})
-        binds = [p for p in (spec.path, spec.scripted_file) if p is not None]
-        return Hello(model_spec=spec), [Path(p) for p in binds]
+        backend = backend_for(spec)
+        if backend.prepare is not None:
+            # E.g. verify the embedded model here, where the digest cache is
+            # writable: the agent cannot see the data dir.
+            spec = spec.model_copy(update={"settings": backend.prepare(spec.settings)})
+        binds = [Path(p) for p in backend.agent_files(spec.settings)]
+        return Hello(model_spec=spec), binds + self._backend_source()[1]
 
     def _task(self, task: str) -> Task:
         memory_text = ""
@@ -501,10 +528,22 @@ class AgentHost(ToolDispatch, ModelRelay):
             memory_context=memory_text,
             capabilities=caps,
             history=recent_turns(self._history, HISTORY_CHARS),
-            tools=offers(self._tools),
+            tools=offers(self._tools) + self._mcp_offers(),
             limits=self._limits,
             conversation=self._conversation,
         )
+
+    def _mcp_offers(self) -> list[ToolOffer]:
+        """The MCP tools of this errand; servers that are down are restarted first."""
+        if self._mcp is None:
+            return []
+        for status in self._mcp.connect():
+            if status.state != "up":
+                text = f"MCP server {status.name!r} is {status.state}: {status.reason}"
+                self._emit(AgentEvent("error", text=text))
+                self._record(f"mcp_server_{status.state}", reason=status.reason,
+                             details={"server": status.name})
+        return self._mcp.offers()
 
     def _memory_problems(self, problems: list[str]) -> None:
         """Tell the user which memory was left out of the prompt, and what to do."""

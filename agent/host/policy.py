@@ -19,15 +19,23 @@ A :class:`Rule` names a tool and a pattern over the call's main argument:
   exist (they cannot see what it runs). Shell deny rules are a tripwire, not
   the boundary: that is the sandbox.
 - ``http_request(domain:api.github.com)``, ``domain:*.github.com``.
+- ``net(github.com)``, ``net(*.pypi.org, GET)``: requests a sandboxed command
+  sends through the egress proxy (the ``request`` pattern kind: a host, then
+  the methods it allows; none: every method).
 - memory tools: a glob over the topic (or query).
+- ``mcp(github.*)``: a glob over the ``server.tool`` name of an MCP server's
+  tool. Every MCP tool is treated like ``shell`` ("execute"): it asks unless a
+  rule decides.
 
 Evaluation: deny rules first, then ask, then allow; within each, the first
 match wins; deny holds in every mode. No match: the defaults (reads inside the
 workspace allowed, except files that usually hold credentials, see
 :data:`CREDENTIAL_FILES`, which ask; writes, shell, memory writes and network ask). Taint (the
 context holds untrusted content) makes every network call and every use of a
-capability ask, whatever the rules say. A shell command that cannot be
-sandboxed always asks, with its own "run unsandboxed" label.
+capability ask, whatever the rules say (a proxied ``net`` request, one of
+many a decided command sends, asks then only when it carries a capability).
+A shell command that cannot be sandboxed always asks, with its own "run
+unsandboxed" label.
 
 Why one module of about 750 lines: the rule language, the matching of each
 pattern kind (most of it the shell splitter that deny rules depend on) and
@@ -50,11 +58,14 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import PolicyError, ToolError
-from agent.host.tools.base import Effect
+from agent.host.tools.base import Effect, ToolSpec
 from agent.host.tools.paths import Workspace
-from agent.host.tools.registry import ALL_TOOLS
+from agent.host.tools.registry import ALL_TOOLS, RULE_KINDS, rule_spec
 
 Action = Literal["allow", "ask", "deny"]
+
+#: The rule "tool" that names MCP servers' tools: ``mcp(server.tool-glob)``.
+MCP_RULE = "mcp"
 Scope = Literal["user", "workspace", "session"]
 
 #: What happens when no rule matches, by the tool's effect.
@@ -65,6 +76,7 @@ DEFAULT_ACTIONS: dict[Effect, Action] = {
     "write": "ask",
     "execute": "ask",
     "network": "ask",
+    "egress": "ask",
     "memory_write": "ask",
 }
 
@@ -133,9 +145,13 @@ class Rule(BaseModel):
             if self.pattern != "*":
                 raise ValueError("a rule for every tool ('*') must have the pattern '*'")
             return self
-        spec = ALL_TOOLS.get(self.tool)
+        if self.tool == MCP_RULE:
+            if "(" in self.pattern or " " in self.pattern:
+                raise ValueError("mcp patterns are globs over server.tool, e.g. 'github.*'")
+            return self
+        spec = rule_spec(self.tool)
         if spec is None:
-            raise ValueError(f"unknown tool {self.tool!r}; known: {', '.join(ALL_TOOLS)}")
+            raise ValueError(f"unknown tool {self.tool!r}; known: {', '.join(_known())}")
         if self.pattern == "*":
             return self
         if spec.main_argument is None:
@@ -146,6 +162,8 @@ class Rule(BaseModel):
             host = self.pattern.removeprefix("domain:").lower()
             if not _HOST_PATTERN.match(host):
                 raise ValueError(f"{host!r} is not a host name (wildcard only as '*.' prefix)")
+        elif spec.pattern == "request":
+            _request_pattern(self.pattern)  # raises ValueError naming the problem
         elif spec.pattern == "command":
             try:
                 tokens = shlex.split(self.pattern)
@@ -417,7 +435,9 @@ class PolicyEngine:
         Raises:
             PolicyError: The tool is unknown.
         """
-        spec = ALL_TOOLS.get(request.tool)
+        spec = rule_spec(request.tool)
+        if spec is None and "." in request.tool:
+            return self._decide_mcp(request)
         if spec is None:
             raise PolicyError(f"no policy for unknown tool {request.tool!r}")
         matched: dict[Action, Rule] = {}
@@ -477,6 +497,22 @@ class PolicyEngine:
         default = DEFAULT_ACTIONS[spec.effect]
         return Decision(action=default, rule=None, reason=f"default for {spec.effect} calls")
 
+    def _decide_mcp(self, request: ToolCallRequest) -> Decision:
+        """An MCP server's tool ``server.tool``: ``mcp(...)`` rules, else it asks."""
+        for action in ("deny", "ask", "allow"):
+            for rule in self.rules:
+                if rule.action != action or rule.tool not in ("*", MCP_RULE):
+                    continue
+                if rule.pattern == "*" or fnmatch.fnmatchcase(request.tool, rule.pattern):
+                    verb = {"deny": "denied by", "ask": "asked by", "allow": "allowed by"}[action]
+                    return Decision(action=action, rule=rule, reason=f"{verb} rule {rule}")
+        server = request.tool.split(".", 1)[0]
+        return Decision(
+            action=DEFAULT_ACTIONS["execute"],
+            rule=None,
+            reason=f"default for tools of MCP servers (this one: {server!r})",
+        )
+
     def _credential_file(self, request: ToolCallRequest) -> str | None:
         """The :data:`CREDENTIAL_FILES` pattern the call's path matches, if any."""
         probe = [Rule(tool=request.tool, pattern=p, action="ask") for p in CREDENTIAL_FILES]
@@ -534,7 +570,7 @@ class PolicyEngine:
             return False
         if rule.pattern == "*":
             return True
-        pattern = ALL_TOOLS[request.tool].pattern
+        pattern = _spec(request.tool).pattern
         if pattern == "command":
             split = _split_shell(_main(request))
             if rule.action == "allow":
@@ -544,6 +580,9 @@ class PolicyEngine:
             return any(_shell_prefix_matches(rule.pattern, seg) for seg in split.loose)
         if pattern == "domain":
             return _host_matches(rule.pattern, _url_host(_main(request)))
+        if pattern == "request":
+            method = str(request.arguments.get("method", ""))
+            return _request_matches(rule.pattern, _main(request).lower(), method.upper())
         if pattern == "path":
             if request.workspace is None and self.workspace is not None:
                 request = request.model_copy(update={"workspace": self.workspace})
@@ -564,15 +603,47 @@ class PolicyEngine:
             )
         return fnmatch.fnmatchcase(_main(request), rule.pattern)
 
+
+def _known() -> list[str]:
+    return [*ALL_TOOLS, *RULE_KINDS]
+
+
+def _spec(tool: str) -> ToolSpec:
+    spec = rule_spec(tool)
+    if spec is None:
+        raise PolicyError(f"no policy for unknown tool {tool!r}")
+    return spec
+
+
 def _main(request: ToolCallRequest, default: str = "") -> str:
     """The call's main argument as text (see :attr:`ToolSpec.main_argument`)."""
-    argument = ALL_TOOLS[request.tool].main_argument
+    argument = _spec(request.tool).main_argument
     return str(request.arguments.get(argument, default)) if argument else default
 
 
 def _reads_content(tool: str) -> bool:
-    spec = ALL_TOOLS.get(tool)
+    spec = rule_spec(tool)
     return spec is not None and spec.reads_content
+
+
+def _request_pattern(pattern: str) -> tuple[str, frozenset[str]]:
+    """Split ``host[, METHOD...]``; raises ValueError naming what is wrong."""
+    host, *methods = [part.strip() for part in pattern.split(",")]
+    host = host.lower()
+    if host != "*" and not _HOST_PATTERN.match(host):
+        raise ValueError(f"{host!r} is not a host name (wildcard only as '*.' prefix)")
+    wanted = frozenset(m.upper() for m in methods if m)
+    unknown = sorted(m for m in wanted if not re.fullmatch(r"[A-Z]+", m))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} is not an HTTP method")
+    return host, wanted
+
+
+def _request_matches(pattern: str, host: str, method: str) -> bool:
+    want, methods = _request_pattern(pattern)
+    if methods and method not in methods:
+        return False
+    return _host_matches(want, host)
 
 
 def _path_subject(request: ToolCallRequest) -> tuple[str, bool]:
@@ -592,9 +663,12 @@ def _path_subject(request: ToolCallRequest) -> tuple[str, bool]:
 def suggest_rule(request: ToolCallRequest, *, action: Action = "allow") -> Rule:
     """The rule an "always" answer would save for ``request`` (the user may edit it).
 
-    Exact, never broader than the call: the command, the resolved path, the host.
+    Exact, never broader than the call: the command, the resolved path, the
+    host, the MCP tool.
     """
-    spec = ALL_TOOLS[request.tool]
+    if rule_spec(request.tool) is None and "." in request.tool:
+        return Rule(tool=MCP_RULE, pattern=request.tool, action=action, scope="workspace")
+    spec = _spec(request.tool)
     if spec.main_argument is None:
         pattern = "*"
     elif spec.pattern == "command":

@@ -161,5 +161,7 @@ class ModelRelay(ResultDelivery):
 
 
 def is_remote(spec: ModelSpec | None) -> bool:
-    """Whether ``spec`` names a remote model, which the host opens and relays."""
-    return spec is not None and spec.backend == "openai"
+    """Whether ``spec``'s backend runs in the host, which opens it and relays it."""
+    from models.backends import runs_in_host
+
+    return runs_in_host(spec)

@@ -46,12 +46,15 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import SandboxError
 from agent.host.protected import GIT_DIR_ENTRIES, GIT_DIR_NAMES, normalise_name
+
+if TYPE_CHECKING:
+    from agent.host.egress.proxy import EgressChannel, EgressProxy
 
 #: ``$HOME`` inside every sandbox: an empty directory on the private tmpfs ``/tmp``.
 SANDBOX_HOME = "/tmp/home"
@@ -321,6 +324,8 @@ class Sandbox:
         *,
         hide: Sequence[Path] = (),
         guard: GitGuard | None = None,
+        egress: EgressChannel | None = None,
+        forwarder: Path | None = None,
     ) -> list[str]:
         """The bwrap command line that runs ``command`` with ``/bin/sh -c``.
 
@@ -339,6 +344,10 @@ class Sandbox:
             guard: The guard that made the placeholders and removes them after
                 the run (:meth:`run_shell` passes one); without it one is made
                 here and its placeholders stay.
+            egress: The command's channel to the egress proxy: its socket, the
+                CA bundle and the forwarder (``forwarder``) are bound in, the
+                proxy variables set, and the forwarder starts the command.
+            forwarder: The forwarder script (with ``egress``).
 
         Raises:
             SandboxError: No bwrap, or an unsuitable workspace.
@@ -359,14 +368,27 @@ class Sandbox:
         else:
             args += ["--ro-bind", str(keyless), str(keyless)]
         args += _hide_flags(hide, [ws])
-        args += _env_flags(scrubbed_env())
+        # Egress proxy: the only way out of the network namespace.
+        start: list[str] = []
+        env = scrubbed_env()
+        if egress is not None and forwarder is not None:
+            args += egress_binds(egress, forwarder)
+            env.update(egress.env)
+            start = egress_prefix()
+        args += _env_flags(env)
         args += ["--chdir", str(ws), "--"]
         args += _prlimit_prefix(limits, processes=True)
-        args += ["/bin/sh", "-c", command]
+        args += [*start, "/bin/sh", "-c", command]
         return args
 
     def run_shell(
-        self, command: str, workspace: Path, limits: Limits, *, hide: Sequence[Path] = ()
+        self,
+        command: str,
+        workspace: Path,
+        limits: Limits,
+        *,
+        hide: Sequence[Path] = (),
+        egress: EgressProxy | None = None,
     ) -> ShellResult:
         """Run ``command`` in a fresh sandbox and wait for it under ``limits``.
 
@@ -374,14 +396,27 @@ class Sandbox:
         anyway (a new ``.git`` anywhere, a git-directory entry that appeared)
         is moved to ``.keyless/quarantine`` and the result says so.
 
+        Args:
+            command: The command line.
+            workspace: The workspace.
+            limits: Resource limits.
+            hide: Paths covered with an empty mount.
+            egress: The session's egress proxy: the command reaches the
+                network only through it. None: no network at all.
+
         Raises:
             SandboxError: bwrap is missing or could not start.
         """
         ws = check_workspace(workspace)
         guard = GitGuard(ws)
         try:
-            argv = self.shell_argv(command, ws, limits, hide=hide, guard=guard)
-            result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
+            with contextlib.ExitStack() as stack:
+                channel = None if egress is None else stack.enter_context(egress.channel(command))
+                argv = self.shell_argv(
+                    command, ws, limits, hide=hide, guard=guard, egress=channel,
+                    forwarder=None if egress is None else egress.forwarder,
+                )
+                result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
         finally:
             notes = guard.finish()
         if notes:
@@ -421,6 +456,61 @@ class Sandbox:
             SandboxError: No bwrap, or an extra bind that is ``/`` or the home directory.
         """
         del workspace
+        args, visible = self._python_sandbox(extra_ro_binds, who="the agent process")
+        for device in ("/dev/dri", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/kfd"):
+            args += ["--dev-bind-try", device, device]
+        for path in visible:
+            args += ["--ro-bind", str(path), str(path)]
+        args += _hide_flags(hide, visible)
+        args += _env_flags(scrubbed_env())
+        args += ["--chdir", "/", "--", *argv]
+        return args
+
+    def server_command(
+        self,
+        argv: Sequence[str],
+        *,
+        workspace: Path,
+        writable: bool = False,
+        extra_ro_binds: Sequence[Path] = (),
+        hide: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The bwrap command line of a long-lived tool server (an MCP stdio server).
+
+        As :meth:`agent_command` (system, Python and Keyless read-only, no
+        network, no home, no ``/run``, dies with the host), plus the workspace,
+        bound read-only unless ``writable``, as the working directory. The data
+        and config dirs in ``hide`` are covered even inside a bound directory.
+
+        Args:
+            argv: The server's command line.
+            workspace: The errand's workspace.
+            writable: Bind the workspace read-write (the user chose so).
+            extra_ro_binds: More files or directories the server needs, read-only.
+            hide: Paths covered even when inside a bound directory.
+            env: Variables added to the scrubbed environment (never secrets).
+
+        Returns:
+            The full command line.
+
+        Raises:
+            SandboxError: No bwrap, or an extra bind that is ``/`` or the home directory.
+        """
+        ws = Path(os.path.realpath(workspace))
+        args, visible = self._python_sandbox(extra_ro_binds, who="a tool server")
+        for path in visible:
+            args += ["--ro-bind", str(path), str(path)]
+        args += ["--bind" if writable else "--ro-bind", str(ws), str(ws)]
+        args += _hide_flags(hide, [*visible, ws])
+        args += _env_flags(scrubbed_env(extra=env))
+        args += ["--chdir", str(ws), "--", *argv]
+        return args
+
+    def _python_sandbox(
+        self, extra_ro_binds: Sequence[Path], *, who: str
+    ) -> tuple[list[str], list[Path]]:
+        """The isolation flags and the paths a Python process needs to see, read-only."""
         if self.bwrap is None:
             raise SandboxError("bubblewrap is not available")
         home = Path(os.path.realpath(Path.home()))
@@ -437,20 +527,13 @@ class Sandbox:
         for extra in extra_ro_binds:
             real = Path(os.path.realpath(extra))
             if real == Path("/") or real == home or real in home.parents:
-                raise SandboxError(f"refusing to expose {real} to the agent process")
+                raise SandboxError(f"refusing to expose {real} to {who}")
             if not real.exists():
                 raise SandboxError(f"{extra} does not exist")
             visible.append(real)
         args = [self.bwrap, *_system_binds(), *_isolation_flags()]
         args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
-        for device in ("/dev/dri", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/kfd"):
-            args += ["--dev-bind-try", device, device]
-        for path in visible:
-            args += ["--ro-bind", str(path), str(path)]
-        args += _hide_flags(hide, visible)
-        args += _env_flags(scrubbed_env())
-        args += ["--chdir", "/", "--", *argv]
-        return args
+        return args, visible
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -686,6 +769,35 @@ class GitGuard:
         moved = quarantine / f"{label.lstrip('.')}-{stamp}"
         os.replace(path, moved)
         return moved.relative_to(self.ws).as_posix()
+
+
+def egress_binds(channel: EgressChannel, forwarder: Path) -> list[str]:
+    """Bwrap flags binding the proxy socket, the CA bundle, the forwarder and the askpass shim."""
+    from agent.host.egress.proxy import (
+        SANDBOX_ASKPASS,
+        SANDBOX_CA_BUNDLE,
+        SANDBOX_FORWARDER,
+        SANDBOX_SOCKET,
+    )
+
+    return [
+        "--bind", str(channel.socket_path), SANDBOX_SOCKET,
+        "--ro-bind", str(channel.ca_bundle), SANDBOX_CA_BUNDLE,
+        "--ro-bind", str(forwarder), SANDBOX_FORWARDER,
+        "--ro-bind", str(forwarder.with_name("askpass")), SANDBOX_ASKPASS,
+    ]  # fmt: skip
+
+
+def egress_prefix() -> list[str]:
+    """The forwarder, started first in the sandbox; it runs the command after it."""
+    from agent.host.egress.proxy import SANDBOX_FORWARDER, SANDBOX_PROXY_PORT, SANDBOX_SOCKET
+
+    return [FORWARDER_PYTHON, "-I", "-S", SANDBOX_FORWARDER, str(SANDBOX_PROXY_PORT),
+            SANDBOX_SOCKET, "--"]  # fmt: skip
+
+
+#: The system Python the forwarder runs with (standard library only; /usr is bound).
+FORWARDER_PYTHON = "/usr/bin/python3"
 
 
 def run_unsandboxed(command: str, workspace: Path, limits: Limits) -> ShellResult:

@@ -193,10 +193,11 @@ def open_model(hello: Hello, channel: Channel, scripted_file: str | None) -> Cha
     if hello.relayed_model is not None:
         return RelayedModel(channel, hello.relayed_model)
     if hello.model_spec is not None:
+        from models.backends import runs_in_host
         from models.factory import open_model as factory_open
 
         spec = hello.model_spec
-        if spec.backend == "openai":
+        if runs_in_host(spec):
             # Defence in depth: the host relays remote models; this process has no network.
             raise ProtocolError("a remote model must be relayed by the host, not opened here")
         return factory_open(spec)
@@ -262,6 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE",
         help="run the scripted fake model from a JSON list of replies (tests)",
     )
+    parser.add_argument(
+        "--backend-source",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a model backend module the host registered at run time: load it first",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -269,6 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s",
     )
+    from models.backends import BackendSource, load_source
+
+    # Before any message: the Hello's ModelSpec is validated by its backend.
+    for source in args.backend_source:
+        load_source(BackendSource.model_validate_json(source))
     infile, outfile = _protocol_streams()
     channel = Channel(infile, outfile)
     channel.start()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.host.tools.net import NET_RULE
 from app.controllers.errand_controller import (
     ErrandEvents,
     ErrandRunner,
@@ -35,6 +36,7 @@ from app.sessions import (
     run_recorded,
 )
 from app.withheld import offer_from_event
+from models.backends import runs_in_host
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,10 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
         why = "no_rule"
     effect = getattr(request, "effect", "")
     parts = [f"Effect: {effect}." if effect else "", f"Policy: {reason}." if reason else ""]
+    if str(request.tool) == NET_RULE:  # a sandboxed command's request through the egress proxy
+        args = request.arguments
+        parts.insert(0, f"Network request {args.get('method', '?')} {args.get('host', '?')}"
+                        f"{args.get('path', '')} — asked by: {args.get('command', '?')}.")
     detail = " ".join(p for p in parts if p)
     suggested = getattr(request, "suggested_rule", None)
     return PermissionQuestion(
@@ -326,7 +332,7 @@ def agent_host_factory(
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
         options: dict[str, Any] = {"hidden_paths": services.protected_paths()}
-        if spec is not None and getattr(spec, "backend", None) == "openai":
+        if runs_in_host(spec):
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.
             options["relay_model"] = services.remote_model(spec)
@@ -352,7 +358,7 @@ def agent_host_factory(
         )
         owned = tuple(x for x in (store, memory) if callable(getattr(x, "close", None)))
         model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
-            f"{getattr(spec, 'backend', '?')}:{getattr(spec, 'model_name', None) or 'local'}"
+            spec.label() if spec is not None else "unknown"
         )
         return AgentHostRunner(
             host, owned=owned, sessions=sessions, recorder=recorder, model=model

@@ -11,6 +11,14 @@ Permission prompts go the other way: the host calls
 GUI answers with :meth:`ErrandController.answer_permission` (or the errand is
 cancelled, which denies). The GUI thread never waits for the worker.
 
+Sessions are closed off the GUI thread, by a job on the controller's
+:class:`app.controllers.jobs.SerialWorker`: "New session" closes the session
+it leaves, and so does quitting (:meth:`ErrandController.shutdown`, which
+waits a bounded time for it). Closing distills the session's notes into the
+project's memory through the session closer the app passes in
+(:func:`app.sessions.close_session`, without the model in the app, so a quit
+never waits for one to load).
+
 A credential the host withheld from a tool result arrives as a
 :class:`app.withheld.CredentialOffer`; the controller keeps it in an
 :class:`app.withheld.OfferBook` (one per value) until the view takes it (to
@@ -23,7 +31,6 @@ import datetime as dt
 import json
 import logging
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,8 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from app.cli_common import new_session_id
+from app.controllers.jobs import SerialWorker
 from app.qt import QObject, Qt, QtCore, QThread, Signal, Slot
-from app.sessions import SessionStore, SessionStoreError, gui_transcript, resume_plan
+from app.sessions import (
+    SessionStore,
+    SessionStoreError,
+    UnknownSessionError,
+    gui_transcript,
+    resume_plan,
+)
 from app.withheld import CredentialNotice, CredentialOffer, OfferBook
 
 log = logging.getLogger(__name__)
@@ -180,6 +195,12 @@ class RunnerContext:
 
 RunnerFactory = Callable[[RunnerContext], ErrandRunner]
 
+SessionCloser = Callable[[str], list[str]]
+"""Closes one recorded session (distills its notes); returns what it did, one line each."""
+
+CLOSE_AT_QUIT_MS = 5000
+"""How long quitting waits for the current session to be closed."""
+
 
 @dataclass
 class SessionInfo:
@@ -190,12 +211,7 @@ class SessionInfo:
     created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     transcript: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     workspace: Path | None = None
-
-
-def new_session_id(now: dt.datetime | None = None) -> str:
-    """Return a fresh, sortable session id (``YYYYMMDD-HHMMSS-xxxx``)."""
-    now = now or dt.datetime.now(dt.UTC)
-    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    closed: bool = False
 
 
 class _PendingAnswer:
@@ -396,8 +412,14 @@ class ErrandController(QObject):
             test double); called in the worker thread.
         workspace: The workspace errands run in (changeable with :meth:`set_workspace`).
         sessions: The recorded sessions to list (they survive restarts); errands
-            left running by a process that died are marked interrupted.
+            left running by a process that died are marked interrupted. The
+            controller closes it at :meth:`shutdown`.
+        session_closer: Closes a recorded session (None: sessions are never closed).
         parent: The Qt parent.
+
+    Signals:
+        sessionClosed: ``(session_id, lines)`` once a session was closed.
+        sessionCloseFailed: ``(session_id, message)``; the session stays open.
     """
 
     busyChanged = Signal(bool)
@@ -418,6 +440,8 @@ class ErrandController(QObject):
     errandFinished = Signal(str)
     sessionsChanged = Signal()
     currentSessionChanged = Signal(str)
+    sessionClosed = Signal(str, object)
+    sessionCloseFailed = Signal(str, str)
 
     _runRequested = Signal(str, str, str)
     _resumeRequested = Signal(str, str, str, str)
@@ -430,11 +454,15 @@ class ErrandController(QObject):
         *,
         workspace: Path | None = None,
         sessions: SessionStore | None = None,
+        session_closer: SessionCloser | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self._workspace = workspace
         self._store = sessions
+        self._closer = session_closer
+        self._jobs = SerialWorker(self)
+        self._closing: set[str] = set()
         self._busy = False
         self._closed = False
         self._thread = QThread()
@@ -484,6 +512,7 @@ class ErrandController(QObject):
                     record.updated,
                     gui_transcript(self._store.messages(record.id)),
                     workspace=Path(record.workspace),
+                    closed=record.state == "closed",
                 )
         except SessionStoreError as e:
             log.error("the recorded sessions could not be read: %s", e)
@@ -532,6 +561,11 @@ class ErrandController(QObject):
         return self._busy
 
     @property
+    def store(self) -> SessionStore | None:
+        """The session store (None: sessions are not recorded); closed by :meth:`shutdown`."""
+        return self._store
+
+    @property
     def workspace(self) -> Path | None:
         """The workspace the next errand runs in."""
         return self._workspace
@@ -566,16 +600,113 @@ class ErrandController(QObject):
         return self._sessions[session_id]
 
     def new_session(self) -> str:
-        """Start a new, empty session and make it current; returns its id."""
+        """Start a new, empty session and make it current; returns its id.
+
+        The session left is closed in the background (see :meth:`close_session`).
+        """
         if self._busy:
             raise RuntimeError("cannot start a new session while an errand runs")
+        previous = self._current
         session_id = new_session_id()
         self._sessions[session_id] = SessionInfo(session_id)
         self._endSessionRequested.emit()
         self._current = session_id
+        if previous:
+            self._queue_close(previous)
         self.sessionsChanged.emit()
         self.currentSessionChanged.emit(session_id)
         return session_id
+
+    def close_session(self, session_id: str) -> bool:
+        """Close a session off the GUI thread: distill its notes, mark it closed.
+
+        Its session-level notes go into the project's memory (untrusted ones
+        wait in the review queue); :attr:`sessionClosed` or
+        :attr:`sessionCloseFailed` says how it went. The session stays in
+        the list; an errand run in it later opens it again.
+
+        Returns:
+            Whether closing was started (False: nothing records or closes sessions).
+
+        Raises:
+            KeyError: No such session.
+            RuntimeError: Its errand is running.
+        """
+        if session_id not in self._sessions:
+            raise KeyError(f"no session {session_id!r}")
+        if self._busy and session_id == self._current:
+            raise RuntimeError("cannot close the session while its errand runs")
+        if session_id == self._current:
+            self._endSessionRequested.emit()  # its agent stops; the next errand starts one
+        return self._queue_close(session_id)
+
+    def closing(self, session_id: str) -> bool:
+        """Whether the session is being closed now."""
+        return session_id in self._closing
+
+    def _queue_close(self, session_id: str) -> bool:
+        store, closer = self._store, self._closer
+        if store is None or closer is None:
+            return False
+
+        def close() -> list[str] | None:  # on the job thread
+            try:
+                record = store.session(session_id)
+            except UnknownSessionError:
+                return None  # no errand ran in it: never recorded, nothing to close
+            if record.state == "closed":
+                return None
+            return closer(session_id)
+
+        self._closing.add(session_id)
+        self._jobs.submit(
+            close,
+            lambda lines: self._on_session_closed(session_id, lines),
+            lambda error: self._on_close_failed(session_id, error),
+        )
+        return True
+
+    def _on_session_closed(self, session_id: str, lines: object) -> None:
+        self._closing.discard(session_id)
+        if lines is None:
+            return
+        info = self._sessions.get(session_id)
+        if info is not None:
+            info.closed = True
+            self.sessionsChanged.emit()
+        self.sessionClosed.emit(session_id, list(lines) if isinstance(lines, list) else [])
+
+    def _on_close_failed(self, session_id: str, error: Exception) -> None:
+        self._closing.discard(session_id)
+        log.error("session %s was not closed: %s", session_id, error)
+        self.sessionCloseFailed.emit(session_id, _describe(error))
+
+    def remove_session(self, session_id: str) -> None:
+        """Delete a session with its transcript and errands (its notes are not distilled).
+
+        Removing the current session starts a new one.
+
+        Raises:
+            KeyError: No such session.
+            RuntimeError: Its errand is running.
+            SessionStoreError: The store could not delete it (an errand of it
+                runs in another process, ...).
+        """
+        if session_id not in self._sessions:
+            raise KeyError(f"no session {session_id!r}")
+        if self._busy and session_id == self._current:
+            raise RuntimeError("cannot remove the session while its errand runs")
+        if self._store is not None:
+            try:
+                self._store.remove(session_id)
+            except UnknownSessionError:
+                pass  # never recorded: only this list knows it
+        del self._sessions[session_id]
+        if session_id == self._current:
+            self._current = ""  # gone: nothing to close
+            self.new_session()
+        else:
+            self.sessionsChanged.emit()
 
     def select_session(self, session_id: str) -> None:
         """Make an earlier session current.
@@ -614,7 +745,13 @@ class ErrandController(QObject):
         if self._workspace is None:
             self.errandFailed.emit("choose a workspace folder for the errand first")
             return
+        if self._current in self._closing:
+            self.errandFailed.emit("the session is being closed; run the errand once it is")
+            return
         session = self._sessions[self._current]
+        if session.closed:
+            session.closed = False  # the errand opens it again
+            self.sessionsChanged.emit()
         if session.title == "New session":
             session.title = task if len(task) <= 60 else task[:57] + "..."
             self.sessionsChanged.emit()
@@ -656,8 +793,12 @@ class ErrandController(QObject):
         """Drop an offer; its value is zeroed here and not offered again."""
         self._offers.dismiss(offer_id)
 
-    def shutdown(self, timeout_ms: int = 10_000) -> bool:
-        """Cancel, close the agent (and its model) and stop the worker thread.
+    def shutdown(self, timeout_ms: int = 10_000, close_ms: int = CLOSE_AT_QUIT_MS) -> bool:
+        """Cancel, close the agent (and its model), stop the worker thread, close the session.
+
+        The current session is closed (its notes distilled, without a model)
+        within ``close_ms``; one not closed by then stays open. The session
+        store is closed last, once nothing uses it.
 
         Returns:
             True when the worker stopped within ``timeout_ms``.
@@ -673,6 +814,13 @@ class ErrandController(QObject):
         stopped = bool(self._thread.wait(timeout_ms))
         if not stopped:
             log.error("the errand worker did not stop within %d ms", timeout_ms)
+        if self._current:
+            self._queue_close(self._current)
+        closed = self._jobs.wait(close_ms)
+        if not closed:
+            log.error("closing the session did not finish within %d ms; it stays open", close_ms)
+        if self._store is not None and stopped and closed:
+            self._store.close()
         return stopped
 
     # -- relays (GUI thread) ---------------------------------------------------------

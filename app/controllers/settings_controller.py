@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.host.tools.registry import default_tools
+from agent.host.tools.registry import rule_names
 from app.controllers.jobs import SerialWorker
 from app.paths import AppPaths
 from app.qt import QObject, Signal
@@ -48,8 +48,8 @@ class RuleRow:
 
 
 def tool_names() -> tuple[str, ...]:
-    """The tools rules can name: every registered tool but ``finish``."""
-    return default_tools()
+    """What rules can name: every registered tool but ``finish``, and the rule kinds (``net``)."""
+    return rule_names()
 
 
 def detect_sandbox() -> SandboxStatus:

@@ -14,6 +14,10 @@ A credential the host withheld from a tool result shows as an
 takes the offer from the controller and hands it on through
 :attr:`ChatView.moveToVaultRequested`; "Dismiss" has the controller zero it.
 The view itself never holds a value.
+
+A session in the list is closed (its notes distilled into the project's
+memory) or removed (after a question) with the buttons under the list or
+its context menu.
 """
 
 from __future__ import annotations
@@ -103,12 +107,35 @@ class ChatView(QtWidgets.QWidget):
         self.session_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         sessions_label = QtWidgets.QLabel("Sess&ions")
         sessions_label.setBuddy(self.session_list)
+        self.close_session_action = QtGui.QAction("Close session", self)
+        self.close_session_action.setToolTip(
+            "End the selected session: its notes are added to the project's memory"
+        )
+        self.remove_session_action = QtGui.QAction("Remove session…", self)
+        self.remove_session_action.setToolTip(
+            "Delete the selected session and its transcript (its notes are not kept)"
+        )
+        self.session_list.addAction(self.close_session_action)
+        self.session_list.addAction(self.remove_session_action)
+        self.session_list.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.close_session_button = QtWidgets.QToolButton()
+        self.close_session_button.setObjectName("closeSession")
+        self.close_session_button.setDefaultAction(self.close_session_action)
+        self.remove_session_button = QtWidgets.QToolButton()
+        self.remove_session_button.setObjectName("removeSession")
+        self.remove_session_button.setDefaultAction(self.remove_session_action)
+        self.remove_question: QtWidgets.QMessageBox | None = None
+        session_buttons = QtWidgets.QHBoxLayout()
+        session_buttons.addWidget(self.close_session_button)
+        session_buttons.addWidget(self.remove_session_button)
+        session_buttons.addStretch(1)
         left = QtWidgets.QWidget()
         left_layout = QtWidgets.QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.addWidget(self.new_session_button)
         left_layout.addWidget(sessions_label)
         left_layout.addWidget(self.session_list, 1)
+        left_layout.addLayout(session_buttons)
 
         # Workspace chooser.
         workspace_label = QtWidgets.QLabel("&Workspace:")
@@ -254,6 +281,8 @@ class ChatView(QtWidgets.QWidget):
             self.tool_table,
             self.new_session_button,
             self.session_list,
+            self.close_session_button,
+            self.remove_session_button,
         ]
         for first, second in zip(order, order[1:], strict=False):
             QtWidgets.QWidget.setTabOrder(first, second)
@@ -276,6 +305,8 @@ class ChatView(QtWidgets.QWidget):
         self.workspace_combo.activated.connect(self._workspace_activated)
         self.session_list.itemActivated.connect(self._session_activated)
         self.session_list.itemClicked.connect(self._session_activated)
+        self.close_session_action.triggered.connect(self.close_selected_session)
+        self.remove_session_action.triggered.connect(self.remove_selected_session)
 
         c = self.controller
         c.busyChanged.connect(self._on_busy)
@@ -292,6 +323,8 @@ class ChatView(QtWidgets.QWidget):
         c.credentialFound.connect(self._on_credential_found)
         c.sessionsChanged.connect(self._refresh_sessions)
         c.currentSessionChanged.connect(self._show_session)
+        c.sessionClosed.connect(self._on_session_closed)
+        c.sessionCloseFailed.connect(self._on_session_close_failed)
 
         self.set_recent_workspaces(recent_workspaces or [])
         self._refresh_sessions()
@@ -358,13 +391,90 @@ class ChatView(QtWidgets.QWidget):
         self.session_list.blockSignals(True)
         self.session_list.clear()
         for info in self.controller.sessions():
-            item = QtWidgets.QListWidgetItem(f"{info.title}\n{info.created:%Y-%m-%d %H:%M}")
+            closed = " · closed" if info.closed else ""
+            item = QtWidgets.QListWidgetItem(
+                f"{info.title}\n{info.created:%Y-%m-%d %H:%M}{closed}"
+            )
             item.setData(Qt.ItemDataRole.UserRole, info.session_id)
             item.setToolTip(f"Session {info.session_id}")
             self.session_list.addItem(item)
             if info.session_id == self.controller.current_session:
                 self.session_list.setCurrentItem(item)
         self.session_list.blockSignals(False)
+
+    def selected_session(self) -> str:
+        """The id of the session selected in the list ("" when none)."""
+        item = self.session_list.currentItem()
+        return str(item.data(Qt.ItemDataRole.UserRole)) if item is not None else ""
+
+    @Slot()
+    def close_selected_session(self) -> None:
+        """Close the selected session (its notes go into the project's memory)."""
+        session_id = self.selected_session()
+        if not session_id:
+            return
+        try:
+            started = self.controller.close_session(session_id)
+        except (KeyError, RuntimeError) as e:
+            self.banner.show_message(f"Cannot close the session: {e}.", "warning")
+            return
+        if not started:
+            self.banner.show_message(
+                "Sessions are not recorded in this window, so there is nothing to close.",
+                "warning",
+            )
+
+    @Slot()
+    def remove_selected_session(self) -> None:
+        """Ask, then delete the selected session and its transcript."""
+        session_id = self.selected_session()
+        if not session_id or self.remove_question is not None:
+            return
+        try:
+            title = self.controller.session(session_id).title
+        except KeyError:
+            return
+        box = QtWidgets.QMessageBox(
+            QtWidgets.QMessageBox.Icon.Question,
+            "Remove the session?",
+            f"Remove the session “{title}” with its transcript? Its notes are not added "
+            "to the project's memory (close it first to keep them). This cannot be undone.",
+            QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
+            self,
+        )
+        box.setDefaultButton(QtWidgets.QMessageBox.StandardButton.No)
+        box.finished.connect(lambda result: self._remove_answered(session_id, result))
+        self.remove_question = box
+        box.open()
+
+    def _remove_answered(self, session_id: str, result: int) -> None:
+        box, self.remove_question = self.remove_question, None
+        if box is not None:
+            box.deleteLater()
+        if result != QtWidgets.QMessageBox.StandardButton.Yes.value:
+            return
+        from app.sessions import SessionStoreError
+
+        try:
+            self.controller.remove_session(session_id)
+        except (KeyError, RuntimeError, SessionStoreError) as e:
+            self.banner.show_message(f"The session was not removed: {e}.", "error")
+
+    @Slot(str, object)
+    def _on_session_closed(self, session_id: str, lines: object) -> None:
+        detail = "\n".join(str(line) for line in lines) if isinstance(lines, list) else ""
+        self.banner.show_message(
+            f"Session {session_id} closed: its notes were added to the project's memory as "
+            "they are (no model runs at close; the Memory screen's Distill now merges them)."
+            + (f"\n{detail}" if detail else ""),
+            "info",
+        )
+
+    @Slot(str, str)
+    def _on_session_close_failed(self, session_id: str, message: str) -> None:
+        self.banner.show_message(
+            f"Session {session_id} was not closed (it stays open): {message}", "error"
+        )
 
     @Slot(QtWidgets.QListWidgetItem)
     def _session_activated(self, item: QtWidgets.QListWidgetItem) -> None:
@@ -460,6 +570,8 @@ class ChatView(QtWidgets.QWidget):
         self.stop_button.setEnabled(busy)
         self.task_edit.setReadOnly(busy)
         self.new_session_button.setEnabled(not busy)
+        self.close_session_action.setEnabled(not busy)
+        self.remove_session_action.setEnabled(not busy)
         self.workspace_combo.setEnabled(not busy)
         self.browse_button.setEnabled(not busy)
         self.status_label.setText("Running… (Esc or Stop to cancel)" if busy else "Ready")

@@ -102,7 +102,8 @@ def test_with_a_server_model_names_the_served_model() -> None:
          "--model", "qwen2.5-7b", "--allow-local"]
     )  # fmt: skip
     spec = spec_from_args(args)
-    assert spec.backend == "openai" and spec.model_name == "qwen2.5-7b" and spec.path is None
+    assert spec.backend == "openai" and spec.settings.model_name == "qwen2.5-7b"
+    assert "path" not in spec.settings.model_dump()
 
 
 CHAT_KEY = "sk-chat-" + "9Jq2Lx7Vb4Nm8Rt1Wz6Y"
@@ -184,9 +185,9 @@ def test_eviction_option_reaches_the_spec_and_rejects_unknown_policies(
     from app.cli_chat import spec_from_args
 
     parser = build_parser()
-    assert spec_from_args(parser.parse_args(["chat"])).eviction == "sinks"
+    assert spec_from_args(parser.parse_args(["chat"])).settings.eviction == "sinks"
     args = parser.parse_args(["chat", "--eviction", "sinks+h2o"])
-    assert spec_from_args(args).eviction == "sinks+h2o"
+    assert spec_from_args(args).settings.eviction == "sinks+h2o"
     with pytest.raises(SystemExit):
         parser.parse_args(["chat", "--eviction", "lru"])
     assert "invalid choice: 'lru'" in capsys.readouterr().err

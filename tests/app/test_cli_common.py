@@ -51,7 +51,7 @@ COMMANDS = leaf_commands(build_parser())
 
 def test_every_command_group_is_found() -> None:
     groups = {path[0] for path in COMMANDS}
-    assert groups == {"chat", "run", "vault", "memory", "models", "sessions"}
+    assert groups == {"chat", "run", "vault", "memory", "models", "sessions", "mcp"}
     assert ("vault", "grant") in COMMANDS and ("memory", "undo") in COMMANDS
     assert len(COMMANDS) > 15
 

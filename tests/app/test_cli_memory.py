@@ -92,7 +92,7 @@ def test_consolidate_runs_the_model_and_reports(
 
     script = json.dumps({"operations": [{"op": "ARCHIVE", "target": "old", "content": "",
                                          "sources": []}]})
-    monkeypatch.setattr(cli_memory, "_open_model", lambda: ScriptedModel([script]))
+    monkeypatch.setattr(cli_memory, "open_memory_model", lambda: ScriptedModel([script]))
     svc = service(workspace)
     svc.remember("Old", "stale fact", level="session", source=Provenance(trust="model"))
     svc.close()

@@ -198,10 +198,97 @@ def test_close_distills_the_session_notes_into_the_project(
     finally:
         memory.close()
         services.close()
-    assert main(["sessions", "close", "s1"]) == 0
+    assert main(["sessions", "close", "s1", "--no-model"]) == 0
     out = capsys.readouterr().out
     assert "closed session s1" in out and "session -> project: 1 note(s) kept" in out
+    assert "without the model (--no-model)" in out
     topic = workspace / ".keyless" / "memory" / "topics" / "build-quirk.md"
     assert "make needs GNU make 4." in topic.read_text()
     assert main(["sessions", "list"]) == 0
     assert "closed" in capsys.readouterr().out
+
+
+def _session_with_notes(workspace: Path, notes: dict[str, str]) -> None:
+    from app.services import AppServices
+    from memory.frontmatter import Provenance
+
+    s = store()
+    try:
+        s.ensure_session("s1", workspace=workspace)
+    finally:
+        s.close()
+    services = AppServices()
+    memory = services.memory_service(
+        workspace=workspace, session_id="s1", count_tokens=lambda t: len(t) // 4 + 1
+    )
+    try:
+        for title, body in notes.items():
+            memory.remember(title, body, level="session",
+                            source=Provenance(tool="remember", trust="model"))
+    finally:
+        memory.close()
+        services.close()
+
+
+def _scripted_model_spec(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, replies: list[str]
+) -> None:
+    """The model `keyless memory consolidate` opens becomes the scripted fake (own process)."""
+    import json
+
+    import app.cli_memory as cli_memory
+    from models.factory import ModelSpec
+
+    script = tmp_path / "distill.json"
+    script.write_text(json.dumps(replies))
+    monkeypatch.setattr(
+        cli_memory, "_model_spec", lambda: ModelSpec(backend="fake", scripted_file=script)
+    )
+
+
+def test_close_merges_the_notes_with_the_model_in_its_own_process(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    _session_with_notes(workspace, {"Build quirk": "make needs GNU make 4.",
+                                    "Ninja": "ninja is installed too."})
+    plan = {"operations": [{
+        "op": "MERGE", "target": "build", "sources": ["build-quirk", "ninja"],
+        "content": "Builds need GNU make 4; ninja is installed too.",
+    }]}
+    _scripted_model_spec(monkeypatch, tmp_path, [json.dumps(plan)])
+    assert main(["sessions", "close", "s1"]) == 0
+    out = capsys.readouterr().out
+    assert "closed session s1" in out and "without the model" not in out
+    assert "MERGE project/build" in out
+    topics = workspace / ".keyless" / "memory" / "topics"
+    assert "Builds need GNU make 4; ninja is installed too." in (topics / "build.md").read_text()
+    # the merged notes were not promoted one by one as well
+    assert not (topics / "build-quirk.md").exists() and not (topics / "ninja.md").exists()
+    s = store()
+    try:
+        assert s.session("s1").state == "closed"
+    finally:
+        s.close()
+
+
+def test_close_promotes_the_notes_when_the_model_cannot_be_opened(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import app.cli_memory as cli_memory
+    from models.factory import ModelSpec
+
+    _session_with_notes(workspace, {"Build quirk": "make needs GNU make 4."})
+    missing = tmp_path / "missing.json"
+    monkeypatch.setattr(
+        cli_memory, "_model_spec", lambda: ModelSpec(backend="fake", scripted_file=missing)
+    )
+    assert main(["sessions", "close", "s1"]) == 0
+    out = capsys.readouterr().out
+    assert "without the model (cannot open the model:" in out and "missing.json" in out
+    assert "session -> project: 1 note(s) kept" in out
+    topic = workspace / ".keyless" / "memory" / "topics" / "build-quirk.md"
+    assert "make needs GNU make 4." in topic.read_text()

@@ -444,3 +444,47 @@ def test_a_dismissed_offer_leaves_nothing_behind(
     assert w.chat_view.offer_banners == {} and w.errands.pending_offers() == []
     assert w.lazy_pages["Vault"].page is None  # nothing was opened
     assert not w.services.paths.vault_file.exists()
+
+
+def test_closing_the_window_closes_the_session_and_then_the_store(
+    qtbot: Any, tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.gui import SCRIPTED_MODEL_ENV
+    from app.paths import default_paths
+    from app.sessions import SessionStore, SessionStoreError
+    from memory.frontmatter import Provenance
+    from tests.agent.hostkit import final, write_script
+
+    script = write_script(tmp_path / "script.json", [final("Noted.")])
+    monkeypatch.setenv(SCRIPTED_MODEL_ENV, str(script))
+    services = AppServices()
+    services.set_workspace(workspace)
+    window = build_main_window(services, with_extra_pages=False)
+    qtbot.add_widget(window)
+    store = window.errands.store
+    assert store is not None
+    try:
+        window.chat_view.task_edit.setPlainText("note the build quirk")
+        with qtbot.wait_signal(window.errands.errandFinished, timeout=60_000):
+            window.chat_view.run_task()
+        session = window.errands.current_session
+        memory = services.memory_service(workspace=workspace, session_id=session,
+                                         count_tokens=lambda t: len(t) // 4 + 1)
+        try:
+            memory.remember("Build quirk", "make needs GNU make 4.", level="session",
+                            source=Provenance(tool="remember", trust="model"))
+        finally:
+            memory.close()
+        assert window.close()
+        with pytest.raises(SessionStoreError):
+            store.sessions()
+    finally:
+        window.shutdown()
+        services.close()
+    reopened = SessionStore(default_paths().database)
+    try:
+        assert reopened.session(session).state == "closed"
+    finally:
+        reopened.close()
+    topic = workspace / ".keyless" / "memory" / "topics" / "build-quirk.md"
+    assert "make needs GNU make 4." in topic.read_text()

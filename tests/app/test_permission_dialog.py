@@ -198,3 +198,26 @@ def test_the_runner_carries_runs_code_into_the_question() -> None:
     assert question_from_request("c1", request).runs_code == (
         ".envrc: direnv runs it when you enter the directory",
     )
+
+
+def test_a_net_question_names_the_request_and_the_command_that_asked(qtbot: Any) -> None:
+    from agent.host.permission import PermissionRequest
+    from agent.host.policy import Rule
+    from app.controllers.agent_runner import question_from_request
+
+    request = PermissionRequest(
+        tool="net",
+        arguments={"command": "git push origin main", "host": "github.com", "method": "POST",
+                   "path": "/me/repo.git/git-receive-pack", "capability": True},
+        effect="egress",
+        reason="default for egress calls",
+        tainted=False,
+        suggested_rule=Rule.parse("net(github.com)", action="allow"),
+    )
+    question = question_from_request("c1", request)
+    assert question.suggested_rule == "net(github.com)"
+    dialog = PermissionDialog(question)
+    open_dialog(qtbot, dialog)
+    why = dialog.why_label.text()
+    assert "POST github.com/me/repo.git/git-receive-pack" in why
+    assert "asked by: git push origin main" in why

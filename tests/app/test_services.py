@@ -165,10 +165,10 @@ def test_protected_paths_and_the_workspace_warning(tmp_path: Path, workspace: Pa
 
 def test_the_experimental_eviction_setting_reaches_the_model_spec() -> None:
     services = AppServices()
-    assert services.model_spec().eviction == "sinks"
+    assert services.model_spec().settings.eviction == "sinks"
     services.paths.settings_file.write_text('{"model": {"eviction": "h2o"}}')
-    assert AppServices().model_spec().eviction == "h2o"
+    assert AppServices().model_spec().settings.eviction == "h2o"
     services.paths.settings_file.write_text('{"model": {"eviction": "lru"}}')
     again = AppServices()
-    assert again.model_spec().eviction == "sinks"
+    assert again.model_spec().settings.eviction == "sinks"
     assert "eviction" in again.problems["settings"]

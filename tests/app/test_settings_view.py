@@ -173,3 +173,19 @@ def test_keyboard_reachability_and_labels(view: SettingsView) -> None:
     for widget in expected:
         if not isinstance(widget, QtWidgets.QPushButton):
             assert widget.accessibleName(), widget
+
+
+def test_a_net_rule_is_added_listed_and_saved(view: SettingsView, qtbot: QtBot) -> None:
+    view.tool.setCurrentText("net")
+    assert view.tool.currentText() == "net"
+    qtbot.keyClicks(view.pattern, "github.com, GET")
+    view.action.setCurrentIndex(view.action.findData("allow"))
+    with qtbot.wait_signal(view.controller.rules_loaded, timeout=10_000):
+        qtbot.mouseClick(view.add_rule_button, Qt.MouseButton.LeftButton)
+    assert _texts(view.rule_lists["allow"]) == ["net(github.com, GET)"]
+    store = RuleStore(view.controller.paths.database)
+    try:
+        saved = [str(s.rule) for s in store.stored()]
+    finally:
+        store.close()
+    assert saved == ["net(github.com, GET)"]

@@ -42,7 +42,8 @@ def test_openai_backend_builds_the_remote_model() -> None:
     spec = ModelSpec(backend="openai", base_url="http://127.0.0.1:9/v1", model_name="m")
     with pytest.raises(ModelError, match="local"):
         open_model(spec)
-    model = open_model(spec.model_copy(update={"allow_local": True}))
+    settings = {**spec.settings.model_dump(), "allow_local": True}
+    model = open_model(ModelSpec.of("openai", **settings))
     assert model.info.backend == "openai"
     model.close()
 

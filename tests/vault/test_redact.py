@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+import sys
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -12,7 +14,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vault.errors import RedactionError
-from vault.redact import MIN_DERIVED_LENGTH, Redactor, secret_forms
+from vault.redact import (
+    MIN_DERIVED_LENGTH,
+    Redactor,
+    _Segments,
+    _variant_table,
+    fold,
+    secret_forms,
+)
 
 KEY = b"sk-proj-Tm9+bGVh/a2VyX2tleV9mb3JfdGVzdHM="
 
@@ -355,3 +364,131 @@ def test_property_escapes_cut_anywhere_stream_equals_one_shot(text: str, cuts: l
     # changes fall across chunk boundaries in every way.
     r = Redactor({"A": "abab-abab", "B": "Ab\\u0061b aaaa"})
     assert stream_redact(r, chunks(text, cuts)) == r.redact(text)[0]
+
+
+# ------------------------------------------------------------ folding, fast
+
+
+def _reference_fold(text: str) -> tuple[str, list[int], list[int]]:
+    r"""Fold one character at a time: the folded text and each character's original span."""
+    escape = re.compile(r"\\u[0-9a-fA-F]{4}")
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    i = 0
+    while i < len(text):
+        if escape.match(text, i):
+            ch, width = chr(int(text[i + 2 : i + 6], 16)), 6
+        elif text[i].isspace():
+            i += 1
+            continue
+        else:
+            ch, width = text[i], 1
+        low = ch.lower()
+        out.append(low if len(low) == 1 else ch)
+        starts.append(i)
+        ends.append(i + width)
+        i += width
+    return "".join(out), starts, ends
+
+
+fold_alphabet = st.sampled_from(
+    ["a", "B", " ", "\n", "\t", "\u3000", "\u03a3", "\u0130", "\u00c9", "-", "\\", "u", "0", "F",
+     "\\u0041", "\\u03A3", "\\u0130", "\\u0020", "\\u00"]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("block", [5, 64, 2048])
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(fold_alphabet, max_size=80))
+def test_property_fold_equals_folding_one_character_at_a_time(block: int, parts: list[str]) -> None:
+    # Small blocks put block edges everywhere (never inside an escape).
+    text = "".join(parts)
+    folded, starts, ends = _reference_fold(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("vault.redact._BLOCK", block)
+        view = fold(text)
+        assert view.text == folded
+        for j in range(len(folded)):
+            assert view.origin(j) == starts[j]
+            assert view.span(j, len(folded)) == (starts[j], ends[-1])
+            assert view.span(0, j + 1) == (starts[0], ends[j])
+        assert view.origin(len(folded)) == len(text)
+        for limit in range(len(text) + 1):
+            assert view.count_before(limit) == sum(1 for s in starts if s < limit)
+
+
+def test_whitespace_above_u3000_does_not_exist() -> None:
+    # fold deletes the str.isspace() characters up to U+3000 only.
+    assert not [c for c in range(0x3001, sys.maxunicode + 1) if chr(c).isspace()]
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.one_of(secrets_st, text_secrets_st))
+def test_property_every_variant_pattern_holds_a_probe(value: bytes | str) -> None:
+    # A text where no probe occurs skips the automaton: sound only if so.
+    patterns, probes = _variant_table(value)
+    assert patterns
+    assert all(any(p in pattern for p in probes) for pattern in patterns)
+
+
+class _CountingSegments(_Segments):
+    built = 0
+
+    def __init__(self, text: str) -> None:
+        type(self).built += 1
+        super().__init__(text)
+
+
+def test_text_without_a_secret_never_builds_the_position_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("vault.redact._Segments", _CountingSegments)
+    r = Redactor({"K": TEXT_KEY, "P": "correct horse battery staple"})
+    prose = "The key is stored in the vault;\n the agent sees only a handle. \\u0041 " * 2000
+    # No probe occurs in it: nothing to check.
+    assert r._automaton is None and r._variant_spans(fold(prose).text) == []
+    assert r.redact(prose) == (prose, [])
+    assert r.scan(prose) == []
+    stream = r.stream()
+    for i in range(0, len(prose), 4096):
+        stream.feed(prose[i : i + 4096])
+    stream.finish()
+    # The stream maps only the tail it holds back, never what it scanned.
+    streamed = _CountingSegments.built
+    assert streamed <= len(prose) // 4096 + 2
+    _CountingSegments.built = 0
+    r.redact(prose)
+    assert _CountingSegments.built == 0
+    # A secret in it does build the map, where the secret is.
+    assert r.redact(prose + TEXT_KEY.upper())[0].endswith("[REDACTED:K]")
+    assert 1 <= _CountingSegments.built <= 2
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=text_secrets_st,
+    kinds=st.lists(variant_st, min_size=0, max_size=3),
+    filler=st.lists(filler_st, min_size=4, max_size=4),
+    cut=st.integers(min_value=0, max_value=40),
+)
+def test_property_probes_find_what_the_automaton_finds(
+    value: str, kinds: list[str], filler: list[str], cut: int
+) -> None:
+    # Few secrets are matched through probes, many through one automaton of
+    # every pattern: the same spans either way.
+    variants = _variants(TEXT_KEY)
+    text = (
+        filler[0]
+        + "".join(variants[k] + f for k, f in zip(kinds, filler[1:], strict=False))
+        + value[cut:]
+        + filler[-1]
+        + value.upper()[: len(value) - cut]
+    )
+    table = {"K": TEXT_KEY, "V": value}
+    probed = Redactor(table)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("vault.redact._MAX_PROBES", 0)
+        automaton = Redactor(table)
+    assert probed._automaton is None and automaton._automaton is not None
+    assert probed.redact(text) == automaton.redact(text)

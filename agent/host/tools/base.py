@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,14 +20,24 @@ from agent.host.ports import BrokerPort, MemoryPort
 from agent.host.sandbox import Limits, Sandbox
 from agent.host.tools.paths import Workspace
 
+if TYPE_CHECKING:
+    from agent.host.egress.proxy import EgressProxy
+
 #: What a call does, for the policy defaults: reads are allowed inside the
-#: workspace, everything else asks unless a rule decides.
-Effect = Literal["read", "write", "execute", "network", "memory_read", "memory_write", "final"]
+#: workspace, everything else asks unless a rule decides. ``egress`` is a
+#: request a sandboxed command sends through the egress proxy (the ``net``
+#: rule kind); unlike ``network`` it asks in a tainted context only when it
+#: carries a capability.
+Effect = Literal[
+    "read", "write", "execute", "network", "egress", "memory_read", "memory_write", "final"
+]
 
 #: How a rule's pattern matches the tool's main argument: a workspace path glob
 #: (``src/**``), a shell command (split on separators, prefix matches), an
-#: HTTP host (``domain:*.example.com``), or a plain glob (memory topics).
-PatternKind = Literal["path", "command", "domain", "glob"]
+#: HTTP host (``domain:*.example.com``), a proxied request (``host[, METHOD...]``
+#: over the ``host`` argument and the call's ``method``), or a plain glob
+#: (memory topics).
+PatternKind = Literal["path", "command", "domain", "request", "glob"]
 
 #: How large a tool result may be before it is cut (bytes of UTF-8).
 DEFAULT_OUTPUT_BYTES = 32 * 1024
@@ -88,6 +98,8 @@ class ToolContext:
             read many files (``search_files``) skip the others, so a deny rule
             on ``read_file`` cannot be dodged by searching
             (:meth:`agent.host.policy.PolicyEngine.read_filter`).
+        egress: The session's egress proxy: a sandboxed ``shell`` command
+            reaches the network only through it; ``None``: no network.
         now: The clock (a parameter so tests can fix time).
     """
 
@@ -104,6 +116,7 @@ class ToolContext:
     tainted: bool = False
     memory_source: Callable[[], Any] | None = None
     may_read: Callable[[str], bool] | None = None
+    egress: EgressProxy | None = None
     now: Callable[[], datetime] = _utc_now
 
     def files(self) -> Workspace:

@@ -6,6 +6,10 @@ pattern kind, capability argument) plus one line in :data:`ALL_TOOLS` below.
 The grammar, the prompt, the policy, the permission prompt, the host's
 defaults and the settings screen all read the tool from here; a tool from
 elsewhere (a test) joins through :func:`register`.
+
+:data:`RULE_KINDS` holds what rules name but the model never calls: ``net``,
+the egress proxy's requests (:mod:`agent.host.tools.net`). The policy reads
+them through :func:`rule_spec` like any tool.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from agent.host.tools import (
     forget,
     http_request,
     list_dir,
+    net,
     read_file,
     recall,
     remember,
@@ -50,6 +55,20 @@ ALL_TOOLS: dict[str, ToolSpec] = {
 }
 
 
+RULE_KINDS: dict[str, ToolSpec] = {net.TOOL.name: net.TOOL}
+"""Specs the policy decides by but the host never offers nor runs as a tool."""
+
+
+def rule_spec(name: str) -> ToolSpec | None:
+    """The spec rules for ``name`` are read from: a tool or a :data:`RULE_KINDS` entry."""
+    return ALL_TOOLS.get(name) or RULE_KINDS.get(name)
+
+
+def rule_names() -> tuple[str, ...]:
+    """What a rule may name (the settings screen lists it): the default tools, the rule kinds."""
+    return (*default_tools(), *RULE_KINDS)
+
+
 def register(spec: ToolSpec) -> ToolSpec:
     """Add ``spec`` to :data:`ALL_TOOLS` (the path a tool from outside this package takes).
 
@@ -59,7 +78,7 @@ def register(spec: ToolSpec) -> ToolSpec:
     Raises:
         ValueError: A tool of that name is already registered.
     """
-    if spec.name in ALL_TOOLS:
+    if spec.name in ALL_TOOLS or spec.name in RULE_KINDS:
         raise ValueError(f"a tool named {spec.name!r} is already registered")
     ALL_TOOLS[spec.name] = spec
     return spec

@@ -66,7 +66,9 @@ def run(args: Args, ctx: ToolContext) -> ToolOutput:
     if sandbox is None:
         raise ToolError("no shell is configured for this errand")
     if sandbox.available:
-        result = sandbox.run_shell(args.command, ctx.workspace, limits, hide=ctx.hidden_paths)
+        result = sandbox.run_shell(
+            args.command, ctx.workspace, limits, hide=ctx.hidden_paths, egress=ctx.egress
+        )
     elif ctx.unsandboxed_approved:
         result = run_unsandboxed(args.command, ctx.workspace, limits)
     else:

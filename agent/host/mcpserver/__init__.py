@@ -1,0 +1,1 @@
+"""Model Context Protocol tool servers: configured, sandboxed, pinned, and offered as tools."""

@@ -1,0 +1,1 @@
+"""MCP servers written with the SDK, started by the tests in their sandboxes."""
