@@ -142,7 +142,34 @@ class SinkCache:
             n_evicted=self.n_evicted,
             n_shifts=self.n_shifts,
             shift_supported=self.shift_supported,
+            n_pinned=self._n_pinned(),
+            n_pinned_cached=self._n_pinned_cached(),
         )
+
+    def _pins_beyond_sinks(self) -> bool:
+        return self._pin_prefix > self.n_sink or self._pin_span is not None
+
+    def _n_pinned(self) -> int:
+        """Pinned tokens of the history so far (the prefix and the span, as far as fed)."""
+        if self._kept is None or not self._pins_beyond_sinks():
+            return 0
+        prefix, span = self._pin_prefix, self._pin_span
+        n = len(self.history)
+        pinned = min(prefix, n)
+        if span is not None:
+            pinned += max(0, min(span[1], n) - span[0])
+        return pinned
+
+    def _n_pinned_cached(self) -> int:
+        """How many of the pinned tokens the cache holds (from its position bookkeeping)."""
+        kept = self._kept
+        if kept is None or not self._pins_beyond_sinks():
+            return 0
+        held = self._protected()
+        span = self._pin_span
+        if span is not None:
+            held += bisect.bisect_left(kept, span[1]) - bisect.bisect_left(kept, span[0])
+        return held
 
     def seq_pos_max(self) -> int:
         """The largest position llama.cpp holds for sequence 0 (-1 when empty)."""

@@ -249,6 +249,9 @@ def assert_pinned(rt: Runtime, prefix: int, span: tuple[int, int]) -> None:
     ids = list(rt.llama.input_ids[: cache.n_cached])
     assert ids == [cache.history[i] for i in kept]
     assert cache.seq_pos_max() == cache.n_cached - 1
+    # What the agent process reports to the host says the same.
+    state = rt.context_state()
+    assert state.n_pinned == state.n_pinned_cached == prefix + span[1] - span[0]
 
 
 @pytest.mark.parametrize("can_shift", [True, False])
@@ -281,6 +284,7 @@ def test_pinned_instructions_and_task_survive_output_far_past_n_ctx(
         rt.reset()
         list(rt.stream_chat(messages, max_tokens=1))
         assert rt.cache.kept[: rt.cache.n_sink + 1] != list(range(rt.cache.n_sink + 1))
+        assert rt.context_state().n_pinned == 0
 
 
 def test_pins_too_large_for_the_window_are_cut(shifting: Runtime) -> None:
@@ -362,3 +366,20 @@ def test_a_pinned_feed_past_a_full_window_skips_too(model_path: Path) -> None:
         # The task span is where the task message renders.
         task = rt.render(long_tail[:4])
         assert rt.cache.history[span[0] : span[1]] == task[span[0] : span[1]]
+
+
+def test_the_state_reports_pinned_tokens_the_cache_no_longer_holds(shifting: Runtime) -> None:
+    shifting.reset()
+    # Only the sinks pinned: the tokens after them go first.
+    generate(shifting, STORY, 2 * N_CTX, ignore_eos=True)
+    cache = shifting.cache
+    assert cache.n_evicted > 10
+    cache.pin(cache.n_sink + 10)
+    try:
+        state = shifting.context_state()
+        assert state.n_pinned == cache.n_sink + 10
+        assert state.n_pinned_cached == cache.n_sink
+    finally:
+        cache.pin(cache.n_sink)
+    assert shifting.context_state().n_pinned == 0
+    assert_consistent(shifting)
