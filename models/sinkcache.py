@@ -30,7 +30,10 @@ holds ``history[i] for i in kept`` (:attr:`SinkCache.kept`, ascending).
 after it (the current task) are never evicted; the oldest tokens outside them
 go first. The sinks are the first tokens of the pinned prefix. Pinned caches
 track positions like a policy does (:attr:`SinkCache.kept`), and a model that
-cannot shift re-prefills the pinned tokens plus the window.
+cannot shift re-prefills the pinned tokens plus the window. A prompt longer
+than the window costs about what it costs unpinned: only the pinned tokens
+and the last window of the rest are evaluated, the others are skipped as
+evicted.
 """
 
 from __future__ import annotations
