@@ -29,6 +29,7 @@ reported. The run fails (exit status 1) when the pins are not intact or the
 output was under 10x n_ctx.
 
     .venv/bin/python bench/bench_conversation.py [--n-ctx 1024] [--json out.json]
+    .venv/bin/python bench/bench_conversation.py --prefill --n-ctx 512
 
 A fresh cache evaluates at most about n_ctx tokens of a long prompt (the pins
 and the last window), and the next errand of a conversation evaluates what is
@@ -238,6 +239,47 @@ def run_tool_output(n_ctx: int, multiple: int, threads: int, workspace: Path) ->
     }
 
 
+def pinned_prefill(n_ctx: int, threads: int, prompt_x: int = 4) -> list[dict[str, Any]]:
+    """A long prompt prefilled with and without pins, shifting and not (in process).
+
+    What a pinned prefill costs against an unpinned one: the tokens the cache
+    evaluated (``n_prompt_tokens``), its shifts and re-prefills, and the time.
+    """
+    from models.interface import Finished
+    from models.runtime import Runtime, RuntimeConfig
+
+    words = "file contents and more words here " * (prompt_x * n_ctx // 6)
+    messages = [
+        Message(role="system", content="You are a careful assistant. Follow the task. " * 5),
+        Message(role="user", content="Count the words in the file."),
+        Message(role="user", content=words),
+    ]
+    rows = []
+    config = RuntimeConfig(model_path=embedded_default().path, n_ctx=n_ctx, n_threads=threads)
+    for can_shift in (True, False):
+        with Runtime(config, can_shift=can_shift) as rt:
+            for pinned in (False, True):
+                rt.reset()
+                rt.pin_messages(1, 1) if pinned else rt.pin_messages(0)
+                t0 = time.perf_counter()
+                events = list(rt.stream_chat(messages, max_tokens=1))
+                final = events[-1]
+                assert isinstance(final, Finished)
+                rows.append(
+                    {
+                        "can_shift": can_shift,
+                        "pinned": pinned,
+                        "prompt_tokens": len(rt.render(messages)),
+                        "evaluated_tokens": final.stats.n_prompt_tokens,
+                        "shifts": rt.cache.n_shifts,
+                        "reprefills": rt.cache.n_reprefills,
+                        "s": round(time.perf_counter() - t0, 2),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def _brief(row: dict[str, Any]) -> dict[str, Any]:
     """A row without the per-step cache states, for the progress lines."""
     return {
@@ -259,7 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tool-multiple", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--prefill",
+        action="store_true",
+        help="only the pinned vs unpinned prefill of a 4 x n_ctx prompt (in process)",
+    )
     args = parser.parse_args(argv)
+    if args.prefill:
+        table = pinned_prefill(args.n_ctx, args.threads)
+        if args.json:
+            args.json.write_text(json.dumps(table, indent=2))
+        return 0
     multiples = [int(x) for x in args.multiples.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
