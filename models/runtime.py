@@ -290,6 +290,7 @@ class Runtime:
             raise
         self._vocab = llm._model.vocab
         self._pin_messages: tuple[int, int | None] | None = None
+        self._pin_renders: dict[int, tuple[list[Message], list[int]]] = {}
         # Replies as sampled, to splice back over their re-tokenized text.
         self._replies: list[_Reply] = []
         self._eog_ids: list[int] | None = None
@@ -362,23 +363,27 @@ class Runtime:
             return None
         prefix, task = self._pin_messages
 
+        used: dict[int, tuple[list[Message], list[int]]] = {}
+
         def end_of(n: int) -> int:
             # Where the first n messages end: the common prefix of their
             # rendering (which ends with a generation prompt) and the whole one.
+            # The renderings are kept while those messages stay the same (every
+            # step of an errand): rendering a long conversation is not free.
             if n >= len(messages):
                 return len(prompt)
-            part = self.render(messages[:n])
-            i = 0
-            for a, b in zip(part, prompt, strict=False):
-                if a != b:
-                    break
-                i += 1
-            return i
+            head = list(messages[:n])
+            cached = self._pin_renders.get(n)
+            part = cached[1] if cached is not None and cached[0] == head else self.render(head)
+            used[n] = (head, part)
+            return _common_prefix(part, prompt)
 
         span = None
         if task is not None and prefix <= task < len(messages):
             span = (end_of(task), end_of(task + 1))
-        return end_of(min(prefix, len(messages))), span
+        pins = end_of(min(prefix, len(messages))), span
+        self._pin_renders = used
+        return pins
 
     def stream_chat(
         self,
@@ -675,6 +680,21 @@ class Runtime:
                 sampler.close()
                 if self._closed:
                     self._free()
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two token lists (compared in slices, not one by one)."""
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # the answer lies in [lo, hi]
+    if a[:n] == b[:n]:
+        return n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 @dataclass(frozen=True)

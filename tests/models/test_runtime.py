@@ -304,3 +304,29 @@ def test_a_changed_reply_is_evaluated_again(runtime: Runtime) -> None:
     assert isinstance(second, Finished)
     assert runtime.cache.history[: len(prompt)] == prompt
     assert second.stats.n_prompt_tokens > len(prompt) - len(runtime.render(messages)) - 2
+
+
+def test_the_pinned_task_moves_with_a_changed_earlier_message(runtime: Runtime) -> None:
+    """The pins' renderings are reused between steps, never once a message before them changed."""
+    runtime.reset()
+    messages = [
+        Message(role="system", content="You are a careful assistant."),
+        Message(role="user", content="An earlier question."),
+        Message(role="assistant", content="An earlier answer."),
+        Message(role="user", content="Count the words in the file."),
+        Message(role="user", content="file contents"),
+    ]
+    runtime.pin_messages(1, 3)
+    try:
+        for earlier in ("An earlier answer.", "A much longer earlier answer, " * 6):
+            changed = [*messages[:2], Message(role="assistant", content=earlier), *messages[3:]]
+            list(runtime.stream_chat(changed, max_tokens=1))
+            prefix, span = runtime.cache.pinned
+            assert span is not None
+            history = runtime.cache.history
+            assert history[span[0] : span[1]] == runtime.render(changed[:4])[span[0] : span[1]]
+            task = runtime.llama.detokenize(history[span[0] : span[1]]).decode()
+            assert "Count the words in the file." in task
+            assert "earlier" not in task
+    finally:
+        runtime.pin_messages(0)
