@@ -122,6 +122,13 @@ class Task(_Msg):
     )
     tools: list[ToolOffer] = Field(description="The tools the model may call.")
     limits: ErrandLimits = Field(default_factory=ErrandLimits)
+    conversation: str = Field(
+        default="",
+        max_length=64,
+        description="The session's conversation id: a task with the id of the previous "
+        "one continues its conversation (and the model's cache); empty or another id "
+        "starts afresh from ``history``.",
+    )
 
 
 class ToolResult(_Msg):

@@ -830,15 +830,15 @@ def seed_history(host: Any, turns: Sequence[tuple[str, str]]) -> None:
 
     The host keeps the turns it ran itself; a session continued in a fresh
     process (after a restart, ``keyless run --session``) gets them from the
-    store. This sets the host's history attribute, which its ``_task`` sends
-    (the latest pairs within its budget) with the next task.
+    store. The host's next errand starts a new conversation in the agent
+    process, seeded with the latest of these turns.
     """
     from models.interface import Message
 
     history: list[Any] = []
     for task, answer in turns:
         history += [Message(role="user", content=task), Message(role="assistant", content=answer)]
-    host._history = history  # noqa: SLF001  # the host has no public setter yet
+    host.replace_history(history)
 
 
 def run_recorded(

@@ -84,6 +84,19 @@ class ContextState(BaseModel):
         description="False when the model cannot shift positions in place and overflow "
         "falls back to re-prefilling sinks plus the recent window."
     )
+    n_pinned: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens the cache must never evict: the pinned "
+        "prefix (sinks and instructions) plus the current task's span; 0 when only the "
+        "sinks are kept.",
+    )
+    n_pinned_cached: int = Field(
+        default=0,
+        ge=0,
+        description="How many of the pinned tokens the cache holds, in place; equal to "
+        "n_pinned while the pins are intact.",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -183,6 +196,15 @@ class ChatModel(Protocol):
 
     def close(self) -> None:
         """Release the model. Safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class PinnableModel(Protocol):
+    """A model whose KV cache can keep chosen messages from being evicted."""
+
+    def pin_messages(self, prefix: int, task: int | None = None) -> None:
+        """Never evict the first ``prefix`` messages nor message ``task`` of later prompts."""
         ...
 
 

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -294,6 +295,10 @@ class Runtime:
             llm.close()
             raise
         self._vocab = llm._model.vocab
+        self._pin_messages: tuple[int, int | None] | None = None
+        self._pin_renders: dict[int, tuple[list[Message], list[int]]] = {}
+        # Replies as sampled, to splice back over their re-tokenized text.
+        self._replies: list[_Reply] = []
         self._eog_ids: list[int] | None = None
         self._pieces: dict[int, bytes] = {}
         self._info = ModelInfo(
@@ -349,6 +354,45 @@ class Runtime:
         )
         return tokens
 
+    def pin_messages(self, prefix: int, task: int | None = None) -> None:
+        """Pin the first ``prefix`` messages and message ``task`` of later prompts.
+
+        Their tokens are never evicted from the KV cache (see
+        :meth:`models.sinkcache.SinkCache.pin`); it applies to every later
+        :meth:`stream_chat` until called again (``prefix=0``: only the sinks).
+        """
+        self._pin_messages = (prefix, task) if prefix > 0 else None
+
+    def _pins(
+        self, messages: Sequence[Message], prompt: Sequence[int]
+    ) -> tuple[int, tuple[int, int] | None] | None:
+        """Token indices of the pinned messages in ``prompt`` (see :meth:`pin_messages`)."""
+        if self._pin_messages is None:
+            return None
+        prefix, task = self._pin_messages
+
+        used: dict[int, tuple[list[Message], list[int]]] = {}
+
+        def end_of(n: int) -> int:
+            # Where the first n messages end: the common prefix of their
+            # rendering (which ends with a generation prompt) and the whole one.
+            # The renderings are kept while those messages stay the same (every
+            # step of an errand): rendering a long conversation is not free.
+            if n >= len(messages):
+                return len(prompt)
+            head = list(messages[:n])
+            cached = self._pin_renders.get(n)
+            part = cached[1] if cached is not None and cached[0] == head else self.render(head)
+            used[n] = (head, part)
+            return _common_prefix(part, prompt)
+
+        span = None
+        if task is not None and prefix <= task < len(messages):
+            span = (end_of(task), end_of(task + 1))
+        pins = end_of(min(prefix, len(messages))), span
+        self._pin_renders = used
+        return pins
+
     def stream_chat(
         self,
         messages: Sequence[Message],
@@ -363,14 +407,61 @@ class Runtime:
         if not messages:
             raise GenerationError("cannot generate from an empty conversation")
         prompt = self.render(messages)
-        return self.stream_tokens(
-            prompt,
-            max_tokens=max_tokens,
-            json_schema=json_schema,
-            temperature=temperature,
-            ignore_eos=ignore_eos,
-            cancel=cancel,
-        )
+        pins = self._pins(messages, prompt)
+        prompt, where = self._as_sampled(prompt)
+        if pins is not None:
+            span = None if pins[1] is None else (where(pins[1][0]), where(pins[1][1]))
+            pins = (where(pins[0]), span)
+        if max_tokens < 0:
+            raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
+        sampler = self._make_sampler(json_schema, temperature, ignore_eos and json_schema is None)
+        return self._generate(prompt, max_tokens, sampler, cancel, pins, keep_reply=True)
+
+    def _as_sampled(self, prompt: list[int]) -> tuple[list[int], Callable[[int], int]]:
+        """Put earlier replies' sampled tokens back over their re-tokenized text.
+
+        Sampling (a grammar above all) often picks other tokens than
+        tokenizing the same text does (``"t","ool"`` for ``"tool"``), so a
+        rendered conversation would part from the KV cache at the first
+        earlier reply and evaluate everything after it again. The text is the
+        same, so the sampled tokens stand in for it wherever the rendered
+        prompt holds exactly the re-tokenized reply at the place it was
+        generated. Replies that no longer line up are forgotten.
+
+        Returns:
+            The prompt, and a map from indices of the rendered prompt to
+            indices of the returned one (for the pins).
+        """
+        out: list[int] = []
+        src = 0
+        moves: list[tuple[int, int, int]] = []  # (rendered start, rendered end, new end)
+        kept: list[_Reply] = []
+        for reply in self._replies:
+            gap = reply.start - len(out)
+            end = src + gap + len(reply.retokenized)
+            if gap < 0 or prompt[src + gap : end] != reply.retokenized:
+                break
+            out += prompt[src : src + gap]
+            out += reply.sampled
+            moves.append((src + gap, end, len(out)))
+            src = end
+            kept.append(reply)
+        self._replies = kept
+        if not moves:
+            return prompt, lambda i: i
+        out += prompt[src:]
+
+        def where(i: int) -> int:
+            shift = 0
+            for start, end, new_end in moves:
+                if i <= start:
+                    break
+                if i < end:
+                    return new_end
+                shift = new_end - end
+            return i + shift
+
+        return out, where
 
     def stream_tokens(
         self,
@@ -408,6 +499,7 @@ class Runtime:
         self._require_open()
         with self._busy():
             self._cache.clear()
+            self._replies = []
 
     def close(self) -> None:
         """Free the model and its context. Safe to call twice.
@@ -515,8 +607,31 @@ class Runtime:
             self._eog_ids = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
         return self._eog_ids
 
+    def _keep_reply(self, start: int, sampled: list[int]) -> None:
+        """Remember a reply's sampled tokens (see :meth:`_as_sampled`).
+
+        Trailing whitespace is left out: a caller that strips the reply
+        renders it without. A reply the tokenizer already renders the same
+        way, or one starting with whitespace, needs nothing.
+        """
+        while sampled and not self._piece(sampled[-1]).strip():
+            sampled = sampled[:-1]
+        if not sampled or not self._piece(sampled[0]).strip():
+            return
+        text = b"".join(self._piece(t) for t in sampled)
+        retokenized = self.llama.tokenize(text, add_bos=False, special=False)
+        if retokenized != sampled:
+            self._replies.append(_Reply(start, sampled, retokenized))
+
     def _generate(
-        self, prompt: list[int], max_tokens: int, sampler: Any, cancel: CancelToken | None
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        sampler: Any,
+        cancel: CancelToken | None,
+        pins: tuple[int, tuple[int, int] | None] | None = None,
+        *,
+        keep_reply: bool = False,
     ) -> Iterator[StreamEvent]:
         import llama_cpp
 
@@ -530,12 +645,17 @@ class Runtime:
                 def cancelled() -> bool:
                     return self._closed or (cancel is not None and cancel.cancelled)
 
+                if pins is not None:
+                    cache.pin(*pins)
+                elif cache.pinned != (cache.n_sink, None):
+                    cache.pin(cache.n_sink)
                 reused = cache.reuse_prefix(prompt)
                 fed = cache.feed(prompt[reused:], should_stop=cancelled)
                 run.n_prompt = cache.n_evaluated - run.evaluated0
                 run.t_prefill = time.perf_counter()
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 pieces: list[str] = []
+                sampled: list[int] = []
                 stop: StopReason = "max_tokens" if fed else "cancelled"
                 while fed and run.n_gen < max_tokens:
                     if cancelled():
@@ -548,6 +668,7 @@ class Runtime:
                         stop = "eos"
                         break
                     run.n_gen += 1
+                    sampled.append(token)
                     text = decoder.decode(self._piece(token))
                     if text:
                         pieces.append(text)
@@ -560,11 +681,37 @@ class Runtime:
                 if tail:
                     pieces.append(tail)
                     yield Token(text=tail)
+                if keep_reply and stop != "cancelled":
+                    self._keep_reply(len(prompt), sampled)
                 yield Finished(text="".join(pieces), stats=run.stats(cache, stop))
             finally:
                 sampler.close()
                 if self._closed:
                     self._free()
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two token lists (compared in slices, not one by one)."""
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # the answer lies in [lo, hi]
+    if a[:n] == b[:n]:
+        return n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A reply as sampled: where its tokens start in the history, and its text re-tokenized."""
+
+    start: int
+    sampled: list[int]
+    retokenized: list[int]
 
 
 class _RunStats:

@@ -24,6 +24,16 @@ picks which positions after the sinks to evict, not necessarily the oldest:
 each run of chosen positions is removed with ``seq_rm`` and everything after
 it moved down with ``seq_add``, so positions stay contiguous; the cache then
 holds ``history[i] for i in kept`` (:attr:`SinkCache.kept`, ascending).
+
+:meth:`SinkCache.pin` protects more than the sinks, like llama.cpp's
+``--keep N``: a prefix of the history (the agent's instructions) and one span
+after it (the current task) are never evicted; the oldest tokens outside them
+go first. The sinks are the first tokens of the pinned prefix. Pinned caches
+track positions like a policy does (:attr:`SinkCache.kept`), and a model that
+cannot shift re-prefills the pinned tokens plus the window. A prompt longer
+than the window costs about what it costs unpinned: only the pinned tokens
+and the last window of the rest are evaluated, the others are skipped as
+evicted.
 """
 
 from __future__ import annotations
@@ -109,6 +119,9 @@ class SinkCache:
         # end of the region where tokens were evicted.
         self._kept: list[int] | None = None if policy is None else []
         self._evicted_end = 0
+        # History indices never evicted: [0, _pin_prefix) and the span.
+        self._pin_prefix = n_sink
+        self._pin_span: tuple[int, int] | None = None
 
     # -- what the cache holds -------------------------------------------------
 
@@ -132,7 +145,34 @@ class SinkCache:
             n_evicted=self.n_evicted,
             n_shifts=self.n_shifts,
             shift_supported=self.shift_supported,
+            n_pinned=self._n_pinned(),
+            n_pinned_cached=self._n_pinned_cached(),
         )
+
+    def _pins_beyond_sinks(self) -> bool:
+        return self._pin_prefix > self.n_sink or self._pin_span is not None
+
+    def _n_pinned(self) -> int:
+        """Pinned tokens of the history so far (the prefix and the span, as far as fed)."""
+        if self._kept is None or not self._pins_beyond_sinks():
+            return 0
+        prefix, span = self._pin_prefix, self._pin_span
+        n = len(self.history)
+        pinned = min(prefix, n)
+        if span is not None:
+            pinned += max(0, min(span[1], n) - span[0])
+        return pinned
+
+    def _n_pinned_cached(self) -> int:
+        """How many of the pinned tokens the cache holds (from its position bookkeeping)."""
+        kept = self._kept
+        if kept is None or not self._pins_beyond_sinks():
+            return 0
+        held = self._protected()
+        span = self._pin_span
+        if span is not None:
+            held += bisect.bisect_left(kept, span[1]) - bisect.bisect_left(kept, span[0])
+        return held
 
     def seq_pos_max(self) -> int:
         """The largest position llama.cpp holds for sequence 0 (-1 when empty)."""
@@ -164,6 +204,40 @@ class SinkCache:
         sinks = min(self.n_sink, n)
         start = sinks + self.n_evicted
         return list(range(sinks)) + list(range(start, start + n - sinks))
+
+    @property
+    def pinned(self) -> tuple[int, tuple[int, int] | None]:
+        """The pinned prefix length and span (history indices), as :meth:`pin` left them."""
+        return self._pin_prefix, self._pin_span
+
+    def pin(self, prefix: int, span: tuple[int, int] | None = None) -> int:
+        """Never evict ``history[:prefix]`` nor ``history[span[0]:span[1]]``.
+
+        The indices are those of the next prompt (as :meth:`reuse_prefix` and
+        :meth:`feed` will lay it out). Pins too large to leave the rolling
+        window two eviction chunks are cut: the span goes first, then the
+        prefix is shortened, never below the sinks.
+
+        Returns:
+            How many tokens are pinned.
+        """
+        allowed = max(self.n_sink, self.n_ctx - 2 * self.evict_chunk)
+        prefix = max(prefix, self.n_sink)
+        if span is not None and (span[1] <= span[0] or span[0] < prefix):
+            span = None
+        if span is not None and prefix + span[1] - span[0] > allowed:
+            span = None
+        prefix = min(prefix, allowed)
+        if self._kept is None and (prefix > self.n_sink or span is not None):
+            # Pinned eviction is not one run after the sinks: track positions.
+            if self.n_evicted:
+                self._evicted_end = max(self._evicted_end, self.n_sink + self.n_evicted)
+            self._kept = self.kept
+        elif self._kept is not None and self.policy is None and span is None:
+            if prefix <= self.n_sink and self._contiguous():
+                self._kept = None  # back to the lean StreamingLLM bookkeeping
+        self._pin_prefix, self._pin_span = prefix, span
+        return prefix + (span[1] - span[0] if span is not None else 0)
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Keep the part of the cache that ``tokens`` starts with.
@@ -251,14 +325,22 @@ class SinkCache:
             self._eval(rest[:need_sinks])
             rest = rest[need_sinks:]
         keep = self.n_ctx - self.n_sink - self.evict_chunk
-        if len(rest) > keep:
+        unpinned = self._pin_prefix <= self.n_sink and self._pin_span is None
+        if len(rest) > keep and unpinned:
             skip = len(rest) - keep
             self._drop_window()
-            self.history.extend(rest[:skip])
-            self._evicted_end = len(self.history)
-            self.n_evicted += skip
-            self.total_evicted += skip
+            self._skip(rest[:skip])
             rest = rest[skip:]
+        elif not unpinned and self.policy is None:
+            runs = self._pinned_plan(len(rest))
+            if runs is not None:
+                return self._feed_runs(rest, runs, n_batch, should_stop)
+        return self._feed_all(rest, n_batch, should_stop)
+
+    def _feed_all(
+        self, rest: list[int], n_batch: int, should_stop: Callable[[], bool] | None
+    ) -> bool:
+        """Evaluate every token of ``rest``, evicting a chunk whenever the cache is full."""
         while rest:
             if should_stop is not None and should_stop():
                 return False
@@ -269,9 +351,37 @@ class SinkCache:
             rest = rest[len(piece) :]
         return True
 
+    def _feed_runs(
+        self,
+        rest: list[int],
+        runs: list[tuple[int, int]],
+        n_batch: int,
+        should_stop: Callable[[], bool] | None,
+    ) -> bool:
+        """Evaluate the history index ``runs`` of ``rest``; skip (evict unseen) the others.
+
+        Every unpinned token in the cache goes first: the new tokens push all
+        of them out anyway.
+        """
+        self._drop_unpinned()
+        base = len(self.history)
+        done = base
+        for start, end in runs:
+            if start > done:
+                self._skip(rest[done - base : start - base])
+            if not self._feed_all(rest[start - base : end - base], n_batch, should_stop):
+                return False
+            done = end
+        if done < base + len(rest):
+            self._skip(rest[done - base :])
+        return True
+
     def make_room(self) -> None:
         """Evict one chunk after the sinks (shift, or re-prefill as fallback)."""
-        k = min(self.evict_chunk, self.n_cached - self.n_sink)
+        if self._kept is not None and self.policy is None:
+            self._evict_chosen(min(self.evict_chunk, len(self._unpinned())))
+            return
+        k = min(self.evict_chunk, self.n_cached - self._protected())
         if k <= 0:
             raise GenerationError("the KV cache is full of sink tokens; nothing can be evicted")
         if self.policy is not None:
@@ -338,6 +448,76 @@ class SinkCache:
         self._llm.n_tokens = n - k
         self._count(k, reprefill=False)
 
+    def _skip(self, piece: list[int]) -> None:
+        """Record ``piece`` in the history as evicted without evaluating it."""
+        self.history.extend(piece)
+        self._evicted_end = max(self._evicted_end, len(self.history))
+        self.n_evicted += len(piece)
+        self.total_evicted += len(piece)
+
+    def _pinned_plan(self, n_new: int) -> list[tuple[int, int]] | None:
+        """Which of the next ``n_new`` history indices a pinned feed must evaluate.
+
+        The pinned prefix and span among them, and the last window of the
+        unpinned ones: everything else would be evicted (oldest unpinned
+        first) before this feed ends. Returns ascending ``[start, end)`` runs,
+        or None when every new token fits and must be evaluated.
+        """
+        assert self._kept is not None
+        base = len(self.history)
+        end = base + n_new
+        prefix, span = self._pin_prefix, self._pin_span
+        pinned_new: list[tuple[int, int]] = []
+        if base < prefix:
+            pinned_new.append((base, min(prefix, end)))
+        cached_span = 0
+        if span is not None:
+            lo, hi = max(span[0], base), min(span[1], end)
+            if lo < hi:
+                pinned_new.append((lo, hi))
+            cached_span = bisect.bisect_left(self._kept, span[1]) - bisect.bisect_left(
+                self._kept, span[0]
+            )
+        n_pinned_new = sum(b - a for a, b in pinned_new)
+        n_pinned = self._protected() + cached_span + n_pinned_new
+        keep = self.n_ctx - n_pinned - self.evict_chunk
+        if n_new - n_pinned_new <= keep:
+            return None
+        # Walk back from the end over ``keep`` unpinned indices, stepping over pins.
+        tail, need = end, keep
+        for a, b in reversed(pinned_new):  # disjoint and ascending
+            if tail - b >= need:
+                break
+            need -= tail - b
+            tail = a
+        tail -= need
+        runs = sorted([*pinned_new, (tail, end)])
+        merged: list[tuple[int, int]] = []
+        for a, b in runs:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def _drop_unpinned(self) -> None:
+        """Evict every cached token outside the pinned prefix and span."""
+        assert self._kept is not None
+        gone = self._unpinned()
+        if not gone:
+            return
+        n = self.n_cached
+        first = gone[0]
+        if first + len(gone) == n and llama_cpp.llama_memory_seq_rm(self._mem, 0, first, -1):
+            # The usual layout (pins, then the window): no shift needed.
+            self._evicted_end = max(self._evicted_end, self._kept[-1] + 1)
+            self._llm.n_tokens = first
+            self._truncated(first)
+            self.n_evicted += len(gone)
+            self.total_evicted += len(gone)
+            return
+        self._evict_chosen(len(gone))
+
     def _drop_window(self) -> None:
         """Evict every cached token after the sinks (no shift needed)."""
         n = self.n_cached
@@ -379,15 +559,51 @@ class SinkCache:
         if self._kept is not None:
             del self._kept[n:]
 
+    def _contiguous(self) -> bool:
+        """Whether the cache holds the sinks and then one run of the history's end."""
+        assert self._kept is not None
+        n = len(self._kept)
+        sinks = min(self.n_sink, n)
+        start = len(self.history) - (n - sinks)
+        if self._kept != list(range(sinks)) + list(range(start, len(self.history))):
+            return False
+        self.n_evicted = start - sinks
+        return True
+
+    def _protected(self) -> int:
+        """Leading cache positions that hold the pinned prefix."""
+        if self._kept is None:
+            return min(self.n_sink, self.n_cached)
+        return bisect.bisect_left(self._kept, self._pin_prefix)
+
+    def _unpinned(self) -> list[int]:
+        """Cache positions outside the pinned prefix and span, oldest first."""
+        assert self._kept is not None
+        kept = self._kept
+        start = self._protected()
+        span = self._pin_span
+        if span is None:
+            return list(range(start, len(kept)))
+        return [p for p in range(start, len(kept)) if not span[0] <= kept[p] < span[1]]
+
     def _evict_chosen(self, k: int) -> None:
-        """Evict the ``k`` positions the policy picks (after the sinks)."""
-        assert self.policy is not None and self._kept is not None
+        """Evict ``k`` positions: the policy's pick, else the oldest unpinned ones."""
+        assert self._kept is not None
+        if k <= 0:
+            raise GenerationError(
+                "the KV cache is full of pinned tokens (instructions and task); nothing can be "
+                "evicted"
+            )
         n = self.n_cached
-        positions = sorted(self.policy.choose(n, self.n_sink, k))
-        if len(set(positions)) != k or positions[0] < self.n_sink or positions[-1] >= n:
+        protected = self._protected()
+        if self.policy is not None:
+            positions = sorted(self.policy.choose(n, protected, k))
+        else:
+            positions = self._unpinned()[:k]
+        if len(set(positions)) != k or positions[0] < protected or positions[-1] >= n:
             raise GenerationError(
                 f"the eviction policy chose invalid positions {positions[:8]} "
-                f"(need {k} distinct in {self.n_sink}..{n - 1})"
+                f"(need {k} distinct in {protected}..{n - 1})"
             )
         gone = set(positions)
         keep_pos = [p for p in range(n) if p not in gone]
@@ -415,7 +631,8 @@ class SinkCache:
         ids[: n - k] = ids[keep_pos].copy()
         self._llm.n_tokens = n - k
         self._kept[:] = [self._kept[p] for p in keep_pos]
-        self.policy.evicted(positions)
+        if self.policy is not None:
+            self.policy.evicted(positions)
         self._count(k, reprefill=False)
 
 

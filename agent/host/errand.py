@@ -190,6 +190,9 @@ class AgentHost(ToolDispatch, ModelRelay):
         self._cancel = CancelToken()
         self._cancel_deadline: float | None = None
         self._history: list[Message] = []
+        # The agent process continues the conversation of this id; a new id
+        # (history replaced, a fresh worker) makes it start from _history.
+        self._conversation = uuid.uuid4().hex
         self._redaction_failed: RedactionError | None = None
         self.tainted = False
         self.os_isolation = False
@@ -284,6 +287,20 @@ class AgentHost(ToolDispatch, ModelRelay):
         agent if it has not stopped ``cancel_grace`` seconds later.
         """
         self._cancel.cancel()
+
+    @property
+    def history(self) -> list[Message]:
+        """The session's earlier turns (user task, answer) this host knows."""
+        return list(self._history)
+
+    def replace_history(self, history: Sequence[Message]) -> None:
+        """Make ``history`` the session's earlier turns (a session resumed from the store).
+
+        The next errand starts a new conversation in the agent process, seeded
+        with the latest of these turns.
+        """
+        self._history = [m for m in history if m.role in ("user", "assistant")]
+        self._conversation = uuid.uuid4().hex
 
     def clear_taint(self) -> None:
         """The user cleared the untrusted content: network use follows the rules again."""
@@ -387,6 +404,9 @@ class AgentHost(ToolDispatch, ModelRelay):
                     self._emit(AgentEvent("token", text=shown, data={"step": msg.step}))
             elif isinstance(msg, Progress):
                 data: dict[str, Any] = {"step": msg.step, "max_steps": msg.max_steps}
+                if msg.message:
+                    data["message"] = msg.message[:500]
+                    self._record("conversation_reprefilled", reason=msg.message[:500])
                 if msg.context is not None:
                     data["context"] = msg.context.model_dump()
                 self._emit(AgentEvent("progress", data=data))
@@ -513,6 +533,7 @@ class AgentHost(ToolDispatch, ModelRelay):
             history=recent_turns(self._history, HISTORY_CHARS),
             tools=offers(self._tools) + self._mcp_offers(),
             limits=self._limits,
+            conversation=self._conversation,
         )
 
     def _mcp_offers(self) -> list[ToolOffer]:

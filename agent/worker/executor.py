@@ -33,14 +33,22 @@ from agent.protocol import (
     ToolResult,
     step_schema,
 )
+from agent.worker.conversation import INSTRUCTIONS_CHANGED, Conversation, mask_stub
 from agent.worker.prompt import (
     correction_message,
-    initial_messages,
     repeat_message,
     wrap_tool_result,
 )
 from models.errors import GenerationError, ModelError
-from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
+from models.interface import (
+    CancelToken,
+    ChatModel,
+    ContextState,
+    Finished,
+    Message,
+    PinnableModel,
+    Token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,25 @@ class Executor:
         self._model = model
         self._tools = tools
         self._emit = emit
+        self._conversation: Conversation | None = None
+
+    def forget(self) -> None:
+        """Drop the conversation: the next task starts afresh from its history."""
+        self._conversation = None
+
+    def _open(self, task: Task) -> Conversation:
+        """The conversation ``task`` continues, or a new one."""
+        conv = self._conversation
+        if conv is not None and conv.continues(task):
+            if conv.update_system(task):
+                changed = Progress(
+                    step=0, max_steps=task.limits.max_steps, message=INSTRUCTIONS_CHANGED
+                )
+                self._emit(changed)
+            return conv
+        conv = Conversation.start(task)
+        self._conversation = conv
+        return conv
 
     def run(self, task: Task, cancel: CancelToken) -> FinalAnswer:
         """Run one errand to its end.
@@ -87,7 +114,12 @@ class Executor:
         """
         limits = task.limits
         schema = step_schema(task.tools)
-        messages: list[Message] = initial_messages(task, task.tools)
+        conv = self._open(task)
+        # The errand's messages go straight into the session's conversation.
+        messages = conv.messages
+        messages.append(Message(role="user", content=task.task))
+        task_index = len(messages) - 1
+        pin = self._model.pin_messages if isinstance(self._model, PinnableModel) else None
         generated = 0
         evaluated = 0
         tool_calls = 0
@@ -110,6 +142,9 @@ class Executor:
             if budget <= 0:
                 return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
             self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
+            conv.fit(self._model.info.n_ctx, self._model.count_tokens, keep_from=task_index)
+            if pin is not None:
+                pin(1, task_index)
             finished = self._generate(messages, budget, schema, cancel, step)
             generated += finished.stats.n_generated
             evaluated += finished.stats.n_prompt_tokens
@@ -148,8 +183,9 @@ class Executor:
             except ErrandCancelledError:
                 return done("", "cancelled", step)
             last_ok_call = signature if result.ok else None
-            messages.append(
-                wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
+            conv.add_result(
+                wrap_tool_result(tool, result, max_chars=limits.max_result_chars),
+                mask_stub(tool, arguments, request.call_id),
             )
         return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
 

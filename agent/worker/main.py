@@ -10,7 +10,9 @@ stdout to a private file descriptor and points fd 1 at stderr, so a stray
 stderr, which the host keeps for crash reports.
 
 Lifecycle: the host sends Hello; the worker opens the model and answers Ready;
-then each Task is run to one FinalAnswer (or an AgentErrorMsg). Cancel stops
+then each Task is run to one FinalAnswer (or an AgentErrorMsg). Tasks of one
+conversation (the same ``Task.conversation`` id) continue one history, which
+the model's KV cache keeps (:mod:`agent.worker.conversation`). Cancel stops
 the running errand at the next token; Shutdown or end of input ends the process
 with status 0.
 """
@@ -234,6 +236,8 @@ def serve(channel: Channel, scripted_file: str | None = None) -> int:
                 if channel.closed.is_set():
                     break
                 log.warning("errand failed: %s", e)
+                # The model's cache and the conversation may disagree now.
+                executor.forget()
                 kind = "model" if isinstance(e, ModelError) else "internal"
                 channel.send(AgentErrorMsg(message=str(e), kind=kind))
     except ProtocolError as e:

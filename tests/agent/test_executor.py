@@ -254,3 +254,73 @@ def test_a_failed_call_may_be_retried() -> None:
     )
     execute(run, TASK)
     assert len(run.tools.requests) == 2
+
+
+# -- one conversation per session ----------------------------------------------------
+
+
+def session_task(text: str, *, memory: str = "", conversation: str = "s1") -> Task:
+    return Task(
+        task=text,
+        memory_context=memory,
+        tools=offers(["list_dir", "read_file"]),
+        conversation=conversation,
+    )
+
+
+def test_errands_of_one_conversation_append_to_one_history_with_a_stable_system_message() -> None:
+    run = make(call("read_file", path="a.txt"), final("A."), final("B."))
+    executor = Executor(run.model, run.tools, run.emitted.append)
+    executor.run(session_task("first", memory="likes tea"), CancelToken())
+    executor.run(session_task("second", memory="likes tea"), CancelToken())
+    first, *_, last = run.model.calls
+    # The second errand's prompt starts with everything the first one saw and said:
+    # the same system message byte for byte (same memory fence nonce), the task,
+    # the tool call, its result and the answer.
+    assert last[: len(first)] == first
+    roles = [m.role for m in last]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert last[2].content == call("read_file", path="a.txt")
+    assert last[3].content.startswith("Result of read_file")
+    assert last[4].content == final("A.") and last[5].content == "second"
+    assert not any(isinstance(m, Progress) and m.message for m in run.emitted)
+
+
+def test_a_changed_memory_replaces_the_system_message_and_says_so() -> None:
+    run = make(final("A."), final("B."))
+    executor = Executor(run.model, run.tools, run.emitted.append)
+    executor.run(session_task("first", memory="likes tea"), CancelToken())
+    executor.run(session_task("second", memory="likes coffee"), CancelToken())
+    first, second = run.model.calls
+    assert "likes coffee" in second[0].content and second[1:3] == first[1:] + [second[2]]
+    notices = [m for m in run.emitted if isinstance(m, Progress) and m.message]
+    assert len(notices) == 1 and "instructions changed" in notices[0].message
+
+
+def test_another_conversation_id_starts_afresh_from_the_history_sent() -> None:
+    run = make(final("A."), final("B."))
+    executor = Executor(run.model, run.tools, run.emitted.append)
+    executor.run(session_task("first"), CancelToken())
+    executor.run(session_task("second", conversation="s2"), CancelToken())
+    assert [m.content for m in run.model.calls[1][1:]] == ["second"]
+
+
+def test_old_tool_results_are_masked_before_the_context_overflows() -> None:
+    big = ToolResult(call_id="x", ok=True, content="word " * 600)
+    run = make(
+        call("read_file", path="a.txt"),
+        call("read_file", path="b.txt"),
+        final("done"),
+        answers=[big, big],
+    )
+    run.model = ScriptedModel(run.model._queue, n_ctx=1024)  # noqa: SLF001
+    executor = Executor(run.model, run.tools, run.emitted.append)
+    executor.run(session_task("read both"), CancelToken())
+    last = run.model.calls[-1]
+    results = [m.content for m in last if m.role == "user" and "a.txt" in m.content]
+    # The first result became a stub that says how to get it again; the latest stays whole.
+    assert results == [
+        '[The result of read_file {"path": "a.txt"} (call c1) was removed to save context; '
+        "call the tool again with these arguments to see it.]"
+    ]
+    assert last[-1].content.count("word") == 600

@@ -20,6 +20,7 @@ from agent.host.tools.registry import ALL_TOOLS
 from agent.protocol import MAX_LINE, ErrandLimits
 from app.terminal_prompt import TerminalPrompt
 from models.fake import ScriptedModel
+from models.interface import Message
 from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
 from vault.audit import AuditLog
 from vault.fingerprints import index_path
@@ -336,6 +337,31 @@ def test_history_carries_over_to_the_next_errand(tmp_path: Path, ws: Path, rigs:
     tasks = rig.transcript.sent_of("task")
     assert tasks[0]["history"] == []
     assert [m["content"] for m in tasks[1]["history"]] == ["first task", "first answer"]
+
+
+def test_a_session_is_one_conversation_in_the_agent_process(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    model = ScriptedModel([call("list_dir"), final("one"), final("two"), final("three")])
+    rig = rig_for(rigs, tmp_path, ws, relay_model=model, scripted_model=None)
+    rig.host.run_errand("first task")
+    rig.host.run_errand("second task")
+    _, last_step, second = model.calls
+    # The second errand continues the first one's conversation: the system message,
+    # the task, the tool call, its result and the answer, then the new task.
+    assert second[: len(last_step)] == last_step
+    assert second[len(last_step)].content == final("one")
+    assert [m.role for m in second] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert second[-1].content == "second task"
+    tasks = rig.transcript.sent_of("task")
+    assert tasks[0]["conversation"] == tasks[1]["conversation"] != ""
+    # A session's history taken from the store starts a new conversation from it.
+    turns = [Message(role="user", content="q"), Message(role="assistant", content="a")]
+    rig.host.replace_history(turns)
+    rig.host.run_errand("third task")
+    assert [m.content for m in model.calls[-1][1:]] == ["q", "a", "third task"]
+    assert rig.transcript.sent_of("task")[2]["conversation"] != tasks[0]["conversation"]
+    assert [m.content for m in rig.host.history][-2:] == ["third task", "three"]
 
 
 def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
