@@ -360,6 +360,21 @@ def test_a_session_is_one_conversation_in_the_agent_process(
     assert [m.content for m in rig.host.history][-2:] == ["third task", "three"]
 
 
+def test_the_hosts_own_turns_given_back_keep_the_conversation(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    # What run_recorded does before every errand: the store's turns, the same
+    # as the host's own, must not restart the agent's conversation.
+    model = ScriptedModel([final("one"), final("two")])
+    rig = rig_for(rigs, tmp_path, ws, relay_model=model, scripted_model=None)
+    rig.host.run_errand("first task")
+    rig.host.replace_history(rig.host.history)
+    rig.host.run_errand("second task")
+    tasks = rig.transcript.sent_of("task")
+    assert tasks[0]["conversation"] == tasks[1]["conversation"]
+    assert [m.role for m in model.calls[-1]] == ["system", "user", "assistant", "user"]
+
+
 def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
     limits = ErrandLimits(max_steps=2)
     replies = [call("list_dir"), call("list_dir"), final("x")]
