@@ -383,7 +383,7 @@ class EventPrinter:
                 )
         elif kind == "error":
             self._line(f"error: {event.text}")
-        elif kind == "memory_problems":
+        elif kind in ("memory_problems", "notice"):
             self._line(event.text)
         elif kind == "agent_crashed":
             self._line(f"the agent process failed: {event.text}")

@@ -432,6 +432,7 @@ class Sandbox:
         workspace: Path | None = None,
         extra_ro_binds: Sequence[Path] = (),
         hide: Sequence[Path] = (),
+        extra_rw_binds: Sequence[Path] = (),
     ) -> list[str]:
         """The bwrap command line that starts the agent worker ``argv``.
 
@@ -448,6 +449,8 @@ class Sandbox:
             workspace: Ignored on purpose; see above.
             extra_ro_binds: More files or directories the worker needs, read-only.
             hide: Paths covered even when inside a bound directory (data dir).
+            extra_rw_binds: Directories the worker may write (its session's
+                saved KV state), bound last so a hidden parent cannot cover them.
 
         Returns:
             The full command line.
@@ -462,6 +465,8 @@ class Sandbox:
         for path in visible:
             args += ["--ro-bind", str(path), str(path)]
         args += _hide_flags(hide, visible)
+        for path in extra_rw_binds:
+            args += ["--bind", str(path), str(path)]
         args += _env_flags(scrubbed_env())
         args += ["--chdir", "/", "--", *argv]
         return args

@@ -168,7 +168,7 @@ class HostListener:
                 self._events.context(context)
         elif kind == "error":
             self._events.error(event.text)
-        elif kind == "memory_problems":
+        elif kind in ("memory_problems", "notice"):
             self._events.notice(event.text)
         elif kind == "agent_crashed":
             tail = str(data.get("stderr", "")).strip()
