@@ -255,6 +255,7 @@ def run_errand_cli(
         hidden_paths=services.protected_paths(),
         relay_model=relay,
         mcp=mcp_hub(services, workspace),
+        **services.kv_states(),
     )
     # Every line the terminal shows goes through the redactor the agent's results do.
     printer.redact = host.redact

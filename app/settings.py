@@ -130,6 +130,12 @@ class AppSettings(BaseModel):
     workspace: str | None = None
     recent_workspaces: list[str] = Field(default_factory=list)
     auto_lock_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    kv_state_cap_mb: int = Field(
+        default=2048,
+        ge=0,
+        le=1_048_576,
+        description="Disk for sessions' saved model state (oldest deleted first); 0: none saved.",
+    )
 
 
 def load_settings(paths: AppPaths) -> AppSettings:

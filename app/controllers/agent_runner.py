@@ -222,12 +222,18 @@ class AgentHostRunner:
         sessions: SessionStore | None = None,
         recorder: ErrandRecorder | None = None,
         model: str = "",
+        outdated: Callable[[], bool] | None = None,
     ) -> None:
         self.host = host
+        self._outdated = outdated
         self._owned = owned
         self._sessions = sessions
         self._recorder = recorder
         self._model = model
+
+    def outdated(self) -> bool:
+        """Whether the model settings changed since this runner was built."""
+        return self._outdated is not None and self._outdated()
 
     def run_errand(self, task: str) -> Any:
         """Run one errand; the host reports through the listener."""
@@ -286,8 +292,10 @@ def agent_host_factory(
 
     Args:
         services: The host's services (audit log, rules, memory).
-        model_spec: Returns the ``models.factory.ModelSpec`` to run (read at
-            session start, so model settings apply to the next session).
+        model_spec: Returns the ``models.factory.ModelSpec`` to run (read when
+            the runner is built; when it returns another spec, the runner is
+            outdated and the next errand runs on a new one: model settings
+            apply at the next errand).
         scripted_model: Run the scripted fake model from this JSON file instead.
         broker: Returns the broker to use (the vault screen's, once unlocked);
             defaults to the services' own.
@@ -331,7 +339,10 @@ def agent_host_factory(
         except ServiceUnavailableError as e:
             log.warning("errand runs without memory: %s", e)
         prompt = HostPrompt(ctx.asker)
-        options: dict[str, Any] = {"hidden_paths": services.protected_paths()}
+        options: dict[str, Any] = {
+            "hidden_paths": services.protected_paths(),
+            **services.kv_states(),
+        }
         if runs_in_host(spec):
             # The host opens the remote model (and holds its key); the agent
             # process gets relayed generations only.
@@ -361,7 +372,8 @@ def agent_host_factory(
             spec.label() if spec is not None else "unknown"
         )
         return AgentHostRunner(
-            host, owned=owned, sessions=sessions, recorder=recorder, model=model
+            host, owned=owned, sessions=sessions, recorder=recorder, model=model,
+            outdated=lambda: model_spec() != spec,
         )
 
     return factory

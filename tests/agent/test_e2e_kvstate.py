@@ -22,9 +22,11 @@ N_CTX = 512
 SESSION = "kv-session"
 
 
-def _host(workspace: Path, store: StateStore, events: list[AgentEvent]) -> AgentHost:
+def _host(
+    workspace: Path, store: StateStore, events: list[AgentEvent], n_ctx: int = N_CTX
+) -> AgentHost:
     return AgentHost(
-        ModelSpec(n_ctx=N_CTX, n_threads=1),
+        ModelSpec(n_ctx=n_ctx, n_threads=1),
         workspace=workspace,
         broker=None,
         memory=None,
@@ -52,10 +54,10 @@ def _first_session(workspace: Path, store: StateStore) -> tuple[list[Message], E
 
 
 def _reopen(
-    workspace: Path, store: StateStore, history: list[Message]
+    workspace: Path, store: StateStore, history: list[Message], n_ctx: int = N_CTX
 ) -> tuple[ErrandResult, list[AgentEvent]]:
     events: list[AgentEvent] = []
-    host = _host(workspace, store, events)
+    host = _host(workspace, store, events, n_ctx)
     try:
         host.replace_history(history)
         result = host.run_errand("Now say goodbye.")
@@ -87,7 +89,9 @@ def test_a_reopened_session_continues_from_its_saved_state(
     )
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "truncated", "stale history"])
+@pytest.mark.parametrize(
+    "damage", ["corrupt", "truncated", "stale history", "other n_ctx"]
+)
 def test_an_unusable_state_is_reported_once_and_the_session_reprefills(
     workspace: Path, tmp_path: Path, damage: str
 ) -> None:
@@ -100,12 +104,19 @@ def test_an_unusable_state_is_reported_once_and_the_session_reprefills(
         path.write_bytes(bytes(data))
     elif damage == "truncated":
         path.write_bytes(bytes(data[: len(data) - 1000]))
-    else:
+    elif damage == "stale history":
         history = [*history[:-1], Message(role="assistant", content="something else")]
-    resumed, events = _reopen(workspace, store, history)
+    # A model setting changed since the state was saved: it applies now.
+    n_ctx = 640 if damage == "other n_ctx" else N_CTX
+    resumed, events = _reopen(workspace, store, history, n_ctx)
     notices = _notices(events)
     assert len(notices) == 1, notices
-    expected = {"corrupt": "checksum", "truncated": "truncated", "stale history": "conversation"}
+    expected = {
+        "corrupt": "checksum",
+        "truncated": "truncated",
+        "stale history": "conversation",
+        "other n_ctx": "saved for 512, now 640",
+    }
     assert expected[damage] in notices[0] and "evaluated again" in notices[0]
     # Nothing lost: the errand ran, with the whole conversation evaluated again.
     assert resumed.outcome in ("final", "finish", "max_steps")
