@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -253,7 +254,10 @@ class StoredState:
 
 
 class StateStore:
-    """A directory of state files, one per key (a session id), under a byte cap.
+    """State files, one per key (a session id) in its own directory, under a byte cap.
+
+    Each key's file is ``<directory>/<key>/state.kvstate``: the agent process
+    of one session is given only its own directory to write.
 
     Args:
         directory: Where the files live (created on first write).
@@ -272,13 +276,13 @@ class StateStore:
         """
         if not key or not all(c.isalnum() or c in "-_" for c in key) or len(key) > 128:
             raise KVStateError(f"{key[:40]!r} is not a usable KV state name")
-        return self.directory / f"{key}{SUFFIX}"
+        return self.directory / key / f"state{SUFFIX}"
 
     def files(self) -> list[StoredState]:
         """Every state file, oldest first."""
         found: list[StoredState] = []
         try:
-            entries = list(self.directory.glob(f"*{SUFFIX}"))
+            entries = list(self.directory.glob(f"*/state{SUFFIX}"))
         except OSError:
             return []
         for path in entries:
@@ -286,7 +290,7 @@ class StateStore:
                 st = path.stat()
             except OSError:
                 continue  # removed meanwhile
-            found.append(StoredState(path.name.removesuffix(SUFFIX), path, st.st_size, st.st_mtime))
+            found.append(StoredState(path.parent.name, path, st.st_size, st.st_mtime))
         found.sort(key=lambda s: (s.mtime, s.key))
         return found
 
@@ -304,6 +308,16 @@ class StateStore:
         except OSError as e:
             raise KVStateError(f"cannot delete the KV state {path}: {e}") from e
         return True
+
+    def remove_session(self, key: str) -> None:
+        """Delete ``key``'s directory and everything the agent left in it."""
+        directory = self.path_for(key).parent
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise KVStateError(f"cannot delete {directory}: {e}") from e
 
     def enforce_cap(self, *, keep: str | None = None) -> list[str]:
         """Delete the oldest files until the total is within the cap.
