@@ -47,7 +47,11 @@ def test_list_show_rm(
     assert "  > read a.txt\n  -> read_file {\"path\": \"a.txt\"}\n" in out
     assert "  <- ok\n     hello" in out and "  = It says hello." in out
     assert "no grants in this session" in out
+    state = default_paths().kvstate_dir / "s1" / "state.kvstate"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_bytes(b"saved")
     assert main(["sessions", "rm", "s1"]) == 0
+    assert not state.parent.exists()
     assert main(["sessions", "show", "s1"]) == 1
     assert "error: no session 's1'" in capsys.readouterr().err
 
