@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentCrashedError, ProtocolError
 from agent.host.events import AgentEvent
-from agent.protocol import RestoreState, SaveState, StateReply
+from agent.protocol import AgentErrorMsg, RestoreState, SaveState, StateReply
 from models.kvstate import KVStateError, ModelHashes, StateStore
 
 if TYPE_CHECKING:
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_TIMEOUT_S = 120.0
-"""How long a save or restore may take in the agent process."""
+STATE_TIMEOUT_S = 30.0
+"""How long a save or restore may take in the agent process (a silent one delays a quit)."""
 
 
 def history_digest(history: Sequence[Message]) -> str:
@@ -173,6 +173,9 @@ class SavedStates:
                 msg = proc.receive(STATE_TIMEOUT_S)
                 if isinstance(msg, StateReply):
                     return msg
+                if isinstance(msg, AgentErrorMsg):  # e.g. a worker that knows no states
+                    action: Any = "save" if isinstance(request, SaveState) else "restore"
+                    return StateReply(action=action, ok=False, message=msg.message[:2000])
                 log.info("ignored a %s while waiting for the KV state", msg.type)
         except (AgentCrashedError, ProtocolError) as e:
             log.warning("the agent failed during a KV state %s: %s", request.type, e)
