@@ -84,6 +84,19 @@ class ContextState(BaseModel):
         description="False when the model cannot shift positions in place and overflow "
         "falls back to re-prefilling sinks plus the recent window."
     )
+    n_pinned: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens the cache must never evict: the pinned "
+        "prefix (sinks and instructions) plus the current task's span; 0 when only the "
+        "sinks are kept.",
+    )
+    n_pinned_cached: int = Field(
+        default=0,
+        ge=0,
+        description="How many of the pinned tokens the cache holds, in place; equal to "
+        "n_pinned while the pins are intact.",
+    )
 
 
 class ModelInfo(BaseModel):

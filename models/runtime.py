@@ -310,6 +310,8 @@ class Runtime:
             raise
         self._vocab = llm._model.vocab
         self._pin_messages: tuple[int, int | None] | None = None
+        # Replies as sampled, to splice back over their re-tokenized text.
+        self._replies: list[_Reply] = []
         self._eog_ids: list[int] | None = None
         self._pieces: dict[int, bytes] = {}
         self._info = ModelInfo(
@@ -413,10 +415,60 @@ class Runtime:
             raise GenerationError("cannot generate from an empty conversation")
         prompt = self.render(messages)
         pins = self._pins(messages, prompt)
+        prompt, where = self._as_sampled(prompt)
+        if pins is not None:
+            span = None if pins[1] is None else (where(pins[1][0]), where(pins[1][1]))
+            pins = (where(pins[0]), span)
         if max_tokens < 0:
             raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
         sampler = self._make_sampler(json_schema, temperature, ignore_eos and json_schema is None)
-        return self._generate(prompt, max_tokens, sampler, cancel, pins)
+        return self._generate(prompt, max_tokens, sampler, cancel, pins, keep_reply=True)
+
+    def _as_sampled(self, prompt: list[int]) -> tuple[list[int], Callable[[int], int]]:
+        """Put earlier replies' sampled tokens back over their re-tokenized text.
+
+        Sampling (a grammar above all) often picks other tokens than
+        tokenizing the same text does (``"t","ool"`` for ``"tool"``), so a
+        rendered conversation would part from the KV cache at the first
+        earlier reply and evaluate everything after it again. The text is the
+        same, so the sampled tokens stand in for it wherever the rendered
+        prompt holds exactly the re-tokenized reply at the place it was
+        generated. Replies that no longer line up are forgotten.
+
+        Returns:
+            The prompt, and a map from indices of the rendered prompt to
+            indices of the returned one (for the pins).
+        """
+        out: list[int] = []
+        src = 0
+        moves: list[tuple[int, int, int]] = []  # (rendered start, rendered end, new end)
+        kept: list[_Reply] = []
+        for reply in self._replies:
+            gap = reply.start - len(out)
+            end = src + gap + len(reply.retokenized)
+            if gap < 0 or prompt[src + gap : end] != reply.retokenized:
+                break
+            out += prompt[src : src + gap]
+            out += reply.sampled
+            moves.append((src + gap, end, len(out)))
+            src = end
+            kept.append(reply)
+        self._replies = kept
+        if not moves:
+            return prompt, lambda i: i
+        out += prompt[src:]
+
+        def where(i: int) -> int:
+            shift = 0
+            for start, end, new_end in moves:
+                if i <= start:
+                    break
+                if i < end:
+                    return new_end
+                shift = new_end - end
+            return i + shift
+
+        return out, where
 
     def stream_tokens(
         self,
@@ -454,6 +506,7 @@ class Runtime:
         self._require_open()
         with self._busy():
             self._cache.clear()
+            self._replies = []
 
     # -- saved state -----------------------------------------------------------------
 
@@ -506,7 +559,12 @@ class Runtime:
             payload = self._cache.seq_state()
         binding = self.state_binding(history=history, model_sha256=model_sha256)
         binding = replace(binding, tokens_sha256=kvstate.tokens_digest(snapshot["history"]))
-        data = {"tokens": snapshot.pop("history"), "cache": snapshot, "extra": dict(meta or {})}
+        data = {
+            "tokens": snapshot.pop("history"),
+            "cache": snapshot,
+            "replies": [[r.start, r.sampled, r.retokenized] for r in self._replies],
+            "extra": dict(meta or {}),
+        }
         size = kvstate.write(path, binding, data, payload)
         return SavedInfo(path=path, size=size, n_tokens=len(data["tokens"]), meta=data["extra"])
 
@@ -531,7 +589,9 @@ class Runtime:
         with self._busy():
             snapshot = dict(saved.meta.get("cache") or {})
             snapshot["history"] = saved.meta["tokens"]
+            self._replies = []
             self._cache.restore(snapshot, saved.payload)
+            self._replies = _replies_from(saved.meta.get("replies"))
         extra = saved.meta.get("extra")
         return SavedInfo(
             path=path,
@@ -646,6 +706,22 @@ class Runtime:
             self._eog_ids = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
         return self._eog_ids
 
+    def _keep_reply(self, start: int, sampled: list[int]) -> None:
+        """Remember a reply's sampled tokens (see :meth:`_as_sampled`).
+
+        Trailing whitespace is left out: a caller that strips the reply
+        renders it without. A reply the tokenizer already renders the same
+        way, or one starting with whitespace, needs nothing.
+        """
+        while sampled and not self._piece(sampled[-1]).strip():
+            sampled = sampled[:-1]
+        if not sampled or not self._piece(sampled[0]).strip():
+            return
+        text = b"".join(self._piece(t) for t in sampled)
+        retokenized = self.llama.tokenize(text, add_bos=False, special=False)
+        if retokenized != sampled:
+            self._replies.append(_Reply(start, sampled, retokenized))
+
     def _generate(
         self,
         prompt: list[int],
@@ -653,6 +729,8 @@ class Runtime:
         sampler: Any,
         cancel: CancelToken | None,
         pins: tuple[int, tuple[int, int] | None] | None = None,
+        *,
+        keep_reply: bool = False,
     ) -> Iterator[StreamEvent]:
         import llama_cpp
 
@@ -676,6 +754,7 @@ class Runtime:
                 run.t_prefill = time.perf_counter()
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 pieces: list[str] = []
+                sampled: list[int] = []
                 stop: StopReason = "max_tokens" if fed else "cancelled"
                 while fed and run.n_gen < max_tokens:
                     if cancelled():
@@ -688,6 +767,7 @@ class Runtime:
                         stop = "eos"
                         break
                     run.n_gen += 1
+                    sampled.append(token)
                     text = decoder.decode(self._piece(token))
                     if text:
                         pieces.append(text)
@@ -700,11 +780,39 @@ class Runtime:
                 if tail:
                     pieces.append(tail)
                     yield Token(text=tail)
+                if keep_reply and stop != "cancelled":
+                    self._keep_reply(len(prompt), sampled)
                 yield Finished(text="".join(pieces), stats=run.stats(cache, stop))
             finally:
                 sampler.close()
                 if self._closed:
                     self._free()
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A reply as sampled: where its tokens start in the history, and its text re-tokenized."""
+
+    start: int
+    sampled: list[int]
+    retokenized: list[int]
+
+
+def _replies_from(data: Any) -> list[_Reply]:
+    """The replies :meth:`Runtime.save_state` saved.
+
+    Unreadable ones are dropped: they only spare re-evaluating a reply.
+    """
+    replies: list[_Reply] = []
+    for item in data if isinstance(data, list) else []:
+        try:
+            start, sampled, retokenized = item
+            replies.append(
+                _Reply(int(start), [int(t) for t in sampled], [int(t) for t in retokenized])
+            )
+        except (TypeError, ValueError):
+            return replies
+    return replies
 
 
 class _RunStats:

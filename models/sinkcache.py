@@ -30,7 +30,10 @@ holds ``history[i] for i in kept`` (:attr:`SinkCache.kept`, ascending).
 after it (the current task) are never evicted; the oldest tokens outside them
 go first. The sinks are the first tokens of the pinned prefix. Pinned caches
 track positions like a policy does (:attr:`SinkCache.kept`), and a model that
-cannot shift re-prefills the pinned tokens plus the window.
+cannot shift re-prefills the pinned tokens plus the window. A prompt longer
+than the window costs about what it costs unpinned: only the pinned tokens
+and the last window of the rest are evaluated, the others are skipped as
+evicted.
 """
 
 from __future__ import annotations
@@ -143,7 +146,34 @@ class SinkCache:
             n_evicted=self.n_evicted,
             n_shifts=self.n_shifts,
             shift_supported=self.shift_supported,
+            n_pinned=self._n_pinned(),
+            n_pinned_cached=self._n_pinned_cached(),
         )
+
+    def _pins_beyond_sinks(self) -> bool:
+        return self._pin_prefix > self.n_sink or self._pin_span is not None
+
+    def _n_pinned(self) -> int:
+        """Pinned tokens of the history so far (the prefix and the span, as far as fed)."""
+        if self._kept is None or not self._pins_beyond_sinks():
+            return 0
+        prefix, span = self._pin_prefix, self._pin_span
+        n = len(self.history)
+        pinned = min(prefix, n)
+        if span is not None:
+            pinned += max(0, min(span[1], n) - span[0])
+        return pinned
+
+    def _n_pinned_cached(self) -> int:
+        """How many of the pinned tokens the cache holds (from its position bookkeeping)."""
+        kept = self._kept
+        if kept is None or not self._pins_beyond_sinks():
+            return 0
+        held = self._protected()
+        span = self._pin_span
+        if span is not None:
+            held += bisect.bisect_left(kept, span[1]) - bisect.bisect_left(kept, span[0])
+        return held
 
     def seq_pos_max(self) -> int:
         """The largest position llama.cpp holds for sequence 0 (-1 when empty)."""
@@ -377,11 +407,18 @@ class SinkCache:
         if len(rest) > keep and unpinned:
             skip = len(rest) - keep
             self._drop_window()
-            self.history.extend(rest[:skip])
-            self._evicted_end = len(self.history)
-            self.n_evicted += skip
-            self.total_evicted += skip
+            self._skip(rest[:skip])
             rest = rest[skip:]
+        elif not unpinned and self.policy is None:
+            runs = self._pinned_plan(len(rest))
+            if runs is not None:
+                return self._feed_runs(rest, runs, n_batch, should_stop)
+        return self._feed_all(rest, n_batch, should_stop)
+
+    def _feed_all(
+        self, rest: list[int], n_batch: int, should_stop: Callable[[], bool] | None
+    ) -> bool:
+        """Evaluate every token of ``rest``, evicting a chunk whenever the cache is full."""
         while rest:
             if should_stop is not None and should_stop():
                 return False
@@ -390,6 +427,31 @@ class SinkCache:
             piece = rest[: min(self.room, n_batch)]
             self._eval(piece)
             rest = rest[len(piece) :]
+        return True
+
+    def _feed_runs(
+        self,
+        rest: list[int],
+        runs: list[tuple[int, int]],
+        n_batch: int,
+        should_stop: Callable[[], bool] | None,
+    ) -> bool:
+        """Evaluate the history index ``runs`` of ``rest``; skip (evict unseen) the others.
+
+        Every unpinned token in the cache goes first: the new tokens push all
+        of them out anyway.
+        """
+        self._drop_unpinned()
+        base = len(self.history)
+        done = base
+        for start, end in runs:
+            if start > done:
+                self._skip(rest[done - base : start - base])
+            if not self._feed_all(rest[start - base : end - base], n_batch, should_stop):
+                return False
+            done = end
+        if done < base + len(rest):
+            self._skip(rest[done - base :])
         return True
 
     def make_room(self) -> None:
@@ -463,6 +525,76 @@ class SinkCache:
         ids[s : n - k] = ids[s + k : n].copy()
         self._llm.n_tokens = n - k
         self._count(k, reprefill=False)
+
+    def _skip(self, piece: list[int]) -> None:
+        """Record ``piece`` in the history as evicted without evaluating it."""
+        self.history.extend(piece)
+        self._evicted_end = max(self._evicted_end, len(self.history))
+        self.n_evicted += len(piece)
+        self.total_evicted += len(piece)
+
+    def _pinned_plan(self, n_new: int) -> list[tuple[int, int]] | None:
+        """Which of the next ``n_new`` history indices a pinned feed must evaluate.
+
+        The pinned prefix and span among them, and the last window of the
+        unpinned ones: everything else would be evicted (oldest unpinned
+        first) before this feed ends. Returns ascending ``[start, end)`` runs,
+        or None when every new token fits and must be evaluated.
+        """
+        assert self._kept is not None
+        base = len(self.history)
+        end = base + n_new
+        prefix, span = self._pin_prefix, self._pin_span
+        pinned_new: list[tuple[int, int]] = []
+        if base < prefix:
+            pinned_new.append((base, min(prefix, end)))
+        cached_span = 0
+        if span is not None:
+            lo, hi = max(span[0], base), min(span[1], end)
+            if lo < hi:
+                pinned_new.append((lo, hi))
+            cached_span = bisect.bisect_left(self._kept, span[1]) - bisect.bisect_left(
+                self._kept, span[0]
+            )
+        n_pinned_new = sum(b - a for a, b in pinned_new)
+        n_pinned = self._protected() + cached_span + n_pinned_new
+        keep = self.n_ctx - n_pinned - self.evict_chunk
+        if n_new - n_pinned_new <= keep:
+            return None
+        # Walk back from the end over ``keep`` unpinned indices, stepping over pins.
+        tail, need = end, keep
+        for a, b in reversed(pinned_new):  # disjoint and ascending
+            if tail - b >= need:
+                break
+            need -= tail - b
+            tail = a
+        tail -= need
+        runs = sorted([*pinned_new, (tail, end)])
+        merged: list[tuple[int, int]] = []
+        for a, b in runs:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def _drop_unpinned(self) -> None:
+        """Evict every cached token outside the pinned prefix and span."""
+        assert self._kept is not None
+        gone = self._unpinned()
+        if not gone:
+            return
+        n = self.n_cached
+        first = gone[0]
+        if first + len(gone) == n and llama_cpp.llama_memory_seq_rm(self._mem, 0, first, -1):
+            # The usual layout (pins, then the window): no shift needed.
+            self._evicted_end = max(self._evicted_end, self._kept[-1] + 1)
+            self._llm.n_tokens = first
+            self._truncated(first)
+            self.n_evicted += len(gone)
+            self.total_evicted += len(gone)
+            return
+        self._evict_chosen(len(gone))
 
     def _drop_window(self) -> None:
         """Evict every cached token after the sinks (no shift needed)."""

@@ -249,3 +249,44 @@ def test_stale_and_corrupt_states_leave_the_cache_alone(
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(StateCorruptError, match="truncated"):
         original.restore_state(path, history="conv-1")
+
+
+@pytest.mark.model
+def test_a_restored_conversation_reuses_its_sampled_replies_like_the_original(
+    model_path: Path, tmp_path: Path
+) -> None:
+    from models.interface import Message
+
+    schema = {
+        "type": "object",
+        "properties": {"tool": {"const": "list_dir"}, "arguments": {"type": "object"}},
+        "required": ["tool", "arguments"],
+    }
+    chat = [
+        Message(role="system", content="You call tools. Reply with JSON."),
+        Message(role="user", content="List the files."),
+    ]
+
+    def turn(rt: Runtime, messages: list[Message]) -> Finished:
+        events = list(rt.stream_chat(messages, max_tokens=24, json_schema=schema))
+        last = events[-1]
+        assert isinstance(last, Finished)
+        return last
+
+    original = _runtime(model_path, n_ctx=512)
+    try:
+        reply = turn(original, chat).text.strip()
+        original.save_state(tmp_path / "s.kvstate")
+        later = [*chat, Message(role="assistant", content=reply),
+                 Message(role="user", content="Again.")]
+        expected = turn(original, later)
+    finally:
+        original.close()
+    fresh = _runtime(model_path, n_ctx=512)
+    try:
+        fresh.restore_state(tmp_path / "s.kvstate")
+        got = turn(fresh, later)
+    finally:
+        fresh.close()
+    assert got.text == expected.text
+    assert got.stats.n_prompt_tokens == expected.stats.n_prompt_tokens

@@ -237,3 +237,70 @@ def test_close_during_a_generation_stops_it_and_frees_the_model(model_path: Path
     assert final.stats.n_generated <= 2
     with pytest.raises(ModelError, match="closed"):
         rt.count_tokens("x")
+
+
+# -- a conversation continues from the tokens it sampled ---------------------------------
+
+STEP_SCHEMA = {
+    "type": "object",
+    "properties": {"tool": {"type": "string"}, "arguments": {"type": "object"}},
+    "required": ["tool", "arguments"],
+}
+
+
+def test_the_next_turn_reuses_a_grammar_reply_instead_of_evaluating_it_again(
+    runtime: Runtime,
+) -> None:
+    """A reply sampled under a grammar is tokenized unlike its text; the cache keeps it anyway.
+
+    The next prompt renders the reply's text, which tokenizes differently
+    from what was sampled; the runtime puts the sampled tokens back, so only
+    the turn after the reply is evaluated.
+    """
+    runtime.reset()
+    messages = [
+        Message(role="system", content="Reply with one JSON object naming a tool."),
+        Message(role="user", content="List the files in the workspace."),
+    ]
+    events = list(runtime.stream_chat(messages, max_tokens=40, json_schema=STEP_SCHEMA))
+    first = events[-1]
+    assert isinstance(first, Finished) and first.stats.n_generated > 5
+    reply = first.text.strip()
+    start = len(runtime.render(messages))
+    retokenized = runtime.llama.tokenize(reply.encode(), add_bos=False, special=False)
+    # The precondition that makes this test able to fail: the sampled tokens
+    # (in the cache's own history) are not the reply's text re-tokenized.
+    assert runtime.cache.history[start : start + len(retokenized)] != retokenized
+    following = [
+        *messages,
+        Message(role="assistant", content=reply),
+        Message(role="user", content="Now say that you are done."),
+    ]
+    after_reply = len(runtime.render(following)) - start - len(retokenized)
+    events = list(runtime.stream_chat(following, max_tokens=4))
+    second = events[-1]
+    assert isinstance(second, Finished)
+    # The turn after the reply, plus the reply's last token (never evaluated).
+    assert second.stats.n_prompt_tokens <= after_reply + 1, (second.stats, after_reply)
+
+
+def test_a_changed_reply_is_evaluated_again(runtime: Runtime) -> None:
+    """Sampled tokens stand in only for the very same text: an edited reply is evaluated."""
+    runtime.reset()
+    messages = [
+        Message(role="system", content="Reply with one JSON object naming a tool."),
+        Message(role="user", content="List the files in the workspace."),
+    ]
+    first = list(runtime.stream_chat(messages, max_tokens=40, json_schema=STEP_SCHEMA))[-1]
+    assert isinstance(first, Finished)
+    edited = first.text.strip().replace("{", "{ ", 1) + " "
+    following = [
+        *messages,
+        Message(role="assistant", content=edited),
+        Message(role="user", content="Now say that you are done."),
+    ]
+    prompt = runtime.render(following)
+    second = list(runtime.stream_chat(following, max_tokens=1))[-1]
+    assert isinstance(second, Finished)
+    assert runtime.cache.history[: len(prompt)] == prompt
+    assert second.stats.n_prompt_tokens > len(prompt) - len(runtime.render(messages)) - 2

@@ -249,6 +249,9 @@ def assert_pinned(rt: Runtime, prefix: int, span: tuple[int, int]) -> None:
     ids = list(rt.llama.input_ids[: cache.n_cached])
     assert ids == [cache.history[i] for i in kept]
     assert cache.seq_pos_max() == cache.n_cached - 1
+    # What the agent process reports to the host says the same.
+    state = rt.context_state()
+    assert state.n_pinned == state.n_pinned_cached == prefix + span[1] - span[0]
 
 
 @pytest.mark.parametrize("can_shift", [True, False])
@@ -281,6 +284,7 @@ def test_pinned_instructions_and_task_survive_output_far_past_n_ctx(
         rt.reset()
         list(rt.stream_chat(messages, max_tokens=1))
         assert rt.cache.kept[: rt.cache.n_sink + 1] != list(range(rt.cache.n_sink + 1))
+        assert rt.context_state().n_pinned == 0
 
 
 def test_pins_too_large_for_the_window_are_cut(shifting: Runtime) -> None:
@@ -296,4 +300,86 @@ def test_pins_too_large_for_the_window_are_cut(shifting: Runtime) -> None:
     assert cache.kept == list(range(cache.n_sink)) + list(
         range(cache.n_sink + cache.n_evicted, len(cache.history))
     )
+    assert_consistent(shifting)
+
+
+def pinned_conversation(n_tokens: int) -> list[Message]:
+    """Instructions, earlier turns, the task, then tool output: about ``n_tokens`` in all."""
+    words = n_tokens // 2
+    return [
+        Message(role="system", content="You are a careful assistant. Follow the task."),
+        Message(role="user", content="An earlier question " * (words // 6)),
+        Message(role="assistant", content="An earlier answer " * (words // 6)),
+        Message(role="user", content="Count the words in the file."),
+        Message(role="user", content="file contents " * (2 * words // 3)),
+    ]
+
+
+@pytest.mark.parametrize("can_shift", [True, False])
+def test_a_pinned_long_prefill_evaluates_only_the_pins_and_the_last_window(
+    model_path: Path, can_shift: bool
+) -> None:
+    """Tokens a pinned prefill would evict anyway are skipped, not evaluated.
+
+    The prompt is eight contexts long; what must be evaluated is the pinned
+    instructions, the pinned task and the last window of the rest, so the
+    cache's own counter stays under n_ctx and nothing is shifted.
+    """
+    config = RuntimeConfig(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS)
+    with Runtime(config, can_shift=can_shift) as rt:
+        messages = pinned_conversation(8 * N_CTX)
+        prompt = rt.render(messages)
+        assert len(prompt) > 6 * N_CTX
+        rt.pin_messages(1, 3)
+        final = generate(rt, messages, 1)
+        cache = rt.cache
+        assert final.stats.n_prompt_tokens <= N_CTX
+        assert cache.n_evaluated == final.stats.n_prompt_tokens
+        assert cache.n_shifts == 0 and cache.n_reprefills == 0
+        prefix, span = cache.pinned
+        assert span is not None and prefix > cache.n_sink
+        assert_pinned(rt, prefix, span)
+        assert cache.history == prompt
+        # The window is the prompt's end, right after the pins.
+        window = cache.kept[prefix + span[1] - span[0] :]
+        assert window == list(range(len(prompt) - len(window), len(prompt)))
+        assert len(window) >= N_CTX // 2
+
+
+def test_a_pinned_feed_past_a_full_window_skips_too(model_path: Path) -> None:
+    """A long continuation of a cached, pinned conversation drops the old window once."""
+    config = RuntimeConfig(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS)
+    with Runtime(config) as rt:
+        messages = pinned_conversation(8 * N_CTX)
+        short = [*messages[:3], Message(role="user", content="Count the words.")]
+        rt.pin_messages(1, 3)
+        generate(rt, [short[0], Message(role="user", content="Say hello.")], 1)
+        first = rt.cache.n_evaluated
+        long_tail = [*short, Message(role="user", content="file contents " * (3 * N_CTX))]
+        rt.pin_messages(1, 3)
+        final = generate(rt, long_tail, 1)
+        assert final.stats.n_prompt_tokens <= N_CTX
+        assert rt.cache.n_evaluated - first == final.stats.n_prompt_tokens
+        prefix, span = rt.cache.pinned
+        assert span is not None
+        assert_pinned(rt, prefix, span)
+        # The task span is where the task message renders.
+        task = rt.render(long_tail[:4])
+        assert rt.cache.history[span[0] : span[1]] == task[span[0] : span[1]]
+
+
+def test_the_state_reports_pinned_tokens_the_cache_no_longer_holds(shifting: Runtime) -> None:
+    shifting.reset()
+    # Only the sinks pinned: the tokens after them go first.
+    generate(shifting, STORY, 2 * N_CTX, ignore_eos=True)
+    cache = shifting.cache
+    assert cache.n_evicted > 10
+    cache.pin(cache.n_sink + 10)
+    try:
+        state = shifting.context_state()
+        assert state.n_pinned == cache.n_sink + 10
+        assert state.n_pinned_cached == cache.n_sink
+    finally:
+        cache.pin(cache.n_sink)
+    assert shifting.context_state().n_pinned == 0
     assert_consistent(shifting)
