@@ -59,8 +59,10 @@ class SavedStates:
     _model_path: Path | None
     _restore_pending: bool
 
-    def _emit(self, event: AgentEvent) -> None: ...  # noqa: D102 - see delivery
-    def _record(self, kind: str, **kwargs: Any) -> None: ...  # noqa: D102 - see delivery
+    if TYPE_CHECKING:  # provided by AgentHost's other bases; never shadow them
+
+        def _emit(self, event: AgentEvent) -> None: ...  # noqa: D102 - see delivery
+        def _record(self, kind: str, **kwargs: Any) -> None: ...  # noqa: D102 - see delivery
 
     def state_dir(self) -> Path | None:
         """This session's directory in the state store (the agent may write it), or None."""
