@@ -157,6 +157,32 @@ class Shutdown(_Msg):
     type: Literal["shutdown"] = "shutdown"
 
 
+class SaveState(_Msg):
+    """Between errands: save the model's KV state and the conversation to ``path``.
+
+    The agent answers :class:`StateReply`. ``history`` and ``model_sha256``
+    bind the file (see :mod:`models.kvstate`); a restore must present the same.
+    """
+
+    type: Literal["save_state"] = "save_state"
+    path: str = Field(max_length=4096, description="The state file, writable by the agent.")
+    history: str = Field(default="", max_length=128, description="The host's history digest.")
+    model_sha256: str = Field(default="", max_length=64, description="The model file's sha256.")
+
+
+class RestoreState(_Msg):
+    """Between errands: load the state saved at ``path`` instead of re-prefilling.
+
+    The agent answers :class:`StateReply`; on success its conversation is the
+    saved one, and the reply names its id for the host's next :class:`Task`.
+    """
+
+    type: Literal["restore_state"] = "restore_state"
+    path: str = Field(max_length=4096)
+    history: str = Field(default="", max_length=128)
+    model_sha256: str = Field(default="", max_length=64)
+
+
 class ModelChunk(_Msg):
     """A piece of text of a relayed generation."""
 
@@ -250,6 +276,18 @@ class FinalAnswer(_Msg):
     context: ContextState | None = Field(
         default=None, description="The model's KV cache at the end of the errand."
     )
+
+
+class StateReply(_Msg):
+    """The answer to :class:`SaveState` or :class:`RestoreState`."""
+
+    type: Literal["state"] = "state"
+    action: Literal["save", "restore"]
+    ok: bool
+    message: str = Field(default="", max_length=2000, description="Why it failed.")
+    conversation: str = Field(default="", max_length=64, description="The conversation's id.")
+    n_tokens: int = Field(default=0, ge=0)
+    size: int = Field(default=0, ge=0, description="The state file's bytes.")
 
 
 class AgentErrorMsg(_Msg):
@@ -346,7 +384,18 @@ def _inline_defs(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> d
     return fixed
 
 
-HostMessage = Hello | Task | ToolResult | Cancel | Shutdown | ModelChunk | ModelDone | ModelFailed
+HostMessage = (
+    Hello
+    | Task
+    | ToolResult
+    | Cancel
+    | Shutdown
+    | ModelChunk
+    | ModelDone
+    | ModelFailed
+    | SaveState
+    | RestoreState
+)
 """Messages the host sends to the agent process."""
 
 AgentMessage = (
@@ -358,6 +407,7 @@ AgentMessage = (
     | AgentErrorMsg
     | ModelRequest
     | ModelCancel
+    | StateReply
 )
 """Messages the agent process sends to the host."""
 

@@ -256,6 +256,7 @@ def run_errand_cli(
         relay_model=relay,
         mcp=mcp_hub(services, workspace),
         egress=services.egress_settings(),
+        **services.kv_states(),
     )
     # Every line the terminal shows goes through the redactor the agent's results do.
     printer.redact = host.redact
@@ -387,7 +388,7 @@ class EventPrinter:
                        f"{data.get('decision')} ({data.get('reason', '')})")
         elif kind == "error":
             self._line(f"error: {event.text}")
-        elif kind == "memory_problems":
+        elif kind in ("memory_problems", "notice"):
             self._line(event.text)
         elif kind == "agent_crashed":
             self._line(f"the agent process failed: {event.text}")

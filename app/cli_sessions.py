@@ -185,6 +185,13 @@ def _rm(args: argparse.Namespace, out: IO[str]) -> int:
         store.remove(args.session_id)
     finally:
         store.close()
+    from models.kvstate import KVStateError, StateStore
+
+    try:
+        # Its saved model state goes with it (the directory, not only the file).
+        StateStore(default_paths().kvstate_dir, 0).remove_session(args.session_id)
+    except KVStateError as e:
+        out.write(f"the session's saved model state was not deleted: {e}\n")
     out.write(f"removed session {args.session_id}\n")
     return ExitStatus.OK
 

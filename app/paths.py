@@ -1,7 +1,7 @@
 """Where Keyless keeps its files.
 
 Per user: the platform data dir (``~/.local/share/keyless`` on Linux) holds
-``vault.kls``, ``keyless.db``, ``memory/`` and ``models/``. Every path can be
+``vault.kls``, ``keyless.db``, ``memory/``, ``models/`` and ``kvstate/``. Every path can be
 redirected with ``KEYLESS_DATA_DIR`` / ``KEYLESS_CONFIG_DIR`` (tests, portable
 installs). Other packages never look paths up themselves: the host passes them.
 """
@@ -43,6 +43,11 @@ class AppPaths:
     def models_dir(self) -> Path:
         """Downloaded GGUF files."""
         return self.data_dir / "models"
+
+    @property
+    def kvstate_dir(self) -> Path:
+        """Sessions' saved KV state (one directory per session) and the model hashes."""
+        return self.data_dir / "kvstate"
 
     @property
     def settings_file(self) -> Path:

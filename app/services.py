@@ -404,6 +404,22 @@ class AppServices:
             return None
         return mod.EgressSettings(pinned_hosts=tuple(self.settings.egress_pinned_hosts))
 
+    def kv_states(self) -> dict[str, Any]:
+        """The ``AgentHost`` options that save and restore sessions' KV state.
+
+        Empty when the cap setting is 0: nothing is saved or restored.
+        """
+        from models.kvstate import ModelHashes, StateStore
+
+        cap_mb = self.settings.kv_state_cap_mb
+        if cap_mb <= 0:
+            return {}
+        directory = self.paths.kvstate_dir
+        return {
+            "kv_store": StateStore(directory, cap_mb * 1024 * 1024),
+            "model_hashes": ModelHashes(directory / "model-hashes.json"),
+        }
+
     def close(self) -> None:
         """Lock the vault, stop the shared egress proxy and close the rest. Safe to call twice."""
         egress = sys.modules.get("agent.host.egress.proxy")  # never imported only to stop it

@@ -686,7 +686,7 @@ class ErrandRecorder:
             add(errand_id, "error", text=event.text)
         elif kind == "agent_crashed":
             add(errand_id, "error", text=f"the agent process failed: {event.text}")
-        elif kind == "memory_problems":
+        elif kind in ("memory_problems", "notice"):
             add(errand_id, "notice", text=event.text)
         elif kind == "secret_found":
             add(errand_id, "notice", call_id=event.call_id, tool=event.tool,

@@ -341,19 +341,25 @@ class MemoryService:
             )
 
     def restore(self, level: str, name: str) -> Change:
-        """Make an archived topic active again.
+        """Make an archived topic active again, within the level's capacity.
+
+        Like :meth:`remember`, the level's lowest-scoring other topics are
+        archived in the same change when the restored one does not fit.
 
         Raises:
-            InvalidMemoryError: Bad level or name.
+            InvalidMemoryError: Bad level or name, or the topic alone is over
+                the level's capacity.
             TopicNotFoundError: No such topic.
         """
         lv = check_level(level)
         name = topic_name(name)
+
+        def write(ed: TopicEditor) -> None:
+            ed.set_status(lv, name, archived=False)
+            self._fit_capacity(ed, lv, keep=name)
+
         with self._lock:
-            return self._change(
-                "restore", lv, name, f"restore {lv} topic {name}", None,
-                lambda ed: ed.set_status(lv, name, archived=False),
-            )
+            return self._change("restore", lv, name, f"restore {lv} topic {name}", None, write)
 
     def repair(self) -> Change | None:
         """Rewrite hand-edited topic files whose front matter was missing or broken.

@@ -24,12 +24,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models import kvstate
 from models.catalog import GGUFHeader, read_header
 from models.errors import GenerationError, ModelError, ModelLoadError
 from models.eviction import EvictionMode, EvictionPolicy
@@ -44,10 +45,29 @@ from models.interface import (
     StreamEvent,
     Token,
 )
+from models.kvstate import Binding, ModelHashes
 from models.sinkcache import SinkCache
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_MODEL_HASHES = ModelHashes()
+
+
+@dataclass(frozen=True)
+class SavedInfo:
+    """A KV state saved or restored.
+
+    Attributes:
+        path: The state file.
+        size: Its size in bytes.
+        n_tokens: The conversation tokens it covers (evicted ones included).
+        meta: The caller's data saved with it.
+    """
+
+    path: Path
+    size: int
+    n_tokens: int
+    meta: dict[str, Any]
 
 # GGML tensor types for the KV cache (ggml.h: GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1).
 _GGML_TYPE_F32 = 0
@@ -501,6 +521,98 @@ class Runtime:
             self._cache.clear()
             self._replies = []
 
+    # -- saved state -----------------------------------------------------------------
+
+    def state_binding(self, *, history: str = "", model_sha256: str | None = None) -> Binding:
+        """What a state saved now would be bound to (the tokens' digest left empty).
+
+        Args:
+            history: The caller's digest of the conversation.
+            model_sha256: The model file's sha256 when the caller knows it
+                (else hashed once per process).
+        """
+        settings = json.dumps(
+            {
+                "rope": [self.config.rope_scaling.kind, self.config.rope_scaling.factor],
+                "kv_f16": self.config.kv_f16,
+                "n_sink": self._cache.n_sink,
+                "evict_chunk": self._cache.evict_chunk,
+                "eviction": self.config.eviction,
+                "shift": self._cache.shift_supported,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        digest = model_sha256 or _MODEL_HASHES.sha256(self.config.model_path)
+        return Binding(digest, self._cache.n_ctx, settings, "", history)
+
+    def save_state(
+        self,
+        path: Path,
+        *,
+        history: str = "",
+        meta: Mapping[str, Any] | None = None,
+        model_sha256: str | None = None,
+    ) -> SavedInfo:
+        """Save the KV cache (sequence state and bookkeeping) to ``path``.
+
+        Args:
+            path: The state file (replaced atomically).
+            history: The caller's digest of the conversation, checked on restore.
+            meta: JSON-able data of the caller's, returned by :meth:`restore_state`.
+            model_sha256: The model file's sha256, when the caller knows it.
+
+        Raises:
+            KVStateError: The file cannot be written.
+            GenerationError: The cache cannot be saved (a generation runs, H2O).
+        """
+        self._require_open()
+        with self._busy():
+            snapshot = self._cache.snapshot()
+            payload = self._cache.seq_state()
+        binding = self.state_binding(history=history, model_sha256=model_sha256)
+        binding = replace(binding, tokens_sha256=kvstate.tokens_digest(snapshot["history"]))
+        data = {
+            "tokens": snapshot.pop("history"),
+            "cache": snapshot,
+            "replies": [[r.start, r.sampled, r.retokenized] for r in self._replies],
+            "extra": dict(meta or {}),
+        }
+        size = kvstate.write(path, binding, data, payload)
+        return SavedInfo(path=path, size=size, n_tokens=len(data["tokens"]), meta=data["extra"])
+
+    def restore_state(
+        self, path: Path, *, history: str = "", model_sha256: str | None = None
+    ) -> SavedInfo:
+        """Replace the KV cache with the state saved at ``path``.
+
+        The whole file is checked (:func:`models.kvstate.read`) before the
+        cache is touched; a refused file leaves the cache as it was.
+
+        Returns:
+            What was restored, with the caller's ``meta``.
+
+        Raises:
+            KVStateError: Missing, corrupt, truncated or stale (the message says which).
+            GenerationError: llama.cpp refused the state (the cache is then empty).
+        """
+        self._require_open()
+        expected = self.state_binding(history=history, model_sha256=model_sha256)
+        saved = kvstate.read(path, expected)
+        with self._busy():
+            snapshot = dict(saved.meta.get("cache") or {})
+            snapshot["history"] = saved.meta["tokens"]
+            self._replies = []
+            self._cache.restore(snapshot, saved.payload)
+            self._replies = _replies_from(saved.meta.get("replies"))
+        extra = saved.meta.get("extra")
+        return SavedInfo(
+            path=path,
+            size=path.stat().st_size,
+            n_tokens=len(saved.meta["tokens"]),
+            meta=extra if isinstance(extra, dict) else {},
+        )
+
     def close(self) -> None:
         """Free the model and its context. Safe to call twice.
 
@@ -712,6 +824,23 @@ class _Reply:
     start: int
     sampled: list[int]
     retokenized: list[int]
+
+
+def _replies_from(data: Any) -> list[_Reply]:
+    """The replies :meth:`Runtime.save_state` saved.
+
+    Unreadable ones are dropped: they only spare re-evaluating a reply.
+    """
+    replies: list[_Reply] = []
+    for item in data if isinstance(data, list) else []:
+        try:
+            start, sampled, retokenized = item
+            replies.append(
+                _Reply(int(start), [int(t) for t in sampled], [int(t) for t in retokenized])
+            )
+        except (TypeError, ValueError):
+            return replies
+    return replies
 
 
 class _RunStats:

@@ -39,6 +39,7 @@ evicted.
 from __future__ import annotations
 
 import bisect
+import ctypes
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +182,83 @@ class SinkCache:
     def seq_pos_min(self) -> int:
         """The smallest position llama.cpp holds for sequence 0 (-1 when empty)."""
         return int(llama_cpp.llama_memory_seq_pos_min(self._mem, 0))
+
+    # -- saving and restoring ---------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The bookkeeping that, with llama.cpp's sequence state, rebuilds this cache.
+
+        Raises:
+            GenerationError: An eviction policy keeps state of its own (H2O's
+                scores), which is not saved.
+        """
+        if self.policy is not None:
+            raise GenerationError("a cache with an eviction policy (H2O) cannot be saved")
+        return {
+            "history": list(self.history),
+            "kept": self.kept,
+            "tracked": self._kept is not None,
+            "n_evicted": self.n_evicted,
+            "n_shifts": self.n_shifts,
+            "evicted_end": self._evicted_end,
+            "pin_prefix": self._pin_prefix,
+            "pin_span": list(self._pin_span) if self._pin_span is not None else None,
+        }
+
+    def restore(self, snapshot: dict[str, Any], seq_state: bytes) -> None:
+        """Load ``seq_state`` (``llama_state_seq_get_data`` of sequence 0) and ``snapshot``.
+
+        On any failure the cache is left empty (consistent), never half loaded.
+
+        Raises:
+            GenerationError: llama.cpp refused the state, or it does not hold
+                the positions the snapshot says.
+        """
+        self.clear()
+        try:
+            history = [int(t) for t in snapshot["history"]]
+            kept = [int(i) for i in snapshot["kept"]]
+            span = snapshot["pin_span"]
+            pin_span = (int(span[0]), int(span[1])) if span is not None else None
+            n_evicted, n_shifts = int(snapshot["n_evicted"]), int(snapshot["n_shifts"])
+            evicted_end, pin_prefix = int(snapshot["evicted_end"]), int(snapshot["pin_prefix"])
+            tracked = bool(snapshot["tracked"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise GenerationError(f"the saved cache bookkeeping is unreadable: {e}") from e
+        n = len(kept)
+        if n > self.n_ctx or any(not 0 <= i < len(history) for i in kept):
+            raise GenerationError(f"the saved cache holds {n} positions that do not fit")
+        buf = (ctypes.c_ubyte * len(seq_state)).from_buffer_copy(seq_state)
+        read = llama_cpp.llama_state_seq_set_data(self._llm.ctx, buf, len(seq_state), 0)
+        if read == 0 or self.seq_pos_max() != n - 1:
+            self.clear()
+            raise GenerationError(
+                f"llama.cpp refused the saved sequence state ({len(seq_state)} bytes, "
+                f"{n} positions expected)"
+            )
+        ids = self._llm.input_ids
+        for pos, index in enumerate(kept):
+            ids[pos] = history[index]
+        self._llm.n_tokens = n
+        self.history = history
+        self._kept = kept if tracked else None
+        self.n_evicted, self.n_shifts = n_evicted, n_shifts
+        self._evicted_end = evicted_end
+        self._pin_prefix, self._pin_span = pin_prefix, pin_span
+
+    def seq_state(self) -> bytes:
+        """llama.cpp's state of sequence 0 (its KV cells), as bytes.
+
+        Raises:
+            GenerationError: llama.cpp could not serialise it.
+        """
+        ctx = self._llm.ctx
+        size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
+        buf = (ctypes.c_ubyte * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0))
+        if written == 0 and size:
+            raise GenerationError("llama.cpp could not save the sequence state")
+        return bytes(buf)[:written]
 
     # -- resetting and reusing -------------------------------------------------
 

@@ -44,6 +44,7 @@ from agent.host.delivery import redaction_message
 from agent.host.dispatch import ToolDispatch
 from agent.host.egress.settings import EgressSettings
 from agent.host.events import AgentEvent, AgentListener, ErrandResult, ToolCallRecord
+from agent.host.kvsession import SavedStates
 from agent.host.mcpserver.hub import McpHub
 from agent.host.permission import PermissionPrompt, RuleSaver
 from agent.host.policy import PolicyEngine
@@ -75,6 +76,7 @@ from models.backends import backend_for, runs_in_host, source_arguments, source_
 from models.errors import ModelError
 from models.factory import ModelSpec
 from models.interface import CancelToken, ChatModel, Message
+from models.kvstate import ModelHashes, StateStore
 from vault.errors import RedactionError, VaultError, VaultLockedError
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ HISTORY_CHARS = 32 * 1024
 # --------------------------------------------------------------------------- the host
 
 
-class AgentHost(ToolDispatch, ModelRelay):
+class AgentHost(ToolDispatch, ModelRelay, SavedStates):
     """Runs errands in an agent process and decides every tool call it makes.
 
     Args:
@@ -130,6 +132,10 @@ class AgentHost(ToolDispatch, ModelRelay):
         egress: Give sandboxed shell commands the network through the
             session's egress proxy (started on the first shell call, stopped
             by :meth:`close`), built with these settings; None: no network.
+        kv_store: Where the session's KV state is saved when the host closes
+            and restored when a session is reopened (see
+            :mod:`agent.host.kvsession`), or None.
+        model_hashes: The model files' remembered sha256s (binds saved states).
     """
 
     def __init__(
@@ -160,6 +166,8 @@ class AgentHost(ToolDispatch, ModelRelay):
         write_timeout: float = WRITE_TIMEOUT_S,
         mcp: McpHub | None = None,
         egress: EgressSettings | None = None,
+        kv_store: StateStore | None = None,
+        model_hashes: ModelHashes | None = None,
     ) -> None:
         self._mcp = mcp
         self._spec = model_spec
@@ -193,6 +201,11 @@ class AgentHost(ToolDispatch, ModelRelay):
         # The agent process continues the conversation of this id; a new id
         # (history replaced, a fresh worker) makes it start from _history.
         self._conversation = uuid.uuid4().hex
+        self._kv_store = kv_store
+        self._model_hashes = model_hashes
+        self._model_path: Path | None = None
+        # A session's saved state is tried once, before its first errand here.
+        self._restore_pending = kv_store is not None
         self._redaction_failed: RedactionError | None = None
         self.tainted = False
         self.os_isolation = False
@@ -254,6 +267,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         self._record("agent_started", details={"isolated": isolated, "pid": msg.pid})
         if msg.model is not None:
             self._emit(AgentEvent("model_loaded", text=msg.model.name, data=msg.model.model_dump()))
+        self._model_path = Path(msg.model.path) if msg.model and msg.model.path else None
         return msg
 
     def agent_command(self, argv: Sequence[str], binds: Sequence[Path] = ()) -> list[str]:
@@ -266,12 +280,30 @@ class AgentHost(ToolDispatch, ModelRelay):
         """
         if not (self._isolate and self._sandbox.available):
             return list(argv)
+        writable = []
+        state_dir = self.state_dir()
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            writable.append(state_dir)
         return self._sandbox.agent_command(
-            argv, workspace=self.workspace, extra_ro_binds=binds, hide=self._hidden
+            argv, workspace=self.workspace, extra_ro_binds=binds, hide=self._hidden,
+            extra_rw_binds=writable,
         )
 
     def close(self) -> None:
-        """Stop the agent process (politely, then by force), egress proxy, relay and MCP."""
+        """Save the session's KV state, then stop the agent process, egress proxy, relay and MCP.
+
+        The state is saved only when no errand runs (a close from another
+        thread during one skips it) and a store was given.
+        """
+        if self._proc is not None and self._kv_store is not None:
+            if self._lock.acquire(blocking=False):
+                try:
+                    self.save_state()
+                except AuditWriteError as e:
+                    log.warning("KV state saved but not audited: %s", e)
+                finally:
+                    self._lock.release()
         self._stop_worker()
         self._close_egress()  # Egress proxy
         if self._mcp is not None:
@@ -296,11 +328,17 @@ class AgentHost(ToolDispatch, ModelRelay):
     def replace_history(self, history: Sequence[Message]) -> None:
         """Make ``history`` the session's earlier turns (a session resumed from the store).
 
-        The next errand starts a new conversation in the agent process, seeded
-        with the latest of these turns.
+        When they differ from the turns the host has, the next errand restores
+        the session's saved KV state (when there is a usable one) or starts a
+        new conversation in the agent process, seeded with the latest of these
+        turns; the host's own turns keep the agent's conversation going.
         """
-        self._history = [m for m in history if m.role in ("user", "assistant")]
+        turns = [m for m in history if m.role in ("user", "assistant")]
+        if turns == self._history:
+            return  # the host's own turns: the agent's conversation goes on
+        self._history = turns
         self._conversation = uuid.uuid4().hex
+        self._restore_pending = self._kv_store is not None
 
     def clear_taint(self) -> None:
         """The user cleared the untrusted content: network use follows the rules again."""
@@ -333,6 +371,8 @@ class AgentHost(ToolDispatch, ModelRelay):
             try:
                 if self._proc is None:
                     self.start()
+                if self._restore_pending:
+                    self.restore_state()
                 proc = self._proc
                 assert proc is not None
                 proc.send(self._task(task))

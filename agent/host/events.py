@@ -23,6 +23,7 @@ EventKind = Literal[
     "agent_crashed",
     "os_isolation",
     "memory_problems",
+    "notice",
     "secret_found",
     "egress",
     "model_loaded",

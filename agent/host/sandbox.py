@@ -215,15 +215,25 @@ def _env_flags(env: Mapping[str, str]) -> list[str]:
     return args
 
 
-def _hide_flags(hide: Sequence[Path], visible: Sequence[Path]) -> list[str]:
-    """Cover each hidden path that lies inside a bound one with an empty mount."""
+def _hide_flags(
+    hide: Sequence[Path], visible: Sequence[Path], writable: Sequence[Path] = ()
+) -> list[str]:
+    """Cover each hidden path that lies inside a bound one with an empty mount.
+
+    A ``writable`` directory inside a hidden one is bound before the cover is
+    made read-only (bwrap must create its mount point in the cover).
+    """
     args: list[str] = []
     for hidden in hide:
         real = Path(os.path.realpath(hidden))
         if not real.exists() or not any(real == v or v in real.parents for v in visible):
             continue
         if real.is_dir():
-            args += ["--tmpfs", str(real), "--remount-ro", str(real)]
+            args += ["--tmpfs", str(real)]
+            for path in writable:
+                if real in path.parents:
+                    args += ["--bind", str(path), str(path)]
+            args += ["--remount-ro", str(real)]
         else:
             args += ["--ro-bind", "/dev/null", str(real)]
     return args
@@ -432,6 +442,7 @@ class Sandbox:
         workspace: Path | None = None,
         extra_ro_binds: Sequence[Path] = (),
         hide: Sequence[Path] = (),
+        extra_rw_binds: Sequence[Path] = (),
     ) -> list[str]:
         """The bwrap command line that starts the agent worker ``argv``.
 
@@ -448,6 +459,8 @@ class Sandbox:
             workspace: Ignored on purpose; see above.
             extra_ro_binds: More files or directories the worker needs, read-only.
             hide: Paths covered even when inside a bound directory (data dir).
+            extra_rw_binds: Directories the worker may write (its session's
+                saved KV state), bound last so a hidden parent cannot cover them.
 
         Returns:
             The full command line.
@@ -461,7 +474,16 @@ class Sandbox:
             args += ["--dev-bind-try", device, device]
         for path in visible:
             args += ["--ro-bind", str(path), str(path)]
-        args += _hide_flags(hide, visible)
+        writable = [Path(os.path.realpath(p)) for p in extra_rw_binds]
+        home = Path(os.path.realpath(Path.home()))
+        for path in writable:
+            if path == Path("/") or path == home or path in home.parents or not path.is_dir():
+                raise SandboxError(f"refusing to let the agent process write {path}")
+        covered = _hide_flags(hide, visible, writable)
+        args += covered
+        for path in writable:
+            if str(path) not in covered:
+                args += ["--bind", str(path), str(path)]
         args += _env_flags(scrubbed_env())
         args += ["--chdir", "/", "--", *argv]
         return args

@@ -137,3 +137,29 @@ class Conversation:
         for m in self.messages[len(self._sizes) :]:
             self._sizes.append(count(m.content) + MESSAGE_OVERHEAD)
         return self._sizes
+
+    def dump(self) -> dict[str, Any]:
+        """The conversation as JSON-able data (saved with the KV state)."""
+        return {
+            "key": self.key,
+            "nonce": self.nonce,
+            "messages": [m.model_dump() for m in self.messages],
+            "stubs": {str(i): stub for i, stub in self._stubs.items()},
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> Conversation:
+        """The conversation :meth:`dump` saved.
+
+        Raises:
+            ValueError: The data is not a dumped conversation.
+        """
+        try:
+            messages = [Message.model_validate(m) for m in data["messages"]]
+            stubs = {int(i): str(s) for i, s in dict(data["stubs"]).items()}
+            key, nonce = str(data["key"]), str(data["nonce"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a saved conversation: {e}") from e
+        if not messages or messages[0].role != "system":
+            raise ValueError("not a saved conversation: it does not start with instructions")
+        return cls(key=key, nonce=nonce, messages=messages, _stubs=stubs)

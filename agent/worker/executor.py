@@ -84,6 +84,15 @@ class Executor:
         self._emit = emit
         self._conversation: Conversation | None = None
 
+    @property
+    def conversation(self) -> Conversation | None:
+        """The session's conversation so far (None before the first errand)."""
+        return self._conversation
+
+    def adopt(self, conversation: Conversation) -> None:
+        """Continue ``conversation`` (restored with its KV state) from the next task on."""
+        self._conversation = conversation
+
     def forget(self) -> None:
         """Drop the conversation: the next task starts afresh from its history."""
         self._conversation = None

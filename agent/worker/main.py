@@ -36,6 +36,8 @@ from agent.protocol import (
     Hello,
     HostMessage,
     Ready,
+    RestoreState,
+    SaveState,
     Shutdown,
     Task,
     ToolRequest,
@@ -44,6 +46,7 @@ from agent.protocol import (
     encode,
     read_line,
 )
+from agent.worker import saved
 from agent.worker.executor import Executor
 from agent.worker.relay import RelayedModel
 from models.errors import ModelError
@@ -226,6 +229,9 @@ def serve(channel: Channel, scripted_file: str | None = None) -> int:
         channel.send(Ready(pid=os.getpid(), model=model.info))
         executor = Executor(model, PipeToolCaller(channel), channel.send)
         while (msg := channel.next_message()) is not None:
+            if isinstance(msg, SaveState | RestoreState):
+                channel.send(saved.handle(msg, model, executor))
+                continue
             if not isinstance(msg, Task):
                 log.info("ignored a %s message between errands", msg.type)
                 continue

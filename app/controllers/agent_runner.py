@@ -168,7 +168,7 @@ class HostListener:
                 self._events.context(context)
         elif kind == "error":
             self._events.error(event.text)
-        elif kind == "memory_problems":
+        elif kind in ("memory_problems", "notice"):
             self._events.notice(event.text)
         elif kind == "agent_crashed":
             tail = str(data.get("stderr", "")).strip()
@@ -226,12 +226,18 @@ class AgentHostRunner:
         sessions: SessionStore | None = None,
         recorder: ErrandRecorder | None = None,
         model: str = "",
+        outdated: Callable[[], bool] | None = None,
     ) -> None:
         self.host = host
+        self._outdated = outdated
         self._owned = owned
         self._sessions = sessions
         self._recorder = recorder
         self._model = model
+
+    def outdated(self) -> bool:
+        """Whether the model settings changed since this runner was built."""
+        return self._outdated is not None and self._outdated()
 
     def run_errand(self, task: str) -> Any:
         """Run one errand; the host reports through the listener."""
@@ -303,8 +309,10 @@ def agent_host_factory(
 
     Args:
         services: The host's services (audit log, rules, memory).
-        model_spec: Returns the ``models.factory.ModelSpec`` to run (read at
-            session start, so model settings apply to the next session).
+        model_spec: Returns the ``models.factory.ModelSpec`` to run (read when
+            the runner is built; when it returns another spec, the runner is
+            outdated and the next errand runs on a new one: model settings
+            apply at the next errand).
         scripted_model: Run the scripted fake model from this JSON file instead.
         broker: Returns the broker to use (the vault screen's, once unlocked);
             defaults to the services' own.
@@ -353,6 +361,7 @@ def agent_host_factory(
         options: dict[str, Any] = {
             "hidden_paths": services.protected_paths(),
             "egress": services.egress_settings(),  # shell commands reach the network via the proxy
+            **services.kv_states(),
         }
         if runs_in_host(spec):
             # The host opens the remote model (and holds its key); the agent
@@ -387,7 +396,8 @@ def agent_host_factory(
             spec.label() if spec is not None else "unknown"
         )
         return AgentHostRunner(
-            host, owned=owned, sessions=sessions, recorder=recorder, model=model
+            host, owned=owned, sessions=sessions, recorder=recorder, model=model,
+            outdated=lambda: model_spec() != spec,
         )
 
     return factory

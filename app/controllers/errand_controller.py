@@ -356,7 +356,7 @@ class _ErrandWorker(QObject):
     def run(self, session_id: str, workspace: str, task: str) -> None:
         self._cancelled.clear()
         try:
-            if self._runner is None or self._runner_session != session_id:
+            if self._needs_runner(session_id):
                 self._close_runner()
                 context = RunnerContext(session_id, Path(workspace), self, self)
                 runner = self._factory(context)
@@ -379,7 +379,7 @@ class _ErrandWorker(QObject):
     def resume(self, session_id: str, workspace: str, errand_id: str, choice: str) -> None:
         self._cancelled.clear()
         try:
-            if self._runner is None or self._runner_session != session_id:
+            if self._needs_runner(session_id):
                 self._close_runner()
                 runner = self._factory(RunnerContext(session_id, Path(workspace), self, self))
                 with self._lock:
@@ -395,6 +395,23 @@ class _ErrandWorker(QObject):
             self.errorOut.emit(_describe(e))
         finally:
             self.done.emit(session_id)
+
+    def _needs_runner(self, session_id: str) -> bool:
+        """Whether a new runner must be built: none yet, another session, or outdated.
+
+        A runner is outdated when the model settings changed since it was
+        built: the change applies at this errand, on a new agent process
+        (which reuses the session's saved state when it still fits the model,
+        else evaluates the conversation again).
+        """
+        runner = self._runner
+        if runner is None or self._runner_session != session_id:
+            return True
+        outdated = getattr(runner, "outdated", None)
+        if callable(outdated) and outdated():
+            self.noticeOut.emit("The model settings changed: this errand runs with the new ones.")
+            return True
+        return False
 
     def _close_runner(self) -> None:
         with self._lock:

@@ -364,6 +364,21 @@ def test_a_session_is_one_conversation_in_the_agent_process(
     assert [m.content for m in rig.host.history][-2:] == ["third task", "three"]
 
 
+def test_the_hosts_own_turns_given_back_keep_the_conversation(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    # What run_recorded does before every errand: the store's turns, the same
+    # as the host's own, must not restart the agent's conversation.
+    model = ScriptedModel([final("one"), final("two")])
+    rig = rig_for(rigs, tmp_path, ws, relay_model=model, scripted_model=None)
+    rig.host.run_errand("first task")
+    rig.host.replace_history(rig.host.history)
+    rig.host.run_errand("second task")
+    tasks = rig.transcript.sent_of("task")
+    assert tasks[0]["conversation"] == tasks[1]["conversation"]
+    assert [m.role for m in model.calls[-1]] == ["system", "user", "assistant", "user"]
+
+
 def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
     limits = ErrandLimits(max_steps=2)
     replies = [call("list_dir"), call("list_dir"), final("x")]
@@ -1082,3 +1097,43 @@ def test_streamed_tokens_are_redacted_even_when_a_secret_is_split_across_them(
     rig.host.run_errand("leak it")
     shown = "".join(e.text for e in rig.events if e.kind == "token")
     assert shown == "the key is [REDACTED:KEY] ok"
+
+
+def test_an_agent_that_refuses_a_state_request_costs_one_notice_not_a_hang(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    from models.kvstate import StateStore
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"weights")
+    store = StateStore(tmp_path / "kvstate", cap_bytes=1 << 20)
+    saved = store.path_for("session-1")
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"a state from an earlier run")
+    info = {"name": "m", "backend": "llama.cpp", "path": str(model), "n_ctx": 512}
+    stats = {"steps": 1, "tool_calls": 0, "generated_tokens": 1, "evaluated_tokens": 1,
+             "stop_reason": "final"}
+    plan = [
+        {"op": "read"},
+        {"op": "send", "msg": {"v": 2, "type": "ready", "pid": 1, "model": info}},
+        {"op": "read"},  # the restore request
+        {"op": "send", "msg": {"v": 2, "type": "error", "message": "unknown message type",
+                               "kind": "protocol"}},
+        {"op": "read"},  # the task
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "done", "stats": stats}},
+        {"op": "read"},  # the save request when the host closes
+        {"op": "send", "msg": {"v": 2, "type": "error", "message": "no", "kind": "protocol"}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan),
+                  kv_store=store)
+    result = rig.host.run_errand("x")
+    assert (result.outcome, result.text) == ("final", "done")
+    assert [m["type"] for m in rig.transcript.sent_of("restore_state")] == ["restore_state"]
+    notices = [e.text for e in rig.events if e.kind == "notice"]
+    assert len(notices) == 1 and "unknown message type" in notices[0], notices
+    assert not saved.exists()  # reported once: the refused state is gone
+    assert "kv_state_refused" in rig.audit_kinds()
+    rig.host.close()
+    assert [m["type"] for m in rig.transcript.sent_of("save_state")] == ["save_state"]
+    assert not saved.exists()

@@ -604,3 +604,43 @@ def test_git_dir_named_by_a_git_file_inside_the_workspace_is_protected(
     result = sandbox.run_shell(_plant_all("store/repo.git"), workspace, FAST)
     assert "done" in result.output
     assert _planted(real) == []
+
+
+@pytest.mark.bwrap
+def test_the_agent_may_write_only_its_state_directory_even_inside_a_hidden_one(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    state = bundle / "data" / "kvstate" / "s1"
+    state.mkdir(parents=True)
+    (bundle / "data" / "vault.kls").write_text("CANARY-VAULT-BYTES")
+    (bundle / "data" / "kvstate" / "s2").mkdir()
+    probe = f"""
+import json
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except Exception as e:
+        return "refused: " + type(e).__name__
+print(json.dumps({{
+    "own": attempt(lambda: open({str(state / "state.kvstate")!r}, "w").write("x")),
+    "other": attempt(lambda: open({str(bundle / "data" / "kvstate" / "s2" / "f")!r}, "w")),
+    "beside": attempt(lambda: open({str(bundle / "data" / "new")!r}, "w")),
+    "vault": attempt(lambda: open({str(bundle / "data" / "vault.kls")!r}).read()),
+}}))
+"""
+    argv = sandbox.agent_command(
+        [sys.executable, "-c", probe],
+        extra_ro_binds=[bundle],
+        hide=[bundle / "data"],
+        extra_rw_binds=[state],
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["own"] == "ok" and (state / "state.kvstate").read_text() == "x"
+    assert seen["other"].startswith("refused") and seen["beside"].startswith("refused")
+    assert seen["vault"].startswith("refused")
+    with pytest.raises(SandboxError, match="refusing to let"):
+        sandbox.agent_command([sys.executable], extra_rw_binds=[Path.home()])

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from agent.protocol import ErrandLimits
 from app.controllers.agent_runner import agent_host_factory
 from app.controllers.errand_controller import ErrandController
 from app.gui import session_closer
@@ -261,3 +262,53 @@ def test_an_errand_after_a_restart_gets_the_sessions_earlier_turns(
         assert store.session(session).state == "open"
     finally:
         _close(view, store, services)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quitting_and_reopening_a_session_restores_the_agents_saved_state(
+    qtbot: Any, workspace: Path
+) -> None:
+    from models.factory import ModelSpec
+    from vault.audit import AuditLog
+
+    def real_app() -> tuple[ChatView, SessionStore, AppServices]:
+        services = AppServices()
+        store = SessionStore(default_paths().database)
+        controller = ErrandController(
+            agent_host_factory(
+                services, lambda: ModelSpec(n_ctx=512, n_threads=1), sessions=store,
+                host_options={"limits": ErrandLimits(max_steps=1, max_tokens_per_step=16)},
+            ),
+            workspace=workspace,
+            sessions=store,
+            session_closer=session_closer(services, store),
+        )
+        view = ChatView(controller, [str(workspace)])
+        qtbot.add_widget(view)
+        return view, store, services
+
+    view, store, services = real_app()
+    try:
+        _run(qtbot, view, "Say hello.")
+        session = view.controller.current_session
+    finally:
+        _close(view, store, services)  # quitting saves the agent's state
+    assert (default_paths().kvstate_dir / session / "state.kvstate").is_file()
+
+    view, store, services = real_app()  # the app starts again
+    try:
+        view.controller.select_session(session)
+        _run(qtbot, view, "Say goodbye.")
+    finally:
+        _close(view, store, services)
+    audit = AuditLog(default_paths().database)
+    try:
+        kinds = [e.kind for e in audit.entries(limit=200)]
+        finished = audit.entries("errand_finished", limit=10)
+    finally:
+        audit.close()
+    assert "kv_state_restored" in kinds and "kv_state_refused" not in kinds, kinds
+    evaluated = sorted(int(e.details["evaluated_tokens"]) for e in finished)
+    assert len(evaluated) == 2 and evaluated[0] < evaluated[1] / 3, evaluated

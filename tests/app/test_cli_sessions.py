@@ -47,7 +47,11 @@ def test_list_show_rm(
     assert "  > read a.txt\n  -> read_file {\"path\": \"a.txt\"}\n" in out
     assert "  <- ok\n     hello" in out and "  = It says hello." in out
     assert "no grants in this session" in out
+    state = default_paths().kvstate_dir / "s1" / "state.kvstate"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_bytes(b"saved")
     assert main(["sessions", "rm", "s1"]) == 0
+    assert not state.parent.exists()
     assert main(["sessions", "show", "s1"]) == 1
     assert "error: no session 's1'" in capsys.readouterr().err
 
@@ -292,3 +296,37 @@ def test_close_promotes_the_notes_when_the_model_cannot_be_opened(
     assert "session -> project: 1 note(s) kept" in out
     topic = workspace / ".keyless" / "memory" / "topics" / "build-quirk.md"
     assert "make needs GNU make 4." in topic.read_text()
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_session_left_and_continued_restores_the_agents_saved_state(
+    workspace: Path,
+) -> None:
+    from app.settings import AppSettings, ModelSettings, save_settings
+    from vault.audit import AuditLog
+
+    paths = default_paths()
+    save_settings(paths, AppSettings(model=ModelSettings(n_ctx=512)))
+
+    def run(task: str, *extra: str) -> int:
+        args = build_parser().parse_args(
+            ["run", task, "--session", "s1", "--max-steps", "1", "-q", *extra]
+        )
+        return run_errand_cli(args, stdin=io.StringIO(""), out=io.StringIO(), err=io.StringIO())
+
+    run("Say hello.", "-w", str(workspace))
+    # Leaving the session (the command ended) saved the agent's state.
+    assert list((paths.kvstate_dir / "s1").glob("*.kvstate"))
+    run("Say goodbye.")
+    audit = AuditLog(paths.database)
+    try:
+        kinds = [e.kind for e in audit.entries(limit=100)]
+        finished = audit.entries("errand_finished", limit=10)
+    finally:
+        audit.close()
+    assert "kv_state_restored" in kinds and "kv_state_refused" not in kinds, kinds
+    # The second run continued from the state: far fewer tokens evaluated.
+    evaluated = sorted(int(e.details["evaluated_tokens"]) for e in finished)
+    assert len(evaluated) == 2 and evaluated[0] < evaluated[1] / 3, evaluated

@@ -356,6 +356,44 @@ def test_agent_host_errand_allowed_runs_the_tool(
         assert c.shutdown(10_000)
 
 
+def test_a_model_change_applies_at_the_next_errand_on_a_new_agent(
+    qtbot: Any, tmp_path: Path, workspace: Path
+) -> None:
+    from app.controllers.agent_runner import agent_host_factory
+    from app.services import AppServices
+    from models.factory import ModelSpec
+
+    transcript: list[tuple[str, bytes]] = []
+    spec = [ModelSpec(n_ctx=512)]
+    factory = agent_host_factory(
+        AppServices(),
+        lambda: spec[0],
+        scripted_model=_script(tmp_path, {"final": "done"}),
+        host_options={"transcript": lambda d, line: transcript.append((d, line))},
+    )
+    c = ErrandController(factory, workspace=workspace)
+    notices: list[str] = []
+    c.noticeReported.connect(notices.append)
+
+    def hellos() -> int:
+        return sum(b'"type":"hello"' in line for d, line in transcript if d == "sent")
+
+    try:
+        with qtbot.wait_signal(c.errandFinished, timeout=60_000):
+            c.start("first")
+        with qtbot.wait_signal(c.errandFinished, timeout=60_000):
+            c.start("second, same settings")
+        assert hellos() == 1 and notices == []
+        spec[0] = ModelSpec(n_ctx=1024)  # the Model panel saved a new context size
+        with qtbot.wait_signal(c.errandFinished, timeout=60_000):
+            c.start("third, after the change")
+        # A new agent process with the new model, in the same session.
+        assert hellos() == 2
+        assert any("model settings changed" in n for n in notices), notices
+    finally:
+        assert c.shutdown(10_000)
+
+
 def test_shutdown_during_an_errand_still_closes_the_runner(
     qtbot: Any, workspace: Path, runners: list[SyntheticRunner]
 ) -> None:

@@ -268,6 +268,28 @@ def test_remember_keeps_the_level_within_capacity_at_write_time(
     assert usage["project"].archived > 0, "older topics are archived (kept on disk), not deleted"
 
 
+def test_restoring_an_archived_topic_keeps_the_level_within_capacity(
+    make_service: ServiceFactory,
+) -> None:
+    svc = make_service(capacities=(1500, 40, 1000))
+    for i in range(4):
+        svc.remember(f"topic {i}", " ".join(["word"] * 15), level="project", source=MODEL)
+    archived = [
+        f.name for f in svc.list_files()
+        if f.level == "project" and f.kind == "topic" and f.status != "active"
+    ]
+    assert archived
+    svc.restore("project", archived[0])
+    usage = {u.level: u for u in svc.capacity_usage()}
+    assert usage["project"].tokens <= 40 and not usage["project"].over
+    active = {
+        f.name for f in svc.list_files()
+        if f.level == "project" and f.kind == "topic" and f.status == "active"
+    }
+    assert archived[0] in active  # the restored topic is never the one pushed out
+    assert svc.history(1)[0].op == "restore"  # one change: one undo
+
+
 def test_remember_refuses_a_note_bigger_than_its_level(make_service: ServiceFactory) -> None:
     svc = make_service(capacities=(1500, 32, 1000))
     with pytest.raises(InvalidMemoryError, match="holds 32"):
