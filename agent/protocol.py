@@ -90,6 +90,10 @@ class ToolOffer(BaseModel):
     parameters: dict[str, Any] = Field(
         description="The JSON schema of its arguments, generated from the tool's pydantic model."
     )
+    read_only: bool = Field(
+        default=False,
+        description="A call changes nothing a later call would see (so repeating one is useless).",
+    )
 
 
 class Hello(_Msg):

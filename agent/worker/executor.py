@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.errors import ErrandCancelledError
@@ -31,18 +32,22 @@ from agent.protocol import (
     TokenChunk,
     ToolRequest,
     ToolResult,
-    step_schema,
 )
 from agent.worker.prompt import (
+    answer_messages,
     correction_message,
     initial_messages,
     repeat_message,
     wrap_tool_result,
 )
+from agent.worker.scaffold import StepScaffold, is_question, named_paths
 from models.errors import GenerationError, ModelError
 from models.interface import CancelToken, ChatModel, ContextState, Finished, Message, Token
 
 log = logging.getLogger(__name__)
+
+ANSWER_TOKENS = 160
+"""Tokens allowed for a plain-text answer (a sentence or a short list; a small model rambles)."""
 
 class ToolCaller(Protocol):
     """Carries a tool call to the host and returns its result."""
@@ -63,6 +68,10 @@ class Executor:
         model: The model that chooses each step.
         tools: Carries tool calls to the host.
         emit: Receives :class:`TokenChunk` and :class:`Progress` messages for the host.
+        closed_paths: Whether ``list_dir`` and ``read_file`` take only paths the
+            errand has seen, and a question is answered as plain text
+            (:class:`agent.worker.scaffold.StepScaffold`); None: for a local
+            llama.cpp model, whose small sizes need it.
     """
 
     def __init__(
@@ -70,10 +79,13 @@ class Executor:
         model: ChatModel,
         tools: ToolCaller,
         emit: Callable[[AgentMessage], None],
+        *,
+        closed_paths: bool | None = None,
     ) -> None:
         self._model = model
         self._tools = tools
         self._emit = emit
+        self._closed_paths = closed_paths
 
     def run(self, task: Task, cancel: CancelToken) -> FinalAnswer:
         """Run one errand to its end.
@@ -86,12 +98,11 @@ class Executor:
             models.errors.ModelError: The model failed.
         """
         limits = task.limits
-        schema = step_schema(task.tools)
+        scaffold = self._scaffold(task)
         messages: list[Message] = initial_messages(task, task.tools)
         generated = 0
         evaluated = 0
         tool_calls = 0
-        last_ok_call: tuple[str, str] | None = None
 
         def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
             stats = ErrandStats(
@@ -110,13 +121,15 @@ class Executor:
             if budget <= 0:
                 return done(_limit_text("token", limits.max_total_tokens), "max_tokens", step - 1)
             self._emit(Progress(step=step, max_steps=limits.max_steps, context=self._context()))
-            finished = self._generate(messages, budget, schema, cancel, step)
-            generated += finished.stats.n_generated
-            evaluated += finished.stats.n_prompt_tokens
+            chosen = self._choose(task, messages, scaffold, budget, cancel, step)
+            generated += chosen.generated
+            evaluated += chosen.evaluated
+            finished, reply = chosen.finished, chosen.finished.text.strip()
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":
                 return done("", "cancelled", step)
-            reply = finished.text.strip()
             messages.append(Message(role="assistant", content=reply))
+            if chosen.plain:
+                return done(_plain_answer(reply), "final", step)
             try:
                 action = _parse_action(reply)
             except ValueError as e:
@@ -135,10 +148,9 @@ class Executor:
                 except ValueError as e:
                     messages.append(correction_message(f"finish needs an answer ({e})"))
                     continue
-            signature = (tool, json.dumps(arguments, sort_keys=True))
-            if signature == last_ok_call:
-                # Small models loop on a call that already worked; the answer is
-                # in the context, so say so instead of running it again.
+            if scaffold.is_repeat(tool, arguments):
+                # Only a model that ignores the grammar gets here: the result is
+                # already in the context, so say so instead of running it again.
                 messages.append(repeat_message(tool))
                 continue
             tool_calls += 1
@@ -147,11 +159,66 @@ class Executor:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:
                 return done("", "cancelled", step)
-            last_ok_call = signature if result.ok else None
+            scaffold.record(tool, arguments, ok=result.ok, content=result.content)
             messages.append(
-                wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
+                wrap_tool_result(
+                    tool, result, max_chars=limits.max_result_chars, reminder=task.task
+                )
             )
         return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
+
+    def _choose(
+        self,
+        task: Task,
+        messages: Sequence[Message],
+        scaffold: StepScaffold,
+        budget: int,
+        cancel: CancelToken,
+        step: int,
+    ) -> _Choice:
+        """Generate one step; a repeated call is rejected and the step sampled again."""
+        generated = evaluated = 0
+        exclude: str | None = None
+        while True:
+            schema = scaffold.step_schema(exclude=exclude)
+            plain = scaffold.closed_paths and scaffold.only_answer_left(schema)
+            if plain:
+                # A small model answers as plain text from a short context (the
+                # files it read and the question) where, in the errand, it echoes.
+                asked = answer_messages(task.task, scaffold.files_read())
+                finished = self._generate(asked, min(budget, ANSWER_TOKENS), None, cancel, step)
+            else:
+                finished = self._generate(messages, budget, schema, cancel, step)
+            generated += finished.stats.n_generated
+            evaluated += finished.stats.n_prompt_tokens
+            budget -= finished.stats.n_generated
+            if exclude is not None or plain or budget <= 0 or cancel.cancelled:
+                break
+            try:
+                action = _parse_action(finished.text.strip())
+            except ValueError:
+                break
+            tool = action.get("tool")
+            if tool is None or not scaffold.is_repeat(tool, action["arguments"]):
+                break
+            # Sampled again without that tool: a grammar that excludes just the
+            # exact call makes every step slower (docs/benchmarks.md).
+            log.info("step %d: %s repeats a call; sampled again without it", step, tool)
+            exclude = tool
+        return _Choice(finished, plain, generated, evaluated)
+
+    def _scaffold(self, task: Task) -> StepScaffold:
+        closed = self._closed_paths
+        if closed is None:
+            closed = self._model.info.backend == "llama.cpp"
+        # A small model writes the answer to a question into a file: with closed
+        # paths, a question gets the read tools only, and the answer once they run out.
+        return StepScaffold(
+            task.tools,
+            closed_paths=closed,
+            answer_only=closed and is_question(task.task),
+            named=named_paths(task.task),
+        )
 
     def _context(self) -> ContextState | None:
         try:
@@ -164,7 +231,7 @@ class Executor:
         self,
         messages: Sequence[Message],
         max_tokens: int,
-        schema: dict[str, Any],
+        schema: dict[str, Any] | None,
         cancel: CancelToken,
         step: int,
     ) -> Finished:
@@ -177,6 +244,16 @@ class Executor:
             elif isinstance(event, Finished):
                 return event
         raise GenerationError("the model's stream ended without a final event")
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """One step's reply, and what generating it (rejected tries too) cost."""
+
+    finished: Finished
+    plain: bool
+    generated: int
+    evaluated: int
 
 
 def _parse_action(reply: str) -> dict[str, Any]:
@@ -201,6 +278,27 @@ def _parse_action(reply: str) -> dict[str, Any]:
     if not isinstance(arguments, dict):
         raise ValueError('"arguments" must be a JSON object')
     return {"tool": tool, "arguments": arguments}
+
+
+def _plain_answer(reply: str) -> str:
+    """The answer in a plain-text reply (the model may still have written the JSON).
+
+    A small model echoes the prompt's fence markers and the question: those
+    lines are dropped.
+    """
+    kept = [
+        line for line in reply.splitlines()
+        if "<<<" not in line and not line.strip().startswith("Question:")
+    ]  # fmt: skip
+    reply = "\n".join(kept).strip() or reply
+    try:
+        action = _parse_action(reply)
+    except ValueError:
+        return reply
+    if "final" in action:
+        return str(action["final"])
+    answer = action["arguments"].get("answer") if action["tool"] == FINISH_TOOL else None
+    return answer if isinstance(answer, str) else reply
 
 
 def _finish_text(arguments: dict[str, Any]) -> str:
