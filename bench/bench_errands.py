@@ -954,22 +954,29 @@ def model_from_args(args: argparse.Namespace) -> ModelChoice:
     Raises:
         SystemExit: The options are inconsistent (the message says which).
     """
-    threads = args.threads
-    if args.backend == "openai":
+    from models.backends import backend_for
+
+    # What the backend takes comes from its settings in the registry, not its name.
+    fields = backend_for(args.backend).settings_model.model_fields
+    options: dict[str, Any] = {"n_ctx": args.n_ctx, "n_threads": args.threads}
+    if args.model is not None and "path" not in fields:
+        raise SystemExit(f"--backend {args.backend} takes no --model FILE")
+    if "base_url" in fields:
         if not args.base_url or not args.model_name:
-            raise SystemExit("--backend openai needs --base-url and --model-name")
-        spec = ModelSpec.of("openai", base_url=args.base_url, model_name=args.model_name,
-                            allow_local=args.allow_local, n_ctx=args.n_ctx)  # fmt: skip
+            raise SystemExit(f"--backend {args.backend} needs --base-url and --model-name")
+        options.update(base_url=args.base_url, model_name=args.model_name,
+                       allow_local=args.allow_local)  # fmt: skip
+        spec = ModelSpec.from_options(args.backend, options)
         return ModelChoice(f"{args.model_name} at {args.base_url}", spec)
     if args.model is not None:
         path = args.model.expanduser().resolve()
         if not path.is_file():
             raise SystemExit(f"--model {path}: no such file")
-        spec = ModelSpec.of("llama.cpp", path=path, n_ctx=args.n_ctx, n_threads=threads)
+        spec = ModelSpec.from_options(args.backend, {**options, "path": path})
         return ModelChoice(path.name, spec)
     from models.catalog import embedded_default
 
-    spec = ModelSpec.of("llama.cpp", n_ctx=args.n_ctx, n_threads=threads)
+    spec = ModelSpec.from_options(args.backend, options)
     return ModelChoice(f"embedded ({embedded_default().name})", spec)
 
 
@@ -979,7 +986,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, metavar="FILE", help="a local GGUF file")
-    parser.add_argument("--backend", choices=("llama.cpp", "openai"), default="llama.cpp")
+    from models.backends import backend_names
+
+    parser.add_argument("--backend", choices=backend_names(), default="llama.cpp")
     parser.add_argument("--base-url", help="the OpenAI-compatible server (--backend openai)")
     parser.add_argument("--model-name", help="the server's model name (--backend openai)")
     parser.add_argument("--allow-local", action="store_true",
