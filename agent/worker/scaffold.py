@@ -22,8 +22,9 @@ files it wrote, files the task names: :func:`named_paths`), and with
 ``closed_paths`` the :data:`PATH_KINDS` tools take only those, as a short
 ``enum`` (cheap to sample): ``list_dir`` a directory seen and not yet listed
 (at first the workspace), ``read_file`` a file seen and not yet read since
-the last write (none before a listing or a search unless the task names one). The worker closes the paths
-for local models (the small ones need it; a listing costs a large one one step).
+the last write (none before a listing or a search unless the task names one).
+The worker closes the paths for local models (the small ones need it; a
+listing costs a large one one step).
 
 The same small model, once it has read the answer to a question, writes it
 into a file instead of answering. A task that reads as a question
@@ -193,6 +194,10 @@ class StepScaffold:
             if kind is not None:
                 used = {_norm(str(c.get("path", "."))) for c in calls}
                 choices = [p for p in self._seen[kind] if p not in used][-MAX_CHOICES:]
+                if kind == "file" and self._answer_only:
+                    # A question about named files reads them first: another
+                    # file's text only misleads the answer.
+                    choices = [p for p in self._named if p not in used] or choices
                 if choices:
                     offers.append(_with_choices(offer, "path", choices))
                 continue
@@ -206,8 +211,11 @@ class StepScaffold:
     def files_read(self) -> list[tuple[str, str]]:
         """``(what, content)`` of each successful listing and read, oldest first.
 
-        ``what`` is the file's path, or "listing of DIR" for a listing.
+        ``what`` is the file's path, or "listing of DIR" for a listing; once
+        every file the task names was read, those files only.
         """
+        if self._named_all_read():
+            return [(p, c) for p, c in self._files_read if _norm(p) in self._named]
         return list(self._files_read)
 
     def _named_all_read(self) -> bool:

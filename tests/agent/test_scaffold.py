@@ -160,7 +160,7 @@ def test_a_question_gets_no_free_text_tool_once_a_file_was_read() -> None:
     [
         ("Read calc.py and fix the bug in add.", ["calc.py"]),
         ("What version number is written in the file VERSION?", ["VERSION"]),
-        ("Run `python3 check.py` and fix src/limits.py so it passes.", ["check.py", "src/limits.py"]),
+        ("Run `python3 check.py`, fix src/limits.py.", ["check.py", "src/limits.py"]),
         ("List the names of the .txt files in the workspace.", []),
         ("Call https://api.example.com/v1/status and tell me.", []),
     ],
@@ -187,3 +187,13 @@ def test_a_failed_read_of_a_named_file_does_not_end_the_question() -> None:
     assert set(options(guard.step_schema())) == {"list_dir", "finish"}
     guard.record("list_dir", {"path": "."}, content="ws: 1 entries\nversion.txt  5 bytes")
     assert guard.files_read() == [("listing of .", "ws: 1 entries\nversion.txt  5 bytes")]
+
+
+def test_a_question_reads_the_files_it_names_before_any_other_and_answers_from_them() -> None:
+    guard = StepScaffold(offers(["list_dir", "read_file"]), closed_paths=True,
+                         answer_only=True, named=["VERSION"])  # fmt: skip
+    listing = "ws: 2 entries\nREADME.md  9 bytes\nVERSION  7 bytes"
+    guard.record("list_dir", {"path": "."}, content=listing)
+    assert options(guard.step_schema())["read_file"]["properties"]["path"]["enum"] == ["VERSION"]
+    guard.record("read_file", {"path": "VERSION"}, content="3.14.2")
+    assert guard.files_read() == [("VERSION", "3.14.2")]
