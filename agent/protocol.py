@@ -217,6 +217,10 @@ class ToolRequest(_Msg):
     call_id: str
     tool: str
     arguments: dict[str, Any]
+    confidence: float | None = Field(
+        default=None,
+        description="How sure the model was of the call (models.confidence); None if unknown.",
+    )
 
 
 StopReason = Literal["final", "finish", "cancelled", "max_steps", "max_tokens"]

@@ -845,6 +845,7 @@ def _judge(
                 "decision": c.decision,
                 "ok": c.ok,
                 "result": c.summary,
+                "confidence": c.confidence,
             }
             for c in result.tool_calls
         ],
@@ -912,6 +913,50 @@ def task_table(runs: Sequence[TaskRun]) -> list[str]:
             f"| {statistics.mean(r.evaluated_tokens for r in rs):.0f} / "
             f"{statistics.mean(r.generated_tokens for r in rs):.0f} "
             f"| {statistics.mean(r.wall_s for r in rs):.1f} |"
+        )
+    return lines
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The area under the ROC curve of ``scores`` for ``labels`` (ties count half).
+
+    The chance that a random positive scores higher than a random negative;
+    None without both.
+    """
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def confidence_lines(runs: Sequence[TaskRun]) -> list[str]:
+    """How well the tool calls' confidence tells solved errands from failed ones.
+
+    Per errand, its lowest call confidence (DeepConf's trace confidence); per
+    call, the call's own, labelled by its errand's success. Empty when no call
+    carries a confidence (a backend without log-probabilities).
+    """
+    errands: list[tuple[float, bool]] = []
+    calls: list[tuple[float, bool]] = []
+    for r in runs:
+        values = [c["confidence"] for c in r.calls if c.get("confidence") is not None]
+        calls.extend((v, r.success) for v in values)
+        if values:
+            errands.append((min(values), r.success))
+    if not calls:
+        return []
+    lines = []
+    for what, pairs in (("errands (lowest call)", errands), ("calls", calls)):
+        area = auroc([p[0] for p in pairs], [p[1] for p in pairs])
+        ok = [p[0] for p in pairs if p[1]]
+        bad = [p[0] for p in pairs if not p[1]]
+        shown = "n/a" if area is None else f"{area:.2f}"
+        lines.append(
+            f"Confidence AUROC for success, {what}: {shown} ({len(ok)} solved, median "
+            f"{statistics.median(ok) if ok else float('nan'):.2f}; {len(bad)} failed, median "
+            f"{statistics.median(bad) if bad else float('nan'):.2f})"
         )
     return lines
 
@@ -1025,6 +1070,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(task_table(runs)))
     print()
     print("\n".join(tier_table(runs)))
+    confidence = confidence_lines(runs)
+    if confidence:
+        print()
+        print("\n".join(confidence))
     if args.json is not None:
         report: dict[str, Any] = {
             "model": model.label,

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.catalog import GGUFHeader, read_header
+from models.confidence import lowest_group_confidence, token_confidence_from_logits
 from models.errors import GenerationError, ModelError, ModelLoadError
 from models.eviction import EvictionMode, EvictionPolicy
 from models.interface import (
@@ -507,6 +508,14 @@ class Runtime:
             self._eog_ids = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
         return self._eog_ids
 
+    def _token_confidence(self, llm: Any) -> float:
+        """The token confidence of the position just sampled, from its raw logits."""
+        import llama_cpp
+        import numpy as np
+
+        logits = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return token_confidence_from_logits(np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)))
+
     def _generate(
         self, prompt: list[int], max_tokens: int, sampler: Any, cancel: CancelToken | None
     ) -> Iterator[StreamEvent]:
@@ -540,6 +549,7 @@ class Runtime:
                         stop = "eos"
                         break
                     run.n_gen += 1
+                    run.confidences.append(self._token_confidence(llm))
                     text = decoder.decode(self._piece(token))
                     if text:
                         pieces.append(text)
@@ -571,6 +581,7 @@ class _RunStats:
         self.shifts0 = shifts0
         self.n_prompt = 0
         self.n_gen = 0
+        self.confidences: list[float] = []
 
     def stats(self, cache: SinkCache, stop: StopReason) -> GenerationStats:
         decode_s = time.perf_counter() - self.t_prefill
@@ -583,6 +594,7 @@ class _RunStats:
             tokens_per_second=self.n_gen / decode_s if self.n_gen and decode_s > 0 else 0.0,
             n_evicted=cache.total_evicted - self.evicted0,
             n_shifts=cache.total_shifts - self.shifts0,
+            confidence=lowest_group_confidence(self.confidences),
             stop_reason=stop,
         )
 

@@ -130,6 +130,9 @@ class AgentHost(ToolDispatch, ModelRelay):
         egress: Give sandboxed shell commands the network through the
             session's egress proxy (started on the first shell call, stopped
             by :meth:`close`), built with these settings; None: no network.
+        confidence_floor: A write, command, network or capability call whose
+            confidence is below this asks even where a rule allows it; None
+            never asks for that reason.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         write_timeout: float = WRITE_TIMEOUT_S,
         mcp: McpHub | None = None,
         egress: EgressSettings | None = None,
+        confidence_floor: float | None = None,
     ) -> None:
         self._mcp = mcp
         self._spec = model_spec
@@ -170,6 +174,7 @@ class AgentHost(ToolDispatch, ModelRelay):
         self._broker = broker
         self._memory = memory
         self._policy = policy
+        self._confidence_floor = confidence_floor
         self._prompt = prompt
         self._audit = audit
         self.session_id = session_id

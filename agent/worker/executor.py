@@ -154,7 +154,12 @@ class Executor:
                 messages.append(repeat_message(tool))
                 continue
             tool_calls += 1
-            request = ToolRequest(call_id=f"c{step}", tool=tool, arguments=arguments)
+            request = ToolRequest(
+                call_id=f"c{step}",
+                tool=tool,
+                arguments=arguments,
+                confidence=finished.stats.confidence,
+            )
             try:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:

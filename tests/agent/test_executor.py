@@ -362,3 +362,11 @@ def test_a_plain_answer_drops_the_echoed_fence_and_question() -> None:
     executor = Executor(run.model, run.tools, run.emitted.append, closed_paths=True)
     answer = executor.run(task, CancelToken())
     assert (answer.text, answer.stats.steps) == ("It is 3.14.2.", 2)
+
+
+def test_each_tool_request_carries_the_confidence_of_its_generation() -> None:
+    run = make(call("list_dir", path="."), final("done"))
+    execute(run, TASK)
+    [request] = run.tools.requests
+    # The scripted model reports no log-probabilities: unknown, not made up.
+    assert request.confidence is None

@@ -336,7 +336,7 @@ def test_history_carries_over_to_the_next_errand(tmp_path: Path, ws: Path, rigs:
 
 def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
     limits = ErrandLimits(max_steps=2)
-    replies = [call("list_dir"), call("list_dir"), final("x")]
+    replies = [call("list_dir"), call("list_dir", path="sub"), final("x")]
     rig = rig_for(
         rigs, tmp_path, ws, replies, limits=limits, tools=("list_dir", "nonexistent_tool")
     )
@@ -1052,3 +1052,51 @@ def test_streamed_tokens_are_redacted_even_when_a_secret_is_split_across_them(
     rig.host.run_errand("leak it")
     shown = "".join(e.text for e in rig.events if e.kind == "token")
     assert shown == "the key is [REDACTED:KEY] ok"
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "confidence", "asks"),
+    [
+        ("write_file", {"path": "out.txt", "content": "x"}, 0.4, True),
+        ("write_file", {"path": "out.txt", "content": "x"}, 3.0, False),
+        ("write_file", {"path": "out.txt", "content": "x"}, None, False),
+        ("read_file", {"path": "notes.txt"}, 0.4, False),  # a read is not gated
+    ],
+)
+def test_an_allowed_risky_call_the_model_was_unsure_of_asks_and_shows_the_confidence(
+    tmp_path: Path,
+    ws: Path,
+    rigs: list[Rig],
+    tool: str,
+    arguments: dict[str, object],
+    confidence: float | None,
+    asks: bool,
+) -> None:
+    request = {"v": 2, "type": "tool_request", "call_id": "c1", "tool": tool,
+               "arguments": arguments, "confidence": confidence}  # fmt: skip
+    stats = {"steps": 1, "tool_calls": 1, "generated_tokens": 1, "stop_reason": "final"}
+    plan = [
+        {"op": "ready"},
+        {"op": "read"},
+        {"op": "send", "msg": request},
+        {"op": "read"},
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(
+        rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan),
+        rules=[Rule(tool="write_file", pattern="*", action="allow")],
+        answers=[PermissionAnswer(choice="deny", reason="unsure")],
+        confidence_floor=1.0,
+    )  # fmt: skip
+    result = rig.host.run_errand("x")
+    if asks:
+        [asked] = rig.prompt.asked
+        assert asked.confidence == confidence and "unsure of this call (confidence 0.40" in (
+            asked.reason
+        )
+        assert result.tool_calls[0].decision == "denied"
+    else:
+        assert rig.prompt.asked == []
+        assert result.tool_calls[0].decision == "allow"
+    assert result.tool_calls[0].confidence == confidence

@@ -160,3 +160,12 @@ def test_the_model_options_are_read_through_the_backend_registry(tmp_path) -> No
     with pytest.raises(SystemExit, match="takes no --model"):
         model_from_args(_model_args("--backend", "openai", "--base-url", "http://x/v1",
                                     "--model-name", "m", "--model", str(gguf)))  # fmt: skip
+
+
+def test_auroc_is_the_chance_a_positive_outscores_a_negative() -> None:
+    from bench.bench_errands import auroc
+
+    assert auroc([3.0, 2.0, 1.0], [True, True, False]) == 1.0
+    assert auroc([1.0, 2.0], [True, False]) == 0.0
+    assert auroc([2.0, 2.0], [True, False]) == 0.5
+    assert auroc([1.0], [True]) is None
