@@ -15,7 +15,10 @@ one ``list_dir(".")``), generated under three schemas:
 
 Reported per schema: the time to build the grammar sampler (schema to GBNF
 and llama.cpp's parse), the time per generated token, and the whole step,
-median of ``--repeat`` runs (the prompt is cached after the first run).
+median of ``--repeat`` runs after one that fills the prompt cache; each with
+the grammar checked against the whole vocabulary at every token (llama.cpp's
+sampler chain) and with the greedy token checked first
+(``models.runtime._GreedyTokenFirst``, the same tokens).
 
     .venv/bin/python -m bench step_grammar [--repeat 3] [--max-tokens 48]
 """
@@ -109,35 +112,53 @@ def main(argv: list[str] | None = None) -> int:
     result = ToolResult(call_id="c1", ok=True, content=LISTING, untrusted=False)
     messages.append(wrap_tool_result("list_dir", result, max_chars=4000))
     model: Any = open_model(ModelSpec.of("llama.cpp", n_ctx=4096))
-    print("| schema | GBNF chars | sampler build ms | ms / token | step ms | tokens | reply |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    import models.runtime as runtime
+
+    token_first = runtime._GreedyTokenFirst.sample  # noqa: SLF001 - measured both ways
+
+    def every_token(self: Any, ctx: Any, idx: int) -> int:
+        return int(self._chain.sample(ctx, idx))  # noqa: SLF001 - the whole chain each token
+
+    modes = {"whole vocabulary": every_token, "greedy token first": token_first}
+    print("| schema | GBNF chars | sampler build ms | grammar check | ms / token | step ms "
+          "| tokens | reply |")  # fmt: skip
+    print("|---|---:|---:|---|---:|---:|---:|---|")
     try:
         for name, schema in schemas(tools).items():
             gbnf = "" if schema is None else json_schema_to_gbnf(json.dumps(schema))
-            builds, per_token, steps = [], [], []
-            finished: Finished | None = None
+            builds = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
                 model._make_sampler(schema, 0.0, False).close()  # noqa: SLF001 - timed apart
                 builds.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                for event in model.stream_chat(
-                    messages, max_tokens=args.max_tokens, json_schema=schema
-                ):
-                    if isinstance(event, Finished):
-                        finished = event
-                steps.append(time.perf_counter() - t0)
+            for mode, sample in modes.items():
+                if schema is None and mode != "whole vocabulary":
+                    continue
+                runtime._GreedyTokenFirst.sample = sample  # type: ignore[method-assign]  # noqa: SLF001
+                per_token, steps = [], []
+                finished: Finished | None = None
+                for _ in range(args.repeat + 1):  # the first run fills the prompt cache
+                    t0 = time.perf_counter()
+                    for event in model.stream_chat(
+                        messages, max_tokens=args.max_tokens, json_schema=schema
+                    ):
+                        if isinstance(event, Finished):
+                            finished = event
+                    steps.append(time.perf_counter() - t0)
+                    assert finished is not None
+                    if finished.stats.tokens_per_second:
+                        per_token.append(1 / finished.stats.tokens_per_second)
                 assert finished is not None
-                if finished.stats.tokens_per_second:
-                    per_token.append(1 / finished.stats.tokens_per_second)
-            assert finished is not None
-            print(
-                f"| {name} | {len(gbnf)} | {statistics.median(builds) * 1000:.0f} "
-                f"| {statistics.median(per_token) * 1000:.1f} "
-                f"| {statistics.median(steps) * 1000:.0f} | {finished.stats.n_generated} "
-                f"| `{finished.text[:60]}` |"
-            )
+                check = "none" if schema is None else mode
+                print(
+                    f"| {name} | {len(gbnf)} | {statistics.median(builds) * 1000:.0f} | {check} "
+                    f"| {statistics.median(per_token[1:]) * 1000:.1f} "
+                    f"| {statistics.median(steps[1:]) * 1000:.0f} | {finished.stats.n_generated} "
+                    f"| `{finished.text[:60]}` |",
+                    flush=True,
+                )
     finally:
+        runtime._GreedyTokenFirst.sample = token_first  # type: ignore[method-assign]  # noqa: SLF001
         model.close()
     return 0
 

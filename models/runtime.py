@@ -20,6 +20,7 @@ import codecs
 import ctypes
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -455,6 +456,8 @@ class Runtime:
             llama_cpp.llama_sampler_chain_add(sampler.sampler, sampler_add)
         if temperature <= 0.0:
             sampler.add_greedy()
+            if json_schema is not None and not ban_eog:
+                return _GreedyTokenFirst(sampler, sampler_add, llm.n_vocab())
         else:
             sampler.add_top_k(40)
             sampler.add_top_p(0.95, 1)
@@ -567,6 +570,41 @@ class Runtime:
                 sampler.close()
                 if self._closed:
                     self._free()
+
+
+class _GreedyTokenFirst:
+    """Greedy decoding under a grammar that tests the greedy token first.
+
+    llama.cpp's grammar sampler checks every vocabulary entry against the
+    grammar at every step, which costs far more than the 135M model's forward
+    pass; the greedy token usually fits the grammar, so it is checked alone,
+    and only when the grammar rejects it is the whole chain (grammar, then
+    greedy) applied. The tokens chosen are the same (llama.cpp's own
+    ``common_sampler`` does the same).
+    """
+
+    def __init__(self, chain: Any, grammar: Any, n_vocab: int) -> None:
+        self._chain = chain
+        self._grammar = grammar
+        self._n_vocab = n_vocab
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        import llama_cpp
+        import numpy as np
+
+        row = llama_cpp.llama_get_logits_ith(ctx.ctx, idx)
+        logits = np.ctypeslib.as_array(row, shape=(self._n_vocab,))
+        token = int(logits.argmax())
+        candidate = llama_cpp.llama_token_data(token, float(logits[token]), 0.0)
+        single = llama_cpp.llama_token_data_array(ctypes.pointer(candidate), 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single))
+        if math.isfinite(single.data[0].logit):
+            llama_cpp.llama_sampler_accept(self._chain.sampler, token)
+            return token
+        return int(self._chain.sample(ctx, idx))
+
+    def close(self) -> None:
+        self._chain.close()
 
 
 class _RunStats:
