@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -285,17 +286,21 @@ def _parse_action(reply: str) -> dict[str, Any]:
     return {"tool": tool, "arguments": arguments}
 
 
+_FENCE_ECHO = re.compile(r"<<<\s*(?:END\s+)?[0-9a-f]{0,16}\s*>{0,3}")
+"""A fence marker of :func:`agent.worker.prompt.answer_messages` as a small model echoes it."""
+
+
 def _plain_answer(reply: str) -> str:
     """The answer in a plain-text reply (the model may still have written the JSON).
 
     A small model echoes the prompt's fence markers and the question: those
     lines are dropped.
     """
-    kept = [
-        line for line in reply.splitlines()
-        if "<<<" not in line and not line.strip().startswith("Question:")
-    ]  # fmt: skip
+    unfenced = _FENCE_ECHO.sub("", reply)
+    kept = [line for line in unfenced.splitlines() if not line.strip().startswith("Question:")]
     reply = "\n".join(kept).strip() or reply
+    if len(reply) > 1 and reply[0] == reply[-1] == '"':
+        reply = reply[1:-1]
     try:
         action = _parse_action(reply)
     except ValueError:

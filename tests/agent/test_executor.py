@@ -356,7 +356,8 @@ def test_with_closed_paths_read_file_takes_only_a_listed_file() -> None:
 
 def test_a_plain_answer_drops_the_echoed_fence_and_question() -> None:
     task = Task(task="What is in the file VERSION?", tools=offers(["read_file"]))
-    echo = "<<<END 0123abcd>>>\nIt is 3.14.2.\n\nQuestion: What is in the file VERSION?"
+    echo = '<<<END 0123abcd>>"It is 3.14.2."\n\nQuestion: What is in the file VERSION?\n'
+    echo += "<<<END 0123abcd>>>"
     run = make(call("read_file", path="VERSION"), echo)
     run.tools.answers = [ToolResult(call_id="?", ok=True, content="3.14.2\n")]
     executor = Executor(run.model, run.tools, run.emitted.append, closed_paths=True)
