@@ -11,9 +11,9 @@ failed calls count too) is rejected and the step is sampled again under
 :meth:`StepScaffold.step_schema` with that tool left out
 (``exclude=...``). Excluding the exact value inside the grammar needs a
 ``pattern`` that matches every string but the values used (JSON schema has
-no ``not``), and llama.cpp samples such a grammar several times slower per
-token (docs/benchmarks.md, "Step grammar"); the rejection costs one extra
-generation only on the steps that repeat.
+no ``not``); it grows with every value excluded and is paid on every step
+(up to 2x per token under load: docs/benchmarks.md, "Step grammar"), while
+the rejection costs one extra generation only on the steps that repeat.
 
 Excluding the exact value is not enough for the 135M model: it drifts to the
 next string (``app.ini``, ``app.ini.txt``, ``app.ini.txt.txt`` ...). So the
