@@ -167,9 +167,7 @@ class Executor:
                 return done("", "cancelled", step)
             scaffold.record(tool, arguments, ok=result.ok, content=result.content)
             messages.append(
-                wrap_tool_result(
-                    tool, result, max_chars=limits.max_result_chars, reminder=task.task
-                )
+                wrap_tool_result(tool, result, max_chars=limits.max_result_chars)
             )
         return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
 

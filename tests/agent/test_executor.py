@@ -297,14 +297,6 @@ def test_a_repeat_that_escapes_the_grammar_is_not_run_again() -> None:
     assert (answer.stats.steps, answer.stats.tool_calls) == (3, 1)
 
 
-def test_each_tool_result_ends_with_the_task() -> None:
-    run = make(call("list_dir", path="."), final("done"))
-    execute(run, TASK)
-    result = run.model.calls[1][-1].content
-    assert result.startswith("Result of list_dir")
-    assert result.rstrip().splitlines()[-2] == "Your task: what is in notes.txt?"
-
-
 def test_the_exact_repeat_of_a_failed_write_is_rejected() -> None:
     task = Task(task="save notes", tools=offers(["write_file"]))
     same = call("write_file", path="notes.txt", content="x")
