@@ -190,7 +190,7 @@ class StepScaffold:
             calls = self._done.get(offer.name, [])
             kind = PATH_KINDS.get(offer.name) if self._closed_paths else None
             # Only paths seen: the workspace and the files the task names at
-            # first (the model took the worked example's file for a directory).
+            # first (a model lists a file name it made up, or one from its prompt).
             if kind is not None:
                 used = {_norm(str(c.get("path", "."))) for c in calls}
                 choices = [p for p in self._seen[kind] if p not in used][-MAX_CHOICES:]
