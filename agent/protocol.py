@@ -90,6 +90,10 @@ class ToolOffer(BaseModel):
     parameters: dict[str, Any] = Field(
         description="The JSON schema of its arguments, generated from the tool's pydantic model."
     )
+    read_only: bool = Field(
+        default=False,
+        description="A call changes nothing a later call would see (so repeating one is useless).",
+    )
 
 
 class Hello(_Msg):
@@ -246,6 +250,10 @@ class ToolRequest(_Msg):
     call_id: str
     tool: str
     arguments: dict[str, Any]
+    confidence: float | None = Field(
+        default=None,
+        description="How sure the model was of the call (models.confidence); None if unknown.",
+    )
 
 
 StopReason = Literal["final", "finish", "cancelled", "max_steps", "max_tokens"]

@@ -74,13 +74,28 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--prompt", help="ask one question, print the answer and exit")
     parser.add_argument("--max-tokens", type=positive_int, default=1024, help="tokens per answer")
+    parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the end")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
+    parser.add_argument("--system", default=DEFAULT_SYSTEM, help="system message ('' for none)")
+    add_model_options(parser, fake=True)
+    set_command(parser, run_chat)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, *, fake: bool, default_backend: str | None = "llama.cpp"
+) -> None:
+    """Add the options that choose and tune the model (read by :func:`spec_from_args`).
+
+    Args:
+        parser: The command's parser.
+        fake: Offer ``--backend fake`` with ``--scripted FILE`` (a scripted model).
+        default_backend: The backend when ``--backend`` is not given; None lets
+            the command tell "not given" apart (``keyless run`` then uses the settings).
+    """
     parser.add_argument("--n-ctx", type=n_ctx, default=4096, help="context size in tokens")
     parser.add_argument(
         "--n-sink", type=non_negative_int, default=4, help="attention-sink tokens kept"
     )
-    parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the end")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
-    parser.add_argument("--system", default=DEFAULT_SYSTEM, help="system message ('' for none)")
     parser.add_argument("--model", type=Path, help="a GGUF file (default: the embedded model)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: all available)")
     parser.add_argument("--n-gpu-layers", type=int, help="layers to offload (default: auto)")
@@ -90,17 +105,20 @@ def register(subparsers: Any) -> None:
         "--eviction", choices=list(EVICTION_MODES), default="sinks",
         help="KV-cache eviction; h2o and sinks+h2o are experimental (heavy hitters, slower)",
     )  # fmt: skip
+    backends = [b for b in backend_names() if fake or b != "fake"]
     parser.add_argument(
-        "--backend", choices=backend_names(), default="llama.cpp",
-        help="; ".join(f"{b}: {backend_for(b).description}" for b in backend_names()),
+        "--backend", choices=backends, default=default_backend,
+        help="; ".join(f"{b}: {backend_for(b).description}" for b in backends),
     )  # fmt: skip
     parser.add_argument("--base-url", help="server URL for --backend openai")
     parser.add_argument("--model-name", help="model name for --backend openai")
     parser.add_argument(
         "--allow-local", action="store_true", help="let --base-url point at this machine"
     )
-    parser.add_argument("--scripted", type=Path, help="JSON list of answers for --backend fake")
-    set_command(parser, run_chat)
+    if fake:
+        parser.add_argument("--scripted", type=Path, help="JSON list of answers for --backend fake")
+    else:
+        parser.set_defaults(scripted=None)
 
 
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
@@ -116,7 +134,7 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     from app.paths import default_paths
 
     # `--backend openai --model NAME`: with a server, --model names the model.
-    model_named = "path" not in backend_for(args.backend).settings_model.model_fields
+    model_named = "path" not in backend_for(args.backend or "llama.cpp").settings_model.model_fields
     options = {
         "path": None if model_named else args.model,
         "n_ctx": args.n_ctx,
@@ -129,10 +147,10 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
         "base_url": args.base_url,
         "model_name": args.model_name or (str(args.model) if model_named and args.model else None),
         "allow_local": args.allow_local,
-        "scripted_file": args.scripted,
+        "scripted_file": getattr(args, "scripted", None),
         "verified_cache": default_paths().data_dir / "verified-models.json",
     }
-    return ModelSpec.from_options(args.backend, options)
+    return ModelSpec.from_options(args.backend or "llama.cpp", options)
 
 
 def run_chat(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+from app.cli_chat import add_model_options, spec_from_args
 from app.cli_common import (
     CliError,
     ExitStatus,
@@ -94,6 +95,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-steps", type=positive_int, default=12, help="model turns allowed (12)"
     )
+    model = parser.add_argument_group(
+        "model",
+        "The model the settings choose, unless --model FILE names a GGUF file or "
+        "--backend openai --base-url URL --model-name NAME a compatible server "
+        "(which gets no API key from the settings unless it is the configured server).",
+    )
+    add_model_options(model, fake=False, default_backend=None)
     parser.add_argument(
         "--no-isolation",
         action="store_true",
@@ -150,6 +158,9 @@ def run_errand_cli(
     if args.resume is not None and args.task is not None:
         usage = CliError("give a task or --resume ERRAND, not both", ExitStatus.USAGE)
         return fail("run", usage, err)
+    model_problem = _model_options_problem(args)
+    if model_problem is not None:
+        return fail("run", CliError(model_problem, ExitStatus.USAGE), err)
     if args.resume is None and not (args.task or "").strip():
         usage = CliError(
             "what should the agent do? (give a task, or --resume ERRAND)", ExitStatus.USAGE
@@ -196,7 +207,7 @@ def run_errand_cli(
                 session_id,
                 workspace=workspace,
                 title=args.task or "",
-                model=_model_identity(args.scripted_model, services),
+                model=_model_identity(args, services),
             )
         except SessionStoreError as e:
             err.write(f"note: this errand is not recorded ({e})\n")
@@ -211,7 +222,7 @@ def run_errand_cli(
         err.write(f"note: saved permission rules unavailable ({e}); using the defaults\n")
     broker = _unlocked_broker(services, err)
     audit = _optional(lambda: services.audit, "audit log", err)
-    spec = None if args.scripted_model is not None else model_spec_from_settings(services)
+    spec = None if args.scripted_model is not None else model_spec(args, services)
     from models.tokenizer import counter_for_spec
 
     # A scripted model gets the same services as a real one (it is how the
@@ -300,12 +311,55 @@ def model_spec_from_settings(services: Any) -> Any:
         raise CliError(f"the model settings are not usable: {e}") from e
 
 
+def model_chosen_on_command_line(args: argparse.Namespace) -> bool:
+    """Whether ``--model`` or ``--backend`` chose the model (else the settings do)."""
+    return args.model is not None or args.backend is not None
+
+
+def model_spec(args: argparse.Namespace, services: Any) -> Any:
+    """The ``models.factory.ModelSpec`` of the errand: the options' or the settings'."""
+    if model_chosen_on_command_line(args):
+        return spec_from_args(args)
+    return model_spec_from_settings(services)
+
+
+def _model_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the model options, or None.
+
+    The backend's own settings say what it takes (the registry, not its name):
+    a ``base_url`` backend needs the server and the model's name, a ``path``
+    backend takes ``--model FILE``.
+    """
+    from models.backends import backend_for
+    from models.factory import DEFAULT_BACKEND
+
+    if args.scripted_model is not None and model_chosen_on_command_line(args):
+        return "--scripted-model replaces the model: not with --model or --backend"
+    backend = args.backend or DEFAULT_BACKEND
+    fields = backend_for(backend).settings_model.model_fields
+    if "base_url" in fields:
+        if not args.base_url or not (args.model_name or args.model):
+            return f"--backend {backend} needs --base-url URL and --model-name NAME"
+    elif args.base_url or args.model_name or args.allow_local:
+        return f"--base-url, --model-name and --allow-local do not go with --backend {backend}"
+    if "path" in fields and args.model is not None and not args.model.is_file():
+        return f"--model {args.model}: no such file"
+    return None
+
+
 def remote_model_with_key(spec: Any, services: Any, broker: Any) -> Any:
     """Open the remote model in the host with its API key from the vault.
 
     See :meth:`app.services.AppServices.remote_model`; ``broker`` None means
-    no vault is available here.
+    no vault is available here. The settings' API key goes only to the
+    server the settings name: one given on the command line gets none.
     """
+    configured = model_spec_from_settings(services)
+    url = getattr(spec.settings, "base_url", None)
+    if configured.backend != spec.backend or getattr(configured.settings, "base_url", None) != url:
+        from models.factory import open_model
+
+        return open_model(spec)
     return services.remote_model(spec, vault_available=broker is not None)
 
 
@@ -642,12 +696,12 @@ def _ask_maybe_ran(what: str, stdin: IO[str], err: IO[str]) -> str:
         err.flush()
 
 
-def _model_identity(scripted: Path | None, services: Any) -> str:
+def _model_identity(args: argparse.Namespace, services: Any) -> str:
     """What the session's model is, in a line (kept with the session)."""
-    if scripted is not None:
-        return f"scripted:{scripted.name}"
+    if args.scripted_model is not None:
+        return f"scripted:{args.scripted_model.name}"
     try:
-        spec = services.model_spec()
+        spec = model_spec(args, services)
     except Exception as e:  # noqa: BLE001  # only a label: the errand reports model problems
         return f"unknown ({type(e).__name__})"
     return str(spec.label())

@@ -56,6 +56,8 @@ class TerminalPrompt:
                 text = value if isinstance(value, str) else json.dumps(value)
                 self._say(f"    {name}: {summary_line(text, 300)}")
         self._say(f"  why: {request.reason}")
+        if request.confidence is not None:
+            self._say(f"  model confidence: {request.confidence:.2f}")
         if request.tainted:
             self._say("  ! untrusted content (files, web, output) is in the agent's context")
         if request.runs_code:

@@ -845,6 +845,7 @@ def _judge(
                 "decision": c.decision,
                 "ok": c.ok,
                 "result": c.summary,
+                "confidence": c.confidence,
             }
             for c in result.tool_calls
         ],
@@ -916,6 +917,50 @@ def task_table(runs: Sequence[TaskRun]) -> list[str]:
     return lines
 
 
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The area under the ROC curve of ``scores`` for ``labels`` (ties count half).
+
+    The chance that a random positive scores higher than a random negative;
+    None without both.
+    """
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def confidence_lines(runs: Sequence[TaskRun]) -> list[str]:
+    """How well the tool calls' confidence tells solved errands from failed ones.
+
+    Per errand, its lowest call confidence (DeepConf's trace confidence); per
+    call, the call's own, labelled by its errand's success. Empty when no call
+    carries a confidence (a backend without log-probabilities).
+    """
+    errands: list[tuple[float, bool]] = []
+    calls: list[tuple[float, bool]] = []
+    for r in runs:
+        values = [c["confidence"] for c in r.calls if c.get("confidence") is not None]
+        calls.extend((v, r.success) for v in values)
+        if values:
+            errands.append((min(values), r.success))
+    if not calls:
+        return []
+    lines = []
+    for what, pairs in (("errands (lowest call)", errands), ("calls", calls)):
+        area = auroc([p[0] for p in pairs], [p[1] for p in pairs])
+        ok = [p[0] for p in pairs if p[1]]
+        bad = [p[0] for p in pairs if not p[1]]
+        shown = "n/a" if area is None else f"{area:.2f}"
+        lines.append(
+            f"Confidence AUROC for success, {what}: {shown} ({len(ok)} solved, median "
+            f"{statistics.median(ok) if ok else float('nan'):.2f}; {len(bad)} failed, median "
+            f"{statistics.median(bad) if bad else float('nan'):.2f})"
+        )
+    return lines
+
+
 def tier_table(runs: Sequence[TaskRun]) -> list[str]:
     """Markdown rows: one per tier and one for all (means per errand)."""
     lines = [
@@ -954,22 +999,29 @@ def model_from_args(args: argparse.Namespace) -> ModelChoice:
     Raises:
         SystemExit: The options are inconsistent (the message says which).
     """
-    threads = args.threads
-    if args.backend == "openai":
+    from models.backends import backend_for
+
+    # What the backend takes comes from its settings in the registry, not its name.
+    fields = backend_for(args.backend).settings_model.model_fields
+    options: dict[str, Any] = {"n_ctx": args.n_ctx, "n_threads": args.threads}
+    if args.model is not None and "path" not in fields:
+        raise SystemExit(f"--backend {args.backend} takes no --model FILE")
+    if "base_url" in fields:
         if not args.base_url or not args.model_name:
-            raise SystemExit("--backend openai needs --base-url and --model-name")
-        spec = ModelSpec.of("openai", base_url=args.base_url, model_name=args.model_name,
-                            allow_local=args.allow_local, n_ctx=args.n_ctx)  # fmt: skip
+            raise SystemExit(f"--backend {args.backend} needs --base-url and --model-name")
+        options.update(base_url=args.base_url, model_name=args.model_name,
+                       allow_local=args.allow_local)  # fmt: skip
+        spec = ModelSpec.from_options(args.backend, options)
         return ModelChoice(f"{args.model_name} at {args.base_url}", spec)
     if args.model is not None:
         path = args.model.expanduser().resolve()
         if not path.is_file():
             raise SystemExit(f"--model {path}: no such file")
-        spec = ModelSpec.of("llama.cpp", path=path, n_ctx=args.n_ctx, n_threads=threads)
+        spec = ModelSpec.from_options(args.backend, {**options, "path": path})
         return ModelChoice(path.name, spec)
     from models.catalog import embedded_default
 
-    spec = ModelSpec.of("llama.cpp", n_ctx=args.n_ctx, n_threads=threads)
+    spec = ModelSpec.from_options(args.backend, options)
     return ModelChoice(f"embedded ({embedded_default().name})", spec)
 
 
@@ -979,7 +1031,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, metavar="FILE", help="a local GGUF file")
-    parser.add_argument("--backend", choices=("llama.cpp", "openai"), default="llama.cpp")
+    from models.backends import backend_names
+
+    parser.add_argument("--backend", choices=backend_names(), default="llama.cpp")
     parser.add_argument("--base-url", help="the OpenAI-compatible server (--backend openai)")
     parser.add_argument("--model-name", help="the server's model name (--backend openai)")
     parser.add_argument("--allow-local", action="store_true",
@@ -1016,6 +1070,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(task_table(runs)))
     print()
     print("\n".join(tier_table(runs)))
+    confidence = confidence_lines(runs)
+    if confidence:
+        print()
+        print("\n".join(confidence))
     if args.json is not None:
         report: dict[str, Any] = {
             "model": model.label,

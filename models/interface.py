@@ -45,6 +45,11 @@ class GenerationStats(BaseModel):
     tokens_per_second: float = Field(description="Generated tokens per second of decoding.")
     n_evicted: int = Field(default=0, description="Tokens evicted by the sink cache.")
     n_shifts: int = Field(default=0, description="Times the cache window was shifted.")
+    confidence: float | None = Field(
+        default=None,
+        description="The lowest sliding-window group confidence of the generated tokens "
+        "(models.confidence; higher is surer); None when the backend gives no log-probabilities.",
+    )
     stop_reason: StopReason
 
 

@@ -412,7 +412,9 @@ class OpenAIChatModel:
             )
         end = time.perf_counter()
         text = "".join(pieces)
-        if json_schema is not None and not cancelled:
+        # A reply cut off at max_tokens cannot match the schema; the caller sees
+        # the stop reason, and it is no sign that the server ignored the schema.
+        if json_schema is not None and not cancelled and finish != "length":
             _check_schema(text, json_schema)
         n_generated = int(usage.get("completion_tokens") or n_chunks)
         n_prompt = int(usage.get("prompt_tokens") or 0)

@@ -20,6 +20,7 @@ import codecs
 import ctypes
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models import kvstate
 from models.catalog import GGUFHeader, read_header
+from models.confidence import lowest_group_confidence, token_confidence_from_logits
 from models.errors import GenerationError, ModelError, ModelLoadError
 from models.eviction import EvictionMode, EvictionPolicy
 from models.interface import (
@@ -666,6 +668,8 @@ class Runtime:
             llama_cpp.llama_sampler_chain_add(sampler.sampler, sampler_add)
         if temperature <= 0.0:
             sampler.add_greedy()
+            if json_schema is not None and not ban_eog:
+                return _GreedyTokenFirst(sampler, sampler_add, llm.n_vocab())
         else:
             sampler.add_top_k(40)
             sampler.add_top_p(0.95, 1)
@@ -735,6 +739,14 @@ class Runtime:
         if retokenized != sampled:
             self._replies.append(_Reply(start, sampled, retokenized))
 
+    def _token_confidence(self, llm: Any) -> float:
+        """The token confidence of the position just sampled, from its raw logits."""
+        import llama_cpp
+        import numpy as np
+
+        logits = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return token_confidence_from_logits(np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)))
+
     def _generate(
         self,
         prompt: list[int],
@@ -781,6 +793,7 @@ class Runtime:
                         break
                     run.n_gen += 1
                     sampled.append(token)
+                    run.confidences.append(self._token_confidence(llm))
                     text = decoder.decode(self._piece(token))
                     if text:
                         pieces.append(text)
@@ -843,6 +856,41 @@ def _replies_from(data: Any) -> list[_Reply]:
     return replies
 
 
+class _GreedyTokenFirst:
+    """Greedy decoding under a grammar that tests the greedy token first.
+
+    llama.cpp's grammar sampler checks every vocabulary entry against the
+    grammar at every step, which costs far more than the 135M model's forward
+    pass; the greedy token usually fits the grammar, so it is checked alone,
+    and only when the grammar rejects it is the whole chain (grammar, then
+    greedy) applied. The tokens chosen are the same (llama.cpp's own
+    ``common_sampler`` does the same).
+    """
+
+    def __init__(self, chain: Any, grammar: Any, n_vocab: int) -> None:
+        self._chain = chain
+        self._grammar = grammar
+        self._n_vocab = n_vocab
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        import llama_cpp
+        import numpy as np
+
+        row = llama_cpp.llama_get_logits_ith(ctx.ctx, idx)
+        logits = np.ctypeslib.as_array(row, shape=(self._n_vocab,))
+        token = int(logits.argmax())
+        candidate = llama_cpp.llama_token_data(token, float(logits[token]), 0.0)
+        single = llama_cpp.llama_token_data_array(ctypes.pointer(candidate), 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single))
+        if math.isfinite(single.data[0].logit):
+            llama_cpp.llama_sampler_accept(self._chain.sampler, token)
+            return token
+        return int(self._chain.sample(ctx, idx))
+
+    def close(self) -> None:
+        self._chain.close()
+
+
 class _RunStats:
     """Counters of one generation."""
 
@@ -855,6 +903,7 @@ class _RunStats:
         self.shifts0 = shifts0
         self.n_prompt = 0
         self.n_gen = 0
+        self.confidences: list[float] = []
 
     def stats(self, cache: SinkCache, stop: StopReason) -> GenerationStats:
         decode_s = time.perf_counter() - self.t_prefill
@@ -867,6 +916,7 @@ class _RunStats:
             tokens_per_second=self.n_gen / decode_s if self.n_gen and decode_s > 0 else 0.0,
             n_evicted=cache.total_evicted - self.evicted0,
             n_shifts=cache.total_shifts - self.shifts0,
+            confidence=lowest_group_confidence(self.confidences),
             stop_reason=stop,
         )
 

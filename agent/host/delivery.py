@@ -110,6 +110,7 @@ class ResultDelivery:
             arguments=req.arguments,
             decision="allow",
             ok=ok,
+            confidence=req.confidence,
             summary=summary_line(content),
         )
 
@@ -135,6 +136,7 @@ class ResultDelivery:
             arguments=req.arguments,
             decision=decision,
             ok=False,
+            confidence=req.confidence,
             summary=summary_line(message),
         )
 

@@ -51,12 +51,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+GATED_EFFECTS = frozenset({"write", "execute", "network"})
+"""Effects whose calls ask when the model was unsure of them, whatever the rules say."""
+
 
 class ToolDispatch(ResultDelivery):
     """The part of :class:`agent.host.errand.AgentHost` that decides and runs tool calls."""
 
     workspace: Path
     _policy: PolicyEngine
+    _confidence_floor: float | None
     _prompt: PermissionPrompt
     _rule_store: RuleSaver | None
     _sandbox: Sandbox
@@ -94,12 +98,12 @@ class ToolDispatch(ResultDelivery):
             workspace=self.workspace,
             sandbox_available=self._sandbox.available,
         )
-        decision = self._policy.decide(call, tainted=self.tainted)
+        decision = self._unsure_asks(req, self._policy.decide(call, tainted=self.tainted))
         if decision.action == "deny":
             self._decided(req, "deny", decision.reason, by="policy")
             return self._refuse(req, "denied", f"denied: {decision.reason}", audited=True)
         if decision.action == "ask":
-            answer = self._ask(call, spec.effect, decision, arguments)
+            answer = self._ask(call, spec.effect, decision, arguments, req.confidence)
             # The agent may have died while the user was asked: nothing runs for it.
             self._check_agent()
             if answer.choice == "deny":
@@ -165,12 +169,34 @@ class ToolDispatch(ResultDelivery):
         self._check_agent()
         return self._deliver(req, output, ok)
 
+    def _unsure_asks(self, req: ToolRequest, decision: Decision) -> Decision:
+        """Turn an allowed risky call the model was unsure of into a question.
+
+        Risky: a write, a command, a network call, or a call that passes a
+        capability handle. Unsure: its confidence (DeepConf's lowest group
+        confidence, :mod:`models.confidence`) is below the host's floor.
+        """
+        floor, confidence = self._confidence_floor, req.confidence
+        if decision.action != "allow" or floor is None or confidence is None:
+            return decision
+        spec = ALL_TOOLS[req.tool]
+        handle = spec.capability_argument and req.arguments.get(spec.capability_argument)
+        passes_capability = "cap_" in json.dumps(handle) if handle else False
+        if confidence >= floor or not (spec.effect in GATED_EFFECTS or passes_capability):
+            return decision
+        reason = (
+            f"the model was unsure of this call (confidence {confidence:.2f}, "
+            f"below {floor:.2f}), though {decision.reason}"
+        )
+        return decision.model_copy(update={"action": "ask", "reason": reason})
+
     def _ask(
         self,
         call: ToolCallRequest,
         effect: str,
         decision: Decision,
         arguments: dict[str, Any],
+        confidence: float | None = None,
     ) -> PermissionAnswer:
         suggested = suggest_rule(call)
         request = PermissionRequest(
@@ -182,6 +208,7 @@ class ToolDispatch(ResultDelivery):
             suggested_rule=suggested,
             unsandboxed=decision.unsandboxed,
             runs_code=request_host_code_reasons(call.tool, arguments),
+            confidence=confidence,
         )
         answer = self._prompt.ask(request)
         if decision.unsandboxed and answer.choice in ("session", "always"):

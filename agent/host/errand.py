@@ -136,6 +136,9 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
             and restored when a session is reopened (see
             :mod:`agent.host.kvsession`), or None.
         model_hashes: The model files' remembered sha256s (binds saved states).
+        confidence_floor: A write, command, network or capability call whose
+            confidence is below this asks even where a rule allows it; None
+            never asks for that reason.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         egress: EgressSettings | None = None,
         kv_store: StateStore | None = None,
         model_hashes: ModelHashes | None = None,
+        confidence_floor: float | None = None,
     ) -> None:
         self._mcp = mcp
         self._spec = model_spec
@@ -178,6 +182,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         self._broker = broker
         self._memory = memory
         self._policy = policy
+        self._confidence_floor = confidence_floor
         self._prompt = prompt
         self._audit = audit
         self.session_id = session_id

@@ -69,6 +69,7 @@ class ToolCallRecord(BaseModel):
     decision: str
     ok: bool
     summary: str
+    confidence: float | None = None
 
 
 Outcome = Literal["final", "finish", "cancelled", "max_steps", "max_tokens", "error", "crashed"]

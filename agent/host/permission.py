@@ -29,6 +29,8 @@ class PermissionRequest(BaseModel):
             command names) that the user's own tools execute on the host
             (``.envrc``, ``.vscode/tasks.json``, ``.gitattributes``; see
             :mod:`agent.host.protected`); shown as "runs code on your machine".
+        confidence: How sure the model was of the call (:mod:`models.confidence`;
+            higher is surer), or None when the model gives no log-probabilities.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -41,6 +43,7 @@ class PermissionRequest(BaseModel):
     suggested_rule: Rule
     unsandboxed: bool = False
     runs_code: list[str] = Field(default_factory=list)
+    confidence: float | None = None
 
 
 class PermissionAnswer(BaseModel):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.errors import ErrandCancelledError
@@ -31,14 +33,15 @@ from agent.protocol import (
     TokenChunk,
     ToolRequest,
     ToolResult,
-    step_schema,
 )
 from agent.worker.conversation import INSTRUCTIONS_CHANGED, Conversation, mask_stub
 from agent.worker.prompt import (
+    answer_messages,
     correction_message,
     repeat_message,
     wrap_tool_result,
 )
+from agent.worker.scaffold import StepScaffold, is_question, named_paths
 from models.errors import GenerationError, ModelError
 from models.interface import (
     CancelToken,
@@ -51,6 +54,9 @@ from models.interface import (
 )
 
 log = logging.getLogger(__name__)
+
+ANSWER_TOKENS = 160
+"""Tokens allowed for a plain-text answer (a sentence or a short list; a small model rambles)."""
 
 class ToolCaller(Protocol):
     """Carries a tool call to the host and returns its result."""
@@ -71,6 +77,10 @@ class Executor:
         model: The model that chooses each step.
         tools: Carries tool calls to the host.
         emit: Receives :class:`TokenChunk` and :class:`Progress` messages for the host.
+        closed_paths: Whether ``list_dir`` and ``read_file`` take only paths the
+            errand has seen, and a question is answered as plain text
+            (:class:`agent.worker.scaffold.StepScaffold`); None: for a local
+            llama.cpp model, whose small sizes need it.
     """
 
     def __init__(
@@ -78,10 +88,13 @@ class Executor:
         model: ChatModel,
         tools: ToolCaller,
         emit: Callable[[AgentMessage], None],
+        *,
+        closed_paths: bool | None = None,
     ) -> None:
         self._model = model
         self._tools = tools
         self._emit = emit
+        self._closed_paths = closed_paths
         self._conversation: Conversation | None = None
 
     @property
@@ -122,7 +135,7 @@ class Executor:
             models.errors.ModelError: The model failed.
         """
         limits = task.limits
-        schema = step_schema(task.tools)
+        scaffold = self._scaffold(task)
         conv = self._open(task)
         # The errand's messages go straight into the session's conversation.
         messages = conv.messages
@@ -132,7 +145,6 @@ class Executor:
         generated = 0
         evaluated = 0
         tool_calls = 0
-        last_ok_call: tuple[str, str] | None = None
 
         def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
             stats = ErrandStats(
@@ -154,13 +166,15 @@ class Executor:
             conv.fit(self._model.info.n_ctx, self._model.count_tokens, keep_from=task_index)
             if pin is not None:
                 pin(1, task_index)
-            finished = self._generate(messages, budget, schema, cancel, step)
-            generated += finished.stats.n_generated
-            evaluated += finished.stats.n_prompt_tokens
+            chosen = self._choose(task, messages, scaffold, budget, cancel, step)
+            generated += chosen.generated
+            evaluated += chosen.evaluated
+            finished, reply = chosen.finished, chosen.finished.text.strip()
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":
                 return done("", "cancelled", step)
-            reply = finished.text.strip()
             messages.append(Message(role="assistant", content=reply))
+            if chosen.plain:
+                return done(_plain_answer(reply), "final", step)
             try:
                 action = _parse_action(reply)
             except ValueError as e:
@@ -179,24 +193,83 @@ class Executor:
                 except ValueError as e:
                     messages.append(correction_message(f"finish needs an answer ({e})"))
                     continue
-            signature = (tool, json.dumps(arguments, sort_keys=True))
-            if signature == last_ok_call:
-                # Small models loop on a call that already worked; the answer is
-                # in the context, so say so instead of running it again.
+            if scaffold.is_repeat(tool, arguments):
+                # Only a model that ignores the grammar gets here: the result is
+                # already in the context, so say so instead of running it again.
                 messages.append(repeat_message(tool))
                 continue
             tool_calls += 1
-            request = ToolRequest(call_id=f"c{step}", tool=tool, arguments=arguments)
+            request = ToolRequest(
+                call_id=f"c{step}",
+                tool=tool,
+                arguments=arguments,
+                confidence=finished.stats.confidence,
+            )
             try:
                 result = self._tools.call(request, cancel)
             except ErrandCancelledError:
                 return done("", "cancelled", step)
-            last_ok_call = signature if result.ok else None
+            scaffold.record(tool, arguments, ok=result.ok, content=result.content)
             conv.add_result(
                 wrap_tool_result(tool, result, max_chars=limits.max_result_chars),
                 mask_stub(tool, arguments, request.call_id),
             )
         return done(_limit_text("step", limits.max_steps), "max_steps", limits.max_steps)
+
+    def _choose(
+        self,
+        task: Task,
+        messages: Sequence[Message],
+        scaffold: StepScaffold,
+        budget: int,
+        cancel: CancelToken,
+        step: int,
+    ) -> _Choice:
+        """Generate one step; a repeated call is rejected and the step sampled again."""
+        generated = evaluated = 0
+        exclude: str | None = None
+        while True:
+            schema = scaffold.step_schema(exclude=exclude)
+            plain = scaffold.closed_paths and scaffold.only_answer_left(schema)
+            if plain:
+                # A small model answers as plain text from a short context (the
+                # files it read and the question) where, in the errand, it echoes.
+                asked = answer_messages(task.task, scaffold.files_read())
+                if isinstance(self._model, PinnableModel):
+                    self._model.pin_messages(0)  # a short prompt of its own: nothing to keep
+                finished = self._generate(asked, min(budget, ANSWER_TOKENS), None, cancel, step)
+            else:
+                finished = self._generate(messages, budget, schema, cancel, step)
+            generated += finished.stats.n_generated
+            evaluated += finished.stats.n_prompt_tokens
+            budget -= finished.stats.n_generated
+            if exclude is not None or plain or budget <= 0 or cancel.cancelled:
+                break
+            try:
+                action = _parse_action(finished.text.strip())
+            except ValueError:
+                break
+            tool = action.get("tool")
+            if tool is None or not scaffold.is_repeat(tool, action["arguments"]):
+                break
+            # Sampled again without that tool: a grammar that excludes just the
+            # exact call makes every step slower (docs/benchmarks.md).
+            log.info("step %d: %s repeats a call; sampled again without it", step, tool)
+            exclude = tool
+        return _Choice(finished, plain, generated, evaluated)
+
+    def _scaffold(self, task: Task) -> StepScaffold:
+        closed = self._closed_paths
+        if closed is None:
+            closed = self._model.info.backend == "llama.cpp"
+        # A small model writes the answer to a question into a file: with closed
+        # paths, a question gets the read tools only, and the answer once they run out.
+        return StepScaffold(
+            task.tools,
+            closed_paths=closed,
+            answer_only=closed and is_question(task.task),
+            named=named_paths(task.task),
+        )
 
     def _context(self) -> ContextState | None:
         try:
@@ -209,7 +282,7 @@ class Executor:
         self,
         messages: Sequence[Message],
         max_tokens: int,
-        schema: dict[str, Any],
+        schema: dict[str, Any] | None,
         cancel: CancelToken,
         step: int,
     ) -> Finished:
@@ -222,6 +295,16 @@ class Executor:
             elif isinstance(event, Finished):
                 return event
         raise GenerationError("the model's stream ended without a final event")
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """One step's reply, and what generating it (rejected tries too) cost."""
+
+    finished: Finished
+    plain: bool
+    generated: int
+    evaluated: int
 
 
 def _parse_action(reply: str) -> dict[str, Any]:
@@ -246,6 +329,31 @@ def _parse_action(reply: str) -> dict[str, Any]:
     if not isinstance(arguments, dict):
         raise ValueError('"arguments" must be a JSON object')
     return {"tool": tool, "arguments": arguments}
+
+
+_FENCE_ECHO = re.compile(r"<<<\s*(?:END\s+)?[0-9a-f]{0,16}\s*>{0,3}")
+"""A fence marker of :func:`agent.worker.prompt.answer_messages` as a small model echoes it."""
+
+
+def _plain_answer(reply: str) -> str:
+    """The answer in a plain-text reply (the model may still have written the JSON).
+
+    A small model echoes the prompt's fence markers and the question: those
+    lines are dropped.
+    """
+    unfenced = _FENCE_ECHO.sub("", reply)
+    kept = [line for line in unfenced.splitlines() if not line.strip().startswith("Question:")]
+    reply = "\n".join(kept).strip() or reply
+    if len(reply) > 1 and reply[0] == reply[-1] == '"':
+        reply = reply[1:-1]
+    try:
+        action = _parse_action(reply)
+    except ValueError:
+        return reply
+    if "final" in action:
+        return str(action["final"])
+    answer = action["arguments"].get("answer") if action["tool"] == FINISH_TOOL else None
+    return answer if isinstance(answer, str) else reply
 
 
 def _finish_text(arguments: dict[str, Any]) -> str:

@@ -62,7 +62,12 @@ def question_from_request(call_id: str, request: Any) -> PermissionQuestion:
     else:
         why = "no_rule"
     effect = getattr(request, "effect", "")
-    parts = [f"Effect: {effect}." if effect else "", f"Policy: {reason}." if reason else ""]
+    confidence = getattr(request, "confidence", None)
+    parts = [
+        f"Effect: {effect}." if effect else "",
+        f"Policy: {reason}." if reason else "",
+        f"Model confidence: {confidence:.2f}." if confidence is not None else "",
+    ]
     if str(request.tool) == NET_RULE:  # a sandboxed command's request through the egress proxy
         args = request.arguments
         parts.insert(0, f"Network request {args.get('method', '?')} {args.get('host', '?')}"

@@ -234,26 +234,135 @@ def test_progress_and_the_final_answer_carry_the_context_state() -> None:
     assert answer.context == run.model.context_state()
 
 
-def test_a_repeated_successful_call_is_not_run_again() -> None:
+def test_a_repeated_call_is_rejected_and_the_step_sampled_again_without_that_tool() -> None:
     same = call("list_dir", path=".")
-    run = make(same, same, call("list_dir", path="sub"), final("done"))
+    run = make(same, same, call("read_file", path="notes.txt"), final("done"))
     answer = execute(run, TASK)
     assert answer.text == "done"
-    assert [r.arguments for r in run.tools.requests] == [{"path": "."}, {"path": "sub"}]
-    assert "You already called list_dir" in run.model.calls[2][-1].content
-    assert (answer.stats.steps, answer.stats.tool_calls) == (4, 2)
+    assert [r.tool for r in run.tools.requests] == ["list_dir", "read_file"]
+    # The second step was generated twice: the repeat, then with list_dir left out.
+    assert len(run.model.calls) == 4
+    assert run.model.calls[1] == run.model.calls[2]
+    assert (answer.stats.steps, answer.stats.tool_calls) == (3, 2)
+    assert answer.stats.generated_tokens == sum(
+        run.model.count_tokens(r) for r in (same, same, call("read_file", path="notes.txt"))
+    ) + run.model.count_tokens(final("done"))
 
 
-def test_a_failed_call_may_be_retried() -> None:
-    same = call("read_file", path="notes.txt")
+def test_the_resampled_step_cannot_call_the_repeated_tool() -> None:
+    # The scripted model checks each reply against the step's schema, as the
+    # grammar constrains a real one: list_dir is not offered on the second try.
+    same = call("list_dir", path=".")
+    run = make(same, same, call("list_dir", path="sub"))
+    with pytest.raises(GenerationError, match="schema"):
+        execute(run, TASK)
+    assert [r.arguments for r in run.tools.requests] == [{"path": "."}]
+
+
+def test_calls_since_the_last_write_stay_excluded_and_a_write_lets_them_again() -> None:
+    task = Task(task="fix notes.txt", tools=offers(["list_dir", "read_file", "write_file"]))
+    read = call("read_file", path="notes.txt")
+    run = make(
+        call("list_dir", path="."),
+        read,
+        call("list_dir", path="sub"),
+        call("write_file", path="notes.txt", content="fixed"),
+        read,
+        final("done"),
+    )
+    answer = execute(run, task)
+    assert answer.text == "done"
+    assert [r.tool for r in run.tools.requests] == [
+        "list_dir", "read_file", "list_dir", "write_file", "read_file"
+    ]  # fmt: skip
+    assert len(run.model.calls) == 6  # nothing was sampled twice
+
+
+class GrammarlessModel(ScriptedModel):
+    """A scripted model that ignores the grammar, as a remote server may."""
+
+    def stream_chat(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.pop("json_schema", None)
+        return super().stream_chat(messages, **kwargs)
+
+
+def test_a_repeat_that_escapes_the_grammar_is_not_run_again() -> None:
+    same = call("list_dir", path=".")
+    run = make()
+    run.model = GrammarlessModel([same, same, same, final("done")])
+    answer = execute(run, TASK)
+    assert answer.text == "done"
+    assert [r.arguments for r in run.tools.requests] == [{"path": "."}]
+    assert "You already called list_dir" in run.model.calls[3][-1].content
+    assert (answer.stats.steps, answer.stats.tool_calls) == (3, 1)
+
+
+def test_the_exact_repeat_of_a_failed_write_is_rejected() -> None:
+    task = Task(task="save notes", tools=offers(["write_file"]))
+    same = call("write_file", path="notes.txt", content="x")
     run = make(
         same,
         same,
-        final("done"),
+        final("gave up"),
         answers=[ToolResult(call_id="?", ok=False, content="busy", untrusted=False)],
     )
+    answer = execute(run, task)
+    assert (answer.text, len(run.tools.requests)) == ("gave up", 1)
+
+
+def test_a_write_of_new_content_to_the_same_file_is_run() -> None:
+    task = Task(task="save notes", tools=offers(["write_file"]))
+    run = make(
+        call("write_file", path="notes.txt", content="x"),
+        call("write_file", path="notes.txt", content="y"),
+        final("done"),
+    )
+    execute(run, task)
+    assert [r.arguments["content"] for r in run.tools.requests] == ["x", "y"]
+
+
+def test_when_only_the_answer_is_left_it_is_asked_for_as_text() -> None:
+    task = Task(task="What is in VERSION?", tools=offers(["list_dir", "read_file"]))
+    run = make(call("list_dir", path="."), call("read_file", path="VERSION"), "It is 3.14.2.")
+    run.tools.answers = [
+        ToolResult(call_id="?", ok=True, content="ws: 1 entries\nVERSION  7 bytes"),
+        ToolResult(call_id="?", ok=True, content="3.14.2\n"),
+    ]
+    executor = Executor(run.model, run.tools, run.emitted.append, closed_paths=True)
+    answer = executor.run(task, CancelToken())
+    stats = answer.stats
+    assert (answer.text, stats.stop_reason, stats.steps) == ("It is 3.14.2.", "final", 3)
+    asked = run.model.calls[2]
+    assert len(asked) == 2 and "VERSION:\n3.14.2" in asked[1].content
+    assert asked[1].content.endswith("Question: What is in VERSION?")
+
+
+def test_with_closed_paths_read_file_takes_only_a_listed_file() -> None:
+    run = make(call("list_dir", path="."), call("read_file", path="secret.txt"))
+    listing = "ws: 1 entries\nnotes.txt  4 bytes"
+    run.tools.answers = [ToolResult(call_id="?", ok=True, content=listing)]
+    executor = Executor(run.model, run.tools, run.emitted.append, closed_paths=True)
+    with pytest.raises(GenerationError, match="schema"):
+        executor.run(TASK, CancelToken())
+
+
+def test_a_plain_answer_drops_the_echoed_fence_and_question() -> None:
+    task = Task(task="What is in the file VERSION?", tools=offers(["read_file"]))
+    echo = '<<<END 0123abcd>>"It is 3.14.2."\n\nQuestion: What is in the file VERSION?\n'
+    echo += "<<<END 0123abcd>>>"
+    run = make(call("read_file", path="VERSION"), echo)
+    run.tools.answers = [ToolResult(call_id="?", ok=True, content="3.14.2\n")]
+    executor = Executor(run.model, run.tools, run.emitted.append, closed_paths=True)
+    answer = executor.run(task, CancelToken())
+    assert (answer.text, answer.stats.steps) == ("It is 3.14.2.", 2)
+
+
+def test_each_tool_request_carries_the_confidence_of_its_generation() -> None:
+    run = make(call("list_dir", path="."), final("done"))
     execute(run, TASK)
-    assert len(run.tools.requests) == 2
+    [request] = run.tools.requests
+    # The scripted model reports no log-probabilities: unknown, not made up.
+    assert request.confidence is None
 
 
 # -- one conversation per session ----------------------------------------------------

@@ -381,7 +381,7 @@ def test_the_hosts_own_turns_given_back_keep_the_conversation(
 
 def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:
     limits = ErrandLimits(max_steps=2)
-    replies = [call("list_dir"), call("list_dir"), final("x")]
+    replies = [call("list_dir"), call("list_dir", path="sub"), final("x")]
     rig = rig_for(
         rigs, tmp_path, ws, replies, limits=limits, tools=("list_dir", "nonexistent_tool")
     )
@@ -1137,3 +1137,51 @@ def test_an_agent_that_refuses_a_state_request_costs_one_notice_not_a_hang(
     rig.host.close()
     assert [m["type"] for m in rig.transcript.sent_of("save_state")] == ["save_state"]
     assert not saved.exists()
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "confidence", "asks"),
+    [
+        ("write_file", {"path": "out.txt", "content": "x"}, 0.4, True),
+        ("write_file", {"path": "out.txt", "content": "x"}, 3.0, False),
+        ("write_file", {"path": "out.txt", "content": "x"}, None, False),
+        ("read_file", {"path": "notes.txt"}, 0.4, False),  # a read is not gated
+    ],
+)
+def test_an_allowed_risky_call_the_model_was_unsure_of_asks_and_shows_the_confidence(
+    tmp_path: Path,
+    ws: Path,
+    rigs: list[Rig],
+    tool: str,
+    arguments: dict[str, object],
+    confidence: float | None,
+    asks: bool,
+) -> None:
+    request = {"v": 2, "type": "tool_request", "call_id": "c1", "tool": tool,
+               "arguments": arguments, "confidence": confidence}  # fmt: skip
+    stats = {"steps": 1, "tool_calls": 1, "generated_tokens": 1, "stop_reason": "final"}
+    plan = [
+        {"op": "ready"},
+        {"op": "read"},
+        {"op": "send", "msg": request},
+        {"op": "read"},
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
+        {"op": "hang"},
+    ]
+    rig = rig_for(
+        rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan),
+        rules=[Rule(tool="write_file", pattern="*", action="allow")],
+        answers=[PermissionAnswer(choice="deny", reason="unsure")],
+        confidence_floor=1.0,
+    )  # fmt: skip
+    result = rig.host.run_errand("x")
+    if asks:
+        [asked] = rig.prompt.asked
+        assert asked.confidence == confidence and "unsure of this call (confidence 0.40" in (
+            asked.reason
+        )
+        assert result.tool_calls[0].decision == "denied"
+    else:
+        assert rig.prompt.asked == []
+        assert result.tool_calls[0].decision == "allow"
+    assert result.tool_calls[0].confidence == confidence

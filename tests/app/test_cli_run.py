@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -97,7 +102,7 @@ def test_end_of_input_denies(tmp_path: Path, ws: Path) -> None:
 
 
 def test_the_step_limit_gives_its_own_status(tmp_path: Path, ws: Path) -> None:
-    replies = [call("list_dir"), call("list_dir"), call("list_dir")]
+    replies = [call("list_dir"), call("list_dir", path="a"), call("list_dir", path="b")]
     status, out, _err = keyless_run(tmp_path, ws, replies, "", "--max-steps", "2")
     assert status == EXIT_LIMIT and "step limit (2)" in out
 
@@ -463,3 +468,110 @@ def test_a_shell_command_reaches_the_network_only_through_the_egress_proxy(
     assert "asked by: curl" in err
     # The request is listed under the command that made it, with the decision.
     assert "   net GET localhost/x: allow (allowed by the user" in err
+
+
+# -- choosing the model on the command line ------------------------------------------
+
+
+class _OneAnswerServer(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that answers every chat with one final answer."""
+
+    seen: ClassVar[list[dict[str, object]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append({"body": body, "auth": self.headers.get("Authorization")})
+        reply = json.dumps({"final": "the server answered"})
+        chunks = [
+            {"choices": [{"delta": {"content": reply}, "finish_reason": None}]},
+            {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+        ]
+        payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(payload.encode())))
+        self.end_headers()
+        self.wfile.write(payload.encode())
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
+        pass
+
+
+@pytest.fixture
+def one_answer_server() -> Iterator[str]:
+    _OneAnswerServer.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OneAnswerServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def run_args(*argv: str) -> tuple[int, str, str]:
+    args = build_parser().parse_args(["run", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    status = run_errand_cli(args, stdin=io.StringIO(""), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_backend_openai_runs_the_errand_with_the_named_server_and_no_configured_key(
+    ws: Path, one_answer_server: str
+) -> None:
+    from app.settings import AppSettings, ModelSettings, save_settings
+
+    # The settings name another server with a key in a locked vault: neither is used.
+    model = ModelSettings(
+        backend="openai", base_url="https://models.example.com/v1", remote_model="big",
+        remote_key_secret="REMOTE_KEY",
+    )  # fmt: skip
+    save_settings(default_paths().ensure(), AppSettings(model=model))
+    status, out, err = run_args(
+        "what is up?", "--workspace", str(ws), "--backend", "openai",
+        "--base-url", one_answer_server, "--model-name", "tiny", "--allow-local",
+    )  # fmt: skip
+    assert status == EXIT_OK, err
+    assert "the server answered" in out
+    assert _OneAnswerServer.seen and _OneAnswerServer.seen[0]["auth"] is None
+    body = _OneAnswerServer.seen[0]["body"]
+    assert isinstance(body, dict) and body["model"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--backend", "openai", "--model-name", "m"], "--backend openai needs --base-url"),
+        (["--backend", "openai", "--base-url", "http://x/v1"], "needs --base-url URL and"),
+        (["--base-url", "http://x/v1"], "do not go with --backend llama.cpp"),
+        (["--model", "no-such.gguf"], "--model no-such.gguf: no such file"),
+    ],
+)
+def test_inconsistent_model_options_are_usage_errors(
+    ws: Path, argv: list[str], problem: str
+) -> None:
+    status, _out, err = run_args("x", "--workspace", str(ws), *argv)
+    assert status == ExitStatus.USAGE
+    assert problem in err
+
+
+def test_scripted_model_does_not_mix_with_a_model_file(tmp_path: Path, ws: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    status, _out, err = keyless_run(tmp_path, ws, [final("x")], "", "--model", str(gguf))
+    assert status == ExitStatus.USAGE
+    assert "--scripted-model replaces the model" in err
+
+
+def test_model_file_builds_the_spec_as_chat_does(tmp_path: Path) -> None:
+    from app.cli_run import model_spec
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    args = build_parser().parse_args(["run", "x", "--model", str(gguf), "--n-ctx", "2048"])
+    spec = model_spec(args, services=None)
+    assert (spec.backend, spec.settings.path, spec.settings.n_ctx) == ("llama.cpp", gguf, 2048)

@@ -317,3 +317,11 @@ class TestRemoteContract(ChatModelContract):
     @pytest.fixture(autouse=True)
     def _base(self, server: str) -> None:
         self.base = server
+
+
+def test_a_schema_reply_cut_off_at_max_tokens_is_returned_as_such(remote: OpenAIChatModel) -> None:
+    schema = {"type": "object", "properties": {"final": {"type": "string"}}, "required": ["final"]}
+    prompt = [Message(role="user", content="Tell me a long story about a dragon.")]
+    final = complete_chat(remote, prompt, max_tokens=6, json_schema=schema)
+    assert final.stats.stop_reason == "max_tokens"
+    assert final.text.startswith("{")

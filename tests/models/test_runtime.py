@@ -330,3 +330,40 @@ def test_the_pinned_task_moves_with_a_changed_earlier_message(runtime: Runtime) 
             assert "earlier" not in task
     finally:
         runtime.pin_messages(0)
+
+
+def test_greedy_grammar_decoding_checks_the_greedy_token_first_with_the_same_tokens(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.runtime as module
+
+    call = {
+        "type": "object",
+        "properties": {
+            "tool": {"enum": ["list_dir", "read_file"]},
+            "arguments": {"type": "object", "properties": {"path": {"type": "string"}}},
+        },
+        "required": ["tool", "arguments"],
+    }
+    answer = {"type": "object", "properties": {"final": {"type": "string"}}, "required": ["final"]}
+    schema = {"anyOf": [call, answer]}
+    messages = [Message(role="user", content="List the workspace. Answer with a tool call.")]
+    checked: list[str] = []
+    fast = module._GreedyTokenFirst.sample
+
+    def counting(self: object, ctx: object, idx: int) -> int:
+        checked.append("first")
+        return fast(self, ctx, idx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module._GreedyTokenFirst, "sample", counting)
+    runtime.reset()
+    quick = list(runtime.stream_chat(messages, max_tokens=60, json_schema=schema))[-1]
+
+    def whole_chain(self: object, ctx: object, idx: int) -> int:
+        return int(self._chain.sample(ctx, idx))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(module._GreedyTokenFirst, "sample", whole_chain)
+    runtime.reset()
+    slow = list(runtime.stream_chat(messages, max_tokens=60, json_schema=schema))[-1]
+    assert isinstance(quick, Finished) and isinstance(slow, Finished)
+    assert checked and quick.text == slow.text

@@ -37,6 +37,9 @@ from agent.host.tools import (
 from agent.host.tools.base import ToolContext, ToolOutput, ToolSpec, truncate_text
 from agent.protocol import FINISH_TOOL, ToolOffer, step_schema
 
+READ_ONLY_EFFECTS = frozenset({"read", "memory_read"})
+"""Effects whose calls leave the workspace and memory as they were."""
+
 ALL_TOOLS: dict[str, ToolSpec] = {
     module.TOOL.name: module.TOOL
     for module in (
@@ -101,7 +104,12 @@ def offer(name: str) -> ToolOffer:
     spec = ALL_TOOLS.get(name)
     if spec is None:
         raise UnknownToolError(f"unknown tool {name!r}; known: {', '.join(ALL_TOOLS)}")
-    return ToolOffer(name=spec.name, description=spec.description, parameters=spec.schema())
+    return ToolOffer(
+        name=spec.name,
+        description=spec.description,
+        parameters=spec.schema(),
+        read_only=spec.effect in READ_ONLY_EFFECTS,
+    )
 
 
 def offers(names: Iterable[str]) -> list[ToolOffer]:
