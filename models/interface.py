@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -210,6 +211,15 @@ class PinnableModel(Protocol):
 
     def pin_messages(self, prefix: int, task: int | None = None) -> None:
         """Never evict the first ``prefix`` messages nor message ``task`` of later prompts."""
+        ...
+
+    def aside(self) -> AbstractContextManager[None]:
+        """Generate from a prompt of its own, then put the conversation's cache back.
+
+        Inside the block the model may be given any prompt; when the block
+        ends the KV cache holds what it held before it began, so the
+        conversation's next turn evaluates only its new tokens.
+        """
         ...
 
 

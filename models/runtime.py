@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -547,6 +548,34 @@ class Runtime:
         )
         digest = model_sha256 or _MODEL_HASHES.sha256(self.config.model_path)
         return Binding(digest, self._cache.n_ctx, settings, "", history)
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """Generate from a prompt of its own, then put the conversation's cache back.
+
+        The cache (llama.cpp's sequence state and the sink cache's
+        bookkeeping) is copied in memory before the block and loaded again
+        after it, so a side prompt (a plain-text answer from a short context)
+        costs the conversation nothing. A cache that cannot be copied (an
+        eviction policy with state of its own) is left to the side prompt; the
+        next turn then re-evaluates the conversation.
+        """
+        self._require_open()
+        with self._busy():
+            try:
+                snapshot, payload = self._cache.snapshot(), self._cache.seq_state()
+            except GenerationError as e:
+                _log.info("the cache cannot be set aside: %s", e)
+                snapshot = None
+            replies, pins = list(self._replies), self._pin_messages
+        try:
+            yield
+        finally:
+            if snapshot is not None and not self._closed:
+                with self._busy():
+                    self._cache.restore(snapshot, payload)
+                    self._replies = replies
+            self._pin_messages = pins
 
     def save_state(
         self,

@@ -236,8 +236,14 @@ class Executor:
                 # files it read and the question) where, in the errand, it echoes.
                 asked = answer_messages(task.task, scaffold.files_read())
                 if isinstance(self._model, PinnableModel):
-                    self._model.pin_messages(0)  # a short prompt of its own: nothing to keep
-                finished = self._generate(asked, min(budget, ANSWER_TOKENS), None, cancel, step)
+                    # The session's conversation stays in the cache for the next errand.
+                    with self._model.aside():
+                        self._model.pin_messages(0)
+                        finished = self._generate(
+                            asked, min(budget, ANSWER_TOKENS), None, cancel, step
+                        )
+                else:
+                    finished = self._generate(asked, min(budget, ANSWER_TOKENS), None, cancel, step)
             else:
                 finished = self._generate(messages, budget, schema, cancel, step)
             generated += finished.stats.n_generated

@@ -367,3 +367,23 @@ def test_greedy_grammar_decoding_checks_the_greedy_token_first_with_the_same_tok
     slow = list(runtime.stream_chat(messages, max_tokens=60, json_schema=schema))[-1]
     assert isinstance(quick, Finished) and isinstance(slow, Finished)
     assert checked and quick.text == slow.text
+
+
+def test_a_side_prompt_leaves_the_conversation_in_the_cache(runtime: Runtime) -> None:
+    convo = [
+        Message(role="system", content="You are terse. " * 20),
+        Message(role="user", content="Name a colour."),
+    ]
+    runtime.reset()
+    list(runtime.stream_chat(convo, max_tokens=4))
+    before = (list(runtime.cache.history), runtime.cache.n_cached)
+    with runtime.aside():
+        side = [Message(role="user", content="Count to three.")]
+        list(runtime.stream_chat(side, max_tokens=4))
+        assert list(runtime.cache.history) != before[0]
+    assert (list(runtime.cache.history), runtime.cache.n_cached) == before
+    # The conversation goes on from the cache: only the new turn is evaluated.
+    more = [*convo, Message(role="user", content="Another.")]
+    finished = list(runtime.stream_chat(more, max_tokens=2))[-1]
+    assert isinstance(finished, Finished)
+    assert finished.stats.n_prompt_tokens < len(runtime.render(more)) // 3
