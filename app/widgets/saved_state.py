@@ -11,6 +11,7 @@ the work.
 from __future__ import annotations
 
 from app.qt import QtWidgets, Signal
+from app.widgets.question import ask_yes_no
 
 MAX_CAP_MB = 1_048_576  # as AppSettings.kv_state_cap_mb allows
 MB = 1024 * 1024
@@ -95,22 +96,15 @@ class SavedStateBox(QtWidgets.QGroupBox):
         if self.delete_question is not None or self._files == 0:
             return
         noun = "session" if self._files == 1 else "sessions"
-        box = QtWidgets.QMessageBox(
-            QtWidgets.QMessageBox.Icon.Question,
+        self.delete_question = ask_yes_no(
+            self,
             "Delete saved model states?",
             f"Delete the saved model state of {self._files} {noun}? Nothing in the "
             "sessions is lost: reopening one reads its conversation again, which takes longer.",
-            QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
-            self,
+            self._delete_answered,
         )
-        box.setDefaultButton(QtWidgets.QMessageBox.StandardButton.No)
-        box.finished.connect(self._delete_answered)
-        self.delete_question = box
-        box.open()
 
-    def _delete_answered(self, result: int) -> None:
-        box, self.delete_question = self.delete_question, None
-        if box is not None:
-            box.deleteLater()
-        if result == QtWidgets.QMessageBox.StandardButton.Yes.value:
+    def _delete_answered(self, yes: bool) -> None:
+        self.delete_question = None
+        if yes:
             self.delete_requested.emit()
