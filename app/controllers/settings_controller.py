@@ -191,7 +191,9 @@ class SettingsController(QObject):
 
         A lower cap deletes the oldest files until the rest fit (what the
         agent host does at its next save anyway); 0 turns saving and
-        restoring off and leaves the files for "Delete saved states".
+        restoring off and leaves the files for "Delete saved states". An
+        agent already running keeps the cap it started with: the new one
+        holds from the next session opened (or the next model change).
         """
         try:
             updated = AppSettings.model_validate(
@@ -211,8 +213,8 @@ class SettingsController(QObject):
             self.kv_states_measured.emit(usage)
             if cap_mb == 0:
                 self.notice.emit(
-                    "Saved model state is off: sessions read their conversation again when "
-                    "reopened. The states on disk stay until you delete them."
+                    "Saved model state is off for the sessions you open from now on: they "
+                    "read their conversation again. The states on disk stay until you delete them."
                 )
             elif removed:
                 self.notice.emit(
