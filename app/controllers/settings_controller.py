@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.host.tools.registry import rule_names
-from app.controllers.jobs import SerialWorker
+from app.controllers.jobs import WorkerController
 from app.paths import AppPaths
 from app.qt import QObject, Signal
 from app.settings import AppSettings, MemoryCapacities, save_settings
@@ -94,7 +94,7 @@ def detect_sandbox() -> SandboxStatus:
     )
 
 
-class SettingsController(QObject):
+class SettingsController(WorkerController):
     """Reads and changes what the settings screen shows.
 
     Signals:
@@ -113,7 +113,6 @@ class SettingsController(QObject):
     kv_states_measured = Signal(object)
     notice = Signal(str)
     error = Signal(str)
-    busy_changed = Signal(bool)
 
     def __init__(
         self,
@@ -128,9 +127,6 @@ class SettingsController(QObject):
         self._settings = settings
         self._rule_store_factory = rule_store_factory or self._default_rule_store
         self._store: RuleStore | None = None  # created and used on the worker thread only
-        self._worker = SerialWorker(self)
-        self._worker.busy_changed.connect(self.busy_changed)
-
     @property
     def settings(self) -> AppSettings:
         """The settings as last saved."""
@@ -140,15 +136,6 @@ class SettingsController(QObject):
     def workspace(self) -> str | None:
         """The workspace whose rules are shown next to the user's."""
         return self._settings.workspace
-
-    @property
-    def busy(self) -> bool:
-        """Whether work is in flight."""
-        return self._worker.busy
-
-    def wait(self, msecs: int = -1) -> bool:
-        """Block until queued work ran (shutdown and tests)."""
-        return self._worker.wait(msecs)
 
     def _default_rule_store(self, workspace: Path | None = None) -> RuleStore:
         from agent.host.policy import RuleStore
