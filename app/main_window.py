@@ -23,6 +23,7 @@ from app.settings import SettingsError
 from app.views.chat_view import ChatView
 from app.views.model_view import ModelView
 from app.widgets.banner import Banner
+from app.widgets.question import ask_yes_no
 
 log = logging.getLogger(__name__)
 
@@ -370,27 +371,19 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.errands.busy and not self._closing_done:
             event.ignore()
             if self.quit_question is None:
-                box = QtWidgets.QMessageBox(
-                    QtWidgets.QMessageBox.Icon.Question,
+                self.quit_question = ask_yes_no(
+                    self,
                     "Quit Keyless?",
                     "An errand is running. Stop it and quit?",
-                    QtWidgets.QMessageBox.StandardButton.Yes
-                    | QtWidgets.QMessageBox.StandardButton.No,
-                    self,
+                    self._quit_answered,
                 )
-                box.setDefaultButton(QtWidgets.QMessageBox.StandardButton.No)
-                box.finished.connect(self._quit_answered)
-                self.quit_question = box
-                box.open()
             return
         self.shutdown()
         event.accept()
 
-    def _quit_answered(self, result: int) -> None:
-        box, self.quit_question = self.quit_question, None
-        if box is not None:
-            box.deleteLater()
-        if result == QtWidgets.QMessageBox.StandardButton.Yes.value:
+    def _quit_answered(self, yes: bool) -> None:
+        self.quit_question = None
+        if yes:
             self.shutdown()
             self.close()
 

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
@@ -33,6 +33,9 @@ from app.settings import (
     model_spec_from_settings,
     save_settings,
 )
+
+if TYPE_CHECKING:
+    from agent.host.policy import RuleStore
 
 log = logging.getLogger(__name__)
 
@@ -270,19 +273,23 @@ class AppServices:
 
         return self._service("broker", build)
 
-    def rule_store(self, workspace: Path | None = None) -> Any:
-        """Open the persisted permission rules (a new ``agent.host.policy.RuleStore``).
+    def rule_store(self, workspace: Path | None = None) -> RuleStore:
+        """Open the persisted permission rules (a new :class:`agent.host.policy.RuleStore`).
 
         A new store each call, because its SQLite connection belongs to the
         thread that opens it: call this in the thread that will use it, and
         close it there.
 
         Raises:
-            ServiceUnavailableError: The policy engine is missing or broken.
+            ServiceUnavailableError: The rules database cannot be opened.
         """
-        mod = self._require("agent.host.policy", "the permission policy")
+        # Imported here, not optionally: the policy engine ships with the app
+        # (errands cannot run without it); importing it lazily keeps it out of
+        # commands that never read rules.
+        from agent.host.policy import RuleStore
+
         try:
-            store = mod.RuleStore(self.paths.database, workspace=workspace)
+            store = RuleStore(self.paths.database, workspace=workspace)
         except Exception as e:
             message = f"the permission rules could not be opened: {e}"
             self.problems["rules"] = message
@@ -371,14 +378,13 @@ class AppServices:
 
     def sandbox_status(self) -> tuple[bool, str]:
         """Return whether OS isolation (bubblewrap) is available, and a sentence saying so."""
-        mod = optional_module("agent.host.sandbox")
-        if mod is None:
-            return False, "the sandbox module is not available in this build"
+        from agent.host.sandbox import Sandbox  # ships with the app, like the policy engine
+
         try:
-            sandbox = mod.Sandbox.detect()
+            sandbox = Sandbox.detect()
         except Exception as e:  # reported to the user as the status text
             return False, f"sandbox detection failed: {e}"
-        if bool(getattr(sandbox, "available", False)):
+        if sandbox.available:
             return True, "bubblewrap found: the agent and each shell command run isolated"
         return False, (
             "bubblewrap not found: the agent runs as a separate process with a scrubbed "

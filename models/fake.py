@@ -112,13 +112,26 @@ class ScriptedModel:
             raise GenerationError("cannot generate from an empty conversation")
         if max_tokens < 0:
             raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
-        if not self._queue:
-            raise GenerationError("the scripted model has no response left")
-        text = self._queue.popleft()
+        text = self._next_response(messages, json_schema)
         if json_schema is not None:
             check_json(text, json_schema)
         self.calls.append(list(messages))
         return self._stream(messages, text, max_tokens, cancel)
+
+    def _next_response(
+        self, messages: Sequence[Message], json_schema: Mapping[str, Any] | None
+    ) -> str:
+        """The response to this call: the next scripted one.
+
+        A subclass may answer otherwise (e.g. make one up when the script ran
+        out); the caller still checks it against ``json_schema`` and streams it.
+
+        Raises:
+            GenerationError: No response is left.
+        """
+        if not self._queue:
+            raise GenerationError("the scripted model has no response left")
+        return self._queue.popleft()
 
     def _stream(
         self,

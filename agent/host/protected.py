@@ -15,14 +15,22 @@ and docs/DESIGN.md agree on one set:
 Names are compared after :func:`normalise_name` (Unicode NFC, case folded,
 characters that HFS+ ignores removed, trailing dots and spaces dropped), so
 ``.GIT/Config`` or ``.g\u200cit/config`` is caught as ``.git/config``.
+
+:func:`scan_git_entries` finds every ``.git`` in a workspace for the shell
+sandbox's git guard, listing again only the directories that changed since
+the previous scan.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
+import stat
+import time
 import unicodedata
 from collections.abc import Mapping
-from pathlib import PurePosixPath
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 #: Entries of a git directory that run code or redirect git, with why.
@@ -153,3 +161,113 @@ def request_host_code_reasons(tool: str, arguments: Mapping[str, Any]) -> list[s
         command = arguments.get("command")
         return command_host_code_reasons(command) if isinstance(command, str) else []
     return []
+
+
+#: Device, inode and type of a path itself (not followed): what "the same entry" means.
+Identity = tuple[int, int, int]
+
+#: A directory is trusted unchanged only when its ctime is older than the
+#: previous scan's start by this much: a change during that scan could
+#: otherwise leave the same (coarse-clock) ctime.
+CTIME_MARGIN_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What a scan needs of one directory, and the stat that says it is still true."""
+
+    dev: int
+    ino: int
+    ctime_ns: int
+    subdirs: tuple[str, ...]
+    git: tuple[tuple[str, Identity], ...]
+
+
+@dataclass(frozen=True)
+class GitScan:
+    """Every entry named ``.git`` in a workspace, and the listings it was found in.
+
+    Attributes:
+        ws: The workspace scanned.
+        started_ns: The wall clock when the scan began.
+        entries: Each ``.git`` (directory, file or symlink) and its identity.
+        listed: How many directories this scan read (the others were unchanged).
+    """
+
+    ws: Path
+    started_ns: int
+    entries: Mapping[Path, Identity]
+    listed: int
+    _dirs: Mapping[Path, _Listing] = field(repr=False)
+
+
+def scan_git_entries(
+    ws: Path, previous: GitScan | None = None, *, now_ns: int | None = None
+) -> GitScan:
+    """Find every entry named ``.git`` in ``ws`` (at any depth), like a walk of the whole tree.
+
+    Git directories are not descended into, nor is ``ws/.keyless`` (the
+    quarantine), nor symlinks. With ``previous`` (a scan of the same
+    workspace), a directory whose inode and ctime are what that scan saw is
+    not read again: any entry created, removed or renamed in it would have
+    set its ctime to the time of the change, which a command cannot set back
+    (``touch`` sets mtime; ctime follows the clock). Only directories whose
+    ctime was :data:`CTIME_MARGIN_NS` older than the previous scan's start are
+    trusted so, so a change in the same clock tick as that scan is read.
+
+    Args:
+        ws: The canonical workspace.
+        previous: An earlier scan of ``ws``, or None to read every directory.
+        now_ns: The wall clock now (tests); default :func:`time.time_ns`.
+    """
+    started = time.time_ns() if now_ns is None else now_ns
+    usable = previous if previous is not None and previous.ws == ws else None
+    trusted_before = usable.started_ns - CTIME_MARGIN_NS if usable is not None else 0
+    dirs: dict[Path, _Listing] = {}
+    entries: dict[Path, Identity] = {}
+    listed = 0
+    pending = [ws]
+    while pending:
+        here = pending.pop()
+        try:
+            st = os.lstat(here)  # before reading: a change after this shows next time
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        old = usable._dirs.get(here) if usable is not None else None
+        if (
+            old is not None
+            and (old.dev, old.ino, old.ctime_ns) == (st.st_dev, st.st_ino, st.st_ctime_ns)
+            and old.ctime_ns < trusted_before
+        ):
+            listing = old
+        else:
+            found = _list_directory(here, st, top=here == ws)
+            if found is None:
+                continue  # unreadable (as os.walk skips it); tried again next time
+            listing = found
+            listed += 1
+        dirs[here] = listing
+        entries.update((here / name, ident) for name, ident in listing.git)
+        pending.extend(here / name for name in listing.subdirs)
+    return GitScan(ws=ws, started_ns=started, entries=entries, listed=listed, _dirs=dirs)
+
+
+def _list_directory(here: Path, st: os.stat_result, *, top: bool) -> _Listing | None:
+    subdirs: list[str] = []
+    git: list[tuple[str, Identity]] = []
+    try:
+        with os.scandir(here) as it:
+            for entry in it:
+                if normalise_name(entry.name) in GIT_DIR_NAMES:
+                    try:
+                        est = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    git.append((entry.name, (est.st_dev, est.st_ino, stat.S_IFMT(est.st_mode))))
+                elif entry.is_dir(follow_symlinks=False) and not (top and entry.name == ".keyless"):
+                    subdirs.append(entry.name)
+    except OSError:
+        return None
+    return _Listing(st.st_dev, st.st_ino, st.st_ctime_ns, tuple(subdirs), tuple(git))

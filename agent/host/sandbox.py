@@ -51,7 +51,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import SandboxError
-from agent.host.protected import GIT_DIR_ENTRIES, GIT_DIR_NAMES, normalise_name
+from agent.host.protected import (
+    GIT_DIR_ENTRIES,
+    GitScan,
+    scan_git_entries,
+)
 
 if TYPE_CHECKING:
     from agent.host.egress.proxy import EgressChannel, EgressProxy
@@ -286,6 +290,19 @@ class Sandbox:
 
     def __init__(self, bwrap: str | None) -> None:
         self.bwrap = bwrap
+        self._git_scans: dict[Path, GitScan] = {}
+        self._git_scans_lock = threading.Lock()
+
+    def last_git_scan(self, ws: Path) -> GitScan | None:
+        """The last search for ``.git`` in the canonical workspace ``ws`` (None: none yet)."""
+        with self._git_scans_lock:
+            return self._git_scans.get(ws)
+
+    def remember_git_scan(self, scan: GitScan | None) -> None:
+        """Keep ``scan`` as the starting point of the next command's search in its workspace."""
+        if scan is not None:
+            with self._git_scans_lock:
+                self._git_scans[scan.ws] = scan
 
     @classmethod
     def detect(cls) -> Sandbox:
@@ -418,7 +435,7 @@ class Sandbox:
             SandboxError: bwrap is missing or could not start.
         """
         ws = check_workspace(workspace)
-        guard = GitGuard(ws)
+        guard = GitGuard(ws, previous=self.last_git_scan(ws))
         try:
             with contextlib.ExitStack() as stack:
                 channel = None if egress is None else stack.enter_context(egress.channel(command))
@@ -429,6 +446,7 @@ class Sandbox:
                 result = _supervise(argv, limits, env=scrubbed_env(), cwd=None, sandboxed=True)
         finally:
             notes = guard.finish()
+            self.remember_git_scan(guard.scan_after)
         if notes:
             result = result.model_copy(update={"notes": [*result.notes, *notes]})
         return result
@@ -573,35 +591,6 @@ _GIT_DIR_SUBDIRS = frozenset({"hooks", "info", "modules", "worktrees", "branches
 _GLOBAL_GIT_CONFIGS = ("~/.gitconfig", "~/.config/git/config")
 
 
-def _is_git_name(name: str) -> bool:
-    return normalise_name(name) in GIT_DIR_NAMES
-
-
-def _scan_git_entries(ws: Path) -> dict[Path, tuple[int, int, int]]:
-    """Every entry named ``.git`` in the workspace (dir, file or symlink), at any depth.
-
-    Git directories are not descended into, nor is ``.keyless`` (the quarantine).
-    """
-    found: dict[Path, tuple[int, int, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(ws):
-        here = Path(dirpath)
-        keep = []
-        for name in dirnames:
-            if _is_git_name(name):
-                ident = _identity(here / name)
-                if ident is not None:
-                    found[here / name] = ident
-            elif not (here == ws and name == ".keyless"):
-                keep.append(name)
-        dirnames[:] = keep
-        for name in filenames:
-            if _is_git_name(name):
-                ident = _identity(here / name)
-                if ident is not None:
-                    found[here / name] = ident
-    return found
-
-
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -644,13 +633,23 @@ class GitGuard:
     appeared or changed all the same, and removes the placeholders that are
     still empty, so the workspace is left as it was found.
 
+    Both searches for ``.git`` read only the directories that changed since
+    the search before (:func:`agent.host.protected.scan_git_entries`): the
+    search after the command starts from the one before it, and the one
+    before starts from ``previous`` (the last command's search after).
+
     Args:
         ws: The canonical workspace.
+        previous: The last search of ``ws`` (:attr:`scan_after` of the guard
+            of the command before), or None to read every directory.
     """
 
-    def __init__(self, ws: Path) -> None:
+    def __init__(self, ws: Path, *, previous: GitScan | None = None) -> None:
         self.ws = ws
-        self._before = _scan_git_entries(ws)
+        self.scan_before = scan_git_entries(ws, previous)
+        #: The search after the command (set by :meth:`finish`).
+        self.scan_after: GitScan | None = None
+        self._before = self.scan_before.entries
         self._created: list[tuple[Path, tuple[int, int, int]]] = []
         self._binds: list[str] = []
         self._guarded: dict[Path, tuple[int, int, int] | None] = {}
@@ -753,7 +752,8 @@ class GitGuard:
         """Quarantine what the command planted, remove the placeholders; return notes."""
         notes: list[str] = []
         known = set(self._before.values())
-        for path, ident in _scan_git_entries(self.ws).items():
+        self.scan_after = scan_git_entries(self.ws, self.scan_before)
+        for path, ident in self.scan_after.entries.items():
             if ident not in known:
                 shown = path.relative_to(self.ws).as_posix()
                 moved = self._quarantine(path, "git")

@@ -296,6 +296,11 @@ def _mcp_hub(services: AppServices, workspace: Path, rules: list[Any]) -> Any:
         return None
 
 
+def _relay_key_secret(services: AppServices, spec: Any) -> str | None:
+    """The vault secret a host-run model reads its API key from (not part of its spec)."""
+    return services.settings.model.remote_key_secret if runs_in_host(spec) else None
+
+
 def approximate_tokens(text: str) -> int:
     """Estimate a text's tokens without the model's tokenizer (~4 characters each)."""
     return max(1, len(text) // 4)
@@ -315,8 +320,9 @@ def agent_host_factory(
     Args:
         services: The host's services (audit log, rules, memory).
         model_spec: Returns the ``models.factory.ModelSpec`` to run (read when
-            the runner is built; when it returns another spec, the runner is
-            outdated and the next errand runs on a new one: model settings
+            the runner is built; when it returns another spec, or a remote
+            model's API key is to come from another vault secret, the runner
+            is outdated and the next errand runs on a new one: model settings
             apply at the next errand).
         scripted_model: Run the scripted fake model from this JSON file instead.
         broker: Returns the broker to use (the vault screen's, once unlocked);
@@ -400,9 +406,15 @@ def agent_host_factory(
         model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
             spec.label() if spec is not None else "unknown"
         )
+        built = (spec, _relay_key_secret(services, spec))
+
+        def outdated() -> bool:
+            now = model_spec()
+            return (now, _relay_key_secret(services, now)) != built
+
         return AgentHostRunner(
             host, owned=owned, sessions=sessions, recorder=recorder, model=model,
-            outdated=lambda: model_spec() != spec,
+            outdated=outdated,
         )
 
     return factory

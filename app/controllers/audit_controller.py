@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from app.controllers.jobs import SerialWorker
+from app.controllers.jobs import WorkerController
 from app.qt import QObject, Signal
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def _details_text(details: dict[str, object]) -> str:
     return ", ".join(parts)
 
 
-class AuditController(QObject):
+class AuditController(WorkerController):
     """Loads audit entries and the chain check for :class:`app.views.audit_view.AuditView`.
 
     Signals:
@@ -122,24 +122,11 @@ class AuditController(QObject):
     entries_loaded = Signal(list)
     chain_checked = Signal(object)
     error = Signal(str)
-    busy_changed = Signal(bool)
 
     def __init__(self, audit_log: AuditLog, *, limit: int = 5000, parent: QObject | None = None):
         super().__init__(parent)
         self._log = audit_log
         self._limit = limit
-        self._worker = SerialWorker(self)
-        self._worker.busy_changed.connect(self.busy_changed)
-
-    @property
-    def busy(self) -> bool:
-        """Whether work is in flight."""
-        return self._worker.busy
-
-    def wait(self, msecs: int = -1) -> bool:
-        """Block until queued work ran (shutdown and tests)."""
-        return self._worker.wait(msecs)
-
     def refresh(self) -> None:
         """Reload the entries, then verify the chain."""
 

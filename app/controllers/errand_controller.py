@@ -332,19 +332,20 @@ class _ErrandWorker(QObject):
         asked: the errand then ends, and the window dismisses the dialog.
         """
         with self._lock:
-            pending = self._pending
-            if pending is not None and pending.reply is None:
-                pending.reply = PermissionReply("deny", reason=reason)
-                pending.event.set()
+            self._deny_pending(reason)
+
+    def _deny_pending(self, reason: str) -> None:
+        # Called with self._lock held.
+        pending = self._pending
+        if pending is not None and pending.reply is None:
+            pending.reply = PermissionReply("deny", reason=reason)
+            pending.event.set()
 
     def cancel(self) -> None:
         """Stop the errand and release a waiting permission prompt (any thread)."""
         with self._lock:
             self._cancelled.set()
-            pending = self._pending
-            if pending is not None and pending.reply is None:
-                pending.reply = PermissionReply("deny", reason="the errand was cancelled")
-                pending.event.set()
+            self._deny_pending("the errand was cancelled")
             runner = self._runner
         if runner is not None:
             try:
@@ -352,22 +353,26 @@ class _ErrandWorker(QObject):
             except Exception as e:  # reported to the user; the errand still ends
                 self.errorOut.emit(f"cancelling failed: {e}")
 
+    def _runner_for(self, session_id: str, workspace: str) -> ErrandRunner:
+        """The session's runner: the current one, or a new one when it is missing or outdated."""
+        if self._needs_runner(session_id):
+            self._close_runner()
+            runner = self._factory(RunnerContext(session_id, Path(workspace), self, self))
+            with self._lock:
+                self._runner = runner
+                self._runner_session = session_id
+        assert self._runner is not None
+        return self._runner
+
     @Slot(str, str, str)
     def run(self, session_id: str, workspace: str, task: str) -> None:
         self._cancelled.clear()
         try:
-            if self._needs_runner(session_id):
-                self._close_runner()
-                context = RunnerContext(session_id, Path(workspace), self, self)
-                runner = self._factory(context)
-                with self._lock:
-                    self._runner = runner
-                    self._runner_session = session_id
+            runner = self._runner_for(session_id, workspace)
             if self._cancelled.is_set():
                 self.errorOut.emit("the errand was cancelled before it started")
                 return
-            assert self._runner is not None
-            self._runner.run_errand(task)
+            runner.run_errand(task)
         except Exception as e:
             # Any failure of the errand reaches the user as a message, never only a log line.
             log.exception("errand failed")
@@ -379,13 +384,7 @@ class _ErrandWorker(QObject):
     def resume(self, session_id: str, workspace: str, errand_id: str, choice: str) -> None:
         self._cancelled.clear()
         try:
-            if self._needs_runner(session_id):
-                self._close_runner()
-                runner = self._factory(RunnerContext(session_id, Path(workspace), self, self))
-                with self._lock:
-                    self._runner = runner
-                    self._runner_session = session_id
-            resume = getattr(self._runner, "resume_errand", None)
+            resume = getattr(self._runner_for(session_id, workspace), "resume_errand", None)
             if resume is None:
                 self.errorOut.emit("this runner cannot resume errands")
                 return

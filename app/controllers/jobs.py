@@ -127,3 +127,30 @@ class SerialWorker(QObject):
     def wait(self, msecs: int = -1) -> bool:
         """Block until the queued jobs ran (for shutdown); True if they all did."""
         return bool(self._pool.waitForDone(msecs))
+
+
+class WorkerController(QObject):
+    """A screen's controller whose blocking work runs in order on its own :class:`SerialWorker`.
+
+    Subclasses submit to ``self._worker`` and get :attr:`busy`, :meth:`wait`
+    and the ``busy_changed`` signal.
+
+    Signals:
+        busy_changed: Whether work is in flight.
+    """
+
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._worker = SerialWorker(self)
+        self._worker.busy_changed.connect(self.busy_changed)
+
+    @property
+    def busy(self) -> bool:
+        """Whether work is in flight."""
+        return self._worker.busy
+
+    def wait(self, msecs: int = -1) -> bool:
+        """Block until queued work ran (shutdown and tests)."""
+        return self._worker.wait(msecs)

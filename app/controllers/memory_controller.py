@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.controllers.jobs import SerialWorker
+from app.controllers.jobs import WorkerController
 from app.qt import QObject, Signal
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class MemorySnapshot:
     review: tuple[ReviewRow, ...] = field(default=())
 
 
-class MemoryController(QObject):
+class MemoryController(WorkerController):
     """Drives :class:`app.views.memory_view.MemoryView`.
 
     Signals:
@@ -125,7 +125,6 @@ class MemoryController(QObject):
     topic_saved = Signal(str, str)
     distilled = Signal(str)
     error = Signal(str)
-    busy_changed = Signal(bool)
 
     def __init__(
         self,
@@ -140,22 +139,10 @@ class MemoryController(QObject):
         self._model_factory = model_factory
         self._history_limit = history_limit
         self._service: MemoryService | None = None  # worker thread only
-        self._worker = SerialWorker(self)
-        self._worker.busy_changed.connect(self.busy_changed)
-
     @property
     def can_distill(self) -> bool:
         """Whether a model is available for "distill now"."""
         return self._model_factory is not None
-
-    @property
-    def busy(self) -> bool:
-        """Whether work is in flight."""
-        return self._worker.busy
-
-    def wait(self, msecs: int = -1) -> bool:
-        """Block until queued work ran (shutdown and tests)."""
-        return self._worker.wait(msecs)
 
     def _svc(self) -> MemoryService:
         if self._service is None:

@@ -445,10 +445,7 @@ class ModelController(QObject):
         if self.downloading:
             self.errorOccurred.emit("a download is already running")
             return
-        cancel = CancelToken()
-        self._download_cancel = cancel
-        self._download_started = time.monotonic()
-        self._download_base = -1
+        cancel = self._new_download()
         dest = self.services.paths.models_dir
 
         def fetch(report: Progress) -> str:
@@ -471,11 +468,7 @@ class ModelController(QObject):
             else:
                 self._download_progress(value)
 
-        self.downloadStarted.emit(model_id)
-        self._jobs.submit(
-            "download", fetch, on_success=self._download_done, on_error=self._download_error,
-            on_progress=progressed,
-        )
+        self._submit_download(model_id, fetch, progressed)
 
     def remove_installed(self, filename: str) -> None:
         """Delete an installed model; the embedded default takes over if it was in use."""
@@ -514,10 +507,7 @@ class ModelController(QObject):
                 "give the repository as owner/name and a file name ending in .gguf"
             )
             return
-        cancel = CancelToken()
-        self._download_cancel = cancel
-        self._download_started = time.monotonic()
-        self._download_base = -1
+        cancel = self._new_download()
         dest = self.services.paths.models_dir
 
         def fetch(report: Progress) -> str:
@@ -533,13 +523,26 @@ class ModelController(QObject):
             )
             return str(model.path)
 
-        self.downloadStarted.emit(f"{repo_id}/{filename}")
+        self._submit_download(f"{repo_id}/{filename}", fetch, self._download_progress)
+
+    def _new_download(self) -> CancelToken:
+        """The cancel token of the download about to start; its speed counts from now."""
+        cancel = CancelToken()
+        self._download_cancel = cancel
+        self._download_started = time.monotonic()
+        self._download_base = -1
+        return cancel
+
+    def _submit_download(
+        self, label: str, fetch: Callable[[Progress], str], progressed: Callable[[object], None]
+    ) -> None:
+        self.downloadStarted.emit(label)
         self._jobs.submit(
             "download",
             fetch,
             on_success=self._download_done,
             on_error=self._download_error,
-            on_progress=self._download_progress,
+            on_progress=progressed,
         )
 
     def cancel_download(self) -> None:

@@ -1,7 +1,8 @@
 """The settings screen's controller: permission rules, capacities, sandbox status, paths.
 
 Rules are kept by :class:`agent.host.policy.RuleStore` (in ``keyless.db``), the
-capacities in the app's settings file; both are read and written on the
+capacities in the app's settings file, sessions' saved model state in
+:class:`models.kvstate.StateStore` files; all are read and written on the
 controller's worker thread.
 """
 
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.host.tools.registry import rule_names
-from app.controllers.jobs import SerialWorker
+from app.controllers.jobs import WorkerController
 from app.paths import AppPaths
 from app.qt import QObject, Signal
 from app.settings import AppSettings, MemoryCapacities, save_settings
 
 if TYPE_CHECKING:
     from agent.host.policy import RuleStore, StoredRule
+    from models.kvstate import StateStore
+
 
 @dataclass(frozen=True)
 class SandboxStatus:
@@ -29,6 +32,14 @@ class SandboxStatus:
     available: bool
     bwrap_path: str | None
     explanation: str
+
+
+@dataclass(frozen=True)
+class SavedStateUsage:
+    """The disk sessions' saved model state (KV state files) takes now."""
+
+    files: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -83,13 +94,15 @@ def detect_sandbox() -> SandboxStatus:
     )
 
 
-class SettingsController(QObject):
+class SettingsController(WorkerController):
     """Reads and changes what the settings screen shows.
 
     Signals:
         settings_changed: The saved :class:`app.settings.AppSettings`.
         rules_loaded: A list of :class:`RuleRow` (user rules and the workspace's).
         sandbox_detected: A :class:`SandboxStatus`.
+        kv_states_measured: A :class:`SavedStateUsage`.
+        notice: A sentence for the user about what was done.
         error: A sentence for the user.
         busy_changed: Whether work is in flight.
     """
@@ -97,8 +110,9 @@ class SettingsController(QObject):
     settings_changed = Signal(object)
     rules_loaded = Signal(list)
     sandbox_detected = Signal(object)
+    kv_states_measured = Signal(object)
+    notice = Signal(str)
     error = Signal(str)
-    busy_changed = Signal(bool)
 
     def __init__(
         self,
@@ -113,9 +127,6 @@ class SettingsController(QObject):
         self._settings = settings
         self._rule_store_factory = rule_store_factory or self._default_rule_store
         self._store: RuleStore | None = None  # created and used on the worker thread only
-        self._worker = SerialWorker(self)
-        self._worker.busy_changed.connect(self.busy_changed)
-
     @property
     def settings(self) -> AppSettings:
         """The settings as last saved."""
@@ -125,15 +136,6 @@ class SettingsController(QObject):
     def workspace(self) -> str | None:
         """The workspace whose rules are shown next to the user's."""
         return self._settings.workspace
-
-    @property
-    def busy(self) -> bool:
-        """Whether work is in flight."""
-        return self._worker.busy
-
-    def wait(self, msecs: int = -1) -> bool:
-        """Block until queued work ran (shutdown and tests)."""
-        return self._worker.wait(msecs)
 
     def _default_rule_store(self, workspace: Path | None = None) -> RuleStore:
         from agent.host.policy import RuleStore
@@ -151,6 +153,7 @@ class SettingsController(QObject):
         """Load the rules and detect the sandbox."""
         self._worker.submit(self._load_rules, self.rules_loaded.emit, self._report)
         self._worker.submit(detect_sandbox, self.sandbox_detected.emit, self._report)
+        self._worker.submit(self._measure_kv_states, self.kv_states_measured.emit, self._report)
 
     def save_preferences(
         self, *, user: int, project: int, session: int, auto_lock_minutes: int
@@ -169,6 +172,60 @@ class SettingsController(QObject):
             self.error.emit(f"Invalid setting: {e}")
             return
         self._save(updated)
+
+    def save_kv_state_cap(self, cap_mb: int) -> None:
+        """Persist the cap on sessions' saved model state and apply it to the files now.
+
+        A lower cap deletes the oldest files until the rest fit (what the
+        agent host does at its next save anyway); 0 turns saving and
+        restoring off and leaves the files for "Delete saved states". An
+        agent already running keeps the cap it started with: the new one
+        holds from the next session opened (or the next model change).
+        """
+        try:
+            updated = AppSettings.model_validate(
+                {**self._settings.model_dump(), "kv_state_cap_mb": cap_mb}
+            )
+        except ValueError as e:
+            self.error.emit(f"Invalid setting: {_first(e)}")
+            return
+        self._save(updated)
+
+        def work() -> tuple[list[str], SavedStateUsage]:
+            removed = self._kv_store(cap_mb).enforce_cap() if cap_mb > 0 else []
+            return removed, self._measure_kv_states()
+
+        def done(result: tuple[list[str], SavedStateUsage]) -> None:
+            removed, usage = result
+            self.kv_states_measured.emit(usage)
+            if cap_mb == 0:
+                self.notice.emit(
+                    "Saved model state is off for the sessions you open from now on: they "
+                    "read their conversation again. The states on disk stay until you delete them."
+                )
+            elif removed:
+                self.notice.emit(
+                    f"Cap set to {cap_mb} MB: the {len(removed)} oldest saved states were deleted."
+                )
+
+        self._worker.submit(work, done, self._report)
+
+    def delete_kv_states(self) -> None:
+        """Delete every session's saved model state (the sessions themselves stay)."""
+
+        def work() -> tuple[int, SavedStateUsage]:
+            store = self._kv_store(0)
+            saved = store.files()
+            for state in saved:
+                store.remove_session(state.key)
+            return len(saved), self._measure_kv_states()
+
+        def done(result: tuple[int, SavedStateUsage]) -> None:
+            deleted, usage = result
+            self.kv_states_measured.emit(usage)
+            self.notice.emit(f"Deleted the saved model state of {deleted} session(s).")
+
+        self._worker.submit(work, done, self._report)
 
     def add_rule(self, tool: str, pattern: str, action: str, scope: str) -> None:
         """Save a rule for the user (``scope="user"``) or the current workspace.
@@ -209,6 +266,15 @@ class SettingsController(QObject):
 
     def _workspace_path(self) -> Path | None:
         return Path(self.workspace) if self.workspace else None
+
+    def _kv_store(self, cap_mb: int) -> StateStore:
+        from models.kvstate import StateStore
+
+        return StateStore(self.paths.kvstate_dir, cap_mb * 1024 * 1024)
+
+    def _measure_kv_states(self) -> SavedStateUsage:
+        files = self._kv_store(0).files()
+        return SavedStateUsage(files=len(files), size=sum(f.size for f in files))
 
     def _load_rules(self) -> list[RuleRow]:
         # stored() gives this workspace's rules first, then the user's.

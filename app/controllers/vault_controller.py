@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from app.controllers.jobs import SerialWorker
+from app.controllers.jobs import WorkerController
 from app.qt import QObject, QTimer, Signal
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def describe_error(error: Exception) -> str:
     return f"Unexpected error ({type(error).__name__}): {error}"
 
 
-class VaultController(QObject):
+class VaultController(WorkerController):
     """Drives the vault: first-run setup, unlock/lock, secrets and grants.
 
     Signals:
@@ -201,7 +201,6 @@ class VaultController(QObject):
     grant_created = Signal(str)
     vault_opened = Signal(object)
     error = Signal(str)
-    busy_changed = Signal(bool)
 
     def __init__(
         self,
@@ -244,8 +243,6 @@ class VaultController(QObject):
         self._broker: Broker | None = None
         self._grants: GrantStore | None = None
         self._methods: tuple[str, ...] = ()
-        self._worker = SerialWorker(self)
-        self._worker.busy_changed.connect(self.busy_changed)
         self._idle = QTimer(self)
         self._idle.setSingleShot(True)
         self._idle.timeout.connect(self._idle_check)
@@ -285,11 +282,6 @@ class VaultController(QObject):
         """The vault file."""
         return self._vault_path
 
-    @property
-    def busy(self) -> bool:
-        """Whether work is in flight."""
-        return self._worker.busy
-
     def set_session_id(self, session_id: str) -> None:
         """Make new grants belong to ``session_id`` and list that session's grants."""
         self._session_id = session_id
@@ -300,10 +292,6 @@ class VaultController(QObject):
         """Lock the vault after ``minutes`` without a vault operation."""
         self._auto_lock_minutes = max(minutes, 0.001)
         self._idle.setInterval(max(100, int(self._auto_lock_minutes * 60_000)))
-
-    def wait(self, msecs: int = -1) -> bool:
-        """Block until queued work ran (shutdown and tests)."""
-        return self._worker.wait(msecs)
 
     # -- actions --------------------------------------------------------------------
 

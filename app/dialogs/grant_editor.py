@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from app.controllers.vault_controller import GrantRequest, InjectionKind, build_grant
+from app.dialogs.form import accept_buttons, labelled_row, problem_label
 from app.qt import Qt, QtWidgets
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
@@ -100,9 +101,8 @@ class GrantEditorDialog(QtWidgets.QDialog):
             ("&Expires after:", self.ttl),
             ("Maximum &uses:", self.uses),
         ):
-            label = QtWidgets.QLabel(text)
-            label.setBuddy(widget if widget is not methods_widget else self.method_boxes["GET"])
-            form.addRow(label, widget)
+            buddy = self.method_boxes["GET"] if widget is methods_widget else None
+            labelled_row(form, text, widget, buddy=buddy)
         form.addRow("", self.allow_local)
 
         self.summary = QtWidgets.QLabel()
@@ -113,19 +113,8 @@ class GrantEditorDialog(QtWidgets.QDialog):
             self.summary.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse
         )
 
-        self.problem = QtWidgets.QLabel()
-        self.problem.setObjectName("problem")
-        self.problem.setAccessibleName("Problem")
-        self.problem.setStyleSheet("color: #b00020;")
-        self.problem.setWordWrap(True)
-
-        self.buttons = QtWidgets.QDialogButtonBox(
-            QtWidgets.QDialogButtonBox.StandardButton.Ok
-            | QtWidgets.QDialogButtonBox.StandardButton.Cancel
-        )
-        self.buttons.button(QtWidgets.QDialogButtonBox.StandardButton.Ok).setText("&Grant")
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
+        self.problem = problem_label()
+        self.buttons = accept_buttons(self, text="&Grant")
         self.injection.currentIndexChanged.connect(self._injection_changed)
         for edit in (self.template, self.host, self.path):
             edit.textChanged.connect(self.update_summary)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from app.dialogs.form import accept_buttons, labelled_row, masked_field, problem_label
 from app.qt import Qt, QtWidgets
 
 # The vault enforces its own rule; this mirrors it for an early, clear message.
@@ -50,9 +51,7 @@ class SecretEditorDialog(QtWidgets.QDialog):
         self.name.setReadOnly(self._editing)
         self.name.setAccessibleName("Secret name")
         self.name.setPlaceholderText("e.g. GITHUB_TOKEN")
-        self.value = QtWidgets.QLineEdit()
-        self.value.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
-        self.value.setAccessibleName("Secret value")
+        self.value = masked_field("Secret value")
         self.value.setPlaceholderText("paste the key; it stays masked")
         if value is not None:
             # The str Qt needs is a copy Python cannot zero; it lives only in
@@ -61,24 +60,11 @@ class SecretEditorDialog(QtWidgets.QDialog):
             value[:] = bytes(len(value))
 
         form = QtWidgets.QFormLayout()
-        name_label = QtWidgets.QLabel("&Name:")
-        name_label.setBuddy(self.name)
-        value_label = QtWidgets.QLabel("&Value:")
-        value_label.setBuddy(self.value)
-        form.addRow(name_label, self.name)
-        form.addRow(value_label, self.value)
+        labelled_row(form, "&Name:", self.name)
+        labelled_row(form, "&Value:", self.value)
 
-        self.problem = QtWidgets.QLabel()
-        self.problem.setObjectName("problem")
-        self.problem.setAccessibleName("Problem")
-        self.problem.setStyleSheet("color: #b00020;")
-
-        self.buttons = QtWidgets.QDialogButtonBox(
-            QtWidgets.QDialogButtonBox.StandardButton.Save
-            | QtWidgets.QDialogButtonBox.StandardButton.Cancel
-        )
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
+        self.problem = problem_label()
+        self.buttons = accept_buttons(self, accept=QtWidgets.QDialogButtonBox.StandardButton.Save)
 
         layout = QtWidgets.QVBoxLayout(self)
         if note:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.dialogs.form import accept_buttons, masked_field, problem_label
 from app.qt import QtWidgets
 
 
@@ -27,32 +28,19 @@ class UnlockDialog(QtWidgets.QDialog):
         self._use_keyring = False
         self._passphrase: bytearray | None = None
 
-        self.passphrase = QtWidgets.QLineEdit()
-        self.passphrase.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
-        self.passphrase.setAccessibleName("Passphrase")
+        self.passphrase = masked_field("Passphrase")
         label = QtWidgets.QLabel("&Passphrase:")
         label.setBuddy(self.passphrase)
 
-        self.problem = QtWidgets.QLabel(problem)
-        self.problem.setObjectName("problem")
-        self.problem.setAccessibleName("Problem")
-        self.problem.setStyleSheet("color: #b00020;")
-        self.problem.setWordWrap(True)
-
-        self.buttons = QtWidgets.QDialogButtonBox(
-            QtWidgets.QDialogButtonBox.StandardButton.Ok
-            | QtWidgets.QDialogButtonBox.StandardButton.Cancel
-        )
+        self.problem = problem_label(problem)
+        self.buttons = accept_buttons(self, text="&Unlock")
         ok = self.buttons.button(QtWidgets.QDialogButtonBox.StandardButton.Ok)
-        ok.setText("&Unlock")
         self.keyring_button = self.buttons.addButton(
             "Use &keyring", QtWidgets.QDialogButtonBox.ButtonRole.ActionRole
         )
         self.keyring_button.setVisible(keyring_available)
         self.keyring_button.setAccessibleName("Unlock with the OS keyring")
         self.keyring_button.clicked.connect(self._accept_keyring)
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
 
         row = QtWidgets.QHBoxLayout()
         row.addWidget(label)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.dialogs.form import accept_buttons, labelled_row, masked_field, problem_label
 from app.qt import QtWidgets
 
 MIN_PASSPHRASE = 8
@@ -62,35 +63,15 @@ class VaultSetupDialog(QtWidgets.QDialog):
         # Without a keyring the passphrase is the only method: not optional.
         self.passphrase_box.setEnabled(keyring_available)
 
-        self.passphrase = QtWidgets.QLineEdit()
-        self.passphrase.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
-        self.passphrase.setAccessibleName("Passphrase")
-        self.confirm = QtWidgets.QLineEdit()
-        self.confirm.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
-        self.confirm.setAccessibleName("Repeat passphrase")
+        self.passphrase = masked_field("Passphrase")
+        self.confirm = masked_field("Repeat passphrase")
 
         form = QtWidgets.QFormLayout()
-        pass_label = QtWidgets.QLabel("&New passphrase:")
-        pass_label.setBuddy(self.passphrase)
-        confirm_label = QtWidgets.QLabel("&Repeat:")
-        confirm_label.setBuddy(self.confirm)
-        form.addRow(pass_label, self.passphrase)
-        form.addRow(confirm_label, self.confirm)
+        labelled_row(form, "&New passphrase:", self.passphrase)
+        labelled_row(form, "&Repeat:", self.confirm)
 
-        self.problem = QtWidgets.QLabel()
-        self.problem.setObjectName("problem")
-        self.problem.setAccessibleName("Problem")
-        self.problem.setStyleSheet("color: #b00020;")
-        self.problem.setWordWrap(True)
-
-        self.buttons = QtWidgets.QDialogButtonBox(
-            QtWidgets.QDialogButtonBox.StandardButton.Ok
-            | QtWidgets.QDialogButtonBox.StandardButton.Cancel
-        )
-        ok = self.buttons.button(QtWidgets.QDialogButtonBox.StandardButton.Ok)
-        ok.setText("Create vault")
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
+        self.problem = problem_label()
+        self.buttons = accept_buttons(self, text="Create vault")
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(intro)

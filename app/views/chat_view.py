@@ -32,6 +32,7 @@ from typing import Any
 from app.controllers.errand_controller import ErrandController, SessionInfo
 from app.qt import Qt, QtCore, QtGui, QTimer, QtWidgets, Signal, Slot
 from app.widgets.banner import Banner, OfferBanner
+from app.widgets.question import ask_yes_no
 from app.withheld import CredentialNotice
 
 FLUSH_MS = 33
@@ -435,24 +436,17 @@ class ChatView(QtWidgets.QWidget):
             title = self.controller.session(session_id).title
         except KeyError:
             return
-        box = QtWidgets.QMessageBox(
-            QtWidgets.QMessageBox.Icon.Question,
+        self.remove_question = ask_yes_no(
+            self,
             "Remove the session?",
             f"Remove the session “{title}” with its transcript? Its notes are not added "
             "to the project's memory (close it first to keep them). This cannot be undone.",
-            QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
-            self,
+            lambda yes: self._remove_answered(session_id, yes),
         )
-        box.setDefaultButton(QtWidgets.QMessageBox.StandardButton.No)
-        box.finished.connect(lambda result: self._remove_answered(session_id, result))
-        self.remove_question = box
-        box.open()
 
-    def _remove_answered(self, session_id: str, result: int) -> None:
-        box, self.remove_question = self.remove_question, None
-        if box is not None:
-            box.deleteLater()
-        if result != QtWidgets.QMessageBox.StandardButton.Yes.value:
+    def _remove_answered(self, session_id: str, yes: bool) -> None:
+        self.remove_question = None
+        if not yes:
             return
         from app.sessions import SessionStoreError
 

@@ -1,4 +1,4 @@
-"""The settings screen: permission rules, memory capacities, sandbox status and paths."""
+"""The settings screen: permission rules, memory capacities, saved model state, sandbox, paths."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from app.controllers.mcp_controller import McpController
 from app.controllers.settings_controller import (
     RuleRow,
     SandboxStatus,
+    SavedStateUsage,
     SettingsController,
     tool_names,
 )
@@ -13,6 +14,7 @@ from app.qt import Qt, QtGui, QtWidgets
 from app.settings import AppSettings
 from app.widgets.mcp_servers import McpServersBox
 from app.widgets.network_rules import NetworkRulesBox
+from app.widgets.saved_state import SavedStateBox
 
 ACTIONS = ("deny", "ask", "allow")
 _ROLE = Qt.ItemDataRole.UserRole
@@ -162,6 +164,8 @@ class SettingsView(QtWidgets.QWidget):
 
         right = QtWidgets.QVBoxLayout()
         right.addWidget(capacity_box)
+        self.saved_state = SavedStateBox()  # sessions' saved KV state: cap, disk used, delete
+        right.addWidget(self.saved_state)
         right.addWidget(sandbox_box)
         self.network_rules = NetworkRulesBox()  # the net(...) rules, read-only
         right.addWidget(self.network_rules, 1)
@@ -188,6 +192,9 @@ class SettingsView(QtWidgets.QWidget):
             *self.capacity.values(),
             self.auto_lock,
             self.save_button,
+            self.saved_state.cap,
+            self.saved_state.apply_button,
+            self.saved_state.delete_button,
             *self.path_fields.values(),
         ]
         for first, second in zip(order, order[1:], strict=False):
@@ -201,7 +208,11 @@ class SettingsView(QtWidgets.QWidget):
         controller.rules_loaded.connect(self._on_rules)
         controller.sandbox_detected.connect(self._on_sandbox)
         controller.settings_changed.connect(self._on_settings)
+        controller.kv_states_measured.connect(self._on_kv_states)
+        controller.notice.connect(self._on_notice)
         controller.error.connect(self._on_error)
+        self.saved_state.cap_chosen.connect(controller.save_kv_state_cap)
+        self.saved_state.delete_requested.connect(controller.delete_kv_states)
         self._fill_scopes()
         self._on_settings(controller.settings, announce=False)
         self._sync_buttons()
@@ -296,6 +307,7 @@ class SettingsView(QtWidgets.QWidget):
         self.capacity["project"].setValue(settings.memory.project)
         self.capacity["session"].setValue(settings.memory.session)
         self.auto_lock.setValue(settings.auto_lock_minutes)
+        self.saved_state.show_cap(settings.kv_state_cap_mb)
         self.network_rules.show_pinned(settings.egress_pinned_hosts)
         if announce:
             self.message.setStyleSheet("")
@@ -306,6 +318,13 @@ class SettingsView(QtWidgets.QWidget):
         self.sandbox_label.setText(status.explanation.replace("found:", f"found{where}:", 1))
         colour = "#1b5e20" if status.available else "#b00020"
         self.sandbox_label.setStyleSheet(f"color: {colour};")
+
+    def _on_kv_states(self, usage: SavedStateUsage) -> None:
+        self.saved_state.show_usage(usage.files, usage.size)
+
+    def _on_notice(self, text: str) -> None:
+        self.message.setStyleSheet("")
+        self.message.setText(text)
 
     def _on_error(self, text: str) -> None:
         self.message.setStyleSheet("color: #b00020;")

@@ -312,6 +312,24 @@ def test_repository_created_by_a_command_is_quarantined(sandbox: Sandbox, worksp
 
 
 @pytest.mark.bwrap
+def test_a_repository_made_between_two_commands_is_protected_not_quarantined(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    ws = check_workspace(workspace)
+    (ws / "sub").mkdir()
+    sandbox.run_shell("true", ws, FAST)
+    last = sandbox.last_git_scan(ws)
+    assert last is not None and last.ws == ws and not last.entries
+    (ws / "sub" / ".git" / "hooks").mkdir(parents=True)  # the user's `git init` meanwhile
+    result = sandbox.run_shell("echo x > sub/.git/hooks/pre-commit", ws, FAST)
+    assert result.exit_code != 0
+    assert list((ws / "sub" / ".git" / "hooks").iterdir()) == []
+    assert "quarantine" not in result.describe()
+    last = sandbox.last_git_scan(ws)
+    assert last is not None and set(last.entries) == {ws / "sub" / ".git"}
+
+
+@pytest.mark.bwrap
 def test_submodule_git_dirs_are_read_only(sandbox: Sandbox, repo: Path) -> None:
     (repo / ".git" / "modules" / "sub" / "hooks").mkdir(parents=True)
     result = sandbox.run_shell("echo x > .git/modules/sub/hooks/post-checkout", repo, FAST)

@@ -519,3 +519,38 @@ def test_an_app_errand_calls_a_url_mcp_server_configured_in_settings(
         assert [(r[1], r[2]) for r in results] == [(True, "Oslo: sunny, 21 °C")]
     finally:
         assert c.shutdown(10_000)
+
+
+def test_another_api_key_secret_for_the_remote_model_applies_at_the_next_errand(
+    qtbot: Any, workspace: Path
+) -> None:
+    import json
+
+    from app.controllers.agent_runner import agent_host_factory
+    from app.services import AppServices
+    from models.factory import ModelSpec
+    from models.fake import ScriptedModel
+
+    services = AppServices()  # no vault
+    spec = ModelSpec(
+        backend="openai", base_url="http://127.0.0.1:9/v1", model_name="m", allow_local=True
+    )
+    relayed = ScriptedModel([json.dumps({"final": "done"})] * 2)  # stands in for the server
+    factory = agent_host_factory(services, lambda: spec, host_options={"relay_model": relayed})
+    c = ErrandController(factory, workspace=workspace)
+    notices: list[str] = []
+    errors: list[str] = []
+    c.noticeReported.connect(notices.append)
+    c.errandFailed.connect(errors.append)
+    try:
+        with qtbot.wait_signal(c.errandFinished, timeout=60_000):
+            c.start("first, no key")
+        assert errors == [] and notices == []
+        services.settings.model.remote_key_secret = "OTHER_KEY"  # the Model panel saved it
+        with qtbot.wait_signal(c.errandFinished, timeout=60_000):
+            c.start("second, the key is in the vault")
+        # A new runner reads the key from the vault, which is locked (none here).
+        assert any("model settings changed" in n for n in notices), notices
+        assert errors and "OTHER_KEY" in errors[-1] and "locked" in errors[-1], errors
+    finally:
+        assert c.shutdown(10_000)

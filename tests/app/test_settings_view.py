@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,10 @@ from app.paths import default_paths
 from app.qt import Qt, QtWidgets
 from app.settings import AppSettings, load_settings
 from app.views.settings_view import SettingsView
+from models import kvstate
 from tests.app.keyboard import mnemonics, tab_sequence
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("propagateSizeHints")]
 QWidget = QtWidgets.QWidget
 
 
@@ -31,7 +33,8 @@ def settings(workspace: Path) -> AppSettings:
 def view(qtbot: QtBot, settings: AppSettings) -> Iterator[SettingsView]:
     paths = default_paths().ensure()
     controller = SettingsController(paths, settings)
-    with qtbot.wait_signals([controller.rules_loaded, controller.sandbox_detected], timeout=20_000):
+    signals = [controller.rules_loaded, controller.sandbox_detected, controller.kv_states_measured]
+    with qtbot.wait_signals(signals, timeout=20_000):
         widget = SettingsView(controller)
         qtbot.add_widget(widget)
     yield widget
@@ -166,6 +169,8 @@ def test_keyboard_reachability_and_labels(view: SettingsView) -> None:
         *view.capacity.values(),
         view.auto_lock,
         view.save_button,
+        view.saved_state.cap,
+        view.saved_state.apply_button,  # Delete is disabled: nothing saved yet
     ]
     assert tab_sequence(view, expected[0], len(expected)) == expected
     keys = mnemonics(view)
@@ -198,7 +203,8 @@ def test_the_network_section_lists_net_rules_and_pinned_hosts(
     controller = SettingsController(
         paths, AppSettings(workspace=str(workspace), egress_pinned_hosts=["bank.example"])
     )
-    with qtbot.wait_signals([controller.rules_loaded, controller.sandbox_detected], timeout=20_000):
+    signals = [controller.rules_loaded, controller.sandbox_detected, controller.kv_states_measured]
+    with qtbot.wait_signals(signals, timeout=20_000):
         view = SettingsView(controller)
         qtbot.add_widget(view)
     try:
@@ -221,3 +227,91 @@ def test_the_network_section_lists_net_rules_and_pinned_hosts(
         assert not view.network_rules.empty.isVisibleTo(view)
     finally:
         controller.wait()
+
+
+# -- saved model state ----------------------------------------------------------------
+
+
+def _save_state(view: SettingsView, session: str, size: int, age_s: int) -> Path:
+    """A real state file of about ``size`` bytes, ``age_s`` seconds old, for ``session``."""
+    store = kvstate.StateStore(view.controller.paths.kvstate_dir, 0)
+    path = store.path_for(session)
+    binding = kvstate.Binding("ab" * 32, 2048, "rope=none", kvstate.tokens_digest([1, 2, 3]))
+    kvstate.write(path, binding, {"tokens": [1, 2, 3]}, os.urandom(size))
+    stamp = path.stat().st_mtime - age_s
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def _remeasure(view: SettingsView, qtbot: QtBot) -> None:
+    with qtbot.wait_signal(view.controller.kv_states_measured, timeout=10_000):
+        view.controller.refresh()
+
+
+def _answer(view: SettingsView, button: QtWidgets.QMessageBox.StandardButton) -> None:
+    box = view.saved_state.delete_question
+    assert box is not None and box.isVisible()
+    assert "2 sessions" in box.text()
+    found = box.button(button)
+    assert found is not None
+    found.click()
+
+
+def test_saved_model_state_shows_the_cap_and_the_disk_used(
+    view: SettingsView, qtbot: QtBot
+) -> None:
+    box = view.saved_state
+    assert box.cap.value() == 2048 and box.cap.suffix() == " MB"
+    assert box.usage.text() == "Disk used: none (no saved state)"
+    assert not box.delete_button.isEnabled()
+    _save_state(view, "s-old", 1024 * 1024, age_s=60)
+    _save_state(view, "s-new", 512 * 1024, age_s=0)
+    _remeasure(view, qtbot)
+    assert box.usage.text() == "Disk used: 1.5 MB (2 sessions)"
+    assert box.delete_button.isEnabled()
+
+
+def test_delete_saved_states_asks_first_and_keeps_them_on_no(
+    view: SettingsView, qtbot: QtBot
+) -> None:
+    paths = [_save_state(view, f"s{i}", 4096, age_s=i) for i in range(2)]
+    _remeasure(view, qtbot)
+    qtbot.mouseClick(view.saved_state.delete_button, Qt.MouseButton.LeftButton)
+    _answer(view, QtWidgets.QMessageBox.StandardButton.No)
+    assert view.saved_state.delete_question is None
+    assert all(p.exists() for p in paths)
+    assert view.controller.wait(10_000) and all(p.exists() for p in paths)
+
+    qtbot.mouseClick(view.saved_state.delete_button, Qt.MouseButton.LeftButton)
+    with qtbot.wait_signal(view.controller.kv_states_measured, timeout=10_000) as measured:
+        _answer(view, QtWidgets.QMessageBox.StandardButton.Yes)
+    assert measured.args is not None and measured.args[0].files == 0
+    assert not any(p.parent.exists() for p in paths)  # each session's directory goes
+    assert view.saved_state.usage.text() == "Disk used: none (no saved state)"
+    assert not view.saved_state.delete_button.isEnabled()
+    assert "Deleted the saved model state of 2 session(s)" in view.message.text()
+
+
+def test_a_lower_cap_is_saved_and_deletes_the_oldest_now(view: SettingsView, qtbot: QtBot) -> None:
+    old = _save_state(view, "s-old", 700 * 1024, age_s=60)
+    new = _save_state(view, "s-new", 700 * 1024, age_s=0)
+    _remeasure(view, qtbot)
+    view.saved_state.cap.setValue(1)
+    with qtbot.wait_signal(view.controller.kv_states_measured, timeout=10_000):
+        qtbot.mouseClick(view.saved_state.apply_button, Qt.MouseButton.LeftButton)
+    assert not old.exists() and new.exists()
+    assert load_settings(view.controller.paths).kv_state_cap_mb == 1
+    assert view.controller.settings.kv_state_cap_mb == 1  # the shared settings the host reads
+    assert "the 1 oldest saved states were deleted" in view.message.text()
+    assert view.saved_state.usage.text() == "Disk used: 0.7 MB (1 session)"
+
+
+def test_cap_zero_turns_saving_off_and_leaves_the_files(view: SettingsView, qtbot: QtBot) -> None:
+    kept = _save_state(view, "s1", 4096, age_s=0)
+    view.saved_state.cap.setValue(0)
+    assert view.saved_state.cap.text() == "Off (nothing saved)"
+    with qtbot.wait_signal(view.controller.kv_states_measured, timeout=10_000):
+        qtbot.keyClick(view.saved_state.apply_button, Qt.Key.Key_Space)
+    assert kept.exists()
+    assert load_settings(view.controller.paths).kv_state_cap_mb == 0
+    assert "Saved model state is off" in view.message.text()

@@ -9,14 +9,14 @@ Imports only what a child process can import (``models``), never ``tests``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
 
 from models.backends import BackendSettings, BackendSpec, KeyProvider, register
 from models.fake import ScriptedModel
-from models.interface import CancelToken, ChatModel, Message, ModelInfo, StreamEvent
+from models.interface import ChatModel, Message, ModelInfo
 
 
 class EchoSettings(BackendSettings):
@@ -38,28 +38,14 @@ class EchoModel(ScriptedModel):
         """Describe the echo."""
         return ModelInfo(name="echo", backend="echo", n_ctx=self._n_ctx)
 
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        json_schema: Mapping[str, Any] | None = None,
-        temperature: float = 0.0,
-        ignore_eos: bool = False,
-        cancel: CancelToken | None = None,
-    ) -> Iterator[StreamEvent]:
-        """Answer the next reply, or echo (see :class:`models.interface.ChatModel`)."""
+    def _next_response(
+        self, messages: Sequence[Message], json_schema: Mapping[str, Any] | None
+    ) -> str:
+        """The next reply, or once they ran out the last user message echoed."""
         users = [m.content for m in messages if m.role == "user"]
         if self.remaining == 0 and users and json_schema is None:
-            self.enqueue(self._prefix + users[-1])
-        return super().stream_chat(
-            messages,
-            max_tokens=max_tokens,
-            json_schema=json_schema,
-            temperature=temperature,
-            ignore_eos=ignore_eos,
-            cancel=cancel,
-        )
+            return self._prefix + users[-1]
+        return super()._next_response(messages, json_schema)
 
 
 def _open(settings: EchoSettings, api_key: KeyProvider | None) -> ChatModel:
