@@ -28,6 +28,7 @@ from agent.errors import (
 from agent.host.delivery import ResultDelivery
 from agent.host.events import AgentEvent, ToolCallRecord
 from agent.host.mcpserver.hub import McpHub
+from agent.host.mcpserver.network import McpNetwork
 from agent.host.permission import PermissionAnswer, PermissionPrompt, PermissionRequest, RuleSaver
 from agent.host.policy import Decision, PolicyEngine, ToolCallRequest, suggest_rule
 from agent.host.ports import HostMemory
@@ -164,6 +165,18 @@ class ToolDispatch(ResultDelivery):
             output, ok = ToolOutput(content=f"error: {e}", untrusted=True), False
         self._check_agent()
         return self._deliver(req, output, ok)
+
+    def _mcp_network(self) -> McpNetwork:
+        """The MCP servers' network: this session's rules, prompt, audit, egress and broker."""
+        return McpNetwork(
+            policy=self._policy,
+            record=self._record,
+            session_id=self.session_id,
+            egress=self._egress_settings if self._sandbox.available else None,
+            broker=self._broker,
+            tainted=lambda: self.tainted,
+            ask=self._ask_net,
+        )
 
     def _ask(
         self,

@@ -144,7 +144,7 @@ def test_a_name_is_connected_at_the_address_that_was_checked(port: int, hub_for:
         ({"url": "https://h.example/mcp", "command": "x"}, "not both"),
         ({}, "not both"),
         ({"url": "https://h.example/mcp", "args": ["-v"]}, "no arguments"),
-        ({"command": "x", "allow_local": True}, "URL server only"),
+        ({"command": "x", "allow_local": True}, "a URL server or a server with hosts"),
     ],
 )
 def test_bad_url_configs_are_refused_with_the_reason(

@@ -65,6 +65,7 @@ def policy_net_decider(
     *,
     tainted: Callable[[], bool] = lambda: False,
     ask: Callable[[ToolCallRequest, Any], bool] | None = None,
+    record: Callable[..., None] | None = None,
 ) -> NetDecider:
     """Decide MCP requests with the policy's ``net(...)`` rules, as the egress proxy does.
 
@@ -75,33 +76,45 @@ def policy_net_decider(
     Args:
         policy: The rules (deny > ask > allow; a ``net`` request with no rule asks).
         tainted: Whether untrusted content is in the agent's context now.
-        ask: Asks the user when the rules say "ask": ``(call, decision) -> allowed``.
-            None: "ask" refuses, and the reason names the rule that would allow it.
+        ask: Asks the user when the rules say "ask": ``(call, decision) -> allowed``
+            (the errand host's permission prompt). None: "ask" refuses, and
+            the reason names the rule that would allow it.
+        record: Appends an audit entry; each decision is recorded as an
+            ``egress_decision`` of tool ``mcp`` (None: not audited).
     """
 
     def decide(request: NetRequest) -> tuple[bool, str]:
-        call = ToolCallRequest(
-            tool=NET_RULE,
-            arguments={
-                "host": request.host,
-                "method": request.method,
-                "path": request.path,
-                "command": f"MCP server {request.server}",
-                "capability": False,
-            },
-        )
+        arguments: dict[str, Any] = {
+            "host": request.host,
+            "method": request.method,
+            "path": request.path,
+            "command": f"MCP server {request.server}",
+            "capability": False,
+        }
+        call = ToolCallRequest(tool=NET_RULE, arguments=arguments)
         decision = policy.decide(call, tainted=tainted())
+        by = "policy"
         if decision.action == "allow":
-            return True, decision.reason
-        if decision.action == "ask":
-            if ask is not None and ask(call, decision):
-                return True, f"allowed by the user ({decision.reason})"
-            return False, (
-                f"{decision.reason}; a rule net({request.host}) allows it"
-                if ask is None
-                else f"denied by the user ({decision.reason})"
+            allowed, reason = True, decision.reason
+        elif decision.action == "ask" and ask is not None:
+            by = "user"
+            allowed = ask(call, decision)
+            verb = "allowed" if allowed else "denied"
+            reason = f"{verb} by the user ({decision.reason})"
+        elif decision.action == "ask":
+            allowed = False
+            reason = f"{decision.reason}; a rule net({request.host}) allows it"
+        else:
+            allowed, reason = False, decision.reason
+        if record is not None:
+            record(
+                "egress_decision",
+                tool="mcp",
+                decision="allow" if allowed else "deny",
+                reason=reason,
+                details={**arguments, "server": request.server, "by": by},
             )
-        return False, decision.reason
+        return allowed, reason
 
     return decide
 
