@@ -157,7 +157,8 @@ def test_the_server_reaches_its_host_through_the_proxy_and_the_api_gets_the_secr
     assert other.startswith("403") and "not a host MCP server 'api' may reach" in other
     decisions = [f for k, f in world.records if k == "egress_decision"]
     assert [(d["decision"], d["details"]["host"]) for d in decisions] == [
-        ("allow", "localhost"), ("deny", "elsewhere.test")
+        ("allow", "localhost"),
+        ("deny", "elsewhere.test"),
     ]
     assert all(d["tool"] == "mcp" and d["details"]["server"] == "api" for d in decisions)
     # The grant ends with the server.
@@ -207,9 +208,7 @@ def test_a_secret_the_vault_lacks_reports_the_server_down(world: World) -> None:
     assert status.state == "down" and "NO_SUCH" in status.reason
 
 
-def test_through_the_agent_the_secret_never_reaches_the_agent(
-    tmp_path: Path, world: World
-) -> None:
+def test_through_the_agent_the_secret_never_reaches_the_agent(tmp_path: Path, world: World) -> None:
     world.store.add(world.config())
     hub = McpHub(world.store, Sandbox.detect(), workspace=world.workspace)
     hub.connect()
@@ -243,17 +242,35 @@ def test_through_the_agent_the_secret_never_reaches_the_agent(
 @pytest.mark.parametrize(
     ("fields", "problem"),
     [
-        ({"hosts": [], "secrets": [{"env": "T", "secret": "S", "host": "a.example"}]},
-         "is not one of the server's hosts"),
-        ({"hosts": ["a.example"], "secrets": [{"env": "1X", "secret": "S", "host": "a.example"}]},
-         "not an environment variable name"),
+        (
+            {"hosts": [], "secrets": [{"env": "T", "secret": "S", "host": "a.example"}]},
+            "is not one of the server's hosts",
+        ),
+        (
+            {
+                "hosts": ["a.example"],
+                "secrets": [{"env": "1X", "secret": "S", "host": "a.example"}],
+            },
+            "not an environment variable name",
+        ),
         ({"hosts": ["a.example/x"]}, "is not a host name"),
-        ({"hosts": ["a.example"], "secrets": [
-            {"env": "T", "secret": "S", "host": "a.example"},
-            {"env": "T", "secret": "R", "host": "a.example"}]}, "same environment variable"),
-        ({"hosts": ["a.example"], "secrets": [
-            {"env": "T", "secret": "S", "host": "a.example", "inject": "no colon"}]},
-         "Header-Name: template"),
+        (
+            {
+                "hosts": ["a.example"],
+                "secrets": [
+                    {"env": "T", "secret": "S", "host": "a.example"},
+                    {"env": "T", "secret": "R", "host": "a.example"},
+                ],
+            },
+            "same environment variable",
+        ),
+        (
+            {
+                "hosts": ["a.example"],
+                "secrets": [{"env": "T", "secret": "S", "host": "a.example", "inject": "no colon"}],
+            },
+            "Header-Name: template",
+        ),
     ],
 )
 def test_bad_hosts_and_secrets_are_refused_with_the_reason(
