@@ -193,7 +193,8 @@ def mcp_hub(
 
     Requests to URL servers are decided by ``policy``'s ``net(...)`` rules (by
     default the saved rules); a request the rules would ask about is refused,
-    naming the rule that allows it.
+    naming the rule that allows it, until an errand host takes the hub
+    (:meth:`McpHub.use_network`): then it asks through that host's prompt.
     """
     store = _store(services)
     if not store.servers():

@@ -195,3 +195,56 @@ def test_https_is_verified_against_the_name_while_connecting_to_the_checked_addr
     hub = hub_for(other, [allow("other.test")], resolver=local, tls=trust)
     (status,) = hub.connect(["other"])  # the store is shared: weather is there too
     assert status.state == "down" and "certificate" in status.reason.lower()
+
+
+def _approved_store(tmp_path: Path, config: McpServerConfig) -> McpStore:
+    store = McpStore(tmp_path / "keyless.db")
+    store.add(config)
+    hub = McpHub(store, Sandbox.detect(), workspace=tmp_path,
+                 net_decider=policy_net_decider(PolicyEngine([allow("127.0.0.1")])))  # fmt: skip
+    hub.connect()
+    hub.approve(config.name)
+    hub.close()
+    return store
+
+
+@pytest.mark.parametrize("choice", ["session", "deny"])
+def test_in_an_errand_a_request_the_rules_ask_about_goes_to_the_hosts_prompt(
+    tmp_path: Path, port: int, choice: str
+) -> None:
+    from agent.host.permission import PermissionAnswer
+    from tests.agent.hostkit import call, final, make_rig
+
+    config = McpServerConfig(name="weather", url=f"http://127.0.0.1:{port}/mcp", allow_local=True)
+    store = _approved_store(tmp_path, config)
+    hub = McpHub(store, Sandbox.detect(), workspace=tmp_path, start_timeout=10)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    rig = make_rig(
+        tmp_path, ws, [call("weather.forecast", city="Oslo"), final("done")],
+        tools=("read_file",), mcp=hub, answers=[PermissionAnswer(choice=choice)],
+        rules=[Rule.parse("mcp(weather.*)", action="allow")],
+    )  # fmt: skip
+    try:
+        rig.host.start()
+        rig.host.run_errand("weather?")
+    finally:
+        rig.host.close()
+        store.close()
+    asked = rig.prompt.asked[0]
+    assert asked.tool == "net" and asked.effect == "egress"
+    assert asked.arguments["command"] == "MCP server weather"
+    assert asked.arguments["host"] == "127.0.0.1" and asked.arguments["method"] == "POST"
+    assert str(asked.suggested_rule) == "net(127.0.0.1)"
+    assert len(rig.prompt.asked) == 1  # "session" added the rule; "deny" stopped the server
+    results = [e.text for e in rig.events if e.kind == "tool_result"]
+    decisions = list(reversed(rig.audit.entries("egress_decision")))
+    assert decisions and all(e.tool == "mcp" for e in decisions)
+    if choice == "session":
+        assert any("Oslo: sunny" in r for r in results), results
+        assert decisions[0].decision == "allow" and decisions[0].details["by"] == "user"
+        assert all(d.decision == "allow" for d in decisions)
+    else:
+        assert not any("Oslo" in r for r in results)
+        assert [d.decision for d in decisions] == ["deny"]
+        assert "mcp_server_down" in rig.audit_kinds()
