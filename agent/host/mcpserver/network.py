@@ -196,7 +196,7 @@ class ServerEgress:
         config, network = self._config, self._network
         env: dict[str, str] = {}
         for secret in config.secrets:
-            if broker is None:
+            if broker is None or not hasattr(broker, "grant"):
                 raise McpError(f"MCP server {config.name!r} needs secrets, and no vault is open")
             try:
                 info = broker.grant(
