@@ -41,8 +41,10 @@ from agent.host.mcpserver.http import (
 )
 from agent.host.mcpserver.network import McpNetwork, ServerEgress
 from agent.host.mcpserver.store import McpServerConfig, McpStore, PinCheck, ToolDefinition
+from agent.host.policy import ToolCallRequest
 from agent.host.sandbox import Sandbox, scrubbed_env
 from agent.host.tools.base import DEFAULT_OUTPUT_BYTES, ToolOutput, truncate_text
+from agent.host.tools.mcp import MCP_RULE
 from agent.protocol import ToolOffer
 
 log = logging.getLogger(__name__)
@@ -75,9 +77,23 @@ def mcp_tool_name(server: str, tool: str) -> str:
     return f"{server}.{tool}"
 
 
-def is_mcp_tool(name: str) -> bool:
-    """Whether ``name`` has the ``server.tool`` form of an MCP tool."""
-    return "." in name
+def mcp_call(
+    name: str, arguments: dict[str, Any] | None = None, *, workspace: Path | None = None
+) -> ToolCallRequest:
+    """The policy's request for a call of the MCP tool ``name`` (``server.tool``).
+
+    It is an ``mcp`` call (the rule kind of :mod:`agent.host.tools.mcp`) whose
+    main argument is ``name``, so ``mcp(github.*)`` rules decide it.
+    """
+    return ToolCallRequest(
+        tool=MCP_RULE,
+        arguments={
+            "tool": name,
+            "server": name.split(".", 1)[0],
+            "arguments": dict(arguments or {}),
+        },
+        workspace=workspace,
+    )
 
 
 class McpHub:
