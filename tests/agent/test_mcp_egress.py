@@ -147,6 +147,11 @@ def test_the_server_reaches_its_host_through_the_proxy_and_the_api_gets_the_secr
         handle = _text(hub, "token")
         answer = _text(hub, "call_api", url=f"https://localhost:{world.port}/data")
         other = _text(hub, "call_api", url=f"https://elsewhere.test:{world.port}/data")
+        # The grant is the server's, not the errand session's: the agent's
+        # own tools could not redeem the handle.
+        assert world.broker.capabilities("mcp-session") == []
+        [info] = world.broker.capabilities("mcp-session/mcp-api")
+        assert info.handle == handle
     finally:
         hub.close()
     # The server holds a handle, never the secret; the API got the secret.
@@ -162,7 +167,7 @@ def test_the_server_reaches_its_host_through_the_proxy_and_the_api_gets_the_secr
     ]
     assert all(d["tool"] == "mcp" and d["details"]["server"] == "api" for d in decisions)
     # The grant ends with the server.
-    assert world.broker.capabilities("mcp-session") == []
+    assert world.broker.capabilities("mcp-session/mcp-api") == []
 
 
 def test_a_net_deny_rule_refuses_the_servers_own_host(world: World) -> None:

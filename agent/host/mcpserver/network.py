@@ -11,11 +11,13 @@ attached to the shared server with :class:`McpEgressHooks`:
   otherwise allowed (the user named the host when adding the server);
 - every decision is audited (``egress_decision``, tool ``mcp``, the server named).
 
-A secret the server needs (``McpSecret``) is granted for the errand's session,
-scoped to its one host (all methods but ``OPTIONS``, any path), and the
-server's environment gets the grant's ``cap_`` handle, never the value: the
-proxy swaps it on an in-scope request (:meth:`vault.broker.Broker.redeem_egress`).
-The grants are revoked when the server stops.
+A secret the server needs (``McpSecret``) is granted for the server's own
+session (:func:`server_session`, beside the errand's: the agent's own tools
+cannot redeem the handle, should the server show it), scoped to its one host
+(all methods but ``OPTIONS``, any path), and the server's environment gets
+the grant's ``cap_`` handle, never the value: the proxy swaps it on an
+in-scope request (:meth:`vault.broker.Broker.redeem_egress`). The grants are
+revoked when the server stops.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class McpNetwork:
     broker: Any | None = None
     tainted: Callable[[], bool] = _never
     ask: Callable[[ToolCallRequest, Decision], bool] | None = None
+
+
+def server_session(session_id: str, name: str) -> str:
+    """The session a server's grants and proxy session belong to (not the errand's own)."""
+    return f"{session_id}/mcp-{name}"
 
 
 def server_label(name: str) -> str:
@@ -172,7 +179,7 @@ class ServerEgress:
             proxy = EgressProxy(
                 McpEgressHooks(config, network),
                 broker,
-                session_id=network.session_id,
+                session_id=server_session(network.session_id, config.name),
                 pinned_hosts=settings.pinned_hosts,
                 local_hosts=local,
                 upstream_ca=settings.upstream_ca,
@@ -206,7 +213,7 @@ class ServerEgress:
                         methods=GRANT_METHODS,
                         host=secret.host,
                         port=secret.port,
-                        session_id=network.session_id,
+                        session_id=server_session(network.session_id, config.name),
                         approved_by=f"mcp server {config.name}",
                         approved_at=datetime.now(UTC),
                         allow_local=config.allow_local,
