@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from agent.host.mcpserver.http import NetRequest, policy_net_decider
 from agent.host.mcpserver.hub import McpHub
+from agent.host.mcpserver.network import McpNetwork
 from agent.host.mcpserver.store import McpServerConfig, McpStore
 from agent.host.policy import PolicyEngine, Rule
 from agent.host.sandbox import Sandbox
@@ -100,12 +102,21 @@ def test_loopback_is_refused_unless_the_server_allows_a_local_address(
     # An https URL whose name resolves to loopback: the address check refuses it
     # before any rule is asked, as the broker refuses a grant's local address.
     config = McpServerConfig(name="sneaky", url=f"https://mcp.example.test:{port}/mcp")
+    records: list[tuple[str, dict[str, Any]]] = []
+    network = McpNetwork(
+        policy=PolicyEngine([allow("mcp.example.test")]),
+        record=lambda kind, **fields: records.append((kind, fields)),
+    )
     hub = hub_for(
-        config, [allow("mcp.example.test")], resolver=lambda host, port: ["127.0.0.1"]
+        config, [], resolver=lambda host, port: ["127.0.0.1"], network=network
     )
     (status,) = hub.connect()
     assert status.state == "down"
     assert "private or loopback" in status.reason and "127.0.0.1" in status.reason
+    # The refusal is audited like a rule's, naming the address check.
+    [(kind, fields)] = records
+    assert kind == "egress_decision" and fields["decision"] == "deny"
+    assert fields["details"]["by"] == "address check" and "loopback" in fields["reason"]
 
 
 def test_a_name_is_connected_at_the_address_that_was_checked(port: int, hub_for: HubMaker) -> None:

@@ -128,6 +128,9 @@ class CheckedTransport(httpx.AsyncBaseTransport):
         allow_local: Whether loopback and private addresses may be reached.
         resolver: Host name to address strings (tests pin one); None: the system's.
         inner: The transport that sends (default: a plain ``httpx`` one).
+        record: Appends an audit entry: a request the address check refuses is
+            recorded as an ``egress_decision`` (tool ``mcp``, ``by`` address
+            check); the rules' decisions are the decider's to record.
     """
 
     def __init__(
@@ -138,9 +141,11 @@ class CheckedTransport(httpx.AsyncBaseTransport):
         allow_local: bool = False,
         resolver: Resolver | None = None,
         inner: httpx.AsyncBaseTransport | None = None,
+        record: Callable[..., None] | None = None,
     ) -> None:
         self._server = server
         self._decide = decide
+        self._record = record
         self._allow_local = allow_local
         self._resolver = resolver
         self._inner = inner or httpx.AsyncHTTPTransport()
@@ -162,6 +167,17 @@ class CheckedTransport(httpx.AsyncBaseTransport):
             addresses = await asyncio.to_thread(resolve, host, port, resolver)
             address = check_addresses(host, addresses, allow_local=self._allow_local)
         except GrantRefused as e:
+            if self._record is not None:
+                await asyncio.to_thread(
+                    self._record,
+                    "egress_decision",
+                    tool="mcp",
+                    decision="deny",
+                    reason=f"{host}: {e.reason}",
+                    details={"server": self._server, "host": host, "method": request.method,
+                             "path": url.path, "command": f"MCP server {self._server}",
+                             "by": "address check"},
+                )  # fmt: skip
             raise self._refused(f"{host}: {e.reason}") from e
         path = url.raw_path.decode("ascii", errors="replace")
         allowed, reason = await asyncio.to_thread(
@@ -197,6 +213,7 @@ class McpHttpConnection(McpConnection):
             own CA); None: the system's trust store.
         start_timeout: Seconds to connect and list tools.
         call_timeout: Seconds one call may take.
+        record: Appends an audit entry (address-check refusals).
     """
 
     def __init__(
@@ -210,6 +227,7 @@ class McpHttpConnection(McpConnection):
         tls: ssl.SSLContext | None = None,
         start_timeout: float = START_TIMEOUT_S,
         call_timeout: float = CALL_TIMEOUT_S,
+        record: Callable[..., None] | None = None,
     ) -> None:
         super().__init__(
             name, [], env={}, start_timeout=start_timeout, call_timeout=call_timeout
@@ -217,7 +235,7 @@ class McpHttpConnection(McpConnection):
         self.url = url
         inner = httpx.AsyncHTTPTransport(verify=tls) if tls is not None else None
         self.transport = CheckedTransport(
-            name, decide, allow_local=allow_local, resolver=resolver, inner=inner
+            name, decide, allow_local=allow_local, resolver=resolver, inner=inner, record=record
         )
 
     @contextlib.asynccontextmanager

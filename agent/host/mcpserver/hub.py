@@ -283,6 +283,7 @@ class McpHub:
                 tls=self._tls,
                 start_timeout=self._start_timeout,
                 call_timeout=self._call_timeout,
+                record=None if self._network is None else self._network.record,
             )
             try:
                 conn.start()
