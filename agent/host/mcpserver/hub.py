@@ -308,7 +308,7 @@ class McpHub:
             try:
                 conn.start()
             except McpServerDownError:
-                pass  # reported through its status
+                self._close_egress(config.name)  # its proxy session and grants end with it
         self._connections[config.name] = conn
         return conn
 
