@@ -285,3 +285,15 @@ def test_bad_hosts_and_secrets_are_refused_with_the_reason(
 
     with pytest.raises(ValidationError, match=problem):
         McpServerConfig(name="api", command="x", **fields)
+
+
+def test_a_server_that_does_not_start_gives_up_its_grant(world: World) -> None:
+    world.store.add(world.config(args=["-c", "raise SystemExit(3)"]))
+    hub = McpHub(world.store, Sandbox.detect(), workspace=world.workspace,
+                 network=world.network(), start_timeout=10)  # fmt: skip
+    try:
+        (status,) = hub.connect()
+        assert status.state == "down"
+        assert world.broker.capabilities("mcp-session/mcp-api") == []
+    finally:
+        hub.close()
