@@ -297,3 +297,14 @@ def test_a_server_that_does_not_start_gives_up_its_grant(world: World) -> None:
         assert world.broker.capabilities("mcp-session/mcp-api") == []
     finally:
         hub.close()
+
+
+def test_a_server_without_hosts_gets_no_network_even_with_the_proxy(world: World) -> None:
+    hub = world.hub(world.config(hosts=[], secrets=[], allow_local=False), world.network())
+    try:
+        handle = _text(hub, "token")
+        answer = _text(hub, "call_api", url=f"https://localhost:{world.port}/data")
+    finally:
+        hub.close()
+    assert handle == "(none)" and answer.startswith("failed") and Api.seen == []
+    assert [k for k, _ in world.records if k == "egress_decision"] == []
