@@ -15,8 +15,9 @@ egress proxy: ``tests/agent/mcp_servers/api_server.py`` in its sandbox with a
 ``cap_`` handle in its environment calls a loopback HTTPS API (trustme CA, in
 a process of its own) through the process's shared proxy, which swaps the
 handle for the vault secret and redacts the response. Against: the same
-server's tool without a request (the MCP hop alone), and the same HTTPS
-request sent directly from the bench's process (a new connection each, as
+server's tool without a request (the MCP hop alone), the same request from
+a server given the host but no secret (no handle to redeem), and the same
+HTTPS request sent directly from the bench's process (a new connection each, as
 the server's ``urllib`` opens one).
 """
 
@@ -168,6 +169,11 @@ def _network(runs: int, sandbox: Sandbox) -> int:
             allow_local=True,
             secrets=[McpSecret(env="API_TOKEN", secret="API_TOKEN", host="localhost", port=port)],
         ))  # fmt: skip
+        # The same server with the host but no secret: no handle to redeem.
+        store.add(McpServerConfig(
+            name="plain", command=sys.executable, args=[str(API_SERVER)], hosts=["localhost"],
+            allow_local=True,
+        ))  # fmt: skip
         network = McpNetwork(
             policy=PolicyEngine([]), session_id="bench", broker=broker,
             egress=EgressSettings(upstream_ca=ca_file, resolver=lambda h, p: ["127.0.0.1"]),
@@ -179,6 +185,7 @@ def _network(runs: int, sandbox: Sandbox) -> int:
         hub.connect()
         started_ms = (time.perf_counter() - start) * 1000
         hub.approve("api")
+        hub.approve("plain")
         url = f"https://localhost:{port}/small"
         context = ssl.create_default_context(cafile=str(ca_file))
 
@@ -186,9 +193,9 @@ def _network(runs: int, sandbox: Sandbox) -> int:
             with urllib.request.urlopen(url, context=context, timeout=20) as response:
                 assert response.status == 200
 
-        def mcp(tool: str, **arguments: Any) -> Callable[[], None]:
+        def mcp(tool: str, server: str = "api", **arguments: Any) -> Callable[[], None]:
             def run() -> None:
-                output, ok = hub.call(f"api.{tool}", arguments)
+                output, ok = hub.call(f"{server}.{tool}", arguments)
                 assert ok and "failed" not in output.content, output.content
 
             return run
@@ -196,6 +203,7 @@ def _network(runs: int, sandbox: Sandbox) -> int:
         cases: dict[str, Callable[[], None]] = {
             "MCP api.token (no request)": mcp("token"),
             "MCP api.call_api via proxy": mcp("call_api", url=url),
+            "same, no handle (plain)": mcp("call_api", "plain", url=url),
             "direct HTTPS request": direct,
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
