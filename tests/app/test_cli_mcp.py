@@ -120,3 +120,19 @@ def test_add_gives_a_stdio_server_hosts_and_secrets_as_handles(
     assert (secret.env, secret.secret, secret.host, secret.port) == (
         "TOKEN", "API_KEY", "api.example.com", 8443
     )
+
+
+@needs_bwrap
+def test_test_gives_a_server_its_network_and_says_when_its_secret_cannot_be_granted(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = str(SERVERS / "api_server.py")
+    ws = ("--workspace", str(workspace))
+    assert run(capsys, "add", "--host", "localhost:8443", "--allow-local", "plain",
+               "--", sys.executable, script)[0] == 0  # fmt: skip
+    status, out, _ = run(capsys, "test", "plain", *ws)
+    assert status == 1 and "new       plain.call_api" in out  # up, its tools await approval
+    assert run(capsys, "add", "--host", "localhost:8443", "--allow-local",
+               "--secret", "API_TOKEN=API_KEY", "api", "--", sys.executable, script)[0] == 0
+    status, out, _ = run(capsys, "test", "api", *ws)
+    assert status == 1 and "api: down" in out and "API_KEY" in out and "no vault is open" in out
