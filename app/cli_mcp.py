@@ -1,6 +1,9 @@
 """``keyless mcp``: configure, check and approve Model Context Protocol tool servers.
 
-Subcommands: ``add NAME [--writable] -- COMMAND [ARG ...]`` (a stdio server),
+Subcommands: ``add NAME [--writable] [--host HOST[:PORT] ...] [--secret
+ENV=VAULT_NAME[@HOST] ...] -- COMMAND [ARG ...]`` (a stdio server; with hosts it
+reaches them through the egress proxy, each secret given as a ``cap_`` handle
+in ``ENV``),
 ``add NAME --url URL [--allow-local]`` (a streamable-HTTP server, reached from
 the host under the ``net(...)`` rules), ``list``,
 ``rm NAME``, ``test NAME`` (start it in its sandbox, list its tools and show
@@ -21,7 +24,8 @@ from pydantic import ValidationError
 from agent.errors import McpError
 from agent.host.mcpserver.http import policy_net_decider
 from agent.host.mcpserver.hub import McpHub
-from agent.host.mcpserver.store import McpServerConfig, McpStore
+from agent.host.mcpserver.network import McpNetwork
+from agent.host.mcpserver.store import McpSecret, McpServerConfig, McpStore, parse_host
 from agent.host.policy import PolicyEngine
 from agent.host.sandbox import Sandbox
 from app.cli_common import CliError, Handler, add_workspace_option, set_command
@@ -38,7 +42,8 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="mcp_command", metavar="COMMAND", required=True)
 
     add = commands.add_parser(
-        "add", help="add a server: add NAME -- COMMAND [ARG ...], or add NAME --url URL"
+        "add",
+        help="add a server: add [OPTIONS] NAME -- COMMAND [ARG ...], or add NAME --url URL",
     )
     add.add_argument("name", help="short name; its tools are offered as NAME.tool")
     add.add_argument("--writable", action="store_true", help="bind the workspace read-write")
@@ -46,6 +51,15 @@ def register(subparsers: Any) -> None:
     add.add_argument(
         "--allow-local", action="store_true",
         help="let --url reach this machine or the LAN (refused otherwise)",
+    )  # fmt: skip
+    add.add_argument(
+        "--host", action="append", default=[], metavar="HOST[:PORT]",
+        help="a host the stdio server may reach through the egress proxy (repeatable)",
+    )  # fmt: skip
+    add.add_argument(
+        "--secret", action="append", default=[], metavar="ENV=VAULT_NAME[@HOST]",
+        help="give the server the vault secret VAULT_NAME as a cap_ handle in ENV, "
+        "swapped by the proxy on requests to HOST (default: the only --host)",
     )  # fmt: skip
     # "*", not REMAINDER: options (--url) may follow the name; a command goes after "--".
     add.add_argument("argv", nargs="*", help="-- COMMAND [ARG ...]")
@@ -87,11 +101,15 @@ def _add(args: argparse.Namespace) -> int:
         if args.url:
             if argv:
                 raise CliError("give either --url or a command after '--', not both")
+            if args.host or args.secret:
+                raise CliError("--host and --secret are for a stdio server, not a --url one")
             config = McpServerConfig(name=args.name, url=args.url, allow_local=args.allow_local)
         else:
+            hosts = _hosts(args.host)
             config = McpServerConfig(
                 name=args.name, command=argv[0], args=argv[1:], workspace_writable=args.writable,
-                allow_local=args.allow_local,
+                allow_local=args.allow_local, hosts=list(hosts),
+                secrets=[_secret(text, hosts) for text in args.secret],
             )  # fmt: skip
     except ValidationError as e:
         item = e.errors(include_url=False)[0]
@@ -99,6 +117,37 @@ def _add(args: argparse.Namespace) -> int:
     _store(AppServices()).add(config)
     print(f"added {config.name}; run `keyless mcp test {config.name}` and approve its tools")
     return 0
+
+
+def _hosts(texts: list[str]) -> dict[str, int]:
+    """``--host`` values as host name to port."""
+    hosts: dict[str, int] = {}
+    for text in texts:
+        try:
+            host, port = parse_host(text)
+        except ValueError as e:
+            raise CliError(f"--host {e}") from e
+        hosts[host] = port
+    return hosts
+
+
+def _secret(text: str, hosts: dict[str, int]) -> McpSecret:
+    """One ``--secret ENV=VAULT_NAME[@HOST]``, its host one of ``hosts``."""
+    env, sep, rest = text.partition("=")
+    name, at, host = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not sep or not env or not name:
+        raise CliError(f"--secret {text[:80]!r}: write ENV=VAULT_NAME[@HOST]")
+    if not at:
+        if len(hosts) != 1:
+            raise CliError(
+                f"--secret {env}: name its host (ENV=VAULT_NAME@HOST), one of the --host values"
+            )
+        (host,) = hosts
+    host = host.lower().rstrip(".")
+    if host not in hosts:
+        raise CliError(f"--secret {env}: {host!r} is not one of the --host values")
+    return McpSecret.model_validate({"env": env, "secret": name, "host": host,
+                                     "port": hosts[host]})  # fmt: skip
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -109,6 +158,11 @@ def _list(args: argparse.Namespace) -> int:
             mode = "http, local allowed" if config.allow_local else "http"
         else:
             mode = "workspace rw" if config.workspace_writable else "workspace ro"
+            if config.hosts:
+                mode += f", hosts {','.join(config.hosts)}"
+            if config.secrets:
+                given = (f"{s.env}={s.secret}@{s.host}" for s in config.secrets)
+                mode += ", secrets " + ",".join(given)
         print(f"{config.name}\t{mode}\t{pinned} tools approved\t{config.describe()}")
     return 0
 
@@ -129,13 +183,37 @@ def _hub(args: argparse.Namespace) -> McpHub:
 def hub_for(services: AppServices, store: McpStore, workspace: Path | None) -> McpHub:
     """The hub over ``store`` for ``workspace`` (default: the app's, else the current dir).
 
-    Stdio servers run in their sandboxes with the data and config dirs hidden;
-    URL servers are reached under the saved ``net(...)`` rules.
+    Stdio servers run in their sandboxes with the data and config dirs hidden,
+    those with hosts reaching them through the egress proxy (their secrets
+    need the vault open); URL servers are reached under the saved
+    ``net(...)`` rules. Network decisions go to the audit log.
     """
     where = Path(workspace or services.workspace or Path.cwd())
-    return McpHub(
+    hub = McpHub(
         store, Sandbox.detect(), workspace=where, hidden=services.protected_paths(),
         net_decider=policy_net_decider(stored_policy(services, where)),
+    )  # fmt: skip
+    hub.use_network(_network(services, where))
+    return hub
+
+
+def _network(services: AppServices, workspace: Path) -> McpNetwork:
+    """The network of ``keyless mcp test``/``approve``: no prompt, the user's audit log."""
+    import secrets
+
+    session = f"mcp-test-{secrets.token_hex(4)}"
+    try:
+        audit = services.audit
+    except ServiceUnavailableError:
+        audit = None
+
+    def record(kind: str, **fields: Any) -> None:
+        if audit is not None:
+            audit.record(kind, session_id=session, **fields)
+
+    return McpNetwork(
+        policy=stored_policy(services, workspace), record=record, session_id=session,
+        egress=services.egress_settings(), broker=services.live_broker(),
     )  # fmt: skip
 
 
@@ -193,7 +271,8 @@ def mcp_hub(
 
     Requests to URL servers are decided by ``policy``'s ``net(...)`` rules (by
     default the saved rules); a request the rules would ask about is refused,
-    naming the rule that allows it.
+    naming the rule that allows it, until an errand host takes the hub
+    (:meth:`McpHub.use_network`): then it asks through that host's prompt.
     """
     store = _store(services)
     if not store.servers():

@@ -526,6 +526,24 @@ class LiveBroker:
             handle, method=method, url=url, session_id=session_id, command=command
         )
 
+    def grant(self, grant: Any) -> Any:
+        """Store a grant (an MCP server's secret, granted for its session).
+
+        Raises:
+            vault.errors.VaultLockedError: No vault is open.
+        """
+        broker = self._broker()
+        if broker is None:
+            from vault.errors import VaultLockedError
+
+            raise VaultLockedError("no vault is open: unlock it on the Vault screen")
+        return broker.grant(grant)
+
+    def revoke(self, handle: str) -> bool:
+        """Revoke one grant (False without a vault)."""
+        broker = self._broker()
+        return bool(broker.revoke(handle)) if broker is not None else False
+
     def egress_redactor(self, session_id: str) -> Any:
         """The egress proxy's redactor (None without a vault: no secret exists to redact)."""
         broker = self._broker()

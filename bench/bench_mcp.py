@@ -1,6 +1,6 @@
 """Tool round trip on the host: a tool of an MCP server (sandboxed stdio) vs the built-in read_file.
 
-Run: ``.venv/bin/python -m bench.bench_mcp [--runs N]``.
+Run: ``.venv/bin/python -m bench.bench_mcp [--runs N] [--network]``.
 
 Each call goes the whole host path a model's call takes: argument check, the
 policy (an allow rule), the tool, and the delivery (redaction, credential
@@ -9,6 +9,16 @@ server is ``tests/agent/mcp_servers/files_server.py`` (FastMCP) in its own
 bubblewrap sandbox; both tools read the same small file. Interleaved, one of
 each per round. Also reported: the server's start (sandbox, Python, SDK,
 initialize, list tools).
+
+``--network`` measures instead an MCP server's HTTPS request through the
+egress proxy: ``tests/agent/mcp_servers/api_server.py`` in its sandbox with a
+``cap_`` handle in its environment calls a loopback HTTPS API (trustme CA, in
+a process of its own) through the process's shared proxy, which swaps the
+handle for the vault secret and redacts the response. Against: the same
+server's tool without a request (the MCP hop alone), the same request from
+a server given the host but no secret (no handle to redeem), and the same
+HTTPS request sent directly from the bench's process (a new connection each, as
+the server's ``urllib`` opens one).
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -29,7 +41,9 @@ from agent.host.sandbox import Sandbox  # noqa: E402
 from agent.protocol import ToolRequest  # noqa: E402
 from vault.audit import AuditLog  # noqa: E402
 
-SERVER = Path(__file__).resolve().parents[1] / "tests" / "agent" / "mcp_servers" / "files_server.py"
+SERVERS = Path(__file__).resolve().parents[1] / "tests" / "agent" / "mcp_servers"
+SERVER = SERVERS / "files_server.py"
+API_SERVER = SERVERS / "api_server.py"
 
 
 class _NoPrompt:
@@ -45,11 +59,14 @@ def _pct(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--network", action="store_true", help="through the egress proxy")
     args = parser.parse_args(argv)
     sandbox = Sandbox.detect()
     if not sandbox.available:
         print("bubblewrap is unavailable: MCP servers do not run without it")
         return 1
+    if args.network:
+        return _network(args.runs, sandbox)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ws = root / "ws"
@@ -104,6 +121,111 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'tool':<22}{'p50 ms':>9}{'p95 ms':>9}")
     for name, values in times.items():
         print(f"{name:<22}{_pct(values, 0.5):>9.2f}{_pct(values, 0.95):>9.2f}")
+    return 0
+
+
+def _network(runs: int, sandbox: Sandbox) -> int:
+    import multiprocessing
+    import ssl
+    import urllib.request
+
+    import trustme
+
+    from agent.host.egress.proxy import stop_shared_server
+    from agent.host.egress.settings import EgressSettings
+    from agent.host.mcpserver.network import McpNetwork
+    from agent.host.mcpserver.store import McpSecret
+    from bench.bench_egress import _upstream_main
+    from vault.broker import Broker
+    from vault.grants import GrantStore
+    from vault.keystore import NoKeyring
+    from vault.store import Argon2Params, Vault
+
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        ca = trustme.CA()
+        ca_file = tmp / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        cert_file = tmp / "localhost.pem"
+        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(cert_file)
+        )
+        ports: Any = spawn.Queue()
+        upstream = spawn.Process(
+            target=_upstream_main, args=(str(cert_file), 0, "x", ports), daemon=True
+        )
+        upstream.start()
+        port = int(ports.get(timeout=60))
+        vault = Vault.create(tmp / "vault.kls", passphrase="bench", use_keyring=False,
+                             keystore=NoKeyring(), idle_timeout=None,
+                             kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64))  # fmt: skip
+        vault.add("API_TOKEN", b"sk-bench-0123456789abcdef")
+        db = tmp / "keyless.db"
+        broker = Broker(vault, GrantStore(db), AuditLog(db), resolver=lambda h, p: ["127.0.0.1"])
+        store = McpStore(db)
+        store.add(McpServerConfig(
+            name="api", command=sys.executable, args=[str(API_SERVER)], hosts=["localhost"],
+            allow_local=True,
+            secrets=[McpSecret(env="API_TOKEN", secret="API_TOKEN", host="localhost", port=port)],
+        ))  # fmt: skip
+        # The same server with the host but no secret: no handle to redeem.
+        store.add(McpServerConfig(
+            name="plain", command=sys.executable, args=[str(API_SERVER)], hosts=["localhost"],
+            allow_local=True,
+        ))  # fmt: skip
+        network = McpNetwork(
+            policy=PolicyEngine([]), session_id="bench", broker=broker,
+            egress=EgressSettings(upstream_ca=ca_file, resolver=lambda h, p: ["127.0.0.1"]),
+        )  # fmt: skip
+        ws = tmp / "ws"
+        ws.mkdir()
+        hub = McpHub(store, sandbox, workspace=ws, network=network)
+        start = time.perf_counter()
+        hub.connect()
+        started_ms = (time.perf_counter() - start) * 1000
+        hub.approve("api")
+        hub.approve("plain")
+        url = f"https://localhost:{port}/small"
+        context = ssl.create_default_context(cafile=str(ca_file))
+
+        def direct() -> None:
+            with urllib.request.urlopen(url, context=context, timeout=20) as response:
+                assert response.status == 200
+
+        def mcp(tool: str, server: str = "api", **arguments: Any) -> Callable[[], None]:
+            def run() -> None:
+                output, ok = hub.call(f"{server}.{tool}", arguments)
+                assert ok and "failed" not in output.content, output.content
+
+            return run
+
+        cases: dict[str, Callable[[], None]] = {
+            "MCP api.token (no request)": mcp("token"),
+            "MCP api.call_api via proxy": mcp("call_api", url=url),
+            "same, no handle (plain)": mcp("call_api", "plain", url=url),
+            "direct HTTPS request": direct,
+        }
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        try:
+            for _ in range(5):
+                for case in cases.values():
+                    case()
+            for _ in range(runs):
+                for name, case in cases.items():
+                    t0 = time.perf_counter()
+                    case()
+                    times[name].append((time.perf_counter() - t0) * 1000)
+        finally:
+            hub.close()
+            stop_shared_server()
+            broker.close()
+            upstream.terminate()
+            upstream.join(10)
+    print(f"MCP server start with its proxy session and grant: {started_ms:.0f} ms")
+    print(f"{'call':<30}{'p50 ms':>9}{'p95 ms':>9}")
+    for name, values in times.items():
+        print(f"{name:<30}{_pct(values, 0.5):>9.2f}{_pct(values, 0.95):>9.2f}")
     return 0
 
 

@@ -27,7 +27,8 @@ from agent.errors import (
 )
 from agent.host.delivery import ResultDelivery
 from agent.host.events import AgentEvent, ToolCallRecord
-from agent.host.mcpserver.hub import McpHub
+from agent.host.mcpserver.hub import McpHub, mcp_call
+from agent.host.mcpserver.network import McpNetwork
 from agent.host.permission import PermissionAnswer, PermissionPrompt, PermissionRequest, RuleSaver
 from agent.host.policy import Decision, PolicyEngine, ToolCallRequest, suggest_rule
 from agent.host.ports import HostMemory
@@ -35,6 +36,7 @@ from agent.host.protected import request_host_code_reasons
 from agent.host.sandbox import Sandbox, stop_when
 from agent.host.supervisor import WorkerProcess
 from agent.host.tools.base import ToolContext, ToolOutput
+from agent.host.tools.mcp import MCP_RULE
 from agent.host.tools.net import NET_RULE
 from agent.host.tools.registry import ALL_TOOLS, RULE_KINDS, run_tool
 from agent.protocol import (
@@ -136,7 +138,7 @@ class ToolDispatch(ResultDelivery):
         except ToolValidationError as e:
             return self._refuse(req, "invalid", str(e))
         server = mcp.server_of(req.tool)
-        call = ToolCallRequest(tool=req.tool, arguments=req.arguments, workspace=self.workspace)
+        call = mcp_call(req.tool, req.arguments, workspace=self.workspace)
         decision = self._policy.decide(call, tainted=self.tainted)
         if decision.action == "deny":
             self._decided(req, "deny", decision.reason, by="policy", server=server)
@@ -145,7 +147,8 @@ class ToolDispatch(ResultDelivery):
             shown = decision.model_copy(
                 update={"reason": f"{decision.reason}; from the MCP server {server!r}"}
             )
-            answer = self._ask(call, "execute", shown, dict(req.arguments))
+            effect = RULE_KINDS[MCP_RULE].effect
+            answer = self._ask(call, effect, shown, dict(req.arguments), tool=req.tool)
             self._check_agent()
             if answer.choice == "deny":
                 reason = answer.reason or "the user denied this call"
@@ -190,6 +193,18 @@ class ToolDispatch(ResultDelivery):
         )
         return decision.model_copy(update={"action": "ask", "reason": reason})
 
+    def _mcp_network(self) -> McpNetwork:
+        """The MCP servers' network: this session's rules, prompt, audit, egress and broker."""
+        return McpNetwork(
+            policy=self._policy,
+            record=self._record,
+            session_id=self.session_id,
+            egress=self._egress_settings if self._sandbox.available else None,
+            broker=self._broker,
+            tainted=lambda: self.tainted,
+            ask=self._ask_net,
+        )
+
     def _ask(
         self,
         call: ToolCallRequest,
@@ -197,17 +212,20 @@ class ToolDispatch(ResultDelivery):
         decision: Decision,
         arguments: dict[str, Any],
         confidence: float | None = None,
+        *,
+        tool: str | None = None,
     ) -> PermissionAnswer:
+        """Ask the user about ``call``; ``tool`` is the name shown, if not ``call.tool``."""
         suggested = suggest_rule(call)
         request = PermissionRequest(
-            tool=call.tool,
+            tool=tool or call.tool,
             arguments=arguments,
             effect=effect,
             reason=decision.reason,
             tainted=self.tainted,
             suggested_rule=suggested,
             unsandboxed=decision.unsandboxed,
-            runs_code=request_host_code_reasons(call.tool, arguments),
+            runs_code=request_host_code_reasons(tool or call.tool, arguments),
             confidence=confidence,
         )
         answer = self._prompt.ask(request)
@@ -229,7 +247,7 @@ class ToolDispatch(ResultDelivery):
                     self._emit(AgentEvent("error", text=f"the rule {rule} was not saved: {e}"))
             self._record(
                 "rule_added",
-                tool=call.tool,
+                tool=tool or call.tool,
                 decision="allow",
                 reason=answer.choice,
                 details={"rule": str(rule), "scope": rule.scope},

@@ -219,6 +219,8 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         self._egress = None
         self._egress_call = None
         # Egress proxy (end)
+        if mcp is not None:
+            mcp.use_network(self._mcp_network())
 
     # ----------------------------------------------------------------- lifecycle
 

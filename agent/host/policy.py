@@ -24,8 +24,9 @@ A :class:`Rule` names a tool and a pattern over the call's main argument:
   the methods it allows; none: every method).
 - memory tools: a glob over the topic (or query).
 - ``mcp(github.*)``: a glob over the ``server.tool`` name of an MCP server's
-  tool. Every MCP tool is treated like ``shell`` ("execute"): it asks unless a
-  rule decides.
+  tool (the ``mcp`` rule kind, :mod:`agent.host.tools.mcp`; the host decides
+  each MCP tool call as an ``mcp`` call). Like ``shell`` ("execute"), it asks
+  unless a rule decides.
 
 Evaluation: deny rules first, then ask, then allow; within each, the first
 match wins; deny holds in every mode. No match: the defaults (reads inside the
@@ -63,9 +64,6 @@ from agent.host.tools.paths import Workspace
 from agent.host.tools.registry import ALL_TOOLS, RULE_KINDS, rule_spec
 
 Action = Literal["allow", "ask", "deny"]
-
-#: The rule "tool" that names MCP servers' tools: ``mcp(server.tool-glob)``.
-MCP_RULE = "mcp"
 Scope = Literal["user", "workspace", "session"]
 
 #: What happens when no rule matches, by the tool's effect.
@@ -144,10 +142,6 @@ class Rule(BaseModel):
         if self.tool == "*":
             if self.pattern != "*":
                 raise ValueError("a rule for every tool ('*') must have the pattern '*'")
-            return self
-        if self.tool == MCP_RULE:
-            if "(" in self.pattern or " " in self.pattern:
-                raise ValueError("mcp patterns are globs over server.tool, e.g. 'github.*'")
             return self
         spec = rule_spec(self.tool)
         if spec is None:
@@ -436,8 +430,6 @@ class PolicyEngine:
             PolicyError: The tool is unknown.
         """
         spec = rule_spec(request.tool)
-        if spec is None and "." in request.tool:
-            return self._decide_mcp(request)
         if spec is None:
             raise PolicyError(f"no policy for unknown tool {request.tool!r}")
         matched: dict[Action, Rule] = {}
@@ -496,22 +488,6 @@ class PolicyEngine:
                 )
         default = DEFAULT_ACTIONS[spec.effect]
         return Decision(action=default, rule=None, reason=f"default for {spec.effect} calls")
-
-    def _decide_mcp(self, request: ToolCallRequest) -> Decision:
-        """An MCP server's tool ``server.tool``: ``mcp(...)`` rules, else it asks."""
-        for action in ("deny", "ask", "allow"):
-            for rule in self.rules:
-                if rule.action != action or rule.tool not in ("*", MCP_RULE):
-                    continue
-                if rule.pattern == "*" or fnmatch.fnmatchcase(request.tool, rule.pattern):
-                    verb = {"deny": "denied by", "ask": "asked by", "allow": "allowed by"}[action]
-                    return Decision(action=action, rule=rule, reason=f"{verb} rule {rule}")
-        server = request.tool.split(".", 1)[0]
-        return Decision(
-            action=DEFAULT_ACTIONS["execute"],
-            rule=None,
-            reason=f"default for tools of MCP servers (this one: {server!r})",
-        )
 
     def _credential_file(self, request: ToolCallRequest) -> str | None:
         """The :data:`CREDENTIAL_FILES` pattern the call's path matches, if any."""
@@ -666,8 +642,6 @@ def suggest_rule(request: ToolCallRequest, *, action: Action = "allow") -> Rule:
     Exact, never broader than the call: the command, the resolved path, the
     host, the MCP tool.
     """
-    if rule_spec(request.tool) is None and "." in request.tool:
-        return Rule(tool=MCP_RULE, pattern=request.tool, action=action, scope="workspace")
     spec = _spec(request.tool)
     if spec.main_argument is None:
         pattern = "*"

@@ -515,6 +515,8 @@ class Sandbox:
         extra_ro_binds: Sequence[Path] = (),
         hide: Sequence[Path] = (),
         env: Mapping[str, str] | None = None,
+        egress: EgressChannel | None = None,
+        forwarder: Path | None = None,
     ) -> list[str]:
         """The bwrap command line of a long-lived tool server (an MCP stdio server).
 
@@ -529,7 +531,13 @@ class Sandbox:
             writable: Bind the workspace read-write (the user chose so).
             extra_ro_binds: More files or directories the server needs, read-only.
             hide: Paths covered even when inside a bound directory.
-            env: Variables added to the scrubbed environment (never secrets).
+            env: Variables added to the scrubbed environment (never secrets;
+                a ``cap_`` handle is fine).
+            egress: The server's channel to the egress proxy, as for a shell
+                command (:meth:`shell_argv`): the socket, CA bundle and
+                forwarder bound in, the proxy variables set, the forwarder
+                started first. None: no network at all.
+            forwarder: The forwarder script (with ``egress``).
 
         Returns:
             The full command line.
@@ -543,8 +551,14 @@ class Sandbox:
             args += ["--ro-bind", str(path), str(path)]
         args += ["--bind" if writable else "--ro-bind", str(ws), str(ws)]
         args += _hide_flags(hide, [*visible, ws])
-        args += _env_flags(scrubbed_env(extra=env))
-        args += ["--chdir", str(ws), "--", *argv]
+        variables = scrubbed_env(extra=env)
+        start: list[str] = []
+        if egress is not None and forwarder is not None:
+            args += egress_binds(egress, forwarder)
+            variables.update(egress.env)
+            start = egress_prefix()
+        args += _env_flags(variables)
+        args += ["--chdir", str(ws), "--", *start, *argv]
         return args
 
     def _python_sandbox(

@@ -186,6 +186,10 @@ class McpController(QObject):
                     detail = "workspace read-write" if config.workspace_writable else (
                         "workspace read-only"
                     )
+                    if config.hosts:
+                        detail += f"; hosts {', '.join(config.hosts)}"
+                    for secret in config.secrets:
+                        detail += f"; {secret.env} = secret {secret.secret} for {secret.host}"
                 state, reason = self._states.get(config.name, ("not tested", ""))
                 rows.append(
                     McpServerRow(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.mcpserver.hub import McpHub
+from agent.errors import PolicyError
+from agent.host.mcpserver.hub import McpHub, mcp_call
 from agent.host.mcpserver.store import McpServerConfig, McpStore
 from agent.host.permission import PermissionAnswer
 from agent.host.policy import PolicyEngine, Rule, ToolCallRequest, suggest_rule
@@ -76,15 +77,28 @@ def hub_for(tmp_path: Path, workspace: Path) -> Iterator[object]:
 
 def test_mcp_rules_match_server_tool_globs_and_default_to_ask() -> None:
     policy = PolicyEngine([Rule.parse("mcp(files.*)", action="allow")])
-    allowed = policy.decide(ToolCallRequest(tool="files.read_text"), tainted=True)
-    other = policy.decide(ToolCallRequest(tool="github.create_issue"), tainted=False)
+    allowed = policy.decide(mcp_call("files.read_text"), tainted=True)
+    other = policy.decide(mcp_call("github.create_issue"), tainted=False)
     assert allowed.action == "allow"
-    assert other.action == "ask" and "github" in other.reason
+    assert other.action == "ask" and other.reason == "default for execute calls"
     denied = PolicyEngine(
         [Rule.parse("mcp(*)", action="allow"), Rule.parse("mcp(evil.*)", action="deny")]
-    ).decide(ToolCallRequest(tool="evil.notes"), tainted=False)
+    ).decide(mcp_call("evil.notes"), tainted=False)
     assert denied.action == "deny"
-    assert str(suggest_rule(ToolCallRequest(tool="files.read_text"))) == "mcp(files.read_text)"
+    assert str(suggest_rule(mcp_call("files.read_text"))) == "mcp(files.read_text)"
+    # A rule for every tool covers MCP tools too; an MCP name is no built-in tool.
+    assert PolicyEngine([Rule.parse("*", action="deny")]).decide(
+        mcp_call("files.read_text"), tainted=False
+    ).action == "deny"
+    with pytest.raises(PolicyError, match="unknown tool 'files.read_text'"):
+        policy.decide(ToolCallRequest(tool="files.read_text"), tainted=False)
+
+
+def test_mcp_is_a_rule_kind_of_the_registry() -> None:
+    from agent.host.tools.registry import RULE_KINDS, default_tools, rule_names
+
+    assert RULE_KINDS["mcp"].effect == "execute" and RULE_KINDS["mcp"].main_argument == "tool"
+    assert "mcp" in rule_names() and "mcp" not in default_tools()
 
 
 # -- the file server, end to end ------------------------------------------------------------------

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from agent.host.mcpserver.http import NetRequest, policy_net_decider
 from agent.host.mcpserver.hub import McpHub
+from agent.host.mcpserver.network import McpNetwork
 from agent.host.mcpserver.store import McpServerConfig, McpStore
 from agent.host.policy import PolicyEngine, Rule
 from agent.host.sandbox import Sandbox
@@ -100,12 +102,21 @@ def test_loopback_is_refused_unless_the_server_allows_a_local_address(
     # An https URL whose name resolves to loopback: the address check refuses it
     # before any rule is asked, as the broker refuses a grant's local address.
     config = McpServerConfig(name="sneaky", url=f"https://mcp.example.test:{port}/mcp")
+    records: list[tuple[str, dict[str, Any]]] = []
+    network = McpNetwork(
+        policy=PolicyEngine([allow("mcp.example.test")]),
+        record=lambda kind, **fields: records.append((kind, fields)),
+    )
     hub = hub_for(
-        config, [allow("mcp.example.test")], resolver=lambda host, port: ["127.0.0.1"]
+        config, [], resolver=lambda host, port: ["127.0.0.1"], network=network
     )
     (status,) = hub.connect()
     assert status.state == "down"
     assert "private or loopback" in status.reason and "127.0.0.1" in status.reason
+    # The refusal is audited like a rule's, naming the address check.
+    [(kind, fields)] = records
+    assert kind == "egress_decision" and fields["decision"] == "deny"
+    assert fields["details"]["by"] == "address check" and "loopback" in fields["reason"]
 
 
 def test_a_name_is_connected_at_the_address_that_was_checked(port: int, hub_for: HubMaker) -> None:
@@ -144,7 +155,7 @@ def test_a_name_is_connected_at_the_address_that_was_checked(port: int, hub_for:
         ({"url": "https://h.example/mcp", "command": "x"}, "not both"),
         ({}, "not both"),
         ({"url": "https://h.example/mcp", "args": ["-v"]}, "no arguments"),
-        ({"command": "x", "allow_local": True}, "URL server only"),
+        ({"command": "x", "allow_local": True}, "a URL server or a server with hosts"),
     ],
 )
 def test_bad_url_configs_are_refused_with_the_reason(
@@ -195,3 +206,56 @@ def test_https_is_verified_against_the_name_while_connecting_to_the_checked_addr
     hub = hub_for(other, [allow("other.test")], resolver=local, tls=trust)
     (status,) = hub.connect(["other"])  # the store is shared: weather is there too
     assert status.state == "down" and "certificate" in status.reason.lower()
+
+
+def _approved_store(tmp_path: Path, config: McpServerConfig) -> McpStore:
+    store = McpStore(tmp_path / "keyless.db")
+    store.add(config)
+    hub = McpHub(store, Sandbox.detect(), workspace=tmp_path,
+                 net_decider=policy_net_decider(PolicyEngine([allow("127.0.0.1")])))  # fmt: skip
+    hub.connect()
+    hub.approve(config.name)
+    hub.close()
+    return store
+
+
+@pytest.mark.parametrize("choice", ["session", "deny"])
+def test_in_an_errand_a_request_the_rules_ask_about_goes_to_the_hosts_prompt(
+    tmp_path: Path, port: int, choice: str
+) -> None:
+    from agent.host.permission import PermissionAnswer
+    from tests.agent.hostkit import call, final, make_rig
+
+    config = McpServerConfig(name="weather", url=f"http://127.0.0.1:{port}/mcp", allow_local=True)
+    store = _approved_store(tmp_path, config)
+    hub = McpHub(store, Sandbox.detect(), workspace=tmp_path, start_timeout=10)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    rig = make_rig(
+        tmp_path, ws, [call("weather.forecast", city="Oslo"), final("done")],
+        tools=("read_file",), mcp=hub, answers=[PermissionAnswer(choice=choice)],
+        rules=[Rule.parse("mcp(weather.*)", action="allow")],
+    )  # fmt: skip
+    try:
+        rig.host.start()
+        rig.host.run_errand("weather?")
+    finally:
+        rig.host.close()
+        store.close()
+    asked = rig.prompt.asked[0]
+    assert asked.tool == "net" and asked.effect == "egress"
+    assert asked.arguments["command"] == "MCP server weather"
+    assert asked.arguments["host"] == "127.0.0.1" and asked.arguments["method"] == "POST"
+    assert str(asked.suggested_rule) == "net(127.0.0.1)"
+    assert len(rig.prompt.asked) == 1  # "session" added the rule; "deny" stopped the server
+    results = [e.text for e in rig.events if e.kind == "tool_result"]
+    decisions = list(reversed(rig.audit.entries("egress_decision")))
+    assert decisions and all(e.tool == "mcp" for e in decisions)
+    if choice == "session":
+        assert any("Oslo: sunny" in r for r in results), results
+        assert decisions[0].decision == "allow" and decisions[0].details["by"] == "user"
+        assert all(d.decision == "allow" for d in decisions)
+    else:
+        assert not any("Oslo" in r for r in results)
+        assert [d.decision for d in decisions] == ["deny"]
+        assert "mcp_server_down" in rig.audit_kinds()

@@ -82,3 +82,57 @@ def test_a_url_server_is_added_tested_under_the_net_rules_and_approved(
     status, out, _ = run(capsys, "approve", "weather", *ws)
     assert status == 0 and "approved weather: " in out
     assert run(capsys, "test", "weather", *ws)[0] == 0
+
+
+def test_add_gives_a_stdio_server_hosts_and_secrets_as_handles(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Options go before the name when a command follows it.
+    status, _, err = run(capsys, "add", "--secret", "TOKEN=API_KEY", "api", "--", "srv")
+    assert status != 0 and "name its host" in err
+    status, _, err = run(capsys, "add", "--host", "a.example", "--secret", "TOKEN", "api",
+                         "--", "srv")  # fmt: skip
+    assert status != 0 and "ENV=VAULT_NAME[@HOST]" in err
+    status, _, err = run(capsys, "add", "--host", "a.example",
+                         "--secret", "TOKEN=API_KEY@b.example", "api", "--", "srv")  # fmt: skip
+    assert status != 0 and "'b.example' is not one of the --host values" in err
+    status, _, err = run(capsys, "add", "--host", "a.example:x", "api", "--", "srv")
+    assert status != 0 and "port must be a number" in err
+    status, _, err = run(capsys, "add", "web", "--url", "https://m.example/mcp",
+                         "--host", "a.example")  # fmt: skip
+    assert status != 0 and "for a stdio server" in err
+    status, _, _ = run(capsys, "add", "--host", "api.example.com:8443",
+                       "--host", "cdn.example.com", "--secret", "TOKEN=API_KEY@api.example.com",
+                       "api", "--", "srv", "--flag")  # fmt: skip
+    assert status == 0
+    status, out, _ = run(capsys, "list")
+    assert "hosts api.example.com,cdn.example.com" in out
+    assert "secrets TOKEN=API_KEY@api.example.com" in out
+
+    from agent.host.mcpserver.store import McpStore
+    from app.services import AppServices
+
+    store = McpStore(AppServices().paths.database)
+    try:
+        (secret,) = store.server("api").secrets
+    finally:
+        store.close()
+    assert (secret.env, secret.secret, secret.host, secret.port) == (
+        "TOKEN", "API_KEY", "api.example.com", 8443
+    )
+
+
+@needs_bwrap
+def test_test_gives_a_server_its_network_and_says_when_its_secret_cannot_be_granted(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = str(SERVERS / "api_server.py")
+    ws = ("--workspace", str(workspace))
+    assert run(capsys, "add", "--host", "localhost:8443", "--allow-local", "plain",
+               "--", sys.executable, script)[0] == 0  # fmt: skip
+    status, out, _ = run(capsys, "test", "plain", *ws)
+    assert status == 1 and "new       plain.call_api" in out  # up, its tools await approval
+    assert run(capsys, "add", "--host", "localhost:8443", "--allow-local",
+               "--secret", "API_TOKEN=API_KEY", "api", "--", sys.executable, script)[0] == 0
+    status, out, _ = run(capsys, "test", "api", *ws)
+    assert status == 1 and "api: down" in out and "API_KEY" in out and "no vault is open" in out

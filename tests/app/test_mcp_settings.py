@@ -182,3 +182,24 @@ def test_bad_input_is_refused_with_the_reason_and_nothing_is_added(
     with qtbot.wait_signal(box.controller.servers_loaded, timeout=5000):
         box.controller.refresh()
     assert box.table.rowCount() == 0
+
+
+def test_a_servers_hosts_and_secrets_are_listed(
+    qtbot: Any, view: SettingsView, services: AppServices
+) -> None:
+    from agent.host.mcpserver.store import McpSecret, McpServerConfig, McpStore
+
+    store = McpStore(services.paths.database)
+    try:
+        store.add(McpServerConfig(
+            name="api", command="srv", hosts=["api.example.com"],
+            secrets=[McpSecret(env="TOKEN", secret="API_KEY", host="api.example.com")],
+        ))  # fmt: skip
+    finally:
+        store.close()
+    box = _box(view)
+    with qtbot.wait_signal(box.controller.servers_loaded, timeout=10_000):
+        box.controller.refresh()
+    assert _cell(box, 0, 3) == (
+        "workspace read-only; hosts api.example.com; TOKEN = secret API_KEY for api.example.com"
+    )

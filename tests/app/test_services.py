@@ -66,6 +66,37 @@ def test_the_live_broker_streams_tokens_through_the_vaults_redactor() -> None:
     assert shown.startswith("here is the ")
 
 
+def test_the_live_broker_grants_and_revokes_an_mcp_servers_secret() -> None:
+    from datetime import UTC, datetime
+
+    from vault._crypto import Argon2Params
+    from vault.errors import VaultLockedError
+    from vault.grants import CapabilityGrant, HeaderInjection
+    from vault.keystore import NoKeyring
+    from vault.store import Vault
+
+    grant = CapabilityGrant(
+        secret_name="API_KEY", injection=HeaderInjection(header="Authorization",
+        template="Bearer {}"), host="api.example.com", session_id="s1/mcp-api",
+        approved_by="mcp server api", approved_at=datetime.now(UTC),
+    )  # fmt: skip
+    services = AppServices()
+    with pytest.raises(VaultLockedError, match="no vault is open"):
+        services.live_broker().grant(grant)
+    assert services.live_broker().revoke("cap_" + "0" * 32) is False
+    vault = Vault.create(
+        services.paths.vault_file, passphrase="pw", use_keyring=False, keystore=NoKeyring(),
+        kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64),
+    )  # fmt: skip
+    vault.add("API_KEY", b"sk-live-0123456789abcdef")
+    services.set_vault(vault)
+    broker = services.live_broker()
+    info = broker.grant(grant)
+    assert [c.handle for c in broker.capabilities("s1/mcp-api")] == [info.handle]
+    assert broker.revoke(info.handle) is True
+    assert broker.capabilities("s1/mcp-api") == []
+
+
 def test_rule_store_is_opened_per_caller(workspace: Path) -> None:
     services = AppServices()
     first, second = services.rule_store(workspace), services.rule_store(workspace)

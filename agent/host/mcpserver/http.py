@@ -65,6 +65,7 @@ def policy_net_decider(
     *,
     tainted: Callable[[], bool] = lambda: False,
     ask: Callable[[ToolCallRequest, Any], bool] | None = None,
+    record: Callable[..., None] | None = None,
 ) -> NetDecider:
     """Decide MCP requests with the policy's ``net(...)`` rules, as the egress proxy does.
 
@@ -75,33 +76,45 @@ def policy_net_decider(
     Args:
         policy: The rules (deny > ask > allow; a ``net`` request with no rule asks).
         tainted: Whether untrusted content is in the agent's context now.
-        ask: Asks the user when the rules say "ask": ``(call, decision) -> allowed``.
-            None: "ask" refuses, and the reason names the rule that would allow it.
+        ask: Asks the user when the rules say "ask": ``(call, decision) -> allowed``
+            (the errand host's permission prompt). None: "ask" refuses, and
+            the reason names the rule that would allow it.
+        record: Appends an audit entry; each decision is recorded as an
+            ``egress_decision`` of tool ``mcp`` (None: not audited).
     """
 
     def decide(request: NetRequest) -> tuple[bool, str]:
-        call = ToolCallRequest(
-            tool=NET_RULE,
-            arguments={
-                "host": request.host,
-                "method": request.method,
-                "path": request.path,
-                "command": f"MCP server {request.server}",
-                "capability": False,
-            },
-        )
+        arguments: dict[str, Any] = {
+            "host": request.host,
+            "method": request.method,
+            "path": request.path,
+            "command": f"MCP server {request.server}",
+            "capability": False,
+        }
+        call = ToolCallRequest(tool=NET_RULE, arguments=arguments)
         decision = policy.decide(call, tainted=tainted())
+        by = "policy"
         if decision.action == "allow":
-            return True, decision.reason
-        if decision.action == "ask":
-            if ask is not None and ask(call, decision):
-                return True, f"allowed by the user ({decision.reason})"
-            return False, (
-                f"{decision.reason}; a rule net({request.host}) allows it"
-                if ask is None
-                else f"denied by the user ({decision.reason})"
+            allowed, reason = True, decision.reason
+        elif decision.action == "ask" and ask is not None:
+            by = "user"
+            allowed = ask(call, decision)
+            verb = "allowed" if allowed else "denied"
+            reason = f"{verb} by the user ({decision.reason})"
+        elif decision.action == "ask":
+            allowed = False
+            reason = f"{decision.reason}; a rule net({request.host}) allows it"
+        else:
+            allowed, reason = False, decision.reason
+        if record is not None:
+            record(
+                "egress_decision",
+                tool="mcp",
+                decision="allow" if allowed else "deny",
+                reason=reason,
+                details={**arguments, "server": request.server, "by": by},
             )
-        return False, decision.reason
+        return allowed, reason
 
     return decide
 
@@ -115,6 +128,9 @@ class CheckedTransport(httpx.AsyncBaseTransport):
         allow_local: Whether loopback and private addresses may be reached.
         resolver: Host name to address strings (tests pin one); None: the system's.
         inner: The transport that sends (default: a plain ``httpx`` one).
+        record: Appends an audit entry: a request the address check refuses is
+            recorded as an ``egress_decision`` (tool ``mcp``, ``by`` address
+            check); the rules' decisions are the decider's to record.
     """
 
     def __init__(
@@ -125,9 +141,11 @@ class CheckedTransport(httpx.AsyncBaseTransport):
         allow_local: bool = False,
         resolver: Resolver | None = None,
         inner: httpx.AsyncBaseTransport | None = None,
+        record: Callable[..., None] | None = None,
     ) -> None:
         self._server = server
         self._decide = decide
+        self._record = record
         self._allow_local = allow_local
         self._resolver = resolver
         self._inner = inner or httpx.AsyncHTTPTransport()
@@ -149,6 +167,17 @@ class CheckedTransport(httpx.AsyncBaseTransport):
             addresses = await asyncio.to_thread(resolve, host, port, resolver)
             address = check_addresses(host, addresses, allow_local=self._allow_local)
         except GrantRefused as e:
+            if self._record is not None:
+                await asyncio.to_thread(
+                    self._record,
+                    "egress_decision",
+                    tool="mcp",
+                    decision="deny",
+                    reason=f"{host}: {e.reason}",
+                    details={"server": self._server, "host": host, "method": request.method,
+                             "path": url.path, "command": f"MCP server {self._server}",
+                             "by": "address check"},
+                )  # fmt: skip
             raise self._refused(f"{host}: {e.reason}") from e
         path = url.raw_path.decode("ascii", errors="replace")
         allowed, reason = await asyncio.to_thread(
@@ -184,6 +213,7 @@ class McpHttpConnection(McpConnection):
             own CA); None: the system's trust store.
         start_timeout: Seconds to connect and list tools.
         call_timeout: Seconds one call may take.
+        record: Appends an audit entry (address-check refusals).
     """
 
     def __init__(
@@ -197,6 +227,7 @@ class McpHttpConnection(McpConnection):
         tls: ssl.SSLContext | None = None,
         start_timeout: float = START_TIMEOUT_S,
         call_timeout: float = CALL_TIMEOUT_S,
+        record: Callable[..., None] | None = None,
     ) -> None:
         super().__init__(
             name, [], env={}, start_timeout=start_timeout, call_timeout=call_timeout
@@ -204,7 +235,7 @@ class McpHttpConnection(McpConnection):
         self.url = url
         inner = httpx.AsyncHTTPTransport(verify=tls) if tls is not None else None
         self.transport = CheckedTransport(
-            name, decide, allow_local=allow_local, resolver=resolver, inner=inner
+            name, decide, allow_local=allow_local, resolver=resolver, inner=inner, record=record
         )
 
     @contextlib.asynccontextmanager

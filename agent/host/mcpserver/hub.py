@@ -1,8 +1,9 @@
 """The configured MCP servers as one tool source of an errand.
 
 :class:`McpHub` starts each server in its own sandbox
-(:meth:`agent.host.sandbox.Sandbox.server_command`: no network, no home, no
-data dir, the workspace read-only unless the user chose otherwise), or
+(:meth:`agent.host.sandbox.Sandbox.server_command`: no home, no data dir,
+the workspace read-only unless the user chose otherwise, no network but the
+egress proxy to the hosts the user gave it, :mod:`agent.host.mcpserver.network`), or
 reaches a streamable-HTTP server from the host under the ``net(...)`` rules
 (:mod:`agent.host.mcpserver.http`), compares
 its tools with the pinned definitions, offers the approved ones to the agent
@@ -31,10 +32,19 @@ from agent.host.mcpserver.connection import (
     check_definition,
     result_text,
 )
-from agent.host.mcpserver.http import McpHttpConnection, NetDecider, Resolver, refuse_all
+from agent.host.mcpserver.http import (
+    McpHttpConnection,
+    NetDecider,
+    Resolver,
+    policy_net_decider,
+    refuse_all,
+)
+from agent.host.mcpserver.network import McpNetwork, ServerEgress
 from agent.host.mcpserver.store import McpServerConfig, McpStore, PinCheck, ToolDefinition
+from agent.host.policy import ToolCallRequest
 from agent.host.sandbox import Sandbox, scrubbed_env
 from agent.host.tools.base import DEFAULT_OUTPUT_BYTES, ToolOutput, truncate_text
+from agent.host.tools.mcp import MCP_RULE
 from agent.protocol import ToolOffer
 
 log = logging.getLogger(__name__)
@@ -67,9 +77,23 @@ def mcp_tool_name(server: str, tool: str) -> str:
     return f"{server}.{tool}"
 
 
-def is_mcp_tool(name: str) -> bool:
-    """Whether ``name`` has the ``server.tool`` form of an MCP tool."""
-    return "." in name
+def mcp_call(
+    name: str, arguments: dict[str, Any] | None = None, *, workspace: Path | None = None
+) -> ToolCallRequest:
+    """The policy's request for a call of the MCP tool ``name`` (``server.tool``).
+
+    It is an ``mcp`` call (the rule kind of :mod:`agent.host.tools.mcp`) whose
+    main argument is ``name``, so ``mcp(github.*)`` rules decide it.
+    """
+    return ToolCallRequest(
+        tool=MCP_RULE,
+        arguments={
+            "tool": name,
+            "server": name.split(".", 1)[0],
+            "arguments": dict(arguments or {}),
+        },
+        workspace=workspace,
+    )
 
 
 class McpHub:
@@ -88,6 +112,8 @@ class McpHub:
             None refuses them all.
         resolver: Host name to addresses for URL servers (tests); None: the system's.
         tls: The TLS context URL servers are verified with (tests); None: the system's.
+        network: The errand host's rules, prompt, audit, egress settings and
+            broker (:meth:`use_network`); None: stdio servers have no network.
     """
 
     def __init__(
@@ -102,6 +128,7 @@ class McpHub:
         net_decider: NetDecider | None = None,
         resolver: Resolver | None = None,
         tls: ssl.SSLContext | None = None,
+        network: McpNetwork | None = None,
     ) -> None:
         self.store = store
         self._tls = tls
@@ -113,10 +140,26 @@ class McpHub:
         self._start_timeout = start_timeout
         self._call_timeout = call_timeout
         self._connections: dict[str, McpConnection] = {}
+        self._egress: dict[str, ServerEgress] = {}
+        self._network: McpNetwork | None = None
+        if network is not None:
+            self.use_network(network)
         self._offered: dict[str, tuple[str, ToolDefinition]] = {}
         self.status: dict[str, ServerStatus] = {}
 
     # ------------------------------------------------------------------ lifecycle
+
+    def use_network(self, network: McpNetwork) -> None:
+        """Decide and audit the servers' requests with ``network`` from the next start on.
+
+        URL servers' requests follow its ``net(...)`` rules, asking through its
+        prompt; stdio servers with hosts reach them through the egress proxy
+        (when ``network.egress`` is set), with their secrets as handles.
+        """
+        self._network = network
+        self._net_decider = policy_net_decider(
+            network.policy, tainted=network.tainted, ask=network.ask, record=network.record
+        )
 
     def connect(self, names: Sequence[str] | None = None) -> list[ServerStatus]:
         """Start every configured server that is not up (or only ``names``) and check pins.
@@ -240,6 +283,7 @@ class McpHub:
                 tls=self._tls,
                 start_timeout=self._start_timeout,
                 call_timeout=self._call_timeout,
+                record=None if self._network is None else self._network.record,
             )
             try:
                 conn.start()
@@ -250,6 +294,7 @@ class McpHub:
         try:
             argv = self.server_argv(config)
         except (SandboxError, McpError) as e:
+            self._close_egress(config.name)
             conn = McpConnection(config.name, [], env={})
             conn.down_reason = str(e)
         else:
@@ -263,7 +308,7 @@ class McpHub:
             try:
                 conn.start()
             except McpServerDownError:
-                pass  # reported through its status
+                self._close_egress(config.name)  # its proxy session and grants end with it
         self._connections[config.name] = conn
         return conn
 
@@ -284,12 +329,22 @@ class McpHub:
             for a in (config.command, *config.args)
             if os.path.isabs(a) and os.path.isfile(a) and not _inside_python(Path(a))
         ]
+        channel, forwarder, env = None, None, None
+        network = self._network
+        if config.hosts and network is not None and network.egress is not None:
+            self._close_egress(config.name)
+            egress = ServerEgress(config, network)
+            channel, forwarder, env = egress.open()
+            self._egress[config.name] = egress
         return self._sandbox.server_command(
             [config.command, *config.args],
             workspace=self.workspace,
             writable=config.workspace_writable,
             extra_ro_binds=binds,
             hide=self._hidden,
+            env=env,
+            egress=channel,
+            forwarder=forwarder,
         )
 
     def _definitions(self, conn: McpConnection) -> tuple[list[ToolDefinition], list[str]]:
@@ -331,6 +386,12 @@ class McpHub:
         conn = self._connections.pop(name, None)
         if conn is not None:
             conn.close()
+        self._close_egress(name)
+
+    def _close_egress(self, name: str) -> None:
+        egress = self._egress.pop(name, None)
+        if egress is not None:
+            egress.close()
 
 
 def _inside_python(path: Path) -> bool:

@@ -33,6 +33,76 @@ from agent.errors import McpError
 
 #: Server names: they prefix tool names (``files.read``) and rule patterns.
 SERVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,22}$")
+#: Environment variable names a server's secret handle may be given in.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class McpSecret(BaseModel):
+    """A vault secret a stdio server uses, given to it as a ``cap_`` handle.
+
+    The server finds the handle in its environment variable ``env`` and sends
+    it as a credential; the egress proxy swaps it for the secret on requests
+    to ``host`` (the grant's scope) and nowhere else.
+
+    Attributes:
+        env: The variable the handle is put in.
+        secret: The vault secret's name.
+        host: The host the grant is scoped to (one of the server's hosts).
+        port: Its port.
+        inject: Where the proxy puts the secret (``Header-Name: template with {}``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    env: str = Field(description="The environment variable holding the handle.")
+    secret: str = Field(min_length=1, max_length=200, description="The vault secret's name.")
+    host: str = Field(min_length=1, description="The host the grant is scoped to.")
+    port: int = Field(default=443, gt=0, lt=65536, description="The host's port.")
+    inject: str = Field(
+        default="Authorization: Bearer {}", description="Header the proxy puts the secret in."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        if not ENV_NAME.match(value):
+            raise ValueError(f"{value[:70]!r} is not an environment variable name")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _host_name(value)
+
+    @field_validator("inject")
+    @classmethod
+    def _inject(cls, value: str) -> str:
+        from vault.grants import header_injection
+
+        header_injection(value)  # raises ValueError naming the problem
+        return value
+
+
+def _host_name(value: str) -> str:
+    host = value.strip().lower().rstrip(".")
+    if not host or any(c in host for c in "/:@ *?") or len(host) > 253:
+        raise ValueError(f"{value[:100]!r} is not a host name")
+    return host
+
+
+def parse_host(text: str) -> tuple[str, int]:
+    """``host`` or ``host:port`` as a checked host name and a port (443 by default).
+
+    Raises:
+        ValueError: Not a host name, or a bad port.
+    """
+    host, sep, port = text.strip().rpartition(":") if ":" in text else (text, "", "")
+    if sep and not port.isdigit():
+        raise ValueError(f"{text[:100]!r}: the port must be a number")
+    number = int(port) if sep else 443
+    if not 0 < number < 65536:
+        raise ValueError(f"{text[:100]!r}: the port must be 1-65535")
+    return _host_name(host), number
 
 
 class McpServerConfig(BaseModel):
@@ -43,10 +113,14 @@ class McpServerConfig(BaseModel):
         command: The program to start (stdio transport).
         args: Its arguments.
         url: The endpoint of a streamable-HTTP server (``https://host/mcp``).
-        allow_local: Let ``url`` reach this machine or the LAN (refused otherwise,
-            as the broker and the egress proxy refuse them); plain ``http`` is
-            accepted only then.
+        allow_local: Let ``url`` (or a stdio server's ``hosts``) reach this
+            machine or the LAN (refused otherwise, as the broker and the egress
+            proxy refuse them); plain ``http`` is accepted only then.
         workspace_writable: Bind the workspace read-write (default read-only).
+        hosts: The hosts a stdio server may reach through the egress proxy
+            (any other is refused); none: no network at all.
+        secrets: Vault secrets given to a stdio server as ``cap_`` handles,
+            each scoped to one of ``hosts``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,17 +131,36 @@ class McpServerConfig(BaseModel):
     url: str | None = Field(default=None, description="A streamable-HTTP endpoint.")
     allow_local: bool = Field(default=False, description="url may be loopback or private.")
     workspace_writable: bool = Field(default=False, description="Workspace read-write.")
+    hosts: list[str] = Field(
+        default_factory=list, description="Hosts a stdio server may reach via the egress proxy."
+    )
+    secrets: list[McpSecret] = Field(
+        default_factory=list, description="Vault secrets given as cap_ handles."
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return sorted({_host_name(h) for h in value})
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServerConfig:
         if (self.command is None) == (self.url is None):
             raise ValueError("give either a command (stdio) or a URL (streamable HTTP), not both")
         if self.url is None:
-            if self.allow_local:
-                raise ValueError("allow_local applies to a URL server only")
+            if self.allow_local and not self.hosts:
+                raise ValueError("allow_local applies to a URL server or a server with hosts")
+            for secret in self.secrets:
+                if secret.host not in self.hosts:
+                    raise ValueError(
+                        f"secret {secret.env}: its host {secret.host!r} is not one of the "
+                        "server's hosts"
+                    )
+            if len({s.env for s in self.secrets}) != len(self.secrets):
+                raise ValueError("two secrets are given in the same environment variable")
             return self
-        if self.args or self.workspace_writable:
-            raise ValueError("a URL server takes no arguments and no workspace")
+        if self.args or self.workspace_writable or self.hosts or self.secrets:
+            raise ValueError("a URL server takes no arguments, workspace, hosts or secrets")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"the URL must be http(s)://host[:port]/path, got {self.url[:100]!r}")

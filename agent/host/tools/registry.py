@@ -8,7 +8,8 @@ defaults and the settings screen all read the tool from here; a tool from
 elsewhere (a test) joins through :func:`register`.
 
 :data:`RULE_KINDS` holds what rules name but the model never calls: ``net``,
-the egress proxy's requests (:mod:`agent.host.tools.net`). The policy reads
+the egress proxy's requests (:mod:`agent.host.tools.net`), and ``mcp``, the
+calls of MCP servers' tools (:mod:`agent.host.tools.mcp`). The policy reads
 them through :func:`rule_spec` like any tool.
 """
 
@@ -26,6 +27,7 @@ from agent.host.tools import (
     forget,
     http_request,
     list_dir,
+    mcp,
     net,
     read_file,
     recall,
@@ -58,7 +60,7 @@ ALL_TOOLS: dict[str, ToolSpec] = {
 }
 
 
-RULE_KINDS: dict[str, ToolSpec] = {net.TOOL.name: net.TOOL}
+RULE_KINDS: dict[str, ToolSpec] = {spec.name: spec for spec in (net.TOOL, mcp.TOOL)}
 """Specs the policy decides by but the host never offers nor runs as a tool."""
 
 
