@@ -545,6 +545,9 @@ _LATIN_MIN = 4096
 first checked by a :class:`_LatinPrefilter`: building one costs more than the
 probes' ``str.find`` passes over a short text."""
 
+_TEDDY_MAX = 64
+"""The most needles one prefilter automaton holds (see :class:`_LatinPrefilter`)."""
+
 # Folding of latin-1 text as bytes: each character lowers to one latin-1
 # character (a test checks it), whitespace is deleted.
 _LATIN1_LOWER = bytes(ord(_fold_char(chr(c))) for c in range(256))
@@ -571,13 +574,18 @@ class _LatinPrefilter:
         for needle in needles - {""}:
             with contextlib.suppress(UnicodeEncodeError):
                 encoded.add(needle.encode("latin-1"))
-        self._automaton = (
+        # Leftmost-first (any match answers "maybe") lets the library use its
+        # SIMD searcher (Teddy, ~10 GB/s), which takes at most 64 needles: so
+        # one automaton per 64 (a DFA, ~0.5 GB/s, would take them all at once).
+        ordered = sorted(encoded)
+        self._automata = [
             ahocorasick_rs.BytesAhoCorasick(
-                sorted(encoded), implementation=ahocorasick_rs.Implementation.DFA
+                ordered[i : i + _TEDDY_MAX],
+                matchkind=ahocorasick_rs.MatchKind.LeftmostFirst,
+                implementation=ahocorasick_rs.Implementation.DFA,
             )
-            if encoded
-            else None
-        )
+            for i in range(0, len(ordered), _TEDDY_MAX)
+        ]
 
     def clear(self, text: str) -> bool:
         """True when ``text`` is latin-1 and holds no occurrence; False: maybe (search it)."""
@@ -587,10 +595,8 @@ class _LatinPrefilter:
             raw = text.encode("latin-1")
         except UnicodeEncodeError:
             return False
-        if self._automaton is None:
-            return True
         folded = raw.translate(_LATIN1_LOWER, _LATIN1_SPACE_BYTES)
-        return not self._automaton.find_matches_as_indexes(folded)
+        return not any(a.find_matches_as_indexes(folded) for a in self._automata)
 
 
 class Redactor:
