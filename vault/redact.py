@@ -173,6 +173,7 @@ def _lower_escapes(encoded: str) -> str:
 _UNIT = re.compile(r"\s+|\\u[0-9a-fA-F]{4}")
 _ESCAPE_WIDTH = 6
 _ESCAPE = re.compile(r"\\u[0-9a-fA-F]{4}")
+_ESCAPE_BYTES = re.compile(rb"\\u[0-9a-fA-F]{4}")
 # The str.isspace() characters (what \s means), deleted by str.translate. None
 # lies above U+3000 (a test checks it against every code point).
 _DROP_SPACE: dict[int, None] = {c: None for c in range(0x3001) if chr(c).isspace()}
@@ -589,12 +590,17 @@ class _LatinPrefilter:
 
     def clear(self, text: str) -> bool:
         """True when ``text`` is latin-1 and holds no occurrence; False: maybe (search it)."""
-        if self._never or ("\\u" in text and _ESCAPE.search(text)):
+        if self._never:
             return False
         try:
             raw = text.encode("latin-1")
         except UnicodeEncodeError:
             return False
+        at = raw.find(b"\\u")
+        while at >= 0:  # rare in any body, so each is checked alone
+            if _ESCAPE_BYTES.match(raw, at):
+                return False
+            at = raw.find(b"\\u", at + 2)
         folded = raw.translate(_LATIN1_LOWER, _LATIN1_SPACE_BYTES)
         return not any(a.find_matches_as_indexes(folded) for a in self._automata)
 
