@@ -7,7 +7,9 @@ internet; the proxy is built as the host builds it, with a vault open (so
 every response streams through the broker's redactor) and a rule that allows
 ``localhost``. The bench talks to the proxy as the in-sandbox forwarder does:
 through the command's Unix socket, ``CONNECT``, then TLS with the session CA.
-Variants run interleaved (one of each per round). Goals: proxied request
+Variants run interleaved (one of each per round); the download also through a session whose
+redactor has its one-pass prefilter off (the full search, as before it), and the redactor
+alone, with and without it. Goals: proxied request
 overhead < 5 ms at p50; 100 MB throughput proxied ≥ 0.5x direct.
 """
 
@@ -161,20 +163,31 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         plain.start()
         attach_ms = (time.perf_counter() - started) * 1000
+        # A third session redacting as before the one-pass prefilter: every
+        # chunk through the full search (the same redactor, prefilter off).
+        before = EgressProxy(_AllowAll(), _FullSearchBroker(broker), session_id="bench",
+                             local_hosts=["localhost"], upstream_ca=ca_file,
+                             resolver=lambda h, p: ["127.0.0.1"])
+        before.start()
         try:
-            with proxy.channel("bench") as channel, plain.channel("bench") as bare:
+            with (proxy.channel("bench") as channel, plain.channel("bench") as bare,
+                  before.channel("bench") as full):
                 clients.apply(_requests, (args.runs, port, str(channel.socket_path),
                                           str(ca_file), str(channel.ca_bundle)))
                 rows = clients.apply(_download, (args.mb, port, str(ca_file), [
                     ("proxied, vault open (redacted stream)", str(channel.socket_path),
                      str(channel.ca_bundle)),
+                    ("proxied, vault open, prefilter off (full search)", str(full.socket_path),
+                     str(full.ca_bundle)),
                     ("proxied, no vault (nothing to redact)", str(bare.socket_path),
                      str(bare.ca_bundle)),
                 ]))
             _starts(args.starts, tmp, proxy)
+            redactor_rows = _redactor_alone(broker, args.mb, args.body)
         finally:
             proxy.close()
             plain.close()
+            before.close()
             stop_shared_server()
             broker.close()
             upstream.terminate()
@@ -184,9 +197,59 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name, seconds, rate in rows:
         print(f"| {name} | {seconds:.2f} | {rate:.0f} | {rate / rows[0][2]:.2f}x |")
+    print(f"\nthe redactor alone: {min(args.mb, 64)} MB ({args.body} bytes as latin-1 text) "
+          f"in {REDACT_CHUNK // 1024} KiB chunks, in this process\n")
+    print("| variant | seconds | MB/s | vs the prefilter |")
+    print("|---|---:|---:|---:|")
+    for name, seconds, rate in redactor_rows:
+        print(f"| {name} | {seconds:.3f} | {rate:.0f} | {rate / redactor_rows[1][2]:.2f}x |")
     print(f"\nfirst session's proxy start (shared server up, CA minted): {proxy_start_ms:.0f} ms"
           f"\nnext session's proxy start (CA minted, server running): {attach_ms:.0f} ms")
     return 0
+
+
+class _FullSearchBroker:
+    """The bench's broker, handing redactors that skip the one-pass prefilter (as before it)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def redeem_egress(self, handle: str, **kwargs: Any) -> Any:
+        return self._broker.redeem_egress(handle, **kwargs)
+
+    def egress_redactor(self, session_id: str) -> Any:
+        redactor = self._broker.egress_redactor(session_id)
+        redactor._latin_min = sys.maxsize
+        return redactor
+
+
+REDACT_CHUNK = 1 << 16
+"""What mitmproxy hands the stream: one read of the upstream socket."""
+
+
+def _redactor_alone(broker: Broker, mb: int, body: str) -> list[tuple[str, float, float]]:
+    """Stream ``mb`` MB through the session's redactor: a copy, with the prefilter, without."""
+    block = (random.Random(0).randbytes(CHUNK) if body == "random" else b"x" * CHUNK)
+    size = min(mb, 64) * CHUNK  # the full search alone takes seconds per 100 MB
+    text = (block * (size // CHUNK)).decode("latin-1")
+    rows = []
+
+    def copy(piece: str) -> str:
+        return piece.encode("latin-1").decode("latin-1")
+
+    fast = broker.egress_redactor("bench").stream()
+    slow_redactor = broker.egress_redactor("bench")
+    slow_redactor._latin_min = sys.maxsize
+    slow = slow_redactor.stream()
+    for name, feed in (("a copy (decode, encode)", copy),
+                       ("stream redactor, one-pass prefilter", fast.feed),
+                       ("stream redactor, prefilter off (full search)", slow.feed)):
+        start = time.perf_counter()
+        for at in range(0, len(text), REDACT_CHUNK):
+            feed(text[at : at + REDACT_CHUNK])
+        seconds = time.perf_counter() - start
+        rows.append((name, seconds, size / CHUNK / seconds))
+    return rows
 
 
 def _upstream_main(cert_file: str, big_bytes: int, body: str, ports: Any) -> None:
