@@ -174,6 +174,7 @@ _UNIT = re.compile(r"\s+|\\u[0-9a-fA-F]{4}")
 _ESCAPE_WIDTH = 6
 _ESCAPE = re.compile(r"\\u[0-9a-fA-F]{4}")
 _ESCAPE_BYTES = re.compile(rb"\\u[0-9a-fA-F]{4}")
+_ESCAPE_START = ahocorasick_rs.BytesAhoCorasick([b"\\u"])
 # The str.isspace() characters (what \s means), deleted by str.translate. None
 # lies above U+3000 (a test checks it against every code point).
 _DROP_SPACE: dict[int, None] = {c: None for c in range(0x3001) if chr(c).isspace()}
@@ -596,11 +597,10 @@ class _LatinPrefilter:
             raw = text.encode("latin-1")
         except UnicodeEncodeError:
             return False
-        at = raw.find(b"\\u")
-        while at >= 0:  # rare in any body, so each is checked alone
+        # Rare in most bodies, so each is checked alone (this search is SIMD).
+        for _, at, _ in _ESCAPE_START.find_matches_as_indexes(raw):
             if _ESCAPE_BYTES.match(raw, at):
                 return False
-            at = raw.find(b"\\u", at + 2)
         folded = raw.translate(_LATIN1_LOWER, _LATIN1_SPACE_BYTES)
         return not any(a.find_matches_as_indexes(folded) for a in self._automata)
 
