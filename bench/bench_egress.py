@@ -38,6 +38,7 @@ from agent.host.egress.proxy import (  # noqa: E402
     EgressProxy,
     EgressRequest,
     EgressVerdict,
+    _ResolvedNames,
     stop_shared_server,
 )
 from agent.host.sandbox import Limits, Sandbox  # noqa: E402
@@ -168,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         before = EgressProxy(_AllowAll(), _FullSearchBroker(broker), session_id="bench",
                              local_hosts=["localhost"], upstream_ca=ca_file,
                              resolver=lambda h, p: ["127.0.0.1"])
+        before._resolved = _ResolvedNames(ttl=0.0)  # and resolving on every connection
         before.start()
         try:
             with (proxy.channel("bench") as channel, plain.channel("bench") as bare,
                   before.channel("bench") as full):
                 clients.apply(_requests, (args.runs, port, str(channel.socket_path),
-                                          str(ca_file), str(channel.ca_bundle)))
+                                          str(ca_file), str(channel.ca_bundle),
+                                          str(full.socket_path), str(full.ca_bundle)))
                 rows = clients.apply(_download, (args.mb, port, str(ca_file), [
                     ("proxied, vault open (redacted stream)", str(channel.socket_path),
                      str(channel.ca_bundle)),
@@ -265,11 +268,13 @@ def _upstream_main(cert_file: str, big_bytes: int, body: str, ports: Any) -> Non
     httpd.serve_forever()
 
 
-def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: str) -> None:
+def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: str,
+              uncached_sock: str, uncached_ca: str) -> None:
     """Time the request variants (in the client process) and print their table."""
     sock = Path(sock_name)
     direct = ssl.create_default_context(cafile=direct_ca)
     proxied = ssl.create_default_context(cafile=proxied_ca)
+    uncached = ssl.create_default_context(cafile=uncached_ca)
     keep_direct = http.client.HTTPSConnection("localhost", port, context=direct)
     keep_proxy = _tunnel(sock, port, proxied)
 
@@ -287,11 +292,19 @@ def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: 
         finally:
             conn.close()
 
+    def fresh_uncached() -> int:
+        conn = _tunnel(Path(uncached_sock), port, uncached)
+        try:
+            return _get(conn, "/small")
+        finally:
+            conn.close()
+
     variants: dict[str, Callable[[], int]] = {
         "direct, kept-alive connection": lambda: _get(keep_direct, "/small"),
         "proxied, kept-alive connection": lambda: _get(keep_proxy, "/small"),
         "direct, new TLS connection": fresh_direct,
         "proxied, new CONNECT + TLS": fresh_proxy,
+        "proxied, new CONNECT + TLS, resolving every time": fresh_uncached,
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():

@@ -527,7 +527,8 @@ class _ResolvedNames:
     Touched only on the proxy's loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float | None = None) -> None:
+        self.ttl = ttl
         self._entries: OrderedDict[tuple[str, int], tuple[float, list[Any]]] = OrderedDict()
 
     def get(self, key: tuple[str, int], now: float) -> list[Any] | None:
@@ -537,7 +538,8 @@ class _ResolvedNames:
         return entry[1]
 
     def put(self, key: tuple[str, int], addresses: list[Any], now: float) -> None:
-        self._entries[key] = (now + RESOLVED_TTL, addresses)
+        ttl = RESOLVED_TTL if self.ttl is None else self.ttl
+        self._entries[key] = (now + ttl, addresses)
         self._entries.move_to_end(key)
         while len(self._entries) > _RESOLVED_MAX:
             self._entries.popitem(last=False)
