@@ -543,9 +543,10 @@ every pattern instead."""
 
 
 _LATIN_MIN = 4096
-"""Texts this long or longer that are latin-1 (the egress proxy's bytes) are
-first checked by a :class:`_LatinPrefilter`: building one costs more than the
-probes' ``str.find`` passes over a short text."""
+"""Once a redactor has searched this many characters, each latin-1 text it
+searches (the egress proxy's bytes) is first checked by a
+:class:`_LatinPrefilter`: building one (~0.1 ms) costs more than the probes'
+``str.find`` passes over a few short texts, and less than over a few KiB."""
 
 _TEDDY_MAX = 64
 """The most needles one prefilter automaton holds (see :class:`_LatinPrefilter`)."""
@@ -680,6 +681,7 @@ class Redactor:
         self._needles = sorted(needles)
         self._latin: _LatinPrefilter | None = None
         self._latin_min = _LATIN_MIN
+        self._searched = 0  # characters searched so far (a stream's held-back ones again)
         self._bases = bases
         self._form_probes = form_probes
         self._base_probes = base_probes
@@ -703,7 +705,10 @@ class Redactor:
         every position is searched. ``view``: ``fold(text)``, where the caller
         has it already.
         """
-        if len(text) >= self._latin_min and self._latin_prefilter().clear(text):
+        self._searched += len(text)
+        if (self._latin is not None or self._searched >= self._latin_min) and (
+            self._latin_prefilter().clear(text)
+        ):
             return []
         found: list[tuple[int, int, str, int]] = []
         for probe, forms in self._exact:

@@ -663,3 +663,11 @@ def _check_decide(buf: str, folded_keep: int, keep: int) -> None:
     first_open = view.count_before(len(buf) - _ESCAPE_WIDTH + 1) - folded_keep
     expected = 0 if first_open <= 0 else min(decide, view.origin(first_open))
     assert stream._decidable(buf) == expected
+
+
+def test_the_prefilter_is_built_once_a_redactor_has_searched_a_few_kib() -> None:
+    r = Redactor({"K": TEXT_KEY})
+    assert r.redact("short text")[1] == [] and r._latin is None  # not worth building
+    stream = r.stream()
+    body = "".join(stream.feed("0123456789" * 10) for _ in range(60)) + stream.finish()
+    assert r._latin is not None and body == "0123456789" * 600
