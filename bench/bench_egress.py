@@ -7,9 +7,10 @@ internet; the proxy is built as the host builds it, with a vault open (so
 every response streams through the broker's redactor) and a rule that allows
 ``localhost``. The bench talks to the proxy as the in-sandbox forwarder does:
 through the command's Unix socket, ``CONNECT``, then TLS with the session CA.
-Variants run interleaved (one of each per round); the download also through a session whose
-redactor has its one-pass prefilter off (the full search, as before it), and the redactor
-alone, with and without it. Goals: proxied request
+Variants run interleaved (one of each per round). Side by side in the same
+run: a session whose redactor has its one-pass prefilter off and which
+resolves on every connection (the path before them), and the stream
+redactor alone with and without the prefilter. Goals: proxied request
 overhead < 5 ms at p50; 100 MB throughput proxied ≥ 0.5x direct.
 """
 
