@@ -7,7 +7,10 @@ internet; the proxy is built as the host builds it, with a vault open (so
 every response streams through the broker's redactor) and a rule that allows
 ``localhost``. The bench talks to the proxy as the in-sandbox forwarder does:
 through the command's Unix socket, ``CONNECT``, then TLS with the session CA.
-Variants run interleaved (one of each per round). Goals: proxied request
+Variants run interleaved (one of each per round). Side by side in the same
+run: a session whose redactor has its one-pass prefilter off and which
+resolves on every connection (the path before them), and the stream
+redactor alone with and without the prefilter. Goals: proxied request
 overhead < 5 ms at p50; 100 MB throughput proxied ≥ 0.5x direct.
 """
 
@@ -36,6 +39,7 @@ from agent.host.egress.proxy import (  # noqa: E402
     EgressProxy,
     EgressRequest,
     EgressVerdict,
+    _ResolvedNames,
     stop_shared_server,
 )
 from agent.host.sandbox import Limits, Sandbox  # noqa: E402
@@ -50,6 +54,10 @@ CHUNK = 1 << 20
 
 class _Upstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body go out in separate writes: with Nagle on, each
+    # small response waited ~40 ms for the client's delayed ACK, direct and
+    # proxied alike, and that wait (and its scatter) hid the proxy's cost.
+    disable_nagle_algorithm = True
     big_bytes = 0
     block = b"x" * CHUNK
 
@@ -157,20 +165,33 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         plain.start()
         attach_ms = (time.perf_counter() - started) * 1000
+        # A third session redacting as before the one-pass prefilter: every
+        # chunk through the full search (the same redactor, prefilter off).
+        before = EgressProxy(_AllowAll(), _FullSearchBroker(broker), session_id="bench",
+                             local_hosts=["localhost"], upstream_ca=ca_file,
+                             resolver=lambda h, p: ["127.0.0.1"])
+        before._resolved = _ResolvedNames(ttl=0.0)  # and resolving on every connection
+        before.start()
         try:
-            with proxy.channel("bench") as channel, plain.channel("bench") as bare:
+            with (proxy.channel("bench") as channel, plain.channel("bench") as bare,
+                  before.channel("bench") as full):
                 clients.apply(_requests, (args.runs, port, str(channel.socket_path),
-                                          str(ca_file), str(channel.ca_bundle)))
+                                          str(ca_file), str(channel.ca_bundle),
+                                          str(full.socket_path), str(full.ca_bundle)))
                 rows = clients.apply(_download, (args.mb, port, str(ca_file), [
                     ("proxied, vault open (redacted stream)", str(channel.socket_path),
                      str(channel.ca_bundle)),
+                    ("proxied, vault open, prefilter off (full search)", str(full.socket_path),
+                     str(full.ca_bundle)),
                     ("proxied, no vault (nothing to redact)", str(bare.socket_path),
                      str(bare.ca_bundle)),
                 ]))
             _starts(args.starts, tmp, proxy)
+            redactor_rows = _redactor_alone(broker, args.mb, args.body)
         finally:
             proxy.close()
             plain.close()
+            before.close()
             stop_shared_server()
             broker.close()
             upstream.terminate()
@@ -180,9 +201,59 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name, seconds, rate in rows:
         print(f"| {name} | {seconds:.2f} | {rate:.0f} | {rate / rows[0][2]:.2f}x |")
+    print(f"\nthe redactor alone: {min(args.mb, 64)} MB ({args.body} bytes as latin-1 text) "
+          f"in {REDACT_CHUNK // 1024} KiB chunks, in this process\n")
+    print("| variant | seconds | MB/s | vs the prefilter |")
+    print("|---|---:|---:|---:|")
+    for name, seconds, rate in redactor_rows:
+        print(f"| {name} | {seconds:.3f} | {rate:.0f} | {rate / redactor_rows[1][2]:.2f}x |")
     print(f"\nfirst session's proxy start (shared server up, CA minted): {proxy_start_ms:.0f} ms"
           f"\nnext session's proxy start (CA minted, server running): {attach_ms:.0f} ms")
     return 0
+
+
+class _FullSearchBroker:
+    """The bench's broker, handing redactors that skip the one-pass prefilter (as before it)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def redeem_egress(self, handle: str, **kwargs: Any) -> Any:
+        return self._broker.redeem_egress(handle, **kwargs)
+
+    def egress_redactor(self, session_id: str) -> Any:
+        redactor = self._broker.egress_redactor(session_id)
+        redactor._latin_min = sys.maxsize
+        return redactor
+
+
+REDACT_CHUNK = 1 << 16
+"""What mitmproxy hands the stream: one read of the upstream socket."""
+
+
+def _redactor_alone(broker: Broker, mb: int, body: str) -> list[tuple[str, float, float]]:
+    """Stream ``mb`` MB through the session's redactor: a copy, with the prefilter, without."""
+    block = (random.Random(0).randbytes(CHUNK) if body == "random" else b"x" * CHUNK)
+    size = min(mb, 64) * CHUNK  # the full search alone takes seconds per 100 MB
+    text = (block * (size // CHUNK)).decode("latin-1")
+    rows = []
+
+    def copy(piece: str) -> str:
+        return piece.encode("latin-1").decode("latin-1")
+
+    fast = broker.egress_redactor("bench").stream()
+    slow_redactor = broker.egress_redactor("bench")
+    slow_redactor._latin_min = sys.maxsize
+    slow = slow_redactor.stream()
+    for name, feed in (("a copy (decode, encode)", copy),
+                       ("stream redactor, one-pass prefilter", fast.feed),
+                       ("stream redactor, prefilter off (full search)", slow.feed)):
+        start = time.perf_counter()
+        for at in range(0, len(text), REDACT_CHUNK):
+            feed(text[at : at + REDACT_CHUNK])
+        seconds = time.perf_counter() - start
+        rows.append((name, seconds, size / CHUNK / seconds))
+    return rows
 
 
 def _upstream_main(cert_file: str, big_bytes: int, body: str, ports: Any) -> None:
@@ -198,11 +269,13 @@ def _upstream_main(cert_file: str, big_bytes: int, body: str, ports: Any) -> Non
     httpd.serve_forever()
 
 
-def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: str) -> None:
+def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: str,
+              uncached_sock: str, uncached_ca: str) -> None:
     """Time the request variants (in the client process) and print their table."""
     sock = Path(sock_name)
     direct = ssl.create_default_context(cafile=direct_ca)
     proxied = ssl.create_default_context(cafile=proxied_ca)
+    uncached = ssl.create_default_context(cafile=uncached_ca)
     keep_direct = http.client.HTTPSConnection("localhost", port, context=direct)
     keep_proxy = _tunnel(sock, port, proxied)
 
@@ -220,11 +293,19 @@ def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: 
         finally:
             conn.close()
 
+    def fresh_uncached() -> int:
+        conn = _tunnel(Path(uncached_sock), port, uncached)
+        try:
+            return _get(conn, "/small")
+        finally:
+            conn.close()
+
     variants: dict[str, Callable[[], int]] = {
         "direct, kept-alive connection": lambda: _get(keep_direct, "/small"),
         "proxied, kept-alive connection": lambda: _get(keep_proxy, "/small"),
         "direct, new TLS connection": fresh_direct,
         "proxied, new CONNECT + TLS": fresh_proxy,
+        "proxied, new CONNECT + TLS, resolving every time": fresh_uncached,
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():

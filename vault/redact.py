@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
 import html
 import json
 import math
@@ -43,6 +44,7 @@ from typing import Protocol
 from urllib.parse import quote, quote_from_bytes, quote_plus
 
 import ahocorasick  # type: ignore[import-not-found]  # pyahocorasick ships no stubs
+import ahocorasick_rs
 
 from vault.errors import RedactionError
 
@@ -171,6 +173,8 @@ def _lower_escapes(encoded: str) -> str:
 _UNIT = re.compile(r"\s+|\\u[0-9a-fA-F]{4}")
 _ESCAPE_WIDTH = 6
 _ESCAPE = re.compile(r"\\u[0-9a-fA-F]{4}")
+_ESCAPE_BYTES = re.compile(rb"\\u[0-9a-fA-F]{4}")
+_ESCAPE_START = ahocorasick_rs.BytesAhoCorasick([b"\\u"])
 # The str.isspace() characters (what \s means), deleted by str.translate. None
 # lies above U+3000 (a test checks it against every code point).
 _DROP_SPACE: dict[int, None] = {c: None for c in range(0x3001) if chr(c).isspace()}
@@ -538,6 +542,70 @@ probes' ``str.find`` passes: the table is then an Aho-Corasick automaton of
 every pattern instead."""
 
 
+_LATIN_MIN = 4096
+"""Once a redactor has searched this many characters, each latin-1 text it
+searches (the egress proxy's bytes) is first checked by a
+:class:`_LatinPrefilter`: building one (~0.1 ms) costs more than the probes'
+``str.find`` passes over a few short texts, and less than over a few KiB."""
+
+_TEDDY_MAX = 64
+"""The most needles one prefilter automaton holds (see :class:`_LatinPrefilter`)."""
+
+# Folding of latin-1 text as bytes: each character lowers to one latin-1
+# character (a test checks it), whitespace is deleted.
+_LATIN1_LOWER = bytes(ord(_fold_char(chr(c))) for c in range(256))
+
+
+class _LatinPrefilter:
+    """Proves, in one C pass over the fold of a latin-1 text, that nothing occurs in it.
+
+    It searches the folded text (as bytes) for every variant probe (each
+    variant pattern holds one) and for the fold of the first characters of
+    every exact form (what ``str.find`` probes in :meth:`Redactor._intervals`):
+    in a text without JSON escapes folding is per character, so an exact
+    form's occurrence leaves its fold in the folded text. A text where no
+    needle occurs holds no occurrence at all. Any hit, or an escape, answers
+    "maybe", and the caller runs the full search.
+    """
+
+    def __init__(self, exact: Iterable[str], folded: Iterable[str]) -> None:
+        needles = {_fold_text(probe) for probe in exact} | set(folded)
+        # An empty needle occurs everywhere: then nothing is ever cleared.
+        self._never = "" in needles
+        # A needle that is not latin-1 never occurs in the fold of latin-1 text.
+        encoded = set()
+        for needle in needles - {""}:
+            with contextlib.suppress(UnicodeEncodeError):
+                encoded.add(needle.encode("latin-1"))
+        # Leftmost-first (any match answers "maybe") lets the library use its
+        # SIMD searcher (Teddy, ~10 GB/s), which takes at most 64 needles: so
+        # one automaton per 64 (a DFA, ~0.5 GB/s, would take them all at once).
+        ordered = sorted(encoded)
+        self._automata = [
+            ahocorasick_rs.BytesAhoCorasick(
+                ordered[i : i + _TEDDY_MAX],
+                matchkind=ahocorasick_rs.MatchKind.LeftmostFirst,
+                implementation=ahocorasick_rs.Implementation.DFA,
+            )
+            for i in range(0, len(ordered), _TEDDY_MAX)
+        ]
+
+    def clear(self, text: str) -> bool:
+        """True when ``text`` is latin-1 and holds no occurrence; False: maybe (search it)."""
+        if self._never:
+            return False
+        try:
+            raw = text.encode("latin-1")
+        except UnicodeEncodeError:
+            return False
+        # Rare in most bodies, so each is checked alone (this search is SIMD).
+        for _, at, _ in _ESCAPE_START.find_matches_as_indexes(raw):
+            if _ESCAPE_BYTES.match(raw, at):
+                return False
+        folded = raw.translate(_LATIN1_LOWER, _LATIN1_SPACE_BYTES)
+        return not any(a.find_matches_as_indexes(folded) for a in self._automata)
+
+
 class Redactor:
     """Replaces every form, variant and near-copy of a set of named secrets.
 
@@ -588,7 +656,9 @@ class Redactor:
                 for probe, k in _base_probes(base, width):
                     base_probes.setdefault(probe, []).append((n, k))
             automaton = None
-            if len(form_probes.keys() | base_probes.keys()) > _MAX_PROBES:
+            # Every variant pattern holds one of these (the automaton's too).
+            needles = form_probes.keys() | base_probes.keys()
+            if len(needles) > _MAX_PROBES:
                 every = dict(folded)
                 for base, width, name in bases:
                     for window in _windows(base, width):
@@ -608,6 +678,10 @@ class Redactor:
             exact.setdefault(form[:_PROBE_MAX], []).append((form, name))
         self._exact = sorted(exact.items())
         self._automaton = automaton
+        self._needles = sorted(needles)
+        self._latin: _LatinPrefilter | None = None
+        self._latin_min = _LATIN_MIN
+        self._searched = 0  # characters searched so far (a stream's held-back ones again)
         self._bases = bases
         self._form_probes = form_probes
         self._base_probes = base_probes
@@ -631,6 +705,11 @@ class Redactor:
         every position is searched. ``view``: ``fold(text)``, where the caller
         has it already.
         """
+        self._searched += len(text)
+        if (self._latin is not None or self._searched >= self._latin_min) and (
+            self._latin_prefilter().clear(text)
+        ):
+            return []
         found: list[tuple[int, int, str, int]] = []
         for probe, forms in self._exact:
             pos = text.find(probe)
@@ -650,6 +729,11 @@ class Redactor:
                 start, end = view.span(a, b)
                 found.append((start, start - end, name, end))
         return _merge(found)
+
+    def _latin_prefilter(self) -> _LatinPrefilter:
+        if self._latin is None:
+            self._latin = _LatinPrefilter((probe for probe, _ in self._exact), self._needles)
+        return self._latin
 
     def _variant_spans(self, folded: str) -> list[tuple[int, int, str]]:
         """Folded spans of the folded forms and near-copies in ``folded``.
@@ -793,30 +877,39 @@ class StreamRedactor:
             failure = _failure(e)
         raise failure
 
-    def _decidable(self, buf: str, view: FoldedText | None) -> int:
-        """How far into ``buf`` (folded: ``view``) every occurrence that starts there is known."""
+    def _decidable(self, buf: str) -> int:
+        """How far into ``buf`` every occurrence that starts there is known.
+
+        Folded positions are counted on a fold of the buffer's tail only
+        (long enough to hold ``max_folded_length`` folded characters): the
+        fold of a text cut where no escape is cut is the tail of its fold.
+        """
         decide = len(buf) - self._keep
-        if view is None:
+        if self._folded_keep < 0:
             return decide
-        # A folded character is settled once a \uXXXX escape starting at it
-        # would be complete; one cut at the end may still change.
-        settled = view.count_before(len(buf) - _ESCAPE_WIDTH + 1)
-        first_open = settled - self._folded_keep
-        if first_open <= 0:
-            return 0
-        return min(decide, view.origin(first_open))
+        width = _ESCAPE_WIDTH * (self._folded_keep + 2)
+        while True:
+            start = _unit_start(buf, max(len(buf) - width, 0))
+            tail = fold(buf[start:])
+            # A folded character is settled once a \uXXXX escape starting at
+            # it would be complete; one cut at the end may still change.
+            open_at = tail.count_before(len(buf) - start - _ESCAPE_WIDTH + 1) - self._folded_keep
+            if open_at > 0:
+                return min(decide, start + tail.origin(open_at))
+            if start == 0:
+                return 0
+            width *= 2
 
     def _step(self, chunk: str, *, final: bool) -> str:
         base = len(self._context)
         buf = self._context + self._pending + chunk
-        view = fold(buf) if self._folded_keep >= 0 else None
-        decide = len(buf) if final else self._decidable(buf, view)
+        decide = len(buf) if final else self._decidable(buf)
         if decide <= base:
             self._pending = buf[base:]
             return ""
         out: list[str] = []
         pos = base
-        for iv in self._redactor._intervals(buf, self._origin, view):
+        for iv in self._redactor._intervals(buf, self._origin):
             if iv.end <= base:
                 continue
             if iv.start >= decide:

@@ -337,6 +337,37 @@ def test_loopback_is_refused_without_the_hosts_override(
     assert any(kind == "egress_failed" for kind, _ in hooks.records)
 
 
+@pytest.mark.parametrize("ttl", [30.0, 0.0])
+def test_a_session_reuses_a_resolution_but_checks_the_address_every_time(
+    tmp_path: Path, ca: trustme.CA, server: int, monkeypatch: pytest.MonkeyPatch, ttl: float
+) -> None:
+    monkeypatch.setattr("agent.host.egress.proxy.RESOLVED_TTL", ttl)
+    resolved: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return ["127.0.0.1"]
+
+    hooks = Hooks()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    # No local_hosts override: the loopback answer is refused, cached or not.
+    proxy = EgressProxy(hooks, None, session_id=SESSION, upstream_ca=ca_file, resolver=resolver)
+    proxy.start()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    try:
+        for _ in range(2):
+            Sandbox.detect().run_shell(
+                f"curl -sS -o /dev/null https://localhost:{server}/x", ws,
+                Limits(wall_seconds=30), egress=proxy,
+            )
+    finally:
+        proxy.close()
+    assert len([k for k, _ in hooks.records if k == "egress_failed"]) == 2
+    assert resolved == ["localhost"] * (1 if ttl else 2)
+
+
 def test_a_process_outside_the_sandbox_cannot_use_the_proxy_port(rig: Rig) -> None:
     import socket
 

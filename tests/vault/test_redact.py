@@ -513,3 +513,161 @@ def test_dropping_whitespace_takes_the_fast_path_with_the_same_result(text: str)
     assert _drop_space(text) == text.translate(_DROP_SPACE)
     latin1 = text.encode("utf-8").decode("latin-1")  # the egress proxy's bytes as text
     assert _drop_space(latin1) == latin1.translate(_DROP_SPACE)
+
+
+# ------------------------------------------------- latin-1 prefilter, stream
+
+
+def test_every_latin1_character_folds_to_one_latin1_character() -> None:
+    from vault.redact import _LATIN1_LOWER, _fold_text
+
+    for c in range(256):
+        folded = _fold_text(chr(c))
+        if folded:  # whitespace is deleted, not mapped
+            assert len(folded) == 1 and ord(folded) == _LATIN1_LOWER[c]
+
+
+latin1_filler_st = st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=40) | filler_st
+SHORT = "Qz\xe99"
+"""A raw form shorter than the derived forms' minimum: matched exactly, not folded."""
+
+
+def _latin1_pieces(value: bytes | str) -> list[str]:
+    """The egress proxy's view (bytes as latin-1) of every form and variant of ``value``."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    as_text = raw.decode("latin-1")
+    return [
+        *(f.encode("utf-8").decode("latin-1") for f in encodings(raw)),
+        *_variants(as_text).values(),
+        as_text.upper(),
+        " ".join(raw.hex().upper()),
+        "\xa0\x85".join(as_text),
+        "\x85".join(raw.hex()),
+    ]
+
+
+def _latin1_table(value: bytes | str) -> dict[str, bytes | str]:
+    """The secret and, as the broker adds for the egress proxy, its bytes seen as latin-1."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return {"S": value, "L": raw.decode("latin-1"), "Q": SHORT}
+
+
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=secrets_st | text_secrets_st,
+    pick=st.integers(min_value=0, max_value=27),
+    part=st.none() | st.tuples(st.integers(0, 60), st.integers(1, 80)),
+    filler=st.lists(latin1_filler_st, min_size=2, max_size=2),
+    many=st.booleans(),
+)
+def test_property_latin1_prefilter_finds_exactly_what_the_reference_finds(
+    value: bytes | str,
+    pick: int,
+    part: tuple[int, int] | None,
+    filler: list[str],
+    many: bool,
+) -> None:
+    # One form, variant or near-copy of a secret (or any piece of one) in a
+    # latin-1 body: redaction with the one-pass prefilter equals the full
+    # search alone, and a text the prefilter clears holds nothing.
+    pieces = [*_latin1_pieces(value), SHORT, SHORT.upper()]
+    piece = pieces[pick % len(pieces)]
+    if part is not None:
+        piece = piece[part[0] : part[0] + part[1]]
+    text = filler[0] + piece + filler[1]
+    table = _latin1_table(value)
+    with pytest.MonkeyPatch.context() as mp:
+        # Many: the full search through one automaton, the prefilter's needles
+        # in automata of a few each.
+        mp.setattr("vault.redact._MAX_PROBES", 0 if many else 256)
+        mp.setattr("vault.redact._TEDDY_MAX", 3 if many else 64)
+        fast = Redactor(table)
+        reference = Redactor(table)
+        assert len(fast._latin_prefilter()._automata) > 1 or not many
+    fast._latin_min = 0
+    reference._latin_min = sys.maxsize
+    expected = reference.redact(text)
+    assert fast.redact(text) == expected
+    if fast._latin_prefilter().clear(text):
+        assert expected == (text, [])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=secrets_st | text_secrets_st,
+    picks=st.lists(st.integers(min_value=0, max_value=100), max_size=3),
+    filler=st.lists(latin1_filler_st, min_size=4, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+)
+def test_property_latin1_stream_with_the_prefilter_equals_one_shot_reference(
+    value: bytes | str, picks: list[int], filler: list[str], cuts: list[int]
+) -> None:
+    pieces = _latin1_pieces(value)
+    chosen = zip(picks, filler[1:], strict=False)
+    text = filler[0] + "".join(pieces[p % len(pieces)] + f for p, f in chosen)
+    fast = Redactor(_latin1_table(value))
+    fast._latin_min = 0
+    reference = Redactor(_latin1_table(value))
+    reference._latin_min = sys.maxsize
+    assert stream_redact(fast, chunks(text, cuts)) == reference.redact(text)[0]
+
+
+def test_a_large_latin1_body_is_cleared_in_one_pass_and_a_secret_in_it_is_still_found() -> None:
+    import random
+
+    body = random.Random(7).randbytes(1 << 16).decode("latin-1")
+    r = Redactor({"K": TEXT_KEY})
+    assert r._latin_prefilter().clear(body)
+    assert r.redact(body) == (body, [])
+    cut = len(body) // 2
+    spaced = " ".join(TEXT_KEY[5:25]).upper()  # a near-copy, spaced out, other case
+    hit = body[:cut] + spaced + body[cut:]
+    assert not r._latin_prefilter().clear(hit)
+    assert r.redact(hit) == (body[:cut] + "[REDACTED:K]" + body[cut:], ["K"])
+
+
+def test_a_secret_that_folds_to_nothing_is_never_cleared() -> None:
+    r = Redactor({"W": " \t \n "})
+    assert not r._latin_prefilter().clear("plain text " * 1000)
+
+
+@pytest.mark.parametrize("unit", ["\\u0041", "\\u0041 ", "a\\u03A3\\u0020"])
+def test_stream_decides_from_a_tail_that_never_cuts_an_escape(unit: str) -> None:
+    for folded_keep in range(12):
+        for count in range(40):
+            _check_decide(unit * count + "b" * (count % 3), folded_keep, count % 4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(fold_alphabet | st.sampled_from([" " * 9, "\n" * 20]), max_size=120),
+    folded_keep=st.integers(min_value=0, max_value=30),
+    keep=st.integers(min_value=0, max_value=30),
+)
+def test_property_stream_decides_from_the_tail_as_from_the_whole_fold(
+    parts: list[str], folded_keep: int, keep: int
+) -> None:
+    _check_decide("".join(parts), folded_keep, keep)
+
+
+def _check_decide(buf: str, folded_keep: int, keep: int) -> None:
+    from vault.redact import _ESCAPE_WIDTH, StreamRedactor
+
+    stream = StreamRedactor(Redactor({"K": "abc"}))
+    stream._keep, stream._folded_keep = keep, folded_keep
+    # The whole buffer's fold, as the stream computed it before.
+    view = fold(buf)
+    decide = len(buf) - keep
+    first_open = view.count_before(len(buf) - _ESCAPE_WIDTH + 1) - folded_keep
+    expected = 0 if first_open <= 0 else min(decide, view.origin(first_open))
+    assert stream._decidable(buf) == expected
+
+
+def test_the_prefilter_is_built_once_a_redactor_has_searched_a_few_kib() -> None:
+    r = Redactor({"K": TEXT_KEY})
+    assert r.redact("short text")[1] == [] and r._latin is None  # not worth building
+    stream = r.stream()
+    body = "".join(stream.feed("0123456789" * 10) for _ in range(60)) + stream.finish()
+    assert r._latin is not None and body == "0123456789" * 600

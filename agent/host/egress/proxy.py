@@ -48,7 +48,9 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -511,6 +513,38 @@ class EgressServer:
             object.__setattr__(data.server, "address", name)
 
 
+#: How long a session reuses a host's resolved addresses (they are checked at each use).
+RESOLVED_TTL = 30.0
+#: How many hosts' addresses a session keeps.
+_RESOLVED_MAX = 256
+
+
+class _ResolvedNames:
+    """A session's recent name resolutions, so a new connection skips the resolver.
+
+    Only resolution is cached: the address check runs on every connection,
+    and a host is resolved only once the rules allowed a request to it.
+    Touched only on the proxy's loop.
+    """
+
+    def __init__(self, ttl: float | None = None) -> None:
+        self.ttl = ttl
+        self._entries: OrderedDict[tuple[str, int], tuple[float, list[Any]]] = OrderedDict()
+
+    def get(self, key: tuple[str, int], now: float) -> list[Any] | None:
+        entry = self._entries.get(key)
+        if entry is None or now >= entry[0]:
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[str, int], addresses: list[Any], now: float) -> None:
+        ttl = RESOLVED_TTL if self.ttl is None else self.ttl
+        self._entries[key] = (now + ttl, addresses)
+        self._entries.move_to_end(key)
+        while len(self._entries) > _RESOLVED_MAX:
+            self._entries.popitem(last=False)
+
+
 #: Sandbox connections get peer "ports" from here on: above any TCP port.
 _UNIX_PEERS = 1 << 20
 #: How far a sandbox's Unix socket reads ahead.
@@ -631,6 +665,7 @@ class EgressProxy:
         self._count = 0
         self._redactor: Any = None
         self._audits: set[asyncio.Future[None]] = set()
+        self._resolved = _ResolvedNames()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -850,7 +885,12 @@ class EgressProxy:
         host, port = str(address[0]).lower().rstrip("."), int(address[1])
         resolver = self._resolver or system_resolver
         try:
-            addresses = await asyncio.to_thread(resolve, host, port, resolver)
+            cached = self._resolved.get((host, port), time.monotonic())
+            if cached is not None:
+                addresses = cached
+            else:
+                addresses = await asyncio.to_thread(resolve, host, port, resolver)
+                self._resolved.put((host, port), addresses, time.monotonic())
             check_addresses(host, addresses, allow_local=host in self.local_hosts)
         except GrantRefused as e:
             data.server.error = f"refused: {e.reason}"
