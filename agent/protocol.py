@@ -133,6 +133,11 @@ class Task(_Msg):
         "one continues its conversation (and the model's cache); empty or another id "
         "starts afresh from ``history``.",
     )
+    scaffold: bool | None = Field(
+        default=None,
+        description="Use the small-model step scaffold (closed paths, a plain-text answer "
+        "step); None: the agent decides (on for a local llama.cpp model).",
+    )
 
 
 class ToolResult(_Msg):

@@ -139,6 +139,8 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         confidence_floor: A write, command, network or capability call whose
             confidence is below this asks even where a rule allows it; None
             never asks for that reason.
+        scaffold: Whether the agent uses the small-model step scaffold (see
+            :mod:`agent.worker.scaffold`); None lets it decide by the model.
     """
 
     def __init__(
@@ -172,6 +174,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         kv_store: StateStore | None = None,
         model_hashes: ModelHashes | None = None,
         confidence_floor: float | None = None,
+        scaffold: bool | None = None,
     ) -> None:
         self._mcp = mcp
         self._spec = model_spec
@@ -183,6 +186,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         self._memory = memory
         self._policy = policy
         self._confidence_floor = confidence_floor
+        self._scaffold = scaffold
         self._prompt = prompt
         self._audit = audit
         self.session_id = session_id
@@ -581,6 +585,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
             tools=offers(self._tools) + self._mcp_offers(),
             limits=self._limits,
             conversation=self._conversation,
+            scaffold=self._scaffold,
         )
 
     def _mcp_offers(self) -> list[ToolOffer]:

@@ -265,7 +265,7 @@ class Executor:
         return _Choice(finished, plain, generated, evaluated)
 
     def _scaffold(self, task: Task) -> StepScaffold:
-        closed = self._closed_paths
+        closed = task.scaffold if task.scaffold is not None else self._closed_paths
         if closed is None:
             closed = self._model.info.backend == "llama.cpp"
         # A small model writes the answer to a question into a file: with closed

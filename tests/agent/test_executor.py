@@ -433,3 +433,15 @@ def test_old_tool_results_are_masked_before_the_context_overflows() -> None:
         "call the tool again with these arguments to see it.]"
     ]
     assert last[-1].content.count("word") == 600
+
+
+def test_the_task_can_turn_the_scaffold_off_for_a_local_model() -> None:
+    question = "What is in the file VERSION?"
+    run = make(call("read_file", path="VERSION"), final("3.14.2"))
+    run.tools.answers = [ToolResult(call_id="?", ok=True, content="3.14.2\n")]
+    executor = Executor(run.model, run.tools, run.emitted.append, closed_paths=True)
+    task = Task(task=question, tools=offers(["read_file"]), scaffold=False)
+    answer = executor.run(task, CancelToken())
+    # No plain-text answer step: the model answers in the errand's own conversation.
+    assert (answer.text, answer.stats.steps) == ("3.14.2", 2)
+    assert any(m.content.startswith("Result of read_file") for m in run.model.calls[-1])

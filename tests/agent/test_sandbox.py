@@ -398,7 +398,9 @@ def test_root_fork_bomb_is_stopped_by_the_kernel_pids_limit(
         pytest.skip("no writable pids cgroup on this machine")
     probe.destroy()
     limits = Limits(max_processes=16, wall_seconds=10, cpu_seconds=5)
-    result = sandbox.run_shell("bomb() { bomb | bomb & }; bomb; wait", workspace, limits)
+    # `wait` would return as soon as the first pipeline's shells have put their
+    # own bombs in the background: on a loaded machine, before the limit is hit.
+    result = sandbox.run_shell("bomb() { bomb | bomb & }; bomb; sleep 2", workspace, limits)
     assert result.limit_hit == "processes"
     assert "fork" in result.output.lower()  # fork failed in the kernel, not killed late
     # Nothing of the bomb survives: every sandbox cgroup left is empty (its
