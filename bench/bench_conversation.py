@@ -213,9 +213,9 @@ def quarterly_report(max_bytes: int) -> str:
     size = len(lines[0]) + 1
     i = 0
     while True:
-        # Twelve figures a line: dense in tokens even in the first 100 lines,
+        # 24 figures a line: dense in tokens even in the first 100 lines,
         # which is all the embedded model asks for (read_file max_lines=100).
-        q = [(i * 7919 + k * 104729) % 9000 + 1000 for k in range(12)]
+        q = [(i * 7919 + k * 104729) % 9000 + 1000 for k in range(24)]
         line = f"Region {i}: " + " ".join(map(str, q))
         if size + len(line) + 1 > max_bytes:
             return "\n".join(lines) + "\n"
