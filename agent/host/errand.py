@@ -64,6 +64,7 @@ from agent.protocol import (
     ModelRequest,
     Progress,
     Ready,
+    Resample,
     Shutdown,
     Task,
     TokenChunk,
@@ -139,6 +140,9 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         confidence_floor: A write, command, network or capability call whose
             confidence is below this asks even where a rule allows it; None
             never asks for that reason.
+        resample: Sample a tool call whose confidence is below its floor
+            again (at temperature, a few tries, the surest kept), in the
+            agent process; None never does.
     """
 
     def __init__(
@@ -172,6 +176,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         kv_store: StateStore | None = None,
         model_hashes: ModelHashes | None = None,
         confidence_floor: float | None = None,
+        resample: Resample | None = None,
     ) -> None:
         self._mcp = mcp
         self._spec = model_spec
@@ -183,6 +188,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         self._memory = memory
         self._policy = policy
         self._confidence_floor = confidence_floor
+        self._resample = resample
         self._prompt = prompt
         self._audit = audit
         self.session_id = session_id
@@ -580,6 +586,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
             history=recent_turns(self._history, HISTORY_CHARS),
             tools=offers(self._tools) + self._mcp_offers(),
             limits=self._limits,
+            resample=self._resample,
             conversation=self._conversation,
         )
 

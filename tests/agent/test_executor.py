@@ -15,6 +15,7 @@ from agent.protocol import (
     ErrandLimits,
     FinalAnswer,
     Progress,
+    Resample,
     Task,
     TokenChunk,
     ToolRequest,
@@ -23,7 +24,7 @@ from agent.protocol import (
 from agent.worker.executor import Executor
 from models.errors import GenerationError
 from models.fake import ScriptedModel
-from models.interface import CancelToken
+from models.interface import CancelToken, Finished
 
 
 def call(tool: str, **arguments: object) -> str:
@@ -433,3 +434,101 @@ def test_old_tool_results_are_masked_before_the_context_overflows() -> None:
         "call the tool again with these arguments to see it.]"
     ]
     assert last[-1].content.count("word") == 600
+
+
+# -- resampling low-confidence calls ---------------------------------------------------
+
+
+class SureModel(ScriptedModel):
+    """A scripted model whose replies come with a scripted confidence."""
+
+    def __init__(self, replies: list[tuple[str, float]]) -> None:
+        super().__init__([text for text, _ in replies])
+        self.confidences = [confidence for _, confidence in replies]
+        self.temperatures: list[float] = []
+
+    def stream_chat(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        self.temperatures.append(kwargs.get("temperature", 0.0))
+        confidence = self.confidences.pop(0)
+        for event in super().stream_chat(messages, **kwargs):
+            if isinstance(event, Finished):
+                stats = event.stats.model_copy(update={"confidence": confidence})
+                event = event.model_copy(update={"stats": stats})
+            yield event
+
+
+RESAMPLE = Resample(floor=3.0, tries=3, temperature=0.7)
+
+
+def sure(*replies: tuple[str, float]) -> Run:
+    return Run(SureModel(list(replies)), Tools(), [])
+
+
+def test_a_low_confidence_call_is_replaced_by_a_more_confident_resample() -> None:
+    unsure, better = call("list_dir", path="."), call("read_file", path="notes.txt")
+    run = sure((unsure, 1.0), (better, 3.5), (final("done"), 4.0))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert answer.text == "done"
+    [request] = run.tools.requests
+    assert (request.tool, request.confidence) == ("read_file", 3.5)
+    # The second try reached the floor: no third. Greedy first, then sampled.
+    assert run.model.temperatures == [0.0, 0.7, 0.0]
+    assert run.model.calls[0] == run.model.calls[1]
+    assert run.model.calls[2][-2].content == better  # the kept reply is the step's
+    assert answer.stats.resamples == 1
+    assert answer.stats.generated_tokens == sum(
+        run.model.count_tokens(r) for r in (unsure, better, final("done"))
+    )
+    first = run.model.calls[0]
+    prompt = sum(run.model.count_tokens(m.content) + 4 for m in first) + 1
+    assert answer.stats.evaluated_tokens > 2 * prompt  # the resample's prompt counted
+
+
+def test_tries_bound_the_resamples_and_the_most_confident_is_kept() -> None:
+    replies = [call("list_dir", path=p) for p in (".", "sub", "docs")]
+    run = sure((replies[0], 1.0), (replies[1], 2.0), (replies[2], 1.5), (final("done"), 4.0))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert answer.text == "done"
+    [request] = run.tools.requests
+    assert (request.arguments, request.confidence) == ({"path": "sub"}, 2.0)
+    assert run.model.temperatures == [0.0, 0.7, 0.7, 0.0]
+    assert answer.stats.resamples == 2
+
+
+def test_a_resample_that_repeats_an_earlier_call_is_not_kept() -> None:
+    listed = call("list_dir", path=".")
+    run = sure(
+        (listed, 4.0),
+        (call("read_file", path="notes.txt"), 1.0),
+        (listed, 3.9),  # surer, but the result is in the context already
+        (final("done"), 4.0),
+    )
+    once = RESAMPLE.model_copy(update={"tries": 2})
+    answer = execute(run, TASK.model_copy(update={"resample": once}))
+    assert [r.tool for r in run.tools.requests] == ["list_dir", "read_file"]
+    assert run.tools.requests[1].confidence == 1.0
+    assert answer.stats.resamples == 1
+
+
+def test_a_confident_call_and_a_final_answer_are_generated_once() -> None:
+    run = sure((call("list_dir", path="."), 3.0), (final("done"), 0.5))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert answer.text == "done"
+    assert run.model.temperatures == [0.0, 0.0]
+    assert answer.stats.resamples == 0
+
+
+def test_without_resample_a_low_confidence_call_is_generated_once() -> None:
+    run = sure((call("list_dir", path="."), 0.1), (final("done"), 0.1))
+    answer = execute(run, TASK)
+    assert TASK.resample is None
+    assert run.model.temperatures == [0.0, 0.0]
+    assert [r.confidence for r in run.tools.requests] == [0.1]
+    assert answer.stats.resamples == 0
+
+
+def test_a_call_of_unknown_confidence_is_not_resampled() -> None:
+    run = make(call("list_dir", path="."), final("done"))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert len(run.model.calls) == 2
+    assert answer.stats.resamples == 0
