@@ -25,6 +25,7 @@ from agent.worker.executor import Executor
 from models.errors import GenerationError
 from models.fake import ScriptedModel
 from models.interface import CancelToken, Finished
+from models.runtime import Runtime, RuntimeConfig
 
 
 def call(tool: str, **arguments: object) -> str:
@@ -532,3 +533,46 @@ def test_a_call_of_unknown_confidence_is_not_resampled() -> None:
     answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
     assert len(run.model.calls) == 2
     assert answer.stats.resamples == 0
+
+
+class RecordingRuntime(Runtime):
+    """The embedded model, keeping each generation's reply and temperature."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        super().__init__(config)
+        self.replies: list[tuple[float, str, float | None]] = []
+
+    def stream_chat(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        for event in super().stream_chat(messages, **kwargs):
+            if isinstance(event, Finished):
+                temperature = kwargs.get("temperature", 0.0)
+                self.replies.append((temperature, event.text, event.stats.confidence))
+            yield event
+
+
+@pytest.mark.model
+def test_the_embedded_model_resamples_an_unsure_call_into_other_replies() -> None:
+    from models.catalog import embedded_default
+
+    runtime = RecordingRuntime(
+        RuntimeConfig(model_path=embedded_default().path, n_ctx=2048, n_threads=1)
+    )
+    try:
+        # Every call is below this floor: each step is generated `tries` times.
+        task = TASK.model_copy(
+            update={
+                "resample": Resample(floor=100.0, tries=3, temperature=0.7),
+                "limits": ErrandLimits(max_steps=1, max_tokens_per_step=64),
+            }
+        )
+        tools = Tools()
+        answer = Executor(runtime, tools, [].append).run(task, CancelToken())
+    finally:
+        runtime.close()
+    assert [t for t, _, _ in runtime.replies] == [0.0, 0.7, 0.7], runtime.replies
+    assert answer.stats.resamples == 2
+    # Sampled at temperature, the tries are not the greedy reply over again.
+    assert len({text for _, text, _ in runtime.replies}) > 1, runtime.replies
+    [request] = tools.requests
+    kept = max(c for _, _, c in runtime.replies if c is not None)
+    assert request.confidence == kept
