@@ -75,6 +75,26 @@ class ErrandLimits(BaseModel):
     )
 
 
+class Resample(BaseModel):
+    """How a tool call the model was unsure of is sampled again.
+
+    A step whose tool call has a confidence (:mod:`models.confidence`) below
+    ``floor`` is generated again at ``temperature`` (greedy decoding would
+    give the same reply), up to ``tries`` generations in all, and the most
+    confident valid call is kept.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    floor: float = Field(description="A tool call whose confidence is below this is resampled.")
+    tries: int = Field(
+        default=3, ge=2, le=16, description="Generations of the step at most, the first included."
+    )
+    temperature: float = Field(
+        default=0.7, gt=0.0, le=2.0, description="Sampling temperature of the further tries."
+    )
+
+
 class ToolOffer(BaseModel):
     """One tool the model may call in an errand, as the host describes it.
 
@@ -126,6 +146,9 @@ class Task(_Msg):
     )
     tools: list[ToolOffer] = Field(description="The tools the model may call.")
     limits: ErrandLimits = Field(default_factory=ErrandLimits)
+    resample: Resample | None = Field(
+        default=None, description="Resample low-confidence tool calls; None: never."
+    )
     conversation: str = Field(
         default="",
         max_length=64,
@@ -277,6 +300,11 @@ class ErrandStats(BaseModel):
         default=0,
         ge=0,
         description="Prompt tokens the model evaluated (not reused from its cache).",
+    )
+    resamples: int = Field(
+        default=0,
+        ge=0,
+        description="Extra generations of low-confidence tool calls (their tokens are counted).",
     )
 
 

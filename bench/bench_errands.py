@@ -70,7 +70,7 @@ from agent.host.errand import AgentHost
 from agent.host.events import AgentEvent, ErrandResult
 from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.policy import PolicyEngine, Rule
-from agent.protocol import ErrandLimits
+from agent.protocol import ErrandLimits, Resample
 from models.factory import ModelSpec
 
 Ending = Literal["answer", "loop", "step limit", "token limit", "error"]
@@ -630,6 +630,7 @@ class TaskRun:
     answer: str
     calls: list[dict[str, Any]] = field(default_factory=list)
     prompts: int = 0
+    resamples: int = 0
 
 
 class AllowAll:
@@ -674,6 +675,7 @@ def run_task(
     round_no: int = 1,
     isolate: bool = True,
     echo: Callable[[str], None] | None = None,
+    resample: Resample | None = None,
 ) -> TaskRun:
     """Run one errand in a fresh workspace and data dir and check what it did.
 
@@ -691,7 +693,8 @@ def run_task(
             path.write_text(text, encoding="utf-8")
         ws.mkdir(exist_ok=True)
         text = task.task.replace("{api}", api.base_url if api is not None else "")
-        with _host(root, ws, model, task, api, limits, isolate, echo) as (host, listener, prompt):
+        hosted = _host(root, ws, model, task, api, limits, isolate, echo, resample)
+        with hosted as (host, listener, prompt):
             t0 = time.perf_counter()
             try:
                 host.start()
@@ -713,6 +716,7 @@ def _host(
     limits: ErrandLimits,
     isolate: bool,
     echo: Callable[[str], None] | None,
+    resample: Resample | None = None,
 ) -> Iterator[tuple[AgentHost, StepReplies, AllowAll]]:
     """The host and the trusted services a real errand has, in a private data dir."""
     import httpx
@@ -794,6 +798,7 @@ def _host(
         listener=listener,
         scripted_model=scripted,
         limits=limits,
+        resample=resample,
         isolate=isolate,
         hidden_paths=(services.paths.data_dir,),
     )
@@ -850,6 +855,7 @@ def _judge(
             for c in result.tool_calls
         ],
         prompts=prompt.asked,
+        resamples=stats.resamples if stats else 0,
     )
 
 
@@ -866,6 +872,7 @@ def run_all(
     limits: ErrandLimits | None = None,
     isolate: bool = True,
     echo: Callable[[str], None] | None = None,
+    resample: Resample | None = None,
 ) -> list[TaskRun]:
     """Run every task ``repeat`` times (rounds over all tasks, so load changes hit them alike)."""
     limits = limits or ErrandLimits()
@@ -875,7 +882,7 @@ def run_all(
         for round_no in range(1, repeat + 1):
             for task in tasks:
                 run = run_task(task, model, api=api, limits=limits, round_no=round_no,
-                               isolate=isolate, echo=echo)  # fmt: skip
+                               isolate=isolate, echo=echo, resample=resample)  # fmt: skip
                 runs.append(run)
                 if echo is not None:
                     verdict = "ok" if run.success else f"FAILED ({run.reason})"
@@ -1046,6 +1053,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=ErrandLimits().max_steps)
     parser.add_argument("--json", type=Path, metavar="OUT", help="write every run as JSON")
     parser.add_argument("--no-isolation", action="store_true", help="agent without bubblewrap")
+    parser.add_argument("--resample", type=float, metavar="FLOOR",
+                        help="resample tool calls whose confidence is below FLOOR")  # fmt: skip
+    parser.add_argument("--resample-tries", type=int, default=3, metavar="K",
+                        help="generations of an unsure step at most (with --resample)")  # fmt: skip
     parser.add_argument("--quiet", "-q", action="store_true", help="no per-task progress lines")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -1056,11 +1067,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     model = model_from_args(args)
     limits = ErrandLimits(max_steps=args.max_steps)
+    resample = None
+    if args.resample is not None:
+        try:
+            resample = Resample(floor=args.resample, tries=args.resample_tries)
+        except ValueError as e:
+            parser.error(f"--resample-tries: {e}")
     echo = None if args.quiet else (lambda line: print(line, flush=True))
     before = machine_note()
     started = time.perf_counter()
     runs = run_all(tasks, model, repeat=args.repeat, limits=limits,
-                   isolate=not args.no_isolation, echo=echo)  # fmt: skip
+                   isolate=not args.no_isolation, echo=echo, resample=resample)  # fmt: skip
     total = time.perf_counter() - started
     after = machine_note()
     print(f"\nErrands with {model.label}: {len(tasks)} tasks x {args.repeat}, "
@@ -1070,6 +1087,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(task_table(runs)))
     print()
     print("\n".join(tier_table(runs)))
+    if resample is not None:
+        print(f"\nResampled below confidence {resample.floor} (up to {resample.tries} tries at "
+              f"temperature {resample.temperature}): {sum(r.resamples for r in runs)} extra "
+              "generations.")  # fmt: skip
     confidence = confidence_lines(runs)
     if confidence:
         print()
@@ -1078,6 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         report: dict[str, Any] = {
             "model": model.label,
             "max_steps": args.max_steps,
+            "resample": resample.model_dump() if resample is not None else None,
             "total_s": total,
             "machine": {"before": before, "after": after},
             "runs": [asdict(r) for r in runs],

@@ -323,6 +323,8 @@ class Runtime:
         # Replies as sampled, to splice back over their re-tokenized text.
         self._replies: list[_Reply] = []
         self._eog_ids: list[int] | None = None
+        # Sampled generations so far: each draws from its own seed (see _make_sampler).
+        self._draws = 0
         self._pieces: dict[int, bytes] = {}
         self._info = ModelInfo(
             name=config.name or self.header.name or config.model_path.stem,
@@ -704,7 +706,12 @@ class Runtime:
             sampler.add_top_p(0.95, 1)
             sampler.add_min_p(0.05, 1)
             sampler.add_temp(temperature)
-            sampler.add_dist(self.config.seed)
+            # config.seed + the sampled generations before this one: a run of
+            # calls is reproducible, and the same prompt sampled again (an
+            # unsure tool call resampled) gets another reply, not the same one.
+            # 0xFFFFFFFF is llama.cpp's "random seed", so it is skipped.
+            sampler.add_dist((self.config.seed + self._draws) % 0xFFFFFFFF)
+            self._draws += 1
         return sampler
 
     def _grammar_sampler(self, json_schema: Mapping[str, Any]) -> Any:

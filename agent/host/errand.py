@@ -64,6 +64,7 @@ from agent.protocol import (
     ModelRequest,
     Progress,
     Ready,
+    Resample,
     Shutdown,
     Task,
     TokenChunk,
@@ -141,6 +142,9 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
             never asks for that reason.
         scaffold: Whether the agent uses the small-model step scaffold (see
             :mod:`agent.worker.scaffold`); None lets it decide by the model.
+        resample: Sample a tool call whose confidence is below its floor
+            again (at temperature, a few tries, the surest kept), in the
+            agent process; None never does.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         model_hashes: ModelHashes | None = None,
         confidence_floor: float | None = None,
         scaffold: bool | None = None,
+        resample: Resample | None = None,
     ) -> None:
         self._mcp = mcp
         self._spec = model_spec
@@ -187,6 +192,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
         self._policy = policy
         self._confidence_floor = confidence_floor
         self._scaffold = scaffold
+        self._resample = resample
         self._prompt = prompt
         self._audit = audit
         self.session_id = session_id
@@ -584,6 +590,7 @@ class AgentHost(ToolDispatch, ModelRelay, SavedStates):
             history=recent_turns(self._history, HISTORY_CHARS),
             tools=offers(self._tools) + self._mcp_offers(),
             limits=self._limits,
+            resample=self._resample,
             conversation=self._conversation,
             scaffold=self._scaffold,
         )

@@ -28,6 +28,7 @@ from agent.protocol import (
     ErrandStats,
     FinalAnswer,
     Progress,
+    Resample,
     StopReason,
     Task,
     TokenChunk,
@@ -145,6 +146,7 @@ class Executor:
         generated = 0
         evaluated = 0
         tool_calls = 0
+        resamples = 0
 
         def done(text: str, reason: StopReason, steps: int) -> FinalAnswer:
             stats = ErrandStats(
@@ -153,6 +155,7 @@ class Executor:
                 generated_tokens=generated,
                 evaluated_tokens=evaluated,
                 stop_reason=reason,
+                resamples=resamples,
             )
             return FinalAnswer(text=text, stats=stats, context=self._context())
 
@@ -169,6 +172,7 @@ class Executor:
             chosen = self._choose(task, messages, scaffold, budget, cancel, step)
             generated += chosen.generated
             evaluated += chosen.evaluated
+            resamples += chosen.resamples
             finished, reply = chosen.finished, chosen.finished.text.strip()
             if cancel.cancelled or finished.stats.stop_reason == "cancelled":
                 return done("", "cancelled", step)
@@ -262,7 +266,57 @@ class Executor:
             # exact call makes every step slower (docs/benchmarks.md).
             log.info("step %d: %s repeats a call; sampled again without it", step, tool)
             exclude = tool
-        return _Choice(finished, plain, generated, evaluated)
+        resamples = 0
+        if task.resample is not None and not plain and _is_unsure(finished, task.resample.floor):
+            if _valid_call(finished, scaffold):
+                finished, resamples, more_generated, more_evaluated = self._resample(
+                    task.resample, messages, scaffold, schema, finished, budget, cancel, step
+                )
+                generated += more_generated
+                evaluated += more_evaluated
+        return _Choice(finished, plain, generated, evaluated, resamples)
+
+    def _resample(
+        self,
+        resample: Resample,
+        messages: Sequence[Message],
+        scaffold: StepScaffold,
+        schema: dict[str, Any],
+        first: Finished,
+        budget: int,
+        cancel: CancelToken,
+        step: int,
+    ) -> tuple[Finished, int, int, int]:
+        """Sample an unsure tool call again at temperature; keep the surest valid call.
+
+        Returns:
+            The reply kept, and how many generations, generated and evaluated
+            tokens the further tries took.
+        """
+        best = first
+        tries = generated = evaluated = 0
+        confidences = [first.stats.confidence]
+        while tries + 1 < resample.tries and budget > 0 and not cancel.cancelled:
+            tries += 1
+            finished = self._generate(
+                messages, budget, schema, cancel, step, temperature=resample.temperature
+            )
+            generated += finished.stats.n_generated
+            evaluated += finished.stats.n_prompt_tokens
+            budget -= finished.stats.n_generated
+            confidences.append(finished.stats.confidence)
+            if finished.stats.stop_reason == "cancelled":
+                break
+            surer = _confidence(finished) > _confidence(best)
+            if surer and _valid_call(finished, scaffold):
+                best = finished
+            if not _is_unsure(best, resample.floor):
+                break
+        log.info(
+            "step %d: unsure call resampled %d time(s); confidences %s, kept %s",
+            step, tries, confidences, best.stats.confidence,
+        )  # fmt: skip
+        return best, tries, generated, evaluated
 
     def _scaffold(self, task: Task) -> StepScaffold:
         closed = task.scaffold if task.scaffold is not None else self._closed_paths
@@ -291,9 +345,15 @@ class Executor:
         schema: dict[str, Any] | None,
         cancel: CancelToken,
         step: int,
+        *,
+        temperature: float = 0.0,
     ) -> Finished:
         for event in self._model.stream_chat(
-            messages, max_tokens=max_tokens, json_schema=schema, temperature=0.0, cancel=cancel
+            messages,
+            max_tokens=max_tokens,
+            json_schema=schema,
+            temperature=temperature,
+            cancel=cancel,
         ):
             if isinstance(event, Token):
                 if event.text:
@@ -311,6 +371,31 @@ class _Choice:
     plain: bool
     generated: int
     evaluated: int
+    resamples: int = 0
+
+
+def _confidence(finished: Finished) -> float:
+    """The reply's confidence; a reply without one counts as least sure."""
+    confidence = finished.stats.confidence
+    return float("-inf") if confidence is None else confidence
+
+
+def _is_unsure(finished: Finished, floor: float) -> bool:
+    """Whether the reply has a confidence and it is below ``floor`` (unknown is not unsure)."""
+    confidence = finished.stats.confidence
+    return confidence is not None and confidence < floor
+
+
+def _valid_call(finished: Finished, scaffold: StepScaffold) -> bool:
+    """Whether the reply is a whole tool call that is no repeat."""
+    if finished.stats.stop_reason not in ("eos", "stop"):
+        return False
+    try:
+        action = _parse_action(finished.text.strip())
+    except ValueError:
+        return False
+    tool = action.get("tool")
+    return tool is not None and not scaffold.is_repeat(tool, action["arguments"])
 
 
 def _parse_action(reply: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from agent.protocol import (
     ErrandLimits,
     FinalAnswer,
     Progress,
+    Resample,
     Task,
     TokenChunk,
     ToolRequest,
@@ -23,7 +24,8 @@ from agent.protocol import (
 from agent.worker.executor import Executor
 from models.errors import GenerationError
 from models.fake import ScriptedModel
-from models.interface import CancelToken
+from models.interface import CancelToken, Finished
+from models.runtime import Runtime, RuntimeConfig
 
 
 def call(tool: str, **arguments: object) -> str:
@@ -445,3 +447,144 @@ def test_the_task_can_turn_the_scaffold_off_for_a_local_model() -> None:
     # No plain-text answer step: the model answers in the errand's own conversation.
     assert (answer.text, answer.stats.steps) == ("3.14.2", 2)
     assert any(m.content.startswith("Result of read_file") for m in run.model.calls[-1])
+
+
+# -- resampling low-confidence calls ---------------------------------------------------
+
+
+class SureModel(ScriptedModel):
+    """A scripted model whose replies come with a scripted confidence."""
+
+    def __init__(self, replies: list[tuple[str, float]]) -> None:
+        super().__init__([text for text, _ in replies])
+        self.confidences = [confidence for _, confidence in replies]
+        self.temperatures: list[float] = []
+
+    def stream_chat(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        self.temperatures.append(kwargs.get("temperature", 0.0))
+        confidence = self.confidences.pop(0)
+        for event in super().stream_chat(messages, **kwargs):
+            if isinstance(event, Finished):
+                stats = event.stats.model_copy(update={"confidence": confidence})
+                event = event.model_copy(update={"stats": stats})
+            yield event
+
+
+RESAMPLE = Resample(floor=3.0, tries=3, temperature=0.7)
+
+
+def sure(*replies: tuple[str, float]) -> Run:
+    return Run(SureModel(list(replies)), Tools(), [])
+
+
+def test_a_low_confidence_call_is_replaced_by_a_more_confident_resample() -> None:
+    unsure, better = call("list_dir", path="."), call("read_file", path="notes.txt")
+    run = sure((unsure, 1.0), (better, 3.5), (final("done"), 4.0))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert answer.text == "done"
+    [request] = run.tools.requests
+    assert (request.tool, request.confidence) == ("read_file", 3.5)
+    # The second try reached the floor: no third. Greedy first, then sampled.
+    assert run.model.temperatures == [0.0, 0.7, 0.0]
+    assert run.model.calls[0] == run.model.calls[1]
+    assert run.model.calls[2][-2].content == better  # the kept reply is the step's
+    assert answer.stats.resamples == 1
+    assert answer.stats.generated_tokens == sum(
+        run.model.count_tokens(r) for r in (unsure, better, final("done"))
+    )
+    first = run.model.calls[0]
+    prompt = sum(run.model.count_tokens(m.content) + 4 for m in first) + 1
+    assert answer.stats.evaluated_tokens > 2 * prompt  # the resample's prompt counted
+
+
+def test_tries_bound_the_resamples_and_the_most_confident_is_kept() -> None:
+    replies = [call("list_dir", path=p) for p in (".", "sub", "docs")]
+    run = sure((replies[0], 1.0), (replies[1], 2.0), (replies[2], 1.5), (final("done"), 4.0))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert answer.text == "done"
+    [request] = run.tools.requests
+    assert (request.arguments, request.confidence) == ({"path": "sub"}, 2.0)
+    assert run.model.temperatures == [0.0, 0.7, 0.7, 0.0]
+    assert answer.stats.resamples == 2
+
+
+def test_a_resample_that_repeats_an_earlier_call_is_not_kept() -> None:
+    listed = call("list_dir", path=".")
+    run = sure(
+        (listed, 4.0),
+        (call("read_file", path="notes.txt"), 1.0),
+        (listed, 3.9),  # surer, but the result is in the context already
+        (final("done"), 4.0),
+    )
+    once = RESAMPLE.model_copy(update={"tries": 2})
+    answer = execute(run, TASK.model_copy(update={"resample": once}))
+    assert [r.tool for r in run.tools.requests] == ["list_dir", "read_file"]
+    assert run.tools.requests[1].confidence == 1.0
+    assert answer.stats.resamples == 1
+
+
+def test_a_confident_call_and_a_final_answer_are_generated_once() -> None:
+    run = sure((call("list_dir", path="."), 3.0), (final("done"), 0.5))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert answer.text == "done"
+    assert run.model.temperatures == [0.0, 0.0]
+    assert answer.stats.resamples == 0
+
+
+def test_without_resample_a_low_confidence_call_is_generated_once() -> None:
+    run = sure((call("list_dir", path="."), 0.1), (final("done"), 0.1))
+    answer = execute(run, TASK)
+    assert TASK.resample is None
+    assert run.model.temperatures == [0.0, 0.0]
+    assert [r.confidence for r in run.tools.requests] == [0.1]
+    assert answer.stats.resamples == 0
+
+
+def test_a_call_of_unknown_confidence_is_not_resampled() -> None:
+    run = make(call("list_dir", path="."), final("done"))
+    answer = execute(run, TASK.model_copy(update={"resample": RESAMPLE}))
+    assert len(run.model.calls) == 2
+    assert answer.stats.resamples == 0
+
+
+class RecordingRuntime(Runtime):
+    """The embedded model, keeping each generation's reply and temperature."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        super().__init__(config)
+        self.replies: list[tuple[float, str, float | None]] = []
+
+    def stream_chat(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        for event in super().stream_chat(messages, **kwargs):
+            if isinstance(event, Finished):
+                temperature = kwargs.get("temperature", 0.0)
+                self.replies.append((temperature, event.text, event.stats.confidence))
+            yield event
+
+
+@pytest.mark.model
+def test_the_embedded_model_resamples_an_unsure_call_into_other_replies() -> None:
+    from models.catalog import embedded_default
+
+    runtime = RecordingRuntime(
+        RuntimeConfig(model_path=embedded_default().path, n_ctx=2048, n_threads=1)
+    )
+    try:
+        # Every call is below this floor: each step is generated `tries` times.
+        task = TASK.model_copy(
+            update={
+                "resample": Resample(floor=100.0, tries=3, temperature=0.7),
+                "limits": ErrandLimits(max_steps=1, max_tokens_per_step=64),
+            }
+        )
+        tools = Tools()
+        answer = Executor(runtime, tools, [].append).run(task, CancelToken())
+    finally:
+        runtime.close()
+    assert [t for t, _, _ in runtime.replies] == [0.0, 0.7, 0.7], runtime.replies
+    assert answer.stats.resamples == 2
+    # Sampled at temperature, the tries are not the greedy reply over again.
+    assert len({text for _, text, _ in runtime.replies}) > 1, runtime.replies
+    [request] = tools.requests
+    kept = max(c for _, _, c in runtime.replies if c is not None)
+    assert request.confidence == kept

@@ -17,7 +17,7 @@ from agent.host.permission import PermissionAnswer, PermissionRequest
 from agent.host.policy import Rule, RuleStore
 from agent.host.sandbox import Sandbox
 from agent.host.tools.registry import ALL_TOOLS
-from agent.protocol import MAX_LINE, ErrandLimits
+from agent.protocol import MAX_LINE, ErrandLimits, Resample
 from app.terminal_prompt import TerminalPrompt
 from models.fake import ScriptedModel
 from models.interface import Message
@@ -377,6 +377,22 @@ def test_the_hosts_own_turns_given_back_keep_the_conversation(
     tasks = rig.transcript.sent_of("task")
     assert tasks[0]["conversation"] == tasks[1]["conversation"]
     assert [m.role for m in model.calls[-1]] == ["system", "user", "assistant", "user"]
+
+
+def test_resampling_is_off_by_default_and_the_host_option_reaches_the_agent(
+    tmp_path: Path, ws: Path, rigs: list[Rig]
+) -> None:
+    plain = rig_for(rigs, tmp_path / "a", ws, [final("x")])
+    plain.host.run_errand("x")
+    [task] = plain.transcript.sent_of("task")
+    assert task["resample"] is None
+    resample = Resample(floor=2.5, tries=4, temperature=0.8)
+    rig = rig_for(rigs, tmp_path / "b", ws, [final("x")], resample=resample)
+    result = rig.host.run_errand("x")
+    [task] = rig.transcript.sent_of("task")
+    assert Resample.model_validate(task["resample"]) == resample
+    # The scripted model gives no confidence: nothing is resampled.
+    assert result.stats is not None and result.stats.resamples == 0
 
 
 def test_limits_and_tools_reach_the_agent(tmp_path: Path, ws: Path, rigs: list[Rig]) -> None:

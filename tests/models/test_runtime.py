@@ -387,3 +387,23 @@ def test_a_side_prompt_leaves_the_conversation_in_the_cache(runtime: Runtime) ->
     finished = list(runtime.stream_chat(more, max_tokens=2))[-1]
     assert isinstance(finished, Finished)
     assert finished.stats.n_prompt_tokens < len(runtime.render(more)) // 3
+
+
+def test_sampling_the_same_prompt_again_at_temperature_gives_another_reply(
+    runtime: Runtime,
+) -> None:
+    # The executor resamples an unsure tool call this way: each sampled
+    # generation draws from its own seed (one seed for all gave the same reply).
+    schema = {
+        "type": "object",
+        "properties": {"tool": {"type": "string"}, "path": {"type": "string"}},
+        "required": ["tool", "path"],
+    }
+    replies = []
+    for _ in range(3):
+        runtime.reset()
+        stream = runtime.stream_chat(HELLO, max_tokens=24, json_schema=schema, temperature=0.9)
+        final = list(stream)[-1]
+        assert isinstance(final, Finished)
+        replies.append(final.text)
+    assert len(set(replies)) > 1, replies
