@@ -19,6 +19,11 @@ Remote models are relayed: the agent process has no network and
 never sees an API key, so it sends a :class:`ModelRequest` and the host answers
 with :class:`ModelChunk` events and one :class:`ModelDone` or
 :class:`ModelFailed`.
+
+Why one module of this length: it is the whole wire format of a trust
+boundary, versioned as one (``v``); every message type, its limits and the
+parser that enforces them stay side by side so a reviewer reads the protocol
+in one place and a change to it is one diff.
 """
 
 from __future__ import annotations
