@@ -8,7 +8,8 @@ else passes on a developer's machine and fails on CI. Two checks close that:
 - dynamic: an audit hook (installed by ``tests/conftest.py``) records the
   executable of every ``subprocess.Popen``, ``os.exec*``, ``os.posix_spawn``,
   ``os.spawn*`` and ``os.system`` in the pytest process; at the end of the
-  session each is resolved to a file and checked with ``dpkg-query -S``.
+  session each is resolved to a file and looked up in dpkg's database
+  (``/var/lib/dpkg``, read directly: the check starts no program of its own).
   Programs started by child processes (the agent process, a command inside
   the sandbox) are not seen; the sandbox's commands are the model's, not the
   suite's dependencies.
@@ -25,7 +26,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -104,9 +104,39 @@ def ci_packages(run_file: Path = CI_RUN) -> set[str]:
     return set(shlex.split(body))
 
 
+DPKG = Path("/var/lib/dpkg")
+
+
 def dpkg_available() -> bool:
     """Whether package ownership can be checked here (a Debian-based system)."""
-    return shutil.which("dpkg-query") is not None
+    return (DPKG / "status").is_file()
+
+
+@functools.cache
+def _owners() -> dict[str, str]:
+    """Every installed path and the package that installed it (dpkg's ``info/*.list``)."""
+    owners: dict[str, str] = {}
+    for listing in sorted((DPKG / "info").glob("*.list")):
+        package = listing.stem.split(":", 1)[0]  # "pkg" or "pkg:arch"
+        for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+            owners.setdefault(line, package)
+    return owners
+
+
+def _stanzas() -> Iterator[dict[str, str]]:
+    """The installed packages' stanzas of dpkg's ``status`` file (continuation lines joined)."""
+    text = (DPKG / "status").read_text(encoding="utf-8", errors="replace")
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = ""
+        for line in block.splitlines():
+            if line[:1] in (" ", "\t") and key:
+                fields[key] += " " + line.strip()
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                fields[key] = value.strip()
+        if fields.get("Package") and fields.get("Status", "").endswith(" installed"):
+            yield fields
 
 
 @functools.cache
@@ -120,18 +150,11 @@ def owner(path: str) -> str | None:
                 candidates.append(b + p[len(a) :])
             elif p.startswith(b):
                 candidates.append(a + p[len(b) :])
+    owners = _owners()
     for candidate in dict.fromkeys(candidates):
-        done = subprocess.run(
-            ["dpkg-query", "-S", candidate], capture_output=True, text=True, check=False
-        )
-        if done.returncode == 0:
-            # "pkg[:arch][, pkg2]: /path" (diversions print extra lines first).
-            line = done.stdout.strip().splitlines()[-1]
-            return line.split(":", 1)[0].split(",")[0].strip()
+        if candidate in owners:
+            return owners[candidate]
     return None
-
-
-_PACKAGE_FIELDS = "${Package}\t${Essential}\t${Priority}\t${Pre-Depends}, ${Depends}\t${Provides}\n"
 
 
 def _names(field: str) -> list[str]:
@@ -151,18 +174,16 @@ def installed_closure(packages: frozenset[str]) -> frozenset[str]:
     ``.ci/run`` installs with ``--no-install-recommends``, so only Depends and
     Pre-Depends count; a virtual package counts through its installed providers.
     """
-    done = subprocess.run(
-        ["dpkg-query", "-W", "-f", _PACKAGE_FIELDS], capture_output=True, text=True, check=True
-    )
     depends: dict[str, list[str]] = {}
     providers: dict[str, list[str]] = {}
     roots = set(packages)
-    for line in done.stdout.splitlines():
-        name, essential, priority, deps, provides = (line.split("\t") + [""] * 5)[:5]
+    for fields in _stanzas():
+        name = fields["Package"]
+        deps = f"{fields.get('Pre-Depends', '')}, {fields.get('Depends', '')}"
         depends[name] = _names(deps)
-        for virtual in _names(provides):
+        for virtual in _names(fields.get("Provides", "")):
             providers.setdefault(virtual, []).append(name)
-        if essential == "yes" or priority == "required":
+        if fields.get("Essential") == "yes" or fields.get("Priority") == "required":
             roots.add(name)
     seen: set[str] = set()
     todo = list(roots)
