@@ -228,8 +228,19 @@ def settings_screen(paths: Any, workspace: Path) -> QtWidgets.QWidget:
     binding = kvstate.Binding("ab" * 32, 4096, "rope=none", kvstate.tokens_digest([1]))
     for session, size in (("s-monday", 38), ("s-deploy", 112), ("s-readme", 9)):
         kvstate.write(states.path_for(session), binding, {}, bytes(size * 1024 * 1024))
+    from agent.host.mcpserver.store import McpServerConfig, McpStore
+    from app.controllers.mcp_controller import McpController
+    from app.services import AppServices
+
+    servers = McpStore(paths.database)
+    servers.add(
+        McpServerConfig(
+            name="github", command="github-mcp-server", args=["stdio"], hosts=["api.github.com"]
+        )
+    )
+    servers.add(McpServerConfig(name="docs", url="https://docs.example.com/mcp"))
     controller = SettingsController(paths, settings)
-    view = SettingsView(controller)
+    view = SettingsView(controller, mcp=McpController(AppServices(paths, settings)))
     wait_for(controller.kv_states_measured, lambda: None)  # queued after the sandbox check
     return view
 
