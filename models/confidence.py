@@ -36,11 +36,13 @@ def token_confidence_from_logits(logits: npt.NDArray[np.float32], k: int = TOP_K
     Returns:
         ``-mean(log p)`` over the ``k`` most likely tokens (0 or more; higher is surer).
     """
-    row = np.asarray(logits, dtype=np.float64)
+    # It runs once per generated token: the vocabulary-wide work stays in
+    # float32 (no copy of llama.cpp's buffer), only the sum is float64.
+    row = np.asarray(logits, dtype=np.float32)
     k = max(1, min(k, row.size))
-    top = np.partition(row, row.size - k)[row.size - k :]
+    top = np.partition(row, row.size - k)[row.size - k :].astype(np.float64)
     peak = float(row.max())
-    log_z = peak + float(np.log(np.exp(row - peak).sum()))
+    log_z = peak + float(np.log(np.exp(row - peak).sum(dtype=np.float64)))
     return float(-(top - log_z).mean())
 
 
