@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.errors import ToolDeniedError
 from agent.host.ports import BrokerPort, MemoryPort
 from agent.host.sandbox import Limits, Sandbox
 from agent.host.tools.paths import Workspace
@@ -160,6 +161,22 @@ class ToolSpec:
     def schema(self) -> dict[str, Any]:
         """The generated JSON schema of the arguments."""
         return self.args_model.model_json_schema()
+
+
+def decided_elsewhere(reason: str) -> ToolRun:
+    """The ``run`` of a rule kind that is never called as a tool (``net``, ``mcp``).
+
+    Such a spec exists so the policy, the rule editor and the permission
+    prompt know its arguments; the call itself is made by whoever the host
+    allows (the egress proxy, an MCP server). Calling it is refused with
+    ``reason``.
+    """
+
+    def run(args: Any, ctx: ToolContext) -> ToolOutput:
+        del args, ctx
+        raise ToolDeniedError(reason)
+
+    return run
 
 
 def truncate_text(text: str, limit: int, *, what: str = "output") -> tuple[str, bool]:

@@ -16,8 +16,7 @@ from typing import Any
 
 from pydantic import Field
 
-from agent.errors import ToolDeniedError
-from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.base import ArgsModel, ToolSpec, decided_elsewhere
 
 MCP_RULE = "mcp"
 """The name rules give MCP servers' tools: ``mcp(server.tool-glob)``."""
@@ -33,23 +32,13 @@ class Args(ArgsModel):
     )
 
 
-def run(args: Args, ctx: ToolContext) -> ToolOutput:
-    """Refuse: an MCP tool is run by its server once the host allowed the call.
-
-    Raises:
-        ToolDeniedError: Always.
-    """
-    del args, ctx
-    raise ToolDeniedError("mcp is decided by the host and run by an MCP server")
-
-
 TOOL = ToolSpec(
     name=MCP_RULE,
     description="A call of an MCP server's tool (server.tool).",
     args_model=Args,
     # Like shell: code the user did not write runs; it asks unless a rule decides.
     effect="execute",
-    run=run,
+    run=decided_elsewhere("mcp is decided by the host and run by an MCP server"),
     main_argument="tool",
     pattern="glob",
 )

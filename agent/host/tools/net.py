@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from agent.errors import ToolDeniedError
-from agent.host.tools.base import ArgsModel, ToolContext, ToolOutput, ToolSpec
+from agent.host.tools.base import ArgsModel, ToolSpec, decided_elsewhere
 
 NET_RULE = "net"
 """The name rules give the egress proxy's requests."""
@@ -34,16 +33,6 @@ class Args(ArgsModel):
     )
 
 
-def run(args: Args, ctx: ToolContext) -> ToolOutput:
-    """Refuse: the egress proxy sends the request itself once the host allowed it.
-
-    Raises:
-        ToolDeniedError: Always.
-    """
-    del args, ctx
-    raise ToolDeniedError("net is decided by the egress proxy and cannot be called")
-
-
 TOOL = ToolSpec(
     name=NET_RULE,
     description="A request a sandboxed command sends through the egress proxy.",
@@ -51,7 +40,7 @@ TOOL = ToolSpec(
     # Not "network": a command's requests are many, and the command was decided
     # already; tainted context makes one ask only when it carries a capability.
     effect="egress",
-    run=run,
+    run=decided_elsewhere("net is decided by the egress proxy and cannot be called"),
     main_argument="host",
     pattern="request",
     capability_argument="capability",
