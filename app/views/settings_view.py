@@ -170,6 +170,11 @@ class SettingsView(QtWidgets.QWidget):
         self.network_rules = NetworkRulesBox()  # the net(...) rules, read-only
         right.addWidget(self.network_rules, 1)
         right.addStretch(1)
+        for box in (capacity_box, self.saved_state, sandbox_box):
+            # Their fields never shrink below their height; the page scrolls instead.
+            box.setSizePolicy(
+                QtWidgets.QSizePolicy.Policy.Preferred, QtWidgets.QSizePolicy.Policy.Fixed
+            )
         top = QtWidgets.QHBoxLayout()
         top.addWidget(rules_box, 3)
         top.addLayout(right, 2)

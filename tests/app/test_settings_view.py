@@ -315,3 +315,13 @@ def test_cap_zero_turns_saving_off_and_leaves_the_files(view: SettingsView, qtbo
     assert kept.exists()
     assert load_settings(view.controller.paths).kv_state_cap_mb == 0
     assert "Saved model state is off" in view.message.text()
+
+
+def test_a_short_window_does_not_squeeze_the_fields_of_the_right_column(
+    view: SettingsView, qtbot: QtBot
+) -> None:
+    view.resize(1000, 500)  # shorter than the page: in the app its scroll area scrolls
+    view.show()
+    qtbot.waitExposed(view)
+    for spin in view.capacity.values():
+        assert spin.height() >= spin.sizeHint().height()
