@@ -526,6 +526,43 @@ class Runtime:
             self._cache.clear()
             self._replies = []
 
+    def settle(self, messages: Sequence[Message]) -> int:
+        """Evaluate whatever of ``messages`` the KV cache does not hold yet.
+
+        A conversation often ends with turns nothing generated from (an
+        errand stopped at its step limit after a tool call: that result and
+        the closing turn were appended, never evaluated). The next task would
+        evaluate them first; settling does it now, while nobody waits (before
+        the cache is saved, when a session is left). Only the messages'
+        tokens are fed, not a generation prompt: the next turn's prompt
+        renders the same messages, then its own.
+
+        Returns:
+            How many tokens were evaluated.
+
+        Raises:
+            GenerationError: The template rejected the messages, or llama.cpp failed.
+        """
+        if not messages:
+            return 0
+        rendered = self.render(messages)
+        # Where the messages end: their rendering ends with a generation
+        # prompt, a rendering with one more turn with that turn's header.
+        probe = self.render([*messages, Message(role="user", content=".")])
+        end = _common_prefix(rendered, probe)
+        pins = self._pins(messages, rendered[:end])
+        prompt, where = self._as_sampled(rendered[:end])
+        with self._busy():
+            cache = self._cache
+            if cache.history[: len(prompt)] == prompt:
+                return 0  # all in place (reuse_prefix would evaluate the last token again)
+            if pins is not None:
+                cache.pin(where(pins[0]))
+            before = cache.n_evaluated
+            reused = cache.reuse_prefix(prompt)
+            cache.feed(prompt[reused:])
+            return cache.n_evaluated - before
+
     # -- saved state -----------------------------------------------------------------
 
     def state_binding(self, *, history: str = "", model_sha256: str | None = None) -> Binding:

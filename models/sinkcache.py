@@ -205,7 +205,7 @@ class SinkCache:
             "pin_span": list(self._pin_span) if self._pin_span is not None else None,
         }
 
-    def restore(self, snapshot: dict[str, Any], seq_state: bytes) -> None:
+    def restore(self, snapshot: dict[str, Any], seq_state: bytes | bytearray | memoryview) -> None:
         """Load ``seq_state`` (``llama_state_seq_get_data`` of sequence 0) and ``snapshot``.
 
         On any failure the cache is left empty (consistent), never half loaded.
@@ -228,7 +228,11 @@ class SinkCache:
         n = len(kept)
         if n > self.n_ctx or any(not 0 <= i < len(history) for i in kept):
             raise GenerationError(f"the saved cache holds {n} positions that do not fit")
-        buf = (ctypes.c_ubyte * len(seq_state)).from_buffer_copy(seq_state)
+        view = memoryview(seq_state)
+        if view.readonly:
+            buf = (ctypes.c_ubyte * len(view)).from_buffer_copy(view)
+        else:  # the buffer the state file was read into: no 44 MB copy
+            buf = (ctypes.c_ubyte * len(view)).from_buffer(view)
         read = llama_cpp.llama_state_seq_set_data(self._llm.ctx, buf, len(seq_state), 0)
         if read == 0 or self.seq_pos_max() != n - 1:
             self.clear()

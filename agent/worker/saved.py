@@ -12,7 +12,7 @@ host then lets the conversation be re-prefilled from its history.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,6 +20,7 @@ from agent.protocol import RestoreState, SaveState, StateReply
 from agent.worker.conversation import Conversation
 from agent.worker.executor import Executor
 from models.errors import ModelError
+from models.interface import Message
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class StatefulModel(Protocol):
         """Forget the conversation."""
         ...
 
+    def settle(self, messages: Sequence[Message]) -> int:
+        """Evaluate the tokens of messages the cache lacks (see ``Runtime.settle``)."""
+        ...
+
 
 def handle(msg: SaveState | RestoreState, model: object, executor: Executor) -> StateReply:
     """Run one save or restore request; never raises for a refused state."""
@@ -62,6 +67,10 @@ def handle(msg: SaveState | RestoreState, model: object, executor: Executor) -> 
             conv = executor.conversation
             if conv is None:
                 return StateReply(action="save", ok=False, message="no conversation to save")
+            # The turns the last errand appended without generating from them
+            # are evaluated now, when the session is left, not when it is
+            # reopened and the user waits for the first token.
+            model.settle(conv.messages)
             info = model.save_state(
                 path, history=msg.history, meta={"conversation": conv.dump()}, model_sha256=sha
             )

@@ -290,3 +290,49 @@ def test_a_restored_conversation_reuses_its_sampled_replies_like_the_original(
         fresh.close()
     assert got.text == expected.text
     assert got.stats.n_prompt_tokens == expected.stats.n_prompt_tokens
+
+
+@pytest.mark.model
+def test_settling_evaluates_the_unevaluated_turns_now_and_the_next_turn_only_its_own(
+    model_path: Path, tmp_path: Path
+) -> None:
+    from models.interface import Message
+
+    chat = [
+        Message(role="system", content="You are terse."),
+        Message(role="user", content="Name a colour."),
+    ]
+
+    def turn(rt: Runtime, messages: list[Message]) -> Finished:
+        events = list(rt.stream_chat(messages, max_tokens=6))
+        last = events[-1]
+        assert isinstance(last, Finished)
+        return last
+
+    task = Message(role="user", content="And a fruit?")
+    rt = _runtime(model_path, n_ctx=512)
+    try:
+        reply = turn(rt, chat).text
+        # A turn appended after the reply and never generated from (a tool
+        # result at an errand's step limit), as the executor leaves it.
+        left = [*chat, Message(role="assistant", content=reply),
+                Message(role="user", content="Result: red, green, blue and a few more.")]
+        unsettled = turn(rt, [*left, task])
+        rt.reset()
+        turn(rt, chat)
+        settled_now = rt.settle(left)
+        # The reply's last sampled token and the appended turn, nothing before.
+        assert 10 < settled_now < 40, settled_now
+        assert rt.settle(left) == 0  # nothing left to evaluate
+        rt.save_state(tmp_path / "s.kvstate")
+    finally:
+        rt.close()
+    fresh = _runtime(model_path, n_ctx=512)
+    try:
+        fresh.restore_state(tmp_path / "s.kvstate")
+        got = turn(fresh, [*left, task])
+    finally:
+        fresh.close()
+    assert got.text == unsettled.text
+    # Only the task and the generation prompt: what the settling did is not redone.
+    assert got.stats.n_prompt_tokens == unsettled.stats.n_prompt_tokens - settled_now
