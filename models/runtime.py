@@ -535,7 +535,9 @@ class Runtime:
         evaluate them first; settling does it now, while nobody waits (before
         the cache is saved, when a session is left). Only the messages'
         tokens are fed, not a generation prompt: the next turn's prompt
-        renders the same messages, then its own.
+        renders the same messages, then its own. Nothing is settled when
+        the cache has evicted or would have to: which tokens to evict
+        depends on the next task, which is pinned.
 
         Returns:
             How many tokens were evaluated.
@@ -556,6 +558,10 @@ class Runtime:
             cache = self._cache
             if cache.history[: len(prompt)] == prompt:
                 return 0  # all in place (reuse_prefix would evaluate the last token again)
+            if cache.n_evicted or len(prompt) + SETTLE_HEADROOM > cache.n_ctx:
+                # What to evict depends on the next task (it is pinned): leave
+                # the tail to that errand rather than evict without it.
+                return 0
             if pins is not None:
                 cache.pin(where(pins[0]))
             before = cache.n_evaluated
@@ -886,6 +892,10 @@ class Runtime:
                 sampler.close()
                 if self._closed:
                     self._free()
+
+
+SETTLE_HEADROOM = 64
+"""Tokens :meth:`Runtime.settle` leaves free for the next task (it never makes the cache evict)."""
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

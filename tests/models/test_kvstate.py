@@ -336,3 +336,22 @@ def test_settling_evaluates_the_unevaluated_turns_now_and_the_next_turn_only_its
     assert got.text == unsettled.text
     # Only the task and the generation prompt: what the settling did is not redone.
     assert got.stats.n_prompt_tokens == unsettled.stats.n_prompt_tokens - settled_now
+
+
+@pytest.mark.model
+def test_settling_never_makes_the_cache_evict(model_path: Path) -> None:
+    from models.interface import Message
+
+    chat = [Message(role="system", content="You are terse."), Message(role="user", content="Hi.")]
+    rt = _runtime(model_path, n_ctx=256)
+    try:
+        list(rt.stream_chat(chat, max_tokens=4))
+        before = list(rt.cache.history)
+        long_result = " ".join(f"file{i}.txt" for i in range(80))  # ~250 tokens: over n_ctx
+        left = [*chat, Message(role="assistant", content="Hello."),
+                Message(role="user", content=long_result)]
+        # The next errand, which knows its pinned task, chooses what to evict.
+        assert rt.settle(left) == 0
+        assert rt.cache.history == before and rt.cache.n_evicted == 0
+    finally:
+        rt.close()
