@@ -238,7 +238,13 @@ def read(path: Path, expected: Binding) -> SavedState:
             # Read straight into one writable buffer: the payload is handed to
             # llama.cpp from it without a copy (see SinkCache.restore).
             data = bytearray(os.fstat(f.fileno()).st_size)
-            got = f.readinto(data)
+            view, got = memoryview(data), 0
+            while got < len(data):  # one read(2) returns at most ~2 GiB
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            view.release()
         if got != len(data):
             raise StateCorruptError(f"the KV state {path.name} changed while it was read")
     except FileNotFoundError as e:

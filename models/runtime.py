@@ -545,8 +545,8 @@ class Runtime:
         Raises:
             GenerationError: The template rejected the messages, or llama.cpp failed.
         """
-        if not messages:
-            return 0
+        if not messages or self._cache.n_evicted:
+            return 0  # (evicted: see below, checked before rendering anything)
         rendered = self.render(messages)
         # Where the messages end: their rendering ends with a generation
         # prompt, a rendering with one more turn with that turn's header.

@@ -233,11 +233,11 @@ class SinkCache:
             buf = (ctypes.c_ubyte * len(view)).from_buffer_copy(view)
         else:  # the buffer the state file was read into: no 44 MB copy
             buf = (ctypes.c_ubyte * len(view)).from_buffer(view)
-        read = llama_cpp.llama_state_seq_set_data(self._llm.ctx, buf, len(seq_state), 0)
+        read = llama_cpp.llama_state_seq_set_data(self._llm.ctx, buf, len(view), 0)
         if read == 0 or self.seq_pos_max() != n - 1:
             self.clear()
             raise GenerationError(
-                f"llama.cpp refused the saved sequence state ({len(seq_state)} bytes, "
+                f"llama.cpp refused the saved sequence state ({len(view)} bytes, "
                 f"{n} positions expected)"
             )
         ids = self._llm.input_ids
