@@ -10,8 +10,13 @@ through the command's Unix socket, ``CONNECT``, then TLS with the session CA.
 Variants run interleaved (one of each per round). Side by side in the same
 run: a session whose redactor has its one-pass prefilter off and which
 resolves on every connection (the path before them), and the stream
-redactor alone with and without the prefilter. Goals: proxied request
-overhead < 5 ms at p50; 100 MB throughput proxied ≥ 0.5x direct.
+redactor alone with and without the prefilter. The download also goes
+through the real in-sandbox forwarder (the hop the other proxied rows skip),
+and through two TLS relays that inspect nothing (socat, native; and a
+standard-library ``ssl`` relay): the ceiling any intercepting proxy meets on
+this machine. Downloads run in interleaved rounds; each row is the median of
+its rounds. Goals: proxied request overhead < 5 ms at p50; 100 MB throughput
+proxied ≥ 0.5x direct.
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import multiprocessing
+import os
 import random
+import shutil
+import signal
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trustme  # noqa: E402
 
 from agent.host.egress.proxy import (  # noqa: E402
+    FORWARDER_SOURCE,
     EgressProxy,
     EgressRequest,
     EgressVerdict,
@@ -89,10 +100,17 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _tunnel(sock_path: Path, port: int, ctx: ssl.SSLContext) -> http.client.HTTPSConnection:
-    """An HTTPS connection through the proxy, opened as the forwarder's clients open theirs."""
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    raw.connect(str(sock_path))
+def _tunnel(sock_path: Path | int, port: int, ctx: ssl.SSLContext) -> http.client.HTTPSConnection:
+    """An HTTPS connection through the proxy, opened as the forwarder's clients open theirs.
+
+    ``sock_path`` is the command's Unix socket, or the loopback port of a
+    forwarder in front of it (as a sandboxed program reaches it).
+    """
+    if isinstance(sock_path, int):
+        raw = socket.create_connection(("127.0.0.1", sock_path))
+    else:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(str(sock_path))
     raw.sendall(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -121,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200, help="requests per variant")
     parser.add_argument("--mb", type=int, default=100, help="size of the download")
     parser.add_argument("--starts", type=int, default=30, help="sandbox starts per variant")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved download rounds (each row: the median)")
     parser.add_argument(
         "--body", choices=("random", "x"), default="random",
         help="the download's bytes: random (a compressed archive's) or one repeated 'x' "
@@ -147,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         upstream.start()
         port = int(ports.get(timeout=60))
+        relay = spawn.Process(target=_tls_relay_main,
+                              args=(str(cert_file), str(ca_file), port, ports), daemon=True)
+        relay.start()
+        relay_port = int(ports.get(timeout=60))
+        native = _native_relay(cert_file, ca_file, port)
         vault = Vault.create(tmp / "vault.kls", passphrase="bench", use_keyring=False,
                              keystore=NoKeyring(), idle_timeout=None,
                              kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64))
@@ -174,12 +199,24 @@ def main(argv: list[str] | None = None) -> int:
         before.start()
         try:
             with (proxy.channel("bench") as channel, plain.channel("bench") as bare,
-                  before.channel("bench") as full):
+                  before.channel("bench") as full,
+                  _forwarder(channel.socket_path) as forwarded):
                 clients.apply(_requests, (args.runs, port, str(channel.socket_path),
                                           str(ca_file), str(channel.ca_bundle),
                                           str(full.socket_path), str(full.ca_bundle)))
-                rows = clients.apply(_download, (args.mb, port, str(ca_file), [
+                ceilings: list[tuple[str, Any, str]] = [
+                    ("TLS relay inspecting nothing, native (socat)", -native[1], str(ca_file)),
+                    ("TLS relay inspecting nothing, Python ssl (two threads)", -relay_port,
+                     str(ca_file)),
+                ] if native is not None else [
+                    ("TLS relay inspecting nothing, Python ssl (two threads)", -relay_port,
+                     str(ca_file)),
+                ]
+                rows = clients.apply(_download, (args.mb, port, str(ca_file), args.rounds, [
+                    *ceilings,
                     ("proxied, vault open (redacted stream)", str(channel.socket_path),
+                     str(channel.ca_bundle)),
+                    ("proxied, vault open, through the in-sandbox forwarder", forwarded,
                      str(channel.ca_bundle)),
                     ("proxied, vault open, prefilter off (full search)", str(full.socket_path),
                      str(full.ca_bundle)),
@@ -194,13 +231,22 @@ def main(argv: list[str] | None = None) -> int:
             before.close()
             stop_shared_server()
             broker.close()
+            if native is not None:
+                native[0].terminate()
+                native[0].wait(10)
+            relay.terminate()
             upstream.terminate()
+            relay.join(10)
             upstream.join(10)
-    print(f"\n{args.mb} MB download ({args.body} bytes) over loopback HTTPS\n")
-    print("| variant | seconds | MB/s | vs direct |")
-    print("|---|---:|---:|---:|")
-    for name, seconds, rate in rows:
-        print(f"| {name} | {seconds:.2f} | {rate:.0f} | {rate / rows[0][2]:.2f}x |")
+    print(f"\n{args.mb} MB download ({args.body} bytes) over loopback HTTPS, "
+          f"{args.rounds} interleaved rounds, medians\n")
+    if native is None:
+        print("(socat not installed: the native relay's row is missing)\n")
+    print("| variant | seconds | MB/s | vs direct | each round vs direct |")
+    print("|---|---:|---:|---:|---|")
+    for name, seconds, rate, each in rows:
+        print(f"| {name} | {seconds:.2f} | {rate:.0f} | {rate / rows[0][2]:.2f}x | "
+              + ", ".join(f"{r:.2f}x" for r in each) + " |")
     print(f"\nthe redactor alone: {min(args.mb, 64)} MB ({args.body} bytes as latin-1 text) "
           f"in {REDACT_CHUNK // 1024} KiB chunks, in this process\n")
     print("| variant | seconds | MB/s | vs the prefilter |")
@@ -330,27 +376,144 @@ def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: 
               f"{p50 - statistics.median(base):+.2f} |")
 
 
-def _download(mb: int, port: int, direct_ca: str,
-              proxied: list[tuple[str, str, str]]) -> list[tuple[str, float, float]]:
-    """Time the download direct, then through each proxied socket (in the client process)."""
-    rows = []
+def _download(mb: int, port: int, direct_ca: str, rounds: int,
+              others: list[tuple[str, Any, str]]) -> list[tuple[str, float, float, list[float]]]:
+    """Time the download direct and through each of ``others``, in interleaved rounds.
+
+    Each of ``others`` is a name, where to connect and the CA to trust: a Unix
+    socket path or a forwarder's port (``CONNECT`` through the proxy), or a
+    negative port (a TLS relay: connect to it as if it were the server).
+    Returns, per variant, the median seconds and MB/s and each round's ratio
+    to that round's direct download.
+    """
     direct = ssl.create_default_context(cafile=direct_ca)
     makers: list[tuple[str, Callable[[], http.client.HTTPSConnection]]] = [
         ("direct", lambda: http.client.HTTPSConnection("localhost", port, context=direct))
     ]
-    for name, sock, ca in proxied:
+    for name, where, ca in others:
         ctx = ssl.create_default_context(cafile=ca)
-        makers.append((name, lambda sock=sock, ctx=ctx: _tunnel(Path(sock), port, ctx)))  # type: ignore[misc]
-    for name, make in makers:
-        conn = make()
-        start = time.perf_counter()
-        got = _get(conn, "/big")
-        seconds = time.perf_counter() - start
-        conn.close()
-        if got != mb * CHUNK:
-            raise RuntimeError(f"{name}: got {got} bytes, expected {mb * CHUNK}")
-        rows.append((name, seconds, mb / seconds))
+        if isinstance(where, int) and where < 0:
+            makers.append((name, lambda where=where, ctx=ctx: http.client.HTTPSConnection(  # type: ignore[misc]
+                "localhost", -where, context=ctx)))
+        else:
+            target = where if isinstance(where, int) else Path(where)
+            makers.append((name, lambda target=target, ctx=ctx: _tunnel(target, port, ctx)))  # type: ignore[misc]
+    seconds: dict[str, list[float]] = {name: [] for name, _ in makers}
+    for _ in range(rounds):
+        for name, make in makers:
+            conn = make()
+            start = time.perf_counter()
+            got = _get(conn, "/big")
+            seconds[name].append(time.perf_counter() - start)
+            conn.close()
+            if got != mb * CHUNK:
+                raise RuntimeError(f"{name}: got {got} bytes, expected {mb * CHUNK}")
+    rows = []
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        each = [d / s for s, d in zip(values, seconds["direct"], strict=True)]
+        rows.append((name, median, mb / median, each))
     return rows
+
+
+class _forwarder:  # noqa: N801 (used as a context manager, like a function)
+    """The in-sandbox forwarder, run as a sandbox runs it, in front of ``socket_path``.
+
+    Entered, it is the forwarder's loopback port; the forwarder's command is a
+    ``sleep`` that ends when the context does.
+    """
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(FORWARDER_SOURCE), str(port), str(self.socket_path),
+             "--", "sleep", "3600"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return port
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("the forwarder did not start listening")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the forwarder and its sleep
+            self.process.wait(10)
+
+
+def _native_relay(cert_file: Path, ca_file: Path,
+                  port: int) -> tuple[subprocess.Popen[bytes], int] | None:
+    """socat terminating TLS with ``cert_file`` and re-encrypting to ``port``, or None.
+
+    A native TLS relay that inspects nothing: what an intercepting proxy costs
+    at the least (a decrypt and an encrypt per byte, two more socket copies).
+    """
+    if shutil.which("socat") is None:
+        return None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen = int(probe.getsockname()[1])
+    process = subprocess.Popen(
+        ["socat", "-b", str(1 << 18),
+         f"OPENSSL-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,cert={cert_file},verify=0",
+         f"OPENSSL:127.0.0.1:{port},cafile={ca_file},commonname=localhost,snihost=localhost"],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+            return process, listen
+        except OSError:
+            time.sleep(0.02)
+    process.kill()
+    raise RuntimeError("socat did not start listening")
+
+
+def _tls_relay_main(cert_file: str, ca_file: str, port: int, ports: Any) -> None:
+    """A TLS relay in the standard library's ``ssl`` that inspects nothing; its port to ``ports``.
+
+    Two blocking threads per connection, each ``recv_into`` / ``sendall``: the
+    per-byte work (OpenSSL, the kernel) runs without the GIL. The least a
+    proxy written in Python could cost.
+    """
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_file)
+    client_ctx = ssl.create_default_context(cafile=ca_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    ports.put(listener.getsockname()[1])
+
+    def pump(src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
+        buf = bytearray(1 << 18)
+        view = memoryview(buf)
+        try:
+            while n := src.recv_into(buf):
+                dst.sendall(view[:n])
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    while True:
+        raw, _ = listener.accept()
+        try:
+            client = server_ctx.wrap_socket(raw, server_side=True)
+            upstream = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                                              server_hostname="localhost")
+        except OSError:
+            raw.close()
+            continue
+        threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
 
 
 def _starts(runs: int, tmp: Path, proxy: EgressProxy) -> None:
