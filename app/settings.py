@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.paths import AppPaths
 from models.eviction import EvictionMode
@@ -153,6 +153,14 @@ class AppSettings(BaseModel):
     auto_lock_minutes: int = Field(default=10, ge=1, le=24 * 60)
     #: Hosts the egress proxy passes through without interception (never with a capability).
     egress_pinned_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("egress_pinned_hosts")
+    @classmethod
+    def _pinned_hosts(cls, hosts: list[str]) -> list[str]:
+        """Each host as the proxy matches it (lower case), once; a URL, port or wildcard refused."""
+        from agent.host.egress.settings import pinned_host
+
+        return list(dict.fromkeys(pinned_host(h) for h in hosts))
     kv_state_cap_mb: int = Field(
         default=2048,
         ge=0,

@@ -207,7 +207,7 @@ def settings_screen(paths: Any, workspace: Path) -> QtWidgets.QWidget:
     from app.settings import AppSettings, save_settings
     from app.views.settings_view import SettingsView
 
-    settings = AppSettings(workspace=str(workspace))
+    settings = AppSettings(workspace=str(workspace), egress_pinned_hosts=["updates.vendor.example"])
     save_settings(paths, settings)
     store = RuleStore(paths.database)
     for tool, pattern, action, scope in (
@@ -218,6 +218,9 @@ def settings_screen(paths: Any, workspace: Path) -> QtWidgets.QWidget:
         ("read_file", "*", "allow", "user"),
         ("shell", "git status", "allow", "user"),
         ("shell", "npm run test:*", "allow", "workspace"),
+        ("net", "github.com", "allow", "user"),
+        ("net", "*.pypi.org, GET", "allow", "user"),
+        ("net", "paste.example", "deny", "user"),
     ):
         rule = Rule(tool=tool, pattern=pattern, action=action, scope=scope)
         store.add(rule, workspace=workspace if scope == "workspace" else None)

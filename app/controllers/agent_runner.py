@@ -323,7 +323,7 @@ def agent_host_factory(
             the runner is built; when it returns another spec, or a remote
             model's API key is to come from another vault secret, the runner
             is outdated and the next errand runs on a new one: model settings
-            apply at the next errand).
+            apply at the next errand; so do the pinned hosts).
         scripted_model: Run the scripted fake model from this JSON file instead.
         broker: Returns the broker to use (the vault screen's, once unlocked);
             defaults to the services' own.
@@ -406,11 +406,15 @@ def agent_host_factory(
         model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
             spec.label() if spec is not None else "unknown"
         )
-        built = (spec, _relay_key_secret(services, spec))
+        pinned = tuple(services.settings.egress_pinned_hosts)
+        built = (spec, _relay_key_secret(services, spec), pinned)
 
         def outdated() -> bool:
+            # The model, its key, or the hosts the egress proxy passes through.
             now = model_spec()
-            return (now, _relay_key_secret(services, now)) != built
+            return (
+                now, _relay_key_secret(services, now), tuple(services.settings.egress_pinned_hosts)
+            ) != built
 
         return AgentHostRunner(
             host, owned=owned, sessions=sessions, recorder=recorder, model=model,

@@ -227,6 +227,47 @@ class SettingsController(WorkerController):
 
         self._worker.submit(work, done, self._report)
 
+    def pin_host(self, text: str) -> bool:
+        """Pin a host: the proxy passes its HTTPS through uninspected, never with a capability.
+
+        For programs that pin a server's certificate and so fail through the
+        proxy's session CA. The change holds from the next errand (a running
+        one keeps the proxy it started with).
+
+        Returns:
+            Whether ``text`` was a host and is being saved; otherwise
+            :attr:`error` says what is wrong with it and nothing is saved.
+        """
+        from agent.host.egress.settings import pinned_host
+
+        try:
+            host = pinned_host(text)
+        except ValueError as e:
+            self.error.emit(f"Cannot pin {text.strip()!r}: {e}")
+            return False
+        hosts = list(self._settings.egress_pinned_hosts)
+        if host in hosts:
+            self.notice.emit(f"{host} is already pinned.")
+            return True
+        self._save(
+            self._settings.model_copy(update={"egress_pinned_hosts": [*hosts, host]}),
+            then=f"Pinned {host}: its HTTPS passes through uninspected and can never carry "
+            "a capability, from the next errand on.",
+        )
+        return True
+
+    def unpin_host(self, host: str) -> None:
+        """Unpin a host: its HTTPS is inspected again (and may carry a capability)."""
+        hosts = list(self._settings.egress_pinned_hosts)
+        if host not in hosts:
+            self.notice.emit(f"{host} is not pinned.")
+            return
+        hosts.remove(host)
+        self._save(
+            self._settings.model_copy(update={"egress_pinned_hosts": hosts}),
+            then=f"Unpinned {host}: its HTTPS is inspected again from the next errand on.",
+        )
+
     def add_rule(self, tool: str, pattern: str, action: str, scope: str) -> None:
         """Save a rule for the user (``scope="user"``) or the current workspace.
 
@@ -280,7 +321,7 @@ class SettingsController(WorkerController):
         # stored() gives this workspace's rules first, then the user's.
         return [_rule_row(s) for s in self._rules().stored(self._workspace_path())]
 
-    def _save(self, settings: AppSettings) -> None:
+    def _save(self, settings: AppSettings, then: str | None = None) -> None:
         def work() -> AppSettings:
             save_settings(self.paths, settings)
             return settings
@@ -291,6 +332,8 @@ class SettingsController(WorkerController):
             for name in AppSettings.model_fields:
                 setattr(self._settings, name, getattr(saved, name))
             self.settings_changed.emit(self._settings)
+            if then is not None:
+                self.notice.emit(then)
 
         self._worker.submit(work, done, self._report)
 

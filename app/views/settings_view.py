@@ -167,7 +167,7 @@ class SettingsView(QtWidgets.QWidget):
         self.saved_state = SavedStateBox()  # sessions' saved KV state: cap, disk used, delete
         right.addWidget(self.saved_state)
         right.addWidget(sandbox_box)
-        self.network_rules = NetworkRulesBox()  # the net(...) rules, read-only
+        self.network_rules = NetworkRulesBox()  # the net(...) rules (read-only), pinned hosts
         right.addWidget(self.network_rules, 1)
         right.addStretch(1)
         for box in (capacity_box, self.saved_state, sandbox_box):
@@ -200,6 +200,11 @@ class SettingsView(QtWidgets.QWidget):
             self.saved_state.cap,
             self.saved_state.apply_button,
             self.saved_state.delete_button,
+            self.network_rules.table,
+            self.network_rules.pinned_list,
+            self.network_rules.pin_host,
+            self.network_rules.pin_button,
+            self.network_rules.unpin_button,
             *self.path_fields.values(),
         ]
         for first, second in zip(order, order[1:], strict=False):
@@ -218,6 +223,8 @@ class SettingsView(QtWidgets.QWidget):
         controller.error.connect(self._on_error)
         self.saved_state.cap_chosen.connect(controller.save_kv_state_cap)
         self.saved_state.delete_requested.connect(controller.delete_kv_states)
+        self.network_rules.pin_requested.connect(self._pin_host)
+        self.network_rules.unpin_requested.connect(controller.unpin_host)
         self._fill_scopes()
         self._on_settings(controller.settings, announce=False)
         self._sync_buttons()
@@ -317,6 +324,11 @@ class SettingsView(QtWidgets.QWidget):
         if announce:
             self.message.setStyleSheet("")
             self.message.setText(f"Saved to {self.controller.paths.settings_file}.")
+
+    def _pin_host(self, text: str) -> None:
+        # A host the controller refuses stays in the field to be corrected.
+        if self.controller.pin_host(text):
+            self.network_rules.clear_pin_entry()
 
     def _on_sandbox(self, status: SandboxStatus) -> None:
         where = f" ({status.bwrap_path})" if status.bwrap_path else ""

@@ -205,6 +205,20 @@ def test_the_experimental_eviction_setting_reaches_the_model_spec() -> None:
     assert "eviction" in again.problems["settings"]
 
 
+def test_a_pinned_host_the_proxy_could_never_match_is_named_in_the_settings_problem() -> None:
+    services = AppServices()
+    text = '{"auto_lock_minutes": 5, "egress_pinned_hosts": ["https://bank.example/"]}'
+    services.paths.settings_file.write_text(text)
+    again = AppServices()
+    assert "egress_pinned_hosts" in again.problems["settings"]
+    assert "pin a host name, not a URL" in again.problems["settings"]
+    assert services.paths.settings_file.read_text() == text  # left for the user to correct
+    services.paths.settings_file.write_text(
+        '{"egress_pinned_hosts": ["Bank.Example.", "bank.example", "[::1]"]}'
+    )
+    assert load_settings(services.paths).egress_pinned_hosts == ["bank.example", "::1"]
+
+
 def test_errands_get_the_egress_proxy_with_the_users_pinned_hosts() -> None:
     services = AppServices()
     services.settings.egress_pinned_hosts = ["bank.example"]

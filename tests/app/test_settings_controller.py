@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytestqt.qtbot import QtBot
@@ -89,3 +90,30 @@ def test_saved_settings_keep_other_fields(paths: AppPaths, qtbot: QtBot) -> None
     assert saved.workspace == "/tmp/ws" and saved.recent_workspaces == ["/tmp/ws"]
     assert saved.model == start.model
     dispose(qtbot, controller)
+
+
+def test_a_pinned_host_saved_here_makes_the_next_errand_use_a_new_host(
+    paths: AppPaths, qtbot: QtBot, tmp_path: Path, workspace: Path
+) -> None:
+    import json
+
+    from app.controllers.agent_runner import agent_host_factory
+    from app.controllers.errand_controller import RunnerContext
+    from app.services import AppServices
+
+    services = AppServices()
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([json.dumps({"final": "ok"})]))
+    factory = agent_host_factory(services, lambda: None, scripted_model=script)
+    runner: Any = factory(RunnerContext("s1", workspace, Any, Any))  # type: ignore[arg-type]
+    try:
+        assert not runner.outdated()
+        # The settings screen and the errands share the services' settings object.
+        controller = SettingsController(services.paths, services.settings)
+        with qtbot.wait_signal(controller.settings_changed, timeout=10_000):
+            assert controller.pin_host("bank.example")
+        assert runner.outdated()  # a running errand keeps its proxy; the next one gets the pin
+        assert services.egress_settings().pinned_hosts == ("bank.example",)
+        dispose(qtbot, controller)
+    finally:
+        runner.close()

@@ -210,7 +210,8 @@ def test_the_network_section_lists_net_rules_and_pinned_hosts(
     try:
         assert view.network_rules.rows() == []
         assert view.network_rules.empty.isVisibleTo(view)
-        assert "bank.example" in view.network_rules.pinned.text()
+        assert view.network_rules.pinned_hosts() == ["bank.example"]
+        assert "never with a capability" in view.network_rules.pinned.text()
         for tool, pattern, action in (("net", "*.pypi.org, GET", "allow"),
                                       ("shell", "git status", "allow"),
                                       ("net", "evil.example", "deny")):
@@ -227,6 +228,61 @@ def test_the_network_section_lists_net_rules_and_pinned_hosts(
         assert not view.network_rules.empty.isVisibleTo(view)
     finally:
         controller.wait()
+
+
+def test_a_host_is_pinned_as_the_proxy_matches_it_and_unpinned(
+    view: SettingsView, qtbot: QtBot
+) -> None:
+    box = view.network_rules
+    assert not box.pinned_list.isVisibleTo(view) and not box.pin_button.isEnabled()
+    qtbot.keyClicks(box.pin_host, " Bank.Example. ")
+    with qtbot.wait_signal(view.controller.settings_changed, timeout=10_000):
+        qtbot.mouseClick(box.pin_button, Qt.MouseButton.LeftButton)
+    # Lower case, no trailing dot: what the proxy compares a tunnel's host with.
+    assert box.pinned_hosts() == ["bank.example"]
+    assert box.pinned_list.isVisibleTo(view)
+    assert box.pin_host.text() == ""
+    qtbot.wait_until(lambda: "Pinned bank.example" in view.message.text())
+    paths = view.controller.paths
+    assert load_settings(paths).egress_pinned_hosts == ["bank.example"]
+    # An internationalised name is stored as the proxy sees it (IDNA), once.
+    both = ["bank.example", "xn--bcher-kva.example"]
+    box.pin_host.setText("bücher.example")
+    qtbot.keyClick(box.pin_host, Qt.Key.Key_Return)
+    qtbot.wait_until(lambda: box.pinned_hosts() == both)
+    box.pin_host.setText("BANK.example")
+    qtbot.keyClick(box.pin_host, Qt.Key.Key_Return)
+    qtbot.wait_until(lambda: "bank.example is already pinned" in view.message.text())
+    assert box.pin_host.text() == "" and box.pinned_hosts() == both
+    assert load_settings(paths).egress_pinned_hosts == both
+    box.pinned_list.setCurrentRow(0)
+    assert box.unpin_button.isEnabled()
+    with qtbot.wait_signal(view.controller.settings_changed, timeout=10_000):
+        qtbot.mouseClick(box.unpin_button, Qt.MouseButton.LeftButton)
+    assert box.pinned_hosts() == ["xn--bcher-kva.example"]
+    assert load_settings(paths).egress_pinned_hosts == ["xn--bcher-kva.example"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("https://bank.example/login", "not a URL"),
+        ("*.bank.example", "not a wildcard"),
+        ("bank.example:443", "without a port"),
+        ("bank example", "not a valid host name"),
+    ],
+)
+def test_a_pin_that_is_not_a_host_is_refused_with_the_reason_and_kept(
+    view: SettingsView, qtbot: QtBot, text: str, reason: str
+) -> None:
+    box = view.network_rules
+    qtbot.keyClicks(box.pin_host, text)
+    qtbot.mouseClick(box.pin_button, Qt.MouseButton.LeftButton)
+    view.controller.wait()
+    assert reason in view.message.text() and text in view.message.text()
+    assert box.pin_host.text() == text  # left to be corrected, not lost
+    assert box.pinned_hosts() == []
+    assert not view.controller.paths.settings_file.exists()
 
 
 # -- saved model state ----------------------------------------------------------------
