@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,47 @@ class _Upstream(BaseHTTPRequestHandler):
         while left > 0:
             self.wfile.write(block[: min(left, CHUNK)])
             left -= CHUNK
+
+
+@dataclass
+class LoopbackSite:
+    """The bench's stand-in for the internet: an HTTPS server in a process of its own.
+
+    ``https://localhost:{port}/small`` answers 64 bytes, ``/big`` the
+    download; its certificate comes from a trustme CA written to ``ca_file``.
+    """
+
+    process: Any
+    port: int
+    ca_file: Path
+    cert_file: Path
+    ports: Any
+    """The queue the server put its port on (other processes may use it for theirs)."""
+
+    @classmethod
+    def start(cls, tmp: Path, spawn: Any, big_bytes: int, body: str) -> LoopbackSite:
+        """Mint the CA and the leaf under ``tmp`` and start the server (a ``spawn`` process)."""
+        ca = trustme.CA()
+        ca_file = tmp / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        cert_file = tmp / "localhost.pem"
+        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(cert_file)
+        )
+        ports = spawn.Queue()
+        process = spawn.Process(target=_upstream_main,
+                                args=(str(cert_file), big_bytes, body, ports), daemon=True)
+        process.start()
+        return cls(process, int(ports.get(timeout=60)), ca_file, cert_file, ports)
+
+
+def bench_broker(db: Path) -> Broker:
+    """A broker over a fresh vault (fast KDF) holding ``API_TOKEN``; resolves to loopback."""
+    vault = Vault.create(db.with_name("vault.kls"), passphrase="bench", use_keyring=False,
+                         keystore=NoKeyring(), idle_timeout=None,
+                         kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64))
+    vault.add("API_TOKEN", b"sk-bench-0123456789abcdef")
+    return Broker(vault, GrantStore(db), AuditLog(db), resolver=lambda h, p: ["127.0.0.1"])
 
 
 class _AllowAll:
@@ -155,31 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp_name, spawn.Pool(1) as clients:
         tmp = Path(tmp_name)
-        ca = trustme.CA()
-        ca_file = tmp / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        cert_file = tmp / "localhost.pem"
-        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-            str(cert_file)
+        site = LoopbackSite.start(tmp, spawn, args.mb * CHUNK, args.body)
+        upstream, port, ca_file, cert_file, ports = (
+            site.process, site.port, site.ca_file, site.cert_file, site.ports
         )
-        ports: Any = spawn.Queue()
-        upstream = spawn.Process(
-            target=_upstream_main, args=(str(cert_file), args.mb * CHUNK, args.body, ports),
-            daemon=True,
-        )
-        upstream.start()
-        port = int(ports.get(timeout=60))
         relay = spawn.Process(target=_tls_relay_main,
                               args=(str(cert_file), str(ca_file), port, ports), daemon=True)
         relay.start()
         relay_port = int(ports.get(timeout=60))
         native = _native_relay(cert_file, ca_file, port)
-        vault = Vault.create(tmp / "vault.kls", passphrase="bench", use_keyring=False,
-                             keystore=NoKeyring(), idle_timeout=None,
-                             kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64))
-        vault.add("API_TOKEN", b"sk-bench-0123456789abcdef")
-        broker = Broker(vault, GrantStore(tmp / "k.db"), AuditLog(tmp / "k.db"),
-                        resolver=lambda h, p: ["127.0.0.1"])
+        broker = bench_broker(tmp / "k.db")
         proxy = EgressProxy(_AllowAll(), broker, session_id="bench", local_hosts=["localhost"],
                             upstream_ca=ca_file, resolver=lambda h, p: ["127.0.0.1"])
         started = time.perf_counter()

@@ -129,40 +129,19 @@ def _network(runs: int, sandbox: Sandbox) -> int:
     import ssl
     import urllib.request
 
-    import trustme
-
     from agent.host.egress.proxy import stop_shared_server
     from agent.host.egress.settings import EgressSettings
     from agent.host.mcpserver.network import McpNetwork
     from agent.host.mcpserver.store import McpSecret
-    from bench.bench_egress import _upstream_main
-    from vault.broker import Broker
-    from vault.grants import GrantStore
-    from vault.keystore import NoKeyring
-    from vault.store import Argon2Params, Vault
+    from bench.bench_egress import LoopbackSite, bench_broker
 
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        ca = trustme.CA()
-        ca_file = tmp / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        cert_file = tmp / "localhost.pem"
-        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-            str(cert_file)
-        )
-        ports: Any = spawn.Queue()
-        upstream = spawn.Process(
-            target=_upstream_main, args=(str(cert_file), 0, "x", ports), daemon=True
-        )
-        upstream.start()
-        port = int(ports.get(timeout=60))
-        vault = Vault.create(tmp / "vault.kls", passphrase="bench", use_keyring=False,
-                             keystore=NoKeyring(), idle_timeout=None,
-                             kdf=Argon2Params(iterations=1, lanes=1, memory_kib=64))  # fmt: skip
-        vault.add("API_TOKEN", b"sk-bench-0123456789abcdef")
+        site = LoopbackSite.start(tmp, spawn, 0, "x")
+        upstream, port, ca_file = site.process, site.port, site.ca_file
         db = tmp / "keyless.db"
-        broker = Broker(vault, GrantStore(db), AuditLog(db), resolver=lambda h, p: ["127.0.0.1"])
+        broker = bench_broker(db)
         store = McpStore(db)
         store.add(McpServerConfig(
             name="api", command=sys.executable, args=[str(API_SERVER)], hosts=["localhost"],
