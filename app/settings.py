@@ -153,6 +153,12 @@ class AppSettings(BaseModel):
     auto_lock_minutes: int = Field(default=10, ge=1, le=24 * 60)
     #: Hosts the egress proxy passes through without interception (never with a capability).
     egress_pinned_hosts: list[str] = Field(default_factory=list)
+    kv_state_cap_mb: int = Field(
+        default=2048,
+        ge=0,
+        le=1_048_576,
+        description="Disk for sessions' saved model state (oldest deleted first); 0: none saved.",
+    )
 
     @field_validator("egress_pinned_hosts")
     @classmethod
@@ -161,12 +167,6 @@ class AppSettings(BaseModel):
         from agent.host.egress.settings import pinned_host
 
         return list(dict.fromkeys(pinned_host(h) for h in hosts))
-    kv_state_cap_mb: int = Field(
-        default=2048,
-        ge=0,
-        le=1_048_576,
-        description="Disk for sessions' saved model state (oldest deleted first); 0: none saved.",
-    )
 
 
 def load_settings(paths: AppPaths) -> AppSettings:
