@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 if native is not None:
                     ceilings.insert(0, ("TLS relay inspecting nothing, native (socat)",
                                         -native[1], str(ca_file)))
-                rows = clients.apply(_download, (args.mb, port, str(ca_file), args.rounds, [
+                rows, busy = clients.apply(_download, (args.mb, port, str(ca_file), args.rounds, [
                     *ceilings,
                     ("proxied, vault open (redacted stream)", str(channel.socket_path),
                      str(channel.ca_bundle)),
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                      str(full.ca_bundle)),
                     ("proxied, no vault (nothing to redact)", str(bare.socket_path),
                      str(bare.ca_bundle)),
-                ]))
+                ], upstream.pid))
             _starts(args.starts, tmp, proxy)
             redactor_rows = _redactor_alone(broker, args.mb, args.body)
         finally:
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds, rate, each in rows:
         print(f"| {name} | {seconds:.2f} | {rate:.0f} | {rate / rows[0][2]:.2f}x | "
               + ", ".join(f"{r:.2f}x" for r in each) + " |")
+    print(f"\n{busy}")
     print(f"\nthe redactor alone: {min(args.mb, 64)} MB ({args.body} bytes as latin-1 text) "
           f"in {REDACT_CHUNK // 1024} KiB chunks, in this process\n")
     print("| variant | seconds | MB/s | vs the prefilter |")
@@ -404,15 +405,24 @@ def _requests(runs: int, port: int, sock_name: str, direct_ca: str, proxied_ca: 
               f"{p50 - statistics.median(base):+.2f} |")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _download(mb: int, port: int, direct_ca: str, rounds: int,
-              others: list[tuple[str, Any, str]]) -> list[tuple[str, float, float, list[float]]]:
+              others: list[tuple[str, Any, str]],
+              upstream_pid: int) -> tuple[list[tuple[str, float, float, list[float]]], str]:
     """Time the download direct and through each of ``others``, in interleaved rounds.
 
     Each of ``others`` is a name, where to connect and the CA to trust: a Unix
     socket path or a forwarder's port (``CONNECT`` through the proxy), or a
     negative port (a TLS relay: connect to it as if it were the server).
     Returns, per variant, the median seconds and MB/s and each round's ratio
-    to that round's direct download.
+    to that round's direct download; and a line saying how busy the upstream
+    server and this client were during the direct downloads (how much of
+    the two cores the direct path already takes).
     """
     direct = ssl.create_default_context(cafile=direct_ca)
     makers: list[tuple[str, Callable[[], http.client.HTTPSConnection]]] = [
@@ -427,12 +437,18 @@ def _download(mb: int, port: int, direct_ca: str, rounds: int,
             target = where if isinstance(where, int) else Path(where)
             makers.append((name, lambda target=target, ctx=ctx: _tunnel(target, port, ctx)))  # type: ignore[misc]
     seconds: dict[str, list[float]] = {name: [] for name, _ in makers}
+    busy: list[tuple[float, float]] = []  # server, client: CPU seconds per wall second
     for _ in range(rounds):
         for name, make in makers:
             conn = make()
+            server_cpu, client_cpu = _cpu_seconds(upstream_pid), time.process_time()
             start = time.perf_counter()
             got = _get(conn, "/big")
-            seconds[name].append(time.perf_counter() - start)
+            wall = time.perf_counter() - start
+            seconds[name].append(wall)
+            if name == "direct":
+                busy.append(((_cpu_seconds(upstream_pid) - server_cpu) / wall,
+                             (time.process_time() - client_cpu) / wall))
             conn.close()
             if got != mb * CHUNK:
                 raise RuntimeError(f"{name}: got {got} bytes, expected {mb * CHUNK}")
@@ -441,7 +457,9 @@ def _download(mb: int, port: int, direct_ca: str, rounds: int,
         median = statistics.median(values)
         each = [d / s for s, d in zip(values, seconds["direct"], strict=True)]
         rows.append((name, median, mb / median, each))
-    return rows
+    server, client = (statistics.median(b[i] for b in busy) for i in (0, 1))
+    return rows, (f"direct download: the upstream server busy {server:.0%} of a core, the client "
+                  f"{client:.0%} (medians; CPU time at the clock tick's resolution)")
 
 
 class _forwarder:  # noqa: N801 (used as a context manager, like a function)
