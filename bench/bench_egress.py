@@ -22,6 +22,7 @@ proxied ≥ 0.5x direct.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import multiprocessing
 import os
@@ -47,6 +48,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trustme  # noqa: E402
+from mitmproxy.connection import Client  # noqa: E402
+from mitmproxy.http import HTTPFlow  # noqa: E402
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData  # noqa: E402
 
 from agent.host.egress.proxy import (  # noqa: E402
     FORWARDER_SOURCE,
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the download's bytes: random (a compressed archive's) or one repeated 'x' "
         "(which str.find scans slowly: 'x' shares its bloom-filter bit with '8')",
     )
+    parser.add_argument("--phases", type=int, default=0, metavar="N",
+                        help="also time N new connections hook by hook (where a new one's ms go)")
     args = parser.parse_args(argv)
     # The upstream server and the clients run in processes of their own, as
     # the internet and the sandboxed command do: in this one they would share
@@ -251,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                     ("proxied, no vault (nothing to redact)", str(bare.socket_path),
                      str(bare.ca_bundle)),
                 ], upstream.pid))
+                if args.phases:
+                    _phases(args.phases, proxy, channel, port, clients)
             _starts(args.starts, tmp, proxy)
             redactor_rows = _redactor_alone(broker, args.mb, args.body)
         finally:
@@ -460,6 +468,75 @@ def _download(mb: int, port: int, direct_ca: str, rounds: int,
     server, client = (statistics.median(b[i] for b in busy) for i in (0, 1))
     return rows, (f"direct download: the upstream server busy {server:.0%} of a core, the client "
                   f"{client:.0%} (medians; CPU time at the clock tick's resolution)")
+
+
+class _HookClock:
+    """A mitmproxy addon noting when each hook first runs for each client connection.
+
+    Added last, so each mark falls after Keyless's own addon handled the hook.
+    """
+
+    HOOKS = (
+        "client_connected", "http_connect", "tls_clienthello", "tls_start_client",
+        "tls_established_client", "requestheaders", "server_connect", "server_connected",
+        "tls_start_server", "tls_established_server", "responseheaders", "response",
+        "client_disconnected",
+    )
+
+    def __init__(self) -> None:
+        self.marks: dict[str, dict[str, float]] = {}
+        for hook in self.HOOKS:
+            setattr(self, hook, lambda data, hook=hook: self._mark(hook, data))
+
+    def _mark(self, hook: str, data: Any) -> None:
+        if isinstance(data, Client):  # client_connected, client_disconnected
+            client = data
+        elif isinstance(data, HTTPFlow):
+            client = data.client_conn
+        elif isinstance(data, ServerConnectionHookData):
+            client = data.client
+        else:  # the TLS hooks' data
+            client = data.context.client
+        self.marks.setdefault(client.id, {}).setdefault(hook, time.perf_counter())
+
+
+def _phases(runs: int, proxy: EgressProxy, channel: Any, port: int, clients: Any) -> None:
+    """Time ``runs`` new connections of the vault-open session, hook to hook, and print it."""
+    server = proxy._server
+    assert server is not None and server._loop is not None and server._master is not None
+    clock = _HookClock()
+    loop, addons = server._loop, server._master.addons
+    asyncio.run_coroutine_threadsafe(_call(addons.add, clock), loop).result(10)
+    try:
+        total = clients.apply(_new_connections, (runs, port, str(channel.socket_path),
+                                                 str(channel.ca_bundle)))
+    finally:
+        asyncio.run_coroutine_threadsafe(_call(addons.remove, clock), loop).result(10)
+    complete = [m for m in clock.marks.values() if len(m) == len(_HookClock.HOOKS)]
+    print(f"\n{len(complete)} new connections (CONNECT + TLS + GET of 64 bytes), vault open, "
+          f"hook by hook in the proxy (medians); the client saw {total:.2f} ms each\n")
+    print("| from | to | ms |")
+    print("|---|---|---:|")
+    for first, then in zip(_HookClock.HOOKS, _HookClock.HOOKS[1:], strict=False):
+        gaps = [(m[then] - m[first]) * 1000 for m in complete]
+        print(f"| {first} | {then} | {statistics.median(gaps):.3f} |")
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> None:
+    fn(*args)
+
+
+def _new_connections(runs: int, port: int, sock_name: str, ca: str) -> float:
+    """Open ``runs`` new tunnels one after the other, a GET on each; the median ms (client)."""
+    ctx = ssl.create_default_context(cafile=ca)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        conn = _tunnel(Path(sock_name), port, ctx)
+        _get(conn, "/small")
+        conn.close()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
 
 
 class _forwarder:  # noqa: N801 (used as a context manager, like a function)
