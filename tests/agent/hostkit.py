@@ -93,6 +93,19 @@ def fake_agent_argv(tmp_path: Path, plan: list[dict[str, Any]]) -> list[str]:
     return [sys.executable, str(FAKE_AGENT), str(plan_file)]
 
 
+def one_message_plan(msg: dict[str, Any], *, tool_calls: int) -> list[dict[str, Any]]:
+    """A fake agent's plan: start, send ``msg`` after the task, end the errand after the answer."""
+    stats = {"steps": 1, "tool_calls": tool_calls, "generated_tokens": 1, "stop_reason": "final"}
+    return [
+        {"op": "ready"},
+        {"op": "read"},
+        {"op": "send", "msg": msg},
+        {"op": "read"},
+        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
+        {"op": "hang"},
+    ]
+
+
 def make_rig(
     tmp_path: Path,
     workspace: Path,

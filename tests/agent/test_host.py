@@ -21,7 +21,7 @@ from agent.protocol import MAX_LINE, ErrandLimits, Resample
 from app.terminal_prompt import TerminalPrompt
 from models.fake import ScriptedModel
 from models.interface import Message
-from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig
+from tests.agent.hostkit import Rig, call, fake_agent_argv, final, make_rig, one_message_plan
 from vault.audit import AuditLog
 from vault.fingerprints import index_path
 
@@ -193,15 +193,7 @@ def test_tools_not_offered_are_refused(tmp_path: Path, ws: Path, rigs: list[Rig]
         "tool": "shell",
         "arguments": {"command": "id"},
     }
-    stats = {"steps": 1, "tool_calls": 1, "generated_tokens": 1, "stop_reason": "final"}
-    plan = [
-        {"op": "ready"},
-        {"op": "read"},
-        {"op": "send", "msg": request},
-        {"op": "read"},
-        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
-        {"op": "hang"},
-    ]
+    plan = one_message_plan(request, tool_calls=1)
     rig = rig_for(rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan))
     result = rig.host.run_errand("x")
     assert result.tool_calls[0].decision == "invalid"
@@ -722,19 +714,11 @@ class _VaultScanner(_RedirectingBroker):
 def test_a_relayed_model_error_holding_a_vault_secret_is_withheld(
     tmp_path: Path, ws: Path, rigs: list[Rig]
 ) -> None:
-    stats = {"steps": 1, "tool_calls": 0, "generated_tokens": 1, "stop_reason": "final"}
     relay_request = {
         "v": 2, "type": "model_request", "request_id": "r1",
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
     }
-    plan = [
-        {"op": "ready"},
-        {"op": "read"},
-        {"op": "send", "msg": relay_request},
-        {"op": "read"},
-        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
-        {"op": "hang"},
-    ]
+    plan = one_message_plan(relay_request, tool_calls=0)
     rig = rig_for(
         rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan),
         broker=_VaultScanner(), relay_model=_EchoingRemote(),
@@ -1175,15 +1159,7 @@ def test_an_allowed_risky_call_the_model_was_unsure_of_asks_and_shows_the_confid
 ) -> None:
     request = {"v": 2, "type": "tool_request", "call_id": "c1", "tool": tool,
                "arguments": arguments, "confidence": confidence}  # fmt: skip
-    stats = {"steps": 1, "tool_calls": 1, "generated_tokens": 1, "stop_reason": "final"}
-    plan = [
-        {"op": "ready"},
-        {"op": "read"},
-        {"op": "send", "msg": request},
-        {"op": "read"},
-        {"op": "send", "msg": {"v": 2, "type": "final", "text": "x", "stats": stats}},
-        {"op": "hang"},
-    ]
+    plan = one_message_plan(request, tool_calls=1)
     rig = rig_for(
         rigs, tmp_path, ws, worker_argv=fake_agent_argv(tmp_path, plan),
         rules=[Rule(tool="write_file", pattern="*", action="allow")],
