@@ -204,14 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name, spawn.Pool(1) as clients:
         tmp = Path(tmp_name)
         site = LoopbackSite.start(tmp, spawn, args.mb * CHUNK, args.body)
-        upstream, port, ca_file, cert_file, ports = (
-            site.process, site.port, site.ca_file, site.cert_file, site.ports
-        )
+        upstream, port, ca_file = site.process, site.port, site.ca_file
         relay = spawn.Process(target=_tls_relay_main,
-                              args=(str(cert_file), str(ca_file), port, ports), daemon=True)
+                              args=(str(site.cert_file), str(ca_file), port, site.ports),
+                              daemon=True)
         relay.start()
-        relay_port = int(ports.get(timeout=60))
-        native = _native_relay(cert_file, ca_file, port)
+        relay_port = int(site.ports.get(timeout=60))
+        native = _native_relay(site.cert_file, ca_file, port)
         broker = bench_broker(tmp / "k.db")
         proxy = EgressProxy(_AllowAll(), broker, session_id="bench", local_hosts=["localhost"],
                             upstream_ca=ca_file, resolver=lambda h, p: ["127.0.0.1"])
@@ -551,22 +550,14 @@ class _forwarder:  # noqa: N801 (used as a context manager, like a function)
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = _free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-S", str(FORWARDER_SOURCE), str(port), str(self.socket_path),
              "--", "sleep", "3600"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return port
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("the forwarder did not start listening")
+        _wait_listening(port, self.process, "the forwarder")
+        return port
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:
@@ -583,24 +574,35 @@ def _native_relay(cert_file: Path, ca_file: Path,
     """
     if shutil.which("socat") is None:
         return None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        listen = int(probe.getsockname()[1])
+    listen = _free_port()
     process = subprocess.Popen(
         ["socat", "-b", str(1 << 18),
          f"OPENSSL-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,cert={cert_file},verify=0",
          f"OPENSSL:127.0.0.1:{port},cafile={ca_file},commonname=localhost,snihost=localhost"],
         stderr=subprocess.DEVNULL,
     )
+    _wait_listening(listen, process, "socat")
+    return process, listen
+
+
+def _free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a program told which port to take)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    """Wait until ``process`` accepts connections on ``port``; kill it if it never does."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-            return process, listen
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
         except OSError:
             time.sleep(0.02)
     process.kill()
-    raise RuntimeError("socat did not start listening")
+    raise RuntimeError(f"{what} did not start listening on port {port}")
 
 
 def _tls_relay_main(cert_file: str, ca_file: str, port: int, ports: Any) -> None:

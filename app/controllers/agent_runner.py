@@ -406,15 +406,15 @@ def agent_host_factory(
         model = f"scripted:{scripted_model.name}" if scripted_model is not None else (
             spec.label() if spec is not None else "unknown"
         )
-        pinned = tuple(services.settings.egress_pinned_hosts)
-        built = (spec, _relay_key_secret(services, spec), pinned)
+        def built_from(spec: Any) -> tuple[Any, ...]:
+            # The model, its key, and the hosts the egress proxy passes through.
+            pinned = tuple(services.settings.egress_pinned_hosts)
+            return (spec, _relay_key_secret(services, spec), pinned)
+
+        built = built_from(spec)
 
         def outdated() -> bool:
-            # The model, its key, or the hosts the egress proxy passes through.
-            now = model_spec()
-            return (
-                now, _relay_key_secret(services, now), tuple(services.settings.egress_pinned_hosts)
-            ) != built
+            return built_from(model_spec()) != built
 
         return AgentHostRunner(
             host, owned=owned, sessions=sessions, recorder=recorder, model=model,
