@@ -1057,8 +1057,9 @@ class _PidsCgroup:
                 continue
             if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.controllers"):
                 continue
-            cls._counter += 1
-            path = root / f"keyless-sandbox-{os.getpid()}-{cls._counter}"
+            with _CGROUPS_LOCK:  # two errands' shell calls must not share a name
+                cls._counter += 1
+                path = root / f"keyless-sandbox-{os.getpid()}-{cls._counter}"
             try:
                 path.mkdir()
                 (path / "pids.max").write_text(str(max_pids))
@@ -1094,22 +1095,28 @@ class _PidsCgroup:
             if pid.isdigit():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(pid), signal.SIGKILL)
-        _PENDING.append(self.path)
+        with _CGROUPS_LOCK:
+            _PENDING.append(self.path)
         _remove_pending()
 
 
 _PENDING: list[Path] = []
+_CGROUPS_LOCK = threading.Lock()
+"""Guards :data:`_PENDING` and the cgroup counter: errands' shell calls end on their own threads."""
 
 
 def _remove_pending() -> None:
-    for path in list(_PENDING):
-        try:
-            path.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            continue  # still busy: next time
-        _PENDING.remove(path)
+    # One sweep at a time: two threads removing the same directory both
+    # dropped it from the list, and the second raised (and ended its errand).
+    with _CGROUPS_LOCK:
+        for path in list(_PENDING):
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue  # still busy: next time
+            _PENDING.remove(path)
 
 
 atexit.register(_remove_pending)

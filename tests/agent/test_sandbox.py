@@ -664,3 +664,36 @@ print(json.dumps({{
     assert seen["vault"].startswith("refused")
     with pytest.raises(SandboxError, match="refusing to let"):
         sandbox.agent_command([sys.executable], extra_rw_binds=[Path.home()])
+
+
+def test_cgroups_left_for_later_are_removed_once_when_sandboxes_end_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two errands' shell commands end at the same moment: each sweeps the
+    # cgroups still being reaped. A directory both threads saw must be removed
+    # and forgotten once, not raise in the second (it ended an errand).
+    from agent.host import sandbox as sandbox_module
+
+    pending: list[Path] = []
+    monkeypatch.setattr(sandbox_module, "_PENDING", pending)
+    failures: list[BaseException] = []
+    threads = 8
+    start = threading.Barrier(threads)
+
+    def sweep(me: int) -> None:
+        try:
+            start.wait()
+            for i in range(100):
+                path = tmp_path / f"cg-{me}-{i}"
+                path.mkdir()
+                sandbox_module._PidsCgroup(path).destroy()  # no cgroup.procs: nothing to kill
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            failures.append(e)
+
+    workers = [threading.Thread(target=sweep, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert failures == []
+    assert pending == [] and list(tmp_path.iterdir()) == []
